@@ -1,0 +1,1 @@
+//! Pods and Exec as local processes: the embedded default backend.

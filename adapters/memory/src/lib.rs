@@ -1,0 +1,1 @@
+//! In-memory fakes of all four ports, with fault injection.

@@ -1,0 +1,1 @@
+//! ArtifactRegistry on Postgres with diesel-async.

@@ -1,0 +1,1 @@
+//! The conformance suites: one per port, plus runtime suites.

@@ -1,0 +1,306 @@
+//! The build-plan model: what a parsed, validated pipeline looks like.
+//!
+//! Produced by [`super::parse_pipeline`]; consumed by the build runner. Every step
+//! carries the [`Location`] it came from so runtime errors can point at the file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A place in a pipeline or task file (1-based line and column).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    /// File name as given by the user.
+    pub file: String,
+    /// Line, from 1 (0: unknown).
+    pub line: usize,
+    /// Column, from 1 (0: unknown).
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        }
+    }
+}
+
+/// A whole pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// Name (from the file name unless given).
+    pub name: String,
+    /// Declared resources.
+    pub resources: Vec<Resource>,
+    /// Declared resource types (beyond the base types).
+    pub resource_types: Vec<ResourceType>,
+    /// Jobs.
+    pub jobs: Vec<Job>,
+}
+
+impl Pipeline {
+    /// The resource named `name`.
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+    /// The resource type named `name`.
+    pub fn resource_type(&self, name: &str) -> Option<&ResourceType> {
+        self.resource_types.iter().find(|r| r.name == name)
+    }
+    /// The job named `name`.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// A resource: a versioned thing `get` fetches and `put` pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Name.
+    pub name: String,
+    /// Type name (a base type or a declared resource type).
+    pub type_: String,
+    /// `source`, passed to the resource scripts.
+    pub source: Value,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// A resource type: an image implementing check/in/out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceType {
+    /// Name.
+    pub name: String,
+    /// Type of the type (`registry-image`, `docker-image`, or `local`).
+    pub type_: String,
+    /// `source` of the type (e.g. `repository`, `tag`; for `local`, `path`).
+    pub source: Value,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Name.
+    pub name: String,
+    /// Steps, in order.
+    pub plan: Vec<Step>,
+    /// Job-level hooks.
+    pub hooks: Hooks,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// A step with its modifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// What it does.
+    pub kind: StepKind,
+    /// Hooks that run after it.
+    pub hooks: Hooks,
+    /// Total attempts (1: no retry).
+    pub attempts: u32,
+    /// Deadline of each attempt.
+    pub timeout: Option<Duration>,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// Steps run after a step, depending on how it ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    /// After success.
+    pub on_success: Option<Box<Step>>,
+    /// After failure (including the step's own non-zero exit).
+    pub on_failure: Option<Box<Step>>,
+    /// After an infrastructure error (pod evicted, exec lost, ...).
+    pub on_error: Option<Box<Step>>,
+    /// After an abort.
+    pub on_abort: Option<Box<Step>>,
+    /// Always.
+    pub ensure: Option<Box<Step>>,
+}
+
+/// The kinds of step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Fetch a resource version into an artifact.
+    Get(GetStep),
+    /// Push with a resource, then fetch what was pushed.
+    Put(PutStep),
+    /// Run a command.
+    Task(TaskStep),
+    /// Run steps at once.
+    InParallel(InParallel),
+    /// Run steps in order, as one step.
+    Do(Vec<Step>),
+}
+
+/// `get`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GetStep {
+    /// Artifact name (the `get:` value).
+    pub name: String,
+    /// Resource name (`resource:`, default `name`).
+    pub resource: String,
+    /// `version`: `latest` (None), `every` (treated as latest in a one-off run), or pinned.
+    pub version: Option<Value>,
+    /// `params`.
+    pub params: Value,
+    /// `passed` (recorded; meaningful only with a scheduler).
+    pub passed: Vec<String>,
+    /// `trigger`.
+    pub trigger: bool,
+}
+
+/// `put`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutStep {
+    /// Step name (the `put:` value); also the name of the implicit get's artifact.
+    pub name: String,
+    /// Resource name (`resource:`, default `name`).
+    pub resource: String,
+    /// `params`.
+    pub params: Value,
+    /// `get_params` for the implicit get.
+    pub get_params: Value,
+    /// Which artifacts to mount: `None` means all produced so far (`inputs: all`),
+    /// `detect` is resolved to all as well.
+    pub inputs: Option<Vec<String>>,
+    /// `no_get`: skip the implicit get.
+    pub no_get: bool,
+}
+
+/// `task`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStep {
+    /// Step name (the `task:` value).
+    pub name: String,
+    /// The task config, inline or to be loaded from an artifact.
+    pub config: TaskSource,
+    /// `params` overriding the config's.
+    pub params: BTreeMap<String, String>,
+    /// `input_mapping`: task input name -> artifact name.
+    pub input_mapping: BTreeMap<String, String>,
+    /// `output_mapping`: task output name -> artifact name.
+    pub output_mapping: BTreeMap<String, String>,
+    /// `privileged`.
+    pub privileged: bool,
+    /// `vars` for `((var))` in a task file.
+    pub vars: BTreeMap<String, Value>,
+}
+
+/// Where a task's config comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSource {
+    /// Inline `config:`.
+    Inline(TaskConfig),
+    /// `file: artifact/path/to/task.yml`: loaded when the step runs.
+    File {
+        /// Artifact name (first path segment).
+        artifact: String,
+        /// Path inside the artifact.
+        path: String,
+    },
+}
+
+/// `in_parallel`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InParallel {
+    /// Steps.
+    pub steps: Vec<Step>,
+    /// Most at once (`None`: all).
+    pub limit: Option<usize>,
+    /// Stop starting new steps after the first failure.
+    pub fail_fast: bool,
+}
+
+/// A task config (Concourse task file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskConfig {
+    /// `platform` (`linux`).
+    pub platform: String,
+    /// `image_resource`, if any.
+    pub image_resource: Option<ImageResource>,
+    /// `inputs`.
+    pub inputs: Vec<TaskInput>,
+    /// `outputs`.
+    pub outputs: Vec<TaskOutput>,
+    /// `caches` (paths).
+    pub caches: Vec<String>,
+    /// `params`: environment.
+    pub params: BTreeMap<String, String>,
+    /// `run`.
+    pub run: RunConfig,
+    /// `container_limits`.
+    pub container_limits: ContainerLimits,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// `image_resource`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageResource {
+    /// Type (`registry-image`, `docker-image`).
+    pub type_: String,
+    /// `source` (`repository`, `tag`).
+    pub source: Value,
+}
+
+impl ImageResource {
+    /// `repository[:tag]` from the source, if it names one.
+    pub fn image_ref(&self) -> Option<String> {
+        let repo = self.source.get("repository")?.as_str()?;
+        match self.source.get("tag").and_then(Value::as_str) {
+            Some(tag) => Some(format!("{repo}:{tag}")),
+            None => Some(repo.to_owned()),
+        }
+    }
+}
+
+/// A task input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInput {
+    /// Name.
+    pub name: String,
+    /// Path in the working directory (default: name).
+    pub path: String,
+    /// Absent inputs are allowed.
+    pub optional: bool,
+}
+
+/// A task output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutput {
+    /// Name.
+    pub name: String,
+    /// Path in the working directory (default: name).
+    pub path: String,
+}
+
+/// `run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Program.
+    pub path: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Working directory, relative to the task's working directory.
+    pub dir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+}
+
+/// `container_limits`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// CPU shares (Concourse) as millicores.
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+}

@@ -1,0 +1,305 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::volumes::MountInfo;
+use crate::Result;
+
+/// What a [`Pods`] adapter can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodCapabilities {
+    /// Pods can mount [`MountInfo::HostPath`] volumes.
+    pub host_path_mounts: bool,
+    /// Pods can mount [`MountInfo::PvcSubPath`] volumes.
+    pub pvc_mounts: bool,
+    /// Pods have a helper container ([`Container::Helper`]) for tar streaming.
+    pub helper_container: bool,
+    /// The adapter honours container images (a local backend does not).
+    pub images: bool,
+}
+
+impl PodCapabilities {
+    /// All capabilities off.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Set [`Self::host_path_mounts`].
+    pub fn with_host_path_mounts(mut self, v: bool) -> Self {
+        self.host_path_mounts = v;
+        self
+    }
+    /// Set [`Self::pvc_mounts`].
+    pub fn with_pvc_mounts(mut self, v: bool) -> Self {
+        self.pvc_mounts = v;
+        self
+    }
+    /// Set [`Self::helper_container`].
+    pub fn with_helper_container(mut self, v: bool) -> Self {
+        self.helper_container = v;
+        self
+    }
+    /// Set [`Self::images`].
+    pub fn with_images(mut self, v: bool) -> Self {
+        self.images = v;
+        self
+    }
+    /// Whether pods can mount `m` directly.
+    pub fn can_mount(&self, m: &MountInfo) -> bool {
+        match m {
+            MountInfo::HostPath { .. } => self.host_path_mounts,
+            MountInfo::PvcSubPath { .. } => self.pvc_mounts,
+        }
+    }
+}
+
+/// CPU and memory for a pod's main container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU request and limit, in millicores.
+    pub cpu_millis: Option<u64>,
+    /// Memory request and limit, in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// What appears at a path of the pod's working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// An empty writable directory (filled by streaming, or an output collected by streaming).
+    Empty,
+    /// A private writable copy of a sealed volume: changes never reach the volume.
+    CopyOf(MountInfo),
+    /// The volume itself, writable, for outputs written in place (no copy).
+    WriteInto(MountInfo),
+    /// A cache kept between runs of the same step, keyed by `key`.
+    Cache {
+        /// Stable key: pipeline, job, step and cache path.
+        key: String,
+    },
+}
+
+/// A directory in the pod's working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Path relative to the working directory (`repo`, `out/bin`); no `..`.
+    pub path: String,
+    /// What appears there.
+    pub source: MountSource,
+}
+
+/// A pod to create: one main container that stays idle until commands are exec'd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// DNS-1123 name; see [`crate::names`].
+    pub name: String,
+    /// Labels, including [`crate::names::label::HANDLE`] which makes create idempotent.
+    pub labels: BTreeMap<String, String>,
+    /// Image of the main container (ignored where [`PodCapabilities::images`] is false).
+    pub image: String,
+    /// Environment of the main container.
+    pub env: BTreeMap<String, String>,
+    /// Directories under the working directory.
+    pub mounts: Vec<Mount>,
+    /// Resources of the main container.
+    pub resources: Resources,
+    /// Run privileged (only when the step asks and the operator allows it).
+    pub privileged: bool,
+    /// Whether the pod needs the helper container for tar streaming.
+    pub helper: bool,
+}
+
+impl PodSpec {
+    /// A spec with only a name, labels and an image.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        PodSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            image: image.into(),
+            env: BTreeMap::new(),
+            mounts: Vec::new(),
+            resources: Resources::default(),
+            privileged: false,
+            helper: false,
+        }
+    }
+
+    /// The handle label, if set.
+    pub fn handle(&self) -> Option<&str> {
+        self.labels
+            .get(crate::names::label::HANDLE)
+            .map(String::as_str)
+    }
+}
+
+/// Why a pod is not running yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingReason {
+    /// Waiting for a node.
+    Scheduling,
+    /// No node can take it (resources, selectors, taints).
+    Unschedulable,
+    /// Scheduled; pulling images or starting containers.
+    ContainerCreating,
+    /// The image cannot be pulled (`ErrImagePull`, `ImagePullBackOff`, bad name).
+    ImagePullFailed,
+}
+
+/// Why a pod failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodFailure {
+    /// Evicted by the kubelet or the eviction API (node pressure, drain).
+    Evicted,
+    /// A container was killed for exceeding its memory limit.
+    OomKilled,
+    /// The pod was deleted by someone else.
+    Deleted,
+    /// The pod's node went away.
+    NodeLost,
+    /// Another disruption (preemption, `DisruptionTarget`).
+    Disrupted,
+    /// The main container exited by itself with this code.
+    Exited(i32),
+    /// The adapter cannot tell.
+    Unknown,
+}
+
+/// Where a pod is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodState {
+    /// Not running yet.
+    Pending(PendingReason),
+    /// Running: commands can be exec'd.
+    Running,
+    /// Ended by itself successfully.
+    Succeeded,
+    /// Ended for this reason.
+    Failed(PodFailure),
+}
+
+impl PodState {
+    /// Whether the pod can never run (again).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, PodState::Succeeded | PodState::Failed(_))
+    }
+}
+
+/// A pod as the adapter sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStatus {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: PodState,
+    /// The platform's own words about the state (scheduler or kubelet message).
+    pub message: Option<String>,
+    /// When the pod was created.
+    pub created_at: Option<SystemTime>,
+    /// Whether deletion has started.
+    pub deleting: bool,
+}
+
+/// What [`Pods::wait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Placed on a node (or further).
+    Scheduled,
+    /// Running (or terminated).
+    Running,
+    /// Terminated.
+    Terminated,
+}
+
+impl PodStatus {
+    /// Whether the condition holds now.
+    pub fn satisfies(&self, cond: WaitFor) -> bool {
+        match cond {
+            WaitFor::Scheduled => !matches!(
+                self.state,
+                PodState::Pending(PendingReason::Scheduling | PendingReason::Unschedulable)
+            ),
+            WaitFor::Running => matches!(
+                self.state,
+                PodState::Running | PodState::Succeeded | PodState::Failed(_)
+            ),
+            WaitFor::Terminated => self.state.is_terminal(),
+        }
+    }
+
+    /// Whether the condition can no longer come true without outside help.
+    pub fn hopeless(&self, cond: WaitFor) -> bool {
+        match cond {
+            WaitFor::Scheduled | WaitFor::Running => {
+                self.state.is_terminal()
+                    || self.state == PodState::Pending(PendingReason::ImagePullFailed)
+            }
+            WaitFor::Terminated => false,
+        }
+    }
+}
+
+/// Label equality selector: every pair must match.
+pub type LabelSelector = BTreeMap<String, String>;
+
+/// Creates, watches and deletes step pods.
+#[async_trait]
+pub trait Pods: Send + Sync {
+    /// What this adapter can do.
+    fn capabilities(&self) -> PodCapabilities;
+
+    /// Create a pod. Idempotent on name: if a pod of that name exists with the same
+    /// handle label it is adopted and its status returned; with another handle,
+    /// [`ErrorKind::AlreadyExists`](crate::ErrorKind::AlreadyExists).
+    async fn create(&self, spec: &PodSpec) -> Result<PodStatus>;
+
+    /// The pod's status now; `NotFound` if there is none.
+    async fn get(&self, name: &str) -> Result<PodStatus>;
+
+    /// Wait until `cond` holds or can no longer hold, or until `timeout`; return the
+    /// status then (the caller checks [`PodStatus::satisfies`]). A pod that vanishes
+    /// while waited on is reported as `Failed(Deleted)`. Event-driven, never a busy poll.
+    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus>;
+
+    /// Pods whose labels match every pair of `selector`.
+    async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>>;
+
+    /// Delete a pod with a grace period; processes are killed. Deleting a pod that is
+    /// gone already succeeds.
+    async fn delete(&self, name: &str, grace: Duration) -> Result<()>;
+}
+
+macro_rules! forward_pods {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: Pods + ?Sized> Pods for $ty {
+            fn capabilities(&self) -> PodCapabilities {
+                (**self).capabilities()
+            }
+            async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
+                (**self).create(spec).await
+            }
+            async fn get(&self, name: &str) -> Result<PodStatus> {
+                (**self).get(name).await
+            }
+            async fn wait(
+                &self,
+                name: &str,
+                cond: WaitFor,
+                timeout: Duration,
+            ) -> Result<PodStatus> {
+                (**self).wait(name, cond, timeout).await
+            }
+            async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>> {
+                (**self).list(selector).await
+            }
+            async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+                (**self).delete(name, grace).await
+            }
+        }
+    };
+}
+forward_pods!(Arc<T>);
+forward_pods!(Box<T>);

@@ -1,0 +1,1 @@
+//! Services built only on the ports.
