@@ -10,6 +10,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod images;
 pub mod names;
 pub mod plan;
 pub mod ports;

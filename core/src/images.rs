@@ -1,0 +1,1 @@
+//! Image resolution for resource types and tasks.
