@@ -88,7 +88,7 @@ fn check_handle(kind: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= MAX_LABEL_LEN
         && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'z').contains(&b) || b == b'-')
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -253,10 +253,8 @@ pub fn label_value(s: &str) -> String {
         })
         .collect();
     v.truncate(MAX_LABEL_LEN);
-    let trimmed = v
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned();
-    trimmed
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// Whether `s` is a valid label value.

@@ -1,1 +1,327 @@
-fn main() {}
+//! `jetbridge`: run CI build plans one pod per step.
+//!
+//! Exit status: 0 success, 1 build failed, 2 invalid input or configuration, 130 aborted.
+
+mod cli;
+mod output;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::plan::{Pipeline, Vars, parse_pipeline};
+use jetbridge_core::ports::{ArtifactRegistry, Exec, Pods, Runtime, VolumeStore};
+use jetbridge_core::services::{
+    BuildRequest, BuildRunner, BuildStatus, Reaper, ReaperConfig, StepConfig, abort_pair,
+};
+
+use crate::cli::{Cli, Color, Command, LogFormat, MigrateArgs, PipelineArgs, RunArgs};
+use crate::output::Printer;
+
+/// An error the user can fix: printed plainly, exit status 2.
+#[derive(Debug)]
+struct UserError(String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+fn user(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(&cli));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<UserError>() {
+                eprintln!("error: {u}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JETBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+}
+
+async fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let printer = Printer::new(cli.log_format == LogFormat::Json, color);
+    match &cli.command {
+        Command::Run(args) => run(args, printer).await,
+        Command::Validate(args) => {
+            let (pipeline, _) = load_pipeline(&args.pipeline)?;
+            let steps: usize = pipeline.jobs.iter().map(|j| j.plan.len()).sum();
+            printer.info(&format!(
+                "{}: valid ({} job(s), {} resource(s), {} top-level step(s))",
+                args.pipeline.pipeline.display(),
+                pipeline.jobs.len(),
+                pipeline.resources.len(),
+                steps
+            ));
+            Ok(0)
+        }
+        Command::Migrate(args) => migrate(args).await,
+    }
+}
+
+fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<(Pipeline, Vars)> {
+    let path = &args.pipeline;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user(format!("cannot read the pipeline {}: {e}", path.display())))?;
+    let vars = Vars::from_assignments(args.vars.iter())
+        .map_err(|e| user(format!("--var: {e} (write --var KEY=VALUE)")))?;
+    let file = path.display().to_string();
+    let pipeline = parse_pipeline(&text, &file, &vars).map_err(|e| user(e.to_string()))?;
+    Ok((pipeline, vars))
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("jetbridge");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/jetbridge");
+    }
+    PathBuf::from(".jetbridge")
+}
+
+async fn open_registry(url: &str) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
+    if url == "memory" || url == "memory://" {
+        return Ok(Arc::new(jetbridge_memory::MemoryRegistry::new()));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let reg = jetbridge_postgres::PgRegistry::connect(
+            url,
+            jetbridge_postgres::PgOptions::default(),
+        )
+        .await
+        .with_context(
+            || "connecting to the Postgres registry (check --registry / JETBRIDGE_REGISTRY)",
+        )?;
+        return Ok(Arc::new(reg));
+    }
+    Err(user(format!(
+        "--registry {url:?} is not supported: use `memory` or a postgres:// URL"
+    )))
+}
+
+fn open_volumes(spec: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn VolumeStore>> {
+    let dir = match spec {
+        None => data_dir.join("volumes"),
+        Some(s) if s.contains("://") && !s.starts_with("file://") => {
+            return Err(user(format!(
+                "--volumes {s:?}: only directories are supported by this build (a mounted PVC, GCS FUSE or a local path)"
+            )));
+        }
+        Some(s) => PathBuf::from(s.trim_start_matches("file://")),
+    };
+    let store = jetbridge_fs::FsVolumeStore::new(dir.clone())
+        .map_err(|e| user(format!("--volumes {}: {e}", dir.display())))?;
+    Ok(Arc::new(store))
+}
+
+async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
+    let (pipeline, vars) = load_pipeline(&args.pipeline)?;
+    let job = match &args.job {
+        Some(j) => {
+            if pipeline.job(j).is_none() {
+                let names: Vec<_> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+                return Err(user(format!(
+                    "the pipeline has no job {j:?}; its jobs: {}",
+                    names.join(", ")
+                )));
+            }
+            j.clone()
+        }
+        None => match pipeline.jobs.as_slice() {
+            [only] => only.name.clone(),
+            jobs => {
+                let names: Vec<_> = jobs.iter().map(|j| j.name.as_str()).collect();
+                return Err(user(format!(
+                    "the pipeline has {} jobs; choose one with --job NAME ({})",
+                    jobs.len(),
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        user(format!(
+            "cannot create the data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let volumes = open_volumes(args.volumes.as_deref(), &data_dir)?;
+    let registry = open_registry(&args.registry).await?;
+    let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
+        data_dir.join("local"),
+    ))
+    .map_err(|e| {
+        user(format!(
+            "cannot set up the local backend in {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let backend = Arc::new(backend);
+    let pods: Arc<dyn Pods> = backend.clone();
+    let exec: Arc<dyn Exec> = backend;
+    let rt = Runtime {
+        pods,
+        exec,
+        volumes: Some(volumes.clone()),
+        registry: registry.clone(),
+    };
+
+    let base_dir = args
+        .pipeline
+        .pipeline
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let base_dir = std::fs::canonicalize(if base_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &base_dir
+    })
+    .unwrap_or(base_dir);
+    let images = ImageResolver::new().with_base_dir(base_dir.to_string_lossy().into_owned());
+
+    let config = StepConfig {
+        keep_pods: args.keep_pods,
+        ..StepConfig::default()
+    };
+    let printer = Arc::new(printer);
+    let runner = BuildRunner::new(
+        rt.clone(),
+        config,
+        images,
+        args.worker.clone(),
+        printer.clone(),
+    );
+
+    // Leftovers of an earlier run that was killed: its pods (our worker, not active).
+    let reaper = Reaper::new(
+        Some(rt.pods.clone()),
+        Some(volumes),
+        registry.clone(),
+        ReaperConfig::new(args.worker.clone()),
+    );
+    if let Ok(report) = reaper.run_once(&HashSet::new(), SystemTime::now()).await {
+        if !report.pods_deleted.is_empty() {
+            tracing::info!(pods = ?report.pods_deleted, "removed pods left by an earlier run");
+        }
+    }
+
+    let (abort, signal) = abort_pair();
+    let build_id = format!(
+        "{}/{}/{}-{}",
+        pipeline.name,
+        job,
+        args.build_number,
+        jetbridge_core::names::StepHandle::random().short()
+    );
+    printer.info(&format!(
+        "running job {job} of pipeline {} (build {})",
+        pipeline.name, args.build_number
+    ));
+    let started = Instant::now();
+    let build = runner.run(BuildRequest {
+        pipeline: Arc::new(pipeline),
+        job,
+        build_number: args.build_number,
+        build_id,
+        vars,
+        abort: signal,
+    });
+    tokio::pin!(build);
+    let mut aborted = false;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut build => break r,
+            _ = tokio::signal::ctrl_c(), if !aborted => {
+                aborted = true;
+                printer.info("interrupted: aborting the build (press Ctrl-C again to leave at once)");
+                abort.abort();
+            }
+            _ = tokio::signal::ctrl_c(), if aborted => {
+                eprintln!("error: left without cleaning up; the next run removes what is left");
+                return Ok(130);
+            }
+        }
+    };
+    let outcome = outcome.map_err(|e| user(e.to_string()))?;
+
+    // The build released its references; collect what nothing else holds.
+    match reaper
+        .run_once(&runner.active_steps(), SystemTime::now())
+        .await
+    {
+        Ok(r) if !r.errors.is_empty() => {
+            tracing::warn!(errors = ?r.errors, "cleanup was incomplete")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cleanup failed; the next run retries it"),
+    }
+    printer.summary(&outcome, started.elapsed());
+    Ok(match outcome.status {
+        BuildStatus::Succeeded => 0,
+        BuildStatus::Aborted => 130,
+        BuildStatus::Failed | BuildStatus::Errored => 1,
+    })
+}
+
+async fn migrate(args: &MigrateArgs) -> anyhow::Result<u8> {
+    if !(args.registry.starts_with("postgres://") || args.registry.starts_with("postgresql://")) {
+        return Err(user(
+            "--registry must be a postgres:// URL; the memory registry has nothing to migrate",
+        ));
+    }
+    let applied = jetbridge_postgres::migrate(&args.registry)
+        .await
+        .context("applying migrations")?;
+    println!("applied {applied} migration(s)");
+    Ok(0)
+}

@@ -2,6 +2,9 @@
 //!
 //! Produced by [`super::parse_pipeline`]; consumed by the build runner. Every step
 //! carries the [`Location`] it came from so runtime errors can point at the file.
+//!
+//! `source`, `params`, `get_params` and `vars` often hold credentials, so the `Debug`
+//! output of the types holding them shows their keys only, never their values.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,7 +61,7 @@ impl Pipeline {
 }
 
 /// A resource: a versioned thing `get` fetches and `put` pushes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Resource {
     /// Name.
     pub name: String,
@@ -71,7 +74,7 @@ pub struct Resource {
 }
 
 /// A resource type: an image implementing check/in/out.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ResourceType {
     /// Name.
     pub name: String,
@@ -127,6 +130,8 @@ pub struct Hooks {
 }
 
 /// The kinds of step.
+// Plans are small and built once per build; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
     /// Fetch a resource version into an artifact.
@@ -142,7 +147,7 @@ pub enum StepKind {
 }
 
 /// `get`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct GetStep {
     /// Artifact name (the `get:` value).
     pub name: String,
@@ -159,7 +164,7 @@ pub struct GetStep {
 }
 
 /// `put`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct PutStep {
     /// Step name (the `put:` value); also the name of the implicit get's artifact.
     pub name: String,
@@ -177,7 +182,7 @@ pub struct PutStep {
 }
 
 /// `task`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct TaskStep {
     /// Step name (the `task:` value).
     pub name: String,
@@ -196,6 +201,7 @@ pub struct TaskStep {
 }
 
 /// Where a task's config comes from.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskSource {
     /// Inline `config:`.
@@ -221,7 +227,7 @@ pub struct InParallel {
 }
 
 /// A task config (Concourse task file).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct TaskConfig {
     /// `platform` (`linux`).
     pub platform: String,
@@ -244,7 +250,7 @@ pub struct TaskConfig {
 }
 
 /// `image_resource`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ImageResource {
     /// Type (`registry-image`, `docker-image`).
     pub type_: String,
@@ -303,4 +309,130 @@ pub struct ContainerLimits {
     pub cpu_millis: Option<u64>,
     /// Memory in bytes.
     pub memory_bytes: Option<u64>,
+}
+
+/// Shows the keys of a free-form value, never its values.
+struct RedactedJson<'a>(&'a Value);
+
+impl std::fmt::Debug for RedactedJson<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Value::Object(map) => f
+                .debug_map()
+                .entries(map.keys().map(|k| (k, Hidden)))
+                .finish(),
+            Value::Null => f.write_str("null"),
+            _ => Hidden.fmt(f),
+        }
+    }
+}
+
+/// Shows the keys of a map, never its values.
+struct RedactedMap<'a, V>(&'a BTreeMap<String, V>);
+
+impl<V> std::fmt::Debug for RedactedMap<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, Hidden)))
+            .finish()
+    }
+}
+
+/// Stands in for a value that may be secret.
+struct Hidden;
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("name", &self.name)
+            .field("type_", &self.type_)
+            .field("source", &RedactedJson(&self.source))
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceType")
+            .field("name", &self.name)
+            .field("type_", &self.type_)
+            .field("source", &RedactedJson(&self.source))
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GetStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetStep")
+            .field("name", &self.name)
+            .field("resource", &self.resource)
+            .field("version", &self.version)
+            .field("params", &RedactedJson(&self.params))
+            .field("passed", &self.passed)
+            .field("trigger", &self.trigger)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PutStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutStep")
+            .field("name", &self.name)
+            .field("resource", &self.resource)
+            .field("params", &RedactedJson(&self.params))
+            .field("get_params", &RedactedJson(&self.get_params))
+            .field("inputs", &self.inputs)
+            .field("no_get", &self.no_get)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TaskStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStep")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("params", &RedactedMap(&self.params))
+            .field("input_mapping", &self.input_mapping)
+            .field("output_mapping", &self.output_mapping)
+            .field("privileged", &self.privileged)
+            .field("vars", &RedactedMap(&self.vars))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TaskConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskConfig")
+            .field("platform", &self.platform)
+            .field("image_resource", &self.image_resource)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("caches", &self.caches)
+            .field("params", &RedactedMap(&self.params))
+            .field("run", &self.run)
+            .field("container_limits", &self.container_limits)
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ImageResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The image reference is not secret and is what a reader needs; registry
+        // credentials in the source are.
+        f.debug_struct("ImageResource")
+            .field("type_", &self.type_)
+            .field("image", &self.image_ref())
+            .field("source", &RedactedJson(&self.source))
+            .finish()
+    }
 }

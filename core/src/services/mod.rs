@@ -1,1 +1,32 @@
-//! Services built only on the ports.
+//! Services built only on the ports: the step runner, the build runner, the artifact
+//! service and the reaper.
+
+pub mod abort;
+pub mod artifacts;
+pub mod build;
+pub mod failure;
+pub mod reaper;
+pub mod step;
+
+pub use abort::{AbortHandle, AbortSignal, abort_pair};
+pub use artifacts::{ArtifactRequest, ArtifactService, ArtifactVolume};
+pub use build::*;
+pub use failure::StepFailure;
+pub use reaper::{ReapReport, Reaper, ReaperConfig};
+pub use step::*;
+
+use std::time::Duration;
+
+/// A duration the way people write it: `850ms`, `12.3s`, `4m05s`, `1h02m`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1_000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}

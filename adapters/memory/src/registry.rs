@@ -1,0 +1,366 @@
+//! [`MemoryRegistry`]: the artifact registry in a map behind one mutex.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use jetbridge_core::digest::Digest;
+use jetbridge_core::names::{ArtifactId, VolumeHandle};
+use jetbridge_core::ports::{
+    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, NewArtifact,
+    RegistryCapabilities, Worker,
+};
+use jetbridge_core::{Error, ErrorKind, Result};
+
+use crate::faults::{FaultTiming, Faults, after};
+
+/// An operation of [`MemoryRegistry`], for fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegistryOp {
+    /// [`ArtifactRegistry::register`].
+    Register,
+    /// [`ArtifactRegistry::mark_ready`].
+    MarkReady,
+    /// [`ArtifactRegistry::get`].
+    Get,
+    /// [`ArtifactRegistry::find`].
+    Find,
+    /// [`ArtifactRegistry::acquire`].
+    Acquire,
+    /// [`ArtifactRegistry::release`].
+    Release,
+    /// [`ArtifactRegistry::release_all`].
+    ReleaseAll,
+    /// [`ArtifactRegistry::claim_reapable`].
+    ClaimReapable,
+    /// [`ArtifactRegistry::forget`].
+    Forget,
+    /// [`ArtifactRegistry::known_volumes`].
+    KnownVolumes,
+    /// [`ArtifactRegistry::heartbeat`].
+    Heartbeat,
+    /// [`ArtifactRegistry::workers`].
+    Workers,
+}
+
+#[derive(Debug)]
+struct Record {
+    artifact: Artifact,
+    /// The registration as first made, to tell a retry from a conflicting one.
+    origin: NewArtifact,
+    seq: u64,
+    holders: BTreeSet<Holder>,
+    claimed_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: BTreeMap<ArtifactId, Record>,
+    workers: BTreeMap<String, Worker>,
+    seq: u64,
+}
+
+/// An in-memory [`ArtifactRegistry`]; every operation is atomic under one mutex, so two
+/// concurrent claimers never get the same artifact.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    state: Mutex<State>,
+    faults: Faults<RegistryOp>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make the next `n` calls of `op` fail with an error of `kind`, doing nothing.
+    pub fn fail_next(&self, op: RegistryOp, n: usize, kind: ErrorKind) {
+        self.faults.plan_kind(op, n, kind, FaultTiming::Before);
+    }
+
+    /// Make the next `n` calls of `op` take effect and then fail with `kind`, as when a
+    /// response is lost.
+    pub fn fail_next_after(&self, op: RegistryOp, n: usize, kind: ErrorKind) {
+        self.faults.plan_kind(op, n, kind, FaultTiming::After);
+    }
+
+    /// Make the next `n` calls of `op` fail with exactly `error`.
+    pub fn fail_next_with(&self, op: RegistryOp, n: usize, error: Error) {
+        self.faults.plan(op, n, error, FaultTiming::Before);
+    }
+
+    /// Forget all planned failures.
+    pub fn clear_faults(&self) {
+        self.faults.clear();
+    }
+
+    /// How many references an artifact has (0 when unknown).
+    pub fn reference_count(&self, id: &ArtifactId) -> usize {
+        self.lock().records.get(id).map_or(0, |r| r.holders.len())
+    }
+
+    /// How many records exist, in any state.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation below is complete before it can panic, so a poisoned state is
+        // still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn guarded<T>(&self, op: RegistryOp, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let late = self.faults.before(op)?;
+        let r = f(&mut self.lock());
+        after(late, r)
+    }
+}
+
+fn not_found(id: &ArtifactId) -> Error {
+    Error::not_found(format!("artifact {id}"))
+}
+
+fn matches(a: &Artifact, f: &ArtifactFilter) -> bool {
+    f.build.as_ref().is_none_or(|b| *b == a.build)
+        && f.step.as_ref().is_none_or(|s| *s == a.step)
+        && f.name.as_ref().is_none_or(|n| *n == a.name)
+        && f.volume.as_ref().is_none_or(|v| *v == a.volume)
+        && f.state.is_none_or(|s| s == a.state)
+}
+
+impl State {
+    /// Whether a reference from `h` protects its artifact at `now`: its worker is alive,
+    /// or has never registered (so nothing says it is dead).
+    fn protects(&self, h: &Holder, now: SystemTime) -> bool {
+        self.workers.get(&h.worker).is_none_or(|w| w.alive_at(now))
+    }
+
+    fn reapable(&self, r: &Record, now: SystemTime, stale_after: Duration) -> bool {
+        match r.artifact.state {
+            ArtifactState::Destroying => r
+                .claimed_at
+                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age > stale_after)),
+            ArtifactState::Creating | ArtifactState::Ready => {
+                !r.holders.iter().any(|h| self.protects(h, now))
+                    && r.artifact.retain_until.is_none_or(|t| t <= now)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ArtifactRegistry for MemoryRegistry {
+    fn capabilities(&self) -> RegistryCapabilities {
+        RegistryCapabilities::none()
+    }
+
+    async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
+        self.guarded(RegistryOp::Register, |s| {
+            if let Some(r) = s.records.get(&new.id) {
+                return if r.origin == *new {
+                    Ok(r.artifact.clone())
+                } else {
+                    Err(Error::conflict(format!(
+                        "artifact {} is registered with other fields",
+                        new.id
+                    )))
+                };
+            }
+            if let Some(other) = s.records.values().find(|r| r.artifact.volume == new.volume) {
+                return Err(Error::already_exists(format!(
+                    "volume {} belongs to artifact {}",
+                    new.volume, other.artifact.id
+                )));
+            }
+            let artifact = Artifact {
+                id: new.id.clone(),
+                build: new.build.clone(),
+                step: new.step.clone(),
+                name: new.name.clone(),
+                volume: new.volume.clone(),
+                state: ArtifactState::Creating,
+                size: None,
+                digest: None,
+                worker: new.holder.worker.clone(),
+                retain_until: new.retain_until,
+                created_at: SystemTime::now(),
+            };
+            s.seq += 1;
+            let rec = Record {
+                artifact: artifact.clone(),
+                origin: new.clone(),
+                seq: s.seq,
+                holders: BTreeSet::from([new.holder.clone()]),
+                claimed_at: None,
+            };
+            s.records.insert(new.id.clone(), rec);
+            Ok(artifact)
+        })
+    }
+
+    async fn mark_ready(&self, id: &ArtifactId, size: u64, digest: &Digest) -> Result<Artifact> {
+        self.guarded(RegistryOp::MarkReady, |s| {
+            let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
+            let a = &mut r.artifact;
+            match a.state {
+                ArtifactState::Destroying => {
+                    Err(Error::conflict(format!("artifact {id} is being destroyed")))
+                }
+                ArtifactState::Ready => {
+                    if a.size == Some(size) && a.digest.as_ref() == Some(digest) {
+                        Ok(a.clone())
+                    } else {
+                        Err(Error::conflict(format!(
+                            "artifact {id} is ready with another size or digest"
+                        )))
+                    }
+                }
+                ArtifactState::Creating => {
+                    a.state = ArtifactState::Ready;
+                    a.size = Some(size);
+                    a.digest = Some(digest.clone());
+                    Ok(a.clone())
+                }
+            }
+        })
+    }
+
+    async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.guarded(RegistryOp::Get, |s| {
+            s.records
+                .get(id)
+                .map(|r| r.artifact.clone())
+                .ok_or_else(|| not_found(id))
+        })
+    }
+
+    async fn find(&self, filter: &ArtifactFilter) -> Result<Vec<Artifact>> {
+        self.guarded(RegistryOp::Find, |s| {
+            let mut found: Vec<&Record> = s
+                .records
+                .values()
+                .filter(|r| matches(&r.artifact, filter))
+                .collect();
+            found.sort_by_key(|r| (r.artifact.created_at, r.seq));
+            Ok(found.into_iter().map(|r| r.artifact.clone()).collect())
+        })
+    }
+
+    async fn acquire(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
+        self.guarded(RegistryOp::Acquire, |s| {
+            let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
+            if r.artifact.state == ArtifactState::Destroying {
+                return Err(Error::conflict(format!("artifact {id} is being destroyed")));
+            }
+            r.holders.insert(holder.clone());
+            Ok(())
+        })
+    }
+
+    async fn release(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
+        self.guarded(RegistryOp::Release, |s| {
+            if let Some(r) = s.records.get_mut(id) {
+                r.holders.remove(holder);
+            }
+            Ok(())
+        })
+    }
+
+    async fn release_all(&self, holder: &Holder) -> Result<u64> {
+        self.guarded(RegistryOp::ReleaseAll, |s| {
+            let mut n = 0;
+            for r in s.records.values_mut() {
+                if r.holders.remove(holder) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    async fn claim_reapable(
+        &self,
+        claimer: &str,
+        limit: usize,
+        now: SystemTime,
+        stale_after: Duration,
+    ) -> Result<Vec<Artifact>> {
+        let _ = claimer;
+        self.guarded(RegistryOp::ClaimReapable, |s| {
+            let mut ids: Vec<(SystemTime, u64, ArtifactId)> = s
+                .records
+                .values()
+                .filter(|r| s.reapable(r, now, stale_after))
+                .map(|r| (r.artifact.created_at, r.seq, r.artifact.id.clone()))
+                .collect();
+            ids.sort();
+            ids.truncate(limit);
+            let mut out = Vec::with_capacity(ids.len());
+            for (_, _, id) in ids {
+                if let Some(r) = s.records.get_mut(&id) {
+                    r.artifact.state = ArtifactState::Destroying;
+                    r.claimed_at = Some(now);
+                    out.push(r.artifact.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn forget(&self, id: &ArtifactId) -> Result<()> {
+        self.guarded(RegistryOp::Forget, |s| match s.records.get(id) {
+            None => Ok(()),
+            Some(r) if r.artifact.state == ArtifactState::Destroying => {
+                s.records.remove(id);
+                Ok(())
+            }
+            Some(_) => Err(Error::conflict(format!(
+                "artifact {id} is not being destroyed"
+            ))),
+        })
+    }
+
+    async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
+        self.guarded(RegistryOp::KnownVolumes, |s| {
+            let known: BTreeSet<&VolumeHandle> =
+                s.records.values().map(|r| &r.artifact.volume).collect();
+            let mut seen = BTreeSet::new();
+            Ok(volumes
+                .iter()
+                .filter(|v| known.contains(v) && seen.insert(*v))
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn heartbeat(&self, worker: &str, now: SystemTime, ttl: Duration) -> Result<()> {
+        self.guarded(RegistryOp::Heartbeat, |s| {
+            let expires_at = now
+                .checked_add(ttl)
+                .ok_or_else(|| Error::invalid(format!("heartbeat ttl {ttl:?} is too large")))?;
+            s.workers.insert(
+                worker.to_owned(),
+                Worker {
+                    name: worker.to_owned(),
+                    last_heartbeat: now,
+                    expires_at,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>> {
+        self.guarded(RegistryOp::Workers, |s| {
+            Ok(s.workers.values().cloned().collect())
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! What a person (or a machine) sees of a build: step starts and ends, each step's
+//! output prefixed by its name, and a summary.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jetbridge_core::ports::{OutputSink, OutputStream};
+use jetbridge_core::services::{BuildEvents, BuildOutcome, BuildStatus, StepSummary, fmt_duration};
+use serde_json::json;
+
+/// Prints build events to stdout, in text or JSON lines.
+#[derive(Debug, Clone)]
+pub struct Printer {
+    json: bool,
+    color: bool,
+    lock: Arc<Mutex<()>>,
+}
+
+const RESET: &str = "\x1b[0m";
+const BOLD: &str = "\x1b[1m";
+const DIM: &str = "\x1b[2m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+
+impl Printer {
+    /// A printer.
+    pub fn new(json: bool, color: bool) -> Self {
+        Printer {
+            json,
+            color,
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_owned()
+        }
+    }
+
+    fn emit_line(&self, text: &str) {
+        let _guard = self.lock.lock();
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (piped into `head`) must not crash the build.
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    fn emit_json(&self, v: serde_json::Value) {
+        self.emit_line(&v.to_string());
+    }
+
+    /// A line about the build as a whole.
+    pub fn info(&self, message: &str) {
+        if self.json {
+            self.emit_json(json!({"event": "info", "message": message}));
+        } else {
+            self.emit_line(&self.paint(DIM, message));
+        }
+    }
+
+    /// The closing summary.
+    pub fn summary(&self, outcome: &BuildOutcome, total: Duration) {
+        if self.json {
+            let steps: Vec<_> = outcome
+                .steps
+                .iter()
+                .map(|s| {
+                    json!({
+                        "step": s.name,
+                        "result": result_text(s),
+                        "ok": s.result.is_ok(),
+                        "duration_ms": s.duration.as_millis() as u64,
+                        "attempt": s.attempts,
+                        "artifacts": s.artifacts.iter().map(|a| json!({
+                            "name": a.name,
+                            "size": a.size,
+                            "digest": a.digest.as_ref().map(|d| d.as_str().to_owned()),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            self.emit_json(json!({
+                "event": "summary",
+                "status": status_text(outcome.status),
+                "duration_ms": total.as_millis() as u64,
+                "failed_step": outcome.failure.as_ref().map(|(n, _)| n.clone()),
+                "reason": outcome.failure.as_ref().map(|(_, f)| f.to_string()),
+                "steps": steps,
+            }));
+            return;
+        }
+        let rows: Vec<[String; 4]> = outcome
+            .steps
+            .iter()
+            .map(|s| {
+                let arts = s
+                    .artifacts
+                    .iter()
+                    .map(|a| {
+                        let d = a.digest.as_ref().map(|d| d.as_str()).unwrap_or("");
+                        let short = d
+                            .strip_prefix("sha256:")
+                            .map(|h| &h[..12.min(h.len())])
+                            .unwrap_or("");
+                        format!("{} ({}, {})", a.name, human_bytes(a.size), short)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let name = if s.attempts > 1 {
+                    format!("{} (attempt {})", s.name, s.attempts)
+                } else {
+                    s.name.clone()
+                };
+                [name, result_text(s), fmt_duration(s.duration), arts]
+            })
+            .collect();
+        let header = [
+            "STEP".to_owned(),
+            "RESULT".to_owned(),
+            "DURATION".to_owned(),
+            "ARTIFACTS".to_owned(),
+        ];
+        let mut widths = [0usize; 3];
+        for r in rows.iter().chain(std::iter::once(&header)) {
+            for i in 0..3 {
+                widths[i] = widths[i].max(r[i].chars().count());
+            }
+        }
+        let fmt_row = |r: &[String; 4]| {
+            format!(
+                "  {:w0$}  {:w1$}  {:w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+            .trim_end()
+            .to_owned()
+        };
+        self.emit_line("");
+        self.emit_line(&self.paint(BOLD, "Summary"));
+        self.emit_line(&self.paint(DIM, &fmt_row(&header)));
+        for (r, s) in rows.iter().zip(&outcome.steps) {
+            let line = fmt_row(r);
+            self.emit_line(&if s.result.is_ok() {
+                line
+            } else {
+                self.paint(RED, &line)
+            });
+        }
+        let verdict = match (&outcome.status, &outcome.failure) {
+            (BuildStatus::Succeeded, _) => self.paint(
+                GREEN,
+                &format!("build succeeded in {}", fmt_duration(total)),
+            ),
+            (status, Some((step, why))) => self.paint(
+                RED,
+                &format!(
+                    "build {} in {}: {step} {why}",
+                    status_text(*status),
+                    fmt_duration(total)
+                ),
+            ),
+            (status, None) => self.paint(
+                RED,
+                &format!("build {} in {}", status_text(*status), fmt_duration(total)),
+            ),
+        };
+        self.emit_line(&verdict);
+    }
+}
+
+fn status_text(s: BuildStatus) -> &'static str {
+    match s {
+        BuildStatus::Succeeded => "succeeded",
+        BuildStatus::Failed => "failed",
+        BuildStatus::Errored => "errored",
+        BuildStatus::Aborted => "aborted",
+    }
+}
+
+fn result_text(s: &StepSummary) -> String {
+    match &s.result {
+        Ok(()) => "succeeded".to_owned(),
+        Err(f) => f.to_string(),
+    }
+}
+
+/// `1.5 MiB`, `12 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl BuildEvents for Printer {
+    fn step_started(&self, name: &str, kind: &str) {
+        if self.json {
+            self.emit_json(json!({"event": "step_started", "step": name, "kind": kind}));
+        } else {
+            self.emit_line(&self.paint(CYAN, &format!("▶ {name}")));
+        }
+    }
+
+    fn step_output(&self, name: &str) -> Arc<dyn OutputSink> {
+        Arc::new(StepLines {
+            printer: self.clone(),
+            step: name.to_owned(),
+            pending: Mutex::new((Vec::new(), Vec::new())),
+        })
+    }
+
+    fn step_finished(&self, s: &StepSummary) {
+        if self.json {
+            self.emit_json(json!({
+                "event": "step_finished",
+                "step": s.name,
+                "ok": s.result.is_ok(),
+                "result": result_text(s),
+                "duration_ms": s.duration.as_millis() as u64,
+                "attempt": s.attempts,
+            }));
+        } else if s.result.is_ok() {
+            self.emit_line(&self.paint(
+                GREEN,
+                &format!("✓ {} ({})", s.name, fmt_duration(s.duration)),
+            ));
+        } else {
+            self.emit_line(&self.paint(
+                RED,
+                &format!(
+                    "✗ {}: {} ({})",
+                    s.name,
+                    result_text(s),
+                    fmt_duration(s.duration)
+                ),
+            ));
+        }
+    }
+
+    fn notice(&self, message: &str) {
+        if self.json {
+            self.emit_json(json!({"event": "notice", "message": message}));
+        } else {
+            self.emit_line(&self.paint(YELLOW, &format!("note: {message}")));
+        }
+    }
+}
+
+/// Splits a step's output into lines and prints each with the step's name.
+struct StepLines {
+    printer: Printer,
+    step: String,
+    pending: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StepLines {
+    fn line(&self, stream: OutputStream, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches('\r');
+        if self.printer.json {
+            let s = if stream == OutputStream::Stdout {
+                "stdout"
+            } else {
+                "stderr"
+            };
+            self.printer.emit_json(
+                json!({"event": "output", "step": self.step, "stream": s, "line": text}),
+            );
+        } else {
+            let prefix = self.printer.paint(DIM, &format!("[{}]", self.step));
+            self.printer.emit_line(&format!("{prefix} {text}"));
+        }
+    }
+}
+
+impl OutputSink for StepLines {
+    fn write(&self, stream: OutputStream, data: &[u8]) {
+        let mut complete = Vec::new();
+        if let Ok(mut p) = self.pending.lock() {
+            let buf = if stream == OutputStream::Stdout {
+                &mut p.0
+            } else {
+                &mut p.1
+            };
+            buf.extend_from_slice(data);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let rest = buf.split_off(i + 1);
+                let mut line = std::mem::replace(buf, rest);
+                line.pop();
+                complete.push(line);
+            }
+        }
+        for l in complete {
+            self.line(stream, &l);
+        }
+    }
+}
+
+impl Drop for StepLines {
+    fn drop(&mut self) {
+        // A last line without a newline is still shown.
+        let (out, err) = match self.pending.get_mut() {
+            Ok(p) => (std::mem::take(&mut p.0), std::mem::take(&mut p.1)),
+            Err(_) => return,
+        };
+        if !out.is_empty() {
+            self.line(OutputStream::Stdout, &out);
+        }
+        if !err.is_empty() {
+            self.line(OutputStream::Stderr, &err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

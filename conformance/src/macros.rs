@@ -1,0 +1,841 @@
+//! The registration macros: one per port suite. Each expands to a module of tests, one
+//! per case and named after it, that build a fresh subject with the factory and run the
+//! case (see the crate README).
+//!
+//! The list of cases in each macro must match the suite's `CASES`; a unit test of this
+//! crate checks that it does.
+
+/// Register every case of the [`Pods`](jetbridge_core::ports::Pods) suite as a test in
+/// a module `pods_conformance`.
+///
+/// `$factory`: an `async fn() -> Option<BackendSubject>` (or any expression callable
+/// like one); it returns `None` after calling [`live::unavailable`](crate::live::unavailable)
+/// when its backend is not configured.
+#[macro_export]
+macro_rules! pods_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__suite_module!(
+            pods_conformance,
+            pods,
+            "pods",
+            $factory,
+            [
+                create_then_wait_running,
+                create_is_idempotent_for_same_handle,
+                create_with_other_handle_already_exists,
+                get_missing_not_found,
+                list_selects_by_labels,
+                delete_removes_pod,
+                delete_missing_succeeds,
+                wait_on_deleted_pod_reports_it,
+                wait_sees_deletion,
+                wait_returns_within_timeout,
+                running_satisfies_scheduled_and_running,
+                labels_round_trip,
+                concurrent_creates_all_run,
+                host_path_mount_unsupported,
+                pvc_mount_unsupported,
+            ]
+        );
+    };
+}
+
+/// Register every case of the [`Exec`](jetbridge_core::ports::Exec) suite as a test in
+/// a module `exec_conformance`. `$factory` as for [`pods_suite!`].
+#[macro_export]
+macro_rules! exec_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__suite_module!(
+            exec_conformance,
+            exec,
+            "exec",
+            $factory,
+            [
+                exit_code_zero,
+                exit_code_nonzero,
+                stdout_and_stderr_are_separate,
+                stdin_reaches_cat_byte_exact,
+                env_is_passed,
+                working_dir_is_used,
+                files_persist_between_execs,
+                tar_round_trip,
+                exec_in_missing_pod_fails,
+                exec_in_deleted_pod_fails,
+                cancelled_exec_leaves_pod_usable,
+                output_is_streamed_before_exit,
+            ]
+        );
+    };
+}
+
+/// Register every case of the [`VolumeStore`](jetbridge_core::ports::VolumeStore) suite
+/// as a test in a module `volume_store_conformance`.
+///
+/// `$factory`: an `async fn() -> Option<Subject<dyn VolumeStore>>`.
+#[macro_export]
+macro_rules! volume_store_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__suite_module!(
+            volume_store_conformance,
+            volumes,
+            "volume store",
+            $factory,
+            [
+                create_is_creating,
+                create_twice_already_exists,
+                missing_volume_not_found,
+                read_tar_of_creating_not_found,
+                seal_reports_size_and_digest,
+                read_tar_round_trips_tree,
+                digest_follows_content,
+                write_after_seal_conflict,
+                seal_twice_returns_same_info,
+                delete_then_stat_not_found,
+                delete_missing_succeeds,
+                list_includes_both_states,
+                hostile_tars_rejected,
+                broken_stream_leaves_nothing_readable,
+                truncated_tar_fails,
+                empty_tar_seals_empty,
+                large_file_round_trips,
+                many_small_files_round_trip,
+                mount_unsupported,
+                mount_follows_state,
+            ]
+        );
+    };
+}
+
+/// Register every case of the
+/// [`ArtifactRegistry`](jetbridge_core::ports::ArtifactRegistry) suite as a test in a
+/// module `registry_conformance`.
+///
+/// `$factory`: an `async fn() -> Option<Subject<dyn ArtifactRegistry>>`.
+#[macro_export]
+macro_rules! registry_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__suite_module!(
+            registry_conformance,
+            registry,
+            "registry",
+            $factory,
+            [
+                register_then_get,
+                register_is_idempotent,
+                register_conflicting_fields_conflict,
+                register_taken_volume_already_exists,
+                mark_ready_records_size_and_digest,
+                get_missing_not_found,
+                find_filters,
+                acquire_release_idempotent,
+                acquire_unknown_not_found,
+                release_all_counts,
+                claim_takes_only_reapable,
+                claim_respects_retention,
+                expired_holder_does_not_protect,
+                unregistered_holder_protects,
+                concurrent_claims_are_disjoint,
+                claim_respects_limit,
+                stale_destroying_reclaimed,
+                forget_only_destroying,
+                destroying_refuses_acquire_and_mark_ready,
+                known_volumes_reports_registered,
+                heartbeat_and_workers,
+            ]
+        );
+    };
+}
+
+/// The shared expansion: a module `$module` with one `#[test]` per case, plus `CASES`
+/// (the names it registered) so the crate can check the list is complete.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_module {
+    ($module:ident, $suite:ident, $label:literal, $factory:expr, [$($case:ident),* $(,)?]) => {
+        #[allow(non_snake_case, clippy::large_futures)]
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The cases this module registered.
+            #[allow(dead_code)]
+            pub const CASES: &[&str] = &[$(stringify!($case)),*];
+
+            $(
+                #[test]
+                fn $case() {
+                    $crate::support::run_test(
+                        $label,
+                        stringify!($case),
+                        || $factory(),
+                        |subject| async move {
+                            $crate::$suite::run_case(&subject, stringify!($case)).await
+                        },
+                    );
+                }
+            )*
+        }
+    };
+}
+
+/// The crate's own checks: the macros expand and register every case, the cases pass
+/// against small reference fakes of the volume store and the registry, and the
+/// capability checks pass against a pod backend that supports nothing.
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use async_trait::async_trait;
+    use jetbridge_core::digest::Digest;
+    use jetbridge_core::names::{ArtifactId, VolumeHandle};
+    use jetbridge_core::ports::*;
+    use jetbridge_core::{Error, ErrorKind, Result};
+
+    use crate::volumes::{Node, Tree};
+    use crate::{BackendSubject, Subject};
+
+    // ---- a reference volume store ------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    struct Vol {
+        tree: Tree,
+        info: VolumeInfo,
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeStore {
+        vols: Mutex<HashMap<VolumeHandle, Vol>>,
+        mount: bool,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Depth of `target` resolved from the directory of `path`; `None` when it leaves.
+    fn stays_inside(path: &str, target: &str) -> bool {
+        if target.starts_with('/') {
+            return false;
+        }
+        let mut depth: i64 = path.split('/').count() as i64 - 1;
+        for seg in target.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+            if depth < 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn extract(into: &mut Tree, data: &[u8]) -> Result<()> {
+        use std::io::Read;
+        let bad = |m: String| Error::invalid(m);
+        let mut ar = tar::Archive::new(data);
+        for entry in ar.entries().map_err(|e| bad(e.to_string()))? {
+            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+            let raw = entry.path().map_err(|e| bad(e.to_string()))?;
+            let raw = raw.to_string_lossy().into_owned();
+            if raw.starts_with('/') || raw.split('/').any(|s| s == "..") {
+                return Err(bad(format!("hostile path {raw:?}")));
+            }
+            let path = crate::volumes::normalize(&raw);
+            if path.is_empty() {
+                continue;
+            }
+            // Nothing may be written through a symlink.
+            let mut prefix = String::new();
+            for seg in path.split('/') {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(seg);
+                if matches!(into.0.get(&prefix), Some(Node::Symlink { .. })) {
+                    return Err(bad(format!("{path:?} goes through a symlink")));
+                }
+            }
+            let mode = entry.header().mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+            let node = match entry.header().entry_type() {
+                tar::EntryType::Directory => Node::Dir { mode },
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let mut data = Vec::new();
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| bad(e.to_string()))?;
+                    Node::File { mode, data }
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| bad(e.to_string()))?
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if !stays_inside(&path, &target) {
+                        return Err(bad(format!("symlink {path:?} leads out")));
+                    }
+                    Node::Symlink { target }
+                }
+                other => return Err(bad(format!("entry type {other:?} refused"))),
+            };
+            into.0.insert(path, node);
+        }
+        Ok(())
+    }
+
+    #[async_trait]
+    impl VolumeStore for FakeStore {
+        fn capabilities(&self) -> VolumeCapabilities {
+            VolumeCapabilities::none().with_mount(self.mount)
+        }
+        async fn create(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+            let mut vols = lock(&self.vols);
+            if vols.contains_key(h) {
+                return Err(Error::already_exists(h.to_string()));
+            }
+            let info = VolumeInfo {
+                handle: h.clone(),
+                state: VolumeState::Creating,
+                size: 0,
+                digest: None,
+                created_at: Some(SystemTime::now()),
+            };
+            vols.insert(
+                h.clone(),
+                Vol {
+                    tree: Tree::new(),
+                    info: info.clone(),
+                },
+            );
+            Ok(info)
+        }
+        async fn write_tar(&self, h: &VolumeHandle, tar: ByteStream) -> Result<()> {
+            let data = collect_stream(tar).await?;
+            let mut vols = lock(&self.vols);
+            let vol = vols
+                .get_mut(h)
+                .ok_or_else(|| Error::not_found(h.to_string()))?;
+            if vol.info.state == VolumeState::Sealed {
+                return Err(Error::conflict("sealed"));
+            }
+            // Extract into a copy: a failed write changes nothing.
+            let mut staged = vol.tree.clone();
+            extract(&mut staged, &data)?;
+            vol.tree = staged;
+            Ok(())
+        }
+        async fn seal(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+            let mut vols = lock(&self.vols);
+            let vol = vols
+                .get_mut(h)
+                .ok_or_else(|| Error::not_found(h.to_string()))?;
+            if vol.info.state == VolumeState::Creating {
+                vol.info.state = VolumeState::Sealed;
+                vol.info.size = vol.tree.size();
+                vol.info.digest = Some(vol.tree.digest());
+            }
+            Ok(vol.info.clone())
+        }
+        async fn read_tar(&self, h: &VolumeHandle) -> Result<ByteStream> {
+            let vols = lock(&self.vols);
+            match vols.get(h) {
+                Some(v) if v.info.state == VolumeState::Sealed => {
+                    let data = v.tree.to_tar().map_err(|e| Error::other(e.to_string()))?;
+                    Ok(bytes_stream(data))
+                }
+                _ => Err(Error::not_found(h.to_string())),
+            }
+        }
+        async fn stat(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+            lock(&self.vols)
+                .get(h)
+                .map(|v| v.info.clone())
+                .ok_or_else(|| Error::not_found(h.to_string()))
+        }
+        async fn delete(&self, h: &VolumeHandle) -> Result<()> {
+            lock(&self.vols).remove(h);
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<VolumeInfo>> {
+            Ok(lock(&self.vols).values().map(|v| v.info.clone()).collect())
+        }
+        async fn mount(&self, h: &VolumeHandle, access: MountAccess) -> Result<MountInfo> {
+            if !self.mount {
+                return Err(Error::unsupported("no mounts"));
+            }
+            let state = self.stat(h).await?.state;
+            match (access, state) {
+                (MountAccess::Write, VolumeState::Creating)
+                | (MountAccess::Read, VolumeState::Sealed) => Ok(MountInfo::HostPath {
+                    path: format!("/volumes/{h}"),
+                }),
+                _ => Err(Error::conflict("wrong state for this access")),
+            }
+        }
+    }
+
+    // ---- a reference registry ----------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    struct Rec {
+        art: Artifact,
+        new: NewArtifact,
+        refs: BTreeSet<Holder>,
+        claimed_at: Option<SystemTime>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Reg {
+        recs: BTreeMap<String, Rec>,
+        workers: BTreeMap<String, Worker>,
+        seq: u64,
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeRegistry(Mutex<Reg>);
+
+    fn same_fields(a: &NewArtifact, b: &NewArtifact) -> bool {
+        a.build == b.build
+            && a.step == b.step
+            && a.name == b.name
+            && a.volume == b.volume
+            && a.holder.worker == b.holder.worker
+            && a.retain_until == b.retain_until
+    }
+
+    #[async_trait]
+    impl ArtifactRegistry for FakeRegistry {
+        fn capabilities(&self) -> RegistryCapabilities {
+            RegistryCapabilities::none()
+        }
+        async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
+            let mut r = lock(&self.0);
+            if let Some(rec) = r.recs.get(new.id.as_str()) {
+                return if same_fields(&rec.new, new) {
+                    Ok(rec.art.clone())
+                } else {
+                    Err(Error::conflict("other fields"))
+                };
+            }
+            if r.recs.values().any(|x| x.art.volume == new.volume) {
+                return Err(Error::already_exists("volume taken"));
+            }
+            r.seq += 1;
+            let art = Artifact {
+                id: new.id.clone(),
+                build: new.build.clone(),
+                step: new.step.clone(),
+                name: new.name.clone(),
+                volume: new.volume.clone(),
+                state: ArtifactState::Creating,
+                size: None,
+                digest: None,
+                worker: new.holder.worker.clone(),
+                retain_until: new.retain_until,
+                // A strictly increasing time keeps "oldest first" exact.
+                created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(r.seq),
+            };
+            let rec = Rec {
+                art: art.clone(),
+                new: new.clone(),
+                refs: BTreeSet::from([new.holder.clone()]),
+                claimed_at: None,
+            };
+            r.recs.insert(new.id.as_str().to_owned(), rec);
+            Ok(art)
+        }
+        async fn mark_ready(&self, id: &ArtifactId, size: u64, d: &Digest) -> Result<Artifact> {
+            let mut r = lock(&self.0);
+            let rec = r
+                .recs
+                .get_mut(id.as_str())
+                .ok_or_else(|| Error::not_found("artifact"))?;
+            match rec.art.state {
+                ArtifactState::Destroying => return Err(Error::conflict("destroying")),
+                ArtifactState::Ready
+                    if rec.art.size != Some(size) || rec.art.digest.as_ref() != Some(d) =>
+                {
+                    return Err(Error::conflict("other values"));
+                }
+                _ => {}
+            }
+            rec.art.state = ArtifactState::Ready;
+            rec.art.size = Some(size);
+            rec.art.digest = Some(d.clone());
+            Ok(rec.art.clone())
+        }
+        async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
+            lock(&self.0)
+                .recs
+                .get(id.as_str())
+                .map(|r| r.art.clone())
+                .ok_or_else(|| Error::not_found("artifact"))
+        }
+        async fn find(&self, f: &ArtifactFilter) -> Result<Vec<Artifact>> {
+            let r = lock(&self.0);
+            let mut out: Vec<Artifact> = r
+                .recs
+                .values()
+                .map(|x| &x.art)
+                .filter(|a| {
+                    f.build.as_ref().is_none_or(|v| &a.build == v)
+                        && f.step.as_ref().is_none_or(|v| &a.step == v)
+                        && f.name.as_ref().is_none_or(|v| &a.name == v)
+                        && f.volume.as_ref().is_none_or(|v| &a.volume == v)
+                        && f.state.is_none_or(|v| a.state == v)
+                })
+                .cloned()
+                .collect();
+            out.sort_by_key(|a| a.created_at);
+            Ok(out)
+        }
+        async fn acquire(&self, id: &ArtifactId, h: &Holder) -> Result<()> {
+            let mut r = lock(&self.0);
+            let rec = r
+                .recs
+                .get_mut(id.as_str())
+                .ok_or_else(|| Error::not_found("artifact"))?;
+            if rec.art.state == ArtifactState::Destroying {
+                return Err(Error::conflict("destroying"));
+            }
+            rec.refs.insert(h.clone());
+            Ok(())
+        }
+        async fn release(&self, id: &ArtifactId, h: &Holder) -> Result<()> {
+            if let Some(rec) = lock(&self.0).recs.get_mut(id.as_str()) {
+                rec.refs.remove(h);
+            }
+            Ok(())
+        }
+        async fn release_all(&self, h: &Holder) -> Result<u64> {
+            let mut n = 0;
+            for rec in lock(&self.0).recs.values_mut() {
+                n += u64::from(rec.refs.remove(h));
+            }
+            Ok(n)
+        }
+        async fn claim_reapable(
+            &self,
+            _claimer: &str,
+            limit: usize,
+            now: SystemTime,
+            stale_after: Duration,
+        ) -> Result<Vec<Artifact>> {
+            let mut r = lock(&self.0);
+            let workers = r.workers.clone();
+            let mut out = Vec::new();
+            for rec in r.recs.values_mut() {
+                if out.len() >= limit {
+                    break;
+                }
+                let take = match rec.art.state {
+                    ArtifactState::Destroying => rec
+                        .claimed_at
+                        .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d > stale_after)),
+                    _ => {
+                        let protected = rec
+                            .refs
+                            .iter()
+                            .any(|h| workers.get(&h.worker).is_none_or(|w| w.alive_at(now)));
+                        let retained = rec.art.retain_until.is_some_and(|t| t > now);
+                        !protected && !retained
+                    }
+                };
+                if take {
+                    rec.art.state = ArtifactState::Destroying;
+                    rec.claimed_at = Some(now);
+                    out.push(rec.art.clone());
+                }
+            }
+            Ok(out)
+        }
+        async fn forget(&self, id: &ArtifactId) -> Result<()> {
+            let mut r = lock(&self.0);
+            match r.recs.get(id.as_str()).map(|x| x.art.state) {
+                None => Ok(()),
+                Some(ArtifactState::Destroying) => {
+                    r.recs.remove(id.as_str());
+                    Ok(())
+                }
+                Some(_) => Err(Error::conflict("not destroying")),
+            }
+        }
+        async fn known_volumes(&self, vols: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
+            let r = lock(&self.0);
+            Ok(vols
+                .iter()
+                .filter(|v| r.recs.values().any(|x| &x.art.volume == *v))
+                .cloned()
+                .collect())
+        }
+        async fn heartbeat(&self, w: &str, now: SystemTime, ttl: Duration) -> Result<()> {
+            lock(&self.0).workers.insert(
+                w.to_owned(),
+                Worker {
+                    name: w.to_owned(),
+                    last_heartbeat: now,
+                    expires_at: now + ttl,
+                },
+            );
+            Ok(())
+        }
+        async fn workers(&self) -> Result<Vec<Worker>> {
+            Ok(lock(&self.0).workers.values().cloned().collect())
+        }
+    }
+
+    // ---- a pod backend that supports nothing -------------------------------------
+
+    #[derive(Debug)]
+    struct NoPods;
+
+    #[async_trait]
+    impl Pods for NoPods {
+        fn capabilities(&self) -> PodCapabilities {
+            PodCapabilities::none()
+        }
+        async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
+            if spec.mounts.is_empty() {
+                Err(Error::other("this backend runs no pods"))
+            } else {
+                Err(Error::unsupported("no mounts"))
+            }
+        }
+        async fn get(&self, name: &str) -> Result<PodStatus> {
+            Err(Error::not_found(name.to_owned()))
+        }
+        async fn wait(&self, name: &str, _: WaitFor, _: Duration) -> Result<PodStatus> {
+            Err(Error::not_found(name.to_owned()))
+        }
+        async fn list(&self, _: &LabelSelector) -> Result<Vec<PodStatus>> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &str, _: Duration) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Exec for NoPods {
+        fn capabilities(&self) -> ExecCapabilities {
+            ExecCapabilities::default()
+        }
+        async fn exec(&self, req: ExecRequest, _: Arc<dyn OutputSink>) -> Result<i32> {
+            Err(Error::not_found(req.pod))
+        }
+    }
+
+    // ---- registrations -------------------------------------------------------------
+
+    async fn fake_store() -> Option<Subject<dyn VolumeStore>> {
+        Some(Subject::new(
+            Arc::new(FakeStore::default()) as Arc<dyn VolumeStore>
+        ))
+    }
+
+    async fn fake_mounting_store() -> Option<Subject<dyn VolumeStore>> {
+        let store = FakeStore {
+            mount: true,
+            ..FakeStore::default()
+        };
+        Some(Subject::new(Arc::new(store) as Arc<dyn VolumeStore>).with_guard("a guard"))
+    }
+
+    async fn fake_registry() -> Option<Subject<dyn ArtifactRegistry>> {
+        Some(Subject::new(
+            Arc::new(FakeRegistry::default()) as Arc<dyn ArtifactRegistry>
+        ))
+    }
+
+    async fn no_backend() -> Option<BackendSubject> {
+        crate::live::unavailable("SELFTEST", "the crate's own tests have no pod backend");
+        None
+    }
+
+    crate::volume_store_suite!(fake_store);
+    crate::registry_suite!(fake_registry);
+    crate::pods_suite!(no_backend);
+    crate::exec_suite!(no_backend);
+
+    mod mounting {
+        use super::*;
+        crate::volume_store_suite!(fake_mounting_store);
+    }
+
+    #[test]
+    fn macros_register_every_case() {
+        let sorted = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(sorted(pods_conformance::CASES), sorted(crate::PODS_CASES));
+        assert_eq!(sorted(exec_conformance::CASES), sorted(crate::EXEC_CASES));
+        assert_eq!(
+            sorted(volume_store_conformance::CASES),
+            sorted(crate::VOLUME_STORE_CASES)
+        );
+        assert_eq!(
+            sorted(registry_conformance::CASES),
+            sorted(crate::REGISTRY_CASES)
+        );
+    }
+
+    fn backend() -> BackendSubject {
+        BackendSubject::new(Arc::new(NoPods), Arc::new(NoPods), "busybox:1.36")
+    }
+
+    #[test]
+    fn every_listed_case_dispatches() {
+        // A backend that fails everything: each case must run and report (no `None`).
+        let rt = crate::support::runtime();
+        rt.block_on(async {
+            let b = backend();
+            for name in crate::PODS_CASES {
+                assert!(crate::pods::run_case(&b, name).await.is_some(), "{name}");
+            }
+            for name in crate::EXEC_CASES {
+                assert!(crate::exec::run_case(&b, name).await.is_some(), "{name}");
+            }
+            assert!(crate::pods::run_case(&b, "no_such_case").await.is_none());
+        });
+    }
+
+    #[test]
+    fn run_all_reports_unsupported_passes_and_real_failures() {
+        let rt = crate::support::runtime();
+        let report = rt.block_on(crate::pods::run_all(&backend()));
+        let status = |n: &str| {
+            report
+                .iter()
+                .find(|o| o.name == n)
+                .map(|o| o.status())
+                .unwrap()
+        };
+        assert_eq!(status("host_path_mount_unsupported"), crate::Status::Passed);
+        assert_eq!(status("pvc_mount_unsupported"), crate::Status::Passed);
+        // Cases can fail: a backend that runs no pods fails them.
+        assert_eq!(status("create_then_wait_running"), crate::Status::Failed);
+        assert_eq!(status("delete_missing_succeeds"), crate::Status::Passed);
+        let exec = rt.block_on(crate::exec::run_all(&backend()));
+        let skipped: Vec<&str> = exec
+            .iter()
+            .filter(|o| o.status() == crate::Status::Skipped)
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "stdin_reaches_cat_byte_exact",
+                "working_dir_is_used",
+                "tar_round_trip"
+            ]
+        );
+        assert_eq!(
+            exec.iter()
+                .find(|o| o.name == "exec_in_missing_pod_fails")
+                .map(|o| o.status()),
+            Some(crate::Status::Passed)
+        );
+    }
+
+    #[test]
+    fn volume_and_registry_reports_have_every_case() {
+        let rt = crate::support::runtime();
+        rt.block_on(async {
+            let store = fake_store().await.unwrap();
+            let report = crate::volumes::run_all(&store).await;
+            assert_eq!(report.len(), crate::VOLUME_STORE_CASES.len());
+            for o in &report {
+                assert_ne!(o.status(), crate::Status::Failed, "{o}");
+            }
+            let reg = fake_registry().await.unwrap();
+            let report = crate::registry::run_all(&reg).await;
+            for o in &report {
+                assert_eq!(o.status(), crate::Status::Passed, "{o}");
+            }
+        });
+    }
+
+    #[test]
+    fn a_store_that_follows_symlinks_fails_the_hostile_case() {
+        // Guard against a suite that cannot fail: a store accepting everything fails.
+        #[derive(Debug, Default)]
+        struct Lax(FakeStore);
+        #[async_trait]
+        impl VolumeStore for Lax {
+            fn capabilities(&self) -> VolumeCapabilities {
+                self.0.capabilities()
+            }
+            async fn create(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.create(h).await
+            }
+            async fn write_tar(&self, _: &VolumeHandle, t: ByteStream) -> Result<()> {
+                collect_stream(t).await.map(|_| ())
+            }
+            async fn seal(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.seal(h).await
+            }
+            async fn read_tar(&self, h: &VolumeHandle) -> Result<ByteStream> {
+                self.0.read_tar(h).await
+            }
+            async fn stat(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.stat(h).await
+            }
+            async fn delete(&self, h: &VolumeHandle) -> Result<()> {
+                self.0.delete(h).await
+            }
+            async fn list(&self) -> Result<Vec<VolumeInfo>> {
+                self.0.list().await
+            }
+            async fn mount(&self, h: &VolumeHandle, a: MountAccess) -> Result<MountInfo> {
+                self.0.mount(h, a).await
+            }
+        }
+        let rt = crate::support::runtime();
+        let r = rt.block_on(crate::volumes::hostile_tars_rejected(&Lax::default()));
+        let e = r.unwrap_err();
+        assert!(!e.is_skip());
+        assert!(e.message().contains("Invalid"), "{e}");
+        let r = rt.block_on(crate::volumes::seal_reports_size_and_digest(&Lax::default()));
+        assert!(
+            r.is_err(),
+            "a store that drops the data has the wrong digest"
+        );
+    }
+
+    #[test]
+    fn errors_carry_their_location() {
+        fn f() -> crate::CaseResult {
+            let r: Result<()> = Err(Error::not_found("x"));
+            crate::ensure_kind!(r, ErrorKind::Conflict);
+            Ok(())
+        }
+        let e = f().unwrap_err();
+        assert_eq!(e.location().0, file!());
+        assert!(e.message().contains("NotFound"));
+        fn g() -> crate::CaseResult {
+            let r: Result<()> = Err(Error::conflict("x"));
+            crate::ensure_kind!(r, ErrorKind::NotFound | ErrorKind::Conflict);
+            Err(Error::transient("boom"))?;
+            Ok(())
+        }
+        let e = g().unwrap_err();
+        assert_eq!(e.location(), (file!(), line!() - 4));
+    }
+
+    #[test]
+    fn live_gating() {
+        assert_eq!(
+            crate::live::require_var("postgres"),
+            "JETBRIDGE_REQUIRE_POSTGRES"
+        );
+        assert_eq!(
+            crate::live::require_var("kube-sim"),
+            "JETBRIDGE_REQUIRE_KUBE_SIM"
+        );
+        // Not set in the crate's tests: unavailable only prints.
+        assert!(!crate::live::require_flag("SELFTEST_NEVER_SET"));
+        crate::live::unavailable("SELFTEST_NEVER_SET", "nothing to test against");
+    }
+}

@@ -1,0 +1,608 @@
+//! The runtime suite: whole plans (get -> task -> put) over a bundle of the four ports.
+//!
+//! Pipelines here use one resource type, `jb-mock`, which the subject declares in a way
+//! its backend can run (a `type: local` directory of shell scripts on the local backend,
+//! the mock-resource image elsewhere). Its protocol: `check` answers
+//! `[{"version": source.initial_version or "1"}]`; `in DEST` writes the version string
+//! to `DEST/version`; `out` answers `{"version": {"version": params.version}}`.
+//! Task scripts stay within the `sh -c` subset every backend supports.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::names::label;
+use jetbridge_core::plan::{Vars, parse_pipeline};
+use jetbridge_core::ports::{OutputSink, OutputStream, Runtime, collect_stream};
+use jetbridge_core::services::{
+    AbortSignal, ArtifactRef, BuildEvents, BuildOutcome, BuildRequest, BuildRunner, BuildStatus,
+    Reaper, ReaperConfig, StepConfig, StepFailure, StepSummary,
+};
+
+use crate::{CaseError, CaseOutcome, CaseResult, ensure, ensure_eq, fail};
+
+type Guard = Box<dyn std::any::Any + Send + Sync>;
+
+/// A runtime under test: the four ports plus how this backend runs the `jb-mock`
+/// resource type.
+pub struct RuntimeSubject {
+    /// The ports.
+    pub runtime: Runtime,
+    /// A YAML flow mapping declaring the `jb-mock` resource type, e.g.
+    /// `{name: jb-mock, type: local, source: {path: /abs/dir}}`.
+    pub mock_type: String,
+    /// Image resolution for this backend.
+    pub images: ImageResolver,
+    guards: Vec<Guard>,
+}
+
+impl std::fmt::Debug for RuntimeSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeSubject")
+            .field("runtime", &self.runtime)
+            .field("mock_type", &self.mock_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeSubject {
+    /// A subject.
+    pub fn new(runtime: Runtime, mock_type: impl Into<String>, images: ImageResolver) -> Self {
+        RuntimeSubject {
+            runtime,
+            mock_type: mock_type.into(),
+            images,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Keep `guard` alive as long as the subject.
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guards.push(Box::new(guard));
+        self
+    }
+}
+
+/// The `jb-mock` resource as POSIX shell scripts (`check`, `in`, `out`), for backends
+/// that run resource types from a directory.
+pub const MOCK_RESOURCE_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "check",
+        r#"#!/bin/sh
+set -e
+payload=$(cat)
+v=$(printf '%s' "$payload" | sed -n 's/.*"initial_version":"\([^"]*\)".*/\1/p')
+[ -n "$v" ] || v=1
+printf '[{"version":"%s"}]\n' "$v"
+"#,
+    ),
+    (
+        "in",
+        r#"#!/bin/sh
+set -e
+dest=$1
+payload=$(cat)
+v=$(printf '%s' "$payload" | sed -n 's/.*"version":{"version":"\([^"]*\)"}.*/\1/p')
+mkdir -p "$dest"
+printf '%s' "$v" > "$dest/version"
+printf '{"version":{"version":"%s"},"metadata":[]}\n' "$v"
+"#,
+    ),
+    (
+        "out",
+        r#"#!/bin/sh
+set -e
+payload=$(cat)
+v=$(printf '%s' "$payload" | sed -n 's/.*"params":{[^}]*"version":"\([^"]*\)".*/\1/p')
+[ -n "$v" ] || { echo "out: params.version is required" >&2; exit 1; }
+printf '{"version":{"version":"%s"},"metadata":[]}\n' "$v"
+"#,
+    ),
+];
+
+/// Write [`MOCK_RESOURCE_SCRIPTS`] into `dir` as executables.
+pub fn write_mock_resource(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    for (name, body) in MOCK_RESOURCE_SCRIPTS {
+        let p = dir.join(name);
+        std::fs::write(&p, body)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Events kept for assertions.
+#[derive(Debug, Default)]
+pub struct RecordedEvents {
+    started: Mutex<Vec<String>>,
+    output: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+struct StepSink {
+    step: String,
+    all: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl OutputSink for StepSink {
+    fn write(&self, _: OutputStream, data: &[u8]) {
+        if let Ok(mut a) = self.all.lock() {
+            a.push((self.step.clone(), data.to_vec()));
+        }
+    }
+}
+
+impl BuildEvents for RecordedEvents {
+    fn step_started(&self, name: &str, _: &str) {
+        if let Ok(mut s) = self.started.lock() {
+            s.push(name.to_owned());
+        }
+    }
+    fn step_output(&self, name: &str) -> Arc<dyn OutputSink> {
+        Arc::new(StepSink {
+            step: name.to_owned(),
+            all: self.output.clone(),
+        })
+    }
+    fn step_finished(&self, _: &StepSummary) {}
+    fn notice(&self, _: &str) {}
+}
+
+impl RecordedEvents {
+    /// Everything a step printed.
+    pub fn output_of(&self, step: &str) -> String {
+        let all = self.output.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut s = String::new();
+        for (name, data) in all.iter().filter(|(n, _)| n == step) {
+            let _ = name;
+            s.push_str(&String::from_utf8_lossy(data));
+        }
+        s
+    }
+}
+
+const WORKER: &str = "conformance-worker";
+
+fn pipeline_yaml(subject: &RuntimeSubject, jobs: &str) -> String {
+    format!(
+        "resource_types:\n- {}\nresources:\n- name: repo\n  type: jb-mock\n  source: {{initial_version: v1}}\n- name: sink\n  type: jb-mock\n  source: {{}}\njobs:\n{jobs}",
+        subject.mock_type
+    )
+}
+
+/// Run `job` of a pipeline made of the subject's resource types and `jobs` YAML.
+pub async fn run_jobs(
+    subject: &RuntimeSubject,
+    jobs: &str,
+    job: &str,
+    config: StepConfig,
+) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
+    let yaml = pipeline_yaml(subject, jobs);
+    let pipeline = parse_pipeline(&yaml, "conformance.yml", &Vars::new())
+        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}\n{yaml}")))?;
+    let events = Arc::new(RecordedEvents::default());
+    let runner = BuildRunner::new(
+        subject.runtime.clone(),
+        config,
+        subject.images.clone(),
+        WORKER,
+        events,
+    );
+    let build_id = format!("conf-{}", uuid_like());
+    let outcome = runner
+        .run(BuildRequest {
+            pipeline: Arc::new(pipeline),
+            job: job.to_owned(),
+            build_number: 1,
+            build_id: build_id.clone(),
+            vars: Vars::new(),
+            abort: AbortSignal::never(),
+        })
+        .await
+        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    Ok((outcome, runner, build_id))
+}
+
+fn uuid_like() -> String {
+    jetbridge_core::names::StepHandle::random().as_str()[..12].to_owned()
+}
+
+fn quick() -> StepConfig {
+    StepConfig {
+        scheduling_timeout: Duration::from_secs(60),
+        startup_timeout: Duration::from_secs(120),
+        delete_grace: Duration::from_secs(1),
+        keep_pods: false,
+        create_retries: 4,
+    }
+}
+
+/// Read one file of an artifact.
+pub async fn read_artifact_file(
+    rt: &Runtime,
+    a: &ArtifactRef,
+    path: &str,
+) -> Result<Vec<u8>, CaseError> {
+    let store = rt
+        .volumes
+        .as_ref()
+        .ok_or_else(|| CaseError::here("no volume store"))?;
+    let tar = store
+        .read_tar(&a.volume)
+        .await
+        .map_err(|e| CaseError::here(format!("read_tar {}: {e}", a.name)))?;
+    let data = collect_stream(tar)
+        .await
+        .map_err(|e| CaseError::here(format!("reading {}: {e}", a.name)))?;
+    let mut ar = tar::Archive::new(std::io::Cursor::new(data));
+    let entries = ar.entries().map_err(|e| CaseError::here(e.to_string()))?;
+    for e in entries {
+        let mut e = e.map_err(|e| CaseError::here(e.to_string()))?;
+        let p = e
+            .path()
+            .map_err(|e| CaseError::here(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if p.trim_start_matches("./") == path {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v)
+                .map_err(|e| CaseError::here(e.to_string()))?;
+            return Ok(v);
+        }
+    }
+    Err(CaseError::here(format!("no {path} in artifact {}", a.name)))
+}
+
+fn artifact<'a>(o: &'a BuildOutcome, name: &str) -> Result<&'a ArtifactRef, CaseError> {
+    o.artifacts.get(name).ok_or_else(|| {
+        CaseError::here(format!(
+            "no artifact {name:?}; have {:?}",
+            o.artifacts.keys().collect::<Vec<_>>()
+        ))
+    })
+}
+
+fn task(name: &str, inputs: &[&str], outputs: &[&str], script: &str) -> String {
+    let ins: String = inputs.iter().map(|i| format!("{{name: {i}}}, ")).collect();
+    let outs: String = outputs.iter().map(|o| format!("{{name: {o}}}, ")).collect();
+    format!(
+        "task: {name}\n    config:\n      platform: linux\n      inputs: [{}]\n      outputs: [{}]\n      run: {{path: sh, args: [-c, {}]}}",
+        ins.trim_end_matches(", "),
+        outs.trim_end_matches(", "),
+        serde_json::to_string(script).unwrap_or_default()
+    )
+}
+
+async fn leftovers(subject: &RuntimeSubject, build_id: &str) -> Result<(), CaseError> {
+    let rt = &subject.runtime;
+    let mut sel = BTreeMap::new();
+    sel.insert(label::WORKER.to_owned(), WORKER.to_owned());
+    let pods = rt
+        .pods
+        .list(&sel)
+        .await
+        .map_err(|e| CaseError::here(e.to_string()))?;
+    ensure!(
+        pods.is_empty(),
+        "pods left behind: {:?}",
+        pods.iter().map(|p| &p.name).collect::<Vec<_>>()
+    );
+    let filter = jetbridge_core::ports::ArtifactFilter {
+        build: Some(build_id.to_owned()),
+        ..Default::default()
+    };
+    let left = rt
+        .registry
+        .find(&filter)
+        .await
+        .map_err(|e| CaseError::here(e.to_string()))?;
+    ensure!(left.is_empty(), "artifact records left: {left:?}");
+    Ok(())
+}
+
+async fn reap(subject: &RuntimeSubject, runner: &BuildRunner) -> Result<(), CaseError> {
+    let mut cfg = ReaperConfig::new(WORKER);
+    cfg.orphan_volume_grace = Duration::from_secs(3600);
+    let reaper = Reaper::new(
+        Some(subject.runtime.pods.clone()),
+        subject.runtime.volumes.clone(),
+        subject.runtime.registry.clone(),
+        cfg,
+    );
+    let active: HashSet<String> = runner.active_steps();
+    let report = reaper
+        .run_once(&active, SystemTime::now())
+        .await
+        .map_err(|e| CaseError::here(format!("reaper: {e}")))?;
+    ensure!(
+        report.errors.is_empty(),
+        "reaper errors: {:?}",
+        report.errors
+    );
+    Ok(())
+}
+
+/// get -> task -> put: artifacts pass by name; the put sees the task's output.
+pub async fn get_task_put(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - get: repo\n  - {}\n  - put: sink\n    inputs: [built]\n    params: {{version: v2}}\n",
+        task(
+            "build",
+            &["repo"],
+            &["built"],
+            "cp repo/version built/result.txt && echo done > built/marker"
+        )
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let rt = &subject.runtime;
+    let version = read_artifact_file(rt, artifact(&o, "repo")?, "version").await?;
+    ensure_eq!(String::from_utf8_lossy(&version).trim(), "v1");
+    let built = read_artifact_file(rt, artifact(&o, "built")?, "result.txt").await?;
+    ensure_eq!(built, version, "the task's output carries the get's file");
+    let sink = read_artifact_file(rt, artifact(&o, "sink")?, "version").await?;
+    ensure_eq!(
+        String::from_utf8_lossy(&sink).trim(),
+        "v2",
+        "implicit get after put fetched the pushed version"
+    );
+    let names: Vec<&str> = o.steps.iter().map(|s| s.name.as_str()).collect();
+    ensure_eq!(
+        names,
+        vec!["get: repo", "task: build", "put: sink", "get: sink"]
+    );
+    for s in &o.steps {
+        ensure!(s.result.is_ok(), "{} failed: {:?}", s.name, s.result);
+    }
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// A step's changes to its inputs never reach another step or the artifact.
+pub async fn inputs_are_private_copies(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - get: repo\n  - {}\n  - {}\n",
+        task(
+            "vandal",
+            &["repo"],
+            &[],
+            "echo changed > repo/version && rm -f repo/missing && echo new > repo/added"
+        ),
+        task(
+            "reader",
+            &["repo"],
+            &["seen"],
+            "test -e repo/added && exit 9; cp repo/version seen/version"
+        )
+    );
+    let (o, _runner, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let rt = &subject.runtime;
+    let seen = read_artifact_file(rt, artifact(&o, "seen")?, "version").await?;
+    ensure_eq!(String::from_utf8_lossy(&seen).trim(), "v1");
+    let orig = read_artifact_file(rt, artifact(&o, "repo")?, "version").await?;
+    ensure_eq!(String::from_utf8_lossy(&orig).trim(), "v1");
+    Ok(())
+}
+
+/// A non-zero exit fails the build, names the step and the status.
+pub async fn failing_step_fails_build(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - {}\n",
+        task("boom", &[], &[], "echo about to fail && exit 3"),
+        task("never", &[], &[], "true")
+    );
+    let (o, _r, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Failed);
+    match &o.failure {
+        Some((name, StepFailure::Exited(3))) => ensure_eq!(name.as_str(), "task: boom"),
+        other => fail!("expected task: boom to exit 3, got {other:?}"),
+    }
+    ensure!(
+        !o.steps.iter().any(|s| s.name == "task: never"),
+        "a step after the failure ran"
+    );
+    Ok(())
+}
+
+/// on_failure sees the outputs of the step that failed; ensure always runs.
+pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n    on_failure:\n      {}\n    ensure:\n      {}\n",
+        task(
+            "tests",
+            &[],
+            &["report"],
+            "echo 2-failures > report/junit.txt && exit 1"
+        ),
+        task(
+            "upload",
+            &["report"],
+            &["uploaded"],
+            "cp report/junit.txt uploaded/junit.txt"
+        )
+        .replace('\n', "\n  "),
+        task("cleanup", &[], &["cleaned"], "echo yes > cleaned/flag").replace('\n', "\n  ")
+    );
+    let (o, _r, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Failed);
+    let rt = &subject.runtime;
+    let up = read_artifact_file(rt, artifact(&o, "uploaded")?, "junit.txt").await?;
+    ensure_eq!(String::from_utf8_lossy(&up).trim(), "2-failures");
+    let flag = read_artifact_file(rt, artifact(&o, "cleaned")?, "flag").await?;
+    ensure_eq!(String::from_utf8_lossy(&flag).trim(), "yes");
+    Ok(())
+}
+
+/// `attempts` retries a failed step in a new pod; the retry sees the same inputs.
+pub async fn attempts_retry_with_same_inputs(subject: &RuntimeSubject) -> CaseResult {
+    // The cache survives between attempts of the same step: attempt 1 leaves a marker
+    // and fails, attempt 2 finds it and succeeds.
+    let jobs = "- name: main\n  plan:\n  - get: repo\n  - task: flaky\n    attempts: 3\n    config:\n      platform: linux\n      inputs: [{name: repo}]\n      outputs: [{name: out}]\n      caches: [{path: state}]\n      run: {path: sh, args: [-c, \"cp repo/version out/version && test -f state/tried && exit 0; touch state/tried; exit 1\"]}\n";
+    let (o, _r, _) = run_jobs(subject, jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let flaky: Vec<&StepSummary> = o.steps.iter().filter(|s| s.name == "task: flaky").collect();
+    ensure_eq!(flaky.len(), 2, "one failed attempt, one good one");
+    ensure!(flaky[0].result.is_err() && flaky[1].result.is_ok());
+    let rt = &subject.runtime;
+    let v = read_artifact_file(rt, artifact(&o, "out")?, "version").await?;
+    ensure_eq!(String::from_utf8_lossy(&v).trim(), "v1");
+    Ok(())
+}
+
+/// `timeout` ends a step that runs too long; its pod is gone afterwards.
+pub async fn timeout_fails_step(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = "- name: main\n  plan:\n  - task: slow\n    timeout: 2s\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, \"sleep 60\"]}\n";
+    let (o, runner, build) = run_jobs(subject, jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Failed);
+    match &o.failure {
+        Some((_, StepFailure::TimedOut(d))) => ensure_eq!(*d, Duration::from_secs(2)),
+        other => fail!("expected a timeout, got {other:?}"),
+    }
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// `in_parallel` runs steps at once; a later step sees all their outputs.
+pub async fn in_parallel_outputs_meet(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - in_parallel:\n    - {}\n    - {}\n  - {}\n",
+        task("left", &[], &["a"], "echo left > a/f").replace('\n', "\n  "),
+        task("right", &[], &["b"], "echo right > b/f").replace('\n', "\n  "),
+        task("join", &["a", "b"], &["ab"], "cp a/f ab/a && cp b/f ab/b")
+    );
+    let (o, _r, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let rt = &subject.runtime;
+    ensure_eq!(
+        String::from_utf8_lossy(&read_artifact_file(rt, artifact(&o, "ab")?, "a").await?).trim(),
+        "left"
+    );
+    ensure_eq!(
+        String::from_utf8_lossy(&read_artifact_file(rt, artifact(&o, "ab")?, "b").await?).trim(),
+        "right"
+    );
+    Ok(())
+}
+
+/// A task config loaded from a file inside an artifact.
+pub async fn task_file_from_artifact(subject: &RuntimeSubject) -> CaseResult {
+    let writer = task(
+        "write-config",
+        &[],
+        &["ci"],
+        "echo 'platform: linux' > ci/task.yml && echo 'outputs: [{name: result}]' >> ci/task.yml && echo 'run: {path: sh, args: [-c, \"echo from-file > result/r\"]}' >> ci/task.yml",
+    );
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {writer}\n  - task: from-file\n    file: ci/task.yml\n"
+    );
+    let (o, _r, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let r = read_artifact_file(&subject.runtime, artifact(&o, "result")?, "r").await?;
+    ensure_eq!(String::from_utf8_lossy(&r).trim(), "from-file");
+    Ok(())
+}
+
+/// After a build and a reaper pass nothing is left: no pod, no record, no volume.
+pub async fn nothing_left_after_build(subject: &RuntimeSubject) -> CaseResult {
+    let rt = &subject.runtime;
+    let before: HashSet<_> = match &rt.volumes {
+        Some(v) => v
+            .list()
+            .await
+            .map_err(|e| CaseError::here(e.to_string()))?
+            .into_iter()
+            .map(|i| i.handle)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let jobs = format!(
+        "- name: main\n  plan:\n  - get: repo\n  - {}\n",
+        task("build", &["repo"], &["built"], "cp repo/version built/v")
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await?;
+    if let Some(v) = &rt.volumes {
+        for a in o.artifacts.values() {
+            ensure!(!before.contains(&a.volume));
+            ensure!(
+                matches!(v.stat(&a.volume).await, Err(e) if e.kind() == jetbridge_core::ErrorKind::NotFound),
+                "volume of {} still exists",
+                a.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every case of the runtime suite, by name.
+pub const CASES: &[&str] = &[
+    "get_task_put",
+    "inputs_are_private_copies",
+    "failing_step_fails_build",
+    "hooks_see_outputs_of_failed_step",
+    "attempts_retry_with_same_inputs",
+    "timeout_fails_step",
+    "in_parallel_outputs_meet",
+    "task_file_from_artifact",
+    "nothing_left_after_build",
+];
+
+/// Run the case called `name` against `subject`; `None` if there is no such case.
+pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult> {
+    Some(match name {
+        "get_task_put" => Box::pin(get_task_put(subject)).await,
+        "inputs_are_private_copies" => Box::pin(inputs_are_private_copies(subject)).await,
+        "failing_step_fails_build" => Box::pin(failing_step_fails_build(subject)).await,
+        "hooks_see_outputs_of_failed_step" => {
+            Box::pin(hooks_see_outputs_of_failed_step(subject)).await
+        }
+        "attempts_retry_with_same_inputs" => {
+            Box::pin(attempts_retry_with_same_inputs(subject)).await
+        }
+        "timeout_fails_step" => Box::pin(timeout_fails_step(subject)).await,
+        "in_parallel_outputs_meet" => Box::pin(in_parallel_outputs_meet(subject)).await,
+        "task_file_from_artifact" => Box::pin(task_file_from_artifact(subject)).await,
+        "nothing_left_after_build" => Box::pin(nothing_left_after_build(subject)).await,
+        _ => return None,
+    })
+}
+
+/// Run every runtime case against one subject (for `jetbridge conformance`).
+pub async fn run_all(subject: &RuntimeSubject) -> Vec<CaseOutcome> {
+    let mut out = Vec::with_capacity(CASES.len());
+    for name in CASES {
+        out.push(crate::support::outcome(name, run_case(subject, name)).await);
+    }
+    out
+}
+
+/// Register every case of the runtime suite as a test in a module
+/// `runtime_conformance`. `$factory`: an `async fn() -> Option<RuntimeSubject>`.
+#[macro_export]
+macro_rules! runtime_suite {
+    ($factory:expr $(,)?) => {
+        $crate::__suite_module!(
+            runtime_conformance,
+            runtime,
+            "runtime",
+            $factory,
+            [
+                get_task_put,
+                inputs_are_private_copies,
+                failing_step_fails_build,
+                hooks_see_outputs_of_failed_step,
+                attempts_retry_with_same_inputs,
+                timeout_fails_step,
+                in_parallel_outputs_meet,
+                task_file_from_artifact,
+                nothing_left_after_build,
+            ]
+        );
+    };
+}

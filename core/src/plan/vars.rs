@@ -1,0 +1,354 @@
+//! `((var))` placeholders and the values that fill them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use super::error::PlanError;
+use super::node::{Node, Pos, Value as NodeValue};
+
+/// Values for `((name))` placeholders, by name.
+///
+/// Built from `--var KEY=VALUE` pairs ([`Vars::parse_assignment`]) or from typed values
+/// ([`Vars::insert`]). A placeholder that is a whole YAML value (`timeout: ((t))`) takes
+/// the variable's value with its type (a mapping stays a mapping); one inside a longer
+/// string (`uri: https://((host))/x`) is replaced by the value as text (strings as they
+/// are, anything else as JSON). `((name.field))` reads a field of a mapping value.
+///
+/// Values are often secrets, so `Debug` shows only the names.
+#[derive(Clone, Default, PartialEq)]
+pub struct Vars {
+    values: BTreeMap<String, Value>,
+}
+
+impl fmt::Debug for Vars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
+impl Vars {
+    /// No variables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Split `KEY=VALUE` (as given to `--var`) into its name and a string value, like
+    /// Concourse's `--var`. The value may contain `=`; the name must not be empty.
+    pub fn parse_assignment(assignment: &str) -> Result<(String, Value), String> {
+        let (name, value) = assignment.split_once('=').ok_or_else(|| {
+            format!("`{assignment}` is not an assignment: write `--var NAME=VALUE`")
+        })?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!(
+                "`{assignment}` has no variable name: write `--var NAME=VALUE`"
+            ));
+        }
+        Ok((name.to_owned(), Value::String(value.to_owned())))
+    }
+
+    /// Like [`Vars::parse_assignment`], but the value is read as YAML (Concourse's
+    /// `--yaml-var`), so `n=3` gives a number and `s={a: 1}` a mapping.
+    pub fn parse_yaml_assignment(assignment: &str) -> Result<(String, Value), String> {
+        let (name, text) = Self::parse_assignment(assignment)?;
+        let text = text.as_str().unwrap_or_default();
+        if text.trim().is_empty() {
+            return Ok((name, Value::String(String::new())));
+        }
+        let node = super::node::load(text, &name)
+            .map_err(|e| format!("the value of `{name}` is not valid YAML: {}", e.message))?;
+        Ok((name, node.to_json()))
+    }
+
+    /// Vars from `KEY=VALUE` assignments (string values); the last one of a name wins.
+    pub fn from_assignments<I, S>(assignments: I) -> Result<Vars, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut vars = Vars::new();
+        for a in assignments {
+            let (name, value) = Self::parse_assignment(a.as_ref())?;
+            vars.insert(name, value);
+        }
+        Ok(vars)
+    }
+
+    /// Set `name` to `value`, replacing any earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: Value) -> &mut Self {
+        self.values.insert(name.into(), value);
+        self
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
+    }
+
+    /// Whether there are no variables.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The variable names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    /// These vars with `overrides` on top: what a task file loaded at run time is
+    /// interpolated with (the pipeline's vars overlaid with the task step's `vars`).
+    pub fn overlay(&self, overrides: &BTreeMap<String, Value>) -> Vars {
+        let mut out = self.clone();
+        for (k, v) in overrides {
+            out.values.insert(k.clone(), v.clone());
+        }
+        out
+    }
+}
+
+impl FromIterator<(String, Value)> for Vars {
+    fn from_iter<T: IntoIterator<Item = (String, Value)>>(iter: T) -> Self {
+        Vars {
+            values: iter.into_iter().collect(),
+        }
+    }
+}
+
+impl Extend<(String, Value)> for Vars {
+    fn extend<T: IntoIterator<Item = (String, Value)>>(&mut self, iter: T) {
+        self.values.extend(iter);
+    }
+}
+
+/// A placeholder found in a string: byte range and the text between the parentheses.
+struct Placeholder<'a> {
+    start: usize,
+    end: usize,
+    inner: &'a str,
+}
+
+/// Every `((...))` in `s`, left to right.
+fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(open) = s[from..].find("((").map(|i| i + from) {
+        let Some(close) = s[open + 2..].find("))").map(|i| i + open + 2) else {
+            break;
+        };
+        found.push(Placeholder {
+            start: open,
+            end: close + 2,
+            inner: &s[open + 2..close],
+        });
+        from = close + 2;
+    }
+    found
+}
+
+/// Fill every placeholder in `node` (keys included) from `vars`.
+pub(crate) fn interpolate(node: &Node, vars: &Vars, file: &str) -> Result<Node, PlanError> {
+    let value = match &node.value {
+        NodeValue::Str(s) => return interpolate_str(s, node.pos, vars, file),
+        NodeValue::Seq(items) => NodeValue::Seq(
+            items
+                .iter()
+                .map(|n| interpolate(n, vars, file))
+                .collect::<Result<_, _>>()?,
+        ),
+        NodeValue::Map(entries) => NodeValue::Map(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let mut key = interpolate(k, vars, file)?;
+                    // A key must stay a scalar: a whole-key placeholder becomes its text.
+                    if matches!(key.value, NodeValue::Seq(_) | NodeValue::Map(_)) {
+                        key.value = NodeValue::Str(key.to_json().to_string());
+                    }
+                    Ok((key, interpolate(v, vars, file)?))
+                })
+                .collect::<Result<_, PlanError>>()?,
+        ),
+        // Numbers keep their source text.
+        _ => return Ok(node.clone()),
+    };
+    Ok(Node::new(node.pos, value))
+}
+
+fn interpolate_str(s: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Node, PlanError> {
+    let found = placeholders(s);
+    if found.is_empty() {
+        return Ok(Node::new(pos, NodeValue::Str(s.to_owned())));
+    }
+    if found.len() == 1 && found[0].start == 0 && found[0].end == s.len() {
+        let value = lookup(found[0].inner, pos, vars, file)?;
+        return Ok(Node::from_json(&value, pos));
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for p in &found {
+        out.push_str(&s[last..p.start]);
+        match lookup(p.inner, pos, vars, file)? {
+            Value::String(text) => out.push_str(&text),
+            other => out.push_str(&other.to_string()),
+        }
+        last = p.end;
+    }
+    out.push_str(&s[last..]);
+    Ok(Node::new(pos, NodeValue::Str(out)))
+}
+
+/// The value of the placeholder text `inner` (`name` or `name.field.field`).
+fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanError> {
+    let text = inner.trim();
+    let mut parts = text.split('.').map(str::trim);
+    let name = parts.next().unwrap_or_default();
+    if name.is_empty() {
+        return Err(PlanError::new(
+            pos.at(file),
+            format!("placeholder `(({inner}))` names no variable"),
+        )
+        .with_hint("write `((name))` or `((name.field))`"));
+    }
+    let Some(mut value) = vars.get(name) else {
+        return Err(PlanError::new(
+            pos.at(file),
+            format!("variable `{name}` in `(({inner}))` has no value"),
+        )
+        .with_hint(format!(
+            "pass `--var {name}=...` (or set it in the task step's `vars` for a task file)"
+        )));
+    };
+    let mut path = name.to_owned();
+    for field in parts {
+        let next = match value {
+            Value::Object(map) => map.get(field),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Err(PlanError::new(
+                pos.at(file),
+                format!("variable `{path}` has no field `{field}` (in `(({inner}))`)"),
+            )
+            .with_hint(format!(
+                "give `{name}` a mapping value with a `{field}` field, or fix the placeholder"
+            )));
+        };
+        path.push('.');
+        path.push_str(field);
+        value = next;
+    }
+    Ok(value.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(s: &str) -> Node {
+        Node::new(Pos { line: 3, column: 7 }, NodeValue::Str(s.to_owned()))
+    }
+
+    fn vars() -> Vars {
+        let mut v = Vars::new();
+        v.insert("n", json!(3))
+            .insert("s", json!("hello"))
+            .insert("m", json!({"user": "bob", "deep": {"x": true}}));
+        v
+    }
+
+    #[test]
+    fn whole_value_keeps_type() {
+        let out = interpolate(&node("((n))"), &vars(), "p.yml").unwrap();
+        assert_eq!(out.value, NodeValue::UInt(3));
+        let out = interpolate(&node("(( m ))"), &vars(), "p.yml").unwrap();
+        assert_eq!(out.to_json(), json!({"user": "bob", "deep": {"x": true}}));
+        assert_eq!(out.pos, Pos { line: 3, column: 7 });
+        let out = interpolate(&node("((m.deep.x))"), &vars(), "p.yml").unwrap();
+        assert_eq!(out.value, NodeValue::Bool(true));
+    }
+
+    #[test]
+    fn inside_string_is_text() {
+        let out = interpolate(&node("a-((s))-((n))-((m.user))-((m.deep))"), &vars(), "f").unwrap();
+        assert_eq!(
+            out.value,
+            NodeValue::Str(r#"a-hello-3-bob-{"x":true}"#.to_owned())
+        );
+        // Unclosed placeholders are left alone.
+        let out = interpolate(&node("x ((s"), &vars(), "f").unwrap();
+        assert_eq!(out.value, NodeValue::Str("x ((s".to_owned()));
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_where() {
+        let err = interpolate(&node("pre ((nope)) post"), &vars(), "p.yml").unwrap_err();
+        assert_eq!((err.location.line, err.location.column), (3, 7));
+        assert_eq!(err.location.file, "p.yml");
+        assert!(err.message.contains("`nope`"), "{}", err.message);
+        assert!(err.hint.unwrap().contains("--var nope="));
+        let err = interpolate(&node("((m.nofield))"), &vars(), "p.yml").unwrap_err();
+        assert!(
+            err.message.contains("no field `nofield`"),
+            "{}",
+            err.message
+        );
+        let err = interpolate(&node("((s.x))"), &vars(), "p.yml").unwrap_err();
+        assert!(
+            err.message.contains("`s` has no field `x`"),
+            "{}",
+            err.message
+        );
+        let err = interpolate(&node("(( ))"), &vars(), "p.yml").unwrap_err();
+        assert!(err.message.contains("names no variable"), "{}", err.message);
+    }
+
+    #[test]
+    fn assignments() {
+        assert_eq!(
+            Vars::parse_assignment("k=v=w"),
+            Ok(("k".to_owned(), json!("v=w")))
+        );
+        assert_eq!(
+            Vars::parse_assignment("k="),
+            Ok(("k".to_owned(), json!("")))
+        );
+        assert!(
+            Vars::parse_assignment("kv")
+                .unwrap_err()
+                .contains("NAME=VALUE")
+        );
+        assert!(
+            Vars::parse_assignment("=v")
+                .unwrap_err()
+                .contains("no variable name")
+        );
+        assert_eq!(
+            Vars::parse_yaml_assignment("n=3"),
+            Ok(("n".to_owned(), json!(3)))
+        );
+        assert_eq!(
+            Vars::parse_yaml_assignment("m={a: 1, b: [x]}"),
+            Ok(("m".to_owned(), json!({"a": 1, "b": ["x"]})))
+        );
+        assert!(Vars::parse_yaml_assignment("m={a: 1").is_err());
+        let v = Vars::from_assignments(["a=1", "b=2", "a=3"]).unwrap();
+        assert_eq!(v.get("a"), Some(&json!("3")));
+        assert_eq!(v.names().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn overlay_and_debug_hide_values() {
+        let mut base = Vars::new();
+        base.insert("token", json!("s3cr3t"))
+            .insert("keep", json!(1));
+        let over = BTreeMap::from([("token".to_owned(), json!("other"))]);
+        let v = base.overlay(&over);
+        assert_eq!(v.get("token"), Some(&json!("other")));
+        assert_eq!(v.get("keep"), Some(&json!(1)));
+        let shown = format!("{v:?}");
+        assert!(shown.contains("token") && !shown.contains("other") && !shown.contains("s3cr3t"));
+    }
+}

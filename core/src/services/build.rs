@@ -1,0 +1,820 @@
+//! The build runner: a job's plan, in order, with artifacts bound by name.
+//!
+//! Runs `in_parallel`, `do`, the hooks (`on_success`, `on_failure`, `on_error`,
+//! `on_abort`, `ensure`), `attempts` and `timeout`; binds each output to later inputs
+//! by name; releases the build's artifact references when it ends. A step's outputs
+//! are bound even when it failed, so hooks can read them (test reports).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+
+use super::abort::AbortSignal;
+use super::failure::StepFailure;
+use super::step::{
+    ArtifactRef, StepCommand, StepConfig, StepInput, StepOutput, StepRequest, StepRunner,
+};
+use crate::error::{Error, Result};
+use crate::images::{ImageResolver, ResolvedImage};
+use crate::names::{StepHandle, StepIdentity};
+use crate::plan::{
+    GetStep, Hooks, Pipeline, PutStep, Step, StepKind, TaskConfig, TaskSource, TaskStep, Vars,
+};
+use crate::ports::{Holder, OutputSink, Resources, Runtime};
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed (its command exited non-zero, or timed out).
+    Failed,
+    /// The platform failed to run a step (evicted, lost, unschedulable...).
+    Errored,
+    /// Aborted.
+    Aborted,
+}
+
+/// One step as the summary shows it.
+#[derive(Debug, Clone)]
+pub struct StepSummary {
+    /// Display name (`get: repo`, `task: build`).
+    pub name: String,
+    /// `get`, `put`, `task`.
+    pub kind: &'static str,
+    /// Result of the last attempt.
+    pub result: std::result::Result<(), StepFailure>,
+    /// Wall time of all attempts.
+    pub duration: Duration,
+    /// Artifacts produced.
+    pub artifacts: Vec<ArtifactRef>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The end of a build.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    /// Status.
+    pub status: BuildStatus,
+    /// Every executed step, in the order they finished.
+    pub steps: Vec<StepSummary>,
+    /// The first step that failed, and why.
+    pub failure: Option<(String, StepFailure)>,
+    /// The artifacts bound at the end, by name.
+    pub artifacts: BTreeMap<String, ArtifactRef>,
+}
+
+/// What the build tells whoever watches it.
+pub trait BuildEvents: Send + Sync {
+    /// A step started.
+    fn step_started(&self, name: &str, kind: &str);
+    /// Where a step's output goes.
+    fn step_output(&self, name: &str) -> Arc<dyn OutputSink>;
+    /// A step ended (after all attempts).
+    fn step_finished(&self, summary: &StepSummary);
+    /// Something worth saying once (e.g. images not honoured locally).
+    fn notice(&self, message: &str);
+}
+
+/// Events nobody watches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEvents;
+
+impl BuildEvents for NoEvents {
+    fn step_started(&self, _: &str, _: &str) {}
+    fn step_output(&self, _: &str) -> Arc<dyn OutputSink> {
+        Arc::new(crate::ports::DiscardOutput)
+    }
+    fn step_finished(&self, _: &StepSummary) {}
+    fn notice(&self, _: &str) {}
+}
+
+/// A build to run.
+#[derive(Clone)]
+pub struct BuildRequest {
+    /// The pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Job name.
+    pub job: String,
+    /// Build number.
+    pub build_number: u64,
+    /// Build id, unique across pipelines (artifact records, references).
+    pub build_id: String,
+    /// Variables for task files loaded at run time.
+    pub vars: Vars,
+    /// Ends the build early.
+    pub abort: AbortSignal,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("pipeline", &self.pipeline.name)
+            .field("job", &self.job)
+            .field("build_number", &self.build_number)
+            .field("build_id", &self.build_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs builds.
+#[derive(Clone)]
+pub struct BuildRunner {
+    steps: StepRunner,
+    images: ImageResolver,
+    worker: String,
+    events: Arc<dyn BuildEvents>,
+    active: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for BuildRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRunner")
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Ctx {
+    req: BuildRequest,
+    holder: Holder,
+    summaries: Mutex<Vec<StepSummary>>,
+    first_failure: Mutex<Option<(String, StepFailure)>>,
+    noticed_images: std::sync::atomic::AtomicBool,
+}
+
+type Scope = BTreeMap<String, ArtifactRef>;
+
+/// How one step (with its hooks) ended.
+type Status = std::result::Result<(), StepFailure>;
+
+impl BuildRunner {
+    /// A runner for `worker` over `rt`.
+    pub fn new(
+        rt: Runtime,
+        config: StepConfig,
+        images: ImageResolver,
+        worker: impl Into<String>,
+        events: Arc<dyn BuildEvents>,
+    ) -> Self {
+        BuildRunner {
+            steps: StepRunner::new(rt, config),
+            images,
+            worker: worker.into(),
+            events,
+            active: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Step handles running now (for the reaper of this worker).
+    pub fn active_steps(&self) -> HashSet<String> {
+        self.active.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// The step runner.
+    pub fn step_runner(&self) -> &StepRunner {
+        &self.steps
+    }
+
+    /// Run a job's plan to the end, then release the build's references.
+    pub async fn run(&self, req: BuildRequest) -> Result<BuildOutcome> {
+        let job = req
+            .pipeline
+            .job(&req.job)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "pipeline {:?} has no job {:?}",
+                    req.pipeline.name, req.job
+                ))
+            })?
+            .clone();
+        let ctx = Ctx {
+            holder: Holder::new(self.worker.clone(), req.build_id.clone()),
+            req,
+            summaries: Mutex::new(Vec::new()),
+            first_failure: Mutex::new(None),
+            noticed_images: std::sync::atomic::AtomicBool::new(false),
+        };
+        let mut scope = Scope::new();
+        let plan = Step {
+            kind: StepKind::Do(job.plan.clone()),
+            hooks: job.hooks.clone(),
+            attempts: 1,
+            timeout: None,
+            location: job.location.clone(),
+        };
+        let status = self.run_step(&ctx, &plan, &mut scope, None).await;
+        // The build's references go whatever happened; the reaper takes the rest.
+        let released = self.steps.runtime().registry.release_all(&ctx.holder).await;
+        let status = match (status, released) {
+            (Err(f), _) => Err(f),
+            (Ok(()), Err(e)) => Err(StepFailure::Infrastructure(
+                e.context("releasing the build's artifacts"),
+            )),
+            (Ok(()), Ok(_)) => Ok(()),
+        };
+        let build_status = match &status {
+            Ok(()) => BuildStatus::Succeeded,
+            Err(f) if f.is_abort() => BuildStatus::Aborted,
+            Err(f) if f.is_step_failure() => BuildStatus::Failed,
+            Err(_) => BuildStatus::Errored,
+        };
+        let steps = ctx.summaries.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut failure = ctx.first_failure.lock().ok().and_then(|f| f.clone());
+        if failure.is_none()
+            && let Err(f) = &status
+        {
+            failure = Some((job.name.clone(), f.clone()));
+        }
+        Ok(BuildOutcome {
+            status: build_status,
+            steps,
+            failure,
+            artifacts: scope,
+        })
+    }
+
+    fn run_step<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        step: &'a Step,
+        scope: &'a mut Scope,
+        outer_deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Status> {
+        async move {
+            if ctx.req.abort.is_aborted() {
+                return Err(StepFailure::Aborted);
+            }
+            let mut status: Status = Ok(());
+            for attempt in 1..=step.attempts.max(1) {
+                let deadline = match (step.timeout.map(|t| Instant::now() + t), outer_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                status = self.run_kind(ctx, step, scope, deadline, attempt).await;
+                match &status {
+                    Ok(()) => break,
+                    Err(f) if f.is_abort() => break,
+                    Err(_) if attempt < step.attempts => {
+                        tracing::info!(attempt, of = step.attempts, "retrying step");
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.run_hooks(ctx, &step.hooks, status, scope, outer_deadline)
+                .await
+        }
+        .boxed()
+    }
+
+    async fn run_hooks(
+        &self,
+        ctx: &Ctx,
+        hooks: &Hooks,
+        status: Status,
+        scope: &mut Scope,
+        deadline: Option<Instant>,
+    ) -> Status {
+        let hook = match &status {
+            Ok(()) => hooks.on_success.as_deref(),
+            Err(f) if f.is_abort() => hooks.on_abort.as_deref(),
+            Err(f) if f.is_step_failure() => hooks.on_failure.as_deref(),
+            Err(_) => hooks.on_error.as_deref(),
+        };
+        let mut status = status;
+        if let Some(h) = hook {
+            let r = self.run_step(ctx, h, scope, deadline).await;
+            // A failing on_success hook fails the step; other hooks keep the original
+            // failure.
+            if status.is_ok() {
+                status = r;
+            }
+        }
+        if let Some(h) = hooks.ensure.as_deref() {
+            let r = self.run_step(ctx, h, scope, deadline).await;
+            if status.is_ok() {
+                status = r;
+            }
+        }
+        status
+    }
+
+    async fn run_kind(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        scope: &mut Scope,
+        deadline: Option<Instant>,
+        attempt: u32,
+    ) -> Status {
+        match &step.kind {
+            StepKind::Do(steps) => {
+                for s in steps {
+                    self.run_step(ctx, s, scope, deadline).await?;
+                }
+                Ok(())
+            }
+            StepKind::InParallel(par) => {
+                let limit = par.limit.unwrap_or(par.steps.len()).max(1);
+                let failed = std::sync::atomic::AtomicBool::new(false);
+                let base = scope.clone();
+                let futs: Vec<BoxFuture<'_, (Status, Scope)>> = par
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        let mut local = base.clone();
+                        let failed = &failed;
+                        async move {
+                            if par.fail_fast && failed.load(std::sync::atomic::Ordering::SeqCst) {
+                                return (Ok(()), local);
+                            }
+                            let r = self.run_step(ctx, s, &mut local, deadline).await;
+                            if r.is_err() {
+                                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            (r, local)
+                        }
+                        .boxed()
+                    })
+                    .collect();
+                let results: Vec<(Status, Scope)> =
+                    futures::stream::iter(futs).buffered(limit).collect().await;
+                let mut status = Ok(());
+                for (r, local) in results {
+                    scope.extend(local);
+                    if status.is_ok() {
+                        status = r;
+                    }
+                }
+                status
+            }
+            StepKind::Task(t) => self.run_task(ctx, step, t, scope, deadline, attempt).await,
+            StepKind::Get(g) => {
+                let name = format!("get: {}", g.name);
+                self.summarised(ctx, &name, "get", attempt, step, async {
+                    self.run_get(ctx, g, None, scope, deadline).await
+                })
+                .await
+            }
+            StepKind::Put(p) => self.run_put(ctx, step, p, scope, deadline, attempt).await,
+        }
+    }
+
+    /// Run `body`, report it as one step, record the first failure.
+    async fn summarised(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        kind: &'static str,
+        attempt: u32,
+        step: &Step,
+        body: impl std::future::Future<Output = (Status, Vec<ArtifactRef>)>,
+    ) -> Status {
+        self.events.step_started(name, kind);
+        let started = Instant::now();
+        let (result, artifacts) = body.await;
+        let summary = StepSummary {
+            name: name.to_owned(),
+            kind,
+            result: result.clone(),
+            duration: started.elapsed(),
+            artifacts,
+            attempts: attempt,
+        };
+        self.events.step_finished(&summary);
+        if let Ok(mut s) = ctx.summaries.lock() {
+            s.push(summary);
+        }
+        if let Err(f) = &result
+            && attempt >= step.attempts
+            && let Ok(mut ff) = ctx.first_failure.lock()
+            && ff.is_none()
+        {
+            *ff = Some((name.to_owned(), f.clone()));
+        }
+        result
+    }
+
+    fn identity(&self, ctx: &Ctx, step: &str, step_type: &str) -> StepIdentity {
+        StepIdentity {
+            pipeline: ctx.req.pipeline.name.clone(),
+            job: ctx.req.job.clone(),
+            build: ctx.req.build_number,
+            step: step.to_owned(),
+            step_type: step_type.to_owned(),
+            handle: StepHandle::random(),
+            worker: self.worker.clone(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        ctx: &Ctx,
+        identity: StepIdentity,
+        display: &str,
+        image: String,
+        command: StepCommand,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> StepRequest {
+        StepRequest {
+            identity,
+            build_id: ctx.req.build_id.clone(),
+            holder: ctx.holder.clone(),
+            image,
+            privileged: false,
+            resources: Resources::default(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            caches: Vec::new(),
+            command,
+            deadline,
+            timeout,
+            output: self.events.step_output(display),
+            abort: ctx.req.abort.clone(),
+        }
+    }
+
+    /// Run a step request with its handle marked active for the reaper.
+    async fn execute(&self, req: StepRequest) -> super::step::StepResult {
+        let handle = req.identity.handle.as_str().to_owned();
+        if let Ok(mut a) = self.active.lock() {
+            a.insert(handle.clone());
+        }
+        let r = self.steps.run(req).await;
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(&handle);
+        }
+        r
+    }
+
+    fn resource_scripts(
+        &self,
+        ctx: &Ctx,
+        resource: &str,
+    ) -> std::result::Result<(Value, String, String), StepFailure> {
+        let pipeline = &ctx.req.pipeline;
+        let r = pipeline.resource(resource).ok_or_else(|| {
+            StepFailure::Invalid(format!("resource {resource:?} is not declared"))
+        })?;
+        let resolved = self
+            .images
+            .resolve_type(pipeline, &r.type_)
+            .map_err(|e| StepFailure::Invalid(e.to_string()))?;
+        match resolved {
+            ResolvedImage::Image { image, scripts_dir } => {
+                Ok((r.source.clone(), image, scripts_dir))
+            }
+            ResolvedImage::Local { dir } => {
+                if self.steps.runtime().pods.capabilities().images {
+                    return Err(StepFailure::Invalid(format!(
+                        "resource {resource:?} has a `type: local` resource type, which runs only on the local backend; \
+                         give it a registry-image resource type to run on this backend"
+                    )));
+                }
+                Ok((r.source.clone(), "local".to_owned(), dir))
+            }
+        }
+    }
+
+    async fn run_get(
+        &self,
+        ctx: &Ctx,
+        g: &GetStep,
+        pinned: Option<Value>,
+        scope: &mut Scope,
+        deadline: Option<Instant>,
+    ) -> (Status, Vec<ArtifactRef>) {
+        let display = format!("get: {}", g.name);
+        let (source, image, scripts) = match self.resource_scripts(ctx, &g.resource) {
+            Ok(x) => x,
+            Err(f) => return (Err(f), Vec::new()),
+        };
+        let version = match pinned.or_else(|| g.version.clone().filter(Value::is_object)) {
+            Some(v) => v,
+            None => {
+                // Check for the latest version in a check pod.
+                let stdin = json!({ "source": source, "version": Value::Null });
+                let cmd = StepCommand {
+                    argv: vec![format!("{scripts}/check")],
+                    env: BTreeMap::new(),
+                    dir: None,
+                    user: None,
+                    stdin: Some(Bytes::from(stdin.to_string())),
+                    capture_stdout: true,
+                };
+                let id = self.identity(ctx, &g.resource, "check");
+                let req = self.request(ctx, id, &display, image.clone(), cmd, deadline, None);
+                let r = self.execute(req).await;
+                if let Err(f) = r.result {
+                    return (Err(f), Vec::new());
+                }
+                match serde_json::from_slice::<Vec<Value>>(&r.stdout) {
+                    Ok(vs) => match vs.last() {
+                        Some(v) => v.clone(),
+                        None => {
+                            return (
+                                Err(StepFailure::Invalid(format!(
+                                    "resource {:?} has no versions",
+                                    g.resource
+                                ))),
+                                Vec::new(),
+                            );
+                        }
+                    },
+                    Err(e) => {
+                        return (
+                            Err(StepFailure::Invalid(format!(
+                                "the check script of resource {:?} printed invalid JSON: {e}",
+                                g.resource
+                            ))),
+                            Vec::new(),
+                        );
+                    }
+                }
+            }
+        };
+        let stdin = json!({ "source": source, "version": version, "params": g.params });
+        let cmd = StepCommand {
+            argv: vec![format!("{scripts}/in"), g.name.clone()],
+            env: BTreeMap::new(),
+            dir: None,
+            user: None,
+            stdin: Some(Bytes::from(stdin.to_string())),
+            capture_stdout: true,
+        };
+        let id = self.identity(ctx, &g.name, "get");
+        let mut req = self.request(ctx, id, &display, image, cmd, deadline, None);
+        req.outputs.push(StepOutput {
+            name: g.name.clone(),
+            path: g.name.clone(),
+        });
+        let r = self.execute(req).await;
+        for a in &r.outputs {
+            scope.insert(a.name.clone(), a.clone());
+        }
+        if r.result.is_ok()
+            && let Err(e) = serde_json::from_slice::<Value>(&r.stdout)
+        {
+            return (
+                Err(StepFailure::Invalid(format!(
+                    "the in script of resource {:?} printed invalid JSON: {e}",
+                    g.resource
+                ))),
+                r.outputs,
+            );
+        }
+        (r.result, r.outputs)
+    }
+
+    async fn run_put(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        p: &PutStep,
+        scope: &mut Scope,
+        deadline: Option<Instant>,
+        attempt: u32,
+    ) -> Status {
+        let display = format!("put: {}", p.name);
+        let mut version = None;
+        let result = self
+            .summarised(ctx, &display, "put", attempt, step, async {
+                let (source, image, scripts) = match self.resource_scripts(ctx, &p.resource) {
+                    Ok(x) => x,
+                    Err(f) => return (Err(f), Vec::new()),
+                };
+                let stdin = json!({ "source": source, "params": p.params });
+                let cmd = StepCommand {
+                    argv: vec![format!("{scripts}/out"), ".".to_owned()],
+                    env: BTreeMap::new(),
+                    dir: None,
+                    user: None,
+                    stdin: Some(Bytes::from(stdin.to_string())),
+                    capture_stdout: true,
+                };
+                let id = self.identity(ctx, &p.name, "put");
+                let mut req = self.request(ctx, id, &display, image, cmd, deadline, step.timeout);
+                let names: Vec<String> = match &p.inputs {
+                    Some(list) => list.clone(),
+                    None => scope.keys().cloned().collect(),
+                };
+                for n in names {
+                    match scope.get(&n) {
+                        Some(a) => req.inputs.push(StepInput {
+                            path: n.clone(),
+                            artifact: a.clone(),
+                        }),
+                        None => {
+                            return (
+                                Err(StepFailure::Invalid(format!(
+                                    "put {:?}: input {n:?} is not available",
+                                    p.name
+                                ))),
+                                Vec::new(),
+                            );
+                        }
+                    }
+                }
+                let r = self.execute(req).await;
+                if r.result.is_ok() {
+                    match serde_json::from_slice::<Value>(&r.stdout) {
+                        Ok(v) => version = v.get("version").cloned(),
+                        Err(e) => {
+                            return (
+                                Err(StepFailure::Invalid(format!(
+                                    "the out script of resource {:?} printed invalid JSON: {e}",
+                                    p.resource
+                                ))),
+                                Vec::new(),
+                            );
+                        }
+                    }
+                }
+                (r.result, r.outputs)
+            })
+            .await;
+        result?;
+        if p.no_get {
+            return Ok(());
+        }
+        let g = GetStep {
+            name: p.name.clone(),
+            resource: p.resource.clone(),
+            version: None,
+            params: p.get_params.clone(),
+            passed: Vec::new(),
+            trigger: false,
+        };
+        let name = format!("get: {}", g.name);
+        let pinned = version.clone();
+        self.summarised(ctx, &name, "get", attempt, step, async {
+            self.run_get(ctx, &g, pinned, scope, deadline).await
+        })
+        .await
+    }
+
+    async fn load_task_config(
+        &self,
+        ctx: &Ctx,
+        t: &TaskStep,
+        scope: &Scope,
+    ) -> std::result::Result<TaskConfig, StepFailure> {
+        match &t.config {
+            TaskSource::Inline(c) => Ok(c.clone()),
+            TaskSource::File { artifact, path } => {
+                let a = scope.get(artifact).ok_or_else(|| {
+                    StepFailure::Invalid(format!(
+                        "task {:?}: the artifact {artifact:?} of its file is not available",
+                        t.name
+                    ))
+                })?;
+                let text = self.read_file_from_artifact(a, path).await.map_err(|e| {
+                    StepFailure::Invalid(format!(
+                        "task {:?}: reading {artifact}/{path}: {e}",
+                        t.name
+                    ))
+                })?;
+                let mut vars = ctx.req.vars.clone();
+                for (k, v) in &t.vars {
+                    vars.insert(k.clone(), v.clone());
+                }
+                crate::plan::parse_task_config(&text, &format!("{artifact}/{path}"), &vars)
+                    .map_err(|e| StepFailure::Invalid(e.to_string()))
+            }
+        }
+    }
+
+    /// Read one file (a task config) out of an artifact's tar stream.
+    async fn read_file_from_artifact(&self, a: &ArtifactRef, path: &str) -> Result<String> {
+        const LIMIT: usize = 1 << 20;
+        let store = self.steps.artifacts().store()?;
+        let stream = store.read_tar(&a.volume).await?;
+        let data = crate::ports::collect_stream(stream).await?;
+        let want = path.trim_start_matches("./");
+        let mut archive = tar::Archive::new(std::io::Cursor::new(data));
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::corrupt(format!("reading artifact: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| Error::corrupt(format!("reading artifact: {e}")))?;
+            let p = entry
+                .path()
+                .map_err(|e| Error::corrupt(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
+            if p.trim_start_matches("./") == want && entry.header().entry_type().is_file() {
+                if entry.size() as usize > LIMIT {
+                    return Err(Error::invalid(format!("{path} is larger than 1 MiB")));
+                }
+                let mut s = String::new();
+                entry
+                    .read_to_string(&mut s)
+                    .map_err(|e| Error::invalid(format!("{path} is not UTF-8 text: {e}")))?;
+                return Ok(s);
+            }
+        }
+        Err(Error::not_found(format!(
+            "no file {path} in artifact {:?}",
+            a.name
+        )))
+    }
+
+    async fn run_task(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        t: &TaskStep,
+        scope: &mut Scope,
+        deadline: Option<Instant>,
+        attempt: u32,
+    ) -> Status {
+        let display = format!("task: {}", t.name);
+        let snapshot = scope.clone();
+        let mut produced = Vec::new();
+        let result = self
+            .summarised(ctx, &display, "task", attempt, step, async {
+                let config = match self.load_task_config(ctx, t, &snapshot).await {
+                    Ok(c) => c,
+                    Err(f) => return (Err(f), Vec::new()),
+                };
+                let caps = self.steps.runtime().pods.capabilities();
+                if !caps.images
+                    && config.image_resource.is_some()
+                    && !ctx.noticed_images.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    self.events.notice(
+                        "this backend runs tasks on the host: image_resource is not honoured, \
+                         so tasks use the host's tools",
+                    );
+                }
+                let image = match self.images.task_image(&config) {
+                    Ok(i) => i,
+                    Err(e) => return (Err(StepFailure::Invalid(e.to_string())), Vec::new()),
+                };
+                let mut env = config.params.clone();
+                env.extend(t.params.clone());
+                let mut argv = vec![config.run.path.clone()];
+                argv.extend(config.run.args.iter().cloned());
+                let cmd = StepCommand {
+                    argv,
+                    env,
+                    dir: config.run.dir.clone(),
+                    user: config.run.user.clone(),
+                    stdin: None,
+                    capture_stdout: false,
+                };
+                let id = self.identity(ctx, &t.name, "task");
+                let mut req = self.request(ctx, id, &display, image, cmd, deadline, step.timeout);
+                req.privileged = t.privileged;
+                req.resources = Resources {
+                    cpu_millis: config.container_limits.cpu_millis,
+                    memory_bytes: config.container_limits.memory_bytes,
+                };
+                for input in &config.inputs {
+                    let name = t.input_mapping.get(&input.name).unwrap_or(&input.name);
+                    match snapshot.get(name) {
+                        Some(a) => req.inputs.push(StepInput { path: input.path.clone(), artifact: a.clone() }),
+                        None if input.optional => {}
+                        None => {
+                            return (
+                                Err(StepFailure::Invalid(format!(
+                                    "task {:?}: input {:?} is not available (no earlier step produced {name:?})",
+                                    t.name, input.name
+                                ))),
+                                Vec::new(),
+                            );
+                        }
+                    }
+                }
+                for o in &config.outputs {
+                    let name = t.output_mapping.get(&o.name).unwrap_or(&o.name);
+                    req.outputs.push(StepOutput { name: name.clone(), path: o.path.clone() });
+                }
+                for c in &config.caches {
+                    let key = format!("{}/{}/{}/{}", ctx.req.pipeline.name, ctx.req.job, t.name, c);
+                    req.caches.push((c.clone(), key));
+                }
+                let r = self.execute(req).await;
+                (r.result, r.outputs)
+            })
+            .await;
+        if let Ok(s) = ctx.summaries.lock()
+            && let Some(last) = s.iter().rev().find(|s| s.name == display)
+        {
+            produced = last.artifacts.clone();
+        }
+        for a in produced {
+            scope.insert(a.name.clone(), a);
+        }
+        result
+    }
+}

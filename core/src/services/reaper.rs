@@ -1,0 +1,227 @@
+//! The reaper: one pass deletes pods of finished or unknown steps, and volumes and
+//! registry records nothing references.
+//!
+//! Safe to crash at any point and to run on several replicas at once: claims are
+//! exclusive in the registry, volume deletes and forgets are idempotent, and a claim
+//! left by a crashed reaper is taken again after `stale_claim`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Result;
+use crate::names::label;
+use crate::ports::{ArtifactRegistry, Pods, VolumeStore};
+
+/// How the reaper behaves.
+#[derive(Debug, Clone)]
+pub struct ReaperConfig {
+    /// This worker's name: its own pods are reaped when their step is not active.
+    pub worker: String,
+    /// Unregistered volumes younger than this are left alone (being created).
+    pub orphan_volume_grace: Duration,
+    /// `Destroying` claims older than this are taken again.
+    pub stale_claim: Duration,
+    /// Artifacts claimed per registry round trip.
+    pub batch: usize,
+    /// Grace period for pod deletion.
+    pub pod_grace: Duration,
+}
+
+impl ReaperConfig {
+    /// Defaults for `worker`.
+    pub fn new(worker: impl Into<String>) -> Self {
+        ReaperConfig {
+            worker: worker.into(),
+            orphan_volume_grace: Duration::from_secs(600),
+            stale_claim: Duration::from_secs(600),
+            batch: 500,
+            pod_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Pods deleted.
+    pub pods_deleted: Vec<String>,
+    /// Artifacts (and their volumes) deleted.
+    pub artifacts_deleted: usize,
+    /// Unregistered volumes deleted.
+    pub orphan_volumes_deleted: usize,
+    /// Errors met (the pass goes on after each).
+    pub errors: Vec<String>,
+}
+
+/// Collects what is no longer needed.
+#[derive(Clone)]
+pub struct Reaper {
+    pods: Option<Arc<dyn Pods>>,
+    volumes: Option<Arc<dyn VolumeStore>>,
+    registry: Arc<dyn ArtifactRegistry>,
+    config: ReaperConfig,
+}
+
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Reaper {
+    /// A reaper over the given ports; `pods` or `volumes` may be absent.
+    pub fn new(
+        pods: Option<Arc<dyn Pods>>,
+        volumes: Option<Arc<dyn VolumeStore>>,
+        registry: Arc<dyn ArtifactRegistry>,
+        config: ReaperConfig,
+    ) -> Self {
+        Reaper {
+            pods,
+            volumes,
+            registry,
+            config,
+        }
+    }
+
+    /// One pass. `active` holds the step handles this worker is running now.
+    pub async fn run_once(&self, active: &HashSet<String>, now: SystemTime) -> Result<ReapReport> {
+        let mut report = ReapReport::default();
+        if let Some(pods) = &self.pods {
+            self.reap_pods(pods.as_ref(), active, now, &mut report)
+                .await?;
+        }
+        self.reap_artifacts(now, &mut report).await?;
+        if let Some(volumes) = &self.volumes {
+            self.reap_orphan_volumes(volumes.as_ref(), now, &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn reap_pods(
+        &self,
+        pods: &dyn Pods,
+        active: &HashSet<String>,
+        now: SystemTime,
+        report: &mut ReapReport,
+    ) -> Result<()> {
+        let mut selector = BTreeMap::new();
+        selector.insert(
+            label::MANAGED_BY.to_owned(),
+            label::MANAGED_BY_VALUE.to_owned(),
+        );
+        let listed = pods.list(&selector).await?;
+        let workers = self.registry.workers().await?;
+        for pod in listed {
+            let owner = pod
+                .labels
+                .get(label::WORKER)
+                .map(String::as_str)
+                .unwrap_or("");
+            let handle = pod
+                .labels
+                .get(label::HANDLE)
+                .map(String::as_str)
+                .unwrap_or("");
+            let reap = if owner == crate::names::label_value(&self.config.worker) {
+                !active.contains(handle)
+            } else {
+                // Another worker's pod: only once that worker is known to be dead.
+                workers
+                    .iter()
+                    .find(|w| crate::names::label_value(&w.name) == owner)
+                    .is_some_and(|w| !w.alive_at(now))
+            };
+            if reap {
+                match pods.delete(&pod.name, self.config.pod_grace).await {
+                    Ok(()) => report.pods_deleted.push(pod.name),
+                    Err(e) => report
+                        .errors
+                        .push(format!("deleting pod {}: {e}", pod.name)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reap_artifacts(&self, now: SystemTime, report: &mut ReapReport) -> Result<()> {
+        loop {
+            let claimed = self
+                .registry
+                .claim_reapable(
+                    &self.config.worker,
+                    self.config.batch,
+                    now,
+                    self.config.stale_claim,
+                )
+                .await?;
+            if claimed.is_empty() {
+                return Ok(());
+            }
+            let mut progressed = false;
+            for a in &claimed {
+                if let Some(volumes) = &self.volumes
+                    && let Err(e) = volumes.delete(&a.volume).await
+                {
+                    // Left Destroying: taken again once the claim is stale.
+                    report
+                        .errors
+                        .push(format!("deleting volume {}: {e}", a.volume));
+                    continue;
+                }
+                match self.registry.forget(&a.id).await {
+                    Ok(()) => {
+                        report.artifacts_deleted += 1;
+                        progressed = true;
+                    }
+                    Err(e) => report
+                        .errors
+                        .push(format!("forgetting artifact {}: {e}", a.id)),
+                }
+            }
+            if !progressed || claimed.len() < self.config.batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reap_orphan_volumes(
+        &self,
+        volumes: &dyn VolumeStore,
+        now: SystemTime,
+        report: &mut ReapReport,
+    ) -> Result<()> {
+        let all = volumes.list().await?;
+        let old: Vec<_> = all
+            .into_iter()
+            .filter(|v| {
+                v.created_at
+                    .and_then(|c| now.duration_since(c).ok())
+                    .is_none_or(|age| age >= self.config.orphan_volume_grace)
+            })
+            .map(|v| v.handle)
+            .collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let known: HashSet<_> = self
+            .registry
+            .known_volumes(&old)
+            .await?
+            .into_iter()
+            .collect();
+        for h in old.into_iter().filter(|h| !known.contains(h)) {
+            match volumes.delete(&h).await {
+                Ok(()) => report.orphan_volumes_deleted += 1,
+                Err(e) => report
+                    .errors
+                    .push(format!("deleting orphan volume {h}: {e}")),
+            }
+        }
+        Ok(())
+    }
+}

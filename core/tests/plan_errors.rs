@@ -1,0 +1,473 @@
+//! Every class of error: where it points (file, line, column) and that it names the
+//! thing that is wrong.
+
+use jetbridge_core::plan::*;
+
+/// Parse `text` expecting an error at `line:col` whose message contains every needle.
+#[track_caller]
+fn fails_at(text: &str, line: usize, column: usize, needles: &[&str]) -> PlanError {
+    let err = parse_pipeline(text, "ci/p.yml", &Vars::new())
+        .expect_err("the pipeline should be rejected");
+    assert_eq!(err.location.file, "ci/p.yml", "{err}");
+    assert_eq!(
+        (err.location.line, err.location.column),
+        (line, column),
+        "wrong place: {err}"
+    );
+    for n in needles {
+        assert!(err.message.contains(n), "`{n}` not in: {err}");
+    }
+    assert!(
+        err.to_string()
+            .starts_with(&format!("ci/p.yml:{line}:{column}: ")),
+        "{err}"
+    );
+    err
+}
+
+fn hint(err: &PlanError) -> &str {
+    err.hint.as_deref().unwrap_or_default()
+}
+
+const R: &str = "resources: [{name: r, type: mock}, {name: s, type: mock}]\n";
+
+#[test]
+fn yaml_syntax() {
+    fails_at(
+        "jobs:\n- name: j\n  plan: [\n",
+        3,
+        9,
+        &["invalid YAML", "bracket"],
+    );
+    fails_at("jobs: x\njobs: y\n", 2, 1, &["invalid YAML", "duplicate"]);
+    let err = fails_at("", 1, 1, &["empty"]);
+    assert!(!hint(&err).is_empty());
+}
+
+#[test]
+fn unknown_keys() {
+    let err = fails_at(
+        "resorces: []\njobs: []\n",
+        1,
+        1,
+        &["unknown key `resorces`"],
+    );
+    assert!(hint(&err).contains("`resources`"));
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n    triger: true\n");
+    let err = fails_at(&text, 6, 5, &["unknown key `triger`", "`get` step"]);
+    assert!(hint(&err).contains("`trigger`"));
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: x, shell: sh}}\n"
+    );
+    fails_at(&text, 8, 22, &["unknown key `shell`", "`run`"]);
+    // Explicitly ignored keys are accepted.
+    let text = format!(
+        "{R}groups: []\njobs:\n- name: j\n  serial: true\n  max_in_flight: 1\n  public: true\n  build_log_retention: {{builds: 3}}\n  plan:\n  - get: r\n    tags: [x]\n"
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+}
+
+#[test]
+fn missing_fields() {
+    let err = fails_at(
+        "jobs:\n- name: j\n  serial: true\n",
+        2,
+        3,
+        &["job `j`", "`plan`"],
+    );
+    assert!(hint(&err).contains("plan:"));
+    fails_at(
+        "resources:\n- name: r\njobs: []\n",
+        2,
+        3,
+        &["resource `r`", "`type`"],
+    );
+    fails_at("resources: []\n", 1, 1, &["the pipeline", "`jobs`"]);
+    fails_at("jobs: []\n", 1, 7, &["no jobs"]);
+    fails_at("jobs:\n- plan: []\n", 2, 3, &["a job", "`name`"]);
+    fails_at(
+        "jobs:\n- name: j\n  plan: []\n",
+        3,
+        9,
+        &["job `j`", "empty plan"],
+    );
+    let text =
+        format!("{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n");
+    fails_at(&text, 7, 7, &["task config", "`run`"]);
+}
+
+#[test]
+fn wrong_types() {
+    fails_at(
+        "jobs:\n- name: j\n  plan: get\n",
+        3,
+        9,
+        &["`plan` must be a list"],
+    );
+    fails_at(
+        "- jobs\n",
+        1,
+        1,
+        &["the pipeline must be a mapping", "a list"],
+    );
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n    trigger: sometimes\n");
+    fails_at(&text, 6, 14, &["`trigger`", "true or false"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get\n");
+    fails_at(&text, 5, 5, &["a step must be a mapping"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n    params: [a]\n");
+    fails_at(&text, 6, 13, &["`params` must be a mapping"]);
+}
+
+#[test]
+fn duplicates() {
+    let err = fails_at(
+        &format!("{R}jobs:\n- name: j\n  plan: [{{get: r}}]\n- name: j\n  plan: [{{get: r}}]\n"),
+        5,
+        9,
+        &["job `j`", "twice", "line 3"],
+    );
+    assert!(!hint(&err).is_empty());
+    fails_at(
+        "resources:\n- {name: r, type: git}\n- {name: r, type: mock}\njobs: []\n",
+        3,
+        10,
+        &["resource `r`", "twice"],
+    );
+    fails_at(
+        "resource_types:\n- {name: t, type: registry-image, source: {repository: a}}\n- {name: t, type: registry-image, source: {repository: b}}\njobs: []\n",
+        3,
+        10,
+        &["resource type `t`", "twice"],
+    );
+    let task = "config: {platform: linux, run: {path: x}}";
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    {task}\n  - do:\n    - task: t\n      {task}\n"
+    );
+    fails_at(&text, 8, 13, &["two tasks named `t`", "line 5"]);
+    // The same task name in another job is fine.
+    let text = format!(
+        "{R}jobs:\n- name: a\n  plan:\n  - task: t\n    {task}\n- name: b\n  plan:\n  - task: t\n    {task}\n"
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+}
+
+#[test]
+fn outputs_binding_one_artifact() {
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    output_mapping: {{a: out, b: out}}\n    config:\n      platform: linux\n      outputs: [{{name: a}}, {{name: b}}]\n      run: {{path: x}}\n"
+    );
+    let err = fails_at(&text, 6, 33, &["outputs `a` and `b`", "artifact `out`"]);
+    assert!(hint(&err).contains("output_mapping"));
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      outputs: [{{name: a}}, {{name: a}}]\n      run: {{path: x}}\n"
+    );
+    fails_at(&text, 8, 35, &["output `a`", "twice"]);
+}
+
+#[test]
+fn invalid_names() {
+    let err = fails_at(
+        "jobs:\n- name: Build\n  plan: [{get: r}]\n",
+        2,
+        9,
+        &["`Build`", "not a valid name"],
+    );
+    assert!(hint(&err).contains("lowercase letters, digits"));
+    fails_at(
+        "resources:\n- {name: 1repo, type: git}\njobs: []\n",
+        2,
+        10,
+        &["`1repo`"],
+    );
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - task: run tests\n    config: {{}}\n");
+    fails_at(&text, 5, 11, &["task name", "`run tests`"]);
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    input_mapping: {{src: R}}\n    file: r/t.yml\n"
+    );
+    fails_at(&text, 7, 26, &["`R`"]);
+}
+
+#[test]
+fn undeclared_resources() {
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: repo\n");
+    let err = fails_at(&text, 5, 10, &["`get`", "resource `repo`", "not declared"]);
+    assert!(hint(&err).contains("resources"));
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - put: out\n    resource: rr\n");
+    let err = fails_at(&text, 6, 15, &["`put`", "resource `rr`"]);
+    assert!(hint(&err).contains("did you mean `r`"));
+}
+
+#[test]
+fn unknown_resource_types() {
+    let err = fails_at(
+        "resources:\n- name: r\n  type: gti\n  source: {}\njobs: []\n",
+        3,
+        9,
+        &["resource `r`", "unknown type `gti`"],
+    );
+    assert!(hint(&err).contains("`git`"));
+    let err = fails_at(
+        "resources:\n- {name: r, type: slack}\njobs: []\n",
+        2,
+        19,
+        &["unknown type `slack`"],
+    );
+    assert!(hint(&err).contains("resource_types"));
+    // Declared types are known, wherever they are declared.
+    parse_pipeline(
+        "resources:\n- {name: r, type: slack}\nresource_types:\n- {name: slack, type: registry-image, source: {repository: x}}\njobs:\n- name: j\n  plan: [{get: r}]\n",
+        "p.yml",
+        &Vars::new(),
+    )
+    .unwrap();
+    fails_at(
+        "resource_types:\n- {name: t, type: git, source: {uri: x}}\njobs: []\n",
+        2,
+        19,
+        &["resource type `t`", "type `git`"],
+    );
+    fails_at(
+        "resource_types:\n- {name: t, type: registry-image}\njobs: []\n",
+        2,
+        19,
+        &["`source.repository`"],
+    );
+    fails_at(
+        "resource_types:\n- name: t\n  type: local\n  source: {dir: x}\njobs: []\n",
+        4,
+        11,
+        &["`source.path`"],
+    );
+}
+
+fn task_with_inputs(inputs: &str) -> String {
+    format!("config: {{platform: linux, inputs: [{inputs}], run: {{path: x}}}}")
+}
+
+#[test]
+fn missing_inputs() {
+    // Task input nobody produces.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    {}\n",
+        task_with_inputs("{name: src}")
+    );
+    let err = fails_at(
+        &text,
+        7,
+        47,
+        &["task `t` needs input `src`", "artifact `src`"],
+    );
+    assert!(hint(&err).contains("`r`"), "{err}");
+    // After input_mapping the error points at the mapping.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    input_mapping: {{src: nope}}\n    {}\n",
+        task_with_inputs("{name: src}")
+    );
+    fails_at(&text, 7, 26, &["input `src`", "artifact `nope`"]);
+    // Mapped to something that exists: fine; optional inputs may be missing.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    input_mapping: {{src: r}}\n    {}\n",
+        task_with_inputs("{name: src}, {name: extra, optional: true}")
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // `put` inputs.
+    let text =
+        format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - put: s\n    inputs: [r, built]\n");
+    fails_at(&text, 7, 17, &["`put: s`", "`built`"]);
+    // Task files come from an artifact.
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - task: t\n    file: repo/ci/t.yml\n");
+    fails_at(&text, 6, 11, &["`repo/ci/t.yml`", "artifact `repo`"]);
+}
+
+#[test]
+fn artifact_flow_through_parallel_do_and_hooks() {
+    // in_parallel siblings do not see each other.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n    - get: r\n    - task: t\n      {}\n",
+        task_with_inputs("{name: r}")
+    );
+    let err = fails_at(&text, 8, 49, &["input `r`"]);
+    assert!(hint(&err).contains("in_parallel"));
+    // ... but the step after the in_parallel sees all of them.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n    - get: r\n    - get: s\n  - task: t\n    {}\n",
+        task_with_inputs("{name: r}, {name: s}")
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // `do` is sequential.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - do:\n    - get: r\n    - task: t\n      {}\n",
+        task_with_inputs("{name: r}")
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // Hooks see the outputs of their step.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n    on_success:\n      put: s\n      inputs: [r]\n  on_failure:\n    put: s\n    inputs: [r, s]\n"
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // A hook does not see what a later step produces.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n    ensure:\n      put: s\n      inputs: [later]\n  - get: later\n    resource: r\n"
+    );
+    fails_at(&text, 8, 16, &["`later`"]);
+    // Steps after a task file are not checked (its outputs are unknown).
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    file: r/t.yml\n  - put: s\n    inputs: [whatever]\n"
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // Two parallel steps producing one artifact clash.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n    - get: x\n      resource: r\n    - get: x\n      resource: s\n"
+    );
+    fails_at(&text, 8, 7, &["artifact `x`", "line 6"]);
+}
+
+#[test]
+fn attempts_limit_and_timeouts() {
+    let base = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n");
+    fails_at(
+        &format!("{base}    attempts: 0\n"),
+        6,
+        15,
+        &["`attempts`", "at least 1"],
+    );
+    fails_at(
+        &format!("{base}    attempts: -2\n"),
+        6,
+        15,
+        &["`attempts`", "whole number", "-2"],
+    );
+    fails_at(
+        &format!("{base}    attempts: many\n"),
+        6,
+        15,
+        &["`attempts`", "whole number"],
+    );
+    let err = fails_at(
+        &format!("{base}    timeout: 10\n"),
+        6,
+        14,
+        &["`timeout`", "missing unit"],
+    );
+    assert!(hint(&err).contains("1h30m"));
+    fails_at(
+        &format!("{base}    timeout: 1d\n"),
+        6,
+        14,
+        &["`timeout`", "unknown unit"],
+    );
+    fails_at(&format!("{base}    timeout: [1s]\n"), 6, 14, &["`timeout`"]);
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n      limit: 0\n      steps: [{{get: r}}]\n"
+    );
+    fails_at(&text, 6, 14, &["`limit`", "at least 1"]);
+}
+
+#[test]
+fn unfilled_variables() {
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n    params: {{branch: ((git.branch))}}\n"
+    );
+    let err = fails_at(&text, 6, 22, &["variable `git`", "((git.branch))"]);
+    assert!(hint(&err).contains("--var git="), "{err}");
+    assert!(err.to_string().contains("\n  hint: pass `--var git="));
+}
+
+#[test]
+fn step_shapes() {
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n    task: t\n");
+    fails_at(&text, 6, 5, &["only one of", "`get` and `task`"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - attempts: 2\n");
+    let err = fails_at(&text, 5, 5, &["no `get`, `put`, `task`"]);
+    assert!(hint(&err).contains("`attempts`"));
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n      get: r\n");
+    fails_at(&text, 5, 5, &["`try` steps are not supported"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - task: t\n");
+    fails_at(&text, 5, 5, &["neither `config` nor `file`"]);
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    config: {{}}\n    file: r/x.yml\n"
+    );
+    fails_at(&text, 8, 5, &["both `config` and `file`"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    file: r\n");
+    fails_at(&text, 7, 11, &["`file: r`"]);
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    file: r/../../etc/x.yml\n"
+    );
+    fails_at(&text, 7, 11, &["leaves the artifact"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - do: []\n");
+    fails_at(&text, 5, 9, &["`do` has no steps"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n    version: newest\n");
+    fails_at(&text, 6, 14, &["`version`"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - put: s\n    inputs: some\n");
+    fails_at(&text, 7, 13, &["`inputs`"]);
+}
+
+#[test]
+fn passed_names_declared_jobs() {
+    let text = format!(
+        "{R}jobs:\n- name: build\n  plan: [{{get: r}}]\n- name: deploy\n  plan:\n  - get: r\n    passed: [biuld]\n"
+    );
+    let err = fails_at(&text, 8, 14, &["`passed`", "job `biuld`"]);
+    assert!(hint(&err).contains("`build`"));
+}
+
+#[test]
+fn task_config_problems() {
+    let run = "run: {path: x}";
+    let wrap =
+        |body: &str| format!("{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n{body}");
+    fails_at(
+        &wrap(&format!("      platform: windows\n      {run}\n")),
+        7,
+        17,
+        &["platform `windows`"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      outputs: [{{name: o, path: /etc}}]\n      {run}\n"
+        )),
+        8,
+        33,
+        &["`/etc`", "leaves the working directory"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      caches: [{{path: ../x}}]\n      {run}\n"
+        )),
+        8,
+        23,
+        &["`../x`"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      image_resource: {{type: git, source: {{uri: x}}}}\n      {run}\n"
+        )),
+        8,
+        30,
+        &["`image_resource` of type `git`"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      image_resource: {{type: registry-image, source: {{tag: x}}}}\n      {run}\n"
+        )),
+        8,
+        54,
+        &["`source.repository`"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      container_limits: {{memory: lots}}\n      {run}\n"
+        )),
+        8,
+        34,
+        &["`memory`"],
+    );
+    fails_at(
+        &wrap(&format!(
+            "      platform: linux\n      inputs: [{{name: a}}, {{path: b}}]\n      {run}\n"
+        )),
+        8,
+        27,
+        &["a task input", "`name`"],
+    );
+}

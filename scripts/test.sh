@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, dependency policy, and every test of the
+# workspace, with the Postgres suite against a real server. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse one build directory outside the clone, so a fresh clone does not rebuild the
+# world every time.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jetbridge-target}"
+
+./scripts/install-tools.sh
+source ./scripts/postgres-env.sh
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny"
+cargo deny --log-level error check licenses bans sources
+echo "== cargo test"
+cargo test --workspace --locked
