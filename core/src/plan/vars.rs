@@ -137,10 +137,22 @@ fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
         let Some(close) = s[open + 2..].find("))").map(|i| i + open + 2) else {
             break;
         };
+        let inner = &s[open + 2..close];
+        // As in Concourse, only names made of word characters and `-./:"` are
+        // placeholders; anything else (shell arithmetic `$((n + 1))`) is plain text.
+        let name = inner.trim();
+        if !name.is_empty()
+            && !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '"'))
+        {
+            from = open + 2;
+            continue;
+        }
         found.push(Placeholder {
             start: open,
             end: close + 2,
-            inner: &s[open + 2..close],
+            inner,
         });
         from = close + 2;
     }
@@ -300,6 +312,12 @@ mod tests {
             err.message.contains("`s` has no field `x`"),
             "{}",
             err.message
+        );
+        let out = interpolate(&node("n=$((n + 1)) ((s))"), &vars(), "f").unwrap();
+        assert_eq!(
+            out.value,
+            NodeValue::Str("n=$((n + 1)) hello".to_owned()),
+            "shell arithmetic is not a placeholder"
         );
         let err = interpolate(&node("(( ))"), &vars(), "p.yml").unwrap_err();
         assert!(err.message.contains("names no variable"), "{}", err.message);

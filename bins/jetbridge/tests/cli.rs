@@ -1,0 +1,335 @@
+//! The binary as a user meets it: the examples, exit statuses, messages, JSON output,
+//! Ctrl-C, and nothing left behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
+    // Nothing from the caller's environment may steer the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JETBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn run_example(name: &str, data: &Path, extra: &[&str]) -> Output {
+    bin()
+        .arg("run")
+        .arg(examples().join(name))
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .output()
+        .expect("jetbridge runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_nothing_left(data: &Path) {
+    assert_eq!(
+        entries(&data.join("local/pods")),
+        Vec::<String>::new(),
+        "pods left behind"
+    );
+    assert_eq!(
+        entries(&data.join("volumes/volumes")),
+        Vec::<String>::new(),
+        "volumes left behind"
+    );
+}
+
+#[test]
+fn hello_passes_artifacts_from_get_to_task_to_put() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = run_example("hello.yml", data.path(), &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    for line in [
+        "▶ get: message",
+        "✓ task: shout",
+        "[task: shout] wrote: HELLO FROM JETBRIDGE",
+        "[put: outbox] delivered: HELLO FROM JETBRIDGE",
+        "build succeeded",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // The summary lists each step with its artifacts.
+    assert!(stdout.contains("Summary"));
+    assert!(
+        stdout.lines().any(|l| l.contains("task: shout")
+            && l.contains("succeeded")
+            && l.contains("shouted (")),
+        "{stdout}"
+    );
+    // Told once that images are not honoured locally.
+    assert_eq!(
+        stdout.matches("image_resource is not honoured").count(),
+        1,
+        "{stdout}"
+    );
+    assert_nothing_left(data.path());
+}
+
+#[test]
+fn parallel_example_runs_and_keeps_its_cache() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = run_example("parallel.yml", data.path(), &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stdout));
+    assert!(
+        text(&first.stdout).contains("this cache has seen 1 run(s)"),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = run_example("parallel.yml", data.path(), &[]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stdout));
+    assert!(
+        text(&second.stdout).contains("this cache has seen 2 run(s)"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert!(text(&second.stdout).contains("unit: 42 passed"));
+    assert_nothing_left(data.path());
+}
+
+#[test]
+fn failing_example_exits_1_and_names_the_step() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = run_example("fails.yml", data.path(), &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("build failed"), "{stdout}");
+    assert!(
+        stdout.contains("task: tests exited with status 3"),
+        "{stdout}"
+    );
+    // The on_failure hook read the report the failed step wrote.
+    assert!(
+        stdout.contains("[task: show-report] 1 passed, 1 failed"),
+        "{stdout}"
+    );
+    assert_nothing_left(data.path());
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
+#[test]
+fn a_mistake_exits_2_with_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        dir.path(),
+        "bad.yml",
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    confg:\n      platform: linux\n",
+    );
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .expect("runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.yml:5:5"), "{stderr}");
+    assert!(stderr.contains("confg"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Error {"),
+        "no panic or debug dump: {stderr}"
+    );
+}
+
+#[test]
+fn an_unfilled_var_names_it_and_var_fills_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        dir.path(),
+        "vars.yml",
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo ((greeting))']}\n",
+    );
+    let out = bin().arg("validate").arg(&p).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("greeting"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ok = bin()
+        .arg("run")
+        .arg(&p)
+        .args(["--var", "greeting=bonjour", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()
+        .expect("runs");
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("[task: t] bonjour"),
+        "{}",
+        text(&ok.stdout)
+    );
+}
+
+#[test]
+fn several_jobs_need_job_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = |n: &str| {
+        format!(
+            "- name: {n}\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n"
+        )
+    };
+    let p = write(
+        dir.path(),
+        "two.yml",
+        &format!("jobs:\n{}{}", job("a"), job("b")),
+    );
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--job"), "{}", text(&out.stderr));
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .args(["--job", "b", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    for ex in ["hello.yml", "parallel.yml", "fails.yml"] {
+        let out = bin()
+            .arg("validate")
+            .arg(examples().join(ex))
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(0), "{ex}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("valid"));
+    }
+}
+
+#[test]
+fn json_log_format_prints_one_object_per_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = run_example("hello.yml", data.path(), &["--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut kinds = Vec::new();
+    for line in text(&out.stdout).lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        kinds.push(v["event"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(kinds.contains(&"step_started".to_owned()));
+    assert!(kinds.contains(&"output".to_owned()));
+    assert_eq!(kinds.last().map(String::as_str), Some("summary"));
+}
+
+#[test]
+fn env_vars_stand_in_for_flags() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .arg("run")
+        .arg(examples().join("hello.yml"))
+        .env("JETBRIDGE_DATA_DIR", data.path())
+        .env("JETBRIDGE_LOG_FORMAT", "json")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with('{'));
+    assert!(
+        data.path().join("local").exists(),
+        "JETBRIDGE_DATA_DIR was used"
+    );
+}
+
+#[test]
+fn ctrl_c_aborts_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = format!("jb-ctrl-c-{}", std::process::id());
+    let p = write(
+        dir.path(),
+        "slow.yml",
+        &format!(
+            "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, 'echo started; sleep 300 # {marker}']}}\n"
+        ),
+    );
+    let data = dir.path().join("d");
+    let mut child = bin()
+        .arg("run")
+        .arg(&p)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = lines
+            .next()
+            .expect("output before the step starts")
+            .expect("line");
+        if line.contains("[task: slow] started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(130));
+    // The step's process is gone and so is its sandbox.
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !text(&ps.stdout).contains(&marker),
+        "the step's process survived Ctrl-C"
+    );
+    assert_eq!(
+        entries(&data.join("local/pods")),
+        Vec::<String>::new(),
+        "pods left behind"
+    );
+}

@@ -1,0 +1,515 @@
+//! The services on the in-memory fakes: the seed's `create_volume_for_artifact` tests,
+//! the reaper, and every failure class of the step runner, each scripted with faults.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jetbridge_core::ErrorKind;
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::plan::{Vars, parse_pipeline};
+use jetbridge_core::ports::{
+    ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, Runtime, VolumeStore, bytes_stream,
+    collect_stream,
+};
+use jetbridge_core::services::{
+    AbortSignal, ArtifactRequest, ArtifactService, BuildOutcome, BuildRequest, BuildRunner,
+    BuildStatus, NoEvents, Reaper, ReaperConfig, StepConfig, StepFailure,
+};
+use jetbridge_memory::{MemoryRuntime, RegistryOp, VolumeOp};
+
+const WORKER: &str = "w1";
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, *data).expect("tar entry");
+    }
+    b.into_inner().expect("tar")
+}
+
+fn request(name: &str) -> ArtifactRequest {
+    ArtifactRequest {
+        build: "b1".into(),
+        step: "s1".into(),
+        name: name.into(),
+        holder: Holder::new(WORKER, "b1"),
+        retain_until: None,
+    }
+}
+
+fn reaper(rt: &Runtime) -> Reaper {
+    let mut cfg = ReaperConfig::new(WORKER);
+    cfg.orphan_volume_grace = Duration::ZERO;
+    Reaper::new(
+        Some(rt.pods.clone()),
+        rt.volumes.clone(),
+        rt.registry.clone(),
+        cfg,
+    )
+}
+
+// ---- create_volume_for_artifact (the seed's tests) ---------------------------------
+
+#[tokio::test]
+async fn create_volume_for_artifact_happy_path() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let svc = ArtifactService::new(rt.volumes.clone(), rt.registry.clone());
+    let v = svc
+        .create_volume_for_artifact(&request("repo"))
+        .await
+        .expect("created");
+    assert_eq!(v.artifact().state, ArtifactState::Creating);
+    assert_eq!(v.artifact().name, "repo");
+    // Registered and referenced by the build from the start.
+    let rec = rt.registry.get(&v.artifact().id).await.expect("registered");
+    assert_eq!(rec.volume, *v.handle());
+    v.write_tar(bytes_stream(tar_of(&[("a.txt", b"hello")])))
+        .await
+        .expect("streamed in");
+    let (ready, info) = v.seal().await.expect("sealed");
+    assert_eq!(ready.state, ArtifactState::Ready);
+    assert_eq!(ready.size, Some(5));
+    assert_eq!(ready.digest, info.digest);
+    let back = collect_stream(v.read_tar().await.expect("readable"))
+        .await
+        .expect("read");
+    let mut ar = tar::Archive::new(std::io::Cursor::new(back));
+    let names: Vec<String> = ar
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert!(names.contains(&"a.txt".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn create_volume_for_artifact_without_store_is_a_clear_error() {
+    let m = MemoryRuntime::new();
+    let svc = ArtifactService::new(None, m.registry.clone());
+    let err = svc
+        .create_volume_for_artifact(&request("repo"))
+        .await
+        .expect_err("no store");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.message().contains("no volume store"), "{err}");
+    assert!(m.registry.is_empty(), "nothing registered");
+}
+
+#[tokio::test]
+async fn create_volume_for_artifact_registration_failure_leaves_nothing_behind() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let svc = ArtifactService::new(rt.volumes.clone(), rt.registry.clone());
+    m.registry
+        .fail_next(RegistryOp::Register, 1, ErrorKind::Transient);
+    let err = svc
+        .create_volume_for_artifact(&request("repo"))
+        .await
+        .expect_err("registration fails");
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert!(err.is_retryable());
+    // The service deleted the volume it had created.
+    assert!(m.volumes.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn registration_failure_with_failed_cleanup_leaves_a_collectable_volume() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let svc = ArtifactService::new(rt.volumes.clone(), rt.registry.clone());
+    m.registry
+        .fail_next(RegistryOp::Register, 1, ErrorKind::Transient);
+    m.volumes
+        .fail_next(VolumeOp::Delete, 1, ErrorKind::Transient);
+    svc.create_volume_for_artifact(&request("repo"))
+        .await
+        .expect_err("registration fails");
+    let left = m.volumes.list().await.expect("list");
+    assert_eq!(left.len(), 1, "the volume stays: its delete failed");
+    let report = reaper(&rt)
+        .run_once(&HashSet::new(), SystemTime::now() + Duration::from_secs(1))
+        .await
+        .expect("pass");
+    assert_eq!(report.orphan_volumes_deleted, 1, "{report:?}");
+    assert!(m.volumes.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn reaper_removes_orphaned_artifacts_and_keeps_referenced_ones() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let svc = ArtifactService::new(rt.volumes.clone(), rt.registry.clone());
+    let kept = svc
+        .create_volume_for_artifact(&request("kept"))
+        .await
+        .expect("kept");
+    let mut other = request("orphan");
+    other.holder = Holder::new(WORKER, "b2");
+    other.build = "b2".into();
+    let orphan = svc
+        .create_volume_for_artifact(&other)
+        .await
+        .expect("orphan");
+    for v in [&kept, &orphan] {
+        v.write_tar(bytes_stream(tar_of(&[("f", b"x")])))
+            .await
+            .expect("write");
+        v.seal().await.expect("seal");
+    }
+    // Build b2 ended: its references are gone.
+    rt.registry
+        .release_all(&Holder::new(WORKER, "b2"))
+        .await
+        .expect("release");
+    let report = reaper(&rt)
+        .run_once(&HashSet::new(), SystemTime::now())
+        .await
+        .expect("pass");
+    assert_eq!(report.artifacts_deleted, 1, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        rt.registry.get(&kept.artifact().id).await.is_ok(),
+        "referenced artifact kept"
+    );
+    assert_eq!(
+        m.volumes
+            .stat(kept.handle())
+            .await
+            .expect("kept volume")
+            .handle,
+        *kept.handle()
+    );
+    assert_eq!(
+        rt.registry
+            .get(&orphan.artifact().id)
+            .await
+            .expect_err("gone")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        m.volumes
+            .stat(orphan.handle())
+            .await
+            .expect_err("gone")
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+// ---- the step runner's failure taxonomy -----------------------------------------
+
+fn quick() -> StepConfig {
+    StepConfig {
+        scheduling_timeout: Duration::from_millis(500),
+        startup_timeout: Duration::from_secs(5),
+        delete_grace: Duration::ZERO,
+        keep_pods: false,
+        create_retries: 3,
+    }
+}
+
+async fn run(m: &MemoryRuntime, yaml: &str) -> BuildOutcome {
+    let pipeline = parse_pipeline(yaml, "test.yml", &Vars::new()).expect("pipeline parses");
+    let runner = BuildRunner::new(
+        m.runtime(),
+        quick(),
+        ImageResolver::new(),
+        WORKER,
+        Arc::new(NoEvents),
+    );
+    runner
+        .run(BuildRequest {
+            pipeline: Arc::new(pipeline),
+            job: "j".into(),
+            build_number: 7,
+            build_id: "build-7".into(),
+            vars: Vars::new(),
+            abort: AbortSignal::never(),
+        })
+        .await
+        .expect("build runs")
+}
+
+fn one_task(script: &str, extra: &str) -> String {
+    format!(
+        "jobs:\n- name: j\n  plan:\n  - task: t\n{extra}    config:\n      platform: linux\n      outputs: [{{name: out}}]\n      run: {{path: sh, args: [-c, {}]}}\n",
+        serde_json::to_string(script).expect("json")
+    )
+}
+
+fn failure(o: &BuildOutcome) -> &StepFailure {
+    &o.failure.as_ref().expect("a failure is reported").1
+}
+
+/// Run `body` against the only pod once it exists.
+fn on_pod(
+    m: &MemoryRuntime,
+    act: impl Fn(&jetbridge_memory::MemoryBackend, &str) + Send + 'static,
+) {
+    let backend = m.backend.clone();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            if let Some(p) = backend.pod_names().first() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                act(&backend, p);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+async fn assert_no_pods(m: &MemoryRuntime) {
+    assert_eq!(
+        m.backend.live_pods(),
+        0,
+        "pods left: {:?}",
+        m.backend.pod_names()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_mid_step_is_never_success() {
+    let m = MemoryRuntime::new();
+    on_pod(&m, |b, p| b.evict(p).expect("evict"));
+    let o = run(&m, &one_task("echo working; sleep 5", "")).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    assert!(
+        matches!(failure(&o), StepFailure::Evicted(_)),
+        "{:?}",
+        o.failure
+    );
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_after_a_zero_exit_still_fails_the_step() {
+    let m = MemoryRuntime::new();
+    let backend = m.backend.clone();
+    m.backend
+        .register_sync_program("finish-and-get-evicted", move |_ctx| {
+            for p in backend.pod_names() {
+                let _ = backend.evict(&p);
+            }
+            0
+        });
+    let yaml = "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: finish-and-get-evicted}\n";
+    let o = run(&m, yaml).await;
+    assert_ne!(o.status, BuildStatus::Succeeded);
+    assert!(
+        matches!(failure(&o), StepFailure::Evicted(_)),
+        "{:?}",
+        o.failure
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_step_is_retried_when_attempts_allow() {
+    let m = MemoryRuntime::new();
+    on_pod(&m, |b, p| b.evict(p).expect("evict"));
+    let o = run(
+        &m,
+        &one_task("sleep 1; echo ok > out/f", "    attempts: 2\n"),
+    )
+    .await;
+    assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
+    let attempts: Vec<_> = o.steps.iter().filter(|s| s.name == "task: t").collect();
+    assert_eq!(attempts.len(), 2);
+    assert!(matches!(attempts[0].result, Err(StepFailure::Evicted(_))));
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_is_classified() {
+    let m = MemoryRuntime::new();
+    on_pod(&m, |b, p| b.oom_kill(p).expect("oom"));
+    let o = run(&m, &one_task("sleep 5", "")).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    assert!(
+        matches!(failure(&o), StepFailure::OomKilled(_)),
+        "{:?}",
+        o.failure
+    );
+    assert!(failure(&o).to_string().contains("137"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_exec_stream_is_lost_not_success_and_not_rerun() {
+    let m = MemoryRuntime::new();
+    m.backend.drop_next_exec_streams(1);
+    let yaml = "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo hi']}\n";
+    let o = run(&m, yaml).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    assert!(
+        matches!(failure(&o), StepFailure::ExecLost(_)),
+        "{:?}",
+        o.failure
+    );
+    assert_eq!(
+        m.backend.exec_count(),
+        1,
+        "the command ran once, never silently again"
+    );
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_fails_at_the_scheduling_deadline_with_the_reason() {
+    let m = MemoryRuntime::new();
+    m.backend.set_unschedulable(true);
+    let o = run(&m, &one_task("true", "")).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    match failure(&o) {
+        StepFailure::Unschedulable(msg) => assert!(!msg.is_empty()),
+        other => panic!("expected unschedulable, got {other:?}"),
+    }
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_failure_fails_fast_with_the_registry_message() {
+    let m = MemoryRuntime::new();
+    m.backend
+        .set_unpullable("busybox:1.36", "manifest for busybox:1.36 not found");
+    let started = std::time::Instant::now();
+    let o = run(&m, &one_task("true", "")).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    match failure(&o) {
+        StepFailure::ImagePull(msg) => {
+            assert!(msg.contains("manifest for busybox:1.36 not found"), "{msg}")
+        }
+        other => panic!("expected an image pull failure, got {other:?}"),
+    }
+    // Fast: it does not wait for the startup deadline (5 s here).
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_store_fails_the_step_cleanly() {
+    let m = MemoryRuntime::new();
+    m.volumes.set_capacity(Some(64));
+    let o = run(
+        &m,
+        &one_task(
+            "echo 0123456789012345678901234567890123456789012345678901234567890123456789 > out/big",
+            "",
+        ),
+    )
+    .await;
+    assert_ne!(o.status, BuildStatus::Succeeded);
+    assert!(
+        matches!(failure(&o), StepFailure::StorageFull(_)),
+        "{:?}",
+        o.failure
+    );
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_at_registration_is_transient_and_never_success() {
+    let m = MemoryRuntime::new();
+    m.registry
+        .fail_next(RegistryOp::MarkReady, 1, ErrorKind::Transient);
+    let o = run(&m, &one_task("echo data > out/f", "")).await;
+    assert_eq!(o.status, BuildStatus::Errored);
+    match failure(&o) {
+        StepFailure::Infrastructure(e) => {
+            assert_eq!(e.kind(), ErrorKind::Transient);
+            assert!(e.is_retryable());
+        }
+        other => panic!("expected a transient registry error, got {other:?}"),
+    }
+    assert!(
+        o.artifacts.get("out").is_none(),
+        "an unregistered output is never bound"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_pod_create_errors_are_retried_without_duplicates() {
+    let m = MemoryRuntime::new();
+    // The first create succeeds on the server but its answer is lost.
+    m.backend
+        .fail_next_after(jetbridge_memory::BackendOp::Create, 1, ErrorKind::Transient);
+    let o = run(&m, &one_task("echo ok > out/f", "")).await;
+    assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
+    assert_eq!(m.backend.created_pods(), 1, "adopted, not duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_releases_references_and_reaper_leaves_nothing() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let o = run(&m, &one_task("echo ok > out/f", "")).await;
+    assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
+    let out = o.artifacts.get("out").expect("bound");
+    assert_eq!(
+        m.registry.reference_count(&out.id),
+        0,
+        "released at build end"
+    );
+    let report = reaper(&rt)
+        .run_once(&HashSet::new(), SystemTime::now())
+        .await
+        .expect("pass");
+    assert!(report.errors.is_empty(), "{report:?}");
+    let left = rt
+        .registry
+        .find(&ArtifactFilter::default())
+        .await
+        .expect("find");
+    assert!(left.is_empty(), "{left:?}");
+    assert!(m.volumes.list().await.expect("list").is_empty());
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_kills_the_step_and_cleans_up() {
+    let m = MemoryRuntime::new();
+    let pipeline =
+        parse_pipeline(&one_task("sleep 30", ""), "test.yml", &Vars::new()).expect("parses");
+    let runner = BuildRunner::new(
+        m.runtime(),
+        quick(),
+        ImageResolver::new(),
+        WORKER,
+        Arc::new(NoEvents),
+    );
+    let (handle, signal) = jetbridge_core::services::abort_pair();
+    let build = tokio::spawn(async move {
+        runner
+            .run(BuildRequest {
+                pipeline: Arc::new(pipeline),
+                job: "j".into(),
+                build_number: 1,
+                build_id: "b".into(),
+                vars: Vars::new(),
+                abort: signal,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.abort();
+    let o = tokio::time::timeout(Duration::from_secs(10), build)
+        .await
+        .expect("ends promptly")
+        .expect("joins")
+        .expect("runs");
+    assert_eq!(o.status, BuildStatus::Aborted);
+    assert_no_pods(&m).await;
+}
