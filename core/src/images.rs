@@ -68,6 +68,7 @@ pub struct ImageResolver {
     registry_prefix: String,
     default_task_image: String,
     base_dir: String,
+    scripts_dir: String,
 }
 
 impl Default for ImageResolver {
@@ -84,6 +85,7 @@ impl ImageResolver {
             registry_prefix: String::new(),
             default_task_image: DEFAULT_TASK_IMAGE.to_owned(),
             base_dir: ".".to_owned(),
+            scripts_dir: RESOURCE_SCRIPTS_DIR.to_owned(),
         }
     }
 
@@ -126,10 +128,18 @@ impl ImageResolver {
         }
     }
 
-    fn in_image(image: String) -> ResolvedImage {
+    /// Where resource images keep `check`, `in` and `out` (default `/opt/resource`).
+    /// Only a simulator that runs commands on the host, or images built differently,
+    /// need another value.
+    pub fn with_scripts_dir(mut self, dir: impl Into<String>) -> Self {
+        self.scripts_dir = dir.into();
+        self
+    }
+
+    fn in_image(&self, image: String) -> ResolvedImage {
         ResolvedImage::Image {
             image,
-            scripts_dir: RESOURCE_SCRIPTS_DIR.to_owned(),
+            scripts_dir: self.scripts_dir.clone(),
         }
     }
 
@@ -159,7 +169,7 @@ impl ImageResolver {
                         Some(tag) => format!("{repo}:{tag}"),
                         None => repo.to_owned(),
                     };
-                    Ok(Self::in_image(self.prefixed(&image)))
+                    Ok(self.in_image(self.prefixed(&image)))
                 }
                 "local" => {
                     let path = rt
@@ -178,10 +188,10 @@ impl ImageResolver {
             };
         }
         if let Some(image) = self.overrides.get(type_name) {
-            return Ok(Self::in_image(image.clone()));
+            return Ok(self.in_image(image.clone()));
         }
         if let Some((_, image)) = BASE_IMAGES.iter().find(|(t, _)| *t == type_name) {
-            return Ok(Self::in_image(self.prefixed(image)));
+            return Ok(self.in_image(self.prefixed(image)));
         }
         Err(Error::not_found(format!(
             "resource type `{type_name}` is not declared and is not a base type"

@@ -63,6 +63,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Apply the registry's database migrations.
     Migrate(MigrateArgs),
+    /// Run the port and runtime conformance suites against a live Kubernetes cluster
+    /// (or the simulator); prints a report, exits 1 if any case failed.
+    Conformance(ConformanceArgs),
 }
 
 /// Pipeline and variables, shared by `run` and `validate`.
@@ -106,10 +109,15 @@ pub struct RunArgs {
     )]
     pub registry: String,
 
-    /// Where steps run. Only `local` (processes on this machine) is available in this
-    /// build.
+    /// Where steps run: `local` (processes on this machine) or `kube` (a pod per step).
     #[arg(long, value_enum, default_value = "local", env = "JETBRIDGE_BACKEND")]
     pub backend: Backend,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
+    pub images: ImageArgs,
 
     /// Working data: sandboxes, caches and (by default) volumes. Default:
     /// `$XDG_DATA_HOME/jetbridge` or `~/.local/share/jetbridge`.
@@ -150,4 +158,148 @@ pub struct MigrateArgs {
 pub enum Backend {
     /// Local processes in sandbox directories.
     Local,
+    /// A pod per step on Kubernetes.
+    Kube,
+}
+
+/// Images of resource types and tasks.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Run resource type TYPE from IMAGE (overrides the built-in `concourse/<type>-resource`);
+    /// repeatable.
+    #[arg(
+        long = "resource-type-image",
+        value_name = "TYPE=IMAGE",
+        env = "JETBRIDGE_RESOURCE_TYPE_IMAGES",
+        value_delimiter = ','
+    )]
+    pub resource_type_images: Vec<String>,
+
+    /// Registry prefix put in front of derived images (e.g. `registry.example.com/mirror/`).
+    #[arg(long, value_name = "PREFIX", env = "JETBRIDGE_REGISTRY_PREFIX")]
+    pub registry_prefix: Option<String>,
+
+    /// Image of tasks that name none.
+    #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_DEFAULT_TASK_IMAGE")]
+    pub default_task_image: Option<String>,
+}
+
+/// Kubernetes settings (used with `--backend kube` and by `conformance`).
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file; default: `KUBECONFIG`, `~/.kube/config`, else in-cluster.
+    #[arg(long, value_name = "PATH", env = "JETBRIDGE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context; default: the current one.
+    #[arg(long, env = "JETBRIDGE_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Namespace of step pods; default: the kubeconfig's.
+    #[arg(long, env = "JETBRIDGE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Image pull secret for step pods; repeatable.
+    #[arg(
+        long = "image-pull-secret",
+        value_name = "NAME",
+        env = "JETBRIDGE_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Service account of step pods (its token is never mounted).
+    #[arg(long, env = "JETBRIDGE_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Node selector of step pods; repeatable.
+    #[arg(
+        long = "node-selector",
+        value_name = "KEY=VALUE",
+        env = "JETBRIDGE_NODE_SELECTOR",
+        value_delimiter = ','
+    )]
+    pub node_selector: Vec<String>,
+
+    /// Toleration of step pods, `KEY[=VALUE]:EFFECT` (no value: operator Exists); repeatable.
+    #[arg(
+        long = "toleration",
+        value_name = "KEY[=VALUE]:EFFECT",
+        env = "JETBRIDGE_TOLERATIONS",
+        value_delimiter = ','
+    )]
+    pub tolerations: Vec<String>,
+
+    /// CPU of steps that ask for none (`500m`, `2`).
+    #[arg(long, value_name = "CPU", env = "JETBRIDGE_DEFAULT_CPU")]
+    pub default_cpu: Option<String>,
+
+    /// Memory of steps that ask for none (`512Mi`, `2Gi`, bytes).
+    #[arg(long, value_name = "MEMORY", env = "JETBRIDGE_DEFAULT_MEMORY")]
+    pub default_memory: Option<String>,
+
+    /// Image of the helper containers (a digest-pinned static busybox by default).
+    #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_HELPER_IMAGE")]
+    pub helper_image: Option<String>,
+
+    /// Apply the Pod Security "restricted" profile to step containers.
+    #[arg(long, env = "JETBRIDGE_RESTRICTED")]
+    pub restricted: bool,
+
+    /// Let steps that ask for it run privileged.
+    #[arg(long, env = "JETBRIDGE_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+
+    /// The ReadWriteMany PersistentVolumeClaim that holds `--volumes` (so pods mount
+    /// artifacts by subPath instead of streaming them).
+    #[arg(long, value_name = "CLAIM", env = "JETBRIDGE_ARTIFACT_CLAIM")]
+    pub artifact_claim: Option<String>,
+
+    /// Directory of `--volumes` inside the artifact claim (empty: its root).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "",
+        env = "JETBRIDGE_ARTIFACT_CLAIM_PREFIX"
+    )]
+    pub artifact_claim_prefix: String,
+
+    /// PersistentVolumeClaim for step caches; default: caches start empty every run.
+    #[arg(long, value_name = "CLAIM", env = "JETBRIDGE_CACHE_CLAIM")]
+    pub cache_claim: Option<String>,
+}
+
+/// `jetbridge conformance`.
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    /// Where artifacts live for the runtime suite: a directory on the artifact claim
+    /// (with `--artifact-claim`); default: an in-memory store, streamed through pods.
+    #[arg(long, value_name = "DIR", env = "JETBRIDGE_VOLUMES")]
+    pub volumes: Option<PathBuf>,
+
+    /// Image of the test pods; it needs `sh`, `cat`, `sleep` and `tar`.
+    #[arg(long, default_value = "busybox:1.36", env = "JETBRIDGE_TEST_IMAGE")]
+    pub image: String,
+
+    /// Suites to run (comma-separated): `pods`, `exec`, `runtime`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pods,exec,runtime",
+        env = "JETBRIDGE_SUITES"
+    )]
+    pub suites: Vec<String>,
+
+    /// Run the runtime suite's resource scripts from this directory instead of the
+    /// `concourse/mock-resource` image (for the simulator, which runs commands on the host).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "JETBRIDGE_MOCK_RESOURCE_DIR",
+        hide = true
+    )]
+    pub mock_resource_dir: Option<PathBuf>,
 }

@@ -21,7 +21,10 @@ use jetbridge_core::services::{
     BuildRequest, BuildRunner, BuildStatus, Reaper, ReaperConfig, StepConfig, abort_pair,
 };
 
-use crate::cli::{Cli, Color, Command, LogFormat, MigrateArgs, PipelineArgs, RunArgs};
+use crate::cli::{
+    Backend, Cli, Color, Command, ConformanceArgs, ImageArgs, KubeArgs, LogFormat, MigrateArgs,
+    PipelineArgs, RunArgs,
+};
 use crate::output::Printer;
 
 /// An error the user can fix: printed plainly, exit status 2.
@@ -102,6 +105,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Migrate(args) => migrate(args).await,
+        Command::Conformance(args) => conformance(args).await,
     }
 }
 
@@ -146,7 +150,11 @@ async fn open_registry(url: &str) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
     )))
 }
 
-fn open_volumes(spec: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn VolumeStore>> {
+fn open_volumes(
+    spec: Option<&str>,
+    data_dir: &Path,
+    kube: &KubeArgs,
+) -> anyhow::Result<Arc<dyn VolumeStore>> {
     let dir = match spec {
         None => data_dir.join("volumes"),
         Some(s) if s.contains("://") && !s.starts_with("file://") => {
@@ -156,8 +164,11 @@ fn open_volumes(spec: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn V
         }
         Some(s) => PathBuf::from(s.trim_start_matches("file://")),
     };
-    let store = jetbridge_fs::FsVolumeStore::new(dir.clone())
+    let mut store = jetbridge_fs::FsVolumeStore::new(dir.clone())
         .map_err(|e| user(format!("--volumes {}: {e}", dir.display())))?;
+    if let Some(claim) = &kube.artifact_claim {
+        store = store.with_pvc(claim.clone(), kube.artifact_claim_prefix.clone());
+    }
     Ok(Arc::new(store))
 }
 
@@ -187,6 +198,15 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         },
     };
 
+    if args.backend == Backend::Kube
+        && let Some(rt) = pipeline.resource_types.iter().find(|t| t.type_ == "local")
+    {
+        return Err(user(format!(
+            "{}: resource type {:?} is `type: local`, which runs only on the local backend; \
+             give it a `registry-image` type with the image of the resource to run it on Kubernetes",
+            rt.location, rt.name
+        )));
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).map_err(|e| {
         user(format!(
@@ -194,20 +214,27 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
             data_dir.display()
         ))
     })?;
-    let volumes = open_volumes(args.volumes.as_deref(), &data_dir)?;
+    let volumes = open_volumes(args.volumes.as_deref(), &data_dir, &args.kube)?;
     let registry = open_registry(&args.registry).await?;
-    let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
-        data_dir.join("local"),
-    ))
-    .map_err(|e| {
-        user(format!(
-            "cannot set up the local backend in {}: {e}",
-            data_dir.display()
-        ))
-    })?;
-    let backend = Arc::new(backend);
-    let pods: Arc<dyn Pods> = backend.clone();
-    let exec: Arc<dyn Exec> = backend;
+    let (pods, exec): (Arc<dyn Pods>, Arc<dyn Exec>) = match args.backend {
+        Backend::Local => {
+            let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
+                data_dir.join("local"),
+            ))
+            .map_err(|e| {
+                user(format!(
+                    "cannot set up the local backend in {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+            let backend = Arc::new(backend);
+            (backend.clone(), backend)
+        }
+        Backend::Kube => {
+            let backend = Arc::new(kube_backend(&args.kube, &args.worker).await?);
+            (backend.clone(), backend)
+        }
+    };
     let rt = Runtime {
         pods,
         exec,
@@ -227,7 +254,8 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         &base_dir
     })
     .unwrap_or(base_dir);
-    let images = ImageResolver::new().with_base_dir(base_dir.to_string_lossy().into_owned());
+    let images =
+        image_resolver(&args.images)?.with_base_dir(base_dir.to_string_lossy().into_owned());
 
     let config = StepConfig {
         keep_pods: args.keep_pods,
@@ -324,4 +352,199 @@ async fn migrate(args: &MigrateArgs) -> anyhow::Result<u8> {
         .context("applying migrations")?;
     println!("applied {applied} migration(s)");
     Ok(0)
+}
+
+fn image_resolver(args: &ImageArgs) -> anyhow::Result<ImageResolver> {
+    let mut r = ImageResolver::new();
+    for o in &args.resource_type_images {
+        let (t, image) = o
+            .split_once('=')
+            .filter(|(t, i)| !t.is_empty() && !i.is_empty())
+            .ok_or_else(|| user(format!("--resource-type-image {o:?}: write TYPE=IMAGE")))?;
+        r = r.with_override(t, image);
+    }
+    if let Some(p) = &args.registry_prefix {
+        r = r.with_registry_prefix(p.clone());
+    }
+    if let Some(i) = &args.default_task_image {
+        r = r.with_default_task_image(i.clone());
+    }
+    Ok(r)
+}
+
+/// `500m` -> 500, `2` -> 2000, `0.5` -> 500 millicores.
+fn parse_cpu(s: &str) -> Option<u64> {
+    match s.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| (v * 1000.0).ceil() as u64),
+    }
+}
+
+/// `512Mi`, `2Gi`, `1G`, `1000` -> bytes.
+fn parse_memory(s: &str) -> Option<u64> {
+    const UNITS: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, mult) in UNITS {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<u64>().ok().and_then(|n| n.checked_mul(mult));
+        }
+    }
+    s.parse().ok()
+}
+
+fn kube_config(args: &KubeArgs, worker: &str) -> anyhow::Result<jetbridge_kube::KubeConfig> {
+    use k8s_openapi::api::core::v1::Toleration;
+    let mut cfg = jetbridge_kube::KubeConfig {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        namespace: args.namespace.clone(),
+        image_pull_secrets: args.image_pull_secrets.clone(),
+        service_account: args.service_account.clone(),
+        restricted: args.restricted,
+        allow_privileged: args.allow_privileged,
+        artifact_claim: args.artifact_claim.clone(),
+        cache_claim: args.cache_claim.clone(),
+        worker: Some(worker.to_owned()),
+        ..jetbridge_kube::KubeConfig::default()
+    };
+    if let Some(h) = &args.helper_image {
+        cfg.helper_image = h.clone();
+    }
+    for kv in &args.node_selector {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| user(format!("--node-selector {kv:?}: write KEY=VALUE")))?;
+        cfg.node_selector.insert(k.to_owned(), v.to_owned());
+    }
+    for t in &args.tolerations {
+        let (kv, effect) = t
+            .rsplit_once(':')
+            .ok_or_else(|| user(format!("--toleration {t:?}: write KEY[=VALUE]:EFFECT")))?;
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_owned())),
+            None => (kv, None),
+        };
+        cfg.tolerations.push(Toleration {
+            key: Some(key.to_owned()),
+            operator: Some(if value.is_some() { "Equal" } else { "Exists" }.to_owned()),
+            value,
+            effect: Some(effect.to_owned()),
+            ..Toleration::default()
+        });
+    }
+    if let Some(c) = &args.default_cpu {
+        let millis = parse_cpu(c)
+            .ok_or_else(|| user(format!("--default-cpu {c:?}: write e.g. 500m or 2")))?;
+        cfg.default_resources.cpu_millis = Some(millis);
+    }
+    if let Some(m) = &args.default_memory {
+        let bytes = parse_memory(m)
+            .ok_or_else(|| user(format!("--default-memory {m:?}: write e.g. 512Mi or 2Gi")))?;
+        cfg.default_resources.memory_bytes = Some(bytes);
+    }
+    Ok(cfg)
+}
+
+async fn kube_backend(
+    args: &KubeArgs,
+    worker: &str,
+) -> anyhow::Result<jetbridge_kube::KubeBackend> {
+    let cfg = kube_config(args, worker)?;
+    jetbridge_kube::KubeBackend::new(cfg)
+        .await
+        .map_err(|e| user(format!("cannot reach Kubernetes: {e}")))
+}
+
+async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
+    use jetbridge_conformance::{BackendSubject, CaseOutcome, RuntimeSubject, Status};
+    let worker = format!(
+        "conformance-{}",
+        jetbridge_core::names::StepHandle::random().short()
+    );
+    let backend = Arc::new(kube_backend(&args.kube, &worker).await?);
+    let mut all: Vec<CaseOutcome> = Vec::new();
+    for suite in &args.suites {
+        let outcomes = match suite.as_str() {
+            "pods" | "exec" => {
+                let subject =
+                    BackendSubject::new(backend.clone(), backend.clone(), args.image.clone());
+                if suite == "pods" {
+                    jetbridge_conformance::pods::run_all(&subject).await
+                } else {
+                    jetbridge_conformance::exec::run_all(&subject).await
+                }
+            }
+            "runtime" => {
+                let volumes: Arc<dyn VolumeStore> = match &args.volumes {
+                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube)?,
+                    None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
+                };
+                let mut images = ImageResolver::new();
+                if let Some(dir) = &args.mock_resource_dir {
+                    jetbridge_conformance::runtime::write_mock_resource(dir).with_context(
+                        || format!("writing the mock resource to {}", dir.display()),
+                    )?;
+                    images = images.with_scripts_dir(dir.to_string_lossy().into_owned());
+                }
+                let rt = Runtime {
+                    pods: backend.clone(),
+                    exec: backend.clone(),
+                    volumes: Some(volumes),
+                    registry: Arc::new(jetbridge_memory::MemoryRegistry::new()),
+                };
+                let subject = RuntimeSubject::new(
+                    rt,
+                    "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}",
+                    images,
+                );
+                jetbridge_conformance::runtime::run_all(&subject).await
+            }
+            other => {
+                return Err(user(format!(
+                    "--suites: no suite {other:?} (pods, exec, runtime)"
+                )));
+            }
+        };
+        for o in &outcomes {
+            println!("{suite:8} {o}");
+        }
+        all.extend(outcomes);
+    }
+    let count = |s: Status| all.iter().filter(|o| o.status() == s).count();
+    let (passed, failed, skipped) = (
+        count(Status::Passed),
+        count(Status::Failed),
+        count(Status::Skipped),
+    );
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse() {
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("0.25"), Some(250));
+        assert_eq!(parse_cpu("x"), None);
+        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1000"), Some(1000));
+        assert_eq!(parse_memory("lots"), None);
+    }
 }

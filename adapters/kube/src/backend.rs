@@ -1,0 +1,365 @@
+//! [`KubeBackend`]: the [`Pods`] port on the Kubernetes API.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use jetbridge_core::names::label;
+use jetbridge_core::ports::{
+    LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState, PodStatus, Pods, WaitFor,
+};
+use jetbridge_core::{Error, ErrorKind, Result};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::time::Instant;
+
+use crate::config::KubeConfig;
+use crate::manifest::pod_manifest;
+use crate::retry::{Budget, api_code, to_error};
+use crate::status::pod_status;
+
+/// Longest single watch request; the API server caps watches at about five minutes.
+const MAX_WATCH_SECS: u64 = 290;
+
+/// Step pods and commands in them, on a Kubernetes cluster (implements [`Pods`] and
+/// [`Exec`](jetbridge_core::ports::Exec)).
+#[derive(Clone)]
+pub struct KubeBackend {
+    pub(crate) api: Api<Pod>,
+    pub(crate) config: KubeConfig,
+    namespace: String,
+}
+
+impl std::fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeBackend")
+            .field("namespace", &self.namespace)
+            .field("restricted", &self.config.restricted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeBackend {
+    /// Connect with `config`: its kubeconfig file and context when given, else the
+    /// default kubeconfig, else the in-cluster service account.
+    ///
+    /// kube's own retry layer is turned off: this adapter retries transient failures
+    /// itself, within [`KubeConfig::request_budget`].
+    pub async fn new(config: KubeConfig) -> Result<Self> {
+        let options = KubeConfigOptions {
+            context: config.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut kc = match &config.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| {
+                    Error::invalid(format!("reading kubeconfig {}: {e}", path.display()))
+                })?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| {
+                        Error::invalid(format!("loading kubeconfig {}: {e}", path.display()))
+                    })?
+            }
+            None if config.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| Error::invalid(format!("loading kubeconfig: {e}")))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| Error::invalid(format!("finding a Kubernetes configuration: {e}")))?,
+        };
+        kc.default_retry = false;
+        // A proxy from the environment must not swallow a loopback API server (the
+        // simulator, `kubectl proxy`).
+        if kc
+            .cluster_url
+            .host()
+            .is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "[::1]")
+        {
+            kc.proxy_url = None;
+        }
+        let client = kube::Client::try_from(kc)
+            .map_err(|e| Error::invalid(format!("building the Kubernetes client: {e}")))?;
+        Ok(Self::from_client(client, config))
+    }
+
+    /// Use an existing client. Its namespace is used unless `config` names one. If the
+    /// client was built with kube's default retry layer on, 429/503/504 answers are
+    /// also retried below this adapter (up to kube's own limit).
+    pub fn from_client(client: kube::Client, mut config: KubeConfig) -> Self {
+        let namespace = config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        config.namespace = Some(namespace.clone());
+        KubeBackend {
+            api: Api::namespaced(client, &namespace),
+            config,
+            namespace,
+        }
+    }
+
+    /// The namespace of step pods.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &KubeConfig {
+        &self.config
+    }
+
+    fn budget(&self) -> Budget<'_> {
+        Budget::new(&self.config.request_budget)
+    }
+
+    async fn get_pod(&self, budget: &Budget<'_>, name: &str) -> Result<Pod> {
+        budget
+            .run("get pod", true, || self.api.get(name))
+            .await
+            .map_err(|e| e.into_error(&format!("getting pod {name}")))
+    }
+
+    /// The pod now and the collection version to watch from (`None` when it is gone).
+    ///
+    /// A list by name rather than a get: the list's version is the store's current one,
+    /// while a pod's own version may predate a compaction and make the watch fail with
+    /// 410 again and again.
+    async fn snapshot(&self, budget: &Budget<'_>, name: &str) -> Result<(Option<Pod>, String)> {
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        let list = budget
+            .run("get pod", true, || self.api.list(&params))
+            .await
+            .map_err(|e| e.into_error(&format!("getting pod {name}")))?;
+        let version = list.metadata.resource_version.clone().unwrap_or_default();
+        let pod = list
+            .items
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name));
+        Ok((pod, version))
+    }
+
+    /// Follow `name` until `cond` holds or is hopeless; `last` keeps the latest status
+    /// seen so the caller can return it at its deadline.
+    async fn follow(
+        &self,
+        budget: &Budget<'_>,
+        name: &str,
+        cond: WaitFor,
+        deadline: Instant,
+        last: &mut Option<PodStatus>,
+    ) -> Result<PodStatus> {
+        let done = |s: &PodStatus| s.satisfies(cond) || s.hopeless(cond);
+        let gone = |last: &Option<PodStatus>| -> PodStatus {
+            let mut s = last.clone().unwrap_or_else(|| PodStatus {
+                name: name.to_owned(),
+                labels: Default::default(),
+                state: PodState::Failed(PodFailure::Deleted),
+                message: None,
+                created_at: None,
+                deleting: true,
+            });
+            s.state = PodState::Failed(PodFailure::Deleted);
+            s.deleting = true;
+            s.message = Some(format!("pod {name} was deleted"));
+            s
+        };
+        // (Re)start from a snapshot: the state now and the version to watch from.
+        'resync: loop {
+            let (pod, mut version) = self.snapshot(budget, name).await?;
+            let Some(pod) = pod else {
+                return match last {
+                    // Seen before, gone now: deleted under us.
+                    Some(_) => Ok(gone(last)),
+                    None => Err(Error::not_found(format!("pod {name} not found"))),
+                };
+            };
+            let status = pod_status(&pod);
+            *last = Some(status.clone());
+            if done(&status) {
+                return Ok(status);
+            }
+            loop {
+                let secs = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(self.config.watch_timeout)
+                    .as_secs()
+                    .clamp(1, MAX_WATCH_SECS);
+                let params = WatchParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .timeout(secs as u32);
+                // A routine renewal costs no budget; a failed watch does (below).
+                let stream = match self.api.watch(&params, &version).await {
+                    Ok(s) => s,
+                    Err(e) if api_code(&e) == Some(410) => {
+                        // History compacted: resynchronise with a fresh get.
+                        budget.take("watch pod")?;
+                        continue 'resync;
+                    }
+                    Err(e) => {
+                        let err = to_error(e, &format!("watching pod {name}"));
+                        if !err.is_retryable() {
+                            return Err(err);
+                        }
+                        budget.take("watch pod")?;
+                        budget.backoff().await;
+                        continue 'resync;
+                    }
+                };
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
+                            if let Some(v) = &p.metadata.resource_version {
+                                version.clone_from(v);
+                            }
+                            let status = pod_status(&p);
+                            *last = Some(status.clone());
+                            if done(&status) {
+                                return Ok(status);
+                            }
+                        }
+                        Ok(Some(WatchEvent::Deleted(p))) => {
+                            *last = Some(pod_status(&p));
+                            return Ok(gone(last));
+                        }
+                        Ok(Some(WatchEvent::Bookmark(b))) => {
+                            version = b.metadata.resource_version;
+                        }
+                        Ok(Some(WatchEvent::Error(s))) => {
+                            budget.take("watch pod")?;
+                            if s.code != 410 {
+                                budget.backoff().await;
+                            }
+                            continue 'resync;
+                        }
+                        // The server ended the watch (its timeout): renew from `version`.
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(pod = name, error = %e, "watch broke; resynchronising");
+                            budget.take("watch pod")?;
+                            budget.backoff().await;
+                            continue 'resync;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Pods for KubeBackend {
+    fn capabilities(&self) -> PodCapabilities {
+        PodCapabilities::none()
+            .with_pvc_mounts(self.config.artifact_claim.is_some())
+            .with_helper_container(true)
+            .with_images(true)
+            .with_host_path_mounts(false)
+    }
+
+    async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
+        let manifest = pod_manifest(spec, &self.config)?;
+        let budget = self.budget();
+        let what = format!("creating pod {}", spec.name);
+        let post = PostParams::default();
+        // Resending is safe: if an earlier attempt took effect, the retry gets 409 and
+        // adopts the pod below instead of making a second one.
+        loop {
+            let err = match budget
+                .run("create pod", true, || self.api.create(&post, &manifest))
+                .await
+            {
+                Ok(pod) => {
+                    tracing::debug!(pod = %spec.name, "pod created");
+                    return Ok(pod_status(&pod));
+                }
+                Err(e) if e.kube().and_then(api_code) == Some(409) => e,
+                Err(e) => return Err(e.into_error(&what)),
+            };
+            let existing = match self.get_pod(&budget, &spec.name).await {
+                Ok(p) => p,
+                // Gone again (deleted meanwhile, or a 409 that was not about the name):
+                // create anew, within the budget.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    tracing::debug!(pod = %spec.name, error = %err.into_error(&what), "409 on create but no pod; retrying");
+                    budget.backoff().await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let theirs = existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::HANDLE));
+            return match (spec.handle(), theirs) {
+                (Some(ours), Some(theirs)) if ours == theirs => {
+                    tracing::debug!(pod = %spec.name, "adopted existing pod with our handle");
+                    Ok(pod_status(&existing))
+                }
+                _ => Err(Error::already_exists(format!(
+                    "pod {} exists and belongs to another step handle",
+                    spec.name
+                ))),
+            };
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<PodStatus> {
+        let budget = self.budget();
+        Ok(pod_status(&self.get_pod(&budget, name).await?))
+    }
+
+    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus> {
+        let budget = self.budget();
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            self.follow(&budget, name, cond, deadline, &mut last),
+        )
+        .await;
+        match outcome {
+            Ok(r) => r,
+            Err(_elapsed) => match last {
+                Some(s) => Ok(s),
+                // The deadline passed before even the first answer: one last look.
+                None => self.get(name).await,
+            },
+        }
+    }
+
+    async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>> {
+        let budget = self.budget();
+        let sel = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let params = ListParams::default().labels(&sel);
+        let list = budget
+            .run("list pods", true, || self.api.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing pods"))?;
+        Ok(list.items.iter().map(pod_status).collect())
+    }
+
+    async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+        let budget = self.budget();
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let params = DeleteParams {
+            grace_period_seconds: Some(u32::try_from(secs).unwrap_or(u32::MAX)),
+            ..DeleteParams::default()
+        };
+        match budget
+            .run("delete pod", true, || self.api.delete(name, &params))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kube().and_then(api_code) == Some(404) => Ok(()),
+            Err(e) => Err(e.into_error(&format!("deleting pod {name}"))),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Operator configuration of the Kubernetes backend.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jetbridge_core::ports::Resources;
+use k8s_openapi::api::core::v1::Toleration;
+
+/// The default helper image: busybox 1.36.1, pinned by the digest of its multi-platform
+/// index so a moved tag cannot change what runs next to every step. It provides `sh`,
+/// `cp`, `tar` and a static `/bin/busybox`. Operators mirroring images override it.
+pub const DEFAULT_HELPER_IMAGE: &str = "docker.io/library/busybox:1.36.1@sha256:73aaf090f3d85aa34ee199857f03fa3a95c8ede2ffd4cc2cdb5b94e566b11662";
+
+/// The user id of the helper container (and of the main container in the restricted
+/// profile when [`KubeConfig::run_as_user`] is not set): any non-zero id works; this is
+/// the conventional "nonroot" id of distroless images.
+pub const DEFAULT_NON_ROOT_UID: i64 = 65532;
+
+/// Where the default pause program is installed inside the main container.
+pub const TOOLS_DIR: &str = "/.jetbridge";
+
+/// How many API requests one port operation may make, and how retries back off.
+///
+/// Every request an operation sends (the first try, retries after transient failures,
+/// the `get` of an adoption, the re-`get` after a watch expired) counts against
+/// `max_requests`; a wait's routine watch renewals at the server's watch timeout do not
+/// (they are bounded by the wait's own timeout). When the budget is spent the operation
+/// fails with a retryable `Transient` error rather than hammering the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestBudget {
+    /// Requests one operation may send.
+    pub max_requests: u32,
+    /// Delay before the first retry.
+    pub initial_backoff: Duration,
+    /// Longest delay between retries (the delay doubles up to this).
+    pub max_backoff: Duration,
+}
+
+impl Default for RequestBudget {
+    fn default() -> Self {
+        RequestBudget {
+            max_requests: 8,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Configuration of a [`KubeBackend`](crate::KubeBackend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeConfig {
+    /// Namespace of step pods; `None`: the kubeconfig's (or the in-cluster) namespace.
+    pub namespace: Option<String>,
+    /// Kubeconfig file; `None`: `KUBECONFIG` or `~/.kube/config`, else in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; `None`: the current context.
+    pub context: Option<String>,
+    /// Names of image pull secrets in the namespace.
+    pub image_pull_secrets: Vec<String>,
+    /// Service account of step pods; `None`: the namespace's default. Its token is never
+    /// mounted.
+    pub service_account: Option<String>,
+    /// Node selector of step pods.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of step pods.
+    pub tolerations: Vec<Toleration>,
+    /// Resources of steps that ask for none.
+    pub default_resources: Resources,
+    /// Image of the helper and init containers (a static busybox; digest-pinned).
+    pub helper_image: String,
+    /// Command that keeps the main container idle until commands are exec'd.
+    ///
+    /// `None` (the default): an init container copies the helper's static busybox into a
+    /// shared `emptyDir` at [`TOOLS_DIR`] with a small `pause` script, and the main
+    /// container runs `/.jetbridge/pause`; this works with any step image, including
+    /// ones without a shell. `Some(argv)`: run `argv` instead (e.g.
+    /// `["sleep", "infinity"]` for images known to have `sleep`), with no init container.
+    pub pause_command: Option<Vec<String>>,
+    /// Apply the Pod Security "restricted" profile to the main container (non-root,
+    /// no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
+    /// The helper containers are always restricted; "baseline" always holds.
+    pub restricted: bool,
+    /// User id of the main container; in the restricted profile
+    /// [`DEFAULT_NON_ROOT_UID`] when unset.
+    pub run_as_user: Option<i64>,
+    /// Pod `fsGroup` (with `fsGroupChangePolicy: OnRootMismatch`), so non-root steps can
+    /// write to volumes that honour it.
+    pub fs_group: Option<i64>,
+    /// Whether steps that ask to run privileged may do so.
+    pub allow_privileged: bool,
+    /// Name of the worker that owns the pods; added as the worker label when the spec
+    /// has none.
+    pub worker: Option<String>,
+    /// API request budget and retry backoff per operation.
+    pub request_budget: RequestBudget,
+    /// Longest single watch request of a wait (renewed from the last version seen);
+    /// at most 290 s. Lower it when a proxy cuts long requests.
+    pub watch_timeout: Duration,
+    /// The PersistentVolumeClaim that holds artifact volumes; when set, pods can mount
+    /// [`MountInfo::PvcSubPath`](jetbridge_core::ports::MountInfo::PvcSubPath) volumes.
+    pub artifact_claim: Option<String>,
+    /// The PersistentVolumeClaim for step caches; `None`: caches are `emptyDir`s (empty
+    /// on every run).
+    pub cache_claim: Option<String>,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        KubeConfig {
+            namespace: None,
+            kubeconfig: None,
+            context: None,
+            image_pull_secrets: Vec::new(),
+            service_account: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            default_resources: Resources::default(),
+            helper_image: DEFAULT_HELPER_IMAGE.to_owned(),
+            pause_command: None,
+            restricted: false,
+            run_as_user: None,
+            fs_group: None,
+            allow_privileged: false,
+            worker: None,
+            request_budget: RequestBudget::default(),
+            watch_timeout: Duration::from_secs(290),
+            artifact_claim: None,
+            cache_claim: None,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! # jetbridge-kube
+//!
+//! The [`Pods`](jetbridge_core::ports::Pods) and [`Exec`](jetbridge_core::ports::Exec)
+//! ports on Kubernetes, with kube-rs and k8s-openapi: one pod per step, a main
+//! container idling on a pause program until commands are exec'd over WebSocket, an
+//! optional helper container for artifact streaming, watch-based waiting, and retries of
+//! transient API failures within a per-operation request budget. See the README.
+
+mod backend;
+mod config;
+mod exec;
+mod manifest;
+mod retry;
+mod status;
+
+pub use backend::KubeBackend;
+pub use config::{
+    DEFAULT_HELPER_IMAGE, DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
+};
+pub use exec::{CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, exit_code, wrap_argv};
+pub use manifest::{
+    HELPER_CONTAINER, MAIN_CONTAINER, PAUSE_INIT_CONTAINER, WORK_ROOT, cache_sub_path,
+    pod_manifest, working_dir,
+};
+pub use status::pod_status;

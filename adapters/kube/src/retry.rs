@@ -1,0 +1,316 @@
+//! Error classification and the bounded retry loop every API call goes through.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use jetbridge_core::{Error, ErrorKind, Result};
+
+use crate::config::RequestBudget;
+
+/// How a failed API call should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Retrying may help, and the request may have reached the server.
+    Transient,
+    /// Retrying may help, and the request surely did not take effect (refused
+    /// connection, or an error status before anything was done).
+    NotSent,
+    /// Permanent; this kind.
+    Permanent(ErrorKind),
+}
+
+/// The HTTP status of an API error, if the failure is one.
+pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+fn io_kind_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Classify a kube error.
+pub(crate) fn classify(e: &kube::Error) -> Class {
+    use kube::Error as K;
+    match e {
+        K::Api(s) => match s.code {
+            // Answered with an error before acting: safe to resend anything.
+            429 | 500 | 502 | 503 | 504 => Class::NotSent,
+            404 => Class::Permanent(ErrorKind::NotFound),
+            409 if s.reason == "AlreadyExists" => Class::Permanent(ErrorKind::AlreadyExists),
+            409 => Class::Permanent(ErrorKind::Conflict),
+            400 | 422 => Class::Permanent(ErrorKind::Invalid),
+            410 => Class::Transient,
+            _ => Class::Permanent(ErrorKind::Other),
+        },
+        K::HyperError(_) | K::Service(_) | K::ReadEvents(_) => match io_kind_in_chain(e) {
+            Some(std::io::ErrorKind::ConnectionRefused) => Class::NotSent,
+            _ => Class::Transient,
+        },
+        #[allow(unreachable_patterns)]
+        K::UpgradeConnection(_) => Class::Transient,
+        K::Auth(_) => Class::Permanent(ErrorKind::Other),
+        K::BuildRequest(_) => Class::Permanent(ErrorKind::Invalid),
+        _ => Class::Permanent(ErrorKind::Other),
+    }
+}
+
+/// The domain error for a kube error, with `what` as context.
+pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
+    let kind = match classify(&e) {
+        Class::Transient | Class::NotSent => ErrorKind::Transient,
+        Class::Permanent(k) => k,
+    };
+    let msg = match &e {
+        kube::Error::Api(s) if !s.message.is_empty() => {
+            format!("{what}: {} ({} {})", s.message, s.code, s.reason)
+        }
+        _ => format!("{what}: {e}"),
+    };
+    Error::new(kind, msg).with_source(e)
+}
+
+/// The requests one port operation may still send.
+#[derive(Debug)]
+pub(crate) struct Budget<'a> {
+    cfg: &'a RequestBudget,
+    used: AtomicU32,
+    failures: AtomicU32,
+}
+
+impl<'a> Budget<'a> {
+    pub(crate) fn new(cfg: &'a RequestBudget) -> Self {
+        Budget {
+            cfg,
+            used: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Take one request from the budget, or fail with a retryable `Transient` error.
+    pub(crate) fn take(&self, what: &str) -> Result<()> {
+        let used = self.used.fetch_add(1, Ordering::Relaxed);
+        if used >= self.cfg.max_requests {
+            return Err(Error::transient(format!(
+                "{what}: request budget of {} API requests for this operation is spent",
+                self.cfg.max_requests
+            )));
+        }
+        Ok(())
+    }
+
+    /// Requests taken so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Sleep before the next retry: exponential from the initial backoff up to the cap,
+    /// with up to 25% jitter so that many workers do not retry in lockstep.
+    pub(crate) async fn backoff(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let base = self
+            .cfg
+            .initial_backoff
+            .saturating_mul(1u32 << n)
+            .min(self.cfg.max_backoff);
+        let jitter_range = base.as_millis() as u64 / 4;
+        let jitter = if jitter_range == 0 {
+            0
+        } else {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::from(d.subsec_nanos()))
+                .unwrap_or(0);
+            nanos % jitter_range
+        };
+        tokio::time::sleep(base + Duration::from_millis(jitter)).await;
+    }
+
+    /// Run `call` until it succeeds, fails permanently, or the budget is spent.
+    /// `resend_after_send` says whether a request that may have reached the server may be
+    /// sent again (idempotent calls); otherwise only failures that prove nothing was done
+    /// are retried.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        resend_after_send: bool,
+        mut call: F,
+    ) -> std::result::Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, kube::Error>>,
+    {
+        loop {
+            self.take(what).map_err(CallError::Budget)?;
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let retry = match classify(&e) {
+                        Class::NotSent => true,
+                        Class::Transient => resend_after_send,
+                        Class::Permanent(_) => false,
+                    };
+                    if !retry {
+                        return Err(CallError::Kube(e));
+                    }
+                    tracing::debug!(operation = what, error = %e, "transient API failure; retrying");
+                    if self.used.load(Ordering::Relaxed) >= self.cfg.max_requests {
+                        return Err(CallError::Kube(e));
+                    }
+                    self.backoff().await;
+                }
+            }
+        }
+    }
+}
+
+/// Why [`Budget::run`] gave up.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The last API error.
+    Kube(kube::Error),
+    /// The budget was spent before a request could be sent.
+    Budget(Error),
+}
+
+impl CallError {
+    /// The domain error, with `what` as context.
+    pub(crate) fn into_error(self, what: &str) -> Error {
+        match self {
+            CallError::Kube(e) => to_error(e, what),
+            CallError::Budget(e) => e,
+        }
+    }
+
+    /// The kube error, if the failure was one.
+    pub(crate) fn kube(&self) -> Option<&kube::Error> {
+        match self {
+            CallError::Kube(e) => Some(e),
+            CallError::Budget(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Status::failure("m", reason).with_code(code).boxed())
+    }
+
+    fn fast(max: u32) -> RequestBudget {
+        RequestBudget {
+            max_requests: max,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+        }
+    }
+
+    #[test]
+    fn kinds_of_api_errors() {
+        for code in [429, 500, 502, 503, 504] {
+            assert_eq!(classify(&api(code, "x")), Class::NotSent, "{code}");
+            assert_eq!(to_error(api(code, "x"), "op").kind(), ErrorKind::Transient);
+            assert!(to_error(api(code, "x"), "op").is_retryable());
+        }
+        let kind = |code, reason| to_error(api(code, reason), "op").kind();
+        assert_eq!(kind(404, "NotFound"), ErrorKind::NotFound);
+        assert_eq!(kind(409, "AlreadyExists"), ErrorKind::AlreadyExists);
+        assert_eq!(kind(409, "Conflict"), ErrorKind::Conflict);
+        assert_eq!(kind(400, "BadRequest"), ErrorKind::Invalid);
+        assert_eq!(kind(422, "Invalid"), ErrorKind::Invalid);
+        assert_eq!(kind(403, "Forbidden"), ErrorKind::Other);
+        assert!(!to_error(api(403, "Forbidden"), "op").is_retryable());
+        let refused = kube::Error::Service(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(classify(&refused), Class::NotSent);
+        let reset = kube::Error::Service(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(classify(&reset), Class::Transient);
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_then_succeeds() {
+        let cfg = fast(5);
+        let b = Budget::new(&cfg);
+        let mut calls = 0;
+        let r = b
+            .run("op", true, || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err(api(503, "ServiceUnavailable"))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(b.used(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_budget_bounds_retries() {
+        let cfg = fast(4);
+        let b = Budget::new(&cfg);
+        let mut calls = 0;
+        let r: std::result::Result<(), _> = b
+            .run("op", true, || {
+                calls += 1;
+                async { Err(api(500, "InternalError")) }
+            })
+            .await;
+        let e = r.unwrap_err().into_error("op");
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(calls, 4);
+        // Spent: the next request is refused without being sent.
+        assert_eq!(b.take("op").unwrap_err().kind(), ErrorKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn permanent_and_unsafe_failures_are_not_retried() {
+        let cfg = fast(5);
+        let b = Budget::new(&cfg);
+        let mut calls = 0;
+        let r: std::result::Result<(), _> = b
+            .run("op", true, || {
+                calls += 1;
+                async { Err(api(404, "NotFound")) }
+            })
+            .await;
+        assert_eq!(r.unwrap_err().into_error("op").kind(), ErrorKind::NotFound);
+        assert_eq!(calls, 1);
+        // A reset connection may have delivered the request: not resent unless allowed.
+        let b = Budget::new(&cfg);
+        let mut calls = 0;
+        let r: std::result::Result<(), _> = b
+            .run("op", false, || {
+                calls += 1;
+                async {
+                    Err(kube::Error::Service(Box::new(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionReset,
+                    ))))
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap_err().into_error("op").kind(), ErrorKind::Transient);
+        assert_eq!(calls, 1);
+    }
+}

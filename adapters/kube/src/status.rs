@@ -1,0 +1,355 @@
+//! The mapping of a Kubernetes pod's status onto the domain [`PodStatus`].
+
+use std::time::SystemTime;
+
+use jetbridge_core::ports::{PendingReason, PodFailure, PodState, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+use crate::manifest::MAIN_CONTAINER;
+
+/// Waiting reasons that mean the image will not be pulled without outside help.
+const IMAGE_PULL_FAILURES: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+];
+
+/// The domain status of `pod`.
+pub fn pod_status(pod: &Pod) -> PodStatus {
+    let (state, message) = pod_state(pod);
+    let created_at = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0));
+    PodStatus {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        state,
+        message,
+        created_at,
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn non_empty(s: Option<&String>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).cloned()
+}
+
+/// The first container (init containers first) waiting for an image that cannot be pulled.
+fn image_pull_failure(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let all = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for cs in all {
+        let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = waiting.reason.as_deref().unwrap_or_default();
+        if IMAGE_PULL_FAILURES.contains(&reason) {
+            let detail = non_empty(waiting.message.as_ref()).unwrap_or_default();
+            return Some(format!("container {}: {reason}: {detail}", cs.name));
+        }
+    }
+    None
+}
+
+fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == MAIN_CONTAINER)
+}
+
+/// The main container's termination: (reason, exit code, message), if it terminated.
+fn main_terminated(pod: &Pod) -> Option<(String, i32, Option<String>)> {
+    let cs = main_status(pod)?;
+    let t = cs.state.as_ref()?.terminated.as_ref()?;
+    Some((
+        t.reason.clone().unwrap_or_default(),
+        t.exit_code,
+        non_empty(t.message.as_ref()),
+    ))
+}
+
+fn termination_message(reason: &str, code: i32, msg: Option<String>) -> String {
+    let base = if reason.is_empty() {
+        format!("container {MAIN_CONTAINER} terminated (exit code {code})")
+    } else {
+        format!("container {MAIN_CONTAINER} terminated: {reason} (exit code {code})")
+    };
+    match msg {
+        Some(m) => format!("{base}: {m}"),
+        None => base,
+    }
+}
+
+fn condition<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Why a failed (or disrupted) pod stopped, from its reason and `DisruptionTarget`.
+fn disruption(pod: &Pod) -> Option<(PodFailure, Option<String>)> {
+    let status = pod.status.as_ref()?;
+    let reason = status.reason.as_deref().unwrap_or_default();
+    let msg = non_empty(status.message.as_ref());
+    match reason {
+        "Evicted" => return Some((PodFailure::Evicted, msg)),
+        "NodeLost" => return Some((PodFailure::NodeLost, msg)),
+        _ => {}
+    }
+    let dt = condition(pod, "DisruptionTarget").filter(|c| c.status == "True")?;
+    let failure = match dt.reason.as_deref().unwrap_or_default() {
+        "EvictionByEvictionAPI" | "TerminationByKubelet" => PodFailure::Evicted,
+        "DeletionByTaintManager" | "DeletionByPodGC" => PodFailure::NodeLost,
+        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => PodFailure::Disrupted,
+        _ => PodFailure::Disrupted,
+    };
+    Some((failure, msg.or_else(|| non_empty(dt.message.as_ref()))))
+}
+
+fn pod_state(pod: &Pod) -> (PodState, Option<String>) {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let pod_msg = status.and_then(|s| non_empty(s.message.as_ref()));
+
+    // A lost node is reported in the pod's reason while the phase may still say Running.
+    if status.and_then(|s| s.reason.as_deref()) == Some("NodeLost") {
+        return (PodState::Failed(PodFailure::NodeLost), pod_msg);
+    }
+
+    match phase {
+        "Succeeded" => (PodState::Succeeded, pod_msg),
+        "Failed" => {
+            if let Some((reason, code, msg)) = main_terminated(pod)
+                && reason == "OOMKilled"
+            {
+                return (
+                    PodState::Failed(PodFailure::OomKilled),
+                    Some(termination_message(&reason, code, msg)),
+                );
+            }
+            if let Some((failure, msg)) = disruption(pod) {
+                return (PodState::Failed(failure), msg);
+            }
+            match main_terminated(pod) {
+                Some((reason, code, msg)) => (
+                    PodState::Failed(PodFailure::Exited(code)),
+                    Some(termination_message(&reason, code, msg)),
+                ),
+                None => (PodState::Failed(PodFailure::Unknown), pod_msg),
+            }
+        }
+        "Unknown" => (PodState::Failed(PodFailure::NodeLost), pod_msg),
+        "Running" => {
+            // The pod keeps running while a helper does; the step's container may not.
+            if let Some((reason, code, msg)) = main_terminated(pod) {
+                let failure = if reason == "OOMKilled" {
+                    PodFailure::OomKilled
+                } else {
+                    PodFailure::Exited(code)
+                };
+                return (
+                    PodState::Failed(failure),
+                    Some(termination_message(&reason, code, msg)),
+                );
+            }
+            if let Some(msg) = image_pull_failure(pod) {
+                return (PodState::Pending(PendingReason::ImagePullFailed), Some(msg));
+            }
+            let main_running = main_status(pod)
+                .and_then(|c| c.state.as_ref())
+                .is_none_or(|s| s.running.is_some());
+            if main_running {
+                (PodState::Running, pod_msg)
+            } else {
+                (PodState::Pending(PendingReason::ContainerCreating), pod_msg)
+            }
+        }
+        _ => pending_state(pod, pod_msg),
+    }
+}
+
+fn pending_state(pod: &Pod, pod_msg: Option<String>) -> (PodState, Option<String>) {
+    let scheduled = condition(pod, "PodScheduled");
+    if let Some(c) = scheduled
+        && c.status == "False"
+        && c.reason.as_deref() == Some("Unschedulable")
+    {
+        return (
+            PodState::Pending(PendingReason::Unschedulable),
+            non_empty(c.message.as_ref()).or(pod_msg),
+        );
+    }
+    if let Some(msg) = image_pull_failure(pod) {
+        return (PodState::Pending(PendingReason::ImagePullFailed), Some(msg));
+    }
+    let bound = scheduled.is_some_and(|c| c.status == "True")
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+    if !bound {
+        return (PodState::Pending(PendingReason::Scheduling), pod_msg);
+    }
+    // Scheduled: say what the containers wait for, where they say it.
+    let waiting = pod.status.as_ref().and_then(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+            .find_map(|w| {
+                let reason = w.reason.as_deref().filter(|r| !r.is_empty())?;
+                Some(match non_empty(w.message.as_ref()) {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason.to_owned(),
+                })
+            })
+    });
+    (
+        PodState::Pending(PendingReason::ContainerCreating),
+        waiting.or(pod_msg),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        let mut base = json!({
+            "metadata": {"name": "p", "labels": {"a": "b"},
+                         "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+        });
+        base["status"] = v;
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn unschedulable_carries_the_scheduler_message() {
+        let s = pod_status(&pod(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": "0/3 nodes are available: 3 Insufficient cpu."}]
+        })));
+        assert_eq!(s.state, PodState::Pending(PendingReason::Unschedulable));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("0/3 nodes are available: 3 Insufficient cpu.")
+        );
+        assert_eq!(s.labels.get("a").map(String::as_str), Some("b"));
+        assert!(s.created_at.is_some());
+        assert!(!s.deleting);
+    }
+
+    #[test]
+    fn image_pull_failures() {
+        for reason in ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"] {
+            let s = pod_status(&pod(json!({
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": "manifest unknown"}}}]
+            })));
+            assert_eq!(
+                s.state,
+                PodState::Pending(PendingReason::ImagePullFailed),
+                "{reason}"
+            );
+            let m = s.message.unwrap();
+            assert!(m.contains("manifest unknown") && m.contains(reason), "{m}");
+        }
+    }
+
+    #[test]
+    fn scheduling_and_creating() {
+        let s = pod_status(&pod(json!({"phase": "Pending"})));
+        assert_eq!(s.state, PodState::Pending(PendingReason::Scheduling));
+        let s = pod_status(&pod(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]
+        })));
+        assert_eq!(s.state, PodState::Pending(PendingReason::ContainerCreating));
+        assert_eq!(s.message.as_deref(), Some("ContainerCreating"));
+    }
+
+    #[test]
+    fn running_and_deleting() {
+        let mut p = pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]}));
+        assert_eq!(pod_status(&p).state, PodState::Running);
+        p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+        assert!(pod_status(&p).deleting);
+    }
+
+    #[test]
+    fn evicted_by_reason_or_condition() {
+        let s = pod_status(&pod(json!({"phase": "Failed", "reason": "Evicted",
+            "message": "The node was low on resource: memory."})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::Evicted));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("The node was low on resource: memory.")
+        );
+        let s = pod_status(&pod(json!({"phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::Evicted));
+        assert_eq!(s.message.as_deref(), Some("Eviction API: evicting"));
+        let s = pod_status(&pod(json!({"phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True",
+                "reason": "PreemptionByScheduler"}]})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::Disrupted));
+    }
+
+    #[test]
+    fn oom_killed_main_container() {
+        for phase in ["Failed", "Running"] {
+            let s = pod_status(&pod(json!({"phase": phase,
+                "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]})));
+            assert_eq!(s.state, PodState::Failed(PodFailure::OomKilled), "{phase}");
+            assert!(s.message.unwrap().contains("137"));
+        }
+    }
+
+    #[test]
+    fn exited_main_and_node_lost() {
+        let s = pod_status(&pod(json!({"phase": "Failed",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"reason": "Error", "exitCode": 2}}}]})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::Exited(2)));
+        let s = pod_status(&pod(json!({"phase": "Running", "reason": "NodeLost",
+            "message": "Node n1 which was running pod p is unresponsive"})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::NodeLost));
+        let s = pod_status(&pod(json!({"phase": "Succeeded"})));
+        assert_eq!(s.state, PodState::Succeeded);
+        let s = pod_status(&pod(json!({"phase": "Failed"})));
+        assert_eq!(s.state, PodState::Failed(PodFailure::Unknown));
+    }
+}

@@ -1,0 +1,83 @@
+//! Shared test support: a backend on a fresh simulator, or on a live cluster when
+//! `JETBRIDGE_KUBECONFIG` is set.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use jetbridge_conformance::BackendSubject;
+use jetbridge_kube::{KubeBackend, KubeConfig, RequestBudget};
+use jetbridge_kube_sim::{SimConfig, Simulator};
+
+/// Namespace of the simulated test pods.
+pub const NS: &str = "jb-test";
+/// Image of test pods.
+pub const IMAGE: &str = "busybox:1.36";
+
+/// The configuration used against the simulator. The simulator runs container commands
+/// as local processes and stands in for any program named `pause`, so the pause command
+/// is given directly; the default (an init container copying the helper's busybox) is
+/// covered by the manifest unit tests and by the live variant.
+pub fn sim_config() -> KubeConfig {
+    KubeConfig {
+        namespace: Some(NS.into()),
+        pause_command: Some(vec!["/.jetbridge/pause".into()]),
+        artifact_claim: Some("artifacts".into()),
+        request_budget: RequestBudget {
+            max_requests: 8,
+            initial_backoff: std::time::Duration::from_millis(20),
+            max_backoff: std::time::Duration::from_millis(200),
+        },
+        ..KubeConfig::default()
+    }
+}
+
+/// A kube client for the simulator, without kube's own retry layer (so injected
+/// faults reach this adapter's retry loop deterministically) and without a proxy.
+pub async fn sim_client(sim: &Simulator) -> kube::Client {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\n\
+         users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\n    namespace: {NS}\n\
+         current-context: sim\n",
+        sim.url()
+    );
+    let kc = kube::config::Kubeconfig::from_yaml(&yaml).expect("a kubeconfig for the simulator");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("a client configuration for the simulator");
+    cfg.default_retry = false;
+    cfg.proxy_url = None;
+    kube::Client::try_from(cfg).expect("a client for the simulator")
+}
+
+/// A simulator and a backend on it.
+pub async fn sim_backend(config: SimConfig, kube: KubeConfig) -> (Simulator, Arc<KubeBackend>) {
+    let sim = Simulator::start(config)
+        .await
+        .expect("the simulator starts");
+    let backend = Arc::new(KubeBackend::from_client(sim_client(&sim).await, kube));
+    (sim, backend)
+}
+
+/// The conformance factory: a live cluster when `JETBRIDGE_KUBECONFIG` is set (in
+/// namespace `JETBRIDGE_NAMESPACE`, default `default`), else a fresh simulator.
+pub async fn make_backend() -> Option<BackendSubject> {
+    if let Ok(path) = std::env::var("JETBRIDGE_KUBECONFIG") {
+        let cfg = KubeConfig {
+            kubeconfig: Some(path.into()),
+            namespace: Some(
+                std::env::var("JETBRIDGE_NAMESPACE").unwrap_or_else(|_| "default".into()),
+            ),
+            ..KubeConfig::default()
+        };
+        let image = std::env::var("JETBRIDGE_TEST_IMAGE").unwrap_or_else(|_| IMAGE.into());
+        let backend = Arc::new(
+            KubeBackend::new(cfg)
+                .await
+                .expect("JETBRIDGE_KUBECONFIG names a usable cluster"),
+        );
+        return Some(BackendSubject::new(backend.clone(), backend, image));
+    }
+    let (sim, backend) = sim_backend(SimConfig::default(), sim_config()).await;
+    Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
+}

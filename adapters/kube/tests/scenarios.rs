@@ -1,0 +1,488 @@
+//! Failure scenarios against the Kubernetes API simulator: restarts, evictions, OOM,
+//! scheduling and image failures, lost exec streams, injected API errors, compacted
+//! watch history, and the number of API requests one step costs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{NS, sim_backend, sim_config};
+use jetbridge_core::ErrorKind;
+use jetbridge_core::names::{StepHandle, label};
+use jetbridge_core::ports::{
+    CaptureOutput, DiscardOutput, Exec, ExecRequest, PendingReason, PodFailure, PodSpec, PodState,
+    Pods, WaitFor,
+};
+use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, Simulator};
+
+const IMAGE: &str = "busybox:1.36";
+
+fn spec() -> PodSpec {
+    let handle = StepHandle::random();
+    let mut s = PodSpec::new(format!("scn-{}", handle.short()), IMAGE);
+    s.labels
+        .insert(label::HANDLE.into(), handle.as_str().into());
+    s
+}
+
+fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn start() -> (Simulator, Arc<KubeBackend>) {
+    sim_backend(SimConfig::default(), sim_config()).await
+}
+
+async fn running(b: &KubeBackend, s: &PodSpec) {
+    b.create(s).await.expect("create");
+    let st = b
+        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .await
+        .expect("wait");
+    assert_eq!(st.state, PodState::Running, "{st:?}");
+}
+
+fn pods_named(sim: &Simulator, name: &str) -> usize {
+    sim.pods(NS)
+        .iter()
+        .filter(|p| p["metadata"]["name"].as_str() == Some(name))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_restart_during_create_leaves_exactly_one_pod() {
+    let (sim, b) = start().await;
+    let s = spec();
+    sim.inject(Fault::on("POST", "/pods", 1, FaultAction::DropAfterCommit));
+    let restart = {
+        let sim = sim.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            sim.restart().await;
+        }
+    };
+    let (created, ()) = tokio::join!(b.create(&s), restart);
+    match created {
+        Ok(st) => assert_eq!(st.name, s.name, "adopted"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Transient, "{e}"),
+    }
+    assert_eq!(pods_named(&sim, &s.name), 1, "exactly one pod");
+    // Creating again (the caller's retry) adopts the same pod.
+    let again = b.create(&s).await.expect("adopt after restart");
+    assert_eq!(again.name, s.name);
+    assert_eq!(pods_named(&sim, &s.name), 1);
+    let posts = sim.requests().iter().filter(|r| r.method == "POST").count();
+    assert!(posts >= 2, "the lost create was resent ({posts} POSTs)");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_mid_exec_is_lost_and_reported() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    let exec = b.exec(
+        ExecRequest::new(&s.name, argv(&["sh", "-c", "sleep 20; echo done"])),
+        Arc::new(DiscardOutput),
+    );
+    let evict = {
+        let sim = sim.clone();
+        let name = s.name.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sim.evict(NS, &name);
+        }
+    };
+    let began = Instant::now();
+    let (r, ()) = tokio::join!(exec, evict);
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "exec ended with the pod"
+    );
+    match r {
+        Ok(code) => assert_ne!(code, 0, "an evicted command never succeeds"),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::Lost | ErrorKind::Transient),
+            "{e}"
+        ),
+    }
+    let st = b
+        .wait(&s.name, WaitFor::Terminated, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(st.state, PodState::Failed(PodFailure::Evicted), "{st:?}");
+    assert!(
+        st.message.as_deref().is_some_and(|m| !m.is_empty()),
+        "{st:?}"
+    );
+    let got = b.get(&s.name).await.unwrap();
+    assert_eq!(got.state, PodState::Failed(PodFailure::Evicted));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_is_reported_with_exit_137() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    let exec = b.exec(
+        ExecRequest::new(&s.name, argv(&["sh", "-c", "sleep 20"])),
+        Arc::new(DiscardOutput),
+    );
+    let oom = {
+        let sim = sim.clone();
+        let name = s.name.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sim.oom_kill(NS, &name);
+        }
+    };
+    let (r, ()) = tokio::join!(exec, oom);
+    match r {
+        Ok(code) => assert_eq!(code, 137, "a killed command"),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::Lost | ErrorKind::Transient),
+            "{e}"
+        ),
+    }
+    let st = b
+        .wait(&s.name, WaitFor::Terminated, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(st.state, PodState::Failed(PodFailure::OomKilled), "{st:?}");
+    assert!(
+        st.message.as_deref().is_some_and(|m| m.contains("137")),
+        "exit code 137 in {:?}",
+        st.message
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pod_reports_the_scheduler() {
+    let (sim, b) = start().await;
+    sim.set_unschedulable(true);
+    let s = spec();
+    b.create(&s).await.unwrap();
+    let began = Instant::now();
+    let st = b
+        .wait(&s.name, WaitFor::Scheduled, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let took = began.elapsed();
+    assert_eq!(
+        st.state,
+        PodState::Pending(PendingReason::Unschedulable),
+        "{st:?}"
+    );
+    assert!(
+        st.message.as_deref().is_some_and(|m| !m.is_empty()),
+        "{st:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "the wait honours its timeout: {took:?}"
+    );
+    // Once a node is free the same pod runs.
+    sim.set_unschedulable(false);
+    let st = b
+        .wait(&s.name, WaitFor::Running, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(st.state, PodState::Running);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_failure_ends_the_wait_early() {
+    let (sim, b) = start().await;
+    sim.fail_image(
+        "no-such-image",
+        "manifest unknown: no-such-image:1 not found",
+    );
+    let mut s = spec();
+    s.image = "registry.example/no-such-image:1".into();
+    b.create(&s).await.unwrap();
+    let began = Instant::now();
+    let st = b
+        .wait(&s.name, WaitFor::Running, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        st.state,
+        PodState::Pending(PendingReason::ImagePullFailed),
+        "{st:?}"
+    );
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("manifest unknown")),
+        "{st:?}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_exec_stream_is_lost_and_not_rerun() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    sim.reset_requests();
+    sim.drop_exec_streams(1);
+    let out = Arc::new(CaptureOutput::new());
+    let r = b
+        .exec(
+            ExecRequest::new(
+                &s.name,
+                argv(&["sh", "-c", "echo run >> runs.txt; echo started"]),
+            ),
+            out.clone(),
+        )
+        .await;
+    let e = r.expect_err("a dropped stream is never a success");
+    assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
+    let execs = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/exec") && r.query.contains("runs.txt"))
+        .count();
+    assert_eq!(execs, 1, "the command was sent once");
+    // Let a possibly still running command finish, then count its runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cap = Arc::new(CaptureOutput::new());
+    let code = b
+        .exec(
+            ExecRequest::new(
+                &s.name,
+                argv(&["sh", "-c", "cat runs.txt 2>/dev/null; true"]),
+            ),
+            cap.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let runs = String::from_utf8_lossy(&cap.stdout())
+        .matches("run")
+        .count();
+    assert!(runs <= 1, "the command ran {runs} times");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_errors_on_create_and_get_are_retried() {
+    for code in [409u16, 429, 500, 503] {
+        let (sim, b) = start().await;
+        let s = spec();
+        sim.inject(Fault::on("POST", "/pods", 1, FaultAction::Status(code)));
+        let st = b
+            .create(&s)
+            .await
+            .unwrap_or_else(|e| panic!("create after an injected {code}: {e}"));
+        assert_eq!(st.name, s.name);
+        assert_eq!(pods_named(&sim, &s.name), 1);
+        if code != 409 {
+            sim.inject(Fault::on(
+                "GET",
+                &format!("/pods/{}", s.name),
+                1,
+                FaultAction::Status(code),
+            ));
+            let got = b
+                .get(&s.name)
+                .await
+                .unwrap_or_else(|e| panic!("get after an injected {code}: {e}"));
+            assert_eq!(got.name, s.name);
+        }
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_errors_spend_the_budget_and_fail_transient() {
+    let (sim, b) = start().await;
+    sim.inject(Fault::on("GET", "/pods/", 100, FaultAction::Status(503)));
+    sim.reset_requests();
+    let e = b.get("scn-00000000").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(e.is_retryable());
+    let sent = sim.requests().len();
+    assert_eq!(sent, 8, "exactly the budget of requests was sent");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_watch_history_still_completes_the_wait() {
+    let cfg = SimConfig {
+        start_delay: Duration::from_millis(3000),
+        ..SimConfig::default()
+    };
+    // Short watches: the renewal after the compaction starts from a forgotten version.
+    let kube = KubeConfig {
+        watch_timeout: Duration::from_secs(1),
+        ..sim_config()
+    };
+    let (sim, b) = sim_backend(cfg, kube).await;
+    let s = spec();
+    b.create(&s).await.unwrap();
+    sim.reset_requests();
+    let compact = {
+        let sim = sim.clone();
+        let b = b.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Another pod moves the version on past the one the wait watches from...
+            b.create(&spec()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // ...the history in between is forgotten, and the server restarts, breaking
+            // the open watch.
+            sim.compact();
+            sim.restart().await;
+        }
+    };
+    let (st, ()) = tokio::join!(
+        b.wait(&s.name, WaitFor::Running, Duration::from_secs(20)),
+        compact
+    );
+    let st = st.unwrap();
+    assert_eq!(st.state, PodState::Running, "{st:?}");
+    let watches = sim
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("watch=true"))
+        .count();
+    let gets = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && !r.query.contains("watch=true"))
+        .count();
+    assert!(watches >= 1, "the wait watched");
+    assert!(
+        gets >= 2,
+        "the broken watch was resynchronised ({gets} snapshots)"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_step_costs_few_requests() {
+    let (sim, b) = start().await;
+    let s = spec();
+    sim.reset_requests();
+    b.create(&s).await.unwrap();
+    let st = b
+        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(st.state, PodState::Running);
+    let code = b
+        .exec(
+            ExecRequest::new(&s.name, argv(&["true"])),
+            Arc::new(DiscardOutput),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    b.delete(&s.name, Duration::ZERO).await.unwrap();
+    let reqs = sim.requests();
+    for r in &reqs {
+        eprintln!("request: {} {}?{}", r.method, r.path, r.query);
+    }
+    eprintln!("API requests for create+wait+exec+delete: {}", reqs.len());
+    assert!(reqs.len() <= 5, "{} requests: {reqs:?}", reqs.len());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_reads_a_kubeconfig_file() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&path, "from-file").unwrap();
+    let b = KubeBackend::new(KubeConfig {
+        kubeconfig: Some(path),
+        pause_command: sim_config().pause_command,
+        ..KubeConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.namespace(), "from-file");
+    let s = spec();
+    running(&b, &s).await;
+    assert_eq!(sim.pods("from-file").len(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_and_mounts_in_the_simulator() {
+    let pvc = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pvc.path().join("artifacts/v-in/sub")).unwrap();
+    std::fs::write(pvc.path().join("artifacts/v-in/sub/f.txt"), "input\n").unwrap();
+    let cfg = SimConfig {
+        pvc_root: Some(pvc.path().to_owned()),
+        ..SimConfig::default()
+    };
+    let (sim, b) = sim_backend(cfg, sim_config()).await;
+    let mut s = spec();
+    s.helper = true;
+    let info = |sub: &str| jetbridge_core::ports::MountInfo::PvcSubPath {
+        claim: "artifacts".into(),
+        sub_path: sub.into(),
+    };
+    use jetbridge_core::ports::{Container, Mount, MountSource};
+    s.mounts = vec![
+        Mount {
+            path: "in".into(),
+            source: MountSource::CopyOf(info("v-in")),
+        },
+        Mount {
+            path: "out".into(),
+            source: MountSource::WriteInto(info("v-out")),
+        },
+        Mount {
+            path: "scratch".into(),
+            source: MountSource::Empty,
+        },
+    ];
+    running(&b, &s).await;
+    let run = |c: Container, script: &str| {
+        let out = Arc::new(CaptureOutput::new());
+        let req = ExecRequest::new(&s.name, argv(&["sh", "-c", script])).container(c);
+        let b = b.clone();
+        async move {
+            let code = b.exec(req, out.clone()).await.unwrap();
+            (code, String::from_utf8_lossy(&out.stdout()).into_owned())
+        }
+    };
+    // The copy is private: changing it leaves the volume alone.
+    assert_eq!(
+        run(Container::Main, "cat in/sub/f.txt").await,
+        (0, "input\n".into())
+    );
+    assert_eq!(
+        run(Container::Main, "echo changed > in/sub/f.txt").await.0,
+        0
+    );
+    let orig = std::fs::read_to_string(pvc.path().join("artifacts/v-in/sub/f.txt")).unwrap();
+    assert_eq!(orig, "input\n");
+    // Outputs land in the volume itself.
+    assert_eq!(run(Container::Main, "echo built > out/o.txt").await.0, 0);
+    let o = std::fs::read_to_string(pvc.path().join("artifacts/v-out/o.txt")).unwrap();
+    assert_eq!(o, "built\n");
+    // The helper sees the main container's scratch directory.
+    assert_eq!(
+        run(Container::Main, "echo shared > scratch/s.txt").await.0,
+        0
+    );
+    assert_eq!(
+        run(Container::Helper, "cat scratch/s.txt").await,
+        (0, "shared\n".into())
+    );
+    sim.shutdown().await;
+}

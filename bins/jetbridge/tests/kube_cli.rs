@@ -1,0 +1,148 @@
+//! `jetbridge run --backend kube` and `jetbridge conformance` against the Kubernetes API
+//! simulator, through the binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use jetbridge_kube_sim::{SimConfig, Simulator};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JETBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn sim(dir: &Path) -> (Simulator, PathBuf) {
+    let sim = Simulator::start(SimConfig {
+        work_root: Some(dir.join("sim")),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-cli")
+        .expect("kubeconfig");
+    (sim, kubeconfig)
+}
+
+async fn run_on(kubeconfig: &Path, data: &Path, example: &str) -> Output {
+    let mut c = bin();
+    c.arg("run")
+        .arg(examples().join(example))
+        .args(["--backend", "kube", "--kubeconfig"])
+        .arg(kubeconfig)
+        .arg("--data-dir")
+        .arg(data);
+    tokio::task::spawn_blocking(move || c.output().expect("runs"))
+        .await
+        .expect("joins")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_examples_run_on_the_simulator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, kubeconfig) = sim(dir.path()).await;
+    let data = dir.path().join("data");
+
+    let ok = run_on(&kubeconfig, &data, "parallel.yml").await;
+    let stdout = text(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}\n{}", text(&ok.stderr));
+    // Artifacts passed between pods: the report step read both reports.
+    assert!(
+        stdout.contains("[task: report] unit: 42 passed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[task: report] lint: clean"), "{stdout}");
+
+    let failed = run_on(&kubeconfig, &data, "fails.yml").await;
+    let stdout = text(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("task: tests exited with status 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[task: show-report] 1 passed, 1 failed"),
+        "{stdout}"
+    );
+
+    // No pod is left in the cluster.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sim.pods("jb-cli").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods left: {:?}",
+            sim.pods("jb-cli")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_resource_types_are_refused_on_kubernetes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_sim, kubeconfig) = sim(dir.path()).await;
+    let out = run_on(&kubeconfig, &dir.path().join("data"), "hello.yml").await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("hello.yml:") && stderr.contains("type: local"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_command_reports_on_the_simulator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, kubeconfig) = sim(dir.path()).await;
+    let mut c = bin();
+    c.arg("conformance")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", "jb-conf", "--mock-resource-dir"])
+        .arg(dir.path().join("mock"));
+    let out = tokio::task::spawn_blocking(move || c.output().expect("runs"))
+        .await
+        .expect("joins");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    assert!(last.contains(" passed, 0 failed"), "{last}");
+    // Every case of the three suites was reported.
+    let reported = stdout
+        .lines()
+        .filter(|l| l.starts_with("pods") || l.starts_with("exec") || l.starts_with("runtime"))
+        .count();
+    assert_eq!(reported, jetbridge_conformance_counts(), "{stdout}");
+    assert!(
+        sim.pods("jb-conf")
+            .iter()
+            .all(|p| p["metadata"]["deletionTimestamp"].is_string()),
+        "pods left behind"
+    );
+}
+
+fn jetbridge_conformance_counts() -> usize {
+    // The binary depends on the conformance crate; the test reads the same case lists.
+    jetbridge_conformance::PODS_CASES.len()
+        + jetbridge_conformance::EXEC_CASES.len()
+        + jetbridge_conformance::RUNTIME_CASES.len()
+}

@@ -1,0 +1,88 @@
+//! The runtime suite on the Kubernetes adapter against the API simulator: with the
+//! filesystem store on a (simulated) ReadWriteMany claim, mounted by subPath (outputs
+//! written in place, inputs copied by an init container), and with a store that pods
+//! cannot mount (artifacts streamed as tar through the helper container).
+
+use std::sync::Arc;
+
+use jetbridge_conformance::RuntimeSubject;
+use jetbridge_conformance::runtime::write_mock_resource;
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
+use jetbridge_fs::FsVolumeStore;
+use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube_sim::{SimConfig, Simulator};
+use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
+
+/// The mock resource's scripts run on the host (the simulator runs container commands
+/// as local processes), from the directory the image resolver is told about.
+const MOCK_TYPE: &str =
+    "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}";
+
+async fn subject(pvc: bool) -> Option<RuntimeSubject> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pvc_root = dir.path().join("pvc");
+    let sim = Simulator::start(SimConfig {
+        work_root: Some(dir.path().join("sim")),
+        pvc_root: Some(pvc_root.clone()),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-runtime")
+        .expect("kubeconfig");
+    let volumes: Arc<dyn VolumeStore> = if pvc {
+        Arc::new(
+            FsVolumeStore::new(pvc_root.join("artifacts"))
+                .expect("store")
+                .with_pvc("artifacts", ""),
+        )
+    } else {
+        Arc::new(MemoryVolumeStore::new())
+    };
+    let backend = Arc::new(
+        KubeBackend::new(KubeConfig {
+            kubeconfig: Some(kubeconfig),
+            namespace: Some("jb-runtime".into()),
+            artifact_claim: pvc.then(|| "artifacts".to_owned()),
+            cache_claim: Some("caches".into()),
+            ..KubeConfig::default()
+        })
+        .await
+        .expect("kube backend"),
+    );
+    let mock = dir.path().join("mock-resource");
+    write_mock_resource(&mock).expect("mock resource");
+    let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
+    let rt = Runtime {
+        pods: backend.clone(),
+        exec: backend,
+        volumes: Some(volumes),
+        registry,
+    };
+    let images = ImageResolver::new().with_scripts_dir(mock.to_string_lossy().into_owned());
+    Some(
+        RuntimeSubject::new(rt, MOCK_TYPE, images)
+            .with_guard(sim)
+            .with_guard(dir),
+    )
+}
+
+async fn kube_with_claim() -> Option<RuntimeSubject> {
+    subject(true).await
+}
+
+async fn kube_streamed() -> Option<RuntimeSubject> {
+    subject(false).await
+}
+
+mod claim {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(kube_with_claim);
+}
+
+mod streamed {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(kube_streamed);
+}

@@ -1,0 +1,991 @@
+//! The HTTP API: routes, handlers, watches and fault injection.
+
+use crate::kubelet::{self, set_cond};
+use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::server::ConnHandle;
+use crate::state::{Kill, Shared, lock};
+use crate::util::{ApiError, Query, is_dns_subdomain, json_response, now_rfc3339, reason_for};
+use crate::{FaultAction, RequestRecord, exec};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+type Sh = State<Arc<Shared>>;
+
+/// Build the router.
+pub(crate) fn router(sh: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/api", get(api_versions))
+        .route("/api/v1", get(api_resources))
+        .route("/apis", get(api_groups))
+        .route("/api/v1/pods", get(list_all))
+        .route("/api/v1/namespaces/{ns}", get(get_namespace))
+        .route(
+            "/api/v1/namespaces/{ns}/pods",
+            get(list_ns).post(create).delete(delete_collection),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(get_pod)
+                .delete(delete_pod)
+                .patch(patch_pod)
+                .put(put_pod),
+        )
+        .route("/api/v1/namespaces/{ns}/pods/{name}/status", get(get_pod))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", post(evict))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            get(exec::handler).post(exec::handler),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(sh.clone(), faults))
+        .with_state(sh)
+}
+
+/// Records every request and applies injected faults.
+async fn faults(State(sh): Sh, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let action = {
+        let mut faults = lock(&sh.faults);
+        let hit = faults.iter().position(|f| {
+            f.times > 0
+                && f.method
+                    .as_ref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(&method))
+                && f.path_contains
+                    .as_ref()
+                    .is_none_or(|p| path.contains(p.as_str()))
+        });
+        hit.map(|i| {
+            faults[i].times -= 1;
+            let action = faults[i].action.clone();
+            if faults[i].times == 0 {
+                faults.remove(i);
+            }
+            action
+        })
+    };
+    lock(&sh.requests).push(RequestRecord {
+        method,
+        path,
+        query,
+    });
+    let conn = req.extensions().get::<ConnHandle>().cloned();
+    match action {
+        None => next.run(req).await,
+        Some(FaultAction::Status(code)) => {
+            ApiError::new(code, reason_for(code), format!("injected fault: {code}")).into_response()
+        }
+        Some(FaultAction::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+        Some(FaultAction::DropConnection) => drop_connection(conn).await,
+        Some(FaultAction::DropAfterCommit) => {
+            let resp = next.run(req).await;
+            drop(resp);
+            drop_connection(conn).await
+        }
+    }
+}
+
+async fn drop_connection(conn: Option<ConnHandle>) -> Response {
+    match conn {
+        Some(c) => {
+            c.kill.cancel();
+            // The connection task drops the socket; this response is never sent.
+            std::future::pending::<Response>().await
+        }
+        None => ApiError::new(500, "InternalError", "connection cannot be dropped").into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!(
+            "the server could not find the requested resource ({})",
+            req.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        format!(
+            "the server does not allow this method on the requested resource ({} {})",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+fn ok(v: &Value) -> Response {
+    json_response(200, v)
+}
+
+fn result(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => ok(&v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn version() -> Response {
+    ok(&json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.0-jetbridge-sim",
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+        "platform": "linux/amd64",
+    }))
+}
+
+async fn api_versions(State(sh): Sh) -> Response {
+    ok(&json!({
+        "kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{}", sh.port)}],
+    }))
+}
+
+async fn api_groups() -> Response {
+    ok(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+}
+
+async fn api_resources() -> Response {
+    let pod_verbs = json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ]);
+    ok(&json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+        "resources": [
+            {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace", "verbs": ["get"], "shortNames": ["ns"]},
+            {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": pod_verbs, "shortNames": ["po"], "categories": ["all"]},
+            {"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]},
+            {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
+            {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+            {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+        ],
+    }))
+}
+
+async fn get_namespace(Path(ns): Path<String>) -> Response {
+    ok(&json!({
+        "kind": "Namespace", "apiVersion": "v1",
+        "metadata": {"name": ns, "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }))
+}
+
+fn selectors(q: &Query) -> Result<Selectors, ApiError> {
+    let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;
+    Ok(Selectors { labels, fields })
+}
+
+async fn list_all(State(sh): Sh, RawQuery(q): RawQuery) -> Response {
+    list_or_watch(sh, None, q)
+}
+
+async fn list_ns(State(sh): Sh, Path(ns): Path<String>, RawQuery(q): RawQuery) -> Response {
+    list_or_watch(sh, Some(ns), q)
+}
+
+fn list_or_watch(sh: Arc<Shared>, ns: Option<String>, raw: Option<String>) -> Response {
+    let q = Query::parse(raw.as_deref());
+    let sel = match selectors(&q) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    if q.flag("watch") {
+        return watch(sh, ns, sel, &q);
+    }
+    let (items, rv) = {
+        let s = lock(&sh.store);
+        (s.list(ns.as_deref(), &sel), s.rv)
+    };
+    ok(&json!({
+        "kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    }))
+}
+
+fn event_line(ty: &str, obj: &Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn bookmark(rv: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": "Pod", "apiVersion": "v1", "metadata": meta}),
+    )
+}
+
+fn watch(sh: Arc<Shared>, ns: Option<String>, sel: Selectors, q: &Query) -> Response {
+    let rv_param = q.get("resourceVersion").unwrap_or("");
+    let start = match rv_param {
+        "" | "0" => None,
+        s => match s.parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return ApiError::bad_request(format!("invalid resource version {s:?}"))
+                    .into_response();
+            }
+        },
+    };
+    let opts = WatchOpts {
+        start,
+        send_initial: q.flag("sendInitialEvents"),
+        bookmarks: q.flag("allowWatchBookmarks"),
+        timeout: q
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs),
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(watch_task(sh, ns, sel, opts, tx));
+    let stream =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+struct WatchOpts {
+    start: Option<u64>,
+    send_initial: bool,
+    bookmarks: bool,
+    timeout: Option<Duration>,
+}
+
+async fn watch_task(
+    sh: Arc<Shared>,
+    ns: Option<String>,
+    sel: Selectors,
+    o: WatchOpts,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let in_ns = |obj: &Value| {
+        ns.as_deref()
+            .is_none_or(|n| obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
+    };
+    let mut rv_rx = sh.rv_tx.subscribe();
+    let mut cursor = match o.start {
+        Some(rv) if !o.send_initial => rv,
+        _ => {
+            rv_rx.borrow_and_update();
+            let (items, rv) = {
+                let s = lock(&sh.store);
+                (s.list(ns.as_deref(), &sel), s.rv)
+            };
+            for item in &items {
+                if tx.send(event_line("ADDED", item)).await.is_err() {
+                    return;
+                }
+            }
+            if o.send_initial && tx.send(bookmark(rv, true)).await.is_err() {
+                return;
+            }
+            rv
+        }
+    };
+    let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        rv_rx.borrow_and_update();
+        let read = {
+            let s = lock(&sh.store);
+            s.events_after(cursor)
+                .map(|evs| (evs, s.rv))
+                .map_err(|()| s.floor)
+        };
+        match read {
+            Err(floor) => {
+                let status = crate::util::status_value(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {cursor} ({floor})"),
+                    None,
+                );
+                let _ = tx.send(event_line("ERROR", &status)).await;
+                return;
+            }
+            Ok((evs, rv)) => {
+                for ev in &evs {
+                    if !in_ns(&ev.obj) {
+                        continue;
+                    }
+                    if let Some((ty, obj)) = ev.for_selector(&sel)
+                        && tx.send(event_line(ty.as_str(), obj)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                cursor = cursor.max(rv);
+            }
+        }
+        let until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rv_rx.changed() => if r.is_err() { return },
+            _ = tick.tick(), if o.bookmarks => {
+                if tx.send(bookmark(cursor, false)).await.is_err() {
+                    return;
+                }
+            }
+            () = until => return,
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn get_pod(State(sh): Sh, Path((ns, name)): Path<(String, String)>) -> Response {
+    match sh.get_pod(&ns, &name) {
+        Some(p) => ok(&p),
+        None => ApiError::not_found(&name).into_response(),
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+    })
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+async fn create(
+    State(sh): Sh,
+    Path(ns): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    let mut pod = match parse_body(&body) {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => return ApiError::bad_request("the body must be a Pod object").into_response(),
+        Err(e) => return e.into_response(),
+    };
+    if pod.get("kind").is_some_and(|k| k != "Pod") {
+        return ApiError::bad_request(format!("expected kind Pod, got {}", pod["kind"]))
+            .into_response();
+    }
+    if !pod["metadata"].is_object() {
+        pod["metadata"] = json!({});
+    }
+    if let Some(bns) = pod["metadata"]["namespace"].as_str()
+        && !bns.is_empty()
+        && bns != ns
+    {
+        return ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+        .into_response();
+    }
+    let name = match (
+        pod["metadata"]["name"].as_str(),
+        pod["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(g)) if !g.is_empty() => format!("{g}{}", random_suffix()),
+        _ => {
+            return ApiError::invalid(
+                "",
+                "metadata.name: Required value: name or generateName is required",
+            )
+            .into_response();
+        }
+    };
+    if let Err(msg) = validate(&name, &pod) {
+        return ApiError::invalid(&name, msg).into_response();
+    }
+    default_pod(&mut pod, &ns, &name);
+    if q.get("dryRun").is_some() {
+        return json_response(201, &pod);
+    }
+    let created = sh.mutate(|s| {
+        if s.get(&ns, &name).is_some() {
+            return None;
+        }
+        let rt = kubelet::register(&sh, &pod);
+        let kill_rx = rt.kill_tx.subscribe();
+        Some((s.insert(&ns, &name, pod), rt, kill_rx))
+    });
+    match created {
+        None => {
+            let mut e = ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("pods \"{name}\" already exists"),
+            );
+            e.details = Some(json!({"name": name, "kind": "pods"}));
+            e.into_response()
+        }
+        Some((obj, rt, kill_rx)) => {
+            kubelet::start(sh.clone(), rt, kill_rx);
+            json_response(201, &obj)
+        }
+    }
+}
+
+fn validate(name: &str, pod: &Value) -> Result<(), String> {
+    if !is_dns_subdomain(name) {
+        return Err(format!(
+            "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"
+        ));
+    }
+    let spec = &pod["spec"];
+    let mains = spec["containers"].as_array().filter(|c| !c.is_empty());
+    let Some(mains) = mains else {
+        return Err("spec.containers: Required value".into());
+    };
+    if let Some(rp) = spec["restartPolicy"].as_str()
+        && !["Always", "OnFailure", "Never"].contains(&rp)
+    {
+        return Err(format!("spec.restartPolicy: Unsupported value: \"{rp}\""));
+    }
+    let mut volumes = Vec::new();
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        let vname = v["name"].as_str().unwrap_or("");
+        if !is_dns_subdomain(vname) || volumes.contains(&vname) {
+            return Err(format!("spec.volumes.name: Invalid value: \"{vname}\""));
+        }
+        if let Some(claim) = v.get("persistentVolumeClaim") {
+            let c = claim["claimName"].as_str().unwrap_or("");
+            if !is_dns_subdomain(c) {
+                return Err(format!(
+                    "spec.volumes.persistentVolumeClaim.claimName: Invalid value: \"{c}\""
+                ));
+            }
+        }
+        volumes.push(vname);
+    }
+    let inits = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for c in inits.iter().chain(mains.iter()) {
+        let cname = c["name"].as_str().unwrap_or("");
+        if !is_dns_subdomain(cname) || cname.contains('.') || names.contains(&cname.to_string()) {
+            return Err(format!("spec.containers.name: Invalid value: \"{cname}\""));
+        }
+        names.push(cname.to_string());
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            return Err(format!("spec.containers[{cname}].image: Required value"));
+        }
+        if c["workingDir"]
+            .as_str()
+            .is_some_and(crate::process::has_dotdot)
+        {
+            return Err(format!(
+                "spec.containers[{cname}].workingDir: Invalid value"
+            ));
+        }
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let mname = m["name"].as_str().unwrap_or("");
+            if !volumes.contains(&mname) {
+                return Err(format!(
+                    "spec.containers[{cname}].volumeMounts.name: Not found: \"{mname}\""
+                ));
+            }
+            let path = m["mountPath"].as_str().unwrap_or("");
+            if path.is_empty() || crate::process::has_dotdot(path) {
+                return Err(format!(
+                    "spec.containers[{cname}].volumeMounts.mountPath: Invalid value: \"{path}\""
+                ));
+            }
+            if let Some(sub) = m["subPath"].as_str()
+                && (sub.starts_with('/') || crate::process::has_dotdot(sub))
+            {
+                return Err(format!(
+                    "spec.containers[{cname}].volumeMounts.subPath: Invalid value: \"{sub}\""
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn default_pod(pod: &mut Value, ns: &str, name: &str) {
+    let m = &mut pod["metadata"];
+    m["name"] = json!(name);
+    m["namespace"] = json!(ns);
+    m["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    m["creationTimestamp"] = json!(now_rfc3339());
+    if let Some(o) = m.as_object_mut() {
+        o.remove("deletionTimestamp");
+        o.remove("deletionGracePeriodSeconds");
+        o.remove("resourceVersion");
+    }
+    pod["kind"] = json!("Pod");
+    pod["apiVersion"] = json!("v1");
+    let spec = &mut pod["spec"];
+    let defaults = [
+        ("restartPolicy", json!("Always")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("serviceAccountName", json!("default")),
+        ("enableServiceLinks", json!(true)),
+        ("priority", json!(0)),
+    ];
+    for (k, v) in defaults {
+        if spec.get(k).is_none_or(Value::is_null) {
+            spec[k] = v;
+        }
+    }
+    for key in ["initContainers", "containers"] {
+        for c in spec[key].as_array_mut().into_iter().flatten() {
+            if c.get("terminationMessagePath").is_none() {
+                c["terminationMessagePath"] = json!("/dev/termination-log");
+                c["terminationMessagePolicy"] = json!("File");
+            }
+            if c.get("imagePullPolicy").is_none() {
+                let image = c["image"].as_str().unwrap_or("");
+                let tagged = image.contains('@')
+                    || image
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|last| last.contains(':') && !last.ends_with(":latest"));
+                c["imagePullPolicy"] = json!(if tagged { "IfNotPresent" } else { "Always" });
+            }
+            if c.get("resources").is_none() {
+                c["resources"] = json!({});
+            }
+        }
+    }
+    pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+}
+
+/// Delete a pod as the API server does; `extra` is applied to the object first
+/// (the eviction subresource adds its DisruptionTarget condition that way).
+pub(crate) fn do_delete(
+    sh: &Shared,
+    ns: &str,
+    name: &str,
+    grace: Option<i64>,
+    opts: &Value,
+    extra: Option<&dyn Fn(&mut Value)>,
+) -> Result<Value, ApiError> {
+    let (obj, uid, grace) = sh.mutate(|s| {
+        let pod = s.get(ns, name).cloned().ok_or_else(|| ApiError::not_found(name))?;
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
+            && want != uid
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
+            ));
+        }
+        if let Some(want) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str)
+            && Some(want) != pod["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {}",
+                    pod["metadata"]["resourceVersion"]
+                ),
+            ));
+        }
+        let default_grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+        let mut grace = grace.unwrap_or(default_grace).max(0);
+        let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+        let terminal = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+        if unscheduled || terminal {
+            grace = 0;
+        }
+        if let Some(current) = pod["metadata"]["deletionGracePeriodSeconds"].as_i64()
+            && grace >= current
+        {
+            // Already terminating with an equal or shorter grace period.
+            return Ok((pod, uid, None));
+        }
+        if let Some(f) = extra {
+            s.update(ns, name, f);
+        }
+        if grace == 0 {
+            let obj = s.remove(ns, name).unwrap_or(pod);
+            return Ok((obj, uid, Some(0)));
+        }
+        let when = crate::util::rfc3339(SystemTime::now() + Duration::from_secs(grace as u64));
+        let obj = s
+            .update(ns, name, |p| {
+                p["metadata"]["deletionTimestamp"] = json!(when);
+                p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            })
+            .unwrap_or(pod);
+        Ok((obj, uid, Some(grace)))
+    })?;
+    if let (Some(grace), Some(rt)) = (grace, sh.runtime(&uid)) {
+        rt.request_kill(Kill::Delete {
+            grace: grace as u64,
+        });
+    }
+    Ok(obj)
+}
+
+fn grace_of(q: &Query, opts: &Value) -> Result<Option<i64>, ApiError> {
+    if let Some(g) = opts.get("gracePeriodSeconds").filter(|g| !g.is_null()) {
+        return g
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"));
+    }
+    match q.get("gracePeriodSeconds") {
+        Some(g) => g
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer")),
+        None => Ok(None),
+    }
+}
+
+async fn delete_pod(
+    State(sh): Sh,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    result((|| {
+        let opts = parse_body(&body)?;
+        let grace = grace_of(&q, &opts)?;
+        if q.get("dryRun").is_some()
+            || opts
+                .get("dryRun")
+                .is_some_and(|d| d.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            return sh
+                .get_pod(&ns, &name)
+                .ok_or_else(|| ApiError::not_found(&name));
+        }
+        do_delete(&sh, &ns, &name, grace, &opts, None)
+    })())
+}
+
+async fn delete_collection(
+    State(sh): Sh,
+    Path(ns): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    result((|| {
+        let opts = parse_body(&body)?;
+        let grace = grace_of(&q, &opts)?;
+        let sel = selectors(&q)?;
+        let names: Vec<String> = lock(&sh.store)
+            .list(Some(&ns), &sel)
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        let mut items = Vec::new();
+        for n in names {
+            if let Ok(p) = do_delete(&sh, &ns, &n, grace, &opts, None) {
+                items.push(p);
+            }
+        }
+        let rv = lock(&sh.store).rv;
+        Ok(
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+        )
+    })())
+}
+
+/// The eviction API's DisruptionTarget condition.
+pub(crate) fn eviction_condition(p: &mut Value) {
+    set_cond(
+        p,
+        "DisruptionTarget",
+        true,
+        Some("EvictionByEvictionAPI"),
+        Some("Eviction API: evicting"),
+    );
+}
+
+async fn evict(State(sh): Sh, Path((ns, name)): Path<(String, String)>, body: Bytes) -> Response {
+    let r = parse_body(&body).and_then(|ev| {
+        let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
+        let grace = grace_of(&Query::default(), &opts)?;
+        do_delete(&sh, &ns, &name, grace, &opts, Some(&eviction_condition))
+    });
+    match r {
+        Ok(_) => json_response(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn merge_maps(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else { return };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in p {
+        if v.is_null() {
+            if let Some(o) = target.as_object_mut() {
+                o.remove(k);
+            }
+        } else {
+            target[k] = v.clone();
+        }
+    }
+}
+
+async fn patch_pod(
+    State(sh): Sh,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(ct.starts_with("application/merge-patch+json")
+        || ct.starts_with("application/strategic-merge-patch+json"))
+    {
+        return ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the simulator does not support patch type {ct:?}"),
+        )
+        .into_response();
+    }
+    result(parse_body(&body).and_then(|patch| {
+        apply_metadata(
+            &sh,
+            &ns,
+            &name,
+            patch.pointer("/metadata/resourceVersion"),
+            |p| {
+                for key in ["labels", "annotations"] {
+                    if let Some(m) = patch["metadata"].get(key) {
+                        merge_maps(&mut p["metadata"][key], m);
+                    }
+                }
+            },
+        )
+    }))
+}
+
+async fn put_pod(State(sh): Sh, Path((ns, name)): Path<(String, String)>, body: Bytes) -> Response {
+    result(parse_body(&body).and_then(|new| {
+        apply_metadata(
+            &sh,
+            &ns,
+            &name,
+            new.pointer("/metadata/resourceVersion"),
+            |p| {
+                for key in ["labels", "annotations"] {
+                    p["metadata"][key] = new["metadata"].get(key).cloned().unwrap_or(json!({}));
+                }
+            },
+        )
+    }))
+}
+
+/// Change labels/annotations (the only mutable fields here), with an
+/// optimistic-concurrency check on resourceVersion.
+fn apply_metadata(
+    sh: &Shared,
+    ns: &str,
+    name: &str,
+    rv: Option<&Value>,
+    f: impl FnOnce(&mut Value),
+) -> Result<Value, ApiError> {
+    sh.mutate(|s| {
+        let cur = s.get(ns, name).ok_or_else(|| ApiError::not_found(name))?;
+        if let Some(rv) = rv.and_then(Value::as_str)
+            && Some(rv) != cur["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            ));
+        }
+        s.update(ns, name, f).ok_or_else(|| ApiError::not_found(name))
+    })
+}
+
+/// Resolve the container a request targets (the only one when unspecified).
+pub(crate) fn pick_container(
+    pod: &Value,
+    name: &str,
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let all: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let mains: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    match requested.filter(|r| !r.is_empty()) {
+        Some(c) if all.iter().any(|x| x == c) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if mains.len() == 1 => Ok(mains[0].clone()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            mains.join(" ")
+        ))),
+    }
+}
+
+async fn logs(
+    State(sh): Sh,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    let Some(pod) = sh.get_pod(&ns, &name) else {
+        return ApiError::not_found(&name).into_response();
+    };
+    let container = match pick_container(&pod, &name, q.get("container")) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let log = sh
+        .runtime_of(&ns, &name)
+        .and_then(|rt| lock(&rt.logs).get(&container).cloned());
+    let Some(log) = log else {
+        return ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+        ))
+        .into_response();
+    };
+    let text_plain = |body: Body| {
+        let mut r = body.into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    if !q.flag("follow") {
+        let mut data = log.slice_from(0);
+        if let Some(n) = q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+            data = tail_lines(&data, n);
+        }
+        return text_plain(Body::from(data));
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut state = log.tx.subscribe();
+        let mut offset = 0;
+        loop {
+            let (len, done) = *state.borrow_and_update();
+            if len > offset {
+                let chunk = log.slice_from(offset);
+                offset += chunk.len();
+                if tx.send(Bytes::from(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            if done && offset >= len {
+                return;
+            }
+            tokio::select! {
+                r = state.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let stream =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>)));
+    text_plain(Body::from_stream(stream))
+}
+
+fn tail_lines(data: &[u8], n: usize) -> Vec<u8> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut count = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return data[i + 1..].to_vec();
+            }
+        }
+    }
+    if n == 0 { Vec::new() } else { data.to_vec() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 1), b"c");
+        assert_eq!(tail_lines(b"a\n", 5), b"a\n");
+        assert_eq!(tail_lines(b"a\n", 0), b"");
+    }
+}

@@ -1,0 +1,328 @@
+//! `pods/exec` over WebSocket with the `v5.channel.k8s.io` / `v4.channel.k8s.io`
+//! subprotocols.
+
+use crate::api::pick_container;
+use crate::process;
+use crate::state::{ProcHandle, Shared, lock};
+use crate::util::{ApiError, Query};
+use axum::body::Bytes;
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const STATUS: u8 = 3;
+const CLOSE: u8 = 255;
+
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+
+/// The first subprotocol in the client's list that we speak.
+fn negotiate(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| match p {
+            V5 => Some(V5),
+            V4 => Some(V4),
+            _ => None,
+        })
+}
+
+fn container_running(pod: &Value, container: &str) -> bool {
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .any(|k| {
+            pod["status"][*k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == container && c.pointer("/state/running").is_some())
+        })
+}
+
+/// The exec handler: checks happen before the upgrade so failures are plain
+/// HTTP 4xx `Status` responses.
+pub(crate) async fn handler(
+    State(sh): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    let Some(pod) = sh.get_pod(&ns, &name) else {
+        return ApiError::not_found(&name).into_response();
+    };
+    let container = match pick_container(&pod, &name, q.get("container")) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
+        return ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        ))
+        .into_response();
+    }
+    if !container_running(&pod, &container) {
+        return ApiError::bad_request(format!(
+            "unable to upgrade connection: container not found (\"{container}\")"
+        ))
+        .into_response();
+    }
+    let argv = q.all("command");
+    if argv.is_empty() {
+        return ApiError::bad_request("you must specify at least 1 command").into_response();
+    }
+    let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
+    if !(want_in || want_out || want_err) {
+        return ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr")
+            .into_response();
+    }
+    let rt = sh.runtime_of(&ns, &name);
+    let cenv = rt
+        .as_ref()
+        .and_then(|rt| lock(&rt.containers).get(&container).cloned());
+    let (Some(rt), Some(cenv)) = (rt, cenv) else {
+        return ApiError::bad_request(format!(
+            "unable to upgrade connection: container not found (\"{container}\")"
+        ))
+        .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => return ApiError::bad_request("Upgrade request required").into_response(),
+    };
+    let Some(proto) = negotiate(&headers) else {
+        return ApiError::bad_request(format!(
+            "unsupported exec subprotocol: the simulator speaks {V5} and {V4}"
+        ))
+        .into_response();
+    };
+    let drop_stream = {
+        let mut f = lock(&sh.flags);
+        if f.drop_exec > 0 {
+            f.drop_exec -= 1;
+            true
+        } else {
+            false
+        }
+    };
+    let generation_token = sh.generation();
+    let spawned = process::command(&argv, &cenv.cwd, &cenv.env)
+        .ok_or_else(|| std::io::Error::other("empty command"))
+        .and_then(|mut cmd| {
+            let io = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+            cmd.stdin(io(want_in))
+                .stdout(io(want_out))
+                .stderr(io(want_err));
+            cmd.spawn()
+        });
+    let proc_id = match &spawned {
+        Ok(child) => process::pgid(child).map(|g| rt.add_proc(ProcHandle::Group(g))),
+        Err(_) => None,
+    };
+    let v5 = proto == V5;
+    ws.protocols([proto]).on_upgrade(move |socket| async move {
+        session(socket, v5, spawned, drop_stream, generation_token).await;
+        if let Some(id) = proc_id {
+            rt.remove_proc(id);
+        }
+    })
+}
+
+async fn pump(mut r: impl AsyncRead + Unpin, channel: u8, tx: mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf[0] = channel;
+                if tx.send(buf[..=n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn status_frame(code: i32) -> Vec<u8> {
+    let status = if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: exit status {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        })
+    };
+    let mut frame = vec![STATUS];
+    frame.extend(serde_json::to_vec(&status).unwrap_or_default());
+    frame
+}
+
+async fn session(
+    socket: WebSocket,
+    v5: bool,
+    spawned: std::io::Result<Child>,
+    drop_stream: bool,
+    generation_token: CancellationToken,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let code = process::spawn_error_code(&e);
+            let msg = format!("failed to start exec process: {e}\n");
+            let _ = sink
+                .send(Message::Binary([&[STDERR], msg.as_bytes()].concat().into()))
+                .await;
+            let _ = sink.send(Message::Binary(status_frame(code).into())).await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    if let Some(o) = child.stdout.take() {
+        tokio::spawn(pump(o, STDOUT, out_tx.clone()));
+    }
+    if let Some(e) = child.stderr.take() {
+        tokio::spawn(pump(e, STDERR, out_tx.clone()));
+    }
+    drop(out_tx);
+
+    // stdin: a writer task fed by the WebSocket reader, so a process that does
+    // not read its stdin never stalls the output path.
+    let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
+    if let Some(mut stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            while let Some(b) = in_rx.recv().await {
+                if stdin.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let reader = tokio::spawn(async move {
+        let mut in_tx = Some(in_tx);
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Binary(b)) => match b.first() {
+                    Some(&STDIN) => {
+                        if let Some(tx) = &in_tx
+                            && tx.send(b.slice(1..)).await.is_err()
+                        {
+                            in_tx = None;
+                        }
+                    }
+                    // v5 "close stream" signal: [255, channel].
+                    Some(&CLOSE) if v5 && b.get(1) == Some(&STDIN) => in_tx = None,
+                    // Resize and unknown channels: no terminal here.
+                    _ => {}
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // The client went away (or, in v4, closed to signal stdin EOF).
+        drop(in_tx);
+    });
+
+    let mut sink_ok = true;
+    loop {
+        tokio::select! {
+            frame = out_rx.recv() => match frame {
+                Some(f) => {
+                    if sink_ok && sink.send(Message::Binary(f.into())).await.is_err() {
+                        sink_ok = false;
+                    }
+                    if drop_stream {
+                        // A clean close without a status frame.
+                        let _ = sink.send(Message::Close(None)).await;
+                        reader.abort();
+                        return;
+                    }
+                }
+                None => break,
+            },
+            () = generation_token.cancelled() => {
+                reader.abort();
+                return;
+            }
+        }
+    }
+    let status = tokio::select! {
+        s = child.wait() => s,
+        () = generation_token.cancelled() => {
+            reader.abort();
+            return;
+        }
+    };
+    if drop_stream {
+        let _ = sink.send(Message::Close(None)).await;
+        reader.abort();
+        return;
+    }
+    let code = status.map(process::exit_code).unwrap_or(1);
+    if sink_ok {
+        let _ = sink.send(Message::Binary(status_frame(code).into())).await;
+        let _ = sink.send(Message::Close(None)).await;
+    }
+    reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn negotiation_follows_client_order() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"),
+        );
+        assert_eq!(negotiate(&h), Some(V4));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("channel.k8s.io,v5.channel.k8s.io"),
+        );
+        assert_eq!(negotiate(&h), Some(V5));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("base64.channel.k8s.io"),
+        );
+        assert_eq!(negotiate(&h), None);
+    }
+
+    #[test]
+    fn status_frames() {
+        let ok: Value = serde_json::from_slice(&status_frame(0)[1..]).unwrap();
+        assert_eq!(ok["status"], "Success");
+        let f = status_frame(3);
+        assert_eq!(f[0], STATUS);
+        let v: Value = serde_json::from_slice(&f[1..]).unwrap();
+        assert_eq!(v["reason"], "NonZeroExitCode");
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+    }
+}

@@ -1,0 +1,890 @@
+//! The kubelet: one task per pod driving its status through the pod life cycle
+//! and running each container's command as a local process.
+
+use crate::process::{self, is_pause};
+use crate::state::{ContainerEnv, Kill, LogBuf, PodRuntime, ProcHandle, Shared, lock};
+use crate::util::now_rfc3339;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
+
+/// The node every pod is bound to.
+pub(crate) const NODE_NAME: &str = "sim-node";
+/// Scheduler message for unschedulable pods.
+const UNSCHEDULABLE_MSG: &str = "0/1 nodes are available: 1 Insufficient cpu.";
+const CORDONED_MSG: &str = "0/1 nodes are available: 1 node(s) were unschedulable.";
+/// Message of a kubelet eviction.
+pub(crate) const EVICTION_MSG: &str =
+    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
+
+/// How a pod's life ended before it is deleted.
+enum Stop {
+    /// Must be finalised for this kill (deletion or shutdown).
+    Killed(Kill),
+    /// Terminal phase reached; wait for deletion.
+    Terminal,
+}
+
+/// Register the kubelet's runtime for a new pod. Call before the pod is stored,
+/// then [`start`] once it is.
+pub(crate) fn register(shared: &Shared, pod: &Value) -> Arc<PodRuntime> {
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let rt = PodRuntime::new(ns, name, uid);
+    lock(&shared.runtimes).insert(uid.to_string(), rt.clone());
+    rt
+}
+
+/// Start the kubelet task of a registered pod.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    rt: Arc<PodRuntime>,
+    kill_rx: watch::Receiver<Option<Kill>>,
+) {
+    tokio::spawn(run_pod(shared, rt, kill_rx));
+}
+
+async fn run_pod(sh: Arc<Shared>, rt: Arc<PodRuntime>, mut kill_rx: watch::Receiver<Option<Kill>>) {
+    let mut pending = match life(&sh, &rt, &mut kill_rx).await {
+        Stop::Killed(k) => Some(k),
+        Stop::Terminal => None,
+    };
+    loop {
+        let k = match pending.take() {
+            Some(k) => k,
+            None => next_kill(&mut kill_rx).await,
+        };
+        match k {
+            Kill::Shutdown => {
+                rt.signal_all(true);
+                break;
+            }
+            Kill::Delete { .. } => {
+                // Terminal or never started: nothing left to stop but execs.
+                rt.signal_all(true);
+                sh.wait_unfrozen().await;
+                let uid = rt.uid.clone();
+                sh.mutate(|s| {
+                    if s.get(&rt.ns, &rt.name).is_some_and(|p| uid_of(p) == uid) {
+                        s.remove(&rt.ns, &rt.name);
+                    }
+                });
+                break;
+            }
+            // A terminal pod is not evicted or OOM-killed again.
+            Kill::Evict { .. } | Kill::Oom => rt.signal_all(true),
+        }
+    }
+    lock(&sh.runtimes).remove(&rt.uid);
+    let dir = lock(&rt.pod_dir).take();
+    if let Some(dir) = dir {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+}
+
+fn uid_of(p: &Value) -> &str {
+    p.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Wait for the next kill request (a dropped sender means shutdown).
+async fn next_kill(rx: &mut watch::Receiver<Option<Kill>>) -> Kill {
+    loop {
+        if rx.changed().await.is_err() {
+            return Kill::Shutdown;
+        }
+        if let Some(k) = rx.borrow_and_update().clone() {
+            return k;
+        }
+    }
+}
+
+/// Apply a status change to this pod (same uid), after any freeze.
+async fn write(sh: &Shared, rt: &PodRuntime, f: impl FnOnce(&mut Value)) {
+    sh.wait_unfrozen().await;
+    sh.mutate(|s| {
+        if s.get(&rt.ns, &rt.name).is_some_and(|p| uid_of(p) == rt.uid) {
+            s.update(&rt.ns, &rt.name, f);
+        }
+    });
+}
+
+/// Set or replace a pod condition.
+pub(crate) fn set_cond(
+    p: &mut Value,
+    ty: &str,
+    on: bool,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
+    let status = if on { "True" } else { "False" };
+    let now = now_rfc3339();
+    if !p["status"]["conditions"].is_array() {
+        p["status"]["conditions"] = json!([]);
+    }
+    let Some(conds) = p["status"]["conditions"].as_array_mut() else {
+        return;
+    };
+    let mut c =
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        c["message"] = json!(m);
+    }
+    match conds.iter_mut().find(|c| c["type"] == ty) {
+        Some(existing) => {
+            if existing["status"] == status {
+                c["lastTransitionTime"] = existing["lastTransitionTime"].clone();
+            }
+            *existing = c;
+        }
+        None => conds.push(c),
+    }
+}
+
+fn statuses_key(init: bool) -> &'static str {
+    if init {
+        "initContainerStatuses"
+    } else {
+        "containerStatuses"
+    }
+}
+
+/// Set one container's state.
+fn set_cstate(p: &mut Value, init: bool, name: &str, state: Value, ready: bool) {
+    let key = statuses_key(init);
+    let running = state.get("running").is_some();
+    if let Some(list) = p["status"][key].as_array_mut()
+        && let Some(cs) = list.iter_mut().find(|c| c["name"] == name)
+    {
+        cs["state"] = state;
+        cs["ready"] = json!(ready);
+        cs["started"] = json!(running);
+    }
+}
+
+fn container_specs(pod: &Value, init: bool) -> Vec<Value> {
+    let key = if init { "initContainers" } else { "containers" };
+    pod["spec"][key].as_array().cloned().unwrap_or_default()
+}
+
+fn cname(c: &Value) -> String {
+    c["name"].as_str().unwrap_or("").to_string()
+}
+
+fn initial_status(c: &Value, uid: &str, reason: &str) -> Value {
+    json!({
+        "name": c["name"],
+        "image": c["image"],
+        "imageID": "",
+        "containerID": format!("sim://{uid}/{}", cname(c)),
+        "ready": false,
+        "restartCount": 0,
+        "started": false,
+        "state": {"waiting": {"reason": reason}},
+        "lastState": {},
+    })
+}
+
+fn terminated(code: i32, reason: &str, started: &str) -> Value {
+    json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now_rfc3339()}})
+}
+
+fn exit_reason(code: i32) -> &'static str {
+    if code == 0 { "Completed" } else { "Error" }
+}
+
+macro_rules! guard {
+    ($sh:expr, $rt:expr, $kill_rx:expr, $fut:expr) => {
+        tokio::select! {
+            r = $fut => r,
+            k = next_kill($kill_rx) => return early_kill($sh, $rt, k).await,
+        }
+    };
+}
+
+/// A kill before any container runs.
+async fn early_kill(sh: &Shared, rt: &PodRuntime, k: Kill) -> Stop {
+    rt.signal_all(true);
+    match k {
+        Kill::Evict { message } => {
+            write(sh, rt, |p| mark_evicted(p, &message)).await;
+            Stop::Terminal
+        }
+        Kill::Oom => Stop::Terminal,
+        k => Stop::Killed(k),
+    }
+}
+
+fn mark_evicted(p: &mut Value, message: &str) {
+    p["status"]["phase"] = json!("Failed");
+    p["status"]["reason"] = json!("Evicted");
+    p["status"]["message"] = json!(message);
+    set_cond(
+        p,
+        "DisruptionTarget",
+        true,
+        Some("TerminationByKubelet"),
+        Some(message),
+    );
+    set_cond(p, "Ready", false, Some("PodFailed"), None);
+    set_cond(p, "ContainersReady", false, Some("PodFailed"), None);
+}
+
+async fn life(
+    sh: &Arc<Shared>,
+    rt: &Arc<PodRuntime>,
+    kill_rx: &mut watch::Receiver<Option<Kill>>,
+) -> Stop {
+    let Some(pod) = sh.get_pod(&rt.ns, &rt.name) else {
+        return Stop::Killed(Kill::Delete { grace: 0 });
+    };
+    let uid = rt.uid.clone();
+
+    // Scheduling.
+    guard!(
+        sh,
+        rt,
+        kill_rx,
+        tokio::time::sleep(sh.config.schedule_delay)
+    );
+    let mut flags_rx = sh.flags_tx.subscribe();
+    loop {
+        guard!(sh, rt, kill_rx, sh.wait_unfrozen());
+        flags_rx.borrow_and_update();
+        let (unsched, cordoned) = {
+            let f = lock(&sh.flags);
+            (f.unschedulable, f.cordoned)
+        };
+        if !unsched && !cordoned {
+            break;
+        }
+        let msg = if unsched {
+            UNSCHEDULABLE_MSG
+        } else {
+            CORDONED_MSG
+        };
+        guard!(
+            sh,
+            rt,
+            kill_rx,
+            write(sh, rt, |p| set_cond(
+                p,
+                "PodScheduled",
+                false,
+                Some("Unschedulable"),
+                Some(msg)
+            ))
+        );
+        guard!(sh, rt, kill_rx, flags_rx.changed()).ok();
+    }
+    guard!(
+        sh,
+        rt,
+        kill_rx,
+        write(sh, rt, |p| {
+            p["spec"]["nodeName"] = json!(NODE_NAME);
+            set_cond(p, "PodScheduled", true, None, None);
+        })
+    );
+
+    // Container creation.
+    let inits = container_specs(&pod, true);
+    let mains = container_specs(&pod, false);
+    let waiting = if inits.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    guard!(
+        sh,
+        rt,
+        kill_rx,
+        write(sh, rt, |p| {
+            p["status"]["hostIP"] = json!("127.0.0.1");
+            p["status"]["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
+            p["status"]["podIP"] = json!("127.0.0.1");
+            p["status"]["podIPs"] = json!([{"ip": "127.0.0.1"}]);
+            p["status"]["startTime"] = json!(now_rfc3339());
+            set_cond(p, "PodReadyToStartContainers", false, None, None);
+            if inits.is_empty() {
+                set_cond(p, "Initialized", true, None, None);
+            } else {
+                set_cond(
+                    p,
+                    "Initialized",
+                    false,
+                    Some("ContainersNotInitialized"),
+                    None,
+                );
+                p["status"]["initContainerStatuses"] = inits
+                    .iter()
+                    .map(|c| initial_status(c, &uid, "PodInitializing"))
+                    .collect();
+            }
+            set_cond(p, "Ready", false, Some("ContainersNotReady"), None);
+            set_cond(
+                p,
+                "ContainersReady",
+                false,
+                Some("ContainersNotReady"),
+                None,
+            );
+            p["status"]["containerStatuses"] = mains
+                .iter()
+                .map(|c| initial_status(c, &uid, waiting))
+                .collect();
+        })
+    );
+
+    // Image pulls: instant, unless a failure is configured for the image.
+    for (init, c) in inits
+        .iter()
+        .map(|c| (true, c))
+        .chain(mains.iter().map(|c| (false, c)))
+    {
+        let image = c["image"].as_str().unwrap_or("").to_string();
+        let name = cname(c);
+        let mut backoff = false;
+        loop {
+            let failure = lock(&sh.flags)
+                .image_failures
+                .iter()
+                .find(|(pat, _)| image.contains(pat.as_str()))
+                .map(|(_, m)| m.clone());
+            let Some(msg) = failure else {
+                if backoff {
+                    guard!(
+                        sh,
+                        rt,
+                        kill_rx,
+                        write(sh, rt, |p| set_cstate(
+                            p,
+                            init,
+                            &name,
+                            json!({"waiting": {"reason": waiting}}),
+                            false
+                        ))
+                    );
+                }
+                break;
+            };
+            let state = if backoff {
+                json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\": ErrImagePull: {msg}")}})
+            } else {
+                json!({"waiting": {"reason": "ErrImagePull", "message": msg}})
+            };
+            guard!(
+                sh,
+                rt,
+                kill_rx,
+                write(sh, rt, |p| set_cstate(p, init, &name, state, false))
+            );
+            let pause = if backoff { 1000 } else { 300 };
+            backoff = !backoff;
+            guard!(
+                sh,
+                rt,
+                kill_rx,
+                tokio::time::sleep(Duration::from_millis(pause))
+            );
+        }
+    }
+    guard!(sh, rt, kill_rx, tokio::time::sleep(sh.config.start_delay));
+
+    if let Err(e) = prepare(sh, rt, &pod) {
+        let msg = format!("failed to prepare container directories: {e}");
+        guard!(
+            sh,
+            rt,
+            kill_rx,
+            write(sh, rt, |p| {
+                for c in &mains {
+                    set_cstate(
+                        p,
+                        false,
+                        &cname(c),
+                        json!({"waiting": {"reason": "CreateContainerError", "message": msg}}),
+                        false,
+                    );
+                }
+            })
+        );
+        guard!(sh, rt, kill_rx, std::future::pending::<()>());
+    }
+
+    guard!(
+        sh,
+        rt,
+        kill_rx,
+        write(sh, rt, |p| set_cond(
+            p,
+            "PodReadyToStartContainers",
+            true,
+            None,
+            None
+        ))
+    );
+
+    // Init containers, in order.
+    for c in &inits {
+        match run_set(sh, rt, std::slice::from_ref(c), true, kill_rx).await {
+            SetEnd::Exited(codes) => {
+                if codes.iter().any(|&c| c != 0) {
+                    write(sh, rt, |p| {
+                        p["status"]["phase"] = json!("Failed");
+                        set_cond(
+                            p,
+                            "Initialized",
+                            false,
+                            Some("ContainersNotInitialized"),
+                            None,
+                        );
+                    })
+                    .await;
+                    return Stop::Terminal;
+                }
+            }
+            SetEnd::Killed(k, _) => return after_kill(sh, rt, k).await,
+        }
+    }
+    if !inits.is_empty() {
+        guard!(
+            sh,
+            rt,
+            kill_rx,
+            write(sh, rt, |p| {
+                set_cond(p, "Initialized", true, None, None);
+                for c in &mains {
+                    set_cstate(
+                        p,
+                        false,
+                        &cname(c),
+                        json!({"waiting": {"reason": "ContainerCreating"}}),
+                        false,
+                    );
+                }
+            })
+        );
+    }
+
+    match run_set(sh, rt, &mains, false, kill_rx).await {
+        SetEnd::Exited(codes) => {
+            write(sh, rt, |p| set_final_phase(p, &codes)).await;
+            Stop::Terminal
+        }
+        SetEnd::Killed(k, codes) => {
+            if matches!(k, Kill::Delete { .. }) {
+                write(sh, rt, |p| set_final_phase(p, &codes)).await;
+            }
+            after_kill(sh, rt, k).await
+        }
+    }
+}
+
+fn set_final_phase(p: &mut Value, codes: &[i32]) {
+    let ok = codes.iter().all(|&c| c == 0);
+    p["status"]["phase"] = json!(if ok { "Succeeded" } else { "Failed" });
+    let reason = if ok { "PodCompleted" } else { "PodFailed" };
+    set_cond(p, "Ready", false, Some(reason), None);
+    set_cond(p, "ContainersReady", false, Some(reason), None);
+}
+
+async fn after_kill(sh: &Shared, rt: &PodRuntime, k: Kill) -> Stop {
+    match k {
+        Kill::Evict { message } => {
+            write(sh, rt, |p| mark_evicted(p, &message)).await;
+            Stop::Terminal
+        }
+        Kill::Oom => {
+            write(sh, rt, |p| {
+                p["status"]["phase"] = json!("Failed");
+                set_cond(p, "Ready", false, Some("PodFailed"), None);
+                set_cond(p, "ContainersReady", false, Some("PodFailed"), None);
+            })
+            .await;
+            Stop::Terminal
+        }
+        k => Stop::Killed(k),
+    }
+}
+
+/// Build per-container directories, mounts and environments.
+fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
+    let pod_dir = sh
+        .work_root
+        .join(&rt.ns)
+        .join(format!("{}-{}", rt.name, rt.uid));
+    *lock(&rt.pod_dir) = Some(pod_dir.clone());
+    let mut volumes: Vec<(String, PathBuf)> = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or("").to_string();
+        let dir = match v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str)
+        {
+            Some(claim) => sh.pvc_root.join(claim),
+            None => pod_dir.join("volumes").join(&name),
+        };
+        std::fs::create_dir_all(&dir)?;
+        volumes.push((name, dir));
+    }
+    let all: Vec<Value> = container_specs(pod, true)
+        .into_iter()
+        .chain(container_specs(pod, false))
+        .collect();
+    for c in &all {
+        let name = cname(c);
+        let root = pod_dir.join("containers").join(&name);
+        std::fs::create_dir_all(&root)?;
+        let mut mounts: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
+        mounts.sort_by_key(|m| m["mountPath"].as_str().map(str::len).unwrap_or(0));
+        for m in mounts {
+            let vol = m["name"].as_str().unwrap_or("");
+            let Some((_, vdir)) = volumes.iter().find(|(n, _)| n == vol) else {
+                continue;
+            };
+            let mut target = vdir.clone();
+            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                target = target.join(process::relative(sub));
+                std::fs::create_dir_all(&target)?;
+            }
+            let link = root.join(process::relative(m["mountPath"].as_str().unwrap_or("")));
+            if link == root || link.symlink_metadata().is_ok() {
+                continue;
+            }
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::os::unix::fs::symlink(&target, &link)?;
+        }
+        let cwd = match c["workingDir"].as_str().filter(|s| !s.is_empty()) {
+            Some(wd) => root.join(process::relative(wd)),
+            None => root.clone(),
+        };
+        std::fs::create_dir_all(&cwd)?;
+        let env = build_env(pod, c, &root);
+        lock(&rt.containers).insert(name, ContainerEnv { cwd, env });
+    }
+    Ok(())
+}
+
+fn build_env(pod: &Value, c: &Value, root: &std::path::Path) -> Vec<(String, String)> {
+    let root_s = root.to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), root_s.clone()),
+        (
+            "HOSTNAME".into(),
+            pod.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+        ),
+    ];
+    for e in c["env"].as_array().into_iter().flatten() {
+        let Some(name) = e["name"].as_str() else {
+            continue;
+        };
+        let value = if let Some(v) = e["value"].as_str() {
+            Some(process::expand(v, &env))
+        } else if let Some(path) = e
+            .pointer("/valueFrom/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+        {
+            field_ref(pod, path)
+        } else if e.get("value").is_none() && e.get("valueFrom").is_none() {
+            Some(String::new())
+        } else {
+            // Secret and config map references are not simulated.
+            None
+        };
+        if let Some(v) = value {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_string(), v));
+        }
+    }
+    env.retain(|(k, _)| k != "JETBRIDGE_SIM_ROOT");
+    env.push(("JETBRIDGE_SIM_ROOT".into(), root_s));
+    env
+}
+
+fn field_ref(pod: &Value, path: &str) -> Option<String> {
+    let s = |p: &str| pod.pointer(p).and_then(Value::as_str).map(str::to_string);
+    match path {
+        "metadata.name" => s("/metadata/name"),
+        "metadata.namespace" => s("/metadata/namespace"),
+        "metadata.uid" => s("/metadata/uid"),
+        "spec.nodeName" => Some(NODE_NAME.into()),
+        "spec.serviceAccountName" => s("/spec/serviceAccountName").or(Some("default".into())),
+        "status.podIP" | "status.hostIP" => Some("127.0.0.1".into()),
+        p => {
+            let (map, key) = if let Some(k) = p.strip_prefix("metadata.labels['") {
+                ("labels", k)
+            } else if let Some(k) = p.strip_prefix("metadata.annotations['") {
+                ("annotations", k)
+            } else {
+                return None;
+            };
+            let key = key.strip_suffix("']")?;
+            pod["metadata"][map][key].as_str().map(str::to_string)
+        }
+    }
+}
+
+/// argv of a container: command + args, with `$(VAR)` expanded.
+fn container_argv(c: &Value, env: &[(String, String)]) -> Vec<String> {
+    let strs = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|s| process::expand(s, env))
+            .collect()
+    };
+    let mut argv = strs("command");
+    if argv.is_empty() {
+        // Without a command the image entrypoint would run; it is unknown here.
+        return Vec::new();
+    }
+    argv.extend(strs("args"));
+    argv
+}
+
+/// Copy a pipe into a log buffer until EOF.
+pub(crate) async fn pump_log(mut r: impl AsyncRead + Unpin, log: Arc<LogBuf>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        log.append(&buf[..n]);
+    }
+}
+
+/// Start one container; returns a receiver that yields its exit code.
+/// Name of jetbridge's init container that installs the pause program.
+const PAUSE_INSTALLER: &str = "jetbridge-pause";
+
+fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i32>> {
+    let name = cname(c);
+    let log = LogBuf::new();
+    lock(&rt.logs).insert(name.clone(), log.clone());
+    let cenv = lock(&rt.containers).get(&name).cloned();
+    let (tx, rx) = watch::channel(None);
+    let Some(cenv) = cenv else {
+        log.finish();
+        let _ = tx.send(Some(128));
+        return rx;
+    };
+    // jetbridge's pause installer copies a static busybox out of the helper image; the
+    // host has no such image, so the simulator stands in for it: it completes at once
+    // and the main container's `.../pause` is then simulated like any pause binary.
+    if name == PAUSE_INSTALLER {
+        log.finish();
+        let _ = tx.send(Some(0));
+        return rx;
+    }
+    let argv = container_argv(c, &cenv.env);
+    if let Some(is_pause_binary) = is_pause(&argv) {
+        let tx = Arc::new(tx);
+        let id = rt.add_proc(ProcHandle::Pause(tx.clone(), is_pause_binary));
+        let rt = rt.clone();
+        let mut wait = tx.subscribe();
+        tokio::spawn(async move {
+            let _ = wait.wait_for(Option::is_some).await;
+            rt.remove_proc(id);
+            log.finish();
+        });
+        return rx;
+    }
+    let spawned = process::command(&argv, &cenv.cwd, &cenv.env).map(|mut cmd| cmd.spawn());
+    match spawned {
+        Some(Ok(mut child)) => {
+            let id = process::pgid(&child).map(|g| rt.add_proc(ProcHandle::Group(g)));
+            let out = child.stdout.take();
+            let err = child.stderr.take();
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                let o = async {
+                    if let Some(o) = out {
+                        pump_log(o, log.clone()).await;
+                    }
+                };
+                let e = async {
+                    if let Some(e) = err {
+                        pump_log(e, log.clone()).await;
+                    }
+                };
+                let (status, _, _) = tokio::join!(child.wait(), o, e);
+                if let Some(id) = id {
+                    rt.remove_proc(id);
+                }
+                log.finish();
+                let code = status.map(process::exit_code).unwrap_or(128);
+                let _ = tx.send(Some(code));
+            });
+        }
+        Some(Err(e)) => {
+            log.append(format!("failed to start {:?}: {e}\n", argv.first()).as_bytes());
+            log.finish();
+            let _ = tx.send(Some(process::spawn_error_code(&e)));
+        }
+        None => {
+            log.finish();
+            let _ = tx.send(Some(128));
+        }
+    }
+    rx
+}
+
+enum SetEnd {
+    Exited(Vec<i32>),
+    Killed(Kill, Vec<i32>),
+}
+
+async fn wait_exit(i: usize, mut rx: watch::Receiver<Option<i32>>) -> (usize, i32) {
+    let code = match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.unwrap_or(137),
+        Err(_) => 137,
+    };
+    (i, code)
+}
+
+/// Run containers together until all exit or a kill arrives.
+async fn run_set(
+    sh: &Shared,
+    rt: &Arc<PodRuntime>,
+    specs: &[Value],
+    init: bool,
+    kill_rx: &mut watch::Receiver<Option<Kill>>,
+) -> SetEnd {
+    let started = now_rfc3339();
+    let mut waits = FuturesUnordered::new();
+    for (i, c) in specs.iter().enumerate() {
+        waits.push(wait_exit(i, start_container(rt, c)));
+    }
+    write(sh, rt, |p| {
+        for c in specs {
+            set_cstate(
+                p,
+                init,
+                &cname(c),
+                json!({"running": {"startedAt": started}}),
+                !init,
+            );
+        }
+        if !init {
+            p["status"]["phase"] = json!("Running");
+            set_cond(p, "Ready", true, None, None);
+            set_cond(p, "ContainersReady", true, None, None);
+        }
+    })
+    .await;
+    let mut codes: Vec<Option<i32>> = vec![None; specs.len()];
+    let report = |codes: &[Option<i32>], i: usize, code: i32, reason: &str| {
+        let name = cname(&specs[i]);
+        let state = terminated(code, reason, &started);
+        let any_running = codes.iter().any(Option::is_none);
+        move |p: &mut Value| {
+            set_cstate(p, init, &name, state, false);
+            if !init && any_running {
+                set_cond(p, "Ready", false, Some("ContainersNotReady"), None);
+                set_cond(
+                    p,
+                    "ContainersReady",
+                    false,
+                    Some("ContainersNotReady"),
+                    None,
+                );
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            next = waits.next() => {
+                let Some((i, code)) = next else {
+                    return SetEnd::Exited(codes.iter().map(|c| c.unwrap_or(0)).collect());
+                };
+                codes[i] = Some(code);
+                write(sh, rt, report(&codes, i, code, exit_reason(code))).await;
+            }
+            k = next_kill(kill_rx) => {
+                match &k {
+                    Kill::Shutdown => {
+                        rt.signal_all(true);
+                        return SetEnd::Killed(k, Vec::new());
+                    }
+                    Kill::Delete { grace } => {
+                        rt.signal_all(false);
+                        let deadline = tokio::time::sleep(Duration::from_secs(*grace));
+                        tokio::pin!(deadline);
+                        loop {
+                            tokio::select! {
+                                next = waits.next() => match next {
+                                    Some((i, code)) => codes[i] = Some(code),
+                                    None => break,
+                                },
+                                () = &mut deadline => break,
+                            }
+                        }
+                        rt.signal_all(true);
+                    }
+                    Kill::Evict { .. } | Kill::Oom => rt.signal_all(true),
+                }
+                while let Some((i, code)) = waits.next().await {
+                    codes[i] = Some(code);
+                }
+                let codes: Vec<i32> = codes.iter().map(|c| c.unwrap_or(137)).collect();
+                let oom = matches!(k, Kill::Oom);
+                write(sh, rt, |p| {
+                    for (i, c) in specs.iter().enumerate() {
+                        let already = p["status"][statuses_key(init)]
+                            .as_array()
+                            .and_then(|l| l.iter().find(|s| s["name"] == c["name"]))
+                            .is_some_and(|s| s.pointer("/state/terminated").is_some());
+                        if already && !(oom && i == 0) {
+                            continue;
+                        }
+                        let (code, reason) = if oom && i == 0 {
+                            (137, "OOMKilled")
+                        } else {
+                            (codes[i], exit_reason(codes[i]))
+                        };
+                        set_cstate(p, init, &cname(c), terminated(code, reason, &started), false);
+                    }
+                    set_cond(p, "Ready", false, Some("PodFailed"), None);
+                    set_cond(p, "ContainersReady", false, Some("PodFailed"), None);
+                })
+                .await;
+                let codes = if oom {
+                    codes.iter().enumerate().map(|(i, &c)| if i == 0 { 137 } else { c }).collect()
+                } else {
+                    codes
+                };
+                return SetEnd::Killed(k, codes);
+            }
+        }
+    }
+}

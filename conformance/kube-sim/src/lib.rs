@@ -1,0 +1,452 @@
+//! A simulator of the Kubernetes pod API, good enough for kube-rs to talk to
+//! unmodified: create/get/list/watch/delete pods, the eviction and log
+//! subresources, WebSocket exec (`v5.channel.k8s.io` and `v4.channel.k8s.io`),
+//! and a local "kubelet" that runs each container's command as a host process.
+//!
+//! Faults are injected from the [`Simulator`] handle: per-request failures
+//! ([`Fault`]), server restarts, history compaction, kubelet eviction, OOM
+//! kills, node drains, image pull failures and unschedulable pods.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use jetbridge_kube_sim::{SimConfig, Simulator};
+//! let sim = Simulator::start(SimConfig::default()).await?;
+//! let url = sim.url(); // http://127.0.0.1:PORT, give it to kube::Config::new
+//! # let _ = url;
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+mod exec;
+mod kubelet;
+mod process;
+mod selector;
+mod server;
+mod state;
+mod store;
+mod util;
+
+use state::{Flags, Kill, Shared, lock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Simulator configuration.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Namespace written into kubeconfigs by the command line entry point when
+    /// none is given ("default").
+    pub namespace_default: String,
+    /// Delay before a new pod is bound to the node.
+    pub schedule_delay: Duration,
+    /// Delay between a pod's images being "pulled" and its containers starting.
+    pub start_delay: Duration,
+    /// Root of per-pod directories (container roots, emptyDir volumes); a
+    /// temporary directory removed at shutdown when `None`.
+    pub work_root: Option<PathBuf>,
+    /// Root of persistent volume claims: claim `X` lives at `pvc_root/X`.
+    /// `work_root/pvc` when `None`.
+    pub pvc_root: Option<PathBuf>,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            namespace_default: "default".into(),
+            schedule_delay: Duration::from_millis(20),
+            start_delay: Duration::from_millis(20),
+            work_root: None,
+            pvc_root: None,
+            port: 0,
+        }
+    }
+}
+
+/// One API request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method, e.g. `GET`.
+    pub method: String,
+    /// Request path, e.g. `/api/v1/namespaces/ns/pods`.
+    pub path: String,
+    /// Raw query string (empty when none).
+    pub query: String,
+}
+
+/// A per-request fault: applies to the next `times` requests that match.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Only requests with this method (case-insensitive); any when `None`.
+    pub method: Option<String>,
+    /// Only requests whose path contains this; any when `None`.
+    pub path_contains: Option<String>,
+    /// How many matching requests the fault applies to.
+    pub times: usize,
+    /// What happens to them.
+    pub action: FaultAction,
+}
+
+impl Fault {
+    /// A fault on any request.
+    pub fn any(times: usize, action: FaultAction) -> Self {
+        Fault {
+            method: None,
+            path_contains: None,
+            times,
+            action,
+        }
+    }
+
+    /// A fault on requests with `method` whose path contains `path_contains`.
+    pub fn on(method: &str, path_contains: &str, times: usize, action: FaultAction) -> Self {
+        Fault {
+            method: Some(method.to_string()),
+            path_contains: Some(path_contains.to_string()),
+            times,
+            action,
+        }
+    }
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer with this status code and a `Status` body (reason from the
+    /// code: 409 Conflict, 429 TooManyRequests with `Retry-After: 0`, 500
+    /// InternalError, 503 ServiceUnavailable, 504 Timeout, ...).
+    Status(u16),
+    /// Close the TCP connection without a response.
+    DropConnection,
+    /// Perform the request (e.g. create the pod), then close the connection
+    /// before responding.
+    DropAfterCommit,
+    /// Wait, then handle the request normally.
+    Delay(Duration),
+}
+
+/// Handle to a running simulator; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+    server: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Simulator {
+    /// Start a simulator on 127.0.0.1 (plain HTTP/1.1), on `config.port` or a
+    /// free port.
+    pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
+        let (work_root, tmp) = match &config.work_root {
+            Some(p) => (p.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("kube-sim-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let pvc_root = config
+            .pvc_root
+            .clone()
+            .unwrap_or_else(|| work_root.join("pvc"));
+        std::fs::create_dir_all(&work_root)?;
+        std::fs::create_dir_all(&pvc_root)?;
+        let listener = server::bind(config.port)?;
+        let port = listener.local_addr()?.port();
+        let generation_token = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config,
+            work_root,
+            pvc_root,
+            _tmp: tmp,
+            store: Mutex::default(),
+            rv_tx: tokio::sync::watch::Sender::new(0),
+            flags: Mutex::new(Flags::default()),
+            flags_tx: tokio::sync::watch::Sender::new(0),
+            runtimes: Mutex::default(),
+            faults: Mutex::default(),
+            requests: Mutex::default(),
+            port,
+            generation: Mutex::new(generation_token.clone()),
+            shutdown: CancellationToken::new(),
+        });
+        let task = server::serve(shared.clone(), listener, generation_token);
+        Ok(Simulator {
+            shared,
+            server: Arc::new(tokio::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.shared.port)
+    }
+
+    /// The port the simulator listens on.
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// Root of the per-pod directories.
+    pub fn work_root(&self) -> &Path {
+        &self.shared.work_root
+    }
+
+    /// Root of persistent volume claims (claim `X` is `pvc_root/X`).
+    pub fn pvc_root(&self) -> &Path {
+        &self.shared.pvc_root
+    }
+
+    /// Write a kubeconfig pointing at this simulator with `namespace` as the
+    /// context's namespace.
+    pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        // JSON strings are valid YAML scalars, so quoting via serde_json is safe.
+        let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: {}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: {}\ncurrent-context: kube-sim\nusers:\n- name: kube-sim\n  user: {{}}\n",
+            q(&self.url()),
+            q(namespace)
+        );
+        std::fs::write(path, text)
+    }
+
+    /// Drop every connection (including watches and exec sessions) and stop
+    /// listening briefly, then listen again on the same port. Pods, processes,
+    /// history and the resourceVersion counter are kept.
+    pub async fn restart(&self) {
+        let mut server = self.server.lock().await;
+        self.shared.generation().cancel();
+        if let Some(task) = server.take() {
+            let _ = task.await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut listener = None;
+        for _ in 0..100 {
+            match server::bind(self.shared.port) {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let Some(listener) = listener else {
+            tracing::error!(
+                port = self.shared.port,
+                "kube-sim could not listen again after restart"
+            );
+            return;
+        };
+        let generation_token = CancellationToken::new();
+        *lock(&self.shared.generation) = generation_token.clone();
+        *server = Some(server::serve(
+            self.shared.clone(),
+            listener,
+            generation_token,
+        ));
+    }
+
+    /// Forget watch history: watches from versions older than now get an
+    /// `ERROR` event carrying a 410 `Expired` Status (inside a 200 stream).
+    pub fn compact(&self) {
+        self.shared.mutate(store::Store::compact);
+    }
+
+    /// While on, new and pending pods stay Pending with `PodScheduled=False`,
+    /// reason `Unschedulable`, message "0/1 nodes are available: 1 Insufficient cpu.".
+    /// Turning it off lets them schedule.
+    pub fn set_unschedulable(&self, on: bool) {
+        self.shared.update_flags(|f| f.unschedulable = on);
+    }
+
+    /// Pods whose container image contains `image_contains` fail to pull: the
+    /// container waits with reason `ErrImagePull` (message `message`), then
+    /// `ImagePullBackOff`, alternating, and the pod stays Pending.
+    pub fn fail_image(&self, image_contains: &str, message: &str) {
+        self.shared.update_flags(|f| {
+            f.image_failures
+                .push((image_contains.into(), message.into()))
+        });
+    }
+
+    /// Let every image pull succeed again (pods waiting on a pull go on).
+    pub fn clear_image_failures(&self) {
+        self.shared.update_flags(|f| f.image_failures.clear());
+    }
+
+    /// Kubelet eviction (node pressure): processes are killed, phase Failed,
+    /// `status.reason` "Evicted" with a message, and a `DisruptionTarget`
+    /// condition (reason `TerminationByKubelet`). The pod object stays.
+    pub fn evict(&self, namespace: &str, pod: &str) {
+        if let Some(rt) = self.shared.runtime_of(namespace, pod) {
+            rt.request_kill(Kill::Evict {
+                message: kubelet::EVICTION_MSG.into(),
+            });
+        }
+    }
+
+    /// The pod's first main container is OOM-killed: terminated reason
+    /// `OOMKilled`, exit code 137; every process of the pod, running execs
+    /// included, is killed (those execs end with exit code 137); phase Failed.
+    pub fn oom_kill(&self, namespace: &str, pod: &str) {
+        if let Some(rt) = self.shared.runtime_of(namespace, pod) {
+            rt.request_kill(Kill::Oom);
+        }
+    }
+
+    /// Drain the node as `kubectl drain` does: cordon it (new pods stay
+    /// Pending, Unschedulable, "1 node(s) were unschedulable") and evict
+    /// every pod through the eviction API: a `DisruptionTarget` condition
+    /// (reason `EvictionByEvictionAPI`) is added and the pod is deleted
+    /// gracefully with its own grace period. Undo the cordon with
+    /// [`Simulator::uncordon`].
+    pub fn drain_node(&self) {
+        self.shared.update_flags(|f| f.cordoned = true);
+        let pods: Vec<(String, String)> = lock(&self.shared.store).pods.keys().cloned().collect();
+        for (ns, name) in pods {
+            let _ = api::do_delete(
+                &self.shared,
+                &ns,
+                &name,
+                None,
+                &serde_json::json!({}),
+                Some(&api::eviction_condition),
+            );
+        }
+    }
+
+    /// Mark the node schedulable again after [`Simulator::drain_node`].
+    pub fn uncordon(&self) {
+        self.shared.update_flags(|f| f.cordoned = false);
+    }
+
+    /// While on, the kubelet writes no status: pods make no progress and
+    /// graceful deletions are not confirmed. Signals still reach processes.
+    pub fn freeze_kubelet(&self, on: bool) {
+        self.shared.update_flags(|f| f.frozen = on);
+    }
+
+    /// The next `n` exec sessions send their first output (or wait for the
+    /// process to end when it prints nothing), then close the connection
+    /// without a status frame; their process is killed.
+    pub fn drop_exec_streams(&self, n: usize) {
+        self.shared.update_flags(|f| f.drop_exec += n);
+    }
+
+    /// Add a per-request fault. Faults are checked in the order they were added.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared.faults).push(fault);
+    }
+
+    /// Remove every pending fault.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// Every API request since start or the last [`Simulator::reset_requests`].
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Forget recorded requests.
+    pub fn reset_requests(&self) {
+        lock(&self.shared.requests).clear();
+    }
+
+    /// Current pods of a namespace, as the API would return them.
+    pub fn pods(&self, namespace: &str) -> Vec<serde_json::Value> {
+        lock(&self.shared.store).list(Some(namespace), &selector::Selectors::default())
+    }
+
+    /// The latest resourceVersion handed out.
+    pub fn resource_version(&self) -> u64 {
+        lock(&self.shared.store).rv
+    }
+
+    /// Stop listening, end every connection and kill every pod process.
+    pub async fn shutdown(self) {
+        self.shared.generation().cancel();
+        if let Some(task) = self.server.lock().await.take() {
+            let _ = task.await;
+        }
+        let rts: Vec<_> = lock(&self.shared.runtimes).values().cloned().collect();
+        for rt in rts {
+            rt.request_kill(Kill::Shutdown);
+            rt.signal_all(true);
+        }
+        self.shared.shutdown.cancel();
+    }
+}
+
+fn usage() -> &'static str {
+    "usage: kube-sim --kubeconfig-out FILE [--namespace NS] [--port P]\n\
+     Runs a Kubernetes pod API simulator on 127.0.0.1 until Ctrl-C."
+}
+
+/// Command line entry point:
+/// `--kubeconfig-out FILE [--namespace NS] [--port P]`. Prints the URL, writes
+/// the kubeconfig and runs until Ctrl-C.
+pub fn run_cli() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut args = std::env::args().skip(1);
+    let mut kubeconfig: Option<PathBuf> = None;
+    let mut config = SimConfig::default();
+    let mut namespace = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--kubeconfig-out" => kubeconfig = args.next().map(PathBuf::from),
+            "--namespace" => namespace = args.next(),
+            "--port" => match args.next().and_then(|p| p.parse().ok()) {
+                Some(p) => config.port = p,
+                None => {
+                    eprintln!("--port needs a number\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(kubeconfig) = kubeconfig else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let namespace = namespace.unwrap_or_else(|| config.namespace_default.clone());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let sim = match Simulator::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot start the simulator: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = sim.write_kubeconfig(&kubeconfig, &namespace) {
+            eprintln!("cannot write {}: {e}", kubeconfig.display());
+            sim.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+        println!("{}", sim.url());
+        let _ = tokio::signal::ctrl_c().await;
+        sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,261 @@
+//! State shared by the API server, the kubelet and the control handle.
+
+use crate::store::Store;
+use crate::{Fault, RequestRecord, SimConfig};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Lock a std mutex, recovering from poisoning (a panicked holder leaves
+/// plain data that is still usable for a simulator).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kubelet-wide switches set from the control handle.
+#[derive(Debug, Default)]
+pub(crate) struct Flags {
+    pub unschedulable: bool,
+    pub cordoned: bool,
+    pub frozen: bool,
+    /// (substring of image, pull error message)
+    pub image_failures: Vec<(String, String)>,
+    pub drop_exec: usize,
+}
+
+/// Why the kubelet must stop a pod's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kill {
+    /// Graceful (or immediate, grace 0) deletion.
+    Delete { grace: u64 },
+    /// Kubelet eviction: phase Failed, reason Evicted.
+    Evict { message: String },
+    /// The main container ran out of memory.
+    Oom,
+    /// The simulator is shutting down: stop everything, write nothing.
+    Shutdown,
+}
+
+/// A handle on something that can be signalled: a process group, or a
+/// "wait until killed" container that has no process at all.
+#[derive(Debug, Clone)]
+pub(crate) enum ProcHandle {
+    Group(i32),
+    /// Exit code sender; `true` when the command is a pause binary (exits 0 on TERM).
+    Pause(Arc<watch::Sender<Option<i32>>>, bool),
+}
+
+impl ProcHandle {
+    pub fn signal(&self, kill: bool) {
+        match self {
+            ProcHandle::Group(pgid) => {
+                let sig = if kill {
+                    nix::sys::signal::Signal::SIGKILL
+                } else {
+                    nix::sys::signal::Signal::SIGTERM
+                };
+                // The group may already be gone; nothing to do then.
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), sig);
+            }
+            ProcHandle::Pause(tx, is_pause) => {
+                let code = match (kill, is_pause) {
+                    (true, _) => 137,
+                    (false, true) => 0,
+                    (false, false) => 143,
+                };
+                tx.send_if_modified(|c| {
+                    if c.is_none() {
+                        *c = Some(code);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Where a container's processes run.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerEnv {
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// A container's combined stdout and stderr.
+#[derive(Debug)]
+pub(crate) struct LogBuf {
+    data: Mutex<Vec<u8>>,
+    /// (bytes so far, finished)
+    pub tx: watch::Sender<(usize, bool)>,
+}
+
+impl LogBuf {
+    pub fn new() -> Arc<Self> {
+        Arc::new(LogBuf {
+            data: Mutex::new(Vec::new()),
+            tx: watch::Sender::new((0, false)),
+        })
+    }
+    pub fn append(&self, bytes: &[u8]) {
+        let len = {
+            let mut d = lock(&self.data);
+            d.extend_from_slice(bytes);
+            d.len()
+        };
+        self.tx.send_modify(|s| s.0 = len);
+    }
+    pub fn finish(&self) {
+        self.tx.send_modify(|s| s.1 = true);
+    }
+    pub fn slice_from(&self, from: usize) -> Vec<u8> {
+        let d = lock(&self.data);
+        d.get(from..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+}
+
+/// The kubelet's view of one pod (by uid).
+#[derive(Debug)]
+pub(crate) struct PodRuntime {
+    pub ns: String,
+    pub name: String,
+    pub uid: String,
+    pub kill_tx: watch::Sender<Option<Kill>>,
+    pub containers: Mutex<HashMap<String, ContainerEnv>>,
+    pub logs: Mutex<HashMap<String, Arc<LogBuf>>>,
+    pub procs: Mutex<HashMap<u64, ProcHandle>>,
+    next_proc: AtomicU64,
+    pub pod_dir: Mutex<Option<PathBuf>>,
+}
+
+impl PodRuntime {
+    pub fn new(ns: &str, name: &str, uid: &str) -> Arc<Self> {
+        Arc::new(PodRuntime {
+            ns: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+            kill_tx: watch::Sender::new(None),
+            containers: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            procs: Mutex::new(HashMap::new()),
+            next_proc: AtomicU64::new(0),
+            pod_dir: Mutex::new(None),
+        })
+    }
+
+    /// Register something to signal when the pod is killed.
+    pub fn add_proc(&self, h: ProcHandle) -> u64 {
+        let id = self.next_proc.fetch_add(1, Ordering::Relaxed);
+        lock(&self.procs).insert(id, h);
+        id
+    }
+
+    pub fn remove_proc(&self, id: u64) {
+        lock(&self.procs).remove(&id);
+    }
+
+    /// Signal every process of the pod (containers and execs).
+    pub fn signal_all(&self, kill: bool) {
+        let procs: Vec<ProcHandle> = lock(&self.procs).values().cloned().collect();
+        for p in procs {
+            p.signal(kill);
+        }
+    }
+
+    /// Ask the kubelet to stop the pod. A later, stronger request replaces a
+    /// weaker one (any deletion beats eviction; a shorter grace beats a longer).
+    pub fn request_kill(&self, k: Kill) {
+        self.kill_tx.send_if_modified(|cur| {
+            let replace = match (&*cur, &k) {
+                (None, _) => true,
+                (Some(Kill::Shutdown), _) => false,
+                (_, Kill::Shutdown) => true,
+                (Some(Kill::Delete { grace: a }), Kill::Delete { grace: b }) => b < a,
+                (Some(Kill::Delete { .. }), _) => false,
+                (Some(_), Kill::Delete { .. }) => true,
+                (Some(_), _) => false,
+            };
+            if replace {
+                *cur = Some(k.clone());
+            }
+            replace
+        });
+    }
+}
+
+/// Everything the simulator shares between tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    pub work_root: PathBuf,
+    pub pvc_root: PathBuf,
+    pub _tmp: Option<tempfile::TempDir>,
+    pub store: Mutex<Store>,
+    /// Latest resourceVersion, for waking watches.
+    pub rv_tx: watch::Sender<u64>,
+    pub flags: Mutex<Flags>,
+    /// Bumped whenever flags change, to wake the kubelet.
+    pub flags_tx: watch::Sender<u64>,
+    pub runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub requests: Mutex<Vec<RequestRecord>>,
+    pub port: u16,
+    /// Cancelled when the current listener generation ends (restart/shutdown).
+    pub generation: Mutex<CancellationToken>,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Run `f` on the store and wake watches.
+    pub fn mutate<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        let (r, rv) = {
+            let mut s = lock(&self.store);
+            let r = f(&mut s);
+            (r, s.rv)
+        };
+        self.rv_tx.send_replace(rv);
+        r
+    }
+
+    pub fn get_pod(&self, ns: &str, name: &str) -> Option<Value> {
+        lock(&self.store).get(ns, name).cloned()
+    }
+
+    pub fn update_flags(&self, f: impl FnOnce(&mut Flags)) {
+        f(&mut lock(&self.flags));
+        self.flags_tx.send_modify(|n| *n += 1);
+    }
+
+    pub fn runtime(&self, uid: &str) -> Option<Arc<PodRuntime>> {
+        lock(&self.runtimes).get(uid).cloned()
+    }
+
+    /// The runtime of the pod currently stored under ns/name.
+    pub fn runtime_of(&self, ns: &str, name: &str) -> Option<Arc<PodRuntime>> {
+        let pod = self.get_pod(ns, name)?;
+        let uid = pod.pointer("/metadata/uid")?.as_str()?;
+        self.runtime(uid)
+    }
+
+    pub fn generation(&self) -> CancellationToken {
+        lock(&self.generation).clone()
+    }
+
+    /// Wait until the kubelet is not frozen.
+    pub async fn wait_unfrozen(&self) {
+        let mut rx = self.flags_tx.subscribe();
+        loop {
+            if !lock(&self.flags).frozen {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! WebSocket exec through kube-rs (v5) and a raw client (v4, v5 framing).
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use kube::api::AttachParams;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn running_pod(
+    client: &kube::Client,
+    name: &str,
+) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+    let pods = api(client);
+    create(&pods, &pod(name, &["sleep", "infinity"])).await;
+    wait_phase(&pods, name, "Running").await;
+    pods
+}
+
+async fn read_all(r: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    let mut s = String::new();
+    if let Some(mut r) = r {
+        r.read_to_string(&mut s).await.unwrap();
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stdout_stderr_and_exit_code() {
+    let (sim, client) = start().await;
+    let pods = running_pod(&client, "x").await;
+    let ap = AttachParams::default().stdout(true).stderr(true);
+    let mut proc = pods
+        .exec("x", ["sh", "-c", "echo out; echo err >&2; exit 3"], &ap)
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap();
+    let (out, err) = tokio::join!(read_all(proc.stdout()), read_all(proc.stderr()));
+    let status = status.await.expect("a status frame");
+    assert_eq!(out, "out\n");
+    assert_eq!(err, "err\n");
+    assert_eq!(status.status.as_deref(), Some("Failure"));
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let causes = status.details.unwrap().causes.unwrap();
+    assert_eq!(causes[0].reason.as_deref(), Some("ExitCode"));
+    assert_eq!(causes[0].message.as_deref(), Some("3"));
+
+    let mut ok = pods.exec("x", ["true"], &ap).await.unwrap();
+    let st = ok.take_status().unwrap().await.unwrap();
+    assert_eq!(st.status.as_deref(), Some("Success"));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stdin_ends_with_shutdown() {
+    let (sim, client) = start().await;
+    let pods = running_pod(&client, "x").await;
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+    let mut proc = pods.exec("x", ["cat"], &ap).await.unwrap();
+    let mut stdin = proc.stdin().unwrap();
+    let stdout = proc.stdout();
+    let status = proc.take_status().unwrap();
+    let payload = "x".repeat(200_000);
+    let writer = async {
+        stdin.write_all(payload.as_bytes()).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    };
+    let (_, out) = tokio::join!(writer, read_all(stdout));
+    assert_eq!(out.len(), payload.len());
+    assert_eq!(status.await.unwrap().status.as_deref(), Some("Success"));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_in_the_mapped_working_dir_with_container_env() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "wd"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "cache", "persistentVolumeClaim": {"claimName": "cache"}}],
+            "containers": [{
+                "name": "main", "image": "busybox", "command": ["/jetbridge/pause"],
+                "workingDir": "/tmp/build/work",
+                "env": [{"name": "FOO", "value": "bar"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/tmp/build/work/inputs/a"},
+                    {"name": "cache", "mountPath": "/tmp/build/work/cache", "subPath": "sub"},
+                ],
+            }],
+        },
+    }))
+    .unwrap();
+    create(&pods, &p).await;
+    wait_phase(&pods, "wd", "Running").await;
+    let ap = AttachParams::default().stdout(true).stderr(true);
+    let script = "echo $FOO $POD; pwd; echo hi > inputs/a/f; echo c > cache/g; cat inputs/a/f; echo $JETBRIDGE_SIM_ROOT";
+    let mut proc = pods.exec("wd", ["sh", "-c", script], &ap).await.unwrap();
+    let status = proc.take_status().unwrap();
+    let (out, err) = tokio::join!(read_all(proc.stdout()), read_all(proc.stderr()));
+    assert_eq!(
+        status.await.unwrap().status.as_deref(),
+        Some("Success"),
+        "stderr: {err}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "bar wd");
+    assert!(lines[1].ends_with("/tmp/build/work"), "{out}");
+    assert_eq!(lines[2], "hi");
+    assert!(
+        lines[1].starts_with(lines[3]),
+        "cwd is inside the container root: {out}"
+    );
+    let claimed = sim.pvc_root().join("cache").join("sub").join("g");
+    assert_eq!(std::fs::read_to_string(claimed).unwrap(), "c\n");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_into_pending_pod_or_unknown_container_is_400() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    sim.set_unschedulable(true);
+    create(&pods, &pod("pending", &["sleep", "infinity"])).await;
+    let ap = AttachParams::default();
+    let err = pods
+        .exec("pending", ["true"], &ap)
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:?}").contains("400"), "{err:?}");
+    sim.set_unschedulable(false);
+    wait_phase(&pods, "pending", "Running").await;
+    let err = pods
+        .exec(
+            "pending",
+            ["true"],
+            &AttachParams::default().container("nope"),
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:?}").contains("400"), "{err:?}");
+    create(&pods, &pod("done", &["true"])).await;
+    wait_phase(&pods, "done", "Succeeded").await;
+    let err = pods
+        .exec("done", ["true"], &AttachParams::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:?}").contains("400"), "{err:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_exec_stream_has_no_status() {
+    let (sim, client) = start().await;
+    let pods = running_pod(&client, "x").await;
+    sim.drop_exec_streams(1);
+    let ap = AttachParams::default().stdout(true).stderr(false);
+    let mut proc = pods
+        .exec("x", ["sh", "-c", "echo first; sleep 2; echo second"], &ap)
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(proc.stdout()))
+        .await
+        .expect("stdout ends");
+    assert!(status.await.is_none(), "no status frame");
+    assert!(!out.contains("second"), "{out}");
+    // The next exec is normal again.
+    let mut proc = pods.exec("x", ["true"], &ap).await.unwrap();
+    assert!(proc.take_status().unwrap().await.is_some());
+    sim.shutdown().await;
+}
+
+/// Raw WebSocket exec offering only `proto`.
+async fn raw_exec(
+    sim: &jetbridge_kube_sim::Simulator,
+    pod: &str,
+    query: &str,
+    proto: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+) {
+    let url = format!(
+        "{}/api/v1/namespaces/{NS}/pods/{pod}/exec?{query}",
+        sim.url().replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let chosen = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    (ws, chosen)
+}
+
+async fn collect(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> (Vec<u8>, serde_json::Value) {
+    let mut out = Vec::new();
+    while let Some(msg) = ws.next().await {
+        if let Message::Binary(b) = msg.unwrap() {
+            match b[0] {
+                1 => out.extend_from_slice(&b[1..]),
+                3 => return (out, serde_json::from_slice(&b[1..]).unwrap()),
+                _ => {}
+            }
+        }
+    }
+    panic!("stream ended without status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_v4_and_v5_framing() {
+    let (sim, client) = start().await;
+    running_pod(&client, "x").await;
+    let q = "command=sh&command=-c&command=echo%20hi%3B%20exit%202&stdout=true&stderr=true";
+    let (mut ws, chosen) = raw_exec(&sim, "x", q, "v4.channel.k8s.io").await;
+    assert_eq!(chosen, "v4.channel.k8s.io");
+    let (out, status) = collect(&mut ws).await;
+    assert_eq!(out, b"hi\n");
+    assert_eq!(status["details"]["causes"][0]["message"], "2");
+
+    // Client order decides.
+    let q = "command=cat&stdin=true&stdout=true";
+    let (mut ws, chosen) = raw_exec(&sim, "x", q, "v5.channel.k8s.io, v4.channel.k8s.io").await;
+    assert_eq!(chosen, "v5.channel.k8s.io");
+    ws.send(Message::Binary(b"\x00abc".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
+    let (out, status) = collect(&mut ws).await;
+    assert_eq!(out, b"abc");
+    assert_eq!(status, json!({"metadata": {}, "status": "Success"}));
+    let (_, chosen) = raw_exec(&sim, "x", q, "v4.channel.k8s.io,v5.channel.k8s.io").await;
+    assert_eq!(chosen, "v4.channel.k8s.io");
+    sim.shutdown().await;
+}

@@ -1,0 +1,311 @@
+//! The simulated kubelet: life cycle, logs, init containers and node faults.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, EvictParams, LogParams, WatchEvent, WatchParams};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_and_terminates_with_exit_codes_and_logs() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    create(
+        &pods,
+        &pod("ok", &["sh", "-c", "echo hello; echo oops >&2"]),
+    )
+    .await;
+    create(&pods, &pod("bad", &["sh", "-c", "exit 4"])).await;
+    create(&pods, &pod("long", &["sleep", "infinity"])).await;
+    let running = wait_phase(&pods, "long", "Running").await;
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("sim-node")
+    );
+    assert_eq!(condition(&running, "PodScheduled").unwrap().status, "True");
+    assert_eq!(condition(&running, "Ready").unwrap().status, "True");
+    assert!(main_state(&running).unwrap().running.is_some());
+
+    let ok = wait_phase(&pods, "ok", "Succeeded").await;
+    let t = main_state(&ok).unwrap().terminated.clone().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let logs = pods.logs("ok", &LogParams::default()).await.unwrap();
+    assert!(
+        logs.contains("hello\n") && logs.contains("oops\n"),
+        "{logs:?}"
+    );
+
+    let bad = wait_phase(&pods, "bad", "Failed").await;
+    let t = main_state(&bad).unwrap().terminated.clone().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (4, Some("Error")));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_and_a_failure_fails_the_pod() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    let make = |name: &str, second_init: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "shared", "emptyDir": {}}],
+                "initContainers": [
+                    {"name": "one", "image": "busybox", "command": ["sh", "-c", "echo 1 > order"], "workingDir": "/s", "volumeMounts": [{"name": "shared", "mountPath": "/s"}]},
+                    {"name": "two", "image": "busybox", "command": ["sh", "-c", second_init], "workingDir": "/s", "volumeMounts": [{"name": "shared", "mountPath": "/s"}]},
+                ],
+                "containers": [{"name": "main", "image": "busybox", "command": ["cat", "order"], "workingDir": "/s", "volumeMounts": [{"name": "shared", "mountPath": "/s"}]}],
+            },
+        }))
+        .unwrap()
+    };
+    create(&pods, &make("good", "echo 2 >> order")).await;
+    create(&pods, &make("broken", "exit 7")).await;
+    wait_phase(&pods, "good", "Succeeded").await;
+    assert_eq!(
+        pods.logs("good", &LogParams::default()).await.unwrap(),
+        "1\n2\n"
+    );
+    let broken = wait_phase(&pods, "broken", "Failed").await;
+    let inits = broken
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .clone()
+        .unwrap();
+    assert_eq!(
+        inits[1]
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        7
+    );
+    assert!(
+        main_state(&broken).unwrap().waiting.is_some(),
+        "main never started"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pods_stay_pending_until_allowed() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    sim.set_unschedulable(true);
+    create(&pods, &pod("u", &["sleep", "infinity"])).await;
+    let p = wait_for(&pods, "u", "Unschedulable", |p| {
+        condition(p, "PodScheduled").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = condition(&p, "PodScheduled").unwrap();
+    assert_eq!(c.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(
+        c.message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
+    assert_eq!(phase(&p), "Pending");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(phase(&pods.get("u").await.unwrap()), "Pending");
+    sim.set_unschedulable(false);
+    wait_phase(&pods, "u", "Running").await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_failures_show_waiting_reasons() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    sim.fail_image("nope", "manifest unknown");
+    let mut p = pod("img", &["sleep", "infinity"]);
+    p.spec.as_mut().unwrap().containers[0].image = Some("registry.example/nope:1".into());
+    create(&pods, &p).await;
+    let waiting_reason = |p: &Pod| {
+        main_state(p)
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone())
+    };
+    let p = wait_for(&pods, "img", "ErrImagePull", |p| {
+        waiting_reason(p).as_deref() == Some("ErrImagePull")
+    })
+    .await;
+    let w = main_state(&p).unwrap().waiting.clone().unwrap();
+    assert_eq!(w.message.as_deref(), Some("manifest unknown"));
+    let p = wait_for(&pods, "img", "ImagePullBackOff", |p| {
+        waiting_reason(p).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert!(
+        main_state(&p)
+            .unwrap()
+            .waiting
+            .as_ref()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("manifest unknown")
+    );
+    assert_eq!(phase(&p), "Pending");
+    sim.clear_image_failures();
+    wait_phase(&pods, "img", "Running").await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_eviction_fails_the_pod_with_disruption_target() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    create(&pods, &pod("ev", &["sleep", "infinity"])).await;
+    wait_phase(&pods, "ev", "Running").await;
+    sim.evict(NS, "ev");
+    let p = wait_phase(&pods, "ev", "Failed").await;
+    let st = p.status.as_ref().unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert!(st.message.as_deref().is_some_and(|m| !m.is_empty()));
+    let dt = condition(&p, "DisruptionTarget").unwrap();
+    assert_eq!(
+        (dt.status.as_str(), dt.reason.as_deref()),
+        ("True", Some("TerminationByKubelet"))
+    );
+    assert!(main_state(&p).unwrap().terminated.is_some());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_terminates_main_container_and_running_execs() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    create(&pods, &pod("oom", &["sleep", "infinity"])).await;
+    wait_phase(&pods, "oom", "Running").await;
+    let mut proc = pods
+        .exec(
+            "oom",
+            ["sleep", "30"],
+            &AttachParams::default().stdout(true).stderr(true),
+        )
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sim.oom_kill(NS, "oom");
+    let st = tokio::time::timeout(Duration::from_secs(5), status)
+        .await
+        .expect("exec ends");
+    if let Some(st) = st {
+        let code = st.details.unwrap().causes.unwrap()[0].message.clone();
+        assert_eq!(code.as_deref(), Some("137"));
+    }
+    let p = wait_phase(&pods, "oom", "Failed").await;
+    let t = main_state(&p).unwrap().terminated.clone().unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_api_and_drain_delete_pods_with_disruption_target() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    // "a" ignores SIGTERM, so it stays terminating for its grace period.
+    let mut a = pod("a", &["sh", "-c", "trap '' TERM; sleep 30"]);
+    a.spec.as_mut().unwrap().termination_grace_period_seconds = Some(1);
+    create(&pods, &a).await;
+    create(&pods, &pod("b", &["sleep", "infinity"])).await;
+    wait_phase(&pods, "a", "Running").await;
+    wait_phase(&pods, "b", "Running").await;
+    let rv0 = pods
+        .get("b")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = pods
+        .watch(
+            &WatchParams::default().fields("metadata.name=b").timeout(20),
+            &rv0,
+        )
+        .await
+        .unwrap()
+        .boxed();
+
+    // kube 5 sends its delete options as `delete_options`, which the API
+    // server (and so the simulator) ignores; the pod's own grace period applies.
+    let st = pods.evict("a", &EvictParams::default()).await.unwrap();
+    assert!(st.is_success(), "{st:?}");
+    let a = pods.get("a").await.unwrap();
+    assert!(a.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        condition(&a, "DisruptionTarget").unwrap().reason.as_deref(),
+        Some("EvictionByEvictionAPI")
+    );
+
+    sim.drain_node();
+    let mut saw_target = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Modified(p) => saw_target |= condition(&p, "DisruptionTarget").is_some(),
+            WatchEvent::Deleted(_) => break,
+            _ => {}
+        }
+    }
+    assert!(saw_target);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pods.get_opt("a").await.unwrap().is_some() {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "evicted pod a is not deleted: {:#?}",
+                pods.get("a").await.unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_node_is_cordoned_until_uncordon() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    sim.drain_node();
+    create(&pods, &pod("late", &["sleep", "infinity"])).await;
+    let p = wait_for(&pods, "late", "unschedulable", |p| {
+        condition(p, "PodScheduled").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&p, "PodScheduled").unwrap().reason.as_deref(),
+        Some("Unschedulable")
+    );
+    sim.uncordon();
+    wait_phase(&pods, "late", "Running").await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_kubelet_makes_no_progress() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    sim.freeze_kubelet(true);
+    create(&pods, &pod("f", &["true"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = pods.get("f").await.unwrap();
+    assert_eq!(phase(&p), "Pending");
+    assert!(p.spec.unwrap().node_name.is_none());
+    sim.freeze_kubelet(false);
+    wait_phase(&pods, "f", "Succeeded").await;
+    sim.shutdown().await;
+}
