@@ -96,9 +96,13 @@ pub struct RunArgs {
     pub job: Option<String>,
 
     /// Where artifacts live: a directory (a mounted PVC, GCS FUSE, or any local
-    /// directory). Default: `volumes/` under the data directory.
+    /// directory), or a bucket: `gs://BUCKET/PREFIX`, `s3://BUCKET/PREFIX`,
+    /// `az://CONTAINER/PREFIX`, `memory://`. Default: `volumes/` under the data directory.
     #[arg(long, value_name = "PATH_OR_URL", env = "JETBRIDGE_VOLUMES")]
     pub volumes: Option<String>,
+
+    #[command(flatten)]
+    pub bucket: BucketArgs,
 
     /// The artifact registry: `memory` (default) or `postgres://USER@HOST:PORT/DB`.
     #[arg(
@@ -160,6 +164,28 @@ pub enum Backend {
     Local,
     /// A pod per step on Kubernetes.
     Kube,
+}
+
+/// Bucket settings for `--volumes` URLs. Credentials come from the provider's usual
+/// chain (GCS application default credentials and Workload Identity; AWS environment
+/// and instance roles; Azure environment).
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    /// Another endpoint than the provider's (MinIO, an emulator, a private endpoint).
+    #[arg(long, value_name = "URL", env = "JETBRIDGE_VOLUMES_ENDPOINT")]
+    pub volumes_endpoint: Option<String>,
+
+    /// Allow a plain `http://` endpoint.
+    #[arg(long, env = "JETBRIDGE_VOLUMES_ALLOW_HTTP")]
+    pub volumes_allow_http: bool,
+
+    /// Bucket region (S3).
+    #[arg(long, value_name = "REGION", env = "JETBRIDGE_VOLUMES_REGION")]
+    pub volumes_region: Option<String>,
+
+    /// Store artifacts uncompressed instead of zstd.
+    #[arg(long, env = "JETBRIDGE_VOLUMES_NO_COMPRESSION")]
+    pub volumes_no_compression: bool,
 }
 
 /// Images of resource types and tasks.

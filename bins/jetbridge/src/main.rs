@@ -22,8 +22,8 @@ use jetbridge_core::services::{
 };
 
 use crate::cli::{
-    Backend, Cli, Color, Command, ConformanceArgs, ImageArgs, KubeArgs, LogFormat, MigrateArgs,
-    PipelineArgs, RunArgs,
+    Backend, BucketArgs, Cli, Color, Command, ConformanceArgs, ImageArgs, KubeArgs, LogFormat,
+    MigrateArgs, PipelineArgs, RunArgs,
 };
 use crate::output::Printer;
 
@@ -154,13 +154,28 @@ fn open_volumes(
     spec: Option<&str>,
     data_dir: &Path,
     kube: &KubeArgs,
+    bucket: Option<&BucketArgs>,
 ) -> anyhow::Result<Arc<dyn VolumeStore>> {
     let dir = match spec {
         None => data_dir.join("volumes"),
         Some(s) if s.contains("://") && !s.starts_with("file://") => {
-            return Err(user(format!(
-                "--volumes {s:?}: only directories are supported by this build (a mounted PVC, GCS FUSE or a local path)"
-            )));
+            if kube.artifact_claim.is_some() {
+                return Err(user(format!(
+                    "--volumes {s:?} is a bucket; --artifact-claim only goes with a directory on that claim"
+                )));
+            }
+            let mut opts = jetbridge_object_store::ObjectStoreOptions::default();
+            if let Some(b) = bucket {
+                opts.endpoint = b.volumes_endpoint.clone();
+                opts.allow_http = b.volumes_allow_http;
+                opts.region = b.volumes_region.clone();
+                if b.volumes_no_compression {
+                    opts.compression = jetbridge_object_store::Compression::None;
+                }
+            }
+            let store = jetbridge_object_store::ObjectStoreVolumes::from_url(s, opts)
+                .map_err(|e| user(format!("--volumes {s:?}: {e}")))?;
+            return Ok(Arc::new(store));
         }
         Some(s) => PathBuf::from(s.trim_start_matches("file://")),
     };
@@ -214,7 +229,12 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
             data_dir.display()
         ))
     })?;
-    let volumes = open_volumes(args.volumes.as_deref(), &data_dir, &args.kube)?;
+    let volumes = open_volumes(
+        args.volumes.as_deref(),
+        &data_dir,
+        &args.kube,
+        Some(&args.bucket),
+    )?;
     let registry = open_registry(&args.registry).await?;
     let (pods, exec): (Arc<dyn Pods>, Arc<dyn Exec>) = match args.backend {
         Backend::Local => {
@@ -488,7 +508,7 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
             }
             "runtime" => {
                 let volumes: Arc<dyn VolumeStore> = match &args.volumes {
-                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube)?,
+                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None)?,
                     None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
                 };
                 let mut images = ImageResolver::new();

@@ -333,3 +333,39 @@ fn ctrl_c_aborts_cleanly() {
         "pods left behind"
     );
 }
+
+#[test]
+fn hello_runs_with_artifacts_in_an_s3_bucket() {
+    let Ok(endpoint) = std::env::var("JETBRIDGE_S3_ENDPOINT") else {
+        jetbridge_conformance::live::unavailable("S3", "JETBRIDGE_S3_ENDPOINT is not set");
+        return;
+    };
+    let bucket = std::env::var("JETBRIDGE_S3_BUCKET").unwrap_or_else(|_| "jetbridge-test".into());
+    let data = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("cli-{}", std::process::id());
+    let out = bin()
+        .arg("run")
+        .arg(examples().join("hello.yml"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--volumes")
+        .arg(format!("s3://{bucket}/{prefix}"))
+        .args(["--volumes-endpoint", &endpoint, "--volumes-allow-http", "--volumes-region", "us-east-1"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("[put: outbox] delivered: HELLO FROM JETBRIDGE"), "{stdout}");
+    // Nothing was written to the local volume directory: the bucket held the artifacts.
+    assert_eq!(entries(&data.path().join("volumes/volumes")), Vec::<String>::new());
+}
+
+#[test]
+fn a_bad_volumes_url_is_a_usage_error() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = run_example("hello.yml", data.path(), &["--volumes", "ftp://nowhere/x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--volumes"), "{}", text(&out.stderr));
+}

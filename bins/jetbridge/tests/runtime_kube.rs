@@ -86,3 +86,20 @@ mod streamed {
     use super::*;
     jetbridge_conformance::runtime_suite!(kube_streamed);
 }
+
+/// Artifacts in a bucket (the object store over a local directory): streamed through
+/// the helper container.
+async fn kube_with_object_store() -> Option<RuntimeSubject> {
+    let mut s = subject(false).await?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    s.runtime.volumes = Some(Arc::new(
+        jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default()).expect("store"),
+    ));
+    Some(s.with_guard(dir))
+}
+
+mod object_store {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(kube_with_object_store);
+}

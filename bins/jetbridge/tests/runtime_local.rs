@@ -50,3 +50,49 @@ mod streamed_store {
     use super::*;
     jetbridge_conformance::runtime_suite!(local_with_streamed_store);
 }
+
+async fn local_with_object_store() -> Option<RuntimeSubject> {
+    subject(|d| {
+        std::fs::create_dir_all(d.join("bucket")).expect("bucket dir");
+        let url = format!("file://{}", d.join("bucket").display());
+        Arc::new(
+            jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default())
+                .expect("object store"),
+        )
+    })
+}
+
+/// S3 through the emulator `scripts/emulators.sh` starts (`JETBRIDGE_S3_ENDPOINT`).
+async fn local_with_s3() -> Option<RuntimeSubject> {
+    let Ok(endpoint) = std::env::var("JETBRIDGE_S3_ENDPOINT") else {
+        jetbridge_conformance::live::unavailable("S3", "JETBRIDGE_S3_ENDPOINT is not set");
+        return None;
+    };
+    let bucket = std::env::var("JETBRIDGE_S3_BUCKET").unwrap_or_else(|_| "jetbridge-test".into());
+    let prefix = jetbridge_core::names::StepHandle::random().short().to_owned();
+    subject(move |_| {
+        let opts = jetbridge_object_store::ObjectStoreOptions::default()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_config("aws_access_key_id", "testing")
+            .with_config("aws_secret_access_key", "testing");
+        Arc::new(
+            jetbridge_object_store::ObjectStoreVolumes::from_url(
+                &format!("s3://{bucket}/runtime-{prefix}"),
+                opts,
+            )
+            .expect("s3 store"),
+        )
+    })
+}
+
+mod object_store_local_dir {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(local_with_object_store);
+}
+
+mod object_store_s3 {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(local_with_s3);
+}
