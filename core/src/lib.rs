@@ -8,6 +8,8 @@
 //! This crate does no I/O of its own: no network, database or filesystem client.
 //! Everything that touches the world goes through a port.
 
+#![warn(missing_docs)]
+
 pub mod digest;
 pub mod error;
 pub mod images;

@@ -121,14 +121,14 @@ struct Env {
     backend: Arc<LocalBackend>,
 }
 
-fn env() -> Env {
+fn env(flush: bool) -> Env {
     let dir = tempfile::tempdir_in(
         std::env::var("JB_BENCH_DIR")
             .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
     )
     .expect("tempdir");
     let root = dir.path().to_path_buf();
-    let store = Arc::new(FsVolumeStore::new(root.join("volumes")).expect("store"));
+    let store = Arc::new(FsVolumeStore::new(root.join("volumes")).expect("store").with_flush(flush));
     let backend =
         Arc::new(LocalBackend::new(LocalConfig::new(root.join("local"))).expect("backend"));
     Env {
@@ -165,8 +165,9 @@ async fn handoff(e: &Env, src: &Path, i: usize) -> Duration {
     d
 }
 
-async fn bench_handoff(label: &str, make: impl Fn(&Path) -> u64, runs: usize) {
-    let e = env();
+async fn bench_handoff(label: &str, flush: bool, make: impl Fn(&Path) -> u64, runs: usize) {
+    let e = env(flush);
+    let label = format!("{label}, {}", if flush { "durable seal" } else { "seal without flush" });
     let src = e.root.join("source");
     let bytes = make(&src);
     // Warm the page cache once, like a step that just wrote its output.
@@ -205,7 +206,7 @@ async fn bench_overhead(runs: usize) {
     let mut ours = Vec::new();
     let mut direct = Vec::new();
     for r in 0..runs + 1 {
-        let e = env();
+        let e = env(true);
         let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
         let rt = Runtime {
             pods: e.backend.clone(),
@@ -287,13 +288,11 @@ fn main() {
     println!("| case | jetbridge | baseline | ratio (baseline time / ours) |");
     println!("|---|---|---|---|");
     rt.block_on(async {
-        bench_handoff("large files", |d| make_large(d, large), runs).await;
-        bench_handoff(
-            &format!("{small} small files"),
-            |d| make_small(d, small),
-            runs,
-        )
-        .await;
+        for flush in [true, false] {
+            bench_handoff("large files", flush, |d| make_large(d, large), runs).await;
+            let label = format!("{small} small files");
+            bench_handoff(&label, flush, |d| make_small(d, small), runs).await;
+        }
         bench_overhead(runs).await;
     });
 }
