@@ -501,6 +501,10 @@ impl StepRunner {
                 self.config.scheduling_timeout,
             ));
         }
+        if st.state == PodState::Running {
+            // Already running: a second wait would only cost API requests.
+            return Ok(());
+        }
         let st = self
             .rt
             .pods
