@@ -1,1 +1,243 @@
-//! ArtifactRegistry on Postgres with diesel-async.
+//! [`ArtifactRegistry`] on Postgres with diesel-async.
+//!
+//! [`PgRegistry::connect`] builds a bb8 pool of `AsyncPgConnection`s (pure Rust
+//! `tokio-postgres` underneath; no libpq), applies the embedded migrations, and returns a
+//! registry that any number of processes can share: every multi-statement operation runs
+//! in one transaction, rows are locked in a fixed order (artifact rows, sorted by id,
+//! before their references), and the reaper claims work with `FOR UPDATE SKIP LOCKED`.
+//!
+//! ```no_run
+//! # async fn demo() -> jetbridge_core::Result<()> {
+//! use jetbridge_postgres::{PgOptions, PgRegistry};
+//! let registry = PgRegistry::connect(
+//!     "postgres://postgres@127.0.0.1:5432/postgres",
+//!     PgOptions { schema: Some("jetbridge".into()), ..PgOptions::default() },
+//! )
+//! .await?;
+//! # let _ = registry;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod migrate;
+mod registry;
+mod rows;
+pub mod scratch;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures::FutureExt;
+use jetbridge_core::{Error, Result};
+
+pub use migrate::{migrate, migrate_with};
+
+/// How [`PgRegistry::connect`] sets up its pool and its connections.
+///
+/// Build it with struct update syntax: `PgOptions { pool_size: 4, ..PgOptions::default() }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Most connections the pool opens (default 10).
+    pub pool_size: u32,
+    /// Idle connections the pool keeps open (default: none; connections open on demand).
+    pub min_idle: Option<u32>,
+    /// Schema holding the tables; every pooled connection sets `search_path` to it and
+    /// migrations create it. `None`: the server's default `search_path` (usually `public`).
+    /// Lowercase letters, digits and `_`, starting with a letter or `_`, at most 63.
+    pub schema: Option<String>,
+    /// How long a call waits for a pooled connection before failing with a `Transient`
+    /// error (default 10 s).
+    pub connection_timeout: Duration,
+    /// Close connections idle for longer than this (default 10 min).
+    pub idle_timeout: Option<Duration>,
+    /// Close connections older than this (default 30 min).
+    pub max_lifetime: Option<Duration>,
+    /// Server-side `statement_timeout` of every connection (default: none).
+    pub statement_timeout: Option<Duration>,
+    /// `application_name` of every connection, shown in `pg_stat_activity`.
+    pub application_name: String,
+    /// Apply pending migrations in [`PgRegistry::connect`] (default true).
+    pub migrate: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 10,
+            min_idle: None,
+            schema: None,
+            connection_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            statement_timeout: None,
+            application_name: "jetbridge".to_owned(),
+            migrate: true,
+        }
+    }
+}
+
+impl PgOptions {
+    /// Check the options; `Invalid` when a value cannot be used.
+    pub fn validate(&self) -> Result<()> {
+        if self.pool_size == 0 {
+            return Err(Error::invalid(
+                "postgres registry: pool_size must be at least 1",
+            ));
+        }
+        if let Some(min) = self.min_idle
+            && min > self.pool_size
+        {
+            return Err(Error::invalid(
+                "postgres registry: min_idle must not exceed pool_size",
+            ));
+        }
+        if let Some(schema) = &self.schema {
+            validate_schema(schema)?;
+        }
+        Ok(())
+    }
+
+    /// The statements every new connection runs before joining the pool.
+    fn session_setup(&self) -> String {
+        let mut sql = String::new();
+        if let Some(schema) = &self.schema {
+            sql.push_str(&format!("SET search_path TO {};", quote_ident(schema)));
+        }
+        sql.push_str(&format!(
+            "SET application_name TO {};",
+            quote_literal(&self.application_name)
+        ));
+        if let Some(t) = self.statement_timeout {
+            sql.push_str(&format!("SET statement_timeout TO {};", t.as_millis()));
+        }
+        sql
+    }
+}
+
+/// Check a schema name: `[a-z_][a-z0-9_]{0,62}`. Quoting would allow more, but a plain
+/// name is what operators type and what shows up unquoted in `psql`.
+pub fn validate_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit()
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "postgres registry: schema {schema:?} is not valid: use 1 to 63 characters of a-z, 0-9 and '_', not starting with a digit or 'pg_'"
+        )))
+    }
+}
+
+/// `"ident"` with embedded quotes doubled.
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'literal'` with embedded quotes doubled (`standard_conforming_strings` is on since
+/// Postgres 9.1, so backslashes are not special).
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Open one connection outside the pool and run `setup` on it.
+pub(crate) async fn establish(url: &str, setup: &str, op: &str) -> Result<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| error::from_connection(e, op))?;
+    if !setup.is_empty() {
+        conn.batch_execute(setup)
+            .await
+            .map_err(|e| error::from_diesel(e, op, false))?;
+    }
+    Ok(conn)
+}
+
+/// The [`ArtifactRegistry`](jetbridge_core::ports::ArtifactRegistry) on Postgres.
+///
+/// Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PgRegistry {
+    pool: Pool<AsyncPgConnection>,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PgRegistry {
+    // The URL (which may carry a password) is deliberately not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("PgRegistry")
+            .field("schema", &self.schema)
+            .field("connections", &state.connections)
+            .field("idle_connections", &state.idle_connections)
+            .finish()
+    }
+}
+
+impl PgRegistry {
+    /// Connect to `url` (`postgres://user:password@host:port/database`), apply pending
+    /// migrations (unless `options.migrate` is false) and build the pool.
+    ///
+    /// Fails with `Invalid` for bad options or URL, `Transient` when the server cannot be
+    /// reached, `Other` when it refuses (authentication, unknown database) or a migration
+    /// fails.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgRegistry> {
+        options.validate()?;
+        if options.migrate {
+            migrate_with(url, &options).await?;
+        }
+        let setup: Arc<str> = Arc::from(options.session_setup());
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        config.custom_setup = Box::new(move |url: &str| {
+            let setup = Arc::clone(&setup);
+            let url = url.to_owned();
+            async move {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+        let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+        // `build_unchecked`: connections open on first use, so a registry can be built
+        // while the server is briefly away; the first call then reports `Transient`.
+        let pool = Pool::builder()
+            .max_size(options.pool_size)
+            .min_idle(options.min_idle)
+            .connection_timeout(options.connection_timeout)
+            .idle_timeout(options.idle_timeout)
+            .max_lifetime(options.max_lifetime)
+            .test_on_check_out(true)
+            .build_unchecked(manager);
+        let registry = PgRegistry {
+            pool,
+            schema: options.schema.clone(),
+        };
+        // Fail fast on a wrong URL or password instead of on the first call.
+        drop(registry.conn("connect").await?);
+        Ok(registry)
+    }
+
+    /// The schema this registry works in, if one was given.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Connections open and idle in the pool.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+}

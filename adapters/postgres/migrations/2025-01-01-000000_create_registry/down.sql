@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS workers;
+DROP TABLE IF EXISTS artifact_refs;
+DROP TABLE IF EXISTS artifacts;

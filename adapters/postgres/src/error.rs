@@ -1,0 +1,176 @@
+//! Mapping of diesel, connection and pool failures onto the core error kinds.
+//!
+//! diesel-async reports a database error as a [`DatabaseErrorKind`] and drops the raw
+//! SQLSTATE, so the classification works on that kind, on the constraint name the server
+//! reports (structured data, not message text), and on whether the connection is still
+//! usable afterwards (probed by the caller, see `PgRegistry::classify`).
+
+use diesel::ConnectionError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::PoolError;
+use jetbridge_core::{Error, ErrorKind};
+
+/// Name of the unique constraint on `artifacts.volume` (see the migration).
+pub(crate) const VOLUME_UNIQUE: &str = "artifacts_volume_key";
+
+/// A failure inside one registry operation, before it becomes a core [`Error`].
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// Anything diesel reported.
+    Db(DieselError),
+    /// A decision of the operation itself (NotFound, Conflict, ...).
+    Port(Error),
+}
+
+impl From<DieselError> for Fail {
+    fn from(e: DieselError) -> Self {
+        Fail::Db(e)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Port(e)
+    }
+}
+
+/// Whether a database error leaves the question open whether the connection survived:
+/// such errors are classified by probing the connection.
+pub(crate) fn needs_probe(e: &DieselError) -> bool {
+    matches!(e, DieselError::DatabaseError(DatabaseErrorKind::Unknown, _))
+}
+
+/// Map a diesel error. `connection_lost` is the result of probing the connection after
+/// an error for which [`needs_probe`] is true (false otherwise).
+pub(crate) fn from_diesel(e: DieselError, op: &str, connection_lost: bool) -> Error {
+    let kind = match &e {
+        DieselError::DatabaseError(kind, info) => match kind {
+            DatabaseErrorKind::UniqueViolation => {
+                if info.constraint_name() == Some(VOLUME_UNIQUE) {
+                    ErrorKind::AlreadyExists
+                } else {
+                    ErrorKind::Conflict
+                }
+            }
+            // 40001: the transaction lost a race; running it again is the cure.
+            DatabaseErrorKind::SerializationFailure => ErrorKind::Transient,
+            // The socket is gone or could not be written: a fresh connection may work.
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
+                ErrorKind::Transient
+            }
+            DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation => {
+                ErrorKind::Invalid
+            }
+            // Includes 57P01 (admin shutdown) and a server crash: the server ends the
+            // session after reporting them, which the probe sees.
+            _ if connection_lost => ErrorKind::Transient,
+            _ => ErrorKind::Other,
+        },
+        DieselError::NotFound => ErrorKind::NotFound,
+        // The transaction could not be rolled back or committed cleanly: the connection
+        // is discarded by the pool and the transaction did not commit.
+        DieselError::BrokenTransactionManager
+        | DieselError::RollbackErrorOnCommit { .. }
+        | DieselError::AlreadyInTransaction
+        | DieselError::NotInTransaction => ErrorKind::Transient,
+        DieselError::DeserializationError(_) => ErrorKind::Corrupt,
+        DieselError::SerializationError(_) | DieselError::InvalidCString(_) => ErrorKind::Invalid,
+        _ => ErrorKind::Other,
+    };
+    Error::new(kind, format!("postgres registry: {op} failed"))
+        .with_source(DieselSource(e.to_string()))
+}
+
+/// Map a connection (or pool connection) failure.
+pub(crate) fn from_connection(e: ConnectionError, op: &str) -> Error {
+    let kind = match &e {
+        ConnectionError::InvalidConnectionUrl(_) | ConnectionError::InvalidCString(_) => {
+            ErrorKind::Invalid
+        }
+        // The server answered with an error (bad password, unknown database): permanent.
+        ConnectionError::CouldntSetupConfiguration(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            _,
+        )) => ErrorKind::Other,
+        // Refused, reset, unreachable: the server may come back.
+        _ => ErrorKind::Transient,
+    };
+    Error::new(kind, format!("postgres registry: {op}: cannot connect"))
+        .with_source(DieselSource(e.to_string()))
+}
+
+/// Map a failure to get a connection from the pool.
+pub(crate) fn from_pool(e: bb8::RunError<PoolError>, op: &str) -> Error {
+    match e {
+        bb8::RunError::TimedOut => Error::transient(format!(
+            "postgres registry: {op}: timed out waiting for a pooled connection"
+        )),
+        bb8::RunError::User(PoolError::ConnectionError(c)) => from_connection(c, op),
+        bb8::RunError::User(PoolError::QueryError(q)) => {
+            // The health check of a pooled connection failed: the connection is gone.
+            from_diesel(q, op, true).with_retryable(true)
+        }
+    }
+}
+
+/// The text of a diesel error, kept as the source of a core error. Diesel's errors are not
+/// `Clone` or always `Sync`; the text is what a log needs. It never contains bind values.
+#[derive(Debug)]
+struct DieselSource(String);
+
+impl std::fmt::Display for DieselSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DieselSource {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connection_is_transient_and_retryable() {
+        let e = DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("closed".to_owned()),
+        );
+        let mapped = from_diesel(e, "get", false);
+        assert_eq!(mapped.kind(), ErrorKind::Transient);
+        assert!(mapped.is_retryable());
+    }
+
+    #[test]
+    fn unknown_database_error_depends_on_the_probe() {
+        let mk =
+            || DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new("x".to_owned()));
+        assert!(needs_probe(&mk()));
+        assert_eq!(from_diesel(mk(), "get", false).kind(), ErrorKind::Other);
+        assert_eq!(from_diesel(mk(), "get", true).kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn serialization_failure_is_transient() {
+        let e = DieselError::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new("x".to_owned()),
+        );
+        assert!(!needs_probe(&e));
+        assert_eq!(from_diesel(e, "claim", false).kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn pool_timeout_is_transient() {
+        let e = from_pool(bb8::RunError::TimedOut, "get");
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn bad_url_is_invalid() {
+        let e = from_connection(ConnectionError::InvalidConnectionUrl("x".into()), "connect");
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(!e.is_retryable());
+    }
+}
