@@ -128,7 +128,11 @@ fn env(flush: bool) -> Env {
     )
     .expect("tempdir");
     let root = dir.path().to_path_buf();
-    let store = Arc::new(FsVolumeStore::new(root.join("volumes")).expect("store").with_flush(flush));
+    let store = Arc::new(
+        FsVolumeStore::new(root.join("volumes"))
+            .expect("store")
+            .with_flush(flush),
+    );
     let backend =
         Arc::new(LocalBackend::new(LocalConfig::new(root.join("local"))).expect("backend"));
     Env {
@@ -167,7 +171,14 @@ async fn handoff(e: &Env, src: &Path, i: usize) -> Duration {
 
 async fn bench_handoff(label: &str, flush: bool, make: impl Fn(&Path) -> u64, runs: usize) {
     let e = env(flush);
-    let label = format!("{label}, {}", if flush { "durable seal" } else { "seal without flush" });
+    let label = format!(
+        "{label}, {}",
+        if flush {
+            "durable seal"
+        } else {
+            "seal without flush"
+        }
+    );
     let src = e.root.join("source");
     let bytes = make(&src);
     // Warm the page cache once, like a step that just wrote its output.

@@ -113,6 +113,11 @@ pub struct RunArgs {
     )]
     pub registry: String,
 
+    /// Postgres schema of the registry's tables (created by the migrations); default:
+    /// the server's `search_path` (usually `public`).
+    #[arg(long, value_name = "SCHEMA", env = "JETBRIDGE_REGISTRY_SCHEMA")]
+    pub registry_schema: Option<String>,
+
     /// Where steps run: `local` (processes on this machine) or `kube` (a pod per step).
     #[arg(long, value_enum, default_value = "local", env = "JETBRIDGE_BACKEND")]
     pub backend: Backend,
@@ -155,6 +160,10 @@ pub struct MigrateArgs {
     /// The registry database: `postgres://USER@HOST:PORT/DB`.
     #[arg(long, value_name = "URL", env = "JETBRIDGE_REGISTRY")]
     pub registry: String,
+
+    /// Postgres schema of the registry's tables; default: the server's `search_path`.
+    #[arg(long, value_name = "SCHEMA", env = "JETBRIDGE_REGISTRY_SCHEMA")]
+    pub registry_schema: Option<String>,
 }
 
 /// Backends.

@@ -130,19 +130,23 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(".jetbridge")
 }
 
-async fn open_registry(url: &str) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
+async fn open_registry(
+    url: &str,
+    schema: Option<&str>,
+) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(jetbridge_memory::MemoryRegistry::new()));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let reg = jetbridge_postgres::PgRegistry::connect(
-            url,
-            jetbridge_postgres::PgOptions::default(),
-        )
-        .await
-        .with_context(
-            || "connecting to the Postgres registry (check --registry / JETBRIDGE_REGISTRY)",
-        )?;
+        let opts = jetbridge_postgres::PgOptions {
+            schema: schema.map(str::to_owned),
+            ..jetbridge_postgres::PgOptions::default()
+        };
+        let reg = jetbridge_postgres::PgRegistry::connect(url, opts)
+            .await
+            .with_context(
+                || "connecting to the Postgres registry (check --registry / JETBRIDGE_REGISTRY)",
+            )?;
         return Ok(Arc::new(reg));
     }
     Err(user(format!(
@@ -235,7 +239,7 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         &args.kube,
         Some(&args.bucket),
     )?;
-    let registry = open_registry(&args.registry).await?;
+    let registry = open_registry(&args.registry, args.registry_schema.as_deref()).await?;
     let (pods, exec): (Arc<dyn Pods>, Arc<dyn Exec>) = match args.backend {
         Backend::Local => {
             let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
@@ -367,7 +371,11 @@ async fn migrate(args: &MigrateArgs) -> anyhow::Result<u8> {
             "--registry must be a postgres:// URL; the memory registry has nothing to migrate",
         ));
     }
-    let applied = jetbridge_postgres::migrate(&args.registry)
+    let opts = jetbridge_postgres::PgOptions {
+        schema: args.registry_schema.clone(),
+        ..jetbridge_postgres::PgOptions::default()
+    };
+    let applied = jetbridge_postgres::migrate_with(&args.registry, &opts)
         .await
         .context("applying migrations")?;
     println!("applied {applied} migration(s)");

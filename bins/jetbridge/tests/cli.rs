@@ -350,16 +350,33 @@ fn hello_runs_with_artifacts_in_an_s3_bucket() {
         .arg(data.path())
         .arg("--volumes")
         .arg(format!("s3://{bucket}/{prefix}"))
-        .args(["--volumes-endpoint", &endpoint, "--volumes-allow-http", "--volumes-region", "us-east-1"])
+        .args([
+            "--volumes-endpoint",
+            &endpoint,
+            "--volumes-allow-http",
+            "--volumes-region",
+            "us-east-1",
+        ])
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .output()
         .expect("runs");
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("[put: outbox] delivered: HELLO FROM JETBRIDGE"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[put: outbox] delivered: HELLO FROM JETBRIDGE"),
+        "{stdout}"
+    );
     // Nothing was written to the local volume directory: the bucket held the artifacts.
-    assert_eq!(entries(&data.path().join("volumes/volumes")), Vec::<String>::new());
+    assert_eq!(
+        entries(&data.path().join("volumes/volumes")),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -367,5 +384,9 @@ fn a_bad_volumes_url_is_a_usage_error() {
     let data = tempfile::tempdir().expect("tempdir");
     let out = run_example("hello.yml", data.path(), &["--volumes", "ftp://nowhere/x"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("--volumes"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--volumes"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -26,7 +26,8 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
     .await
     .expect("simulator");
     let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "jb-req").expect("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-req")
+        .expect("kubeconfig");
     let backend = Arc::new(
         KubeBackend::new(KubeConfig {
             kubeconfig: Some(kubeconfig),
@@ -38,11 +39,24 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
         .expect("backend"),
     );
     let store = Arc::new(
-        FsVolumeStore::new(pvc.join("artifacts")).expect("store").with_pvc("artifacts", ""),
+        FsVolumeStore::new(pvc.join("artifacts"))
+            .expect("store")
+            .with_pvc("artifacts", ""),
     );
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
-    let rt = Runtime { pods: backend.clone(), exec: backend, volumes: Some(store), registry };
-    let runner = BuildRunner::new(rt, StepConfig::default(), ImageResolver::new(), "w", Arc::new(NoEvents));
+    let rt = Runtime {
+        pods: backend.clone(),
+        exec: backend,
+        volumes: Some(store),
+        registry,
+    };
+    let runner = BuildRunner::new(
+        rt,
+        StepConfig::default(),
+        ImageResolver::new(),
+        "w",
+        Arc::new(NoEvents),
+    );
 
     let yaml = "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{name: a}]\n      run: {path: sh, args: [-c, 'echo x > a/f']}\n  - task: use\n    config:\n      platform: linux\n      inputs: [{name: a}]\n      outputs: [{name: b}]\n      run: {path: sh, args: [-c, 'cp a/f b/f']}\n";
     let pipeline = Arc::new(parse_pipeline(yaml, "req.yml", &Vars::new()).expect("parses"));
@@ -61,9 +75,15 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
     assert_eq!(out.status, BuildStatus::Succeeded, "{:?}", out.failure);
     let requests = sim.requests();
     let per_step = requests.len() as f64 / 2.0;
-    println!("API requests for 2 steps: {} ({per_step} per step)", requests.len());
+    println!(
+        "API requests for 2 steps: {} ({per_step} per step)",
+        requests.len()
+    );
     for r in &requests {
         println!("  {} {}?{}", r.method, r.path, r.query);
     }
-    assert!(requests.len() <= 16, "more than 8 requests per step: {requests:#?}");
+    assert!(
+        requests.len() <= 16,
+        "more than 8 requests per step: {requests:#?}"
+    );
 }

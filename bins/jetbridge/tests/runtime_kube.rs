@@ -94,7 +94,8 @@ async fn kube_with_object_store() -> Option<RuntimeSubject> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", dir.path().display());
     s.runtime.volumes = Some(Arc::new(
-        jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default()).expect("store"),
+        jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default())
+            .expect("store"),
     ));
     Some(s.with_guard(dir))
 }

@@ -69,7 +69,9 @@ async fn local_with_s3() -> Option<RuntimeSubject> {
         return None;
     };
     let bucket = std::env::var("JETBRIDGE_S3_BUCKET").unwrap_or_else(|_| "jetbridge-test".into());
-    let prefix = jetbridge_core::names::StepHandle::random().short().to_owned();
+    let prefix = jetbridge_core::names::StepHandle::random()
+        .short()
+        .to_owned();
     subject(move |_| {
         let opts = jetbridge_object_store::ObjectStoreOptions::default()
             .with_endpoint(endpoint)
