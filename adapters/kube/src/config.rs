@@ -103,6 +103,9 @@ pub struct KubeConfig {
     /// The PersistentVolumeClaim for step caches; `None`: caches are `emptyDir`s (empty
     /// on every run).
     pub cache_claim: Option<String>,
+    /// Annotations of step pods, e.g. `gke-gcsfuse/volumes: "true"` so GKE's GCS FUSE
+    /// CSI driver mounts a bucket-backed artifact claim into them.
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 impl Default for KubeConfig {
@@ -127,6 +130,7 @@ impl Default for KubeConfig {
             watch_timeout: Duration::from_secs(290),
             artifact_claim: None,
             cache_claim: None,
+            pod_annotations: BTreeMap::new(),
         }
     }
 }

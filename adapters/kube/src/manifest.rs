@@ -424,6 +424,7 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
             name: Some(spec.name.clone()),
             namespace: cfg.namespace.clone(),
             labels: Some(labels),
+            annotations: (!cfg.pod_annotations.is_empty()).then(|| cfg.pod_annotations.clone()),
             ..ObjectMeta::default()
         },
         spec: Some(K8sPodSpec {
@@ -467,6 +468,24 @@ mod tests {
             claim: claim.into(),
             sub_path: sub.into(),
         }
+    }
+
+    #[test]
+    fn pod_annotations_are_set_only_when_configured() {
+        let plain = pod_manifest(&spec(), &with_claim()).unwrap();
+        assert!(plain.metadata.annotations.is_none());
+        let mut cfg = with_claim();
+        cfg.pod_annotations
+            .insert("gke-gcsfuse/volumes".into(), "true".into());
+        let pod = pod_manifest(&spec(), &cfg).unwrap();
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .unwrap()
+                .get("gke-gcsfuse/volumes")
+                .map(String::as_str),
+            Some("true")
+        );
     }
 
     fn with_claim() -> KubeConfig {

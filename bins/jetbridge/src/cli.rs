@@ -76,12 +76,7 @@ pub struct PipelineArgs {
     pub pipeline: PathBuf,
 
     /// Fill `((KEY))` placeholders; repeatable. The value is taken as a string.
-    #[arg(
-        long = "var",
-        value_name = "KEY=VALUE",
-        env = "JETBRIDGE_VARS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "var", value_name = "KEY=VALUE", env = "JETBRIDGE_VARS")]
     pub vars: Vec<String>,
 }
 
@@ -133,16 +128,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", env = "JETBRIDGE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The name this worker gives its pods and registry references.
-    #[arg(long, default_value = "local", env = "JETBRIDGE_WORKER")]
-    pub worker: String,
+    /// The name this worker gives its pods and registry references; default:
+    /// `<hostname>-<pid>`, unique per run, so concurrent runs never reap each other and
+    /// the leftovers of a run whose process is gone are collected by the next one.
+    #[arg(long, env = "JETBRIDGE_WORKER")]
+    pub worker: Option<String>,
 
     /// The build number shown in pod names.
     #[arg(long, default_value_t = 1, env = "JETBRIDGE_BUILD_NUMBER")]
     pub build_number: u64,
 
-    /// Keep step pods (sandboxes) after each step, for debugging; a later run's reaper
-    /// removes them.
+    /// Keep step pods (sandboxes) after each step, for debugging; the next run's
+    /// reaper removes them once this run's process is gone.
     #[arg(long, env = "JETBRIDGE_KEEP_PODS")]
     pub keep_pods: bool,
 }
@@ -255,6 +252,16 @@ pub struct KubeArgs {
         value_delimiter = ','
     )]
     pub node_selector: Vec<String>,
+
+    /// Annotation of step pods, e.g. `gke-gcsfuse/volumes=true` for a GCS FUSE artifact
+    /// claim on GKE; repeatable.
+    #[arg(
+        long = "pod-annotation",
+        value_name = "KEY=VALUE",
+        env = "JETBRIDGE_POD_ANNOTATIONS",
+        value_delimiter = ','
+    )]
+    pub pod_annotations: Vec<String>,
 
     /// Toleration of step pods, `KEY[=VALUE]:EFFECT` (no value: operator Exists); repeatable.
     #[arg(

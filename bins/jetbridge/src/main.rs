@@ -233,13 +233,52 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
             data_dir.display()
         ))
     })?;
+    let host = hostname();
+    let worker = args
+        .worker
+        .clone()
+        .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let shared_registry = args.registry != "memory" && args.registry != "memory://";
+    // A memory registry sees only this run: give the run volumes of its own (unless the
+    // user named a store), and never collect "orphans" in a store others may use.
+    let runs_dir = data_dir.join("runs");
+    remove_dead_runs(&runs_dir, &host);
+    let own_volumes = args.volumes.is_none() && !shared_registry;
+    let volumes_dir = if own_volumes {
+        runs_dir
+            .join(jetbridge_core::names::label_value(&worker))
+            .join("volumes")
+    } else {
+        data_dir.clone()
+    };
     let volumes = open_volumes(
         args.volumes.as_deref(),
-        &data_dir,
+        &volumes_dir,
         &args.kube,
         Some(&args.bucket),
     )?;
     let registry = open_registry(&args.registry, args.registry_schema.as_deref()).await?;
+    // Other workers see this one alive while it runs; refs of a dead one stop protecting.
+    const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    registry
+        .heartbeat(&worker, SystemTime::now(), HEARTBEAT_TTL)
+        .await
+        .map_err(|e| user(format!("--registry: {e}")))?;
+    let heartbeat = {
+        let registry = registry.clone();
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_TTL / 3).await;
+                if let Err(e) = registry
+                    .heartbeat(&worker, SystemTime::now(), HEARTBEAT_TTL)
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
     let (pods, exec): (Arc<dyn Pods>, Arc<dyn Exec>) = match args.backend {
         Backend::Local => {
             let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
@@ -255,7 +294,7 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
             (backend.clone(), backend)
         }
         Backend::Kube => {
-            let backend = Arc::new(kube_backend(&args.kube, &args.worker).await?);
+            let backend = Arc::new(kube_backend(&args.kube, &worker).await?);
             (backend.clone(), backend)
         }
     };
@@ -286,20 +325,18 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         ..StepConfig::default()
     };
     let printer = Arc::new(printer);
-    let runner = BuildRunner::new(
-        rt.clone(),
-        config,
-        images,
-        args.worker.clone(),
-        printer.clone(),
-    );
+    let runner = BuildRunner::new(rt.clone(), config, images, worker.clone(), printer.clone());
 
-    // Leftovers of an earlier run that was killed: its pods (our worker, not active).
+    // Leftovers of earlier runs whose process is gone (same host), or whose heartbeat
+    // expired: their pods, and what nothing references any more.
+    let mut reaper_config = ReaperConfig::new(worker.clone());
+    reaper_config.collect_orphan_volumes = shared_registry || own_volumes;
+    reaper_config.dead_worker = Some(Arc::new(move |owner: &str| worker_is_dead(owner, &host)));
     let reaper = Reaper::new(
         Some(rt.pods.clone()),
         Some(volumes),
         registry.clone(),
-        ReaperConfig::new(args.worker.clone()),
+        reaper_config.clone(),
     );
     if let Ok(report) = reaper.run_once(&HashSet::new(), SystemTime::now()).await {
         if !report.pods_deleted.is_empty() {
@@ -346,8 +383,16 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
     };
     let outcome = outcome.map_err(|e| user(e.to_string()))?;
 
-    // The build released its references; collect what nothing else holds.
-    match reaper
+    // The build released its references; collect what nothing else holds. Kept pods
+    // stay for debugging: the next run reaps them once this process is gone.
+    let end_reaper = Reaper::new(
+        (!args.keep_pods).then(|| rt.pods.clone()),
+        rt.volumes.clone(),
+        registry.clone(),
+        reaper_config,
+    );
+    heartbeat.abort();
+    match end_reaper
         .run_once(&runner.active_steps(), SystemTime::now())
         .await
     {
@@ -356,6 +401,15 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cleanup failed; the next run retries it"),
+    }
+    if let Err(e) = registry
+        .heartbeat(&worker, SystemTime::now(), std::time::Duration::ZERO)
+        .await
+    {
+        tracing::warn!(error = %e, "could not sign off the worker");
+    }
+    if own_volumes && !args.keep_pods {
+        let _ = std::fs::remove_dir_all(runs_dir.join(jetbridge_core::names::label_value(&worker)));
     }
     printer.summary(&outcome, started.elapsed());
     Ok(match outcome.status {
@@ -455,6 +509,12 @@ fn kube_config(args: &KubeArgs, worker: &str) -> anyhow::Result<jetbridge_kube::
             .split_once('=')
             .ok_or_else(|| user(format!("--node-selector {kv:?}: write KEY=VALUE")))?;
         cfg.node_selector.insert(k.to_owned(), v.to_owned());
+    }
+    for kv in &args.pod_annotations {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| user(format!("--pod-annotation {kv:?}: write KEY=VALUE")))?;
+        cfg.pod_annotations.insert(k.to_owned(), v.to_owned());
     }
     for t in &args.tolerations {
         let (kv, effect) = t
@@ -574,5 +634,49 @@ mod tests {
         assert_eq!(parse_memory("1G"), Some(1_000_000_000));
         assert_eq!(parse_memory("1000"), Some(1000));
         assert_eq!(parse_memory("lots"), None);
+    }
+}
+
+/// This machine's name, for worker names (`<hostname>-<pid>`).
+fn hostname() -> String {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let h = jetbridge_core::names::dns_fragment(h.trim());
+    if h.is_empty() { "local".to_owned() } else { h }
+}
+
+/// Whether `worker` (a label value) names a run on this host whose process is gone.
+fn worker_is_dead(worker: &str, host: &str) -> bool {
+    let Some((h, pid)) = worker.rsplit_once('-') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if h != jetbridge_core::names::label_value(host) || pid <= 0 || pid as u32 == std::process::id()
+    {
+        return false;
+    }
+    // Signal 0 only checks that the process exists.
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Remove the per-run volume directories of runs on this host that are gone.
+fn remove_dead_runs(runs: &Path, host: &str) {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if worker_is_dead(&name, host) {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "could not remove a dead run's volumes");
+            }
+        }
     }
 }

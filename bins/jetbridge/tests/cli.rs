@@ -53,10 +53,15 @@ fn assert_nothing_left(data: &Path) {
         Vec::<String>::new(),
         "pods left behind"
     );
+    // Each run keeps its volumes under runs/<worker>/ and removes them at the end.
     assert_eq!(
-        entries(&data.join("volumes/volumes")),
+        entries(&data.join("runs")),
         Vec::<String>::new(),
         "volumes left behind"
+    );
+    assert!(
+        data.join("local").exists(),
+        "the run used this data directory"
     );
 }
 
@@ -389,4 +394,48 @@ fn a_bad_volumes_url_is_a_usage_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn kept_pods_stay_until_the_next_run_reaps_them() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = run_example("parallel.yml", data.path(), &["--keep-pods"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let kept = entries(&data.path().join("local/pods"));
+    assert_eq!(
+        kept.len(),
+        3,
+        "one pod per step kept for debugging: {kept:?}"
+    );
+    // The first run's process is gone: the next run collects its pods.
+    let second = run_example("parallel.yml", data.path(), &[]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert_nothing_left(data.path());
+}
+
+#[test]
+fn concurrent_runs_do_not_reap_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let slow = write(
+        dir.path(),
+        "slow.yml",
+        "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      outputs: [{name: o}]\n      run: {path: sh, args: [-c, 'sleep 3; echo done > o/f; echo finished']}\n",
+    );
+    let mut long = bin()
+        .arg("run")
+        .arg(&slow)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    std::thread::sleep(Duration::from_millis(800));
+    // A second run on the same data directory starts and ends meanwhile.
+    let quick = run_example("fails.yml", &data, &[]);
+    assert_eq!(quick.status.code(), Some(1));
+    let out = long.wait_with_output().expect("first run ends");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("[task: slow] finished"));
+    assert_nothing_left(&data);
 }

@@ -13,8 +13,12 @@ use crate::error::Result;
 use crate::names::label;
 use crate::ports::{ArtifactRegistry, Pods, VolumeStore};
 
+/// Tells the reaper that a worker is known to be dead without asking the registry (e.g.
+/// a local worker whose process is gone).
+pub type DeadWorkerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// How the reaper behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReaperConfig {
     /// This worker's name: its own pods are reaped when their step is not active.
     pub worker: String,
@@ -26,6 +30,26 @@ pub struct ReaperConfig {
     pub batch: usize,
     /// Grace period for pod deletion.
     pub pod_grace: Duration,
+    /// Delete volumes no registry record names. Off when the registry cannot see every
+    /// user of the store (e.g. a per-process memory registry over a shared directory).
+    pub collect_orphan_volumes: bool,
+    /// Workers known to be dead besides those whose heartbeat expired; their pods are
+    /// reaped. Receives the worker label value.
+    pub dead_worker: Option<DeadWorkerCheck>,
+}
+
+impl std::fmt::Debug for ReaperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaperConfig")
+            .field("worker", &self.worker)
+            .field("orphan_volume_grace", &self.orphan_volume_grace)
+            .field("stale_claim", &self.stale_claim)
+            .field("batch", &self.batch)
+            .field("pod_grace", &self.pod_grace)
+            .field("collect_orphan_volumes", &self.collect_orphan_volumes)
+            .field("dead_worker", &self.dead_worker.is_some())
+            .finish()
+    }
 }
 
 impl ReaperConfig {
@@ -37,6 +61,8 @@ impl ReaperConfig {
             stale_claim: Duration::from_secs(600),
             batch: 500,
             pod_grace: Duration::from_secs(5),
+            collect_orphan_volumes: true,
+            dead_worker: None,
         }
     }
 }
@@ -131,10 +157,14 @@ impl Reaper {
                 !active.contains(handle)
             } else {
                 // Another worker's pod: only once that worker is known to be dead.
-                workers
-                    .iter()
-                    .find(|w| crate::names::label_value(&w.name) == owner)
-                    .is_some_and(|w| !w.alive_at(now))
+                self.config
+                    .dead_worker
+                    .as_ref()
+                    .is_some_and(|dead| dead(owner))
+                    || workers
+                        .iter()
+                        .find(|w| crate::names::label_value(&w.name) == owner)
+                        .is_some_and(|w| !w.alive_at(now))
             };
             if reap {
                 match pods.delete(&pod.name, self.config.pod_grace).await {
