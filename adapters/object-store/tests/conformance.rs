@@ -1,5 +1,5 @@
 //! The shared VolumeStore conformance suite against `ObjectStoreVolumes`: in memory and
-//! over a local directory always; against S3 when `scripts/emulators.sh` has started
+//! over a local directory always; against S3 when `.ci/emulators.sh` has started
 //! moto (`JETBRIDGE_S3_ENDPOINT`); against GCS when a bucket is named
 //! (`JETBRIDGE_GCS_URL`).
 

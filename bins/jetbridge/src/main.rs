@@ -159,6 +159,7 @@ fn open_volumes(
     data_dir: &Path,
     kube: &KubeArgs,
     bucket: Option<&BucketArgs>,
+    durable: bool,
 ) -> anyhow::Result<Arc<dyn VolumeStore>> {
     let dir = match spec {
         None => data_dir.join("volumes"),
@@ -188,7 +189,7 @@ fn open_volumes(
     if let Some(claim) = &kube.artifact_claim {
         store = store.with_pvc(claim.clone(), kube.artifact_claim_prefix.clone());
     }
-    Ok(Arc::new(store))
+    Ok(Arc::new(store.with_flush(durable)))
 }
 
 async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
@@ -256,6 +257,9 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         &volumes_dir,
         &args.kube,
         Some(&args.bucket),
+        // A run's own volumes die with the run (and a crashed run's are removed by the
+        // next): flushing them to disk on every seal would buy nothing.
+        !own_volumes,
     )?;
     let registry = open_registry(&args.registry, args.registry_schema.as_deref()).await?;
     // Other workers see this one alive while it runs; refs of a dead one stop protecting.
@@ -576,7 +580,7 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
             }
             "runtime" => {
                 let volumes: Arc<dyn VolumeStore> = match &args.volumes {
-                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None)?,
+                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)?,
                     None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
                 };
                 let mut images = ImageResolver::new();

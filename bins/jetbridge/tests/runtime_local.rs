@@ -62,7 +62,7 @@ async fn local_with_object_store() -> Option<RuntimeSubject> {
     })
 }
 
-/// S3 through the emulator `scripts/emulators.sh` starts (`JETBRIDGE_S3_ENDPOINT`).
+/// S3 through the emulator `.ci/emulators.sh` starts (`JETBRIDGE_S3_ENDPOINT`).
 async fn local_with_s3() -> Option<RuntimeSubject> {
     let Ok(endpoint) = std::env::var("JETBRIDGE_S3_ENDPOINT") else {
         jetbridge_conformance::live::unavailable("S3", "JETBRIDGE_S3_ENDPOINT is not set");

@@ -1,4 +1,4 @@
-# Sourced by scripts/test.sh: make sure a Postgres server answers and point the tests
+# Sourced by .ci/test.sh: make sure a Postgres server answers and point the tests
 # at it. Fails (never skips) when it cannot reach one.
 : "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres}"
 export DATABASE_URL

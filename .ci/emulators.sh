@@ -2,8 +2,8 @@
 # Object store emulator for the object-store adapter's live conformance tests: moto
 # (S3) on 127.0.0.1, installed from PyPI when missing.
 #
-#   eval "$(./scripts/emulators.sh start)"   # install if missing, start, wait, make the bucket
-#   ./scripts/emulators.sh stop              # stop what `start` started
+#   eval "$(./.ci/emulators.sh start)"   # install if missing, start, wait, make the bucket
+#   ./.ci/emulators.sh stop              # stop what `start` started
 #
 # `start` prints only `export` lines on stdout (progress goes to stderr):
 #   JETBRIDGE_S3_ENDPOINT, JETBRIDGE_S3_BUCKET

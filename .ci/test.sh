@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 # world every time.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jetbridge-target}"
 
-./scripts/install-tools.sh
-source ./scripts/postgres-env.sh
+./.ci/install-tools.sh
+source ./.ci/postgres-env.sh
 # The S3 emulator (moto) for the object-store suites; they fail rather than skip.
-eval "$(./scripts/emulators.sh start)"
-trap './scripts/emulators.sh stop >/dev/null 2>&1 || true' EXIT
+eval "$(./.ci/emulators.sh start)"
+trap './.ci/emulators.sh stop >/dev/null 2>&1 || true' EXIT
 export JETBRIDGE_REQUIRE_S3=1
 
 echo "== cargo fmt"
