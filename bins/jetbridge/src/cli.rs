@@ -54,6 +54,8 @@ pub enum Color {
 }
 
 /// Subcommands.
+// Parsed once per process: boxing the large variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a job of a pipeline and print a summary. Exit status: 0 success, 1 failure,

@@ -342,10 +342,10 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         registry.clone(),
         reaper_config.clone(),
     );
-    if let Ok(report) = reaper.run_once(&HashSet::new(), SystemTime::now()).await {
-        if !report.pods_deleted.is_empty() {
-            tracing::info!(pods = ?report.pods_deleted, "removed pods left by an earlier run");
-        }
+    if let Ok(report) = reaper.run_once(&HashSet::new(), SystemTime::now()).await
+        && !report.pods_deleted.is_empty()
+    {
+        tracing::info!(pods = ?report.pods_deleted, "removed pods left by an earlier run");
     }
 
     let (abort, signal) = abort_pair();
@@ -580,7 +580,9 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
             }
             "runtime" => {
                 let volumes: Arc<dyn VolumeStore> = match &args.volumes {
-                    Some(dir) => open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)?,
+                    Some(dir) => {
+                        open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)?
+                    }
                     None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
                 };
                 let mut images = ImageResolver::new();
@@ -624,23 +626,6 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_cpu("500m"), Some(500));
-        assert_eq!(parse_cpu("2"), Some(2000));
-        assert_eq!(parse_cpu("0.25"), Some(250));
-        assert_eq!(parse_cpu("x"), None);
-        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
-        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
-        assert_eq!(parse_memory("1000"), Some(1000));
-        assert_eq!(parse_memory("lots"), None);
-    }
-}
-
 /// This machine's name, for worker names (`<hostname>-<pid>`).
 fn hostname() -> String {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -677,10 +662,27 @@ fn remove_dead_runs(runs: &Path, host: &str) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if worker_is_dead(&name, host) {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!(dir = %e.path().display(), error = %err, "could not remove a dead run's volumes");
-            }
+        if worker_is_dead(&name, host)
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!(dir = %e.path().display(), error = %err, "could not remove a dead run's volumes");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse() {
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("0.25"), Some(250));
+        assert_eq!(parse_cpu("x"), None);
+        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1000"), Some(1000));
+        assert_eq!(parse_memory("lots"), None);
     }
 }

@@ -422,7 +422,7 @@ fn concurrent_runs_do_not_reap_each_other() {
         "slow.yml",
         "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      outputs: [{name: o}]\n      run: {path: sh, args: [-c, 'sleep 3; echo done > o/f; echo finished']}\n",
     );
-    let mut long = bin()
+    let long = bin()
         .arg("run")
         .arg(&slow)
         .arg("--data-dir")
