@@ -45,7 +45,11 @@ fn user(msg: impl Into<String>) -> anyhow::Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let ansi = cli.color == Color::Always
+        || (cli.color == Color::Auto
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none());
+    init_tracing(cli.log_format, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,11 +75,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, ansi: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -144,9 +149,11 @@ async fn open_registry(
         };
         let reg = jetbridge_postgres::PgRegistry::connect(url, opts)
             .await
-            .with_context(
-                || "connecting to the Postgres registry (check --registry / JETBRIDGE_REGISTRY)",
-            )?;
+            .map_err(|e| {
+                user(format!(
+                    "cannot use the Postgres registry (check --registry / JETBRIDGE_REGISTRY): {e}"
+                ))
+            })?;
         return Ok(Arc::new(reg));
     }
     Err(user(format!(
@@ -299,6 +306,22 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         }
         Backend::Kube => {
             let backend = Arc::new(kube_backend(&args.kube, &worker).await?);
+            // Fail now, plainly, rather than at the first step after retries.
+            let mut sel = std::collections::BTreeMap::new();
+            sel.insert(
+                jetbridge_core::names::label::MANAGED_BY.to_owned(),
+                jetbridge_core::names::label::MANAGED_BY_VALUE.to_owned(),
+            );
+            match tokio::time::timeout(std::time::Duration::from_secs(20), backend.list(&sel)).await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(user(format!("cannot reach Kubernetes: {e}"))),
+                Err(_) => {
+                    return Err(user(
+                        "cannot reach Kubernetes: the API server did not answer within 20 s",
+                    ));
+                }
+            }
             (backend.clone(), backend)
         }
     };

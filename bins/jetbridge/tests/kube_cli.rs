@@ -146,3 +146,23 @@ fn jetbridge_conformance_counts() -> usize {
         + jetbridge_conformance::EXEC_CASES.len()
         + jetbridge_conformance::RUNTIME_CASES.len()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_reported_before_any_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:1'}\nusers:\n- name: u\n  user: {}\ncontexts:\n- name: x\n  context: {cluster: c, user: u, namespace: ns}\ncurrent-context: x\n",
+    )
+    .expect("kubeconfig");
+    let out = run_on(&kubeconfig, &dir.path().join("data"), "parallel.yml").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot reach Kubernetes"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("▶"), "no step started");
+}
