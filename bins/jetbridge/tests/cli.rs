@@ -439,3 +439,62 @@ fn concurrent_runs_do_not_reap_each_other() {
     assert!(text(&out.stdout).contains("[task: slow] finished"));
     assert_nothing_left(&data);
 }
+
+/// Every file under `dir` (not following symlinks) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file()
+                && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_planted_secret_never_reaches_logs_or_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "s3cr3t-planted-7d1f0c";
+    let p = write(
+        dir.path(),
+        "secret.yml",
+        "jobs:\n- name: j\n  plan:\n  - task: uses-secret\n    params: {TOKEN: ((token))}\n    config:\n      platform: linux\n      outputs: [{name: o}]\n      run: {path: sh, args: [-c, 'test -n \"$TOKEN\" && echo token-was-set > o/flag']}\n",
+    );
+    let data = dir.path().join("d");
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .args([
+            "--var",
+            &format!("token={secret}"),
+            "--keep-pods",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("JETBRIDGE_LOG", "trace")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("uses-secret"), "the run was logged");
+    assert!(!all.contains(secret), "the secret reached the output");
+    // Nothing on disk holds it either: not the kept sandbox, not the volumes.
+    assert_eq!(
+        files_containing(&data, secret.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+}
