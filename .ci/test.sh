@@ -14,6 +14,8 @@ source ./.ci/postgres-env.sh
 eval "$(./.ci/emulators.sh start)"
 trap './.ci/emulators.sh stop >/dev/null 2>&1 || true' EXIT
 export JETBRIDGE_REQUIRE_S3=1
+# Rendered pod manifests are checked against the Kubernetes schema, never skipped.
+export JETBRIDGE_REQUIRE_KUBERNETES_VALIDATE=1
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
