@@ -613,8 +613,12 @@ pub async fn run_all(subject: &RuntimeSubject) -> Vec<CaseOutcome> {
 /// `runtime_conformance`. `$factory`: an `async fn() -> Option<RuntimeSubject>`.
 #[macro_export]
 macro_rules! runtime_suite {
-    ($factory:expr $(,)?) => {
+    (@ignored $reason:literal, $factory:expr $(,)?) => {
+        $crate::runtime_suite!(@attr [ignore = $reason] $factory);
+    };
+    (@attr [$attr:meta] $factory:expr) => {
         $crate::__suite_module!(
+            [$attr]
             runtime_conformance,
             runtime,
             "runtime",
@@ -631,5 +635,8 @@ macro_rules! runtime_suite {
                 nothing_left_after_build,
             ]
         );
+    };
+    ($factory:expr $(,)?) => {
+        $crate::runtime_suite!(@attr [allow(clippy::large_futures)] $factory);
     };
 }
