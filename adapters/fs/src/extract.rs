@@ -19,10 +19,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use jetbridge_core::{Error, Result};
 use tar::EntryType;
-use tokio::sync::mpsc;
 
 use crate::ioerr::{ctx, io_err};
 use crate::tree::check_symlink;
@@ -33,68 +31,7 @@ const MODE_MASK: u32 = 0o1777;
 /// Mode of directories the archive implies but does not list.
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
-/// One message from the async side to the blocking extractor.
-#[derive(Debug)]
-pub(crate) enum Chunk {
-    Data(Bytes),
-    /// The input stream failed; its error is what the caller sees.
-    Failed(Error),
-    /// The input stream ended normally.
-    End,
-}
-
-/// A blocking [`Read`] over chunks sent from the async side on a bounded channel, so
-/// memory stays at a few chunks whatever the archive size.
-pub(crate) struct ChannelReader {
-    rx: mpsc::Receiver<Chunk>,
-    cur: Bytes,
-    done: bool,
-    /// Where a stream error is kept so it wins over the tar parser's view of it.
-    failed: Arc<Mutex<Option<Error>>>,
-}
-
-impl ChannelReader {
-    pub(crate) fn new(rx: mpsc::Receiver<Chunk>, failed: Arc<Mutex<Option<Error>>>) -> Self {
-        ChannelReader {
-            rx,
-            cur: Bytes::new(),
-            done: false,
-            failed,
-        }
-    }
-
-    fn fail(&self, e: Error) -> io::Error {
-        let msg = e.to_string();
-        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        io::Error::other(msg)
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Chunk::Data(b)) => self.cur = b,
-                Some(Chunk::End) => self.done = true,
-                Some(Chunk::Failed(e)) => return Err(self.fail(e)),
-                // The sender went away without saying the stream ended: the caller
-                // gave up (future dropped). Never treat that as a complete archive.
-                None => {
-                    return Err(
-                        self.fail(Error::lost("the tar stream was abandoned before it ended"))
-                    );
-                }
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
-    }
-}
+pub(crate) use jetbridge_core::ports::bridge::{ChannelReader, Chunk};
 
 /// Turns read-side errors into the stream's own error when there is one, otherwise
 /// into `Invalid` (a malformed or truncated archive).

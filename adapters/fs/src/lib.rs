@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::VolumeHandle;
 use jetbridge_core::ports::{
@@ -602,19 +601,7 @@ impl VolumeStore for FsVolumeStore {
             let _guard = guard;
             this.write_blocking(&h, rx, &f2)
         });
-        let forward = async move {
-            let mut tar = tar;
-            while let Some(item) = tar.next().await {
-                let (chunk, last) = match item {
-                    Ok(b) => (Chunk::Data(b), false),
-                    Err(e) => (Chunk::Failed(e), true),
-                };
-                if tx.send(chunk).await.is_err() || last {
-                    return;
-                }
-            }
-            let _ = tx.send(Chunk::End).await;
-        };
+        let forward = jetbridge_core::ports::bridge::forward(tar, tx);
         tokio::pin!(forward);
         let mut forwarded = false;
         // Stop pulling the input as soon as extraction is over (done or failed).

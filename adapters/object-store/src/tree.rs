@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
 
 use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry};
 use jetbridge_core::{Error, Result};
@@ -157,7 +156,7 @@ impl Read for HashingReader<'_> {
 }
 
 /// Where an input error is kept so that it wins over the tar parser's view of it.
-pub(crate) type FailSlot = Arc<Mutex<Option<Error>>>;
+pub(crate) use jetbridge_core::ports::bridge::FailSlot;
 
 /// Turn a read-side error into the input's own error when there is one, otherwise
 /// into `Invalid` (a malformed or truncated archive).

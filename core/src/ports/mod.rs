@@ -4,6 +4,7 @@
 //! of an implementation, and reports what it can do through a small capabilities
 //! value so callers (and the conformance suite) can pick what applies.
 
+pub mod bridge;
 mod exec;
 mod pods;
 mod registry;
