@@ -10,10 +10,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jetbridge-target}"
 
 ./.ci/install-tools.sh
 source ./.ci/postgres-env.sh
-# The S3 emulator (moto) for the object-store suites; they fail rather than skip.
+# The S3 emulator (moto) and the GCS simulator for the object-store suites; they
+# fail rather than skip.
 eval "$(./.ci/emulators.sh start)"
 trap './.ci/emulators.sh stop >/dev/null 2>&1 || true' EXIT
 export JETBRIDGE_REQUIRE_S3=1
+export JETBRIDGE_REQUIRE_GCS=1
 # Rendered pod manifests are checked against the Kubernetes schema, never skipped.
 export JETBRIDGE_REQUIRE_KUBERNETES_VALIDATE=1
 

@@ -119,7 +119,8 @@ pub struct ObjectStoreOptions {
     /// Parts uploading at once; memory use of a write is about
     /// `part_size * (parts_in_flight + 1)`.
     pub parts_in_flight: usize,
-    /// zstd worker threads (0 compresses on the writing thread).
+    /// zstd's own worker threads besides the compressing stage's thread (0: none,
+    /// right for two cores; more only pays on machines with cores to spare).
     pub zstd_workers: u32,
     /// Where `read_tar` keeps the downloaded object while verifying it (default: the
     /// system temporary directory).
@@ -304,7 +305,14 @@ pub(crate) fn build(url: &str, o: &ObjectStoreOptions) -> Result<Built> {
             if host.is_empty() {
                 return Err(invalid(url, "no bucket"));
             }
-            let mut b = GoogleCloudStorageBuilder::from_env()
+            // Anonymous means no credentials at all: the environment's are not read
+            // (a service account there would clash with the empty key below).
+            let base = if o.anonymous {
+                GoogleCloudStorageBuilder::new()
+            } else {
+                GoogleCloudStorageBuilder::from_env()
+            };
+            let mut b = base
                 .with_bucket_name(&host)
                 .with_retry(retry)
                 .with_client_options(client_options(o));

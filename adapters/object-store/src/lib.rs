@@ -16,6 +16,7 @@
 //! manifest points at. `read_tar` verifies the whole object against the manifest
 //! before it yields a byte. See the README for the full argument.
 
+mod checksum;
 mod config;
 mod errors;
 mod pipe;
@@ -51,7 +52,7 @@ const MANIFEST: &str = "manifest.json";
 const CREATING: &str = "creating.json";
 const WRITTEN: &str = "written.json";
 /// Object format written by this version.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Metadata reads at once in `list`.
 const LIST_CONCURRENCY: usize = 8;
 
@@ -61,6 +62,10 @@ struct CreatingMarker {
     format: u32,
     handle: String,
     created_at_unix_ms: u64,
+    /// Random, per `create` call: tells a retried conditional put whose first answer
+    /// was lost (the marker is ours) from a real race (it is someone else's).
+    #[serde(default)]
+    nonce: String,
 }
 
 /// Contents of `written.json`: what one successful `write_tar` stored.
@@ -72,8 +77,8 @@ struct Written {
     data: String,
     compression: String,
     object_size: u64,
-    /// sha256 of the data object, hex.
-    object_sha256: String,
+    /// CRC32C of the data object, 8 hex digits.
+    object_crc32c: String,
     digest: Digest,
     size: u64,
     files: u64,
@@ -91,8 +96,8 @@ struct Manifest {
     data: Option<String>,
     compression: String,
     object_size: u64,
-    /// sha256 of the data object, hex (empty without one).
-    object_sha256: String,
+    /// CRC32C of the data object, 8 hex digits (empty without one).
+    object_crc32c: String,
     created_at_unix_ms: Option<u64>,
     sealed_at_unix_ms: u64,
 }
@@ -438,12 +443,22 @@ impl ObjectStoreVolumes {
             data: name,
             compression: o.compression.name().to_owned(),
             object_size: up.object_size,
-            object_sha256: hex::encode(up.object_sha256),
+            object_crc32c: checksum::to_hex(up.object_crc32c),
             digest: up.summary.digest,
             size: up.summary.size,
             files: up.summary.files,
         };
         if let Err(e) = self.put_json(&written_path, &w, true).await {
+            // A retried put whose first answer was lost finds its own record: the
+            // data object's name is unique to this call.
+            let ours = e.kind() == ErrorKind::AlreadyExists
+                && matches!(
+                    self.get_json::<Written>(handle, WRITTEN).await,
+                    Ok(Some(ref got)) if got.data == w.data
+                );
+            if ours {
+                return self.after_written(handle, &written_path, &data_path).await;
+            }
             let _ = self.delete_object(&data_path).await;
             return Err(if e.kind() == ErrorKind::AlreadyExists {
                 Error::conflict(format!(
@@ -453,10 +468,20 @@ impl ObjectStoreVolumes {
                 e.context(format_args!("writing volume {handle}"))
             });
         }
+        self.after_written(handle, &written_path, &data_path).await
+    }
+
+    /// The end of a write: if the volume was deleted while the upload ran, leave
+    /// nothing behind.
+    async fn after_written(
+        &self,
+        handle: &VolumeHandle,
+        written_path: &Path,
+        data_path: &Path,
+    ) -> Result<()> {
         if self.marker(handle).await?.is_none() {
-            // Deleted while the upload ran: leave nothing behind.
-            let _ = self.delete_object(&written_path).await;
-            let _ = self.delete_object(&data_path).await;
+            let _ = self.delete_object(written_path).await;
+            let _ = self.delete_object(data_path).await;
             return Err(not_found(handle));
         }
         Ok(())
@@ -477,7 +502,7 @@ impl ObjectStoreVolumes {
                 data: None,
                 compression: Compression::None.name().to_owned(),
                 object_size: 0,
-                object_sha256: String::new(),
+                object_crc32c: String::new(),
                 created_at_unix_ms: Some(marker.created_at_unix_ms),
                 sealed_at_unix_ms: unix_ms(SystemTime::now()),
             },
@@ -506,7 +531,7 @@ impl ObjectStoreVolumes {
                     data: Some(w.data),
                     compression: w.compression,
                     object_size: w.object_size,
-                    object_sha256: w.object_sha256,
+                    object_crc32c: w.object_crc32c,
                     created_at_unix_ms: Some(marker.created_at_unix_ms),
                     sealed_at_unix_ms: unix_ms(SystemTime::now()),
                 }
@@ -567,11 +592,19 @@ impl VolumeStore for ObjectStoreVolumes {
             format: FORMAT,
             handle: handle.as_str().to_owned(),
             created_at_unix_ms: created_ms,
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
         };
         match self.put_json(&marker_path, &marker, true).await {
             Ok(()) => Ok(creating_info(handle, Some(from_unix_ms(created_ms)))),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                Err(Error::already_exists(format!("volume {handle} exists")))
+                // The client retries a put whose answer was lost; the retry then finds
+                // the marker its first attempt wrote. That one is ours.
+                match self.get_json::<CreatingMarker>(handle, CREATING).await {
+                    Ok(Some(m)) if m.nonce == marker.nonce => {
+                        Ok(creating_info(handle, Some(from_unix_ms(created_ms))))
+                    }
+                    _ => Err(Error::already_exists(format!("volume {handle} exists"))),
+                }
             }
             Err(e) => Err(e.context(format_args!("creating volume {handle}"))),
         }
@@ -618,7 +651,7 @@ impl VolumeStore for ObjectStoreVolumes {
             volume: handle.as_str().to_owned(),
             zstd,
             object_size: m.object_size,
-            object_sha256: m.object_sha256.clone(),
+            object_crc32c: m.object_crc32c.clone(),
             digest: m.digest.clone(),
             size: m.size,
             files: m.files,

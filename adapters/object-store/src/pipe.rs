@@ -8,8 +8,6 @@ use jetbridge_core::Result;
 use jetbridge_core::ports::ByteStream;
 use tokio::sync::mpsc;
 
-use sha2::{Digest as _, Sha256};
-
 /// Chunks in flight between the async side and a blocking thread.
 pub(crate) const CHANNEL_DEPTH: usize = 8;
 
@@ -26,7 +24,7 @@ pub(crate) struct ChannelWriter<T> {
     buf: Vec<u8>,
     chunk: usize,
     total: u64,
-    hasher: Option<Sha256>,
+    crc: Option<crc_fast::Digest>,
 }
 
 impl<T> ChannelWriter<T> {
@@ -37,13 +35,13 @@ impl<T> ChannelWriter<T> {
             buf: Vec::with_capacity(chunk),
             chunk,
             total: 0,
-            hasher: None,
+            crc: None,
         }
     }
 
-    /// Also compute the sha256 of everything written.
-    pub(crate) fn hashed(mut self) -> Self {
-        self.hasher = Some(Sha256::new());
+    /// Also compute the CRC32C of everything written (see [`crate::checksum`]).
+    pub(crate) fn checksummed(mut self) -> Self {
+        self.crc = Some(crate::checksum::crc32c());
         self
     }
 
@@ -57,12 +55,12 @@ impl<T> ChannelWriter<T> {
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the receiver went away"))
     }
 
-    /// Send what is buffered; the total number of bytes written and their sha256
-    /// (all zero unless [`Self::hashed`]).
-    pub(crate) fn finish(mut self) -> io::Result<(u64, [u8; 32])> {
+    /// Send what is buffered; the total number of bytes written and their CRC32C
+    /// (0 unless [`Self::checksummed`]).
+    pub(crate) fn finish(mut self) -> io::Result<(u64, u32)> {
         self.send()?;
-        let hash = self.hasher.take().map(|h| h.finalize().into());
-        Ok((self.total, hash.unwrap_or([0; 32])))
+        let crc = self.crc.take().map_or(0, |c| crate::checksum::value(&c));
+        Ok((self.total, crc))
     }
 }
 
@@ -71,8 +69,8 @@ impl<T> Write for ChannelWriter<T> {
         let room = self.chunk - self.buf.len();
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
-        if let Some(h) = &mut self.hasher {
-            h.update(&data[..n]);
+        if let Some(c) = &mut self.crc {
+            c.update(&data[..n]);
         }
         self.total += n as u64;
         if self.buf.len() >= self.chunk {

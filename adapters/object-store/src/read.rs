@@ -22,13 +22,12 @@ use jetbridge_core::ports::ByteStream;
 use jetbridge_core::{Error, ErrorKind, Result};
 use object_store::path::Path;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
-use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 use tokio::sync::mpsc;
 
 use crate::errors::{Backend, io_err, store_err};
 use crate::pipe::{CHANNEL_DEPTH, ChannelReader, ChannelWriter, Chunk, receiver_stream};
-use crate::tree::{FailSlot, HashOnly, VNode, VTree, ingest, take_failed};
+use crate::tree::{FailSlot, HashOnly, Hashing, VNode, VTree, ingest, take_failed};
 
 /// Read size of the output stream.
 const READ_CHUNK: usize = 256 * 1024;
@@ -39,8 +38,8 @@ pub(crate) struct Expect {
     pub volume: String,
     pub zstd: bool,
     pub object_size: u64,
-    /// sha256 of the whole stored object, hex.
-    pub object_sha256: String,
+    /// CRC32C of the whole stored object, hex.
+    pub object_crc32c: String,
     pub digest: jetbridge_core::digest::Digest,
     pub size: u64,
     pub files: u64,
@@ -51,17 +50,73 @@ struct Tee<R> {
     inner: R,
     copy: Option<File>,
     count: u64,
-    hasher: Sha256,
+    crc: crc_fast::Digest,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        self.crc.update(&buf[..n]);
         if let Some(f) = &mut self.copy {
             f.write_all(&buf[..n])?;
         }
         self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decompress everything `src` yields into `tx`, in chunks. A decompression error is
+/// sent on as well, so the parser reports it where it meets it.
+fn decompress_into<R: Read>(
+    src: &mut R,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Bytes>>,
+) -> io::Result<()> {
+    let mut dec = zstd::stream::read::Decoder::new(src)?;
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match dec.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let again = io::Error::new(e.kind(), e.to_string());
+                    let _ = tx.send(Err(e));
+                    return Err(again);
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(Bytes::from(buf))).is_err() {
+            // The parser stopped (it has an error of its own to report).
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A blocking [`Read`] over decompressed chunks; the end of the channel is the end.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => self.cur = b,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
         Ok(n)
     }
 }
@@ -72,7 +127,7 @@ fn corrupt(volume: &str, what: impl std::fmt::Display) -> Error {
 
 /// Decompress (or not), parse and hash everything `reader` yields; check it against
 /// `want`. Returns the modelled tree.
-fn verify<R: Read>(
+fn verify<R: Read + Send>(
     reader: R,
     copy: Option<File>,
     want: &Expect,
@@ -82,7 +137,7 @@ fn verify<R: Read>(
         inner: reader,
         copy,
         count: 0,
-        hasher: Sha256::new(),
+        crc: crate::checksum::crc32c(),
     };
     let as_corrupt = |e: Error| {
         if e.kind() == ErrorKind::Invalid {
@@ -97,19 +152,48 @@ fn verify<R: Read>(
         }
     };
     let tree = if want.zstd {
-        let dec = zstd::stream::read::Decoder::new(&mut tee)
-            .map_err(|e| io_err(e, "starting the decompressor"))?;
-        let mut archive = tar::Archive::new(dec);
-        let tree = ingest(&mut archive, &mut HashOnly::default(), failed).map_err(as_corrupt)?;
-        // The rest of the frame: its checksum is checked at the end.
-        let mut dec = archive.into_inner();
-        io::copy(&mut dec, &mut io::sink())
-            .map_err(|e| crate::tree::read_err(failed, e, "reading the end of the data"))
-            .map_err(as_corrupt)?;
-        tree
+        // Decompression on its own thread, parsing and hashing on this one: the two
+        // costs overlap instead of adding up.
+        std::thread::scope(|s| -> Result<VTree> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+            let tee = &mut tee;
+            let decoder = s.spawn(move || decompress_into(tee, &tx));
+            let mut archive = tar::Archive::new(Chunks {
+                rx,
+                cur: Bytes::new(),
+            });
+            let parsed = ingest(
+                &mut archive,
+                &mut HashOnly::default(),
+                failed,
+                Hashing::Inline,
+            )
+            .and_then(|tree| {
+                // The rest of the frame: its checksum is checked at the end.
+                io::copy(&mut archive.into_inner(), &mut io::sink())
+                    .map_err(|e| crate::tree::read_err(failed, e, "reading the end of the data"))?;
+                Ok(tree)
+            });
+            // Dropping the receiver (on error) stops the decompressor.
+            let done = decoder.join();
+            let tree = parsed.map_err(as_corrupt)?;
+            match done {
+                Ok(r) => r
+                    .map_err(|e| crate::tree::read_err(failed, e, "decompressing the data"))
+                    .map_err(as_corrupt)?,
+                Err(_) => return Err(Error::other("the decompressor thread panicked")),
+            }
+            Ok(tree)
+        })?
     } else {
         let mut archive = tar::Archive::new(&mut tee);
-        ingest(&mut archive, &mut HashOnly::default(), failed).map_err(as_corrupt)?
+        ingest(
+            &mut archive,
+            &mut HashOnly::default(),
+            failed,
+            Hashing::Inline,
+        )
+        .map_err(as_corrupt)?
     };
     // Anything after the archive still counts towards the object size.
     io::copy(&mut tee, &mut io::sink())
@@ -128,11 +212,11 @@ fn verify<R: Read>(
             ),
         ));
     }
-    let object_sha256 = hex::encode(tee.hasher.finalize());
-    if object_sha256 != want.object_sha256 {
+    let object_crc32c = crate::checksum::to_hex(crate::checksum::value(&tee.crc));
+    if object_crc32c != want.object_crc32c {
         return Err(corrupt(
             &want.volume,
-            "the data object's sha256 does not match the manifest",
+            "the data object's CRC32C does not match the manifest",
         ));
     }
     let s = tree.summary();

@@ -48,6 +48,8 @@ pub(crate) enum VNode {
         sha256: [u8; 32],
         /// Where the data starts in the archive being read (as `tar` reports it).
         pos: u64,
+        /// Which file of the archive (0, 1, ...) holds the data; a hard link shares it.
+        id: usize,
     },
     Symlink {
         target: String,
@@ -70,6 +72,8 @@ pub(crate) struct VTree {
     /// than a directory listed again) and no hard links. A simple archive can be
     /// handed out as it is; another one has to be rebuilt from [`Self::nodes`].
     pub simple: bool,
+    /// Regular file entries seen so far (the next file's id).
+    pub file_entries: usize,
 }
 
 impl VTree {
@@ -77,7 +81,26 @@ impl VTree {
         VTree {
             nodes: BTreeMap::new(),
             simple: true,
+            file_entries: 0,
         }
+    }
+
+    /// Set the sha256 of every file from `hashes`, the digests of the archive's file
+    /// entries in order (when [`ingest`] was told not to hash).
+    pub(crate) fn fill_hashes(&mut self, hashes: &[[u8; 32]]) -> Result<()> {
+        if hashes.len() != self.file_entries {
+            return Err(Error::other(format!(
+                "{} file digests for {} files",
+                hashes.len(),
+                self.file_entries
+            )));
+        }
+        for node in self.nodes.values_mut() {
+            if let VNode::File { sha256, id, .. } = node {
+                *sha256 = hashes[*id];
+            }
+        }
+        Ok(())
     }
 
     /// The [`TreeDigest`] of the tree.
@@ -123,8 +146,8 @@ pub(crate) trait EntrySink {
     fn implied_dir(&mut self, path: &str) -> Result<()>;
     /// A directory entry.
     fn dir(&mut self, path: &str, mode: u32, mtime: u64) -> Result<()>;
-    /// A regular file: the sink must read `data` to its end (hashing what it reads
-    /// through it) and return how many bytes it read.
+    /// A regular file: the sink must read `data` to its end (hashing and counting
+    /// what it reads through it).
     fn file(
         &mut self,
         path: &str,
@@ -139,17 +162,19 @@ pub(crate) trait EntrySink {
     fn hard_link(&mut self, path: &str, target: &str, mtime: u64) -> Result<()>;
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that counts and (unless told not to) hashes what passes through it.
 pub(crate) struct HashingReader<'a> {
     inner: &'a mut dyn Read,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     read: u64,
 }
 
 impl Read for HashingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.read += n as u64;
         Ok(n)
     }
@@ -197,12 +222,23 @@ pub(crate) fn components(raw: &[u8], what: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Whether [`ingest`] hashes file data itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hashing {
+    /// Hash every file as it is read.
+    Inline,
+    /// Leave the digests zero; the caller hashes the file entries elsewhere (another
+    /// thread) and calls [`VTree::fill_hashes`].
+    Deferred,
+}
+
 /// Read `archive` to its end-of-archive marker, checking every entry, feeding `sink`
 /// and modelling the resulting tree.
 pub(crate) fn ingest<R: Read>(
     archive: &mut tar::Archive<R>,
     sink: &mut dyn EntrySink,
     failed: &FailSlot,
+    hashing: Hashing,
 ) -> Result<VTree> {
     let mut tree = VTree::new();
     let entries = archive
@@ -210,7 +246,7 @@ pub(crate) fn ingest<R: Read>(
         .map_err(|e| read_err(failed, e, "reading the archive"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_err(failed, e, "reading an archive entry"))?;
-        one_entry(&mut tree, &mut entry, sink, failed)?;
+        one_entry(&mut tree, &mut entry, sink, failed, hashing)?;
     }
     // A later entry can change what an earlier link resolves through.
     for (path, node) in &tree.nodes {
@@ -226,6 +262,7 @@ fn one_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     sink: &mut dyn EntrySink,
     failed: &FailSlot,
+    hashing: Hashing,
 ) -> Result<()> {
     let et = entry.header().entry_type();
     if et.is_pax_global_extensions() {
@@ -259,7 +296,7 @@ fn one_entry<R: Read>(
             let expect = (et != EntryType::GNUSparse).then(|| entry.size());
             let mut data = HashingReader {
                 inner: entry,
-                hasher: Sha256::new(),
+                hasher: (hashing == Hashing::Inline).then(Sha256::new),
                 read: 0,
             };
             let r = sink.file(&rel, mode, mtime, expect, &mut data);
@@ -278,7 +315,9 @@ fn one_entry<R: Read>(
                     "the archive ends inside {rel:?} ({got} of {want} bytes)"
                 )));
             }
-            let sha256: [u8; 32] = data.hasher.finalize().into();
+            let sha256: [u8; 32] = data.hasher.map_or([0; 32], |h| h.finalize().into());
+            let id = tree.file_entries;
+            tree.file_entries += 1;
             tree.nodes.insert(
                 rel,
                 VNode::File {
@@ -286,6 +325,7 @@ fn one_entry<R: Read>(
                     size: got,
                     sha256,
                     pos,
+                    id,
                 },
             );
         }
@@ -506,6 +546,7 @@ mod tests {
             &mut tar::Archive::new(data),
             &mut HashOnly::default(),
             &failed,
+            Hashing::Inline,
         )
     }
 

@@ -1,14 +1,15 @@
 //! `write_tar`: check a tar stream as it arrives, re-emit it in canonical form,
 //! compress it and upload it as one multipart object.
 //!
-//! Three stages run at once: the async side forwards the caller's stream to a blocking
-//! thread (bounded channel); the thread parses, checks and hashes every entry and
-//! writes canonical entries through the compressor into another bounded channel; the
-//! async side puts those chunks into a multipart upload with a few parts in flight.
+//! Stages run at once, joined by bounded channels: the async side forwards the
+//! caller's stream to a blocking thread, which parses and checks every entry and
+//! writes canonical entries (stage A); a second thread hashes the files of that
+//! canonical stream for the tree digest (B); with zstd a third compresses (C); the
+//! async side puts the result into a multipart upload with a few parts in flight.
 //! The object becomes visible only when the upload completes; on any failure, or when
 //! the caller drops the future, the upload is aborted.
 
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +23,8 @@ use tokio::sync::mpsc;
 use crate::config::Compression;
 use crate::errors::{Backend, store_err};
 use crate::pipe::{CHANNEL_DEPTH, ChannelReader, ChannelWriter, Chunk, OUT_CHUNK, forward};
-use crate::tree::{EntrySink, FailSlot, HashingReader, Summary, ingest};
+use crate::tree::{EntrySink, FailSlot, Hashing, HashingReader, Summary, VTree, ingest};
+use sha2::{Digest as _, Sha256};
 
 /// What a successful upload produced.
 #[derive(Debug, Clone)]
@@ -30,8 +32,8 @@ pub(crate) struct Uploaded {
     pub summary: Summary,
     /// Bytes of the stored object.
     pub object_size: u64,
-    /// sha256 of the stored object.
-    pub object_sha256: [u8; 32],
+    /// CRC32C of the stored object.
+    pub object_crc32c: u32,
 }
 
 /// How to upload.
@@ -45,40 +47,13 @@ pub(crate) struct UploadParams {
     pub spool_dir: Option<std::path::PathBuf>,
 }
 
-/// The compressor (or not) in front of the upload channel.
-enum Out {
-    Plain(ChannelWriter<Bytes>),
-    Zstd(Box<zstd::stream::write::Encoder<'static, ChannelWriter<Bytes>>>),
-}
-
-impl Write for Out {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Out::Plain(w) => w.write(buf),
-            Out::Zstd(w) => w.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Out::Plain(w) => w.flush(),
-            Out::Zstd(w) => w.flush(),
-        }
-    }
-}
-
-impl Out {
-    fn finish(self) -> io::Result<(u64, [u8; 32])> {
-        match self {
-            Out::Plain(w) => w.finish(),
-            Out::Zstd(w) => w.finish()?.finish(),
-        }
-    }
-}
+/// Read size when copying file data into the canonical archive.
+const COPY_BUF: usize = 256 * 1024;
 
 /// Re-emits accepted entries as a canonical tar: GNU headers, owners 0, masked modes,
 /// normalized paths, implied directories listed.
 struct Canonical<'a> {
-    builder: tar::Builder<Out>,
+    builder: tar::Builder<ChannelWriter<Bytes>>,
     spool_dir: Option<&'a std::path::Path>,
 }
 
@@ -124,6 +99,12 @@ impl EntrySink for Canonical<'_> {
         match size_hint {
             Some(size) => {
                 h.set_size(size);
+                // `io::copy` inside `append_data` moves 8 KiB per call unless the
+                // reader is buffered; large reads keep the per-call cost out of it.
+                let cap = usize::try_from(size)
+                    .unwrap_or(COPY_BUF)
+                    .clamp(512, COPY_BUF);
+                let data = io::BufReader::with_capacity(cap, data);
                 self.builder
                     .append_data(&mut h, path, data)
                     .map_err(|e| out_err(e, "writing a file entry"))
@@ -163,45 +144,171 @@ impl EntrySink for Canonical<'_> {
     }
 }
 
-/// The blocking stage: parse, check, hash, re-emit, compress.
+/// A blocking [`Read`] over a channel of chunks that hands every chunk on (`next`)
+/// as it arrives, before its bytes are read.
+struct Forwarding<'a, F> {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+    next: &'a mut F,
+}
+
+impl<F: FnMut(Bytes) -> io::Result<()>> Read for Forwarding<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => {
+                    (self.next)(b.clone())?;
+                    self.cur = b;
+                }
+                // Stage A is done (or failed, in which case its error is reported).
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Stage B: parse the canonical tar stage A writes (well formed: A made it), hash
+/// every regular file's data in entry order, and hand each chunk on unchanged.
+fn hash_entries(
+    rx: mpsc::Receiver<Bytes>,
+    mut next: impl FnMut(Bytes) -> io::Result<()>,
+) -> io::Result<Vec<[u8; 32]>> {
+    let reader = Forwarding {
+        rx,
+        cur: Bytes::new(),
+        next: &mut next,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != EntryType::Regular {
+            continue;
+        }
+        let mut h = Sha256::new();
+        loop {
+            match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        hashes.push(h.finalize().into());
+    }
+    // The end-of-archive blocks still go on.
+    io::copy(&mut archive.into_inner(), &mut io::sink())?;
+    Ok(hashes)
+}
+
+/// Stage C (zstd only): compress what stage B hands on into the upload channel.
+/// Returns the compressed size and its CRC32C.
+fn compress(
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    out_tx: mpsc::Sender<Bytes>,
+    level: i32,
+    workers: u32,
+) -> io::Result<(u64, u32)> {
+    let writer = ChannelWriter::new(out_tx, |b| b, OUT_CHUNK).checksummed();
+    let mut enc = zstd::stream::write::Encoder::new(writer, level)?;
+    enc.include_checksum(true)?;
+    if workers > 0 {
+        enc.multithread(workers)?;
+    }
+    for b in rx {
+        enc.write_all(&b)?;
+    }
+    enc.finish()?.finish()
+}
+
+fn joined<T>(r: std::thread::Result<io::Result<T>>, what: &str) -> Result<T> {
+    match r {
+        Ok(r) => r.map_err(|e| out_err(e, what)),
+        Err(_) => Err(Error::other(format!("{what}: the worker thread panicked"))),
+    }
+}
+
+/// The blocking side, three stages on their own threads so they use every core:
+/// A parses and checks the input and re-emits it in canonical form; B hashes each
+/// file of that canonical stream (the tree digest) and checksums it; C compresses.
+/// Chunks pass between them by reference, never copied.
 fn process(
     rx: mpsc::Receiver<Chunk>,
     failed: FailSlot,
     out_tx: mpsc::Sender<Bytes>,
     p: &UploadParams,
 ) -> Result<Uploaded> {
-    let writer = ChannelWriter::new(out_tx, |b| b, OUT_CHUNK).hashed();
-    let out = match p.compression {
-        Compression::None => Out::Plain(writer),
-        Compression::Zstd { level } => {
-            let mut enc = zstd::stream::write::Encoder::new(writer, level)
-                .map_err(|e| out_err(e, "starting the compressor"))?;
-            enc.include_checksum(true)
-                .map_err(|e| out_err(e, "configuring the compressor"))?;
-            if p.zstd_workers > 0 {
-                enc.multithread(p.zstd_workers)
-                    .map_err(|e| out_err(e, "configuring the compressor"))?;
+    let (mid_tx, mid_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    std::thread::scope(|s| {
+        let (stage_b, stage_c) = match p.compression {
+            Compression::None => {
+                let b = s.spawn(move || {
+                    let mut crc = crate::checksum::crc32c();
+                    let mut size = 0u64;
+                    let hashes = hash_entries(mid_rx, |b| {
+                        crc.update(&b);
+                        size += b.len() as u64;
+                        out_tx.blocking_send(b).map_err(|_| {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "the upload went away")
+                        })
+                    })?;
+                    Ok((hashes, Some((size, crate::checksum::value(&crc)))))
+                });
+                (b, None)
             }
-            Out::Zstd(Box::new(enc))
-        }
-    };
-    let mut sink = Canonical {
-        builder: tar::Builder::new(out),
-        spool_dir: p.spool_dir.as_deref(),
-    };
-    let mut archive = tar::Archive::new(ChannelReader::new(rx, failed.clone()));
-    let tree = ingest(&mut archive, &mut sink, &failed)?;
-    let out = sink
-        .builder
-        .into_inner()
-        .map_err(|e| out_err(e, "finishing the archive"))?;
-    let (object_size, object_sha256) = out
-        .finish()
-        .map_err(|e| out_err(e, "finishing the compressed stream"))?;
-    Ok(Uploaded {
-        summary: tree.summary(),
-        object_size,
-        object_sha256,
+            Compression::Zstd { level } => {
+                let (c_tx, c_rx) = std::sync::mpsc::sync_channel::<Bytes>(CHANNEL_DEPTH);
+                let workers = p.zstd_workers;
+                let c = s.spawn(move || compress(c_rx, out_tx, level, workers));
+                let b = s.spawn(move || {
+                    let hashes = hash_entries(mid_rx, |b| {
+                        c_tx.send(b).map_err(|_| {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "the compressor went away")
+                        })
+                    })?;
+                    Ok((hashes, None))
+                });
+                (b, Some(c))
+            }
+        };
+        // Stage A, on this thread. Its writer is dropped when it returns, which ends
+        // stage B's input either way.
+        let a = (|| -> Result<VTree> {
+            let mut sink = Canonical {
+                builder: tar::Builder::new(ChannelWriter::new(mid_tx, |b| b, OUT_CHUNK)),
+                spool_dir: p.spool_dir.as_deref(),
+            };
+            let mut archive = tar::Archive::new(ChannelReader::new(rx, failed.clone()));
+            let tree = ingest(&mut archive, &mut sink, &failed, Hashing::Deferred)?;
+            let w = sink
+                .builder
+                .into_inner()
+                .map_err(|e| out_err(e, "finishing the archive"))?;
+            w.finish()
+                .map_err(|e| out_err(e, "finishing the archive"))?;
+            Ok(tree)
+        })();
+        let b = joined(stage_b.join(), "hashing the archive");
+        let c = stage_c.map(|c| joined(c.join(), "compressing the archive"));
+        // A's error is the cause; B and C only see their input end early.
+        let mut tree = a?;
+        let (hashes, plain) = b?;
+        let (object_size, object_crc32c) = match (plain, c) {
+            (Some(sc), _) => sc,
+            (None, Some(c)) => c?,
+            (None, None) => return Err(Error::other("no stage produced the object")),
+        };
+        tree.fill_hashes(&hashes)?;
+        Ok(Uploaded {
+            summary: tree.summary(),
+            object_size,
+            object_crc32c,
+        })
     })
 }
 

@@ -1,7 +1,7 @@
 //! The shared VolumeStore conformance suite against `ObjectStoreVolumes`: in memory and
-//! over a local directory always; against S3 when `.ci/emulators.sh` has started
-//! moto (`JETBRIDGE_S3_ENDPOINT`); against GCS when a bucket is named
-//! (`JETBRIDGE_GCS_URL`).
+//! over a local directory always; against S3 and GCS when `.ci/emulators.sh` has
+//! started moto and the Cloud Storage simulator (`JETBRIDGE_S3_ENDPOINT`,
+//! `JETBRIDGE_GCS_ENDPOINT`), or against a real GCS bucket (`JETBRIDGE_GCS_URL`).
 
 use std::sync::Arc;
 
@@ -106,9 +106,10 @@ async fn make_s3() -> Option<Subject<dyn VolumeStore>> {
 }
 
 /// GCS: a real bucket named by `JETBRIDGE_GCS_URL` (`gs://bucket/prefix`, credentials
-/// from the usual chain), or an emulator that speaks the GCS XML API at
-/// `JETBRIDGE_GCS_ENDPOINT` (bucket `JETBRIDGE_GCS_BUCKET`). gcp-storage-emulator does
-/// not: it answers 501 to HEAD, DELETE, XML listings and multipart uploads.
+/// from the usual chain), or a server that speaks the GCS XML API at
+/// `JETBRIDGE_GCS_ENDPOINT` (bucket `JETBRIDGE_GCS_BUCKET`), used anonymously: the
+/// `gcs-sim` that `.ci/emulators.sh` starts (gcp-storage-emulator does not speak it: it
+/// answers 501 to HEAD, DELETE, XML listings and multipart uploads).
 async fn make_gcs() -> Option<Subject<dyn VolumeStore>> {
     if let Ok(url) = std::env::var("JETBRIDGE_GCS_URL") {
         return live(url.trim_end_matches('/'), ObjectStoreOptions::default());

@@ -10,6 +10,7 @@ use jetbridge_conformance::volumes::{Tree, sample_tree};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::VolumeHandle;
 use jetbridge_core::ports::{ByteStream, VolumeState, VolumeStore, collect_stream};
+use jetbridge_gcs_sim::{Fault, FaultAction, SimConfig, Simulator};
 use jetbridge_object_store::{Compression, ObjectStoreOptions, ObjectStoreVolumes, RetryPolicy};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -438,4 +439,223 @@ async fn forbidden_is_other_and_not_retried() {
     assert_eq!(e.kind(), ErrorKind::Other, "{e}");
     assert!(!e.is_retryable());
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// GCS, through object_store's GCS client against the in-process Cloud Storage
+// simulator, with injected faults.
+
+const GCS_BUCKET: &str = "jb-faults";
+
+async fn gcs_sim() -> Simulator {
+    Simulator::start(SimConfig::default().with_bucket(GCS_BUCKET))
+        .await
+        .unwrap()
+}
+
+fn gcs_against(sim: &Simulator, retries: usize, o: ObjectStoreOptions) -> ObjectStoreVolumes {
+    let opts = o
+        .with_endpoint(sim.url())
+        .with_allow_http(true)
+        .with_anonymous(true)
+        .with_retry(RetryPolicy {
+            max_retries: retries,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            timeout: Duration::from_secs(20),
+        });
+    ObjectStoreVolumes::from_url(&format!("gs://{GCS_BUCKET}/prefix"), opts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_server_errors_are_retried_then_transient() {
+    for status in [500, 503] {
+        let sim = gcs_sim().await;
+        let store = gcs_against(&sim, 3, ObjectStoreOptions::default());
+        sim.inject(Fault::any(usize::MAX, FaultAction::Status(status)));
+        let e = store.stat(&VolumeHandle::random()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{status}: {e}");
+        assert!(e.is_retryable());
+        // One request and three retries, then the error.
+        assert_eq!(sim.requests().len(), 4, "{status}");
+        let e = store.create(&VolumeHandle::random()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{status}: {e}");
+        // Its first request (the existence check) was tried four times too.
+        assert_eq!(sim.requests().len(), 8, "{status}");
+        // Once the server recovers, the same store works: nothing was left broken.
+        sim.clear_faults();
+        let h = VolumeHandle::random();
+        store.create(&h).await.unwrap();
+        assert_eq!(store.stat(&h).await.unwrap().state, VolumeState::Creating);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_passing_server_errors_are_absorbed_by_retries() {
+    let sim = gcs_sim().await;
+    let store = gcs_against(&sim, 3, ObjectStoreOptions::default());
+    let h = VolumeHandle::random();
+    // Two 503s on the conditional put of the marker, one on a read: retried away.
+    sim.inject(Fault::on(
+        "PUT",
+        "creating.json",
+        2,
+        FaultAction::Status(503),
+    ));
+    sim.inject(Fault::on(
+        "GET",
+        "creating.json",
+        1,
+        FaultAction::Status(503),
+    ));
+    store.create(&h).await.unwrap();
+    let puts = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            // Paths are recorded as sent (object_store encodes `.`); names decoded.
+            r.method == "PUT"
+                && r.object
+                    .as_deref()
+                    .is_some_and(|o| o.ends_with("creating.json"))
+        })
+        .count();
+    assert_eq!(puts, 3, "two 503s, then the put");
+    let gets = count(&sim, "GET", |r| {
+        r.object
+            .as_deref()
+            .is_some_and(|o| o.ends_with("creating.json"))
+    });
+    assert_eq!(gets, 2, "one 503, then the existence check");
+    assert_eq!(store.stat(&h).await.unwrap().state, VolumeState::Creating);
+    // A passing 503 on a part upload does not fail the write.
+    sim.inject(Fault::on("PUT", "data-", 1, FaultAction::Status(503)).with_query("partNumber=1"));
+    store
+        .write_tar(&h, stream_of(sample_tree().to_tar().unwrap(), 4096))
+        .await
+        .unwrap();
+    let info = store.seal(&h).await.unwrap();
+    assert_eq!(info.digest, Some(sample_tree().digest()));
+    assert!(sim.in_progress_uploads().is_empty());
+    let part1 = count(&sim, "PUT", |r| r.query.contains("partNumber=1"));
+    assert_eq!(part1, 2, "one 503, then the part");
+}
+
+/// Requests of `method` that `pick` selects.
+fn count(
+    sim: &Simulator,
+    method: &str,
+    pick: impl Fn(&jetbridge_gcs_sim::RequestRecord) -> bool,
+) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == method && pick(r))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_upload_cut_off_halfway_leaves_no_object() {
+    let sim = gcs_sim().await;
+    // Parts of 5 MiB (the GCS minimum): the 6 MiB archive is two parts, and the
+    // second never arrives, however often it is retried.
+    let opts = ObjectStoreOptions::default()
+        .with_compression(Compression::None)
+        .with_parts(5 << 20, 2);
+    let store = gcs_against(&sim, 2, opts);
+    let h = VolumeHandle::random();
+    store.create(&h).await.unwrap();
+    sim.inject(
+        Fault::on("PUT", "data-", usize::MAX, FaultAction::DropConnection)
+            .with_query("partNumber=2"),
+    );
+    let data = big_tar();
+    let e = store
+        .write_tar(&h, stream_of(data.clone(), 64 << 10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    sim.clear_faults();
+    let cut = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.query.contains("partNumber=2"))
+        .count();
+    assert_eq!(cut, 3, "the cut part was tried once and retried twice");
+    // The first part arrived, yet nothing is visible: no object, no listed volume
+    // data, no upload left behind.
+    nothing_visible(&store, &h, None).await;
+    assert!(
+        sim.objects(GCS_BUCKET)
+            .iter()
+            .all(|o| !o.name.contains("data-")),
+        "{:?}",
+        sim.objects(GCS_BUCKET)
+            .iter()
+            .map(|o| &o.name)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sim.in_progress_uploads(), []);
+    // The volume can still be written and sealed afterwards.
+    store.write_tar(&h, stream_of(data, 1 << 20)).await.unwrap();
+    let info = store.seal(&h).await.unwrap();
+    assert_eq!(info.size, 6 << 20);
+    let data_objects: Vec<_> = sim
+        .objects(GCS_BUCKET)
+        .into_iter()
+        .filter(|o| o.name.contains("data-"))
+        .collect();
+    assert_eq!(data_objects.len(), 1);
+    assert_eq!(data_objects[0].components, Some(2));
+}
+
+/// The answers to a write's requests are lost after the server acted on them; the
+/// client retries, and the store must recognise its own earlier attempt instead of
+/// calling its own volume a rival's (`AlreadyExists`, `Conflict`) or throwing the data
+/// away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_lost_answers_are_recognised_as_our_own_work() {
+    let sim = gcs_sim().await;
+    let store = gcs_against(&sim, 3, ObjectStoreOptions::default());
+    let h = VolumeHandle::random();
+    for (method, object, query) in [
+        ("PUT", "creating.json", ""),
+        ("POST", "data-", "uploadId"),
+        ("PUT", "written.json", ""),
+        ("PUT", "manifest.json", ""),
+    ] {
+        sim.inject(Fault::on(method, object, 1, FaultAction::DropAfterCommit).with_query(query));
+    }
+    store.create(&h).await.unwrap();
+    store
+        .write_tar(&h, stream_of(sample_tree().to_tar().unwrap(), 4096))
+        .await
+        .unwrap();
+    let info = store.seal(&h).await.unwrap();
+    assert_eq!(info.digest, Some(sample_tree().digest()));
+    let back = collect_stream(store.read_tar(&h).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        Tree::from_tar(&back).unwrap().digest(),
+        sample_tree().digest()
+    );
+    // Every fault fired: each of those requests was sent twice.
+    for (method, object, query) in [
+        ("PUT", "creating.json", ""),
+        ("POST", "data-", "uploadId"),
+        ("PUT", "written.json", ""),
+        ("PUT", "manifest.json", ""),
+    ] {
+        let sent = count(&sim, method, |r| {
+            r.object.as_deref().is_some_and(|o| o.contains(object))
+                && r.query.starts_with(query)
+                && !(method == "POST" && r.query.starts_with("uploads"))
+        });
+        assert_eq!(sent, 2, "{method} {object}?{query}");
+    }
+    // A real rival is still refused.
+    assert_eq!(
+        store.create(&h).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
 }

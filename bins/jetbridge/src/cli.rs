@@ -187,6 +187,10 @@ pub struct BucketArgs {
     #[arg(long, env = "JETBRIDGE_VOLUMES_ALLOW_HTTP")]
     pub volumes_allow_http: bool,
 
+    /// Send no credentials (public buckets, emulators).
+    #[arg(long, env = "JETBRIDGE_VOLUMES_ANONYMOUS")]
+    pub volumes_anonymous: bool,
+
     /// Bucket region (S3).
     #[arg(long, value_name = "REGION", env = "JETBRIDGE_VOLUMES_REGION")]
     pub volumes_region: Option<String>,

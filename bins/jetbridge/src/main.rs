@@ -180,6 +180,7 @@ fn open_volumes(
             if let Some(b) = bucket {
                 opts.endpoint = b.volumes_endpoint.clone();
                 opts.allow_http = b.volumes_allow_http;
+                opts.anonymous = b.volumes_anonymous;
                 opts.region = b.volumes_region.clone();
                 if b.volumes_no_compression {
                     opts.compression = jetbridge_object_store::Compression::None;

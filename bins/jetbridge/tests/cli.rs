@@ -385,6 +385,67 @@ fn hello_runs_with_artifacts_in_an_s3_bucket() {
 }
 
 #[test]
+fn hello_runs_with_artifacts_in_a_gcs_bucket() {
+    // The Cloud Storage simulator in this process, on a runtime of its own while the
+    // binary runs.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = rt
+        .block_on(jetbridge_gcs_sim::Simulator::start(
+            jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-cli"),
+        ))
+        .expect("gcs simulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .arg("run")
+        .arg(examples().join("hello.yml"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--volumes")
+        .arg("gs://jb-cli/ci")
+        .args([
+            "--volumes-endpoint",
+            &sim.url(),
+            "--volumes-allow-http",
+            "--volumes-anonymous",
+        ])
+        // Anonymous ignores credentials in the environment, even conflicting ones.
+        .env("GOOGLE_SERVICE_ACCOUNT", "/nonexistent/key.json")
+        .output()
+        .expect("runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[put: outbox] delivered: HELLO FROM JETBRIDGE"),
+        "{stdout}"
+    );
+    // The bucket held the artifacts: written there with multipart uploads, and
+    // nothing was written to the local volume directory.
+    let uploads = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.query.starts_with("uploads")
+                && r.object
+                    .as_deref()
+                    .is_some_and(|o| o.starts_with("ci/volumes/"))
+        })
+        .count();
+    assert!(uploads > 0, "{:?}", sim.requests());
+    assert_eq!(sim.in_progress_uploads(), []);
+    assert_eq!(
+        entries(&data.path().join("volumes/volumes")),
+        Vec::<String>::new()
+    );
+    rt.block_on(sim.shutdown());
+}
+
+#[test]
 fn a_bad_volumes_url_is_a_usage_error() {
     let data = tempfile::tempdir().expect("tempdir");
     let out = run_example("hello.yml", data.path(), &["--volumes", "ftp://nowhere/x"]);

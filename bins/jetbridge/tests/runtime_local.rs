@@ -1,6 +1,8 @@
 //! The runtime suite on the embedded default: local processes, with artifacts in the
 //! filesystem store (mounted in place: no copy for outputs, private copies for inputs)
-//! and in the memory store (not mountable: streamed as tar through exec).
+//! and in the memory store (not mountable: streamed as tar through exec); and in
+//! object stores: a local directory, S3 (an emulator) and GCS (the in-process
+//! simulator).
 
 use std::sync::Arc;
 
@@ -89,6 +91,34 @@ async fn local_with_s3() -> Option<RuntimeSubject> {
     })
 }
 
+/// GCS through object_store's XML API client against the in-process Cloud Storage
+/// simulator, used anonymously as an emulator is.
+async fn local_with_gcs() -> Option<RuntimeSubject> {
+    let sim = jetbridge_gcs_sim::Simulator::start(
+        jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-runtime"),
+    )
+    .await
+    .expect("gcs simulator");
+    let endpoint = sim.url();
+    let prefix = jetbridge_core::names::StepHandle::random()
+        .short()
+        .to_owned();
+    subject(move |_| {
+        let opts = jetbridge_object_store::ObjectStoreOptions::default()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_anonymous(true);
+        Arc::new(
+            jetbridge_object_store::ObjectStoreVolumes::from_url(
+                &format!("gs://jb-runtime/runtime-{prefix}"),
+                opts,
+            )
+            .expect("gcs store"),
+        )
+    })
+    .map(|s| s.with_guard(sim))
+}
+
 mod object_store_local_dir {
     use super::*;
     jetbridge_conformance::runtime_suite!(local_with_object_store);
@@ -97,4 +127,9 @@ mod object_store_local_dir {
 mod object_store_s3 {
     use super::*;
     jetbridge_conformance::runtime_suite!(local_with_s3);
+}
+
+mod object_store_gcs {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(local_with_gcs);
 }
