@@ -9,13 +9,16 @@ use jetbridge_core::ports::{
     LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState, PodStatus, Pods, WaitFor,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 
 use crate::config::KubeConfig;
-use crate::manifest::pod_manifest;
+use crate::manifest::{env_secret_manifest, env_secret_name, pod_manifest};
 use crate::retry::{Budget, api_code, to_error};
 use crate::status::pod_status;
 
@@ -27,6 +30,7 @@ const MAX_WATCH_SECS: u64 = 290;
 #[derive(Clone)]
 pub struct KubeBackend {
     pub(crate) api: Api<Pod>,
+    secrets: Api<Secret>,
     pub(crate) config: KubeConfig,
     namespace: String,
 }
@@ -94,7 +98,8 @@ impl KubeBackend {
             .unwrap_or_else(|| client.default_namespace().to_owned());
         config.namespace = Some(namespace.clone());
         KubeBackend {
-            api: Api::namespaced(client, &namespace),
+            api: Api::namespaced(client.clone(), &namespace),
+            secrets: Api::namespaced(client, &namespace),
             config,
             namespace,
         }
@@ -108,6 +113,129 @@ impl KubeBackend {
     /// The configuration in use.
     pub fn config(&self) -> &KubeConfig {
         &self.config
+    }
+
+    /// Create the pod, adopting one a lost answer already made with our handle.
+    async fn create_pod(&self, budget: &Budget<'_>, spec: &PodSpec, manifest: &Pod) -> Result<Pod> {
+        let what = format!("creating pod {}", spec.name);
+        let post = PostParams::default();
+        // Resending is safe: if an earlier attempt took effect, the retry gets 409 and
+        // adopts the pod below instead of making a second one.
+        loop {
+            let err = match budget
+                .run("create pod", true, || self.api.create(&post, manifest))
+                .await
+            {
+                Ok(pod) => {
+                    tracing::debug!(pod = %spec.name, "pod created");
+                    return Ok(pod);
+                }
+                Err(e) if e.kube().and_then(api_code) == Some(409) => e,
+                Err(e) => return Err(e.into_error(&what)),
+            };
+            let existing = match self.get_pod(budget, &spec.name).await {
+                Ok(p) => p,
+                // Gone again (deleted meanwhile, or a 409 that was not about the name):
+                // create anew, within the budget.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    tracing::debug!(pod = %spec.name, error = %err.into_error(&what), "409 on create but no pod; retrying");
+                    budget.backoff().await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let theirs = existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::HANDLE));
+            return match (spec.handle(), theirs) {
+                (Some(ours), Some(theirs)) if ours == theirs => {
+                    tracing::debug!(pod = %spec.name, "adopted existing pod with our handle");
+                    Ok(existing)
+                }
+                _ => Err(Error::already_exists(format!(
+                    "pod {} exists and belongs to another step handle",
+                    spec.name
+                ))),
+            };
+        }
+    }
+
+    /// Create the env Secret, adopting one with our handle (an earlier attempt whose
+    /// answer was lost).
+    async fn create_env_secret(
+        &self,
+        budget: &Budget<'_>,
+        spec: &PodSpec,
+        secret: &Secret,
+    ) -> Result<()> {
+        let name = env_secret_name(&spec.name);
+        let what = format!("creating secret {name}");
+        let post = PostParams::default();
+        match budget
+            .run("create secret", true, || self.secrets.create(&post, secret))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kube().and_then(api_code) == Some(409) => {}
+            Err(e) => return Err(e.into_error(&what)),
+        }
+        let existing = budget
+            .run("get secret", true, || self.secrets.get(&name))
+            .await
+            .map_err(|e| e.into_error(&what))?;
+        let theirs = existing
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(label::HANDLE));
+        match (spec.handle(), theirs) {
+            (Some(ours), Some(theirs)) if ours == theirs => Ok(()),
+            _ => Err(Error::already_exists(format!(
+                "secret {name} exists and belongs to another step handle"
+            ))),
+        }
+    }
+
+    /// Make the env Secret owned by its pod, so the cluster deletes it with the pod.
+    async fn own_env_secret(&self, budget: &Budget<'_>, pod: &Pod) -> Result<()> {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod
+            .metadata
+            .uid
+            .clone()
+            .ok_or_else(|| Error::other(format!("pod {pod_name} has no uid")))?;
+        let name = env_secret_name(&pod_name);
+        let owner = OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Pod".to_owned(),
+            name: pod_name,
+            uid,
+            controller: None,
+            block_owner_deletion: None,
+        };
+        let patch = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            ..Secret::default()
+        };
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&patch);
+        budget
+            .run("own secret", true, || {
+                self.secrets.patch(&name, &params, &patch)
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                e.into_error(&format!(
+                    "making pod {} own secret {name}",
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                ))
+            })
     }
 
     fn budget(&self) -> Budget<'_> {
@@ -262,49 +390,24 @@ impl Pods for KubeBackend {
     async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
         let manifest = pod_manifest(spec, &self.config)?;
         let budget = self.budget();
-        let what = format!("creating pod {}", spec.name);
-        let post = PostParams::default();
-        // Resending is safe: if an earlier attempt took effect, the retry gets 409 and
-        // adopts the pod below instead of making a second one.
-        loop {
-            let err = match budget
-                .run("create pod", true, || self.api.create(&post, &manifest))
-                .await
-            {
-                Ok(pod) => {
-                    tracing::debug!(pod = %spec.name, "pod created");
-                    return Ok(pod_status(&pod));
-                }
-                Err(e) if e.kube().and_then(api_code) == Some(409) => e,
-                Err(e) => return Err(e.into_error(&what)),
-            };
-            let existing = match self.get_pod(&budget, &spec.name).await {
-                Ok(p) => p,
-                // Gone again (deleted meanwhile, or a 409 that was not about the name):
-                // create anew, within the budget.
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    tracing::debug!(pod = %spec.name, error = %err.into_error(&what), "409 on create but no pod; retrying");
-                    budget.backoff().await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let theirs = existing
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(label::HANDLE));
-            return match (spec.handle(), theirs) {
-                (Some(ours), Some(theirs)) if ours == theirs => {
-                    tracing::debug!(pod = %spec.name, "adopted existing pod with our handle");
-                    Ok(pod_status(&existing))
-                }
-                _ => Err(Error::already_exists(format!(
-                    "pod {} exists and belongs to another step handle",
-                    spec.name
-                ))),
-            };
+        // Environment values (task params, possibly secrets) go in a Secret made
+        // before the pod, never in the pod spec or an exec URL.
+        if let Some(secret) = env_secret_manifest(spec, &self.config) {
+            self.create_env_secret(&budget, spec, &secret).await?;
         }
+        let pod = self.create_pod(&budget, spec, &manifest).await?;
+        if !spec.env.is_empty()
+            && let Err(e) = self.own_env_secret(&budget, &pod).await
+        {
+            // Unowned, it would outlive the pod: remove it (the step fails and its
+            // pod is deleted by the caller).
+            let _ = self
+                .secrets
+                .delete(&env_secret_name(&spec.name), &DeleteParams::default())
+                .await;
+            return Err(e);
+        }
+        Ok(pod_status(&pod))
     }
 
     async fn get(&self, name: &str) -> Result<PodStatus> {

@@ -8,10 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use jetbridge_core::names::{is_dns_label, label};
 use jetbridge_core::ports::{MountInfo, MountSource, PodSpec, Resources};
 use jetbridge_core::{Error, Result};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, LocalObjectReference,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec as K8sPodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -290,6 +292,60 @@ fn plan_mounts(spec: &PodSpec, cfg: &KubeConfig, workdir: &str) -> Result<Mounts
 /// Fails with `Invalid` for a bad name, image, mount path or a privileged request the
 /// operator does not allow, and with `Unsupported` for host path mounts and PVC mounts
 /// without a configured artifact claim. Never does I/O.
+/// The Secret that holds the environment values of pod `pod`.
+pub fn env_secret_name(pod: &str) -> String {
+    format!("{pod}-env")
+}
+
+/// The Secret key of the `i`th variable (in name order). Indexed rather than named: a
+/// variable name need not be a valid Secret key.
+fn env_key(i: usize) -> String {
+    format!("e{i}")
+}
+
+/// The Secret with the values of `spec.env` (`None` when there are none), labelled
+/// like the pod. It is made before the pod and then owned by it, so the cluster's
+/// garbage collector deletes it with the pod.
+pub fn env_secret_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Option<Secret> {
+    if spec.env.is_empty() {
+        return None;
+    }
+    let data = spec
+        .env
+        .values()
+        .enumerate()
+        .map(|(i, v)| (env_key(i), ByteString(v.clone().into_bytes())))
+        .collect();
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(env_secret_name(&spec.name)),
+            namespace: cfg.namespace.clone(),
+            labels: Some(pod_labels(spec, cfg)),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        immutable: Some(true),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    })
+}
+
+/// The labels of the pod (and of its env Secret): the spec's, plus managed-by and the
+/// worker.
+fn pod_labels(spec: &PodSpec, cfg: &KubeConfig) -> BTreeMap<String, String> {
+    let mut labels = spec.labels.clone();
+    labels
+        .entry(label::MANAGED_BY.to_owned())
+        .or_insert_with(|| label::MANAGED_BY_VALUE.to_owned());
+    if let Some(w) = &cfg.worker {
+        labels
+            .entry(label::WORKER.to_owned())
+            .or_insert_with(|| jetbridge_core::names::label_value(w));
+    }
+    labels
+}
+
+/// The `Pod` for `spec`.
 pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
     if !is_dns_label(&spec.name) {
         return Err(Error::invalid(format!(
@@ -319,15 +375,7 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
     let workdir = working_dir(spec);
     let mounts = plan_mounts(spec, cfg, &workdir)?;
 
-    let mut labels = spec.labels.clone();
-    labels
-        .entry(label::MANAGED_BY.to_owned())
-        .or_insert_with(|| label::MANAGED_BY_VALUE.to_owned());
-    if let Some(w) = &cfg.worker {
-        labels
-            .entry(label::WORKER.to_owned())
-            .or_insert_with(|| jetbridge_core::names::label_value(w));
-    }
+    let labels = pod_labels(spec, cfg);
 
     let mut volumes = vec![empty_dir(WORKDIR_VOLUME)];
     let mut init_containers = Vec::new();
@@ -353,13 +401,23 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
     init_containers.extend(mounts.copy_inits);
     main_mounts.extend(mounts.work_mounts.iter().cloned());
 
+    // Values live in the pod's env Secret; the pod names only the variables.
+    let secret = env_secret_name(&spec.name);
     let env: Vec<EnvVar> = spec
         .env
-        .iter()
-        .map(|(k, v)| EnvVar {
+        .keys()
+        .enumerate()
+        .map(|(i, k)| EnvVar {
             name: k.clone(),
-            value: Some(v.clone()),
-            value_from: None,
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: env_key(i),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
         })
         .collect();
 
@@ -648,9 +706,24 @@ mod tests {
             main.command.as_deref(),
             Some(&["/.jetbridge/pause".to_owned()][..])
         );
+        // The pod names the variable; its value is only in the Secret.
         let env = main.env.as_ref().unwrap();
         assert_eq!(env[0].name, "GREETING");
-        assert_eq!(env[0].value.as_deref(), Some("hi"));
+        assert_eq!(env[0].value, None);
+        let r = env[0]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(r.name, format!("{}-env", s.name));
+        assert!(!serde_json::to_string(&pod).unwrap().contains("hi\""));
+        let secret = env_secret_manifest(&s, &cfg).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some(r.name.as_str()));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("ci"));
+        assert_eq!(secret.metadata.labels, pod.metadata.labels);
+        assert_eq!(secret.immutable, Some(true));
+        assert_eq!(secret.data.as_ref().unwrap()[&r.key].0, b"hi");
+        assert!(env_secret_manifest(&spec(), &cfg).is_none());
         let r = main.resources.as_ref().unwrap();
         for q in [r.requests.as_ref().unwrap(), r.limits.as_ref().unwrap()] {
             assert_eq!(q["cpu"].0, "500m");

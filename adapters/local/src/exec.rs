@@ -168,7 +168,17 @@ impl LocalBackend {
         let mut env: BTreeMap<OsString, OsString> = self.inner.host_env.iter().cloned().collect();
         env.insert("HOME".into(), sandbox.home().into_os_string());
         env.insert("TMPDIR".into(), sandbox.tmp().into_os_string());
-        for (k, v) in rec.env.iter().chain(extra) {
+        // The pod's own environment is known to the process that made it (it is never
+        // written to disk); a pod adopted from an earlier process has none.
+        let pod_env = self
+            .inner
+            .envs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&rec.name).filter(|(uid, _)| *uid == rec.uid).cloned())
+            .map(|(_, e)| e)
+            .unwrap_or_default();
+        for (k, v) in pod_env.iter().chain(extra) {
             env.insert(k.into(), v.into());
         }
         env

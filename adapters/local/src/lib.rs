@@ -37,7 +37,7 @@ mod procs;
 mod sandbox;
 mod tree;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -120,7 +120,13 @@ struct Inner {
     host_env: Vec<(OsString, OsString)>,
     /// Per-name state of this process; the disk remains the source of truth.
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Environment of the pods this process made, by name, with the pod's uid. Kept
+    /// in memory only: values may be secrets (task params) and never go to disk.
+    envs: Mutex<HashMap<String, PodEnv>>,
 }
+
+/// A pod's uid and its environment.
+type PodEnv = (String, BTreeMap<String, String>);
 
 /// What this process knows about one pod name.
 struct Entry {
@@ -208,6 +214,7 @@ impl LocalBackend {
                 trash_dir,
                 host_env,
                 entries: Mutex::new(HashMap::new()),
+                envs: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -1,5 +1,6 @@
 //! [`Pods`] for [`LocalBackend`]: sandboxes on disk.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -50,8 +51,9 @@ impl LocalBackend {
         self.inner.cache_root.join(name)
     }
 
-    /// Adopt the existing pod when its handle label matches, else refuse.
-    fn adopt(spec: &PodSpec, rec: &PodRecord, status: PodStatus) -> Result<PodStatus> {
+    /// Adopt the existing pod when its handle label matches, else refuse. The spec's
+    /// environment becomes the pod's in this process (it is never on disk).
+    fn adopt(&self, spec: &PodSpec, rec: &PodRecord, status: PodStatus) -> Result<PodStatus> {
         if rec.handle() != spec.handle() {
             return Err(Error::already_exists(format!(
                 "pod {:?} exists with another handle",
@@ -65,7 +67,15 @@ impl LocalBackend {
             ))
             .with_retryable(true));
         }
+        self.remember_env(&spec.name, &rec.uid, &spec.env);
         Ok(status)
+    }
+
+    /// Keep the environment of pod `name` (uid `uid`) for its execs.
+    fn remember_env(&self, name: &str, uid: &str, env: &BTreeMap<String, String>) {
+        if let Ok(mut envs) = self.inner.envs.lock() {
+            envs.insert(name.to_owned(), (uid.to_owned(), env.clone()));
+        }
     }
 
     /// Put every mount in place under `work` (blocking).
@@ -235,7 +245,7 @@ impl Pods for LocalBackend {
 
         let (entry, _op) = self.lock_entry(name).await;
         if let Some((rec, status)) = sandbox.status()? {
-            return Self::adopt(spec, &rec, status);
+            return self.adopt(spec, &rec, status);
         }
 
         // Claim the name atomically: build the skeleton in staging, rename it into place.
@@ -266,10 +276,11 @@ impl Pods for LocalBackend {
             let _ = tree::remove_tree(&staging.dir);
             // Another process claimed the name first.
             return match sandbox.status()? {
-                Some((rec, status)) => Self::adopt(spec, &rec, status),
+                Some((rec, status)) => self.adopt(spec, &rec, status),
                 None => Err(io_error(e, format!("claiming pod {name:?}"))),
             };
         }
+        self.remember_env(name, &record.uid, &spec.env);
         entry.bump();
 
         let this = self.clone();
@@ -387,6 +398,9 @@ impl Pods for LocalBackend {
             tracing::warn!(pod = name, groups = ?survivors, "process groups survived SIGKILL");
         }
         let removed = self.remove_sandbox(&sandbox, name).await;
+        if let Ok(mut envs) = self.inner.envs.lock() {
+            envs.remove(name);
+        }
         entry.set_deleting(false);
         entry.bump();
         drop(op);

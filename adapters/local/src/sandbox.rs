@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/pods/<name>/
-//!     pod.json     metadata: uid, labels, created_at, spec (mode 0600: it holds env values)
+//!     pod.json     metadata: uid, labels, created_at, spec without env values (those
+//!                  stay in the memory of the process that made the pod: they may be secrets)
 //!     ready        present once every mount is in place (absent: Pending)
 //!     deleting     present once deletion has started
 //!     procs/<pgid> one record per process group started by exec
@@ -205,7 +206,6 @@ pub(crate) struct PodRecord {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) created_at_unix_nanos: u128,
     pub(crate) image: String,
-    pub(crate) env: BTreeMap<String, String>,
     pub(crate) mounts: Vec<MountRecord>,
     pub(crate) cpu_millis: Option<u64>,
     pub(crate) memory_bytes: Option<u64>,
@@ -219,7 +219,6 @@ impl std::fmt::Debug for PodRecord {
             .field("name", &self.name)
             .field("uid", &self.uid)
             .field("labels", &self.labels)
-            .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("mounts", &self.mounts)
             .finish_non_exhaustive()
     }
@@ -237,7 +236,6 @@ impl PodRecord {
             labels: spec.labels.clone(),
             created_at_unix_nanos: now.as_nanos(),
             image: spec.image.clone(),
-            env: spec.env.clone(),
             mounts,
             cpu_millis: spec.resources.cpu_millis,
             memory_bytes: spec.resources.memory_bytes,
@@ -276,7 +274,8 @@ impl PodRecord {
         }
     }
 
-    /// Write the record to `path` with mode 0600 (it holds env values).
+    /// Write the record to `path` with mode 0600 (labels and paths are nobody else's
+    /// business either).
     pub(crate) fn write_to(&self, path: &Path) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let bytes = serde_json::to_vec_pretty(self)
@@ -323,13 +322,17 @@ mod tests {
     }
 
     #[test]
-    fn record_debug_hides_env_values() {
+    fn record_holds_no_env_values() {
         let mut spec = PodSpec::new("p", "host");
         spec.env.insert("TOKEN".into(), "s3cret".into());
         let rec = PodRecord::new(&spec, vec![]);
-        let dbg = format!("{rec:?}");
-        assert!(dbg.contains("TOKEN"));
-        assert!(!dbg.contains("s3cret"));
+        assert!(!format!("{rec:?}").contains("s3cret"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pod.json");
+        rec.write_to(&file).unwrap();
+        let on_disk = std::fs::read_to_string(&file).unwrap();
+        assert!(!on_disk.contains("s3cret"), "{on_disk}");
+        assert!(!on_disk.contains("TOKEN"), "{on_disk}");
     }
 
     #[test]

@@ -166,3 +166,87 @@ async fn an_unreachable_cluster_is_reported_before_any_step() {
     );
     assert!(!text(&out.stdout).contains("▶"), "no step started");
 }
+
+/// Task params reach the task through a Secret of the step's own: never in a request
+/// URL (exec commands travel in the query string, which audit logs record), never in
+/// the pod spec; and the Secret goes with its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_reach_the_task_through_a_secret_and_nowhere_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, kubeconfig) = sim(dir.path()).await;
+    let secret = "s3cr3t-kube-5e2a91c0";
+    let pipeline = dir.path().join("secret.yml");
+    // The task checks the value by its length, so the value is not in its argv either.
+    std::fs::write(
+        &pipeline,
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: uses-secret\n    params: {{TOKEN: ((token))}}\n    config:\n      platform: linux\n      image_resource: {{type: registry-image, source: {{repository: busybox}}}}\n      outputs: [{{name: o}}]\n      run: {{path: sh, args: [-c, 'test \"${{#TOKEN}}\" -eq {} && echo ok > o/flag']}}\n",
+            secret.len()
+        ),
+    )
+    .expect("pipeline");
+    let data = dir.path().join("data");
+    let run = |keep: bool| {
+        let mut c = bin();
+        c.arg("run")
+            .arg(&pipeline)
+            .args(["--backend", "kube", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--var", &format!("token={secret}")])
+            .arg("--data-dir")
+            .arg(&data);
+        if keep {
+            c.arg("--keep-pods");
+        }
+        async move {
+            tokio::task::spawn_blocking(move || c.output().expect("runs"))
+                .await
+                .expect("joins")
+        }
+    };
+    let out = run(true).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for r in sim.requests() {
+        assert!(
+            !r.path.contains(secret) && !r.query.contains(secret),
+            "{} {}?{} carries the secret",
+            r.method,
+            r.path,
+            r.query
+        );
+    }
+    // The kept pod names the variable and holds no value; its Secret holds the value
+    // and is owned by it.
+    let pods = sim.pods("jb-cli");
+    let pod = pods
+        .iter()
+        .find(|p| p.to_string().contains("TOKEN"))
+        .expect("the task's pod was kept");
+    assert!(!pod.to_string().contains(secret), "{pod}");
+    let uid = pod["metadata"]["uid"].as_str().expect("uid");
+    let secrets = sim.secrets("jb-cli");
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let s: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(secrets[0].clone()).expect("a Secret");
+    let values: Vec<&[u8]> = s
+        .data
+        .as_ref()
+        .expect("data")
+        .values()
+        .map(|v| v.0.as_slice())
+        .collect();
+    assert_eq!(values, [secret.as_bytes()]);
+    let owners = s.metadata.owner_references.expect("owned");
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("Pod", uid)
+    );
+    // The next run collects the kept pod, and the Secret goes with it.
+    let out = run(false).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sim.secrets("jb-cli").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sim.secrets("jb-cli"), Vec::<serde_json::Value>::new());
+}

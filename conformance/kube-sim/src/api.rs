@@ -1,18 +1,22 @@
 //! The HTTP API: routes, handlers, watches and fault injection.
 
 use crate::kubelet::{self, set_cond};
-use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::selector::{FieldSelector, LabelSelector, POD_FIELDS, SECRET_FIELDS, Selectors};
 use crate::server::ConnHandle;
 use crate::state::{Kill, Shared, lock};
-use crate::util::{ApiError, Query, is_dns_subdomain, json_response, now_rfc3339, reason_for};
-use crate::{FaultAction, RequestRecord, exec};
+use crate::store::Kind;
+use crate::util::{
+    ApiError, Query, config_key_errors, dns_subdomain_errors, is_dns_subdomain, json_response,
+    now_rfc3339, reason_for,
+};
+use crate::{FaultAction, RequestRecord, exec, secrets};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,10 +52,26 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             get(exec::handler).post(exec::handler),
         )
+        .route("/api/v1/secrets", get(secrets::list_all))
+        .route("/api/v1/namespaces/{ns}/secrets", secret_collection())
+        .route("/api/v1/namespaces/{ns}/secrets/{name}", secret_object())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(sh.clone(), faults))
         .with_state(sh)
+}
+
+fn secret_collection() -> MethodRouter<Arc<Shared>> {
+    get(secrets::list_ns)
+        .post(secrets::create)
+        .delete(secrets::delete_collection)
+}
+
+fn secret_object() -> MethodRouter<Arc<Shared>> {
+    get(secrets::get)
+        .delete(secrets::delete)
+        .patch(secrets::patch)
+        .put(secrets::replace)
 }
 
 /// Records every request and applies injected faults.
@@ -139,11 +159,11 @@ async fn method_not_allowed(req: Request) -> Response {
     .into_response()
 }
 
-fn ok(v: &Value) -> Response {
+pub(crate) fn ok(v: &Value) -> Response {
     json_response(200, v)
 }
 
-fn result(r: Result<Value, ApiError>) -> Response {
+pub(crate) fn result(r: Result<Value, ApiError>) -> Response {
     match r {
         Ok(v) => ok(&v),
         Err(e) => e.into_response(),
@@ -190,6 +210,9 @@ async fn api_resources() -> Response {
             {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
             {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
             {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+            {"name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret", "verbs": [
+                "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"
+            ]},
         ],
     }))
 }
@@ -203,37 +226,48 @@ async fn get_namespace(Path(ns): Path<String>) -> Response {
     }))
 }
 
-fn selectors(q: &Query) -> Result<Selectors, ApiError> {
+/// The label and field selectors of a request on `kind`.
+pub(crate) fn selectors(q: &Query, kind: Kind) -> Result<Selectors, ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+    let supported = match kind {
+        Kind::Pod => POD_FIELDS,
+        Kind::Secret => SECRET_FIELDS,
+    };
+    let fields = FieldSelector::parse_for(q.get("fieldSelector").unwrap_or(""), supported)
         .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;
     Ok(Selectors { labels, fields })
 }
 
 async fn list_all(State(sh): Sh, RawQuery(q): RawQuery) -> Response {
-    list_or_watch(sh, None, q)
+    list_or_watch(sh, Kind::Pod, None, q)
 }
 
 async fn list_ns(State(sh): Sh, Path(ns): Path<String>, RawQuery(q): RawQuery) -> Response {
-    list_or_watch(sh, Some(ns), q)
+    list_or_watch(sh, Kind::Pod, Some(ns), q)
 }
 
-fn list_or_watch(sh: Arc<Shared>, ns: Option<String>, raw: Option<String>) -> Response {
+/// List objects of `kind` (a `<Kind>List`), or watch them with `watch=true`.
+pub(crate) fn list_or_watch(
+    sh: Arc<Shared>,
+    kind: Kind,
+    ns: Option<String>,
+    raw: Option<String>,
+) -> Response {
     let q = Query::parse(raw.as_deref());
-    let sel = match selectors(&q) {
+    let sel = match selectors(&q, kind) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
     if q.flag("watch") {
-        return watch(sh, ns, sel, &q);
+        return watch(sh, kind, ns, sel, &q);
     }
     let (items, rv) = {
         let s = lock(&sh.store);
-        (s.list(ns.as_deref(), &sel), s.rv)
+        (s.list_kind(kind, ns.as_deref(), &sel), s.rv)
     };
     ok(&json!({
-        "kind": "PodList", "apiVersion": "v1",
+        "kind": format!("{}List", kind.as_str()), "apiVersion": "v1",
         "metadata": {"resourceVersion": rv.to_string()},
         "items": items,
     }))
@@ -245,18 +279,18 @@ fn event_line(ty: &str, obj: &Value) -> Bytes {
     Bytes::from(v)
 }
 
-fn bookmark(rv: u64, initial_end: bool) -> Bytes {
+fn bookmark(kind: Kind, rv: u64, initial_end: bool) -> Bytes {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
     event_line(
         "BOOKMARK",
-        &json!({"kind": "Pod", "apiVersion": "v1", "metadata": meta}),
+        &json!({"kind": kind.as_str(), "apiVersion": "v1", "metadata": meta}),
     )
 }
 
-fn watch(sh: Arc<Shared>, ns: Option<String>, sel: Selectors, q: &Query) -> Response {
+fn watch(sh: Arc<Shared>, kind: Kind, ns: Option<String>, sel: Selectors, q: &Query) -> Response {
     let rv_param = q.get("resourceVersion").unwrap_or("");
     let start = match rv_param {
         "" | "0" => None,
@@ -269,6 +303,7 @@ fn watch(sh: Arc<Shared>, ns: Option<String>, sel: Selectors, q: &Query) -> Resp
         },
     };
     let opts = WatchOpts {
+        kind,
         start,
         send_initial: q.flag("sendInitialEvents"),
         bookmarks: q.flag("allowWatchBookmarks"),
@@ -290,6 +325,7 @@ fn watch(sh: Arc<Shared>, ns: Option<String>, sel: Selectors, q: &Query) -> Resp
 }
 
 struct WatchOpts {
+    kind: Kind,
     start: Option<u64>,
     send_initial: bool,
     bookmarks: bool,
@@ -303,9 +339,11 @@ async fn watch_task(
     o: WatchOpts,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let in_ns = |obj: &Value| {
-        ns.as_deref()
-            .is_none_or(|n| obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
+    let wanted = |obj: &Value| {
+        obj["kind"] == o.kind.as_str()
+            && ns.as_deref().is_none_or(|n| {
+                obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n)
+            })
     };
     let mut rv_rx = sh.rv_tx.subscribe();
     let mut cursor = match o.start {
@@ -314,14 +352,14 @@ async fn watch_task(
             rv_rx.borrow_and_update();
             let (items, rv) = {
                 let s = lock(&sh.store);
-                (s.list(ns.as_deref(), &sel), s.rv)
+                (s.list_kind(o.kind, ns.as_deref(), &sel), s.rv)
             };
             for item in &items {
                 if tx.send(event_line("ADDED", item)).await.is_err() {
                     return;
                 }
             }
-            if o.send_initial && tx.send(bookmark(rv, true)).await.is_err() {
+            if o.send_initial && tx.send(bookmark(o.kind, rv, true)).await.is_err() {
                 return;
             }
             rv
@@ -352,7 +390,7 @@ async fn watch_task(
             }
             Ok((evs, rv)) => {
                 for ev in &evs {
-                    if !in_ns(&ev.obj) {
+                    if !wanted(&ev.obj) {
                         continue;
                     }
                     if let Some((ty, obj)) = ev.for_selector(&sel)
@@ -373,7 +411,7 @@ async fn watch_task(
         tokio::select! {
             r = rv_rx.changed() => if r.is_err() { return },
             _ = tick.tick(), if o.bookmarks => {
-                if tx.send(bookmark(cursor, false)).await.is_err() {
+                if tx.send(bookmark(o.kind, cursor, false)).await.is_err() {
                     return;
                 }
             }
@@ -390,7 +428,7 @@ async fn get_pod(State(sh): Sh, Path((ns, name)): Path<(String, String)>) -> Res
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -399,7 +437,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     uuid::Uuid::new_v4()
         .as_bytes()
@@ -558,6 +596,69 @@ fn validate(name: &str, pod: &Value) -> Result<(), String> {
                 ));
             }
         }
+        validate_env(cname, c)?;
+    }
+    Ok(())
+}
+
+/// An environment variable name as 1.33 accepts it: printable ASCII but `=`.
+fn is_env_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'=')
+}
+
+/// The API server's checks on a container's `env` and `envFrom`.
+fn validate_env(cname: &str, c: &Value) -> Result<(), String> {
+    const ENV_NAME: &str = "a valid environment variable name must consist only of printable ASCII characters other than '='";
+    let secret_name = |field: &str, n: &str| match dns_subdomain_errors(n).first() {
+        Some(msg) => Err(format!(
+            "spec.containers[{cname}].{field}: Invalid value: \"{n}\": {msg}"
+        )),
+        None => Ok(()),
+    };
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or("");
+        if !is_env_name(name) {
+            return Err(format!(
+                "spec.containers[{cname}].env[].name: Invalid value: \"{name}\": {ENV_NAME}"
+            ));
+        }
+        if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+            secret_name(
+                "env[].valueFrom.secretKeyRef.name",
+                r["name"].as_str().unwrap_or(""),
+            )?;
+            let key = r["key"].as_str().unwrap_or("");
+            if key.is_empty() {
+                return Err(format!(
+                    "spec.containers[{cname}].env[].valueFrom.secretKeyRef.key: Required value"
+                ));
+            }
+            if let Some(msg) = config_key_errors(key).first() {
+                return Err(format!(
+                    "spec.containers[{cname}].env[].valueFrom.secretKeyRef.key: Invalid value: \"{key}\": {msg}"
+                ));
+            }
+        }
+    }
+    for f in c["envFrom"].as_array().into_iter().flatten() {
+        let prefix = f["prefix"].as_str().unwrap_or("");
+        if !prefix.is_empty() && !is_env_name(prefix) {
+            return Err(format!(
+                "spec.containers[{cname}].envFrom[].prefix: Invalid value: \"{prefix}\": {ENV_NAME}"
+            ));
+        }
+        let sources = ["configMapRef", "secretRef"]
+            .iter()
+            .filter(|k| f.get(**k).is_some_and(|v| !v.is_null()))
+            .count();
+        if sources != 1 {
+            return Err(format!(
+                "spec.containers[{cname}].envFrom[]: Invalid value: \"\": must specify one of: `configMapRef` or `secretRef`"
+            ));
+        }
+        if let Some(r) = f.get("secretRef").filter(|r| !r.is_null()) {
+            secret_name("envFrom[].secretRef.name", r["name"].as_str().unwrap_or(""))?;
+        }
     }
     Ok(())
 }
@@ -663,6 +764,11 @@ pub(crate) fn do_delete(
         if let Some(f) = extra {
             s.update(ns, name, f);
         }
+        if orphans(opts) {
+            // The garbage collector's orphan finalizer: dependents lose their
+            // reference to the pod and stay.
+            s.orphan_dependents(ns, &uid);
+        }
         if grace == 0 {
             let obj = s.remove(ns, name).unwrap_or(pod);
             return Ok((obj, uid, Some(0)));
@@ -682,6 +788,31 @@ pub(crate) fn do_delete(
         });
     }
     Ok(obj)
+}
+
+/// Whether delete options ask for dependents to be orphaned.
+fn orphans(opts: &Value) -> bool {
+    opts["propagationPolicy"] == "Orphan" || opts["orphanDependents"] == true
+}
+
+/// Delete options from the body, with `propagationPolicy` and
+/// `orphanDependents` also taken from the query as the API server does.
+fn delete_options(q: &Query, body: &[u8]) -> Result<Value, ApiError> {
+    let mut opts = parse_body(body)?;
+    if !opts.is_object() {
+        return Err(ApiError::bad_request(
+            "the delete options must be an object",
+        ));
+    }
+    if let Some(p) = q.get("propagationPolicy")
+        && opts.get("propagationPolicy").is_none_or(Value::is_null)
+    {
+        opts["propagationPolicy"] = json!(p);
+    }
+    if q.flag("orphanDependents") && opts.get("orphanDependents").is_none_or(Value::is_null) {
+        opts["orphanDependents"] = json!(true);
+    }
+    Ok(opts)
 }
 
 fn grace_of(q: &Query, opts: &Value) -> Result<Option<i64>, ApiError> {
@@ -708,7 +839,7 @@ async fn delete_pod(
 ) -> Response {
     let q = Query::parse(q.as_deref());
     result((|| {
-        let opts = parse_body(&body)?;
+        let opts = delete_options(&q, &body)?;
         let grace = grace_of(&q, &opts)?;
         if q.get("dryRun").is_some()
             || opts
@@ -731,9 +862,9 @@ async fn delete_collection(
 ) -> Response {
     let q = Query::parse(q.as_deref());
     result((|| {
-        let opts = parse_body(&body)?;
+        let opts = delete_options(&q, &body)?;
         let grace = grace_of(&q, &opts)?;
-        let sel = selectors(&q)?;
+        let sel = selectors(&q, Kind::Pod)?;
         let names: Vec<String> = lock(&sh.store)
             .list(Some(&ns), &sel)
             .iter()
@@ -861,13 +992,10 @@ fn apply_metadata(
         if let Some(rv) = rv.and_then(Value::as_str)
             && Some(rv) != cur["metadata"]["resourceVersion"].as_str()
         {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!("Operation cannot be fulfilled on pods \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
-            ));
+            return Err(ApiError::stale("pods", name));
         }
-        s.update(ns, name, f).ok_or_else(|| ApiError::not_found(name))
+        s.update(ns, name, f)
+            .ok_or_else(|| ApiError::not_found(name))
     })
 }
 

@@ -3,7 +3,8 @@
 
 use crate::process::{self, is_pause};
 use crate::state::{ContainerEnv, Kill, LogBuf, PodRuntime, ProcHandle, Shared, lock};
-use crate::util::now_rfc3339;
+use crate::store::{Kind, Store};
+use crate::util::{b64_decode, now_rfc3339};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
@@ -18,6 +19,9 @@ pub(crate) const NODE_NAME: &str = "sim-node";
 /// Scheduler message for unschedulable pods.
 const UNSCHEDULABLE_MSG: &str = "0/1 nodes are available: 1 Insufficient cpu.";
 const CORDONED_MSG: &str = "0/1 nodes are available: 1 node(s) were unschedulable.";
+/// How often a container whose configuration cannot be made (a missing secret
+/// or key) is tried again; the real kubelet retries on its sync loop.
+const CONFIG_RETRY: Duration = Duration::from_millis(200);
 /// Message of a kubelet eviction.
 pub(crate) const EVICTION_MSG: &str =
     "The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
@@ -446,7 +450,7 @@ async fn life(
 
     // Init containers, in order.
     for c in &inits {
-        match run_set(sh, rt, std::slice::from_ref(c), true, kill_rx).await {
+        match run_set(sh, rt, &pod, std::slice::from_ref(c), true, kill_rx).await {
             SetEnd::Exited(codes) => {
                 if codes.iter().any(|&c| c != 0) {
                     write(sh, rt, |p| {
@@ -486,7 +490,7 @@ async fn life(
         );
     }
 
-    match run_set(sh, rt, &mains, false, kill_rx).await {
+    match run_set(sh, rt, &pod, &mains, false, kill_rx).await {
         SetEnd::Exited(codes) => {
             write(sh, rt, |p| set_final_phase(p, &codes)).await;
             Stop::Terminal
@@ -527,7 +531,8 @@ async fn after_kill(sh: &Shared, rt: &PodRuntime, k: Kill) -> Stop {
     }
 }
 
-/// Build per-container directories, mounts and environments.
+/// Build per-container directories and mounts (environments are made when
+/// each container starts).
 fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
     let pod_dir = sh
         .work_root
@@ -581,13 +586,54 @@ fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
             None => root.clone(),
         };
         std::fs::create_dir_all(&cwd)?;
-        let env = build_env(pod, c, &root);
-        lock(&rt.containers).insert(name, ContainerEnv { cwd, env });
+        lock(&rt.containers).insert(
+            name,
+            ContainerEnv {
+                root,
+                cwd,
+                env: Vec::new(),
+            },
+        );
     }
     Ok(())
 }
 
-fn build_env(pod: &Value, c: &Value, root: &std::path::Path) -> Vec<(String, String)> {
+/// A secret's data, decoded (values are valid base64 in the store).
+fn secret_data(store: &Store, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let secret = store.get_kind(Kind::Secret, ns, name)?;
+    Some(
+        secret["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let bytes = b64_decode(v.as_str().unwrap_or("")).unwrap_or_default();
+                (k.clone(), String::from_utf8_lossy(&bytes).into_owned())
+            })
+            .collect(),
+    )
+}
+
+/// The message of a missing secret, as the kubelet's secret manager words it.
+fn secret_not_found(name: &str) -> String {
+    format!("secret \"{name}\" not found")
+}
+
+/// A container's environment, made as the kubelet does when it starts the
+/// container: host `PATH`, `HOME`, `HOSTNAME`, then `envFrom` (secrets, every
+/// key, with the prefix), then `env` in order (`$(VAR)` expanded; `fieldRef`
+/// and `secretKeyRef` resolved). A required secret or key that is missing is
+/// an error: the container cannot be configured yet.
+fn build_env(
+    store: &Store,
+    pod: &Value,
+    c: &Value,
+    root: &std::path::Path,
+) -> Result<Vec<(String, String)>, String> {
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let root_s = root.to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = vec![
         (
@@ -603,31 +649,82 @@ fn build_env(pod: &Value, c: &Value, root: &std::path::Path) -> Vec<(String, Str
                 .into(),
         ),
     ];
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    };
+    for from in c["envFrom"].as_array().into_iter().flatten() {
+        // Config maps are not simulated: their references are skipped.
+        let Some(r) = from.get("secretRef").filter(|r| r.is_object()) else {
+            continue;
+        };
+        let name = r["name"].as_str().unwrap_or("");
+        let prefix = from["prefix"].as_str().unwrap_or("");
+        match secret_data(store, ns, name) {
+            // Every key becomes a variable: kubelets since 1.30 no longer skip
+            // keys that are not C identifiers.
+            Some(data) => {
+                for (k, v) in data {
+                    set(&mut env, format!("{prefix}{k}"), v);
+                }
+            }
+            None if r["optional"] == true => {}
+            None => return Err(secret_not_found(name)),
+        }
+    }
     for e in c["env"].as_array().into_iter().flatten() {
         let Some(name) = e["name"].as_str() else {
             continue;
         };
-        let value = if let Some(v) = e["value"].as_str() {
-            Some(process::expand(v, &env))
+        let literal = e["value"].as_str().unwrap_or("");
+        let value = if !literal.is_empty() {
+            Some(process::expand(literal, &env))
         } else if let Some(path) = e
             .pointer("/valueFrom/fieldRef/fieldPath")
             .and_then(Value::as_str)
         {
             field_ref(pod, path)
-        } else if e.get("value").is_none() && e.get("valueFrom").is_none() {
+        } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+            let sname = r["name"].as_str().unwrap_or("");
+            let key = r["key"].as_str().unwrap_or("");
+            let optional = r["optional"] == true;
+            match secret_data(store, ns, sname) {
+                Some(data) => match data.into_iter().find(|(k, _)| k == key) {
+                    Some((_, v)) => Some(v),
+                    None if optional => None,
+                    None => {
+                        return Err(format!("couldn't find key {key} in Secret {ns}/{sname}"));
+                    }
+                },
+                None if optional => None,
+                None => return Err(secret_not_found(sname)),
+            }
+        } else if e.get("valueFrom").is_none_or(Value::is_null) {
             Some(String::new())
         } else {
-            // Secret and config map references are not simulated.
+            // Config map and resource references are not simulated.
             None
         };
         if let Some(v) = value {
-            env.retain(|(k, _)| k != name);
-            env.push((name.to_string(), v));
+            set(&mut env, name.to_string(), v);
         }
     }
-    env.retain(|(k, _)| k != "JETBRIDGE_SIM_ROOT");
-    env.push(("JETBRIDGE_SIM_ROOT".into(), root_s));
-    env
+    set(&mut env, "JETBRIDGE_SIM_ROOT".into(), root_s);
+    Ok(env)
+}
+
+/// Make a container's environment now; on success it is stored for the
+/// container and its execs.
+fn configure(sh: &Shared, rt: &PodRuntime, pod: &Value, c: &Value) -> Result<(), String> {
+    let name = cname(c);
+    let Some(root) = lock(&rt.containers).get(&name).map(|e| e.root.clone()) else {
+        return Err(format!("container {name} has no root directory"));
+    };
+    let env = build_env(&lock(&sh.store), pod, c, &root)?;
+    if let Some(e) = lock(&rt.containers).get_mut(&name) {
+        e.env = env;
+    }
+    Ok(())
 }
 
 fn field_ref(pod: &Value, path: &str) -> Option<String> {
@@ -772,40 +869,117 @@ async fn wait_exit(i: usize, mut rx: watch::Receiver<Option<i32>>) -> (usize, i3
     (i, code)
 }
 
-/// Run containers together until all exit or a kill arrives.
+/// Start every container of the set that has not started yet and can be
+/// configured; the others wait with `CreateContainerConfigError` (written when
+/// the message changes). Returns the receivers of the containers started.
+async fn start_ready(
+    sh: &Shared,
+    rt: &Arc<PodRuntime>,
+    pod: &Value,
+    specs: &[Value],
+    init: bool,
+    slots: &mut [Slot],
+    codes: &[Option<i32>],
+) -> Vec<(usize, watch::Receiver<Option<i32>>)> {
+    let mut launched = Vec::new();
+    let mut failures = Vec::new();
+    for (i, c) in specs.iter().enumerate() {
+        if slots[i].started.is_some() {
+            continue;
+        }
+        match configure(sh, rt, pod, c) {
+            Ok(()) => {
+                launched.push((i, start_container(rt, c)));
+                slots[i] = Slot {
+                    started: Some(now_rfc3339()),
+                    blocked: None,
+                };
+            }
+            Err(msg) => {
+                if slots[i].blocked.as_deref() != Some(msg.as_str()) {
+                    failures.push((i, msg.clone()));
+                }
+                slots[i].blocked = Some(msg);
+            }
+        }
+    }
+    if launched.is_empty() && failures.is_empty() {
+        return launched;
+    }
+    let all_started = slots.iter().all(|s| s.started.is_some());
+    let all_running = codes.iter().all(Option::is_none);
+    write(sh, rt, |p| {
+        for (i, _) in &launched {
+            let at = slots[*i].started.clone().unwrap_or_default();
+            set_cstate(
+                p,
+                init,
+                &cname(&specs[*i]),
+                json!({"running": {"startedAt": at}}),
+                !init,
+            );
+        }
+        for (i, msg) in &failures {
+            set_cstate(
+                p,
+                init,
+                &cname(&specs[*i]),
+                json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg}}),
+                false,
+            );
+        }
+        // A pod with a container still waiting stays Pending.
+        if !init && all_started && !launched.is_empty() {
+            p["status"]["phase"] = json!("Running");
+            if all_running {
+                set_cond(p, "Ready", true, None, None);
+                set_cond(p, "ContainersReady", true, None, None);
+            }
+        }
+    })
+    .await;
+    launched
+}
+
+/// One container of a set: when it started, or why it cannot start yet.
+#[derive(Debug, Default)]
+struct Slot {
+    started: Option<String>,
+    blocked: Option<String>,
+}
+
+/// The state of a container that never started when its pod is stopped.
+fn never_started() -> Value {
+    json!({"terminated": {
+        "exitCode": 137,
+        "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated",
+        "startedAt": null,
+        "finishedAt": now_rfc3339(),
+    }})
+}
+
+/// Run containers together until all exit or a kill arrives. A container
+/// whose configuration cannot be made yet waits and is tried again every
+/// [`CONFIG_RETRY`]; the others run meanwhile.
 async fn run_set(
     sh: &Shared,
     rt: &Arc<PodRuntime>,
+    pod: &Value,
     specs: &[Value],
     init: bool,
     kill_rx: &mut watch::Receiver<Option<Kill>>,
 ) -> SetEnd {
-    let started = now_rfc3339();
+    let n = specs.len();
+    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+    let mut codes: Vec<Option<i32>> = vec![None; n];
     let mut waits = FuturesUnordered::new();
-    for (i, c) in specs.iter().enumerate() {
-        waits.push(wait_exit(i, start_container(rt, c)));
+    for (i, rx) in start_ready(sh, rt, pod, specs, init, &mut slots, &codes).await {
+        waits.push(wait_exit(i, rx));
     }
-    write(sh, rt, |p| {
-        for c in specs {
-            set_cstate(
-                p,
-                init,
-                &cname(c),
-                json!({"running": {"startedAt": started}}),
-                !init,
-            );
-        }
-        if !init {
-            p["status"]["phase"] = json!("Running");
-            set_cond(p, "Ready", true, None, None);
-            set_cond(p, "ContainersReady", true, None, None);
-        }
-    })
-    .await;
-    let mut codes: Vec<Option<i32>> = vec![None; specs.len()];
-    let report = |codes: &[Option<i32>], i: usize, code: i32, reason: &str| {
+    let report = |codes: &[Option<i32>], i: usize, code: i32, reason: &str, started_at: &str| {
         let name = cname(&specs[i]);
-        let state = terminated(code, reason, &started);
+        let state = terminated(code, reason, started_at);
         let any_running = codes.iter().any(Option::is_none);
         move |p: &mut Value| {
             set_cstate(p, init, &name, state, false);
@@ -822,13 +996,20 @@ async fn run_set(
         }
     };
     loop {
+        let waiting = slots.iter().any(|s| s.started.is_none());
+        if waits.is_empty() && !waiting {
+            return SetEnd::Exited(codes.iter().map(|c| c.unwrap_or(0)).collect());
+        }
         tokio::select! {
-            next = waits.next() => {
-                let Some((i, code)) = next else {
-                    return SetEnd::Exited(codes.iter().map(|c| c.unwrap_or(0)).collect());
-                };
+            Some((i, code)) = waits.next(), if !waits.is_empty() => {
                 codes[i] = Some(code);
-                write(sh, rt, report(&codes, i, code, exit_reason(code))).await;
+                let at = slots[i].started.clone().unwrap_or_default();
+                write(sh, rt, report(&codes, i, code, exit_reason(code), &at)).await;
+            }
+            () = tokio::time::sleep(CONFIG_RETRY), if waiting => {
+                for (i, rx) in start_ready(sh, rt, pod, specs, init, &mut slots, &codes).await {
+                    waits.push(wait_exit(i, rx));
+                }
             }
             k = next_kill(kill_rx) => {
                 match &k {
@@ -857,7 +1038,8 @@ async fn run_set(
                     codes[i] = Some(code);
                 }
                 let codes: Vec<i32> = codes.iter().map(|c| c.unwrap_or(137)).collect();
-                let oom = matches!(k, Kill::Oom);
+                // The OOM killer hits the first main container, if it runs.
+                let oom = matches!(k, Kill::Oom) && slots[0].started.is_some();
                 write(sh, rt, |p| {
                     for (i, c) in specs.iter().enumerate() {
                         let already = p["status"][statuses_key(init)]
@@ -867,12 +1049,12 @@ async fn run_set(
                         if already && !(oom && i == 0) {
                             continue;
                         }
-                        let (code, reason) = if oom && i == 0 {
-                            (137, "OOMKilled")
-                        } else {
-                            (codes[i], exit_reason(codes[i]))
+                        let state = match &slots[i].started {
+                            None => never_started(),
+                            Some(at) if oom && i == 0 => terminated(137, "OOMKilled", at),
+                            Some(at) => terminated(codes[i], exit_reason(codes[i]), at),
                         };
-                        set_cstate(p, init, &cname(c), terminated(code, reason, &started), false);
+                        set_cstate(p, init, &cname(c), state, false);
                     }
                     set_cond(p, "Ready", false, Some("PodFailed"), None);
                     set_cond(p, "ContainersReady", false, Some("PodFailed"), None);

@@ -1,7 +1,9 @@
 //! A simulator of the Kubernetes pod API, good enough for kube-rs to talk to
 //! unmodified: create/get/list/watch/delete pods, the eviction and log
 //! subresources, WebSocket exec (`v5.channel.k8s.io` and `v4.channel.k8s.io`),
-//! and a local "kubelet" that runs each container's command as a host process.
+//! secrets (with garbage collection of those a pod owns), and a local
+//! "kubelet" that runs each container's command as a host process, its
+//! environment taken from secrets where the spec says so.
 //!
 //! Faults are injected from the [`Simulator`] handle: per-request failures
 //! ([`Fault`]), server restarts, history compaction, kubelet eviction, OOM
@@ -22,6 +24,7 @@ mod api;
 mod exec;
 mod kubelet;
 mod process;
+mod secrets;
 mod selector;
 mod server;
 mod state;
@@ -359,6 +362,12 @@ impl Simulator {
     /// Current pods of a namespace, as the API would return them.
     pub fn pods(&self, namespace: &str) -> Vec<serde_json::Value> {
         lock(&self.shared.store).list(Some(namespace), &selector::Selectors::default())
+    }
+
+    /// Current secrets of a namespace, as the API would return them (`data`
+    /// values in base64).
+    pub fn secrets(&self, namespace: &str) -> Vec<serde_json::Value> {
+        secrets::list(&self.shared, namespace)
     }
 
     /// The latest resourceVersion handed out.

@@ -1,4 +1,4 @@
-//! Label and field selectors for pods.
+//! Label and field selectors for pods and secrets.
 
 use serde_json::Value;
 
@@ -146,11 +146,12 @@ fn split_word<'a>(part: &'a str, word: &str) -> Option<(&'a str, &'a str)> {
     }
 }
 
-/// A parsed pod field selector.
+/// A parsed field selector: (JSON pointer of the field, equal?, value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct FieldSelector(Vec<(String, bool, String)>);
+pub(crate) struct FieldSelector(Vec<(&'static str, bool, String)>);
 
-const FIELDS: &[(&str, &str)] = &[
+/// The field labels pods support, with where they live in the object.
+pub(crate) const POD_FIELDS: &[(&str, &str)] = &[
     ("metadata.name", "/metadata/name"),
     ("metadata.namespace", "/metadata/namespace"),
     ("status.phase", "/status/phase"),
@@ -162,9 +163,25 @@ const FIELDS: &[(&str, &str)] = &[
     ("status.nominatedNodeName", "/status/nominatedNodeName"),
 ];
 
+/// The field labels secrets support.
+pub(crate) const SECRET_FIELDS: &[(&str, &str)] = &[
+    ("metadata.name", "/metadata/name"),
+    ("metadata.namespace", "/metadata/namespace"),
+    ("type", "/type"),
+];
+
 impl FieldSelector {
-    /// Parse the `fieldSelector` query syntax (pod fields only).
+    /// Parse the `fieldSelector` query syntax with pod fields.
+    #[cfg(test)]
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_for(s, POD_FIELDS)
+    }
+
+    /// Parse the `fieldSelector` query syntax; `fields` are the supported labels.
+    pub fn parse_for(
+        s: &str,
+        fields: &'static [(&'static str, &'static str)],
+    ) -> Result<Self, String> {
         let mut reqs = Vec::new();
         if s.trim().is_empty() {
             return Ok(FieldSelector(reqs));
@@ -180,22 +197,17 @@ impl FieldSelector {
                 return Err(format!("invalid field selector requirement {part:?}"));
             };
             let field = field.trim();
-            if !FIELDS.iter().any(|(f, _)| *f == field) {
+            let Some((_, ptr)) = fields.iter().find(|(f, _)| *f == field) else {
                 return Err(format!("field label not supported: {field}"));
-            }
-            reqs.push((field.to_string(), eq, value.trim().to_string()));
+            };
+            reqs.push((*ptr, eq, value.trim().to_string()));
         }
         Ok(FieldSelector(reqs))
     }
 
-    /// Whether a pod satisfies the selector (missing fields compare as "").
+    /// Whether an object satisfies the selector (missing fields compare as "").
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, eq, value)| {
-            let ptr = FIELDS
-                .iter()
-                .find(|(f, _)| f == field)
-                .map(|(_, p)| *p)
-                .unwrap_or("/-");
+        self.0.iter().all(|(ptr, eq, value)| {
             let actual = obj.pointer(ptr).and_then(Value::as_str).unwrap_or("");
             (actual == value) == *eq
         })
@@ -261,6 +273,19 @@ mod tests {
         assert!(!m("status.phase!=Running"));
         assert!(m("spec.nodeName="));
         assert!(FieldSelector::parse("spec.foo=bar").is_err());
+    }
+
+    #[test]
+    fn secret_fields() {
+        let s = json!({"metadata": {"name": "s", "namespace": "ns"}, "type": "Opaque"});
+        let m = |q: &str| {
+            FieldSelector::parse_for(q, SECRET_FIELDS)
+                .unwrap()
+                .matches(&s)
+        };
+        assert!(m("type=Opaque,metadata.name=s"));
+        assert!(!m("type!=Opaque"));
+        assert!(FieldSelector::parse_for("status.phase=Running", SECRET_FIELDS).is_err());
     }
 
     proptest! {

@@ -83,7 +83,10 @@ impl ProcHandle {
 /// Where a container's processes run.
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerEnv {
+    /// The container's root directory.
+    pub root: PathBuf,
     pub cwd: PathBuf,
+    /// Resolved when the container starts (secrets are read then).
     pub env: Vec<(String, String)>,
 }
 

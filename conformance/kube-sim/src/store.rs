@@ -1,8 +1,26 @@
-//! The object store: pods, the global resourceVersion counter and the event history.
+//! The object store: pods and secrets, the global resourceVersion counter, the
+//! event history, and the garbage collection of secrets owned by pods.
 
 use crate::selector::Selectors;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
+
+/// The kinds of object the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Pod,
+    Secret,
+}
+
+impl Kind {
+    /// The `kind` of the objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Secret => "Secret",
+        }
+    }
+}
 
 /// How many events are kept before the oldest are compacted away.
 const HISTORY_CAP: usize = 50_000;
@@ -55,10 +73,11 @@ impl Event {
     }
 }
 
-/// Pods keyed by (namespace, name), plus history.
+/// Objects keyed by (namespace, name), plus history.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
     pub pods: BTreeMap<(String, String), Value>,
+    pub secrets: BTreeMap<(String, String), Value>,
     /// The last resourceVersion handed out.
     pub rv: u64,
     /// Events in increasing rv order, all with rv > `floor`.
@@ -82,11 +101,30 @@ impl Store {
         }
     }
 
+    fn objects(&self, kind: Kind) -> &BTreeMap<(String, String), Value> {
+        match kind {
+            Kind::Pod => &self.pods,
+            Kind::Secret => &self.secrets,
+        }
+    }
+
+    fn objects_mut(&mut self, kind: Kind) -> &mut BTreeMap<(String, String), Value> {
+        match kind {
+            Kind::Pod => &mut self.pods,
+            Kind::Secret => &mut self.secrets,
+        }
+    }
+
     /// Insert a new pod; the caller checked it does not exist.
-    pub fn insert(&mut self, ns: &str, name: &str, mut obj: Value) -> Value {
+    pub fn insert(&mut self, ns: &str, name: &str, obj: Value) -> Value {
+        self.insert_kind(Kind::Pod, ns, name, obj)
+    }
+
+    /// Insert a new object; the caller checked it does not exist.
+    pub fn insert_kind(&mut self, kind: Kind, ns: &str, name: &str, mut obj: Value) -> Value {
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.pods
+        self.objects_mut(kind)
             .insert((ns.to_string(), name.to_string()), obj.clone());
         self.record(Event {
             rv,
@@ -98,14 +136,29 @@ impl Store {
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<&Value> {
-        self.pods.get(&(ns.to_string(), name.to_string()))
+        self.get_kind(Kind::Pod, ns, name)
+    }
+
+    pub fn get_kind(&self, kind: Kind, ns: &str, name: &str) -> Option<&Value> {
+        self.objects(kind).get(&(ns.to_string(), name.to_string()))
     }
 
     /// Apply `f` to a pod; a change bumps its resourceVersion and emits MODIFIED.
     /// Returns the pod after the change, or `None` when it does not exist.
     pub fn update(&mut self, ns: &str, name: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
+        self.update_kind(Kind::Pod, ns, name, f)
+    }
+
+    /// [`Store::update`] for any kind.
+    pub fn update_kind(
+        &mut self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
         let key = (ns.to_string(), name.to_string());
-        let current = self.pods.get(&key)?.clone();
+        let current = self.objects(kind).get(&key)?.clone();
         let mut next = current.clone();
         f(&mut next);
         // resourceVersion is owned by the store.
@@ -115,7 +168,7 @@ impl Store {
         }
         let rv = self.next_rv();
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.pods.insert(key, next.clone());
+        self.objects_mut(kind).insert(key, next.clone());
         self.record(Event {
             rv,
             kind: EventType::Modified,
@@ -125,9 +178,21 @@ impl Store {
         Some(next)
     }
 
-    /// Remove a pod, emitting DELETED with a fresh resourceVersion.
+    /// Remove a pod, emitting DELETED with a fresh resourceVersion, then
+    /// garbage-collect the secrets it owned.
     pub fn remove(&mut self, ns: &str, name: &str) -> Option<Value> {
-        let mut obj = self.pods.remove(&(ns.to_string(), name.to_string()))?;
+        let obj = self.remove_kind(Kind::Pod, ns, name)?;
+        if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
+            self.collect_dependents(ns, uid);
+        }
+        Some(obj)
+    }
+
+    /// Remove an object, emitting DELETED with a fresh resourceVersion.
+    pub fn remove_kind(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        let mut obj = self
+            .objects_mut(kind)
+            .remove(&(ns.to_string(), name.to_string()))?;
         let rv = self.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.record(Event {
@@ -141,12 +206,92 @@ impl Store {
 
     /// Pods in a namespace (all namespaces when `None`) that match.
     pub fn list(&self, ns: Option<&str>, sel: &Selectors) -> Vec<Value> {
+        self.list_kind(Kind::Pod, ns, sel)
+    }
+
+    /// Objects of a kind in a namespace (all namespaces when `None`) that match.
+    pub fn list_kind(&self, kind: Kind, ns: Option<&str>, sel: &Selectors) -> Vec<Value> {
+        self.objects(kind)
+            .iter()
+            .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
+            .filter(|(_, o)| sel.matches(o))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Whether a pod with this uid exists in the namespace.
+    fn pod_uid_exists(&self, ns: &str, uid: &str) -> bool {
         self.pods
             .iter()
-            .filter(|((pns, _), _)| ns.is_none_or(|n| n == pns))
-            .filter(|(_, p)| sel.matches(p))
-            .map(|(_, p)| p.clone())
-            .collect()
+            .any(|((pns, _), p)| pns == ns && uid_of(p) == uid)
+    }
+
+    /// The garbage collector, after the pod `uid` of `ns` is gone: every secret
+    /// of the namespace that names it as an owner is looked at again.
+    fn collect_dependents(&mut self, ns: &str, uid: &str) {
+        let names: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|((sns, _), s)| sns == ns && owner_refs(s).any(|r| is_pod_ref(r, uid)))
+            .map(|((_, n), _)| n.clone())
+            .collect();
+        for name in names {
+            self.sweep_secret(ns, &name);
+        }
+    }
+
+    /// What the garbage collector does with one secret: when every owner is a
+    /// pod that no longer exists (by uid), the secret is deleted; when some
+    /// owners are gone but others remain (or are of kinds not simulated, taken
+    /// to exist), the references to the missing pods are removed.
+    pub fn sweep_secret(&mut self, ns: &str, name: &str) {
+        let Some(secret) = self.get_kind(Kind::Secret, ns, name) else {
+            return;
+        };
+        let refs: Vec<Value> = owner_refs(secret).cloned().collect();
+        if refs.is_empty() {
+            return;
+        }
+        let dangling = |r: &Value| {
+            is_pod_ref(r, "") && !self.pod_uid_exists(ns, r["uid"].as_str().unwrap_or(""))
+        };
+        let (gone, kept): (Vec<&Value>, Vec<&Value>) = refs.iter().partition(|r| dangling(r));
+        if gone.is_empty() {
+            return;
+        }
+        if kept.is_empty() {
+            self.remove_kind(Kind::Secret, ns, name);
+            return;
+        }
+        let kept: Vec<Value> = kept.into_iter().cloned().collect();
+        self.update_kind(Kind::Secret, ns, name, |s| {
+            s["metadata"]["ownerReferences"] = Value::Array(kept);
+        });
+    }
+
+    /// Deletion with `propagationPolicy: Orphan`: the references to the pod are
+    /// removed from its dependents, which stay.
+    pub fn orphan_dependents(&mut self, ns: &str, uid: &str) {
+        let names: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|((sns, _), s)| sns == ns && owner_refs(s).any(|r| is_pod_ref(r, uid)))
+            .map(|((_, n), _)| n.clone())
+            .collect();
+        for name in names {
+            self.update_kind(Kind::Secret, ns, &name, |s| {
+                let refs: Vec<Value> = owner_refs(s)
+                    .filter(|r| !is_pod_ref(r, uid))
+                    .cloned()
+                    .collect();
+                match s["metadata"].as_object_mut() {
+                    Some(m) if refs.is_empty() => {
+                        m.remove("ownerReferences");
+                    }
+                    _ => s["metadata"]["ownerReferences"] = Value::Array(refs),
+                }
+            });
+        }
     }
 
     /// Events after `rv`, or `Err(())` when that part of history is gone.
@@ -163,6 +308,27 @@ impl Store {
         self.history.clear();
         self.floor = self.rv;
     }
+}
+
+fn uid_of(o: &Value) -> &str {
+    o.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn owner_refs(o: &Value) -> impl Iterator<Item = &Value> {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// Whether an owner reference names a core/v1 Pod (with this uid, unless `uid`
+/// is empty).
+fn is_pod_ref(r: &Value, uid: &str) -> bool {
+    r["kind"] == "Pod"
+        && r["apiVersion"] == "v1"
+        && (uid.is_empty() || r["uid"].as_str() == Some(uid))
 }
 
 #[cfg(test)]
@@ -188,5 +354,72 @@ mod tests {
         s.compact();
         assert!(s.events_after(2).is_err());
         assert!(s.events_after(3).unwrap().is_empty());
+    }
+
+    fn owned_by(name: &str, refs: Value) -> Value {
+        json!({"kind": "Secret", "metadata": {"name": name, "ownerReferences": refs}})
+    }
+
+    #[test]
+    fn removing_a_pod_collects_the_secrets_it_alone_owns() {
+        let mut s = Store::default();
+        let pod = |uid: &str| json!({"kind": "Pod", "metadata": {"uid": uid}});
+        let pref = |uid: &str| json!({"apiVersion": "v1", "kind": "Pod", "name": "x", "uid": uid});
+        s.insert("ns", "p", pod("u1"));
+        s.insert("ns", "q", pod("u2"));
+        s.insert("other", "p", pod("u1"));
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j1"});
+        for (name, refs) in [
+            ("only", json!([pref("u1")])),
+            ("shared", json!([pref("u1"), pref("u2")])),
+            ("with-job", json!([pref("u1"), job.clone()])),
+            ("other-pod", json!([pref("u2")])),
+        ] {
+            s.insert_kind(Kind::Secret, "ns", name, owned_by(name, refs));
+        }
+        s.insert_kind(
+            Kind::Secret,
+            "other",
+            "only",
+            owned_by("only", json!([pref("u1")])),
+        );
+        s.remove("ns", "p");
+        assert!(s.get_kind(Kind::Secret, "ns", "only").is_none());
+        let refs = |n: &str| {
+            s.get_kind(Kind::Secret, "ns", n).unwrap()["metadata"]["ownerReferences"].clone()
+        };
+        assert_eq!(
+            refs("shared"),
+            json!([pref("u2")]),
+            "the dangling reference is dropped"
+        );
+        assert_eq!(
+            refs("with-job"),
+            json!([job]),
+            "owners of other kinds are taken to exist"
+        );
+        assert_eq!(refs("other-pod"), json!([pref("u2")]));
+        assert!(
+            s.get_kind(Kind::Secret, "other", "only").is_some(),
+            "owners are looked up in the dependent's namespace"
+        );
+        let deleted = s
+            .history
+            .iter()
+            .filter(|e| e.kind == EventType::Deleted)
+            .count();
+        assert_eq!(deleted, 2, "the pod and one secret");
+    }
+
+    #[test]
+    fn orphaning_keeps_dependents_without_the_reference() {
+        let mut s = Store::default();
+        let pref = json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u1"});
+        s.insert("ns", "p", json!({"metadata": {"uid": "u1"}}));
+        s.insert_kind(Kind::Secret, "ns", "a", owned_by("a", json!([pref])));
+        s.orphan_dependents("ns", "u1");
+        s.remove("ns", "p");
+        let a = s.get_kind(Kind::Secret, "ns", "a").unwrap();
+        assert!(a["metadata"].get("ownerReferences").is_none(), "{a}");
     }
 }

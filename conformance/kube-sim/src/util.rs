@@ -27,8 +27,53 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
     pub fn not_found(name: &str) -> Self {
-        let mut e = Self::new(404, "NotFound", format!("pods \"{name}\" not found"));
-        e.details = Some(json!({"name": name, "kind": "pods"}));
+        Self::not_found_of("pods", name)
+    }
+    /// 404 for an object of `resource` (plural, e.g. "secrets").
+    pub fn not_found_of(resource: &str, name: &str) -> Self {
+        let mut e = Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"));
+        e.details = Some(json!({"name": name, "kind": resource}));
+        e
+    }
+    /// 409 AlreadyExists for an object of `resource`.
+    pub fn already_exists(resource: &str, name: &str) -> Self {
+        let mut e = Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        );
+        e.details = Some(json!({"name": name, "kind": resource}));
+        e
+    }
+    /// 409 Conflict for a stale resourceVersion.
+    pub fn stale(resource: &str, name: &str) -> Self {
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+        e.details = Some(json!({"name": name, "kind": resource}));
+        e
+    }
+    /// 422 Invalid with one cause per field error, worded as the API server does.
+    pub fn invalid_fields(kind: &str, name: &str, errs: &[FieldError]) -> Self {
+        let all: Vec<String> = errs.iter().map(FieldError::to_string).collect();
+        let summary = match all.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {summary}"),
+        );
+        let causes: Vec<Value> = errs
+            .iter()
+            .map(|f| json!({"reason": f.reason, "message": f.body, "field": f.field}))
+            .collect();
+        e.details = Some(json!({"name": name, "kind": kind, "causes": causes}));
         e
     }
     pub fn invalid(name: &str, message: impl Into<String>) -> Self {
@@ -57,6 +102,54 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
         }
         resp
+    }
+}
+
+/// One field validation error (`field.Error` of the API server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    /// The cause reason, e.g. `FieldValueInvalid`.
+    pub reason: &'static str,
+    /// The field path, e.g. `metadata.name` or `data[a b]`.
+    pub field: String,
+    /// What is wrong, e.g. `Invalid value: "x": ...`.
+    pub body: String,
+}
+
+impl FieldError {
+    pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            body: format!("Invalid value: {}: {detail}", Value::from(value)),
+        }
+    }
+    pub fn required(field: impl Into<String>) -> Self {
+        FieldError {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            body: "Required value".into(),
+        }
+    }
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            body: format!("Forbidden: {detail}"),
+        }
+    }
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        FieldError {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            body: format!("Too long: may not be more than {max} bytes"),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.body)
     }
 }
 
@@ -228,9 +321,182 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// Why a name is not a DNS-1123 subdomain, in the API server's words (empty
+/// when it is one).
+pub(crate) fn dns_subdomain_errors(s: &str) -> Vec<&'static str> {
+    let mut errs = Vec::new();
+    if s.len() > 253 {
+        errs.push("must be no more than 253 characters");
+    }
+    let shape_ok = !s.is_empty()
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if !shape_ok {
+        errs.push(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        );
+    }
+    errs
+}
+
+/// Why a string is not a valid ConfigMap/Secret key (empty when it is one).
+pub(crate) fn config_key_errors(k: &str) -> Vec<&'static str> {
+    let mut errs = Vec::new();
+    if k.len() > 253 {
+        errs.push("must be no more than 253 characters");
+    }
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        errs.push(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+        );
+    }
+    if k == "." {
+        errs.push("must not be '.'");
+    } else if k == ".." {
+        errs.push("must not be '..'");
+    } else if k.starts_with("..") {
+        errs.push("must not start with '..'");
+    }
+    errs
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as Go encodes `[]byte` fields in JSON.
+pub(crate) fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn b64_value(c: u8) -> Option<u32> {
+    B64.iter().position(|&x| x == c).map(|p| p as u32)
+}
+
+/// Decode standard base64 the way Go's `base64.StdEncoding` does when the API
+/// server reads a `[]byte` field: padding required, `\r` and `\n` ignored,
+/// anything else illegal. The error is the offset of the offending byte.
+pub(crate) fn b64_decode(s: &str) -> Result<Vec<u8>, usize> {
+    let src = s.as_bytes();
+    let skip_newlines = |mut i: usize| {
+        while i < src.len() && matches!(src[i], b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::with_capacity(src.len() / 4 * 3);
+    let mut si = 0;
+    loop {
+        let mut quad = [0u32; 4];
+        let mut j = 0;
+        while j < 4 {
+            if si == src.len() {
+                return if j == 0 { Ok(out) } else { Err(si - j) };
+            }
+            let c = src[si];
+            si += 1;
+            if matches!(c, b'\n' | b'\r') {
+                continue;
+            }
+            if let Some(v) = b64_value(c) {
+                quad[j] = v;
+                j += 1;
+                continue;
+            }
+            if c != b'=' || j < 2 {
+                return Err(si - 1);
+            }
+            if j == 2 {
+                si = skip_newlines(si);
+                if si == src.len() {
+                    return Err(src.len());
+                }
+                if src[si] != b'=' {
+                    return Err(si - 1);
+                }
+                si += 1;
+            }
+            si = skip_newlines(si);
+            if si < src.len() {
+                return Err(si);
+            }
+            let n = (quad[0] << 18) | (quad[1] << 12) | (quad[2] << 6);
+            out.push((n >> 16) as u8);
+            if j == 3 {
+                out.push((n >> 8) as u8);
+            }
+            return Ok(out);
+        }
+        let n = (quad[0] << 18) | (quad[1] << 12) | (quad[2] << 6) | quad[3];
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_round_trips_and_rejects_like_go() {
+        for data in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"fooba",
+            b"foobar",
+            &[0, 255, 128],
+        ] {
+            let enc = b64_encode(data);
+            assert_eq!(b64_decode(&enc).unwrap(), data, "{enc}");
+        }
+        assert_eq!(b64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64_encode(b"fo"), "Zm8=");
+        assert_eq!(b64_decode("Zm9v\nYmFy\r\n").unwrap(), b"foobar");
+        // Missing padding, illegal characters and trailing data are errors, with
+        // the offset Go reports.
+        assert_eq!(b64_decode("Zm8"), Err(0));
+        assert_eq!(b64_decode("Zm9v!"), Err(4));
+        assert_eq!(b64_decode("Zm8=Zm8="), Err(4));
+        assert_eq!(b64_decode("Z==="), Err(1));
+        assert_eq!(b64_decode("Zm=x"), Err(2));
+    }
+
+    #[test]
+    fn config_keys_and_subdomains() {
+        assert!(config_key_errors("a-b_c.D9").is_empty());
+        assert!(!config_key_errors("a b").is_empty());
+        assert!(!config_key_errors("..x").is_empty());
+        assert!(!config_key_errors("").is_empty());
+        assert!(dns_subdomain_errors("a.b-c").is_empty());
+        assert_eq!(dns_subdomain_errors(&"a".repeat(254)).len(), 1);
+        assert_eq!(dns_subdomain_errors("Bad_").len(), 1);
+    }
 
     #[test]
     fn formats_epoch_and_leap_day() {

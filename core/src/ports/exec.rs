@@ -52,7 +52,9 @@ pub struct ExecRequest {
     pub container: Container,
     /// argv; never a shell string.
     pub argv: Vec<String>,
-    /// Extra environment.
+    /// Extra environment. Not for secrets: adapters may carry it in the request itself
+    /// (Kubernetes puts it in the exec URL, which API-server audit logs record); put
+    /// secret values in [`PodSpec::env`](crate::ports::PodSpec::env) instead.
     pub env: BTreeMap<String, String>,
     /// Working directory relative to the pod's working directory (`None`: that directory).
     pub dir: Option<String>,

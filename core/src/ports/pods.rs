@@ -98,7 +98,9 @@ pub struct PodSpec {
     pub labels: BTreeMap<String, String>,
     /// Image of the main container (ignored where [`PodCapabilities::images`] is false).
     pub image: String,
-    /// Environment of the main container.
+    /// Environment of the main container, and of every command exec'd in it. May hold
+    /// secrets (task params): adapters keep the values out of logs and of anything
+    /// readable without secret access (the Kubernetes adapter puts them in a Secret).
     pub env: BTreeMap<String, String>,
     /// Directories under the working directory.
     pub mounts: Vec<Mount>,

@@ -362,7 +362,10 @@ impl StepRunner {
             name: pod_name.to_owned(),
             labels: req.identity.labels(),
             image: req.image.clone(),
-            env: BTreeMap::new(),
+            // Params go with the pod, not with the exec: an exec's environment can end
+            // up in a request URL (Kubernetes puts the command in the query string),
+            // while adapters keep a pod's environment out of sight (a Secret there).
+            env: req.command.env.clone(),
             mounts,
             resources: req.resources.clone(),
             privileged: req.privileged,
@@ -405,8 +408,7 @@ impl StepRunner {
                 .capture_stdout
                 .then(|| std::sync::Mutex::new(Vec::new())),
         });
-        let mut exec =
-            ExecRequest::new(pod_name, req.command.argv.clone()).env(req.command.env.clone());
+        let mut exec = ExecRequest::new(pod_name, req.command.argv.clone());
         exec.dir = req.command.dir.clone();
         exec.user = req.command.user.clone();
         if let Some(stdin) = &req.command.stdin {
