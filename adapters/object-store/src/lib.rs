@@ -244,6 +244,19 @@ impl ObjectStoreVolumes {
         self.inner.store.clone()
     }
 
+    /// One cheap request that tells whether the store can be reached with the
+    /// credentials in use: a one-level listing of the prefix (a HEAD could not tell a
+    /// missing bucket from a missing object). Anything but an answer (refused or no
+    /// credentials, a missing bucket, no route) is returned as the error it is.
+    pub async fn check(&self) -> Result<()> {
+        self.inner
+            .store
+            .list_with_delimiter(Some(&self.inner.prefix))
+            .await
+            .map(drop)
+            .map_err(|e| self.err(e, format_args!("reaching {}", self.inner.display)))
+    }
+
     /// Where the store lives, without credentials.
     pub fn location(&self) -> &str {
         &self.inner.display

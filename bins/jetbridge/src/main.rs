@@ -161,7 +161,7 @@ async fn open_registry(
     )))
 }
 
-fn open_volumes(
+async fn open_volumes(
     spec: Option<&str>,
     data_dir: &Path,
     kube: &KubeArgs,
@@ -188,6 +188,13 @@ fn open_volumes(
             }
             let store = jetbridge_object_store::ObjectStoreVolumes::from_url(s, opts)
                 .map_err(|e| user(format!("--volumes {s:?}: {e}")))?;
+            // One request before any step runs: a missing credential or bucket is a
+            // configuration error to fix, not a step that errors half-way through.
+            if let Err(e) = store.check().await {
+                return Err(user(format!(
+                    "--volumes {s:?}: cannot use the bucket: {e}\n  Credentials come from the provider's usual chain (docs/storage.md): GOOGLE_APPLICATION_CREDENTIALS or Workload Identity for gs://, AWS_* variables or an instance role for s3://, AZURE_* variables for az://. For an emulator or a public bucket add --volumes-anonymous."
+                )));
+            }
             return Ok(Arc::new(store));
         }
         Some(s) => PathBuf::from(s.trim_start_matches("file://")),
@@ -268,7 +275,8 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         // A run's own volumes die with the run (and a crashed run's are removed by the
         // next): flushing them to disk on every seal would buy nothing.
         !own_volumes,
-    )?;
+    )
+    .await?;
     let registry = open_registry(&args.registry, args.registry_schema.as_deref()).await?;
     // Other workers see this one alive while it runs; refs of a dead one stop protecting.
     const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -605,7 +613,8 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
             "runtime" => {
                 let volumes: Arc<dyn VolumeStore> = match &args.volumes {
                     Some(dir) => {
-                        open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)?
+                        open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)
+                            .await?
                     }
                     None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
                 };

@@ -559,3 +559,40 @@ fn a_planted_secret_never_reaches_logs_or_disk() {
         Vec::<PathBuf>::new()
     );
 }
+
+#[test]
+fn a_bucket_that_cannot_be_used_stops_the_run_before_any_step() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = rt
+        .block_on(jetbridge_gcs_sim::Simulator::start(
+            jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-present"),
+        ))
+        .expect("gcs simulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .arg("run")
+        .arg(examples().join("hello.yml"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--volumes", "gs://jb-absent/ci"])
+        .args([
+            "--volumes-endpoint",
+            &sim.url(),
+            "--volumes-allow-http",
+            "--volumes-anonymous",
+        ])
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("gs://jb-absent/ci"), "{stderr}");
+    assert!(stderr.contains("NoSuchBucket"), "{stderr}");
+    assert!(stderr.contains("--volumes-anonymous"), "the hint: {stderr}");
+    assert!(!stdout.contains("get: message"), "a step ran: {stdout}");
+    // One listing, nothing written.
+    assert!(
+        sim.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        sim.requests()
+    );
+}
