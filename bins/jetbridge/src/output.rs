@@ -117,7 +117,12 @@ impl Printer {
                 } else {
                     s.name.clone()
                 };
-                [name, result_text(s), fmt_duration(s.duration), arts]
+                [
+                    name,
+                    clip(&result_text(s), RESULT_CELL),
+                    fmt_duration(s.duration),
+                    arts,
+                ]
             })
             .collect();
         let header = [
@@ -177,6 +182,20 @@ impl Printer {
         };
         self.emit_line(&verdict);
     }
+}
+
+/// Widest RESULT cell of the summary table: a long reason would push the other columns
+/// off the screen. The whole reason is printed when the step ends and in the verdict.
+const RESULT_CELL: usize = 72;
+
+/// `s` cut to `max` characters, ending in `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 fn status_text(s: BuildStatus) -> &'static str {
@@ -340,5 +359,17 @@ mod tests {
         assert_eq!(human_bytes(12), "12 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn long_results_are_clipped_by_characters() {
+        assert_eq!(clip("exited with status 3", 72), "exited with status 3");
+        assert_eq!(clip("abcdef", 4), "abc…");
+        // Characters, not bytes: never a cut inside a multi-byte one.
+        assert_eq!(clip("ééééé", 3), "éé…");
+        assert_eq!(
+            clip(&"x".repeat(500), RESULT_CELL).chars().count(),
+            RESULT_CELL
+        );
     }
 }
