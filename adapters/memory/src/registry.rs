@@ -1,6 +1,6 @@
 //! [`MemoryRegistry`]: the artifact registry in a map behind one mutex.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -57,6 +57,8 @@ struct Record {
 #[derive(Debug, Default)]
 struct State {
     records: BTreeMap<ArtifactId, Record>,
+    /// Which artifact owns each volume: `register` checks uniqueness without a scan.
+    by_volume: HashMap<VolumeHandle, ArtifactId>,
     workers: BTreeMap<String, Worker>,
     seq: u64,
 }
@@ -174,10 +176,10 @@ impl ArtifactRegistry for MemoryRegistry {
                     )))
                 };
             }
-            if let Some(other) = s.records.values().find(|r| r.artifact.volume == new.volume) {
+            if let Some(other) = s.by_volume.get(&new.volume) {
                 return Err(Error::already_exists(format!(
-                    "volume {} belongs to artifact {}",
-                    new.volume, other.artifact.id
+                    "volume {} belongs to artifact {other}",
+                    new.volume
                 )));
             }
             let artifact = Artifact {
@@ -202,6 +204,7 @@ impl ArtifactRegistry for MemoryRegistry {
                 claimed_at: None,
             };
             s.records.insert(new.id.clone(), rec);
+            s.by_volume.insert(new.volume.clone(), new.id.clone());
             Ok(artifact)
         })
     }
@@ -319,7 +322,9 @@ impl ArtifactRegistry for MemoryRegistry {
         self.guarded(RegistryOp::Forget, |s| match s.records.get(id) {
             None => Ok(()),
             Some(r) if r.artifact.state == ArtifactState::Destroying => {
+                let volume = r.artifact.volume.clone();
                 s.records.remove(id);
+                s.by_volume.remove(&volume);
                 Ok(())
             }
             Some(_) => Err(Error::conflict(format!(

@@ -64,12 +64,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// One reaper pass over `total` artifacts of which `REAPABLE` are reapable, in memory.
-/// Measured once: seeding the memory registry is quadratic (its `register` scans every
-/// record for a volume clash), which makes repeats at 100,000 artifacts slow.
+/// One reaper pass over `total` artifacts of which `REAPABLE` are reapable, in memory
+/// (median of 3, like the Postgres passes).
 async fn memory_pass(total: usize) -> Duration {
     let mut times = Vec::new();
-    for _ in 0..1 {
+    for _ in 0..3 {
         let reg = MemoryRegistry::new();
         let keep = Holder::new("w-keep", "b-keep");
         let gone = Holder::new("w-gone", "b-gone");
