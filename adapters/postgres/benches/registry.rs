@@ -65,7 +65,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// One reaper pass over `total` artifacts of which `REAPABLE` are reapable, in memory
-/// (median of 3, like the Postgres passes).
+/// (median of 3).
 async fn memory_pass(total: usize) -> Duration {
     let mut times = Vec::new();
     for _ in 0..3 {
