@@ -1,21 +1,21 @@
 //! The HTTP side: fault injection, path-style routing, and one handler per
 //! operation of the XML API.
 
+use crate::RequestRecord;
 use crate::error::{GcsError, XML};
-use crate::server::ConnHandle;
 use crate::state::{Shared, lock};
 use crate::store::{Object, Preconditions, Resume, WriteMeta, valid_bucket_name};
 use crate::util::{
     RangeAnswer, http_date, parse_http_date, percent_decode, resolve_range, unix_secs,
 };
 use crate::xml::{self, ListEcho};
-use crate::{FaultAction, RequestRecord};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use jetbridge_sim_http::FaultReply;
 use std::sync::Arc;
 
 type Sh = State<Arc<Shared>>;
@@ -69,34 +69,13 @@ async fn faults(State(sh): Sh, req: Request, next: Next) -> Response {
         query,
         object,
     });
-    let conn = req.extensions().get::<ConnHandle>().cloned();
-    match action {
-        None => next.run(req).await,
-        Some(FaultAction::Status(code)) => GcsError::injected(code).into_response(),
-        Some(FaultAction::Delay(d)) => {
-            tokio::time::sleep(d).await;
-            next.run(req).await
-        }
-        Some(FaultAction::DropConnection) => drop_connection(conn).await,
-        Some(FaultAction::DropAfterCommit) => {
-            let resp = next.run(req).await;
-            drop(resp);
-            drop_connection(conn).await
-        }
-    }
-}
-
-async fn drop_connection(conn: Option<ConnHandle>) -> Response {
-    match conn {
-        Some(c) => {
-            c.kill.cancel();
-            // The connection task drops the socket; this response is never sent.
-            std::future::pending::<Response>().await
-        }
-        None => {
+    jetbridge_sim_http::apply(action, req, next, |reply| match reply {
+        FaultReply::Status(code) => GcsError::injected(code).into_response(),
+        FaultReply::CannotDrop => {
             GcsError::new(500, "InternalError", "the connection cannot be dropped").into_response()
         }
-    }
+    })
+    .await
 }
 
 /// What a path names.

@@ -21,7 +21,6 @@
 
 mod api;
 mod error;
-mod server;
 mod state;
 mod store;
 mod util;
@@ -30,7 +29,6 @@ mod xml;
 use bytes::Bytes;
 use state::{Shared, lock};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -128,23 +126,11 @@ impl Fault {
     }
 }
 
-/// What an injected fault does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FaultAction {
-    /// Answer with this status and an XML `<Error>` whose `Code` Cloud Storage
-    /// uses for it (500 `InternalError`, 503 `ServiceUnavailable`, 429
-    /// `SlowDown`, 408 `RequestTimeout`, 403 `AccessDenied`, ...). The request is
-    /// not performed.
-    Status(u16),
-    /// Close the TCP connection without a response; the request is not performed
-    /// (its body may be partly sent).
-    DropConnection,
-    /// Perform the request (e.g. complete the upload), then close the connection
-    /// before responding.
-    DropAfterCommit,
-    /// Wait, then handle the request normally.
-    Delay(Duration),
-}
+/// What an injected fault does. Here `Status(code)` answers an XML `<Error>`
+/// whose `Code` Cloud Storage uses for it (500 `InternalError`, 503
+/// `ServiceUnavailable`, 429 `SlowDown`, 408 `RequestTimeout`, 403
+/// `AccessDenied`, ...).
+pub use jetbridge_sim_http::FaultAction;
 
 /// A stored object, as the control handle shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +190,7 @@ impl Simulator {
             }
             st.create_bucket(b);
         }
-        let listener = server::bind(config.port)?;
+        let listener = jetbridge_sim_http::bind(config.port)?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             config,
@@ -214,7 +200,13 @@ impl Simulator {
             port,
             stop: CancellationToken::new(),
         });
-        let task = server::serve(shared.clone(), listener);
+        // Cancelling `stop` stops accepting and ends every connection.
+        let task = jetbridge_sim_http::serve(
+            api::router(shared.clone()),
+            listener,
+            shared.stop.clone(),
+            false,
+        );
         Ok(Simulator {
             shared,
             server: Arc::new(tokio::sync::Mutex::new(Some(task))),

@@ -2,14 +2,13 @@
 
 use crate::kubelet::{self, set_cond};
 use crate::selector::{FieldSelector, LabelSelector, POD_FIELDS, SECRET_FIELDS, Selectors};
-use crate::server::ConnHandle;
 use crate::state::{Kill, Shared, lock};
 use crate::store::Kind;
 use crate::util::{
     ApiError, Query, config_key_errors, dns_subdomain_errors, is_dns_subdomain, json_response,
     now_rfc3339, reason_for,
 };
-use crate::{FaultAction, RequestRecord, exec, secrets};
+use crate::{RequestRecord, exec, secrets};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
@@ -17,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use jetbridge_sim_http::FaultReply;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -104,34 +104,15 @@ async fn faults(State(sh): Sh, req: Request, next: Next) -> Response {
         path,
         query,
     });
-    let conn = req.extensions().get::<ConnHandle>().cloned();
-    match action {
-        None => next.run(req).await,
-        Some(FaultAction::Status(code)) => {
+    jetbridge_sim_http::apply(action, req, next, |reply| match reply {
+        FaultReply::Status(code) => {
             ApiError::new(code, reason_for(code), format!("injected fault: {code}")).into_response()
         }
-        Some(FaultAction::Delay(d)) => {
-            tokio::time::sleep(d).await;
-            next.run(req).await
+        FaultReply::CannotDrop => {
+            ApiError::new(500, "InternalError", "connection cannot be dropped").into_response()
         }
-        Some(FaultAction::DropConnection) => drop_connection(conn).await,
-        Some(FaultAction::DropAfterCommit) => {
-            let resp = next.run(req).await;
-            drop(resp);
-            drop_connection(conn).await
-        }
-    }
-}
-
-async fn drop_connection(conn: Option<ConnHandle>) -> Response {
-    match conn {
-        Some(c) => {
-            c.kill.cancel();
-            // The connection task drops the socket; this response is never sent.
-            std::future::pending::<Response>().await
-        }
-        None => ApiError::new(500, "InternalError", "connection cannot be dropped").into_response(),
-    }
+    })
+    .await
 }
 
 async fn not_found(req: Request) -> Response {

@@ -26,7 +26,6 @@ mod kubelet;
 mod process;
 mod secrets;
 mod selector;
-mod server;
 mod state;
 mod store;
 mod util;
@@ -117,21 +116,10 @@ impl Fault {
     }
 }
 
-/// What an injected fault does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FaultAction {
-    /// Answer with this status code and a `Status` body (reason from the
-    /// code: 409 Conflict, 429 TooManyRequests with `Retry-After: 0`, 500
-    /// InternalError, 503 ServiceUnavailable, 504 Timeout, ...).
-    Status(u16),
-    /// Close the TCP connection without a response.
-    DropConnection,
-    /// Perform the request (e.g. create the pod), then close the connection
-    /// before responding.
-    DropAfterCommit,
-    /// Wait, then handle the request normally.
-    Delay(Duration),
-}
+/// What an injected fault does. Here `Status(code)` answers a `Status` body
+/// with the reason from the code: 409 Conflict, 429 TooManyRequests with
+/// `Retry-After: 0`, 500 InternalError, 503 ServiceUnavailable, 504 Timeout, ...
+pub use jetbridge_sim_http::FaultAction;
 
 /// Handle to a running simulator; cheap to clone.
 #[derive(Debug, Clone)]
@@ -157,7 +145,7 @@ impl Simulator {
             .unwrap_or_else(|| work_root.join("pvc"));
         std::fs::create_dir_all(&work_root)?;
         std::fs::create_dir_all(&pvc_root)?;
-        let listener = server::bind(config.port)?;
+        let listener = jetbridge_sim_http::bind(config.port)?;
         let port = listener.local_addr()?.port();
         let generation_token = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -176,7 +164,7 @@ impl Simulator {
             generation: Mutex::new(generation_token.clone()),
             shutdown: CancellationToken::new(),
         });
-        let task = server::serve(shared.clone(), listener, generation_token);
+        let task = serve(&shared, listener, generation_token);
         Ok(Simulator {
             shared,
             server: Arc::new(tokio::sync::Mutex::new(Some(task))),
@@ -228,7 +216,7 @@ impl Simulator {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut listener = None;
         for _ in 0..100 {
-            match server::bind(self.shared.port) {
+            match jetbridge_sim_http::bind(self.shared.port) {
                 Ok(l) => {
                     listener = Some(l);
                     break;
@@ -245,11 +233,7 @@ impl Simulator {
         };
         let generation_token = CancellationToken::new();
         *lock(&self.shared.generation) = generation_token.clone();
-        *server = Some(server::serve(
-            self.shared.clone(),
-            listener,
-            generation_token,
-        ));
+        *server = Some(serve(&self.shared, listener, generation_token));
     }
 
     /// Forget watch history: watches from versions older than now get an
@@ -388,6 +372,16 @@ impl Simulator {
         }
         self.shared.shutdown.cancel();
     }
+}
+
+/// Accept connections (upgradable, for exec) until `generation_token` is
+/// cancelled; cancelling also ends every connection of this generation.
+fn serve(
+    sh: &Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    generation_token: CancellationToken,
+) -> JoinHandle<()> {
+    jetbridge_sim_http::serve(api::router(sh.clone()), listener, generation_token, true)
 }
 
 fn usage() -> &'static str {

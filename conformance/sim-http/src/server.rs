@@ -1,38 +1,41 @@
-//! The listener: plain HTTP/1.1 with upgrades, every connection killable.
+//! The listener: plain HTTP/1.1, every connection killable (for dropped-connection
+//! faults and restarts).
 
-use crate::api;
-use crate::state::Shared;
+use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Put into every request's extensions so a fault can drop the connection.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnHandle {
+pub struct ConnHandle {
+    /// Cancelling it ends the connection at once, without a response.
     pub kill: CancellationToken,
 }
 
-/// Bind 127.0.0.1:port with SO_REUSEADDR, so a restart can take the same port again.
-pub(crate) fn bind(port: u16) -> std::io::Result<TcpListener> {
+/// Bind 127.0.0.1:port with SO_REUSEADDR, so a stopped or restarted simulator's
+/// port can be taken again at once.
+pub fn bind(port: u16) -> std::io::Result<TcpListener> {
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
     sock.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
     sock.listen(1024)
 }
 
-/// Accept connections until `generation_token` is cancelled; cancelling also ends every
-/// connection of this generation.
-pub(crate) fn serve(
-    sh: Arc<Shared>,
+/// Serve `router` on `listener` until `token` is cancelled; cancelling also ends
+/// every connection accepted under it. Each request carries a [`ConnHandle`]
+/// whose `kill` is a child of `token`. With `upgrades`, connections may be
+/// upgraded (WebSocket).
+pub fn serve(
+    router: Router,
     listener: TcpListener,
-    generation_token: CancellationToken,
+    token: CancellationToken,
+    upgrades: bool,
 ) -> JoinHandle<()> {
-    let router = api::router(sh);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -44,11 +47,11 @@ pub(crate) fn serve(
                         continue;
                     }
                 },
-                () = generation_token.cancelled() => break,
+                () = token.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
             let conn = ConnHandle {
-                kill: generation_token.child_token(),
+                kill: token.child_token(),
             };
             let svc = TowerToHyperService::new(router.clone());
             tokio::spawn(async move {
@@ -59,11 +62,18 @@ pub(crate) fn serve(
                         hyper::service::Service::call(&svc, req)
                     });
                 let http = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::select! {
-                    _ = http => {}
-                    () = conn.kill.cancelled() => {}
+                    .serve_connection(TokioIo::new(stream), service);
+                // The two futures differ in type, hence two selects.
+                if upgrades {
+                    tokio::select! {
+                        _ = http.with_upgrades() => {}
+                        () = conn.kill.cancelled() => {}
+                    }
+                } else {
+                    tokio::select! {
+                        _ = http => {}
+                        () = conn.kill.cancelled() => {}
+                    }
                 }
             });
         }
