@@ -26,18 +26,18 @@ mod ioerr;
 mod pack;
 mod tree;
 
-use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::VolumeHandle;
+use jetbridge_core::ports::volume_support::{BusyGuard, BusyVolumes, from_unix_ms, unix_ms};
 use jetbridge_core::ports::{
     ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeState, VolumeStore,
 };
@@ -97,7 +97,7 @@ enum MountMapping {
 #[derive(Debug, Default)]
 struct Shared {
     /// Volumes a write or seal is working on in this process.
-    busy: Mutex<HashSet<String>>,
+    busy: BusyVolumes,
     /// Whether reflinks are still worth trying for `copy_to`.
     reflink: AtomicBool,
 }
@@ -110,32 +110,6 @@ pub struct FsVolumeStore {
     write_limit: Option<u64>,
     flush: bool,
     shared: Arc<Shared>,
-}
-
-/// Removes a handle from the busy set when dropped.
-#[derive(Debug)]
-struct BusyGuard {
-    shared: Arc<Shared>,
-    handle: String,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.shared
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.handle);
-    }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 /// Run blocking filesystem work off the async runtime.
@@ -160,7 +134,7 @@ impl FsVolumeStore {
             write_limit: None,
             flush: true,
             shared: Arc::new(Shared {
-                busy: Mutex::default(),
+                busy: BusyVolumes::default(),
                 reflink: AtomicBool::new(true),
             }),
         })
@@ -254,16 +228,7 @@ impl FsVolumeStore {
     }
 
     fn try_busy(&self, handle: &VolumeHandle) -> Result<BusyGuard> {
-        let mut busy = self.shared.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(handle.as_str().to_owned()) {
-            return Err(Error::conflict(format!(
-                "volume {handle} is being written or sealed by another call"
-            )));
-        }
-        Ok(BusyGuard {
-            shared: self.shared.clone(),
-            handle: handle.as_str().to_owned(),
-        })
+        self.shared.busy.claim(handle)
     }
 
     /// Where a volume stands; `None` if it does not exist.

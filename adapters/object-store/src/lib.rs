@@ -24,15 +24,16 @@ mod read;
 mod tree;
 mod write;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use jetbridge_core::digest::{Digest, TreeDigest};
 use jetbridge_core::names::VolumeHandle;
+use jetbridge_core::ports::volume_support::{BusyGuard, BusyVolumes, from_unix_ms, unix_ms};
 use jetbridge_core::ports::{
     ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeState, VolumeStore,
     bytes_stream,
@@ -112,39 +113,13 @@ struct Inner {
     options: ObjectStoreOptions,
     display: String,
     /// Volumes a write or seal of this process is working on.
-    busy: Mutex<HashSet<String>>,
+    busy: BusyVolumes,
 }
 
 /// A [`VolumeStore`] over an object store. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
 pub struct ObjectStoreVolumes {
     inner: Arc<Inner>,
-}
-
-/// Removes a handle from the busy set when dropped.
-#[derive(Debug)]
-struct BusyGuard {
-    inner: Arc<Inner>,
-    handle: String,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.inner
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.handle);
-    }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 fn not_found(handle: &VolumeHandle) -> Error {
@@ -234,7 +209,7 @@ impl ObjectStoreVolumes {
                 persistent,
                 options,
                 display,
-                busy: Mutex::default(),
+                busy: BusyVolumes::default(),
             }),
         }
     }
@@ -285,16 +260,7 @@ impl ObjectStoreVolumes {
     }
 
     fn try_busy(&self, handle: &VolumeHandle) -> Result<BusyGuard> {
-        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(handle.as_str().to_owned()) {
-            return Err(Error::conflict(format!(
-                "volume {handle} is being written or sealed by another call"
-            )));
-        }
-        Ok(BusyGuard {
-            inner: self.inner.clone(),
-            handle: handle.as_str().to_owned(),
-        })
+        self.inner.busy.claim(handle)
     }
 
     /// The bytes of a small object; `None` if it does not exist.

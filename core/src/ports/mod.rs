@@ -8,6 +8,7 @@ pub mod bridge;
 mod exec;
 mod pods;
 mod registry;
+pub mod volume_support;
 mod volumes;
 
 pub use exec::*;
