@@ -384,30 +384,40 @@ fn hello_runs_with_artifacts_in_an_s3_bucket() {
     );
 }
 
-#[test]
-fn hello_runs_with_artifacts_in_a_gcs_bucket() {
-    // The Cloud Storage simulator in this process, on a runtime of its own while the
-    // binary runs.
+/// The Cloud Storage simulator in this process with `bucket`, on a runtime of its own
+/// (kept alive by the caller) while the binary runs.
+fn gcs_sim(bucket: &str) -> (tokio::runtime::Runtime, jetbridge_gcs_sim::Simulator) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sim = rt
         .block_on(jetbridge_gcs_sim::Simulator::start(
-            jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-cli"),
+            jetbridge_gcs_sim::SimConfig::default().with_bucket(bucket),
         ))
         .expect("gcs simulator");
-    let data = tempfile::tempdir().expect("tempdir");
-    let out = bin()
-        .arg("run")
+    (rt, sim)
+}
+
+/// `jetbridge run hello.yml` with its artifacts at `url` on the simulator, anonymously.
+fn hello_on_gcs(sim: &jetbridge_gcs_sim::Simulator, data: &Path, url: &str) -> Command {
+    let mut c = bin();
+    c.arg("run")
         .arg(examples().join("hello.yml"))
         .arg("--data-dir")
-        .arg(data.path())
-        .arg("--volumes")
-        .arg("gs://jb-cli/ci")
+        .arg(data)
+        .args(["--volumes", url])
         .args([
             "--volumes-endpoint",
             &sim.url(),
             "--volumes-allow-http",
             "--volumes-anonymous",
-        ])
+        ]);
+    c
+}
+
+#[test]
+fn hello_runs_with_artifacts_in_a_gcs_bucket() {
+    let (rt, sim) = gcs_sim("jb-cli");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = hello_on_gcs(&sim, data.path(), "gs://jb-cli/ci")
         // Anonymous ignores credentials in the environment, even conflicting ones.
         .env("GOOGLE_SERVICE_ACCOUNT", "/nonexistent/key.json")
         .output()
@@ -562,25 +572,9 @@ fn a_planted_secret_never_reaches_logs_or_disk() {
 
 #[test]
 fn a_bucket_that_cannot_be_used_stops_the_run_before_any_step() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let sim = rt
-        .block_on(jetbridge_gcs_sim::Simulator::start(
-            jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-present"),
-        ))
-        .expect("gcs simulator");
+    let (_rt, sim) = gcs_sim("jb-present");
     let data = tempfile::tempdir().expect("tempdir");
-    let out = bin()
-        .arg("run")
-        .arg(examples().join("hello.yml"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--volumes", "gs://jb-absent/ci"])
-        .args([
-            "--volumes-endpoint",
-            &sim.url(),
-            "--volumes-allow-http",
-            "--volumes-anonymous",
-        ])
+    let out = hello_on_gcs(&sim, data.path(), "gs://jb-absent/ci")
         .output()
         .expect("runs");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
