@@ -32,6 +32,9 @@ pub enum StepFailure {
     StorageFull(String),
     /// The build was aborted.
     Aborted,
+    /// The worker running the build lost its registration (its heartbeat could not be
+    /// renewed in time), so it stopped rather than run unprotected.
+    WorkerLost(String),
     /// The step is wrong in a way only visible when it runs (a missing task file...).
     Invalid(String),
     /// Another infrastructure error (registry, API server, store).
@@ -68,6 +71,7 @@ impl StepFailure {
             StepFailure::TimedOut(_) => "timed-out",
             StepFailure::StorageFull(_) => "storage-full",
             StepFailure::Aborted => "aborted",
+            StepFailure::WorkerLost(_) => "worker-lost",
             StepFailure::Invalid(_) => "invalid",
             StepFailure::Infrastructure(_) => "errored",
         }
@@ -92,6 +96,14 @@ impl StepFailure {
             } else {
                 m
             }),
+        }
+    }
+
+    /// How a step ends when its build is stopped for `reason`.
+    pub fn from_abort(reason: Option<&super::abort::AbortReason>) -> Self {
+        match reason {
+            Some(super::abort::AbortReason::WorkerLost(m)) => StepFailure::WorkerLost(m.clone()),
+            _ => StepFailure::Aborted,
         }
     }
 
@@ -129,6 +141,7 @@ impl std::fmt::Display for StepFailure {
             }
             StepFailure::StorageFull(m) => with(f, "volume store full", m),
             StepFailure::Aborted => f.write_str("aborted"),
+            StepFailure::WorkerLost(m) => with(f, "worker lost", m),
             StepFailure::Invalid(m) => with(f, "invalid", m),
             StepFailure::Infrastructure(e) => write!(f, "errored: {e}"),
         }

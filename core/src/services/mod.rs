@@ -8,7 +8,7 @@ pub mod failure;
 pub mod reaper;
 pub mod step;
 
-pub use abort::{AbortHandle, AbortSignal, abort_pair};
+pub use abort::{AbortHandle, AbortReason, AbortSignal, abort_pair};
 pub use artifacts::{ArtifactRequest, ArtifactService, ArtifactVolume};
 pub use build::*;
 pub use failure::StepFailure;
