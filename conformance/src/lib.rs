@@ -40,6 +40,7 @@
 //! live backends. See the README for the model.
 
 pub mod exec;
+pub mod lifecycle;
 pub mod live;
 mod macros;
 pub mod pods;
@@ -64,6 +65,8 @@ pub const VOLUME_STORE_CASES: &[&str] = volumes::CASES;
 pub const REGISTRY_CASES: &[&str] = registry::CASES;
 /// The runtime suite's cases.
 pub const RUNTIME_CASES: &[&str] = runtime::CASES;
+/// The lifecycle suite's cases.
+pub const LIFECYCLE_CASES: &[&str] = lifecycle::CASES;
 
 /// What the macros need from this crate's dependencies, reachable as `$crate::__private`.
 #[doc(hidden)]

@@ -167,9 +167,9 @@ impl RecordedEvents {
     }
 }
 
-const WORKER: &str = "conformance-worker";
+pub(crate) const WORKER: &str = "conformance-worker";
 
-fn pipeline_yaml(subject: &RuntimeSubject, jobs: &str) -> String {
+pub(crate) fn pipeline_yaml(subject: &RuntimeSubject, jobs: &str) -> String {
     format!(
         "resource_types:\n- {}\nresources:\n- name: repo\n  type: jb-mock\n  source: {{initial_version: v1}}\n- name: sink\n  type: jb-mock\n  source: {{}}\njobs:\n{jobs}",
         subject.mock_type
@@ -213,7 +213,7 @@ fn uuid_like() -> String {
     jetbridge_core::names::StepHandle::random().as_str()[..12].to_owned()
 }
 
-fn quick() -> StepConfig {
+pub(crate) fn quick() -> StepConfig {
     StepConfig {
         scheduling_timeout: Duration::from_secs(60),
         startup_timeout: Duration::from_secs(120),
@@ -268,7 +268,7 @@ fn artifact<'a>(o: &'a BuildOutcome, name: &str) -> Result<&'a ArtifactRef, Case
     })
 }
 
-fn task(name: &str, inputs: &[&str], outputs: &[&str], script: &str) -> String {
+pub(crate) fn task(name: &str, inputs: &[&str], outputs: &[&str], script: &str) -> String {
     let ins: String = inputs.iter().map(|i| format!("{{name: {i}}}, ")).collect();
     let outs: String = outputs.iter().map(|o| format!("{{name: {o}}}, ")).collect();
     format!(
@@ -279,7 +279,7 @@ fn task(name: &str, inputs: &[&str], outputs: &[&str], script: &str) -> String {
     )
 }
 
-async fn leftovers(subject: &RuntimeSubject, build_id: &str) -> Result<(), CaseError> {
+pub(crate) async fn leftovers(subject: &RuntimeSubject, build_id: &str) -> Result<(), CaseError> {
     let rt = &subject.runtime;
     let mut sel = BTreeMap::new();
     sel.insert(label::WORKER.to_owned(), WORKER.to_owned());

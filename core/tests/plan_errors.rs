@@ -143,7 +143,22 @@ fn duplicates() {
     let text = format!(
         "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    {task}\n  - do:\n    - task: t\n      {task}\n"
     );
-    fails_at(&text, 8, 13, &["two tasks named `t`", "line 5"]);
+    // Repeated task names are Concourse's, and jetbridge's: each step binds its own
+    // outputs (and a hook such as `on_failure: {task: notify}` can be reused).
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - put: r\n  - task: t\n    {task}\n    on_failure: {{task: notify, {task}}}\n  - put: r\n  - task: u\n    {task}\n    on_failure: {{task: notify, {task}}}\n"
+    );
+    parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
+    // A repeated `get` name is the one Concourse refuses ("repeated name").
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n  - do:\n    - get: r\n");
+    let err = fails_at(
+        &text,
+        7,
+        12,
+        &["repeated name", "`get` steps named `r`", "line 5"],
+    );
+    assert!(hint(&err).contains("resource:"));
     // The same task name in another job is fine.
     let text = format!(
         "{R}jobs:\n- name: a\n  plan:\n  - task: t\n    {task}\n- name: b\n  plan:\n  - task: t\n    {task}\n"
@@ -317,7 +332,7 @@ fn artifact_flow_through_parallel_do_and_hooks() {
     parse_pipeline(&text, "p.yml", &Vars::new()).unwrap();
     // Two parallel steps producing one artifact clash.
     let text = format!(
-        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n    - get: x\n      resource: r\n    - get: x\n      resource: s\n"
+        "{R}jobs:\n- name: j\n  plan:\n  - in_parallel:\n    - get: x\n      resource: r\n    - task: t\n      config: {{platform: linux, outputs: [{{name: x}}], run: {{path: x}}}}\n"
     );
     fails_at(&text, 8, 7, &["artifact `x`", "line 6"]);
 }

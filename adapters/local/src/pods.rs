@@ -406,6 +406,24 @@ impl Pods for LocalBackend {
         drop(op);
         removed
     }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
+        // Every process of the pod goes; the sandbox stays for inspection.
+        let Some(sandbox) = self.sandbox(name) else {
+            return Ok(true);
+        };
+        let (_entry, op) = self.lock_entry(name).await;
+        let groups = procs::read_records(&sandbox.procs());
+        let survivors = procs::terminate(&groups, grace).await;
+        drop(op);
+        if survivors.is_empty() {
+            Ok(true)
+        } else {
+            Err(Error::other(format!(
+                "process groups {survivors:?} of pod {name} survived SIGKILL"
+            )))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ jetbridge_conformance::volume_store_suite!(make_store);
 jetbridge_conformance::registry_suite!(make_registry);
 
 jetbridge_conformance::runtime_suite!(make_runtime);
+jetbridge_conformance::lifecycle_suite!(make_runtime);
 
 /// The mock resource type runs in the built-in `concourse/mock-resource` image.
 const MOCK_TYPE: &str =

@@ -636,7 +636,10 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
                     "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}",
                     images,
                 );
-                jetbridge_conformance::runtime::run_all(&subject).await
+                // Whole plans, then how they end when stopped.
+                let mut outcomes = jetbridge_conformance::runtime::run_all(&subject).await;
+                outcomes.extend(jetbridge_conformance::lifecycle::run_all(&subject).await);
+                outcomes
             }
             other => {
                 return Err(user(format!(

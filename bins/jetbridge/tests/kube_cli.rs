@@ -145,6 +145,7 @@ fn jetbridge_conformance_counts() -> usize {
     jetbridge_conformance::PODS_CASES.len()
         + jetbridge_conformance::EXEC_CASES.len()
         + jetbridge_conformance::RUNTIME_CASES.len()
+        + jetbridge_conformance::LIFECYCLE_CASES.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,11 +80,13 @@ async fn kube_streamed() -> Option<RuntimeSubject> {
 mod claim {
     use super::*;
     jetbridge_conformance::runtime_suite!(kube_with_claim);
+    jetbridge_conformance::lifecycle_suite!(kube_with_claim);
 }
 
 mod streamed {
     use super::*;
     jetbridge_conformance::runtime_suite!(kube_streamed);
+    jetbridge_conformance::lifecycle_suite!(kube_streamed);
 }
 
 /// Artifacts in a bucket (the object store over a local directory): streamed through

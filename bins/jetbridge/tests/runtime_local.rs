@@ -46,11 +46,13 @@ async fn local_with_streamed_store() -> Option<RuntimeSubject> {
 mod fs_store {
     use super::*;
     jetbridge_conformance::runtime_suite!(local_with_fs_store);
+    jetbridge_conformance::lifecycle_suite!(local_with_fs_store);
 }
 
 mod streamed_store {
     use super::*;
     jetbridge_conformance::runtime_suite!(local_with_streamed_store);
+    jetbridge_conformance::lifecycle_suite!(local_with_streamed_store);
 }
 
 async fn local_with_object_store() -> Option<RuntimeSubject> {

@@ -141,7 +141,13 @@ pub(crate) async fn handler(
     let v5 = proto == V5;
     ws.protocols([proto]).on_upgrade(move |socket| async move {
         session(socket, v5, spawned, drop_stream, generation_token).await;
-        if let Some(id) = proc_id {
+        // What the command left running in the background stays in the container until
+        // the container stops, as on a node, where stopping it kills every process of
+        // its cgroup (CRI StopContainer; kubelet kuberuntime_container.go killContainer).
+        // So the group stays registered for the pod's end while it has members.
+        if let Some(id) = proc_id
+            && !proc_group_alive(&rt, id)
+        {
             rt.remove_proc(id);
         }
     })
@@ -325,4 +331,11 @@ mod tests {
         assert_eq!(v["reason"], "NonZeroExitCode");
         assert_eq!(v["details"]["causes"][0]["message"], "3");
     }
+}
+
+/// Whether the process group registered as `id` still has a member.
+fn proc_group_alive(rt: &crate::state::PodRuntime, id: u64) -> bool {
+    rt.group_of(id).is_some_and(|pgid| {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    })
 }

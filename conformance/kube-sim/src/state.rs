@@ -162,6 +162,14 @@ impl PodRuntime {
         lock(&self.procs).remove(&id);
     }
 
+    /// The process group registered as `id`, if it is one.
+    pub fn group_of(&self, id: u64) -> Option<i32> {
+        match lock(&self.procs).get(&id) {
+            Some(ProcHandle::Group(g)) => Some(*g),
+            _ => None,
+        }
+    }
+
     /// Signal every process of the pod (containers and execs).
     pub fn signal_all(&self, kill: bool) {
         let procs: Vec<ProcHandle> = lock(&self.procs).values().cloned().collect();

@@ -153,7 +153,8 @@ impl Flow {
 /// Per-job state.
 #[derive(Default)]
 struct JobState {
-    task_names: HashMap<String, Pos>,
+    /// `get` names seen in this job: Concourse refuses a repeated one.
+    get_names: HashMap<String, Pos>,
 }
 
 /// Where a task config's inputs and outputs were written.
@@ -734,9 +735,9 @@ impl<'f> Cx<'f> {
             .collect();
         let obj = self.obj(node, &format!("a `{kind}` step"), &known, IGNORED_STEP)?;
         let kind = match kind {
-            "get" => StepKind::Get(self.get_step(&obj, flow)?),
+            "get" => StepKind::Get(self.get_step(&obj, state, flow)?),
             "put" => StepKind::Put(self.put_step(&obj, flow)?),
-            "task" => StepKind::Task(self.task_step(&obj, state, flow)?),
+            "task" => StepKind::Task(self.task_step(&obj, flow)?),
             "in_parallel" => StepKind::InParallel(self.in_parallel(&obj, state, flow)?),
             _ => {
                 let list = obj.get("do").ok_or_else(|| {
@@ -818,9 +819,27 @@ impl<'f> Cx<'f> {
             .with_hint(hint))
     }
 
-    fn get_step(&mut self, obj: &Obj<'_>, flow: &mut Flow) -> Result<GetStep, PlanError> {
+    fn get_step(
+        &mut self,
+        obj: &Obj<'_>,
+        state: &mut JobState,
+        flow: &mut Flow,
+    ) -> Result<GetStep, PlanError> {
         let name_node = self.required(obj, "get", "a `get` step")?;
         let name = self.name(name_node, "`get` name")?;
+        if let Some(prev) = state.get_names.insert(name.clone(), name_node.pos) {
+            return Err(self
+                .err(
+                    name_node.pos,
+                    format!(
+                        "repeated name: this job has two `get` steps named `{name}` (the other at line {})",
+                        prev.line
+                    ),
+                )
+                .with_hint(
+                    "give one another name with `get: OTHER` and `resource:`; a get's name is the artifact later steps see",
+                ));
+        }
         let resource = self.step_resource(obj, "get", &name, name_node.pos)?;
         let version = match obj.get("version") {
             None => None,
@@ -951,28 +970,11 @@ impl<'f> Cx<'f> {
         Ok(out)
     }
 
-    fn task_step(
-        &mut self,
-        obj: &Obj<'_>,
-        state: &mut JobState,
-        flow: &mut Flow,
-    ) -> Result<TaskStep, PlanError> {
+    fn task_step(&mut self, obj: &Obj<'_>, flow: &mut Flow) -> Result<TaskStep, PlanError> {
         let name_node = self.required(obj, "task", "a `task` step")?;
+        // Task names may repeat within a job, as in Concourse (a shared `on_failure:
+        // {task: notify}`, say): each step binds its own outputs, whatever its name.
         let name = self.name(name_node, "task name")?;
-        if let Some(prev) = state.task_names.get(&name) {
-            return Err(self
-                .err(
-                    name_node.pos,
-                    format!(
-                        "this job has two tasks named `{name}` (the other at line {})",
-                        prev.line
-                    ),
-                )
-                .with_hint(
-                    "rename one: a task's name identifies its step (and its pod) in a build",
-                ));
-        }
-        state.task_names.insert(name.clone(), name_node.pos);
         let input_mapping = self.name_map(obj.get("input_mapping"), "`input_mapping`")?;
         let output_mapping = self.name_map(obj.get("output_mapping"), "`output_mapping`")?;
         let params = self.string_map(obj.get("params"), "`params`")?;

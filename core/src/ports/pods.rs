@@ -271,6 +271,14 @@ pub trait Pods: Send + Sync {
     /// Delete a pod with a grace period; processes are killed. Deleting a pod that is
     /// gone already succeeds.
     async fn delete(&self, name: &str, grace: Duration) -> Result<()>;
+
+    /// End every process of a pod but keep the pod, for inspection (kept pods). Returns
+    /// `false` where the platform cannot do that (then callers delete the pod); returns
+    /// once the processes are gone.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
+        let _ = (name, grace);
+        Ok(false)
+    }
 }
 
 macro_rules! forward_pods {
@@ -299,6 +307,9 @@ macro_rules! forward_pods {
             }
             async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
                 (**self).delete(name, grace).await
+            }
+            async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
+                (**self).stop(name, grace).await
             }
         }
     };

@@ -144,22 +144,20 @@ impl AbortSignal {
     }
 
     fn grace_over(&self, s: &State) -> bool {
-        match (self.grace, s.since) {
-            (Some(g), Some(since)) => s.level >= 1 && Instant::now() >= since + g,
-            _ => false,
-        }
+        grace_over(self.grace, s)
     }
 
     /// Resolves once this signal fires; pends forever if the handle is dropped without
     /// aborting.
     pub async fn aborted(&mut self) {
         loop {
+            let (level, grace) = (self.level, self.grace);
             let deadline = {
                 let s = self.rx.borrow_and_update();
-                if s.level >= self.level || self.grace_over(&s) {
+                if s.level >= level || grace_over(grace, &s) {
                     return;
                 }
-                match (self.grace, s.since) {
+                match (grace, s.since) {
                     (Some(g), Some(since)) if s.level >= 1 => Some(since + g),
                     _ => None,
                 }
@@ -179,6 +177,13 @@ impl AbortSignal {
                 None => changed.await,
             }
         }
+    }
+}
+
+fn grace_over(grace: Option<Duration>, s: &State) -> bool {
+    match (grace, s.since) {
+        (Some(g), Some(since)) => s.level >= 1 && Instant::now() >= since + g,
+        _ => false,
     }
 }
 

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 
-use super::abort::AbortSignal;
+use super::abort::{AbortReason, AbortSignal};
 use super::failure::StepFailure;
 use super::step::{
     ArtifactRef, StepCommand, StepConfig, StepInput, StepOutput, StepRequest, StepRunner,
@@ -132,7 +132,11 @@ pub struct BuildRunner {
     worker: String,
     events: Arc<dyn BuildEvents>,
     active: Arc<Mutex<HashSet<String>>>,
+    abort_grace: Duration,
 }
+
+/// How long `on_abort` and `ensure` hooks may run after an abort, by default.
+pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for BuildRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,7 +174,15 @@ impl BuildRunner {
             worker: worker.into(),
             events,
             active: Arc::new(Mutex::new(HashSet::new())),
+            abort_grace: DEFAULT_ABORT_GRACE,
         }
+    }
+
+    /// How long the `on_abort` and `ensure` hooks of an aborted build may run before
+    /// they are interrupted too ([`DEFAULT_ABORT_GRACE`] unless set).
+    pub fn with_abort_grace(mut self, grace: Duration) -> Self {
+        self.abort_grace = grace;
+        self
     }
 
     /// Step handles running now (for the reaper of this worker).
@@ -210,7 +222,8 @@ impl BuildRunner {
             timeout: None,
             location: job.location.clone(),
         };
-        let status = self.run_step(&ctx, &plan, &mut scope, None).await;
+        let abort = ctx.req.abort.clone();
+        let status = self.run_step(&ctx, &plan, &mut scope, None, &abort).await;
         // The build's references go whatever happened; the reaper takes the rest.
         let released = self.steps.runtime().registry.release_all(&ctx.holder).await;
         let status = match (status, released) {
@@ -247,10 +260,11 @@ impl BuildRunner {
         step: &'a Step,
         scope: &'a mut Scope,
         outer_deadline: Option<Instant>,
+        abort: &'a AbortSignal,
     ) -> BoxFuture<'a, Status> {
         async move {
-            if ctx.req.abort.is_aborted() {
-                return Err(StepFailure::Aborted);
+            if abort.is_aborted() {
+                return Err(StepFailure::from_abort(abort.reason().as_ref()));
             }
             let mut status: Status = Ok(());
             for attempt in 1..=step.attempts.max(1) {
@@ -258,17 +272,19 @@ impl BuildRunner {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                status = self.run_kind(ctx, step, scope, deadline, attempt).await;
+                status = self
+                    .run_kind(ctx, step, scope, deadline, attempt, abort)
+                    .await;
                 match &status {
                     Ok(()) => break,
-                    Err(f) if f.is_abort() => break,
+                    Err(f) if f.is_abort() || matches!(f, StepFailure::WorkerLost(_)) => break,
                     Err(_) if attempt < step.attempts => {
                         tracing::info!(attempt, of = step.attempts, "retrying step");
                     }
                     Err(_) => {}
                 }
             }
-            self.run_hooks(ctx, &step.hooks, status, scope, outer_deadline)
+            self.run_hooks(ctx, &step.hooks, status, scope, outer_deadline, abort)
                 .await
         }
         .boxed()
@@ -281,7 +297,18 @@ impl BuildRunner {
         status: Status,
         scope: &mut Scope,
         deadline: Option<Instant>,
+        abort: &AbortSignal,
     ) -> Status {
+        // A worker that lost its registration runs nothing more, hooks included.
+        if matches!(abort.reason(), Some(AbortReason::WorkerLost(_))) {
+            return status;
+        }
+        // After an abort, `on_abort` and `ensure` still run, as in Concourse, but only
+        // until a second abort or the grace period ends; the other hooks do not start.
+        let hook_abort = match &status {
+            Err(f) if f.is_abort() => abort.for_hooks(self.abort_grace),
+            _ => abort.clone(),
+        };
         let hook = match &status {
             Ok(()) => hooks.on_success.as_deref(),
             Err(f) if f.is_abort() => hooks.on_abort.as_deref(),
@@ -290,7 +317,7 @@ impl BuildRunner {
         };
         let mut status = status;
         if let Some(h) = hook {
-            let r = self.run_step(ctx, h, scope, deadline).await;
+            let r = self.run_step(ctx, h, scope, deadline, &hook_abort).await;
             // A failing on_success hook fails the step; other hooks keep the original
             // failure.
             if status.is_ok() {
@@ -298,7 +325,13 @@ impl BuildRunner {
             }
         }
         if let Some(h) = hooks.ensure.as_deref() {
-            let r = self.run_step(ctx, h, scope, deadline).await;
+            // An abort during the first hook must not stop `ensure` from running.
+            let ensure_abort = if abort.build_aborted() {
+                abort.for_hooks(self.abort_grace)
+            } else {
+                abort.clone()
+            };
+            let r = self.run_step(ctx, h, scope, deadline, &ensure_abort).await;
             if status.is_ok() {
                 status = r;
             }
@@ -313,11 +346,12 @@ impl BuildRunner {
         scope: &mut Scope,
         deadline: Option<Instant>,
         attempt: u32,
+        abort: &AbortSignal,
     ) -> Status {
         match &step.kind {
             StepKind::Do(steps) => {
                 for s in steps {
-                    self.run_step(ctx, s, scope, deadline).await?;
+                    self.run_step(ctx, s, scope, deadline, abort).await?;
                 }
                 Ok(())
             }
@@ -335,7 +369,7 @@ impl BuildRunner {
                             if par.fail_fast && failed.load(std::sync::atomic::Ordering::SeqCst) {
                                 return (Ok(()), local);
                             }
-                            let r = self.run_step(ctx, s, &mut local, deadline).await;
+                            let r = self.run_step(ctx, s, &mut local, deadline, abort).await;
                             if r.is_err() {
                                 failed.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
@@ -355,15 +389,22 @@ impl BuildRunner {
                 }
                 status
             }
-            StepKind::Task(t) => self.run_task(ctx, step, t, scope, deadline, attempt).await,
+            StepKind::Task(t) => {
+                self.run_task(ctx, step, t, scope, deadline, attempt, abort)
+                    .await
+            }
             StepKind::Get(g) => {
                 let name = format!("get: {}", g.name);
                 self.summarised(ctx, &name, "get", attempt, step, async {
-                    self.run_get(ctx, g, None, scope, deadline).await
+                    self.run_get(ctx, g, None, scope, deadline, abort).await
                 })
                 .await
+                .0
             }
-            StepKind::Put(p) => self.run_put(ctx, step, p, scope, deadline, attempt).await,
+            StepKind::Put(p) => {
+                self.run_put(ctx, step, p, scope, deadline, attempt, abort)
+                    .await
+            }
         }
     }
 
@@ -376,7 +417,7 @@ impl BuildRunner {
         attempt: u32,
         step: &Step,
         body: impl std::future::Future<Output = (Status, Vec<ArtifactRef>)>,
-    ) -> Status {
+    ) -> (Status, Vec<ArtifactRef>) {
         self.events.step_started(name, kind);
         let started = Instant::now();
         let (result, artifacts) = body.await;
@@ -385,7 +426,7 @@ impl BuildRunner {
             kind,
             result: result.clone(),
             duration: started.elapsed(),
-            artifacts,
+            artifacts: artifacts.clone(),
             attempts: attempt,
         };
         self.events.step_finished(&summary);
@@ -399,7 +440,7 @@ impl BuildRunner {
         {
             *ff = Some((name.to_owned(), f.clone()));
         }
-        result
+        (result, artifacts)
     }
 
     fn identity(&self, ctx: &Ctx, step: &str, step_type: &str) -> StepIdentity {
@@ -424,6 +465,7 @@ impl BuildRunner {
         command: StepCommand,
         deadline: Option<Instant>,
         timeout: Option<Duration>,
+        abort: &AbortSignal,
     ) -> StepRequest {
         StepRequest {
             identity,
@@ -439,7 +481,7 @@ impl BuildRunner {
             deadline,
             timeout,
             output: self.events.step_output(display),
-            abort: ctx.req.abort.clone(),
+            abort: abort.clone(),
         }
     }
 
@@ -492,6 +534,7 @@ impl BuildRunner {
         pinned: Option<Value>,
         scope: &mut Scope,
         deadline: Option<Instant>,
+        abort: &AbortSignal,
     ) -> (Status, Vec<ArtifactRef>) {
         let display = format!("get: {}", g.name);
         let (source, image, scripts) = match self.resource_scripts(ctx, &g.resource) {
@@ -512,7 +555,8 @@ impl BuildRunner {
                     capture_stdout: true,
                 };
                 let id = self.identity(ctx, &g.resource, "check");
-                let req = self.request(ctx, id, &display, image.clone(), cmd, deadline, None);
+                let req =
+                    self.request(ctx, id, &display, image.clone(), cmd, deadline, None, abort);
                 let r = self.execute(req).await;
                 if let Err(f) = r.result {
                     return (Err(f), Vec::new());
@@ -552,7 +596,7 @@ impl BuildRunner {
             capture_stdout: true,
         };
         let id = self.identity(ctx, &g.name, "get");
-        let mut req = self.request(ctx, id, &display, image, cmd, deadline, None);
+        let mut req = self.request(ctx, id, &display, image, cmd, deadline, None, abort);
         req.outputs.push(StepOutput {
             name: g.name.clone(),
             path: g.name.clone(),
@@ -583,6 +627,7 @@ impl BuildRunner {
         scope: &mut Scope,
         deadline: Option<Instant>,
         attempt: u32,
+        abort: &AbortSignal,
     ) -> Status {
         let display = format!("put: {}", p.name);
         let mut version = None;
@@ -602,7 +647,8 @@ impl BuildRunner {
                     capture_stdout: true,
                 };
                 let id = self.identity(ctx, &p.name, "put");
-                let mut req = self.request(ctx, id, &display, image, cmd, deadline, step.timeout);
+                let mut req =
+                    self.request(ctx, id, &display, image, cmd, deadline, step.timeout, abort);
                 let names: Vec<String> = match &p.inputs {
                     Some(list) => list.clone(),
                     None => scope.keys().cloned().collect(),
@@ -641,7 +687,8 @@ impl BuildRunner {
                 }
                 (r.result, r.outputs)
             })
-            .await;
+            .await
+            .0;
         result?;
         if p.no_get {
             return Ok(());
@@ -657,9 +704,10 @@ impl BuildRunner {
         let name = format!("get: {}", g.name);
         let pinned = version.clone();
         self.summarised(ctx, &name, "get", attempt, step, async {
-            self.run_get(ctx, &g, pinned, scope, deadline).await
+            self.run_get(ctx, &g, pinned, scope, deadline, abort).await
         })
         .await
+        .0
     }
 
     async fn load_task_config(
@@ -736,11 +784,11 @@ impl BuildRunner {
         scope: &mut Scope,
         deadline: Option<Instant>,
         attempt: u32,
+        abort: &AbortSignal,
     ) -> Status {
         let display = format!("task: {}", t.name);
         let snapshot = scope.clone();
-        let mut produced = Vec::new();
-        let result = self
+        let (result, produced) = self
             .summarised(ctx, &display, "task", attempt, step, async {
                 let config = match self.load_task_config(ctx, t, &snapshot).await {
                     Ok(c) => c,
@@ -773,7 +821,8 @@ impl BuildRunner {
                     capture_stdout: false,
                 };
                 let id = self.identity(ctx, &t.name, "task");
-                let mut req = self.request(ctx, id, &display, image, cmd, deadline, step.timeout);
+                let mut req =
+                    self.request(ctx, id, &display, image, cmd, deadline, step.timeout, abort);
                 req.privileged = t.privileged;
                 req.resources = Resources {
                     cpu_millis: config.container_limits.cpu_millis,
@@ -807,11 +856,8 @@ impl BuildRunner {
                 (r.result, r.outputs)
             })
             .await;
-        if let Ok(s) = ctx.summaries.lock()
-            && let Some(last) = s.iter().rev().find(|s| s.name == display)
-        {
-            produced = last.artifacts.clone();
-        }
+        // This step's own outputs, never another's of the same name (task names may
+        // repeat, as in Concourse).
         for a in produced {
             scope.insert(a.name.clone(), a);
         }

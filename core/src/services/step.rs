@@ -247,10 +247,14 @@ impl StepRunner {
         let pod_name = req.identity.pod_name();
         let mut outputs = Vec::new();
         let mut stdout = Vec::new();
+        let mut deleted = false;
         let result = self
-            .run_inner(&req, &pod_name, &mut outputs, &mut stdout)
+            .run_inner(&req, &pod_name, &mut outputs, &mut stdout, &mut deleted)
             .await;
+        // On every path, aborts included: the pod (and on Kubernetes the Secret it
+        // owns) goes.
         if !self.config.keep_pods
+            && !deleted
             && let Err(e) = self
                 .rt
                 .pods
@@ -279,7 +283,11 @@ impl StepRunner {
         pod_name: &str,
         produced: &mut Vec<ArtifactRef>,
         stdout: &mut Vec<u8>,
+        deleted: &mut bool,
     ) -> std::result::Result<(), StepFailure> {
+        if req.abort.is_aborted() {
+            return Err(self.aborted(req));
+        }
         let pods = self.rt.pods.clone();
         let pod_caps = pods.capabilities();
         let store = if req.inputs.is_empty() && req.outputs.is_empty() {
@@ -371,8 +379,10 @@ impl StepRunner {
             privileged: req.privileged,
             helper,
         };
-        self.create_pod(&spec).await?;
-        self.wait_running(req, pod_name).await?;
+        // An abort interrupts pod creation and every wait, not only the command.
+        self.interruptible(req, self.create_pod(&spec)).await?;
+        self.interruptible(req, self.wait_running(req, pod_name))
+            .await?;
 
         let helper_container = if helper {
             Container::Helper
@@ -444,6 +454,12 @@ impl StepRunner {
             self.collect_output(req, pod_name, helper_container, o, v)
                 .await?;
         }
+        // Outputs written in place are sealed only once nothing of the step can still
+        // write to them: a process the task left in the background would otherwise
+        // change a sealed artifact. (Streamed outputs are a snapshot already.)
+        if stream_out.len() < out_volumes.len() {
+            *deleted = self.stop_writers(pod_name).await?;
+        }
         for (_, v) in &out_volumes {
             let (ready, _) = v.seal().await.map_err(StepFailure::from_error)?;
             produced.push(ArtifactRef {
@@ -458,6 +474,68 @@ impl StepRunner {
             Ok(())
         } else {
             Err(StepFailure::Exited(code))
+        }
+    }
+
+    /// How this step ends because its build was stopped.
+    fn aborted(&self, req: &StepRequest) -> StepFailure {
+        StepFailure::from_abort(req.abort.reason().as_ref())
+    }
+
+    /// `fut`, unless the build is aborted first.
+    async fn interruptible<T>(
+        &self,
+        req: &StepRequest,
+        fut: impl std::future::Future<Output = std::result::Result<T, StepFailure>>,
+    ) -> std::result::Result<T, StepFailure> {
+        let mut abort = req.abort.clone();
+        tokio::select! {
+            r = fut => r,
+            _ = abort.aborted() => Err(self.aborted(req)),
+        }
+    }
+
+    /// End every process of the step's pod before its in-place outputs are sealed.
+    /// Returns whether the pod was deleted to do so.
+    async fn stop_writers(&self, pod: &str) -> std::result::Result<bool, StepFailure> {
+        let pods = &self.rt.pods;
+        let grace = self.config.delete_grace;
+        if self.config.keep_pods {
+            // Kept for inspection where the platform can end the processes and keep
+            // the pod; otherwise it goes like any other, so the outputs stay sound.
+            match pods.stop(pod, grace).await {
+                Ok(true) => return Ok(false),
+                Ok(false) => {
+                    tracing::info!(
+                        pod,
+                        "deleting the kept pod anyway: its outputs are sealed only once it has stopped"
+                    );
+                }
+                Err(e) => {
+                    return Err(StepFailure::from_error(
+                        e.context(format!("stopping pod {pod}")),
+                    ));
+                }
+            }
+        }
+        pods.delete(pod, grace).await.map_err(|e| {
+            StepFailure::from_error(
+                e.context(format!("stopping pod {pod} before sealing its outputs")),
+            )
+        })?;
+        // Bounded: a pod that will not stop (its node gone) must not hang the build. The
+        // step's own deadline does not apply: its command is done.
+        let limit = grace + STOP_MARGIN;
+        match pods.wait(pod, WaitFor::Terminated, limit).await {
+            Ok(st) if st.satisfies(WaitFor::Terminated) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Ok(_) => Err(StepFailure::Infrastructure(Error::timeout(format!(
+                "pod {pod} did not stop within {} of its deletion; its outputs were not sealed",
+                super::fmt_duration(limit)
+            )))),
+            Err(e) => Err(StepFailure::from_error(
+                e.context(format!("waiting for pod {pod} to stop")),
+            )),
         }
     }
 
@@ -586,11 +664,11 @@ impl StepRunner {
                     Ok(r) => r,
                     Err(_) => return Err(StepFailure::TimedOut(req.timeout.unwrap_or(left))),
                 },
-                _ = abort.aborted() => return Err(StepFailure::Aborted),
+                _ = abort.aborted() => return Err(self.aborted(req)),
             },
             None => tokio::select! {
                 r = fut => r,
-                _ = abort.aborted() => return Err(StepFailure::Aborted),
+                _ = abort.aborted() => return Err(self.aborted(req)),
             },
         };
         match outcome {
@@ -664,6 +742,10 @@ impl StepRunner {
             .map_err(|e| StepFailure::from_error(e.context(format!("storing output {:?}", o.name))))
     }
 }
+
+/// How long past its grace period a deleted pod may take to stop before its outputs
+/// are given up on.
+const STOP_MARGIN: Duration = Duration::from_secs(60);
 
 fn argv(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
