@@ -490,14 +490,19 @@ async fn build_releases_references_and_reaper_leaves_nothing() {
     assert_no_pods(&m).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_kills_the_step_and_cleans_up() {
-    let m = MemoryRuntime::new();
-    let pipeline =
-        parse_pipeline(&one_task("sleep 30", ""), "test.yml", &Vars::new()).expect("parses");
+/// Start `yaml`'s job `j` in the background with an abort handle.
+fn start_abortable(
+    m: &MemoryRuntime,
+    yaml: &str,
+    config: StepConfig,
+) -> (
+    jetbridge_core::services::AbortHandle,
+    tokio::task::JoinHandle<jetbridge_core::Result<BuildOutcome>>,
+) {
+    let pipeline = parse_pipeline(yaml, "test.yml", &Vars::new()).expect("parses");
     let runner = BuildRunner::new(
         m.runtime(),
-        quick(),
+        config,
         ImageResolver::new(),
         WORKER,
         Arc::new(NoEvents),
@@ -515,11 +520,58 @@ async fn abort_kills_the_step_and_cleans_up() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    (handle, build)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_kills_the_running_command_and_deletes_its_pod() {
+    let m = MemoryRuntime::new();
+    // The command tells the test it runs, then blocks until killed.
+    let running = Arc::new(tokio::sync::Notify::new());
+    let told = running.clone();
+    m.backend.register_program("block", move |_ctx| {
+        let told = told.clone();
+        async move {
+            told.notify_one();
+            futures::future::pending::<i32>().await
+        }
+    });
+    let (handle, build) = start_abortable(&m, &one_task("block", ""), quick());
+    tokio::time::timeout(Duration::from_secs(30), running.notified())
+        .await
+        .expect("the command started");
+    assert_eq!(m.backend.live_pods(), 1, "the step's pod exists");
     handle.abort();
-    let o = tokio::time::timeout(Duration::from_secs(10), build)
+    let o = tokio::time::timeout(Duration::from_secs(60), build)
         .await
         .expect("ends promptly")
+        .expect("joins")
+        .expect("runs");
+    assert_eq!(o.status, BuildStatus::Aborted);
+    assert!(matches!(failure(&o), StepFailure::Aborted), "{o:?}");
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_interrupts_a_pod_waiting_to_be_scheduled() {
+    let m = MemoryRuntime::new();
+    m.backend.set_unschedulable(true);
+    // A scheduling deadline far beyond the test's: only the abort can end the wait.
+    let config = StepConfig {
+        scheduling_timeout: Duration::from_secs(3600),
+        ..quick()
+    };
+    let (handle, build) = start_abortable(&m, &one_task("true", ""), config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while m.backend.created_pods() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no pod was created");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(m.backend.live_pods(), 1, "the pod waits to be scheduled");
+    handle.abort();
+    let o = tokio::time::timeout(Duration::from_secs(60), build)
+        .await
+        .expect("the abort ends the wait")
         .expect("joins")
         .expect("runs");
     assert_eq!(o.status, BuildStatus::Aborted);

@@ -144,6 +144,22 @@ pub struct RunArgs {
     /// reaper removes them once this run's process is gone.
     #[arg(long, env = "JETBRIDGE_KEEP_PODS")]
     pub keep_pods: bool,
+
+    /// After an abort (Ctrl-C, SIGTERM), how long the `on_abort` and `ensure` hooks of
+    /// the interrupted steps may run before they are cut short too (a second Ctrl-C
+    /// cuts them at once). A duration: `60s`, `2m`.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_grace,
+        env = "JETBRIDGE_ABORT_GRACE"
+    )]
+    pub abort_grace: std::time::Duration,
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    jetbridge_core::plan::parse_duration(s)
 }
 
 /// `jetbridge validate`.

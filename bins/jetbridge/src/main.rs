@@ -361,7 +361,8 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         ..StepConfig::default()
     };
     let printer = Arc::new(printer);
-    let runner = BuildRunner::new(rt.clone(), config, images, worker.clone(), printer.clone());
+    let runner = BuildRunner::new(rt.clone(), config, images, worker.clone(), printer.clone())
+        .with_abort_grace(args.abort_grace);
 
     // Leftovers of earlier runs whose process is gone (same host), or whose heartbeat
     // expired: their pods, and what nothing references any more.
@@ -402,16 +403,34 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         abort: signal,
     });
     tokio::pin!(build);
-    let mut aborted = false;
+    // SIGTERM (a container runtime stopping us) counts as Ctrl-C.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
+    let mut interrupts = 0u8;
     let outcome = loop {
         tokio::select! {
             r = &mut build => break r,
-            _ = tokio::signal::ctrl_c(), if !aborted => {
-                aborted = true;
-                printer.info("interrupted: aborting the build (press Ctrl-C again to leave at once)");
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+        interrupts += 1;
+        match interrupts {
+            1 => {
+                printer.info(&format!(
+                    "interrupted: aborting the build; on_abort and ensure hooks run for up to {} \
+                     (press Ctrl-C again to skip them)",
+                    jetbridge_core::services::fmt_duration(args.abort_grace)
+                ));
                 abort.abort();
             }
-            _ = tokio::signal::ctrl_c(), if aborted => {
+            2 => {
+                printer.info(
+                    "interrupted again: skipping the hooks, removing this run's pods \
+                     (press Ctrl-C once more to leave at once)",
+                );
+                abort.force();
+            }
+            _ => {
                 eprintln!("error: left without cleaning up; the next run removes what is left");
                 return Ok(130);
             }

@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
@@ -282,61 +281,143 @@ fn env_vars_stand_in_for_flags() {
     );
 }
 
-#[test]
-fn ctrl_c_aborts_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = format!("jb-ctrl-c-{}", std::process::id());
-    let p = write(
-        dir.path(),
-        "slow.yml",
-        &format!(
-            "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, 'echo started; sleep 300 # {marker}']}}\n"
-        ),
-    );
-    let data = dir.path().join("d");
-    let mut child = bin()
-        .arg("run")
-        .arg(&p)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = lines
-            .next()
-            .expect("output before the step starts")
-            .expect("line");
-        if line.contains("[task: slow] started") {
-            break;
+/// A run of `pipeline` (written to a file) that the test interrupts: its stdout lines
+/// can be waited for.
+struct Interrupted {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    seen: Vec<String>,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Interrupted {
+    fn start(pipeline: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write(dir.path(), "slow.yml", pipeline);
+        let data = dir.path().join("d");
+        let mut child = bin()
+            .arg("run")
+            .arg(&p)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        let stdout = child.stdout.take().expect("stdout");
+        Interrupted {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+            data,
+            _dir: dir,
         }
-        assert!(Instant::now() < deadline, "the step never started");
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let status = child.wait().expect("exits");
-    assert_eq!(status.code(), Some(130));
-    // The step's process is gone and so is its sandbox.
+
+    /// Read stdout until a line contains `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        for line in self.lines.by_ref() {
+            let line = line.expect("line");
+            let found = line.contains(needle);
+            self.seen.push(line);
+            if found {
+                return;
+            }
+        }
+        panic!(
+            "the run ended without printing {needle:?}: {:#?}",
+            self.seen
+        );
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal");
+    }
+
+    /// Wait for the exit; returns its code and everything it printed.
+    fn finish(mut self) -> (Option<i32>, String) {
+        for line in self.lines.by_ref() {
+            self.seen.push(line.expect("line"));
+        }
+        let status = self.child.wait().expect("exits");
+        assert_eq!(
+            entries(&self.data.join("local/pods")),
+            Vec::<String>::new(),
+            "pods left behind"
+        );
+        (status.code(), self.seen.join("\n"))
+    }
+}
+
+fn no_process_has(marker: &str) {
     let ps = Command::new("ps")
         .args(["-eo", "args"])
         .output()
         .expect("ps");
     assert!(
-        !text(&ps.stdout).contains(&marker),
-        "the step's process survived Ctrl-C"
+        !text(&ps.stdout).contains(marker),
+        "a step's process survived the abort ({marker})"
     );
-    assert_eq!(
-        entries(&data.join("local/pods")),
-        Vec::<String>::new(),
-        "pods left behind"
-    );
+}
+
+/// A step that says it started, then would run for five minutes; with `on_abort` and
+/// `ensure` hooks (`hook` is the on_abort script).
+fn slow_with_hooks(marker: &str, hook: &str) -> String {
+    let task = |name: &str, script: &str, indent: &str| {
+        format!(
+            "task: {name}\n{indent}  config:\n{indent}    platform: linux\n{indent}    run: {{path: sh, args: [-c, {}]}}",
+            serde_json::to_string(script).expect("json")
+        )
+    };
+    format!(
+        "jobs:\n- name: j\n  plan:\n  - {}\n    on_abort:\n      {}\n    ensure:\n      {}\n",
+        task("slow", &format!("echo started; sleep 300 # {marker}"), "  "),
+        task("on-abort", hook, "    "),
+        task("ensure", "echo ensured", "    "),
+    )
+}
+
+fn aborts_once_and_runs_the_hooks(sig: nix::sys::signal::Signal, tag: &str) {
+    let marker = format!("jb-{tag}-{}", std::process::id());
+    let mut run = Interrupted::start(&slow_with_hooks(&marker, "echo cleaned up"));
+    run.wait_for("[task: slow] started");
+    run.signal(sig);
+    let (code, out) = run.finish();
+    assert_eq!(code, Some(130), "{out}");
+    assert!(out.contains("[task: on-abort] cleaned up"), "{out}");
+    assert!(out.contains("[task: ensure] ensured"), "{out}");
+    no_process_has(&marker);
+}
+
+#[test]
+fn ctrl_c_aborts_runs_the_hooks_and_cleans_up() {
+    aborts_once_and_runs_the_hooks(nix::sys::signal::Signal::SIGINT, "ctrl-c");
+}
+
+#[test]
+fn sigterm_is_handled_like_ctrl_c() {
+    aborts_once_and_runs_the_hooks(nix::sys::signal::Signal::SIGTERM, "sigterm");
+}
+
+#[test]
+fn a_second_ctrl_c_skips_the_hooks_but_removes_every_pod() {
+    let marker = format!("jb-ctrl-c-twice-{}", std::process::id());
+    let hook_marker = format!("{marker}-hook");
+    let mut run = Interrupted::start(&slow_with_hooks(
+        &marker,
+        &format!("echo hook started; sleep 300 # {hook_marker}"),
+    ));
+    run.wait_for("[task: slow] started");
+    run.signal(nix::sys::signal::Signal::SIGINT);
+    run.wait_for("[task: on-abort] hook started");
+    run.signal(nix::sys::signal::Signal::SIGINT);
+    let (code, out) = run.finish();
+    assert_eq!(code, Some(130), "{out}");
+    assert!(!out.contains("[task: ensure] ensured"), "ensure ran: {out}");
+    no_process_has(&marker);
+    no_process_has(&hook_marker);
 }
 
 #[test]
@@ -488,12 +569,21 @@ fn kept_pods_stay_until_the_next_run_reaps_them() {
 fn concurrent_runs_do_not_reap_each_other() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    // The first run's step waits, mid-step, until the test lets it go.
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo started; while [ ! -e {} ]; do sleep 0.05; done; echo done > o/f; echo finished",
+        go.display()
+    );
     let slow = write(
         dir.path(),
         "slow.yml",
-        "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      outputs: [{name: o}]\n      run: {path: sh, args: [-c, 'sleep 3; echo done > o/f; echo finished']}\n",
+        &format!(
+            "jobs:\n- name: j\n  plan:\n  - task: slow\n    config:\n      platform: linux\n      outputs: [{{name: o}}]\n      run: {{path: sh, args: [-c, {}]}}\n",
+            serde_json::to_string(&script).expect("json")
+        ),
     );
-    let long = bin()
+    let mut long = bin()
         .arg("run")
         .arg(&slow)
         .arg("--data-dir")
@@ -501,13 +591,30 @@ fn concurrent_runs_do_not_reap_each_other() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawns");
-    std::thread::sleep(Duration::from_millis(800));
-    // A second run on the same data directory starts and ends meanwhile.
+    let mut lines = BufReader::new(long.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let started = line.contains("[task: slow] started");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("started")),
+        "the first run's step never started: {seen:#?}"
+    );
+    // A second run on the same data directory starts and ends while the first one's
+    // step runs, then the first one goes on.
     let quick = run_example("fails.yml", &data, &[]);
     assert_eq!(quick.status.code(), Some(1));
-    let out = long.wait_with_output().expect("first run ends");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("[task: slow] finished"));
+    std::fs::write(&go, "").expect("let the first run go");
+    seen.extend(lines.map(|l| l.expect("line")));
+    let status = long.wait().expect("first run ends");
+    let out = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("[task: slow] finished"), "{out}");
     assert_nothing_left(&data);
 }
 
