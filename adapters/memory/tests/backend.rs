@@ -183,7 +183,9 @@ async fn wait_sees_deletion_and_eviction() {
     );
 }
 
-#[tokio::test]
+// Paused time: the clock moves only once every task is idle, so the short sleep below
+// returns only after the three programs have printed and are sleeping.
+#[tokio::test(start_paused = true)]
 async fn running_execs_end_with_the_pod() {
     let b = MemoryBackend::new();
     for (name, h) in [("a", "1"), ("b", "2"), ("c", "3")] {
@@ -261,7 +263,9 @@ async fn dropped_streams_are_lost_after_some_output() {
     assert_eq!(r.unwrap(), 0);
 }
 
-#[tokio::test]
+// Paused time: the program's `sleep 1` and the test's wait run on one virtual clock,
+// so "a second later" is exact and costs no wall time.
+#[tokio::test(start_paused = true)]
 async fn dropping_the_future_stops_the_program() {
     let b = MemoryBackend::new();
     b.create(&spec("p", "h")).await.unwrap();
@@ -270,9 +274,14 @@ async fn dropping_the_future_stops_the_program() {
         run(&b, "p", &["sh", "-c", "sleep 1; echo late > marker"]),
     )
     .await;
-    assert!(r.is_err());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(r.is_err(), "the program was still sleeping when the future was dropped");
+    // Well past the program's sleep: had it gone on, the marker would be there.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!b.pod_fs("p").unwrap().exists("marker"));
+    // The same program left alone does write it (the check above can fail).
+    let (r, _) = run(&b, "p", &["sh", "-c", "sleep 1; echo late > marker"]).await;
+    assert_eq!(r.unwrap(), 0);
+    assert!(b.pod_fs("p").unwrap().exists("marker"));
 }
 
 #[tokio::test]
