@@ -4,9 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Reuse one build directory outside the clone, so a fresh clone does not rebuild the
-# world every time.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/jetbridge-target}"
+# One build directory for both README commands, reused across clean clones: a clone's
+# `./target` (what `cargo run` builds into) is used when it is there; otherwise builds
+# go to ~/.cache/jetbridge-target and `./target` becomes a link to it, so a later
+# `cargo run` in this clone reuses them too.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+  if [ -e target ]; then
+    CARGO_TARGET_DIR="$(cd target && pwd -P)"
+  else
+    CARGO_TARGET_DIR="$HOME/.cache/jetbridge-target"
+    mkdir -p "$CARGO_TARGET_DIR"
+    ln -s "$CARGO_TARGET_DIR" target
+  fi
+fi
+export CARGO_TARGET_DIR
 
 ./.ci/install-tools.sh
 source ./.ci/postgres-env.sh
