@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -573,9 +574,14 @@ async fn broken_and_truncated_streams_leave_nothing() {
     );
 }
 
-/// A stream that never ends, after some data.
-fn stalled(data: Vec<u8>) -> ByteStream {
-    Box::pin(futures::stream::iter([Ok(Bytes::from(data))]).chain(futures::stream::pending()))
+/// A stream that never ends, after some data; `reached` fires once the reader has taken
+/// the data and asked for more (so the write is under way).
+fn stalled(data: Vec<u8>, reached: Arc<tokio::sync::Notify>) -> ByteStream {
+    let stall = futures::stream::once(async move {
+        reached.notify_one();
+        futures::future::pending::<jetbridge_core::Result<Bytes>>().await
+    });
+    Box::pin(futures::stream::iter([Ok(Bytes::from(data))]).chain(stall))
 }
 use futures::StreamExt as _;
 
@@ -592,8 +598,12 @@ async fn abandoned_and_concurrent_writes() {
     let cut = data.len() - 1024;
     let s2 = s.clone();
     let h2 = h.clone();
-    let first = tokio::spawn(async move { s2.write_tar(&h2, stalled(data[..cut].to_vec())).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let stream = stalled(data[..cut].to_vec(), reached.clone());
+    let first = tokio::spawn(async move { s2.write_tar(&h2, stream).await });
+    tokio::time::timeout(Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the first write reads its stream");
     assert_eq!(
         s.write_tar(&h, chunked(&sample().to_tar(), 512))
             .await
