@@ -274,7 +274,10 @@ async fn dropping_the_future_stops_the_program() {
         run(&b, "p", &["sh", "-c", "sleep 1; echo late > marker"]),
     )
     .await;
-    assert!(r.is_err(), "the program was still sleeping when the future was dropped");
+    assert!(
+        r.is_err(),
+        "the program was still sleeping when the future was dropped"
+    );
     // Well past the program's sleep: had it gone on, the marker would be there.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!b.pod_fs("p").unwrap().exists("marker"));

@@ -296,6 +296,13 @@ async fn session(
     reader.abort();
 }
 
+/// Whether the process group registered as `id` still has a member.
+fn proc_group_alive(rt: &crate::state::PodRuntime, id: u64) -> bool {
+    rt.group_of(id).is_some_and(|pgid| {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,11 +338,4 @@ mod tests {
         assert_eq!(v["reason"], "NonZeroExitCode");
         assert_eq!(v["details"]["causes"][0]["message"], "3");
     }
-}
-
-/// Whether the process group registered as `id` still has a member.
-fn proc_group_alive(rt: &crate::state::PodRuntime, id: u64) -> bool {
-    rt.group_of(id).is_some_and(|pgid| {
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
-    })
 }

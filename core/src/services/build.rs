@@ -619,6 +619,7 @@ impl BuildRunner {
         (r.result, r.outputs)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_put(
         &self,
         ctx: &Ctx,
@@ -776,6 +777,7 @@ impl BuildRunner {
         )))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_task(
         &self,
         ctx: &Ctx,
