@@ -670,11 +670,7 @@ pub mod hostile {
                 vec![dir("d"), link(tar::EntryType::Link, "h", "d")],
                 false,
             ),
-            (
-                "fifo",
-                vec![raw(tar::EntryType::Fifo, "pipe")],
-                false,
-            ),
+            ("fifo", vec![raw(tar::EntryType::Fifo, "pipe")], false),
             (
                 "nul_in_pax_path",
                 vec![

@@ -419,10 +419,7 @@ mod tests {
             assert_eq!(symlink_target(t.as_bytes()).unwrap(), t);
         }
         for bad in [&b""[..], b"a\0b", b"\xfe"] {
-            assert_eq!(
-                symlink_target(bad).unwrap_err().kind(),
-                ErrorKind::Invalid
-            );
+            assert_eq!(symlink_target(bad).unwrap_err().kind(), ErrorKind::Invalid);
         }
     }
 
@@ -447,7 +444,10 @@ mod tests {
         assert_eq!(p.replace, Some(Kind::File));
         let p = plan(&mut m, &entry("l", EntryKind::File)).unwrap();
         assert_eq!(p.replace, Some(Kind::Symlink));
-        assert_eq!(plan(&mut m, &entry("a", EntryKind::Dir)).unwrap(), Plan::default());
+        assert_eq!(
+            plan(&mut m, &entry("a", EntryKind::Dir)).unwrap(),
+            Plan::default()
+        );
         let refused = [
             entry("l/x", EntryKind::File),
             entry("a/l/x", EntryKind::Dir),
@@ -459,12 +459,7 @@ mod tests {
                     target: "/tmp".into(),
                 },
             ),
-            entry(
-                "h",
-                EntryKind::HardLink {
-                    target: "l".into(),
-                },
-            ),
+            entry("h", EntryKind::HardLink { target: "l".into() }),
             entry(
                 "h",
                 EntryKind::HardLink {

@@ -124,8 +124,9 @@ fn fill(src: &Path, staging: &Path, expected: &Digest, reflink: &AtomicBool) -> 
         fs::set_permissions(&p, fs::Permissions::from_mode(d.mode))
             .map_err(ctx(format_args!("setting the mode of {:?}", d.rel)))?;
     }
-    let root_mode = fs::symlink_metadata(src)
-        .map_or(0o755, |m| jetbridge_core::archive::mode(m.permissions().mode()));
+    let root_mode = fs::symlink_metadata(src).map_or(0o755, |m| {
+        jetbridge_core::archive::mode(m.permissions().mode())
+    });
     fs::set_permissions(staging, fs::Permissions::from_mode(root_mode))
         .map_err(ctx("setting the mode of the copy"))?;
     Ok(summary)

@@ -214,8 +214,7 @@ fn one_entry<R: Read>(
     failed: &FailSlot,
     hashing: Hashing,
 ) -> Result<()> {
-    let Some(e) = archive::read_entry(entry).map_err(|e| take_failed(failed).unwrap_or(e))?
-    else {
+    let Some(e) = archive::read_entry(entry).map_err(|e| take_failed(failed).unwrap_or(e))? else {
         return Ok(());
     };
     if e.path.is_empty() {

@@ -72,7 +72,11 @@ fn out_err(e: io::Error, what: &str) -> Error {
 
 impl EntrySink for Canonical {
     fn implied_dir(&mut self, path: &str) -> Result<()> {
-        let mut h = header(EntryType::Directory, jetbridge_core::archive::IMPLIED_DIR_MODE, 0);
+        let mut h = header(
+            EntryType::Directory,
+            jetbridge_core::archive::IMPLIED_DIR_MODE,
+            0,
+        );
         self.builder
             .append_data(&mut h, format!("{path}/"), io::empty())
             .map_err(|e| out_err(e, "writing a directory entry"))
