@@ -176,7 +176,8 @@ impl Extractor<'_> {
                     )
                 ) =>
             {
-                let n = fs::copy(&from, &to).map_err(ctx(format_args!(
+                // Neither end through a link (`fs::copy` would follow one at `to`).
+                let n = copy_nofollow(&from, &to).map_err(ctx(format_args!(
                     "copying {target:?} for hard link {rel:?}"
                 )))?;
                 self.written += n;
@@ -293,4 +294,19 @@ impl Extractor<'_> {
         }
         Ok(())
     }
+}
+
+/// Copy the regular file `from` to a new file `to` with its mode, following no link.
+fn copy_nofollow(from: &Path, to: &Path) -> io::Result<u64> {
+    let mut src = crate::tree::open_file(from)?;
+    let mode = src.metadata()?.permissions().mode();
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to)?;
+    let n = io::copy(&mut src, &mut dst)?;
+    dst.set_permissions(fs::Permissions::from_mode(archive::mode(mode)))?;
+    Ok(n)
 }

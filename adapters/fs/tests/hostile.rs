@@ -538,3 +538,42 @@ async fn shared_corpus_writes_nothing_outside() {
         s.delete(&h).await.unwrap();
     }
 }
+
+/// The check is made on disk, not on the archive: a link a pod left in the volume (an
+/// in-place write before the tar) is never written or linked through, though the
+/// archive on its own is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_already_on_disk_is_never_written_through() {
+    let t = tempfile::tempdir().unwrap();
+    let sentinel = t.path().join("sentinel");
+    fs::create_dir(&sentinel).unwrap();
+    fs::write(sentinel.join("secret"), "keep me").unwrap();
+    let store_root = t.path().join("store");
+    let s = FsVolumeStore::new(&store_root).unwrap();
+    let cases: [(&str, Vec<E>); 3] = [
+        ("file_through_link", vec![file("out/pwned", "x")]),
+        ("dir_through_link", vec![dir("out/newdir")]),
+        ("hardlink_through_link", vec![hard("h", "out/secret")]),
+    ];
+    for (name, entries) in cases {
+        let h = VolumeHandle::random();
+        s.create(&h).await.unwrap();
+        let data = s.volume_data_path(&h);
+        std::os::unix::fs::symlink(&sentinel, data.join("out")).unwrap();
+        let vol_dir = store_root.join("volumes").join(h.as_str());
+        let before = snapshot(t.path(), &[&vol_dir]);
+        let err = s
+            .write_tar(&h, chunked(&archive(&entries), 100))
+            .await
+            .expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{name}: {err}");
+        assert_eq!(
+            snapshot(t.path(), &[&vol_dir]),
+            before,
+            "{name} wrote outside"
+        );
+        s.delete(&h).await.unwrap();
+    }
+    assert_eq!(fs::read_dir(&sentinel).unwrap().count(), 1);
+    assert_eq!(fs::metadata(sentinel.join("secret")).unwrap().nlink(), 1);
+}
