@@ -765,6 +765,66 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_refuses_links_out_fails_the_symlink_cases() {
+        // Guard against symlink cases that cannot fail: a store with the old rule
+        // (absolute or escaping targets refused) fails both.
+        #[derive(Debug, Default)]
+        struct Strict(FakeStore);
+        #[async_trait]
+        impl VolumeStore for Strict {
+            fn capabilities(&self) -> VolumeCapabilities {
+                self.0.capabilities()
+            }
+            async fn create(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.create(h).await
+            }
+            async fn write_tar(&self, h: &VolumeHandle, t: ByteStream) -> Result<()> {
+                let data = collect_stream(t).await?;
+                let mut probe = Tree::new();
+                probe.extract(&data)?;
+                let out = probe.0.values().any(|n| {
+                    matches!(n, crate::volumes::Node::Symlink { target }
+                        if target.starts_with('/') || target.starts_with(".."))
+                });
+                if out {
+                    return Err(Error::invalid("a symlink leads out"));
+                }
+                self.0.write_tar(h, bytes_stream(data)).await
+            }
+            async fn seal(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.seal(h).await
+            }
+            async fn read_tar(&self, h: &VolumeHandle) -> Result<ByteStream> {
+                self.0.read_tar(h).await
+            }
+            async fn stat(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.stat(h).await
+            }
+            async fn delete(&self, h: &VolumeHandle) -> Result<()> {
+                self.0.delete(h).await
+            }
+            async fn list(&self) -> Result<Vec<VolumeInfo>> {
+                self.0.list().await
+            }
+            async fn mount(&self, h: &VolumeHandle, a: MountAccess) -> Result<MountInfo> {
+                self.0.mount(h, a).await
+            }
+        }
+        let rt = crate::support::runtime();
+        let store = Strict::default();
+        let r = rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&store));
+        assert!(r.is_err_and(|e| !e.is_skip()));
+        let r = rt.block_on(crate::volumes::hostile_tars_kept_as_written(&store));
+        assert!(r.is_err_and(|e| !e.is_skip()));
+        // The plain reference store passes both.
+        let ok = FakeStore::default();
+        rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&ok))
+            .unwrap();
+        rt.block_on(crate::volumes::hostile_tars_kept_as_written(&ok))
+            .unwrap();
+    }
+
+    #[test]
     fn errors_carry_their_location() {
         fn f() -> crate::CaseResult {
             let r: Result<()> = Err(Error::not_found("x"));
