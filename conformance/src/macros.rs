@@ -112,6 +112,8 @@ macro_rules! volume_store_suite {
                 delete_missing_succeeds,
                 list_includes_both_states,
                 hostile_tars_rejected,
+                hostile_tars_kept_as_written,
+                symlinks_round_trip_unfollowed,
                 broken_stream_leaves_nothing_readable,
                 truncated_tar_fails,
                 empty_tar_seals_empty,
@@ -222,7 +224,7 @@ mod tests {
     use jetbridge_core::ports::*;
     use jetbridge_core::{Error, ErrorKind, Result};
 
-    use crate::volumes::{Node, Tree};
+    use crate::volumes::Tree;
     use crate::{BackendSubject, Subject};
 
     // ---- a reference volume store ------------------------------------------------
@@ -241,79 +243,6 @@ mod tests {
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Depth of `target` resolved from the directory of `path`; `None` when it leaves.
-    fn stays_inside(path: &str, target: &str) -> bool {
-        if target.starts_with('/') {
-            return false;
-        }
-        let mut depth: i64 = path.split('/').count() as i64 - 1;
-        for seg in target.split('/') {
-            match seg {
-                "" | "." => {}
-                ".." => depth -= 1,
-                _ => depth += 1,
-            }
-            if depth < 0 {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn extract(into: &mut Tree, data: &[u8]) -> Result<()> {
-        use std::io::Read;
-        let bad = |m: String| Error::invalid(m);
-        let mut ar = tar::Archive::new(data);
-        for entry in ar.entries().map_err(|e| bad(e.to_string()))? {
-            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            let raw = entry.path().map_err(|e| bad(e.to_string()))?;
-            let raw = raw.to_string_lossy().into_owned();
-            if raw.starts_with('/') || raw.split('/').any(|s| s == "..") {
-                return Err(bad(format!("hostile path {raw:?}")));
-            }
-            let path = crate::volumes::normalize(&raw);
-            if path.is_empty() {
-                continue;
-            }
-            // Nothing may be written through a symlink.
-            let mut prefix = String::new();
-            for seg in path.split('/') {
-                if !prefix.is_empty() {
-                    prefix.push('/');
-                }
-                prefix.push_str(seg);
-                if matches!(into.0.get(&prefix), Some(Node::Symlink { .. })) {
-                    return Err(bad(format!("{path:?} goes through a symlink")));
-                }
-            }
-            let mode = entry.header().mode().map_err(|e| bad(e.to_string()))? & 0o7777;
-            let node = match entry.header().entry_type() {
-                tar::EntryType::Directory => Node::Dir { mode },
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut data = Vec::new();
-                    entry
-                        .read_to_end(&mut data)
-                        .map_err(|e| bad(e.to_string()))?;
-                    Node::File { mode, data }
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| bad(e.to_string()))?
-                        .map(|t| t.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if !stays_inside(&path, &target) {
-                        return Err(bad(format!("symlink {path:?} leads out")));
-                    }
-                    Node::Symlink { target }
-                }
-                other => return Err(bad(format!("entry type {other:?} refused"))),
-            };
-            into.0.insert(path, node);
-        }
-        Ok(())
     }
 
     #[async_trait]
@@ -353,7 +282,7 @@ mod tests {
             }
             // Extract into a copy: a failed write changes nothing.
             let mut staged = vol.tree.clone();
-            extract(&mut staged, &data)?;
+            staged.extract(&data)?;
             vol.tree = staged;
             Ok(())
         }
@@ -833,6 +762,66 @@ mod tests {
             r.is_err(),
             "a store that drops the data has the wrong digest"
         );
+    }
+
+    #[test]
+    fn a_store_that_refuses_links_out_fails_the_symlink_cases() {
+        // Guard against symlink cases that cannot fail: a store with the old rule
+        // (absolute or escaping targets refused) fails both.
+        #[derive(Debug, Default)]
+        struct Strict(FakeStore);
+        #[async_trait]
+        impl VolumeStore for Strict {
+            fn capabilities(&self) -> VolumeCapabilities {
+                self.0.capabilities()
+            }
+            async fn create(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.create(h).await
+            }
+            async fn write_tar(&self, h: &VolumeHandle, t: ByteStream) -> Result<()> {
+                let data = collect_stream(t).await?;
+                let mut probe = Tree::new();
+                probe.extract(&data)?;
+                let out = probe.0.values().any(|n| {
+                    matches!(n, crate::volumes::Node::Symlink { target }
+                        if target.starts_with('/') || target.starts_with(".."))
+                });
+                if out {
+                    return Err(Error::invalid("a symlink leads out"));
+                }
+                self.0.write_tar(h, bytes_stream(data)).await
+            }
+            async fn seal(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.seal(h).await
+            }
+            async fn read_tar(&self, h: &VolumeHandle) -> Result<ByteStream> {
+                self.0.read_tar(h).await
+            }
+            async fn stat(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
+                self.0.stat(h).await
+            }
+            async fn delete(&self, h: &VolumeHandle) -> Result<()> {
+                self.0.delete(h).await
+            }
+            async fn list(&self) -> Result<Vec<VolumeInfo>> {
+                self.0.list().await
+            }
+            async fn mount(&self, h: &VolumeHandle, a: MountAccess) -> Result<MountInfo> {
+                self.0.mount(h, a).await
+            }
+        }
+        let rt = crate::support::runtime();
+        let store = Strict::default();
+        let r = rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&store));
+        assert!(r.is_err_and(|e| !e.is_skip()));
+        let r = rt.block_on(crate::volumes::hostile_tars_kept_as_written(&store));
+        assert!(r.is_err_and(|e| !e.is_skip()));
+        // The plain reference store passes both.
+        let ok = FakeStore::default();
+        rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&ok))
+            .unwrap();
+        rt.block_on(crate::volumes::hostile_tars_kept_as_written(&ok))
+            .unwrap();
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //!
 //! Every volume store computes the same digest for the same tree (paths, types, modes,
 //! file contents, link targets; not timestamps or owners), so digests compare across
-//! stores and a copy can be checked against its source.
+//! stores and a copy can be checked against its source. Modes count only the bits a
+//! volume keeps ([`crate::archive::mode`]: no setuid or setgid), so a tree that had
+//! them digests as the volume that holds it.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::archive;
 use sha2::{Digest as _, Sha256};
 
 /// A `sha256:<64 hex>` digest.
@@ -45,12 +49,12 @@ impl fmt::Display for Digest {
 pub enum TreeEntry<'a> {
     /// A directory.
     Dir {
-        /// Permission bits (`0o7777` mask).
+        /// Permission bits (masked with [`crate::archive::MODE_MASK`]).
         mode: u32,
     },
     /// A regular file whose content hash and size are known.
     File {
-        /// Permission bits (`0o7777` mask).
+        /// Permission bits (masked with [`crate::archive::MODE_MASK`]).
         mode: u32,
         /// Size in bytes.
         size: u64,
@@ -83,13 +87,13 @@ impl TreeDigest {
     pub fn add(&mut self, path: &str, entry: TreeEntry<'_>) {
         let path = path.trim_end_matches('/');
         let line = match entry {
-            TreeEntry::Dir { mode } => format!("d {:04o} {}", mode & 0o7777, escape(path)),
+            TreeEntry::Dir { mode } => format!("d {:04o} {}", archive::mode(mode), escape(path)),
             TreeEntry::File { mode, size, sha256 } => {
                 self.size += size;
                 self.files += 1;
                 format!(
                     "f {:04o} {} {} {}",
-                    mode & 0o7777,
+                    archive::mode(mode),
                     size,
                     hex::encode(sha256),
                     escape(path)
@@ -207,7 +211,19 @@ mod tests {
                 sha256: &h1,
             },
         );
-        assert_ne!(a.finish(), d.finish());
+        assert_ne!(a.clone().finish(), d.finish());
+        // Setuid and setgid are not part of a volume, so not of its digest.
+        let mut e = TreeDigest::new();
+        e.add("x", TreeEntry::Dir { mode: 0o2755 });
+        e.add(
+            "x/f",
+            TreeEntry::File {
+                mode: 0o4644,
+                size: 5,
+                sha256: &h1,
+            },
+        );
+        assert_eq!(a.finish(), e.finish());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod digest;
 pub mod error;
 pub mod images;

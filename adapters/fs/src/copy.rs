@@ -1,7 +1,7 @@
 //! Private, writable copies of sealed volumes (`copy_to`).
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,7 +124,9 @@ fn fill(src: &Path, staging: &Path, expected: &Digest, reflink: &AtomicBool) -> 
         fs::set_permissions(&p, fs::Permissions::from_mode(d.mode))
             .map_err(ctx(format_args!("setting the mode of {:?}", d.rel)))?;
     }
-    let root_mode = fs::metadata(src).map_or(0o755, |m| m.permissions().mode() & 0o7777);
+    let root_mode = fs::symlink_metadata(src).map_or(0o755, |m| {
+        jetbridge_core::archive::mode(m.permissions().mode())
+    });
     fs::set_permissions(staging, fs::Permissions::from_mode(root_mode))
         .map_err(ctx("setting the mode of the copy"))?;
     Ok(summary)
@@ -143,33 +145,38 @@ pub(crate) fn as_corrupt(e: Error) -> Error {
 }
 
 /// Copy one file, sharing blocks (reflink) where the filesystem can, and hash it.
+/// Both ends are opened without following a symlink.
 fn copy_file(
     from: &Path,
     to: &PathBuf,
     reflink: &AtomicBool,
     buf: &mut [u8],
 ) -> io::Result<FileHash> {
-    if reflink.load(Ordering::Relaxed) {
-        match reflink_copy::reflink(from, to) {
-            // The clone shares the source's blocks: hashing it checks what the
-            // consumer will read.
-            Ok(()) => return tree::hash_reader(fs::File::open(to)?, buf),
-            Err(e) => {
-                let _ = fs::remove_file(to);
-                if !reflink_unsupported(&e) {
-                    return Err(e);
-                }
-                reflink.store(false, Ordering::Relaxed);
-            }
-        }
-    }
-    let mut src = fs::File::open(from)?;
+    let mut src = tree::open_file(from)?;
     let mut dst = fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(to)?;
+    if reflink.load(Ordering::Relaxed) {
+        match reflink_copy::reflink_file(&src, &dst) {
+            // The clone shares the source's blocks: hashing it checks what the
+            // consumer will read.
+            Ok(()) => {
+                dst.rewind()?;
+                return tree::hash_reader(&mut dst, buf);
+            }
+            Err(e) => {
+                if !reflink_unsupported(&e) {
+                    return Err(e);
+                }
+                reflink.store(false, Ordering::Relaxed);
+                dst.set_len(0)?;
+            }
+        }
+    }
     let mut h = Sha256::new();
     let mut size = 0u64;
     loop {

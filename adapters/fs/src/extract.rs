@@ -1,15 +1,12 @@
 //! Streaming, hostile-input-safe tar extraction into a volume's data directory.
 //!
-//! Rules (each violation is `Invalid` and stops the extraction):
-//! - entry paths are relative, UTF-8, without `..`; `.` and empty segments are dropped;
-//! - no entry is written through a symlink: every parent directory is checked with
-//!   `lstat` (and remembered once checked) and files are created with `O_EXCL`, which
-//!   never follows a symlink at the last component;
-//! - symlink targets are relative and resolve inside the volume (checked when the link
-//!   is made and again once the whole archive is in);
-//! - hard links point at a regular file this archive extracted earlier;
-//! - character and block devices, fifos and unknown entry types are refused;
-//! - setuid and setgid bits are dropped; owners are not restored.
+//! The entry rules are core's ([`jetbridge_core::archive`]); this module carries out
+//! each entry's [`Plan`] on disk. What is already there is judged by `lstat` of every
+//! parent (remembered once it is a real directory), never by the archive's word:
+//! files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`, symlinks with `symlink(2)` and
+//! hard links with `link(2)`, none of which follows a symlink at the last component,
+//! so nothing is ever written through a link. Symlinks are made exactly as the archive
+//! says and never resolved. Owners are not restored.
 
 use std::collections::HashSet;
 use std::fs;
@@ -19,17 +16,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use jetbridge_core::archive::{self, Entry, EntryKind, Existing, IMPLIED_DIR_MODE, Kind, Plan};
 use jetbridge_core::{Error, Result};
-use tar::EntryType;
 
 use crate::ioerr::{ctx, io_err};
-use crate::tree::check_symlink;
-
-/// Mode bits kept from the archive: permissions and sticky, not setuid/setgid.
-const MODE_MASK: u32 = 0o1777;
-
-/// Mode of directories the archive implies but does not list.
-const IMPLIED_DIR_MODE: u32 = 0o755;
 
 pub(crate) use jetbridge_core::ports::bridge::{ChannelReader, Chunk};
 
@@ -40,6 +30,15 @@ struct ReadErr<'a> {
 }
 
 impl ReadErr<'_> {
+    /// The stream's own error if it failed (it explains a parse failure), else `e`.
+    fn prefer(&self, e: Error) -> Error {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(e)
+    }
+
     fn map(&self, e: io::Error, what: &str) -> Error {
         if let Some(err) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return err;
@@ -51,12 +50,8 @@ impl ReadErr<'_> {
 /// Extraction state for one archive.
 struct Extractor<'a> {
     root: &'a Path,
-    /// Directories known to be real directories (not symlinks) under `root`.
-    dirs: HashSet<String>,
-    /// Regular files this archive wrote: the only valid hard link targets.
-    files: HashSet<String>,
-    /// Symlinks this archive made, checked again at the end.
-    symlinks: Vec<String>,
+    /// What `lstat` says is under `root`; directories are remembered once seen.
+    disk: Disk<'a>,
     /// Directory modes and mtimes, applied last so read-only directories can be filled.
     dir_meta: Vec<(String, u32, Option<SystemTime>)>,
     written: u64,
@@ -75,9 +70,10 @@ pub(crate) fn extract(
     let rerr = ReadErr { failed };
     let mut ex = Extractor {
         root,
-        dirs: HashSet::new(),
-        files: HashSet::new(),
-        symlinks: Vec::new(),
+        disk: Disk {
+            root,
+            dirs: HashSet::new(),
+        },
         dir_meta: Vec::new(),
         written: 0,
         limit,
@@ -94,106 +90,72 @@ pub(crate) fn extract(
     ex.finish()
 }
 
-/// Split an archive path into checked components.
-pub(crate) fn components(raw: &[u8], what: &str) -> Result<Vec<String>> {
-    let s = std::str::from_utf8(raw).map_err(|_| {
-        Error::invalid(format!(
-            "{what} {:?} is not UTF-8",
-            String::from_utf8_lossy(raw)
-        ))
-    })?;
-    if s.starts_with('/') {
-        return Err(Error::invalid(format!("{what} {s:?} is absolute")));
-    }
-    let mut out = Vec::new();
-    for c in s.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                return Err(Error::invalid(format!("{what} {s:?} contains '..'")));
+/// The tree as it is on disk, for [`archive::plan`].
+struct Disk<'a> {
+    root: &'a Path,
+    /// Paths known to be real directories (a directory is never replaced, so this
+    /// stays true for the whole extraction).
+    dirs: HashSet<String>,
+}
+
+impl Existing for Disk<'_> {
+    fn kind(&mut self, rel: &str) -> Result<Option<Kind>> {
+        if self.dirs.contains(rel) {
+            return Ok(Some(Kind::Dir));
+        }
+        match fs::symlink_metadata(self.root.join(rel)) {
+            Ok(md) if md.file_type().is_dir() => {
+                self.dirs.insert(rel.to_owned());
+                Ok(Some(Kind::Dir))
             }
-            c if c.contains('\0') => {
-                return Err(Error::invalid(format!("{what} {s:?} contains NUL")));
-            }
-            c => out.push(c.to_owned()),
+            Ok(md) if md.file_type().is_symlink() => Ok(Some(Kind::Symlink)),
+            Ok(md) if md.file_type().is_file() => Ok(Some(Kind::File)),
+            // A special file nobody should have made: never write through it.
+            Ok(_) => Err(Error::invalid(format!(
+                "{rel:?} is neither a directory, a file nor a symlink"
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(e, format_args!("stat {rel:?}"))),
         }
     }
-    Ok(out)
 }
 
 impl Extractor<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, rerr: &ReadErr<'_>) -> Result<()> {
-        let et = entry.header().entry_type();
-        if et.is_pax_global_extensions() {
-            // Archive-wide metadata (e.g. a commit id from `git archive`): nothing to write.
+        let Some(e) = archive::read_entry(entry).map_err(|e| rerr.prefer(e))? else {
+            return Ok(());
+        };
+        if e.path.is_empty() {
+            // The archive root (`./`): its mode belongs to the volume, not the archive.
             return Ok(());
         }
-        let comps = components(&entry.path_bytes(), "entry path")?;
-        let header = entry.header();
-        let mode = header.mode().map_err(|e| rerr.map(e, "reading a mode"))? & MODE_MASK;
-        let mtime = header
-            .mtime()
-            .ok()
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        if comps.is_empty() {
-            // The archive root (`./`): its mode belongs to the volume, not the archive.
-            return if et.is_dir() {
-                Ok(())
-            } else {
-                Err(Error::invalid(
-                    "a non-directory entry names the archive root",
-                ))
-            };
+        let plan = archive::plan(&mut self.disk, &e)?;
+        self.carry_out(&plan, &e)?;
+        let rel = e.path.as_str();
+        let mtime = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime));
+        match &e.kind {
+            EntryKind::File => self.write_file(rel, entry, e.mode, mtime, e.size, rerr)?,
+            EntryKind::Dir => self.dir(rel, e.mode, mtime)?,
+            EntryKind::Symlink { target } => symlink(target, self.root.join(rel))
+                .map_err(ctx(format_args!("creating symlink {rel:?}")))?,
+            EntryKind::HardLink { target } => self.hard_link(target, rel)?,
         }
-        let rel = comps.join("/");
-        self.ensure_parents(&comps)?;
-        match et {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.prepare_slot(&rel)?;
-                // A sparse entry expands to more than it stores; others must be whole.
-                let expect = (et != EntryType::GNUSparse).then(|| entry.size());
-                self.write_file(&rel, entry, mode, mtime, expect, rerr)?;
-                self.files.insert(rel);
-            }
-            EntryType::Directory => self.dir(&rel, mode, mtime)?,
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::invalid(format!("symlink {rel:?} has no target")))?;
-                let target = std::str::from_utf8(&target)
-                    .map_err(|_| Error::invalid(format!("symlink {rel:?} target is not UTF-8")))?
-                    .to_owned();
-                check_symlink(self.root, &rel, &target)?;
-                self.prepare_slot(&rel)?;
-                symlink(&target, self.root.join(&rel))
-                    .map_err(ctx(format_args!("creating symlink {rel:?}")))?;
-                self.symlinks.push(rel);
-            }
-            EntryType::Link => {
-                let raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::invalid(format!("hard link {rel:?} has no target")))?;
-                let target = components(&raw, "hard link target")?.join("/");
-                if target == rel || !self.files.contains(&target) {
-                    return Err(Error::invalid(format!(
-                        "hard link {rel:?} does not point at a file extracted earlier"
-                    )));
-                }
-                self.prepare_slot(&rel)?;
-                self.hard_link(&target, &rel)?;
-                self.files.insert(rel);
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                return Err(Error::invalid(format!(
-                    "entry {rel:?} is a device or fifo; artifacts hold only directories, files and links"
-                )));
-            }
-            other => {
-                return Err(Error::invalid(format!(
-                    "entry {rel:?} has unsupported type {:?}",
-                    other.as_byte() as char
-                )));
-            }
+        Ok(())
+    }
+
+    /// Make the plan's implied parents and clear the entry's slot.
+    fn carry_out(&mut self, plan: &Plan, e: &Entry) -> Result<()> {
+        for rel in &plan.implied_dirs {
+            let path = self.root.join(rel);
+            fs::create_dir(&path).map_err(ctx(format_args!("creating {rel:?}")))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(IMPLIED_DIR_MODE))
+                .map_err(ctx(format_args!("setting the mode of {rel:?}")))?;
+            self.disk.dirs.insert(rel.clone());
+        }
+        if plan.replace.is_some() {
+            // A file or a symlink: `unlink` removes the link itself, never its target.
+            fs::remove_file(self.root.join(&e.path))
+                .map_err(ctx(format_args!("replacing {:?}", e.path)))?;
         }
         Ok(())
     }
@@ -214,7 +176,8 @@ impl Extractor<'_> {
                     )
                 ) =>
             {
-                let n = fs::copy(&from, &to).map_err(ctx(format_args!(
+                // Neither end through a link (`fs::copy` would follow one at `to`).
+                let n = copy_nofollow(&from, &to).map_err(ctx(format_args!(
                     "copying {target:?} for hard link {rel:?}"
                 )))?;
                 self.written += n;
@@ -231,77 +194,16 @@ impl Extractor<'_> {
         }
     }
 
-    /// Make sure every parent of `comps` is a real directory under the root, creating
-    /// missing ones; a symlink or a file on the way is `Invalid`.
-    fn ensure_parents(&mut self, comps: &[String]) -> Result<()> {
-        for i in 1..comps.len() {
-            let rel = comps[..i].join("/");
-            if self.dirs.contains(&rel) {
-                continue;
-            }
-            let path = self.root.join(&rel);
-            match fs::symlink_metadata(&path) {
-                Ok(md) if md.file_type().is_dir() => {}
-                Ok(md) if md.file_type().is_symlink() => {
-                    return Err(Error::invalid(format!(
-                        "entry {:?} goes through symlink {rel:?}",
-                        comps.join("/")
-                    )));
-                }
-                Ok(_) => {
-                    return Err(Error::invalid(format!(
-                        "entry {:?} goes through {rel:?}, which is not a directory",
-                        comps.join("/")
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&path).map_err(ctx(format_args!("creating {rel:?}")))?;
-                    fs::set_permissions(&path, fs::Permissions::from_mode(IMPLIED_DIR_MODE))
-                        .map_err(ctx(format_args!("setting the mode of {rel:?}")))?;
-                }
-                Err(e) => return Err(io_err(e, format_args!("stat {rel:?}"))),
-            }
-            self.dirs.insert(rel);
-        }
-        Ok(())
-    }
-
-    /// Clear the place for a non-directory entry: a later entry replaces an earlier
-    /// file or link (last one wins, as with `tar -x`); a directory is never replaced.
-    fn prepare_slot(&mut self, rel: &str) -> Result<()> {
-        let path = self.root.join(rel);
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.file_type().is_dir() => Err(Error::invalid(format!(
-                "entry {rel:?} would replace a directory"
-            ))),
-            Ok(_) => {
-                self.files.remove(rel);
-                fs::remove_file(&path).map_err(ctx(format_args!("replacing {rel:?}")))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(e, format_args!("stat {rel:?}"))),
-        }
-    }
-
+    /// A directory entry: a directory already there (the plan kept it) stays.
     fn dir(&mut self, rel: &str, mode: u32, mtime: Option<SystemTime>) -> Result<()> {
         let path = self.root.join(rel);
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.file_type().is_dir() => {}
-            Ok(_) => {
-                // A file or link earlier in the archive becomes a directory.
-                self.files.remove(rel);
-                fs::remove_file(&path).map_err(ctx(format_args!("replacing {rel:?}")))?;
-                fs::create_dir(&path).map_err(ctx(format_args!("creating {rel:?}")))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path).map_err(ctx(format_args!("creating {rel:?}")))?;
-            }
-            Err(e) => return Err(io_err(e, format_args!("stat {rel:?}"))),
+        if self.disk.kind(rel)? != Some(Kind::Dir) {
+            fs::create_dir(&path).map_err(ctx(format_args!("creating {rel:?}")))?;
         }
         // Writable until the end, whatever the archive says.
         fs::set_permissions(&path, fs::Permissions::from_mode(IMPLIED_DIR_MODE))
             .map_err(ctx(format_args!("setting the mode of {rel:?}")))?;
-        self.dirs.insert(rel.to_owned());
+        self.disk.dirs.insert(rel.to_owned());
         self.dir_meta.push((rel.to_owned(), mode, mtime));
         Ok(())
     }
@@ -312,7 +214,7 @@ impl Extractor<'_> {
         entry: &mut tar::Entry<'_, R>,
         mode: u32,
         mtime: Option<SystemTime>,
-        expect: Option<u64>,
+        want: u64,
         rerr: &ReadErr<'_>,
     ) -> Result<()> {
         let mut f = fs::OpenOptions::new()
@@ -326,9 +228,7 @@ impl Extractor<'_> {
         let r = self.copy_data(rel, entry, &mut f, &mut buf, rerr);
         self.buf = buf;
         let got = r?;
-        if let Some(want) = expect
-            && got != want
-        {
+        if got != want {
             // The input ended inside this file's data.
             if let Some(err) = rerr.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 return Err(err);
@@ -379,22 +279,6 @@ impl Extractor<'_> {
     }
 
     fn finish(self) -> Result<()> {
-        // A later entry can change what an earlier link resolves through.
-        for rel in &self.symlinks {
-            let path = self.root.join(rel);
-            match fs::symlink_metadata(&path) {
-                Ok(md) if md.file_type().is_symlink() => {
-                    let target =
-                        fs::read_link(&path).map_err(ctx(format_args!("reading link {rel:?}")))?;
-                    let target = target.to_str().ok_or_else(|| {
-                        Error::invalid(format!("symlink {rel:?} target is not UTF-8"))
-                    })?;
-                    check_symlink(self.root, rel, target)?;
-                }
-                // Replaced by a later entry.
-                _ => {}
-            }
-        }
         // Deepest first, so a read-only parent is locked only after its children.
         let mut metas = self.dir_meta;
         metas.sort_by_key(|m| std::cmp::Reverse(m.0.split('/').count()));
@@ -412,30 +296,17 @@ impl Extractor<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use jetbridge_core::ErrorKind;
-
-    #[test]
-    fn components_reject_escapes() {
-        assert_eq!(components(b"a/./b//c", "p").unwrap(), ["a", "b", "c"]);
-        assert_eq!(
-            components(b"../x", "p").unwrap_err().kind(),
-            ErrorKind::Invalid
-        );
-        assert_eq!(
-            components(b"a/../../x", "p").unwrap_err().kind(),
-            ErrorKind::Invalid
-        );
-        assert_eq!(
-            components(b"/etc/passwd", "p").unwrap_err().kind(),
-            ErrorKind::Invalid
-        );
-        assert_eq!(
-            components(b"\xff", "p").unwrap_err().kind(),
-            ErrorKind::Invalid
-        );
-        assert!(components(b"./", "p").unwrap().is_empty());
-    }
+/// Copy the regular file `from` to a new file `to` with its mode, following no link.
+fn copy_nofollow(from: &Path, to: &Path) -> io::Result<u64> {
+    let mut src = crate::tree::open_file(from)?;
+    let mode = src.metadata()?.permissions().mode();
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to)?;
+    let n = io::copy(&mut src, &mut dst)?;
+    dst.set_permissions(fs::Permissions::from_mode(archive::mode(mode)))?;
+    Ok(n)
 }

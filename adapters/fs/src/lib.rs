@@ -349,8 +349,11 @@ impl FsVolumeStore {
         {
             return Err(io_err(e, "creating the data directory"));
         }
-        let (_, _, summary) =
+        let (nodes, _, summary) =
             tree::digest_tree(&data).map_err(|e| e.context(format_args!("sealing {handle}")))?;
+        // A pod writing in place may have set them; a volume never keeps them.
+        tree::drop_special_bits(&data, &nodes)
+            .map_err(|e| e.context(format_args!("sealing {handle}")))?;
         // The data must be on disk before the manifest that vouches for it.
         if self.flush {
             sync_fs(&data);

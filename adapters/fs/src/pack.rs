@@ -130,7 +130,7 @@ pub(crate) fn produce(
                     };
                     header.set_entry_type(EntryType::Regular);
                     header.set_size(h.size);
-                    let file = fs::File::open(root.join(&n.rel))?;
+                    let file = crate::tree::open_file(&root.join(&n.rel))?;
                     let data = CheckedFile {
                         changed: &changed,
                         file,
@@ -142,9 +142,8 @@ pub(crate) fn produce(
                     builder.append_data(&mut header, &n.rel, data)?;
                 }
                 NodeKind::Symlink { target } => {
-                    header.set_entry_type(EntryType::Symlink);
-                    header.set_size(0);
-                    builder.append_link(&mut header, &n.rel, target)?;
+                    // Byte for byte: the link the task made is the link the reader gets.
+                    jetbridge_core::archive::append_symlink(&mut builder, &n.rel, target, mtime)?;
                 }
             }
         }

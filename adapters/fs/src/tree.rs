@@ -1,14 +1,14 @@
 //! Walking a volume's tree, checking what it may contain, hashing it.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use jetbridge_core::archive;
 use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry};
 use jetbridge_core::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -17,9 +17,6 @@ use crate::ioerr::ctx;
 
 /// Read size for hashing and copying.
 pub(crate) const CHUNK: usize = 1 << 20;
-
-/// Symlinks followed while resolving one target before giving up.
-const MAX_HOPS: usize = 40;
 
 /// What a tree node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +36,10 @@ pub(crate) enum NodeKind {
 pub(crate) struct Node {
     /// Relative, `/`-separated path.
     pub rel: String,
-    /// Permission bits (`0o7777`).
+    /// Mode bits a volume keeps ([`archive::mode`]).
     pub mode: u32,
+    /// Whether the file on disk also has setuid or setgid (dropped when sealing).
+    pub special_bits: bool,
     pub mtime: Option<SystemTime>,
     pub kind: NodeKind,
 }
@@ -70,9 +69,9 @@ pub(crate) fn abs(root: &Path, rel: &str) -> PathBuf {
 }
 
 /// Walk `root` without following symlinks: parents before children, siblings sorted
-/// by name, so the order is deterministic. Anything that cannot be in an artifact
-/// (devices, sockets, fifos, names that are not UTF-8, symlinks that are absolute or
-/// resolve outside `root`) is `Invalid`.
+/// by name, so the order is deterministic. Symlinks are read (`readlink`), never
+/// followed or resolved, whatever they point at. Anything that cannot be in an artifact
+/// (devices, sockets, fifos, names or link targets that are not UTF-8) is `Invalid`.
 pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     // Depth-first with an explicit stack; children pushed in reverse so they pop sorted.
@@ -103,7 +102,8 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
             let path = root.join(&rel);
             let md = fs::symlink_metadata(&path).map_err(ctx(format_args!("stat {rel:?}")))?;
             let ft = md.file_type();
-            let mode = md.mode() & 0o7777;
+            let mode = archive::mode(md.mode());
+            let special_bits = md.mode() & 0o6000 != 0;
             let mtime = md.modified().ok();
             let kind = if ft.is_dir() {
                 subdirs.push(rel.clone());
@@ -113,10 +113,9 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path)
                     .map_err(ctx(format_args!("reading link {rel:?}")))?
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| Error::invalid(format!("symlink {rel:?} target is not UTF-8")))?;
-                check_symlink(root, &rel, &target)?;
+                    .into_os_string();
+                let target = archive::symlink_target(target.as_encoded_bytes())
+                    .map_err(|e| e.context(format_args!("symlink {rel:?}")))?;
                 NodeKind::Symlink { target }
             } else {
                 let what = if ft.is_char_device() {
@@ -137,6 +136,7 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
             out.push(Node {
                 rel,
                 mode,
+                special_bits,
                 mtime,
                 kind,
             });
@@ -149,80 +149,35 @@ pub(crate) fn scan(root: &Path) -> Result<Vec<Node>> {
     Ok(out)
 }
 
-/// `Invalid` unless the symlink at `link_rel` with `target` stays inside `root`.
-pub(crate) fn check_symlink(root: &Path, link_rel: &str, target: &str) -> Result<()> {
-    if target.is_empty() {
-        return Err(Error::invalid(format!(
-            "symlink {link_rel:?} has an empty target"
-        )));
+/// Open the regular file at `path` for reading without following a symlink at the
+/// last component (the walk saw every parent as a real directory) and without
+/// blocking on a fifo swapped in since; anything but a regular file is refused.
+pub(crate) fn open_file(path: &Path) -> io::Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("no longer a regular file"));
     }
-    if target.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "symlink {link_rel:?} has an absolute target; only relative links inside the volume are allowed"
-        )));
-    }
-    let parent: Vec<String> = match link_rel.rsplit_once('/') {
-        Some((p, _)) => p.split('/').map(str::to_owned).collect(),
-        None => Vec::new(),
-    };
-    if resolves_inside(root, parent, target)? {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "symlink {link_rel:?} points outside the volume"
-        )))
-    }
+    Ok(f)
 }
 
-/// Resolve `target` from directory `start` (components below `root`) the way the
-/// kernel would, following symlinks that exist under `root`, and tell whether the walk
-/// stays inside. Stepping above `root` at any point counts as leaving it (a consumer
-/// may mount the volume anywhere). Missing components are taken literally.
-fn resolves_inside(root: &Path, start: Vec<String>, target: &str) -> Result<bool> {
-    let mut stack = start;
-    let mut pending: VecDeque<String> = target.split('/').map(str::to_owned).collect();
-    let mut hops = 0usize;
-    while let Some(c) = pending.pop_front() {
-        match c.as_str() {
-            "" | "." => continue,
-            ".." => {
-                if stack.pop().is_none() {
-                    return Ok(false);
-                }
-            }
-            _ => {
-                stack.push(c);
-                let here = root.join(stack.join("/"));
-                match fs::symlink_metadata(&here) {
-                    Ok(md) if md.file_type().is_symlink() => {
-                        hops += 1;
-                        if hops > MAX_HOPS {
-                            // A loop cannot be shown to stay inside: refuse it.
-                            return Ok(false);
-                        }
-                        let t = fs::read_link(&here).map_err(ctx("reading link"))?;
-                        let Some(t) = t.to_str() else {
-                            return Ok(false);
-                        };
-                        if t.starts_with('/') {
-                            return Ok(false);
-                        }
-                        stack.pop();
-                        for part in t.split('/').rev() {
-                            pending.push_front(part.to_owned());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    // ENOTDIR: a file used as a directory; the kernel would fail here,
-                    // so nothing outside can be reached.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
-                    Err(e) => return Err(crate::ioerr::io_err(e, "resolving a symlink")),
-                }
-            }
-        }
+/// Drop setuid and setgid from the files and directories of `nodes` that have them,
+/// so what a mounted reader sees is what the digest says. Through a descriptor opened
+/// without following links (`chmod` on a path would follow one).
+pub(crate) fn drop_special_bits(root: &Path, nodes: &[Node]) -> Result<()> {
+    for n in nodes.iter().filter(|n| n.special_bits) {
+        let path = abs(root, &n.rel);
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(ctx(format_args!("opening {:?}", n.rel)))?;
+        f.set_permissions(fs::Permissions::from_mode(n.mode))
+            .map_err(ctx(format_args!("setting the mode of {:?}", n.rel)))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Hash a reader in [`CHUNK`] reads.
@@ -272,7 +227,7 @@ pub(crate) fn hash_files(root: &Path, nodes: &[Node]) -> Result<Vec<Option<FileH
                 break;
             }
             let node = &nodes[i];
-            let r = fs::File::open(abs(root, &node.rel))
+            let r = open_file(&abs(root, &node.rel))
                 .and_then(|f| hash_reader(f, &mut buf))
                 .map_err(ctx(format_args!("hashing {:?}", node.rel)));
             match r {
@@ -345,21 +300,34 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn symlink_resolution_follows_links_inside() {
+    fn links_are_read_not_followed_and_setuid_is_dropped() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        fs::create_dir_all(r.join("a/b/c")).unwrap();
-        symlink("../../..", r.join("a/b/c/up")).unwrap();
-        assert!(check_symlink(r, "a/b/c/up", "../../..").is_ok());
-        // Lexically inside, but `up` already is the root, so `..` leaves.
-        assert!(check_symlink(r, "x", "a/b/c/up/..").is_err());
-        assert!(check_symlink(r, "x", "a/b/c/up/a").is_ok());
-        assert!(check_symlink(r, "a/x", "../..").is_err());
-        assert!(check_symlink(r, "x", "/etc").is_err());
-        assert!(check_symlink(r, "x", "missing/../a").is_ok());
+        symlink("/etc/passwd", r.join("abs")).unwrap();
+        symlink("../../outside", r.join("up")).unwrap();
         symlink("l2", r.join("l1")).unwrap();
         symlink("l1", r.join("l2")).unwrap();
-        assert!(check_symlink(r, "x", "l1").is_err());
+        fs::write(r.join("x"), b"x").unwrap();
+        fs::set_permissions(r.join("x"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let nodes = scan(r).unwrap();
+        let kinds: Vec<_> = nodes.iter().map(|n| (n.rel.as_str(), &n.kind)).collect();
+        let link = |t: &str| NodeKind::Symlink { target: t.into() };
+        assert_eq!(
+            kinds,
+            [
+                ("abs", &link("/etc/passwd")),
+                ("l1", &link("l2")),
+                ("l2", &link("l1")),
+                ("up", &link("../../outside")),
+                ("x", &NodeKind::File { size: 1 }),
+            ]
+        );
+        assert_eq!((nodes[4].mode, nodes[4].special_bits), (0o755, true));
+        drop_special_bits(r, &nodes).unwrap();
+        let md = fs::metadata(r.join("x")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o755);
+        // A symlink swapped in for a file is never opened through.
+        assert!(open_file(&r.join("abs")).is_err());
     }
 
     #[test]

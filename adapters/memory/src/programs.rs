@@ -13,7 +13,7 @@ use jetbridge_core::ports::{OutputSink, OutputStream};
 use jetbridge_core::{Error, Result};
 
 use crate::fs::{FILE_MODE, Node, PodFs, basename, join};
-use crate::tar::{LinkPolicy, create, extract};
+use crate::tar::{create, extract};
 use crate::{commands, mock, shell};
 
 /// The future a [`Program`] returns.
@@ -431,7 +431,7 @@ fn tar_main(ctx: &ProgramContext) -> Result<i32> {
             }
             // Extract into a copy so a rejected archive leaves nothing behind.
             let mut staged = fs.clone();
-            extract(&mut staged, &base, &ctx.stdin, LinkPolicy::Any)?;
+            extract(&mut staged, &base, &ctx.stdin)?;
             *fs = staged;
             Ok(0)
         }

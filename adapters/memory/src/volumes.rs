@@ -16,7 +16,7 @@ use jetbridge_core::{Error, ErrorKind, Result};
 
 use crate::faults::{FaultTiming, Faults, after};
 use crate::fs::MemFs;
-use crate::tar::{LinkPolicy, create, extract};
+use crate::tar::{create, extract};
 
 /// Chunk size of tar streams handed out by [`MemoryVolumeStore::read_tar`].
 const CHUNK: usize = 64 * 1024;
@@ -210,7 +210,7 @@ impl VolumeStore for MemoryVolumeStore {
             }
             // Extract into a copy: a failure leaves the volume as it was.
             let mut staged = v.tree.clone();
-            extract(&mut staged, "", &data, LinkPolicy::Contained)?;
+            extract(&mut staged, "", &data)?;
             if let Some(cap) = capacity
                 && used + staged.file_bytes() > cap
             {

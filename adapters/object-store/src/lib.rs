@@ -413,7 +413,6 @@ impl ObjectStoreVolumes {
             part_size: o.part_size,
             parts_in_flight: o.parts_in_flight,
             backend: self.inner.backend,
-            spool_dir: o.temp_dir.clone(),
         };
         let up = write::upload(self.inner.store.clone(), &data_path, tar, params).await?;
         let w = Written {

@@ -406,10 +406,7 @@ fn rebuild(
                     b.append_data(&mut h, path, data)?;
                 }
                 VNode::Symlink { target } => {
-                    h.set_entry_type(EntryType::Symlink);
-                    h.set_mode(0o777);
-                    h.set_size(0);
-                    b.append_link(&mut h, path, target)?;
+                    jetbridge_core::archive::append_symlink(&mut b, path, target, 0)?;
                 }
             }
         }

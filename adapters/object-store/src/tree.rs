@@ -1,40 +1,21 @@
-//! Reading a tar stream as the tree it describes, with the filesystem store's rules.
+//! Reading a tar stream as the tree it describes, with core's entry rules.
 //!
 //! [`ingest`] walks a tar archive once, keeps a model of the tree an extraction would
 //! leave behind ([`VTree`]) and hands every entry to an [`EntrySink`] (the writer
-//! re-emits canonical entries; the reader only hashes). The model gives the same
-//! [`TreeDigest`] the directory store computes after a real extraction:
-//!
-//! - entry paths are relative, UTF-8, without `..`; `.` and empty segments are dropped;
-//! - nothing is written through a symlink or a file; missing parents are implied
-//!   directories with mode `0755`;
-//! - symlink targets are relative and resolve inside the tree (checked when the link
-//!   is added and again once the whole archive is in);
-//! - hard links point at a regular file this archive holds at that point, and become a
-//!   copy of it;
-//! - devices, fifos and unknown entry types are refused;
-//! - setuid and setgid bits are dropped (mode `& 0o1777`); owners are ignored;
-//! - a later entry replaces an earlier file or link at the same path (last one wins); a
-//!   directory is never replaced by a non-directory.
-//!
-//! Every violation is `Invalid`.
+//! re-emits canonical entries; the reader only hashes). The rules are
+//! [`jetbridge_core::archive`]'s, the same the directory store applies on disk, so the
+//! model gives the same [`TreeDigest`] a real extraction does: symlinks are kept as
+//! they are wherever they point, nothing is written through one, hard links become a
+//! copy of an earlier file, setuid and setgid are dropped, GNU sparse files are
+//! expanded. Every violation is `Invalid`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 
+use jetbridge_core::archive::{self, EntryKind, Existing, IMPLIED_DIR_MODE, Kind};
 use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry};
 use jetbridge_core::{Error, Result};
 use sha2::{Digest as _, Sha256};
-use tar::EntryType;
-
-/// Mode bits kept from an archive: permissions and sticky, not setuid/setgid.
-pub(crate) const MODE_MASK: u32 = 0o1777;
-
-/// Mode of directories an archive implies but does not list.
-pub(crate) const IMPLIED_DIR_MODE: u32 = 0o755;
-
-/// Symlinks followed while resolving one target before giving up.
-const MAX_HOPS: usize = 40;
 
 /// One node of the modelled tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,14 +127,14 @@ pub(crate) trait EntrySink {
     fn implied_dir(&mut self, path: &str) -> Result<()>;
     /// A directory entry.
     fn dir(&mut self, path: &str, mode: u32, mtime: u64) -> Result<()>;
-    /// A regular file: the sink must read `data` to its end (hashing and counting
-    /// what it reads through it).
+    /// A regular file of `size` bytes (a GNU sparse file already expanded): the sink
+    /// must read `data` to its end (hashing and counting what it reads through it).
     fn file(
         &mut self,
         path: &str,
         mode: u32,
         mtime: u64,
-        size_hint: Option<u64>,
+        size: u64,
         data: &mut HashingReader<'_>,
     ) -> Result<()>;
     /// A symbolic link.
@@ -197,31 +178,6 @@ pub(crate) fn take_failed(failed: &FailSlot) -> Option<Error> {
     failed.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Split an archive path into checked components.
-pub(crate) fn components(raw: &[u8], what: &str) -> Result<Vec<String>> {
-    let s = std::str::from_utf8(raw).map_err(|_| {
-        Error::invalid(format!(
-            "{what} {:?} is not UTF-8",
-            String::from_utf8_lossy(raw)
-        ))
-    })?;
-    if s.starts_with('/') {
-        return Err(Error::invalid(format!("{what} {s:?} is absolute")));
-    }
-    let mut out = Vec::new();
-    for c in s.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return Err(Error::invalid(format!("{what} {s:?} contains '..'"))),
-            c if c.contains('\0') => {
-                return Err(Error::invalid(format!("{what} {s:?} contains NUL")));
-            }
-            c => out.push(c.to_owned()),
-        }
-    }
-    Ok(out)
-}
-
 /// Whether [`ingest`] hashes file data itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hashing {
@@ -248,12 +204,6 @@ pub(crate) fn ingest<R: Read>(
         let mut entry = entry.map_err(|e| read_err(failed, e, "reading an archive entry"))?;
         one_entry(&mut tree, &mut entry, sink, failed, hashing)?;
     }
-    // A later entry can change what an earlier link resolves through.
-    for (path, node) in &tree.nodes {
-        if let VNode::Symlink { target } = node {
-            check_symlink(&tree, path, target)?;
-        }
-    }
     Ok(tree)
 }
 
@@ -264,49 +214,44 @@ fn one_entry<R: Read>(
     failed: &FailSlot,
     hashing: Hashing,
 ) -> Result<()> {
-    let et = entry.header().entry_type();
-    if et.is_pax_global_extensions() {
-        // Archive-wide metadata (e.g. a commit id from `git archive`): not content.
+    let Some(e) = archive::read_entry(entry).map_err(|e| take_failed(failed).unwrap_or(e))? else {
+        return Ok(());
+    };
+    if e.path.is_empty() {
+        // The archive root (`./`): its mode belongs to the volume, not the archive.
         return Ok(());
     }
-    let comps = components(&entry.path_bytes(), "entry path")?;
-    let header = entry.header();
-    let mode = header
-        .mode()
-        .map_err(|e| read_err(failed, e, "reading a mode"))?
-        & MODE_MASK;
-    let mtime = header.mtime().unwrap_or(0);
-    if comps.is_empty() {
-        // The archive root (`./`): its mode belongs to the volume, not the archive.
-        return if et.is_dir() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "a non-directory entry names the archive root",
-            ))
-        };
+    let plan = archive::plan(tree, &e)?;
+    for d in plan.implied_dirs {
+        sink.implied_dir(&d)?;
+        tree.nodes.insert(
+            d,
+            VNode::Dir {
+                mode: IMPLIED_DIR_MODE,
+            },
+        );
     }
-    let rel = comps.join("/");
-    ensure_parents(tree, &comps, sink)?;
-    match et {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            prepare_slot(tree, &rel)?;
+    if plan.replace.is_some() {
+        // Not its own canonical form any more: a path is written twice.
+        tree.simple = false;
+        tree.nodes.remove(&e.path);
+    }
+    let (rel, mode, mtime) = (e.path, e.mode, e.mtime);
+    match e.kind {
+        EntryKind::File => {
             let pos = entry.raw_file_position();
-            // A sparse entry expands to more than it stores; others must be whole.
-            let expect = (et != EntryType::GNUSparse).then(|| entry.size());
+            let want = e.size;
             let mut data = HashingReader {
                 inner: entry,
                 hasher: (hashing == Hashing::Inline).then(Sha256::new),
                 read: 0,
             };
-            let r = sink.file(&rel, mode, mtime, expect, &mut data);
+            let r = sink.file(&rel, mode, mtime, want, &mut data);
             if let Err(e) = r {
                 return Err(take_failed(failed).unwrap_or(e));
             }
             let got = data.read;
-            if let Some(want) = expect
-                && got != want
-            {
+            if got != want {
                 // The input ended inside this file's data.
                 if let Some(err) = take_failed(failed) {
                     return Err(err);
@@ -329,167 +274,35 @@ fn one_entry<R: Read>(
                 },
             );
         }
-        EntryType::Directory => {
-            match tree.nodes.get(&rel) {
-                Some(VNode::Dir { .. }) | None => {}
-                // A file or link earlier in the archive becomes a directory.
-                Some(_) => tree.simple = false,
-            }
+        EntryKind::Dir => {
             sink.dir(&rel, mode, mtime)?;
             tree.nodes.insert(rel, VNode::Dir { mode });
         }
-        EntryType::Symlink => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| Error::invalid(format!("symlink {rel:?} has no target")))?;
-            let target = std::str::from_utf8(&target)
-                .map_err(|_| Error::invalid(format!("symlink {rel:?} target is not UTF-8")))?
-                .to_owned();
-            check_symlink(tree, &rel, &target)?;
-            prepare_slot(tree, &rel)?;
+        EntryKind::Symlink { target } => {
             sink.symlink(&rel, &target, mtime)?;
             tree.nodes.insert(rel, VNode::Symlink { target });
         }
-        EntryType::Link => {
-            let raw = entry
-                .link_name_bytes()
-                .ok_or_else(|| Error::invalid(format!("hard link {rel:?} has no target")))?;
-            let target = components(&raw, "hard link target")?.join("/");
-            let node = match tree.nodes.get(&target) {
-                Some(n @ VNode::File { .. }) if target != rel => n.clone(),
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "hard link {rel:?} does not point at a file extracted earlier"
-                    )));
-                }
+        EntryKind::HardLink { target } => {
+            // The plan checked that `target` is a regular file of the tree.
+            let Some(node @ VNode::File { .. }) = tree.nodes.get(&target).cloned() else {
+                return Err(Error::invalid(format!("hard link {rel:?} has no file")));
             };
-            prepare_slot(tree, &rel)?;
             sink.hard_link(&rel, &target, mtime)?;
             tree.simple = false;
             tree.nodes.insert(rel, node);
         }
-        EntryType::Char | EntryType::Block | EntryType::Fifo => {
-            return Err(Error::invalid(format!(
-                "entry {rel:?} is a device or fifo; artifacts hold only directories, files and links"
-            )));
-        }
-        other => {
-            return Err(Error::invalid(format!(
-                "entry {rel:?} has unsupported type {:?}",
-                other.as_byte() as char
-            )));
-        }
     }
     Ok(())
 }
 
-/// Make sure every parent of `comps` is a directory of the tree, adding missing ones;
-/// a symlink or a file on the way is `Invalid`.
-fn ensure_parents(tree: &mut VTree, comps: &[String], sink: &mut dyn EntrySink) -> Result<()> {
-    for i in 1..comps.len() {
-        let rel = comps[..i].join("/");
-        match tree.nodes.get(&rel) {
-            Some(VNode::Dir { .. }) => {}
-            Some(VNode::Symlink { .. }) => {
-                return Err(Error::invalid(format!(
-                    "entry {:?} goes through symlink {rel:?}",
-                    comps.join("/")
-                )));
-            }
-            Some(VNode::File { .. }) => {
-                return Err(Error::invalid(format!(
-                    "entry {:?} goes through {rel:?}, which is not a directory",
-                    comps.join("/")
-                )));
-            }
-            None => {
-                sink.implied_dir(&rel)?;
-                tree.nodes.insert(
-                    rel,
-                    VNode::Dir {
-                        mode: IMPLIED_DIR_MODE,
-                    },
-                );
-            }
-        }
+impl Existing for VTree {
+    fn kind(&mut self, path: &str) -> Result<Option<Kind>> {
+        Ok(self.nodes.get(path).map(|n| match n {
+            VNode::Dir { .. } => Kind::Dir,
+            VNode::File { .. } => Kind::File,
+            VNode::Symlink { .. } => Kind::Symlink,
+        }))
     }
-    Ok(())
-}
-
-/// Clear the place for a non-directory entry: a later entry replaces an earlier file
-/// or link; a directory is never replaced.
-fn prepare_slot(tree: &mut VTree, rel: &str) -> Result<()> {
-    match tree.nodes.get(rel) {
-        Some(VNode::Dir { .. }) => Err(Error::invalid(format!(
-            "entry {rel:?} would replace a directory"
-        ))),
-        Some(_) => {
-            tree.simple = false;
-            tree.nodes.remove(rel);
-            Ok(())
-        }
-        None => Ok(()),
-    }
-}
-
-/// `Invalid` unless the symlink at `link_rel` with `target` stays inside the tree.
-pub(crate) fn check_symlink(tree: &VTree, link_rel: &str, target: &str) -> Result<()> {
-    if target.is_empty() {
-        return Err(Error::invalid(format!(
-            "symlink {link_rel:?} has an empty target"
-        )));
-    }
-    if target.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "symlink {link_rel:?} has an absolute target; only relative links inside the volume are allowed"
-        )));
-    }
-    let parent: Vec<String> = match link_rel.rsplit_once('/') {
-        Some((p, _)) => p.split('/').map(str::to_owned).collect(),
-        None => Vec::new(),
-    };
-    if resolves_inside(tree, parent, target) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "symlink {link_rel:?} points outside the volume"
-        )))
-    }
-}
-
-/// Resolve `target` from directory `start` the way the kernel would, following links
-/// of the tree, and tell whether the walk stays inside. Stepping above the root at any
-/// point counts as leaving it (a consumer may mount the volume anywhere). Missing
-/// components are taken literally.
-fn resolves_inside(tree: &VTree, start: Vec<String>, target: &str) -> bool {
-    let mut stack = start;
-    let mut pending: VecDeque<String> = target.split('/').map(str::to_owned).collect();
-    let mut hops = 0usize;
-    while let Some(c) = pending.pop_front() {
-        match c.as_str() {
-            "" | "." => continue,
-            ".." => {
-                if stack.pop().is_none() {
-                    return false;
-                }
-            }
-            _ => {
-                stack.push(c);
-                if let Some(VNode::Symlink { target: t }) = tree.nodes.get(&stack.join("/")) {
-                    hops += 1;
-                    // A loop cannot be shown to stay inside: refuse it.
-                    if hops > MAX_HOPS || t.starts_with('/') {
-                        return false;
-                    }
-                    stack.pop();
-                    for part in t.split('/').rev() {
-                        pending.push_front(part.to_owned());
-                    }
-                }
-            }
-        }
-    }
-    true
 }
 
 /// A sink that only reads file data (hashing happens in [`HashingReader`]).
@@ -510,7 +323,7 @@ impl EntrySink for HashOnly {
         rel: &str,
         _: u32,
         _: u64,
-        _: Option<u64>,
+        _: u64,
         data: &mut HashingReader<'_>,
     ) -> Result<()> {
         if self.buf.is_empty() {
@@ -539,6 +352,7 @@ impl EntrySink for HashOnly {
 mod tests {
     use super::*;
     use jetbridge_core::ErrorKind;
+    use tar::EntryType;
 
     fn model(data: &[u8]) -> Result<VTree> {
         let failed = FailSlot::default();
@@ -556,15 +370,6 @@ mod tests {
         h.set_mode(mode);
         h.set_size(size);
         h
-    }
-
-    #[test]
-    fn components_reject_escapes() {
-        assert_eq!(components(b"a/./b//c", "p").unwrap(), ["a", "b", "c"]);
-        for bad in [&b"../x"[..], b"a/../../x", b"/etc/passwd", b"\xff"] {
-            assert_eq!(components(bad, "p").unwrap_err().kind(), ErrorKind::Invalid);
-        }
-        assert!(components(b"./", "p").unwrap().is_empty());
     }
 
     #[test]
@@ -624,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn links_through_links_are_checked_at_the_end() {
+    fn links_are_kept_wherever_they_point() {
         let mut b = tar::Builder::new(Vec::new());
         b.append_data(
             &mut header(EntryType::Directory, 0o755, 0),
@@ -632,13 +437,22 @@ mod tests {
             io::empty(),
         )
         .unwrap();
-        // Inside when added (`a/up` does not exist yet), outside once `a/up` is `..`.
-        b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "l", "a/up/..")
-            .unwrap();
-        b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "a/up", "..")
-            .unwrap();
-        let e = model(&b.into_inner().unwrap()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Invalid);
+        for (path, target) in [("l", "a/up/.."), ("a/up", ".."), ("abs", "/etc/./")] {
+            jetbridge_core::archive::append_symlink(&mut b, path, target, 0).unwrap();
+        }
+        let t = model(&b.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            t.nodes["abs"],
+            VNode::Symlink {
+                target: "/etc/./".into()
+            }
+        );
+        assert_eq!(
+            t.nodes["l"],
+            VNode::Symlink {
+                target: "a/up/..".into()
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! The object becomes visible only when the upload completes; on any failure, or when
 //! the caller drops the future, the upload is aborted.
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,7 +44,6 @@ pub(crate) struct UploadParams {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub backend: Backend,
-    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 /// Read size when copying file data into the canonical archive.
@@ -52,9 +51,8 @@ const COPY_BUF: usize = 256 * 1024;
 
 /// Re-emits accepted entries as a canonical tar: GNU headers, owners 0, masked modes,
 /// normalized paths, implied directories listed.
-struct Canonical<'a> {
+struct Canonical {
     builder: tar::Builder<ChannelWriter<Bytes>>,
-    spool_dir: Option<&'a std::path::Path>,
 }
 
 fn header(kind: EntryType, mode: u32, mtime: u64) -> Header {
@@ -72,9 +70,13 @@ fn out_err(e: io::Error, what: &str) -> Error {
     Error::other(format!("{what}: {e}")).with_source(e)
 }
 
-impl EntrySink for Canonical<'_> {
+impl EntrySink for Canonical {
     fn implied_dir(&mut self, path: &str) -> Result<()> {
-        let mut h = header(EntryType::Directory, crate::tree::IMPLIED_DIR_MODE, 0);
+        let mut h = header(
+            EntryType::Directory,
+            jetbridge_core::archive::IMPLIED_DIR_MODE,
+            0,
+        );
         self.builder
             .append_data(&mut h, format!("{path}/"), io::empty())
             .map_err(|e| out_err(e, "writing a directory entry"))
@@ -92,47 +94,26 @@ impl EntrySink for Canonical<'_> {
         path: &str,
         mode: u32,
         mtime: u64,
-        size_hint: Option<u64>,
+        size: u64,
         data: &mut HashingReader<'_>,
     ) -> Result<()> {
+        // The size is known up front, a GNU sparse file's expanded size too.
         let mut h = header(EntryType::Regular, mode, mtime);
-        match size_hint {
-            Some(size) => {
-                h.set_size(size);
-                // `io::copy` inside `append_data` moves 8 KiB per call unless the
-                // reader is buffered; large reads keep the per-call cost out of it.
-                let cap = usize::try_from(size)
-                    .unwrap_or(COPY_BUF)
-                    .clamp(512, COPY_BUF);
-                let data = io::BufReader::with_capacity(cap, data);
-                self.builder
-                    .append_data(&mut h, path, data)
-                    .map_err(|e| out_err(e, "writing a file entry"))
-            }
-            None => {
-                // A sparse file: its expanded size is known only once it is read, and
-                // a tar header needs it first. Spool it to a temporary file.
-                let mut tmp = match self.spool_dir {
-                    Some(d) => tempfile::tempfile_in(d),
-                    None => tempfile::tempfile(),
-                }
-                .map_err(|e| crate::errors::io_err(e, "spooling a sparse file"))?;
-                let size =
-                    io::copy(data, &mut tmp).map_err(|e| out_err(e, "spooling a sparse file"))?;
-                tmp.rewind()
-                    .map_err(|e| crate::errors::io_err(e, "spooling a sparse file"))?;
-                h.set_size(size);
-                self.builder
-                    .append_data(&mut h, path, tmp)
-                    .map_err(|e| out_err(e, "writing a file entry"))
-            }
-        }
+        h.set_size(size);
+        // `io::copy` inside `append_data` moves 8 KiB per call unless the reader is
+        // buffered; large reads keep the per-call cost out of it.
+        let cap = usize::try_from(size)
+            .unwrap_or(COPY_BUF)
+            .clamp(512, COPY_BUF);
+        let data = io::BufReader::with_capacity(cap, data);
+        self.builder
+            .append_data(&mut h, path, data)
+            .map_err(|e| out_err(e, "writing a file entry"))
     }
 
     fn symlink(&mut self, path: &str, target: &str, mtime: u64) -> Result<()> {
-        let mut h = header(EntryType::Symlink, 0o777, mtime);
-        self.builder
-            .append_link(&mut h, path, target)
+        // Byte for byte: the link the task made is the link the reader gets.
+        jetbridge_core::archive::append_symlink(&mut self.builder, path, target, mtime)
             .map_err(|e| out_err(e, "writing a symlink entry"))
     }
 
@@ -281,7 +262,6 @@ fn process(
         let a = (|| -> Result<VTree> {
             let mut sink = Canonical {
                 builder: tar::Builder::new(ChannelWriter::new(mid_tx, |b| b, OUT_CHUNK)),
-                spool_dir: p.spool_dir.as_deref(),
             };
             let mut archive = tar::Archive::new(ChannelReader::new(rx, failed.clone()));
             let tree = ingest(&mut archive, &mut sink, &failed, Hashing::Deferred)?;
