@@ -6,6 +6,7 @@
 //! - A second abort interrupts the hooks; the grace period bounds them too.
 //! - A worker that lost its registration runs no hook and ends the build `errored`.
 //! - Steps of the same name each bind their own outputs.
+//! - Symlinks in outputs are kept as the task made them, wherever they point.
 //!
 //! Every case also checks that no pod of the build is left. Cases synchronise on what
 //! the steps print, never on sleeps.
@@ -338,6 +339,83 @@ pub async fn same_named_tasks_bind_their_own_outputs(subject: &RuntimeSubject) -
     Ok(())
 }
 
+/// Symlinks a task makes in an output are kept exactly as made, wherever they point,
+/// and the next step sees the same links (never what they point at).
+pub async fn symlinks_in_outputs_are_kept(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - {}\n",
+        task(
+            "make-links",
+            &[],
+            &["out"],
+            "echo data > out/f && ln -s /etc/passwd out/abs && ln -s ../../outside out/up && ln -s f out/rel"
+        ),
+        task(
+            "sees-links",
+            &["out"],
+            &[],
+            "test -L out/abs && test -L out/up && test -L out/rel && echo links seen"
+        ),
+    );
+    let run = start(subject, &jobs, Duration::from_secs(60))?;
+    let watched = run.watched.clone();
+    let (o, _, _) = run.finish(Duration::from_secs(300)).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure!(
+        watched.output_of("task: sees-links").contains("links seen"),
+        "the next step did not see the links"
+    );
+    let a = o
+        .artifacts
+        .get("out")
+        .ok_or_else(|| CaseError::here("no artifact out"))?;
+    let store = subject
+        .runtime
+        .volumes
+        .as_ref()
+        .ok_or_else(|| CaseError::here("no volume store"))?;
+    let tar = store
+        .read_tar(&a.volume)
+        .await
+        .map_err(|e| CaseError::here(format!("read_tar: {e}")))?;
+    let data = jetbridge_core::ports::collect_stream(tar)
+        .await
+        .map_err(|e| CaseError::here(format!("reading: {e}")))?;
+    let mut links = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(std::io::Cursor::new(data));
+    for e in ar.entries().map_err(|e| CaseError::here(e.to_string()))? {
+        let e = e.map_err(|e| CaseError::here(e.to_string()))?;
+        if e.header().entry_type() == tar::EntryType::Symlink {
+            let path = e
+                .path()
+                .map_err(|e| CaseError::here(e.to_string()))?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned();
+            let target = e
+                .link_name()
+                .map_err(|e| CaseError::here(e.to_string()))?
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            links.insert(path, target);
+        }
+    }
+    let want: std::collections::BTreeMap<String, String> = [
+        ("abs", "/etc/passwd"),
+        ("up", "../../outside"),
+        ("rel", "f"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
+    ensure_eq!(
+        links,
+        want,
+        "the artifact keeps each link as the task made it"
+    );
+    Ok(())
+}
+
 /// The cases, in order.
 pub const CASES: &[&str] = &[
     "abort_runs_on_abort_and_ensure",
@@ -345,6 +423,7 @@ pub const CASES: &[&str] = &[
     "abort_grace_bounds_hooks",
     "worker_lost_runs_no_hooks",
     "same_named_tasks_bind_their_own_outputs",
+    "symlinks_in_outputs_are_kept",
 ];
 
 /// Run the case called `name`.
@@ -357,6 +436,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "same_named_tasks_bind_their_own_outputs" => {
             Box::pin(same_named_tasks_bind_their_own_outputs(subject)).await
         }
+        "symlinks_in_outputs_are_kept" => Box::pin(symlinks_in_outputs_are_kept(subject)).await,
         _ => return None,
     })
 }
@@ -387,6 +467,7 @@ macro_rules! lifecycle_suite {
                 abort_grace_bounds_hooks,
                 worker_lost_runs_no_hooks,
                 same_named_tasks_bind_their_own_outputs,
+                symlinks_in_outputs_are_kept,
             ]
         );
     };
