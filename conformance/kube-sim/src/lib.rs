@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod api;
 mod exec;
 mod kubelet;
@@ -159,6 +160,7 @@ impl Simulator {
             flags_tx: tokio::sync::watch::Sender::new(0),
             runtimes: Mutex::default(),
             faults: Mutex::default(),
+            policy: Mutex::default(),
             requests: Mutex::default(),
             port,
             generation: Mutex::new(generation_token.clone()),
@@ -321,6 +323,58 @@ impl Simulator {
     /// without a status frame; their process is killed.
     pub fn drop_exec_streams(&self, n: usize) {
         self.shared.update_flags(|f| f.drop_exec += n);
+    }
+
+    /// RBAC denies `verb` on `resource` (`"create"`, `"pods/exec"`; `"get"`,
+    /// `"secrets"`): such requests answer 403 `Forbidden` with the authorizer's words,
+    /// `pods "p" is forbidden: User "kube-sim" cannot create resource "pods/exec" in API
+    /// group "" in the namespace "ns"`, before anything is done.
+    pub fn forbid(&self, verb: &str, resource: &str) {
+        lock(&self.shared.policy)
+            .forbidden
+            .insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Lift every RBAC denial.
+    pub fn allow_all(&self) {
+        lock(&self.shared.policy).forbidden.clear();
+    }
+
+    /// Label a namespace. `pod-security.kubernetes.io/enforce=restricted` makes Pod
+    /// Security admission reject pods that break the restricted profile with 403
+    /// `violates PodSecurity "restricted:latest": ...`.
+    pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) {
+        lock(&self.shared.policy)
+            .namespace_labels
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// A ResourceQuota `name` allowing at most `pods` non-terminal pods in `namespace`
+    /// (`None` removes it). A create beyond it answers 403 `exceeded quota: ...`, checked
+    /// before the name is: a resent create meets 403, not 409.
+    pub fn set_pod_quota(&self, namespace: &str, name: &str, pods: Option<usize>) {
+        let mut p = lock(&self.shared.policy);
+        match pods {
+            Some(n) => {
+                p.pod_quota
+                    .insert(namespace.to_owned(), (name.to_owned(), n));
+            }
+            None => {
+                p.pod_quota.remove(namespace);
+            }
+        }
+    }
+
+    /// Create service account `name` in `namespace`. Only `default` exists otherwise; a
+    /// pod naming another is rejected with 403 `error looking up service account ...`.
+    pub fn create_service_account(&self, namespace: &str, name: &str) {
+        lock(&self.shared.policy)
+            .service_accounts
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned());
     }
 
     /// Add a per-request fault. Faults are checked in the order they were added.

@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     pub flags_tx: watch::Sender<u64>,
     pub runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// RBAC denials and admission settings.
+    pub policy: Mutex<crate::admission::Policy>,
     pub requests: Mutex<Vec<RequestRecord>>,
     pub port: u16,
     /// Cancelled when the current listener generation ends (restart/shutdown).
