@@ -56,6 +56,13 @@ pub struct SimConfig {
     pub pvc_root: Option<PathBuf>,
     /// Port to listen on; 0 picks a free one.
     pub port: u16,
+    /// How long the kubelet takes, after a gracefully deleted pod's containers have
+    /// stopped and its terminal phase is written, to reclaim its resources (unmount
+    /// volumes, remove cgroups) and confirm the deletion. Until then the pod is seen
+    /// terminating in its terminal phase, as in a cluster: the kubelet's status manager
+    /// deletes only once `PodResourcesAreReclaimed` (pkg/kubelet/status/
+    /// status_manager.go `canBeDeleted`). Zero by default.
+    pub reclaim_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -67,6 +74,7 @@ impl Default for SimConfig {
             work_root: None,
             pvc_root: None,
             port: 0,
+            reclaim_delay: Duration::ZERO,
         }
     }
 }
