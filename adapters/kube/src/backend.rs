@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use jetbridge_core::names::label;
 use jetbridge_core::ports::{
-    LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState, PodStatus, Pods, WaitFor,
+    GarbageOpts, GarbageReport, LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState,
+    PodStatus, Pods, WaitFor,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -531,6 +532,68 @@ impl Pods for KubeBackend {
             .await
             .map_err(|e| e.into_error("listing pods"))?;
         Ok(list.items.iter().map(|p| self.status_of(p)).collect())
+    }
+
+    /// Env Secrets whose pod is gone: made by a create that failed or crashed before
+    /// the pod owned them (the cluster's garbage collector deletes owned ones).
+    async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
+        let sel = format!("{}={}", label::MANAGED_BY, label::MANAGED_BY_VALUE);
+        let params = ListParams::default().labels(&sel);
+        let budget = self.budget();
+        // Secrets first: a pod created after this listing is in the next one.
+        let secrets = budget
+            .run("list secrets", true, || self.secrets.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing env secrets"))?;
+        let pods: std::collections::HashSet<String> = budget
+            .run("list pods", true, || self.api.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing pods"))?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        let mut report = GarbageReport::default();
+        for secret in secrets.items {
+            let meta = secret.metadata;
+            let Some(name) = meta.name else { continue };
+            let Some(pod) = name.strip_suffix("-env") else {
+                continue;
+            };
+            let young = meta
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| opts.now.duration_since(SystemTime::from(t.0)).ok())
+                .is_some_and(|age| age < opts.grace);
+            if young || pods.contains(pod) {
+                continue;
+            }
+            // Only the Secret listed: one made again meanwhile has another uid.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: meta.uid,
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            let budget = self.budget();
+            match budget
+                .run("delete secret", true, || {
+                    self.secrets.delete(&name, &params)
+                })
+                .await
+            {
+                Ok(_) => report
+                    .deleted
+                    .push(format!("secret {}/{name}", self.namespace)),
+                // Gone or made again: another reaper, or the garbage collector, was first.
+                Err(e) if matches!(e.kube().and_then(api_code), Some(404 | 409)) => {}
+                Err(e) => report
+                    .errors
+                    .push(e.into_error(&format!("deleting secret {name}")).to_string()),
+            }
+        }
+        Ok(report)
     }
 
     async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
