@@ -37,10 +37,15 @@ pub(crate) struct Policy {
     pub service_accounts: HashMap<String, BTreeSet<String>>,
 }
 
-/// The RBAC verb and resource of a request, as the request info resolver derives them
-/// (k8s.io/apiserver/pkg/endpoints/request/requestinfo.go): the verb from the method
-/// and whether a name is given, the resource with its subresource (`pods/exec`).
-fn request_info(method: &str, path: &str, query: &str) -> Option<(String, String, String, String)> {
+/// The RBAC verbs a request needs, its resource, namespace and name, as the request
+/// info resolver derives them (k8s.io/apiserver/pkg/endpoints/request/requestinfo.go):
+/// the verb from the method and whether a name is given, the resource with its
+/// subresource (`pods/exec`).
+fn request_info(
+    method: &str,
+    path: &str,
+    query: &str,
+) -> Option<(Vec<&'static str>, String, String, String)> {
     let rest = path.strip_prefix("/api/v1/")?;
     let parts: Vec<&str> = rest.split('/').collect();
     let (ns, tail) = match parts.as_slice() {
@@ -57,25 +62,26 @@ fn request_info(method: &str, path: &str, query: &str) -> Option<(String, String
     let watch = query
         .split('&')
         .any(|kv| kv == "watch=true" || kv == "watch=1");
-    let verb = match (method, name.is_empty()) {
-        // WebSocket exec is a GET; since Kubernetes 1.31 (AuthorizePodWebsocketUpgrade-
-        // CreatePermission) it also needs `create`, which is what a Role must grant.
-        (_, false) if sub == Some("exec") => "create",
-        ("GET", _) if watch => "watch",
-        ("GET", true) => "list",
-        ("GET", false) => "get",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", true) => "deletecollection",
-        ("DELETE", false) => "delete",
+    let verbs = match (method, name.is_empty()) {
+        // WebSocket exec is a GET, authorised as `get`; from Kubernetes 1.35
+        // (AuthorizePodWebsocketUpgradeCreatePermission, on by default) `create` is
+        // checked as well.
+        ("GET", false) if sub == Some("exec") => vec!["get", "create"],
+        ("GET", _) if watch => vec!["watch"],
+        ("GET", true) => vec!["list"],
+        ("GET", false) => vec!["get"],
+        ("POST", _) => vec!["create"],
+        ("PUT", _) => vec!["update"],
+        ("PATCH", _) => vec!["patch"],
+        ("DELETE", true) => vec!["deletecollection"],
+        ("DELETE", false) => vec!["delete"],
         _ => return None,
     };
     let full = match sub {
         Some(s) => format!("{resource}/{s}"),
         None => resource.to_owned(),
     };
-    Some((verb.to_owned(), full, ns, name.to_owned()))
+    Some((verbs, full, ns, name.to_owned()))
 }
 
 /// The authorizer's denial, worded as k8s.io/apiserver/pkg/endpoints/handlers/
@@ -110,12 +116,15 @@ pub(crate) async fn authorize(State(sh): State<Arc<Shared>>, req: Request, next:
         req.uri().path(),
         req.uri().query().unwrap_or(""),
     );
-    if let Some((verb, resource, ns, name)) = info {
-        let denied = lock(&sh.policy)
-            .forbidden
-            .contains(&(verb.clone(), resource.clone()));
-        if denied {
-            return rbac_denial(&verb, &resource, &ns, &name).into_response();
+    if let Some((verbs, resource, ns, name)) = info {
+        let denied = {
+            let p = lock(&sh.policy);
+            verbs
+                .into_iter()
+                .find(|v| p.forbidden.contains(&((*v).to_owned(), resource.clone())))
+        };
+        if let Some(verb) = denied {
+            return rbac_denial(verb, &resource, &ns, &name).into_response();
         }
     }
     next.run(req).await
@@ -431,32 +440,34 @@ mod tests {
 
     #[test]
     fn request_info_matches_the_resolver() {
-        let i = |m, p, q| request_info(m, p, q).map(|(v, r, n, name)| (v, r, n, name));
+        let i = request_info;
         assert_eq!(
             i("POST", "/api/v1/namespaces/ci/pods", ""),
-            Some(("create".into(), "pods".into(), "ci".into(), String::new()))
+            Some((vec!["create"], "pods".into(), "ci".into(), String::new()))
         );
+        let verbs = |m, p, q| i(m, p, q).unwrap().0;
         assert_eq!(
-            i("GET", "/api/v1/namespaces/ci/pods", "watch=true&x=1")
-                .unwrap()
-                .0,
-            "watch"
+            verbs("GET", "/api/v1/namespaces/ci/pods", "watch=true&x=1"),
+            ["watch"]
         );
-        assert_eq!(
-            i("GET", "/api/v1/namespaces/ci/pods", "").unwrap().0,
-            "list"
-        );
-        assert_eq!(
-            i("GET", "/api/v1/namespaces/ci/pods/p", "").unwrap().0,
-            "get"
-        );
+        assert_eq!(verbs("GET", "/api/v1/namespaces/ci/pods", ""), ["list"]);
+        assert_eq!(verbs("GET", "/api/v1/namespaces/ci/pods/p", ""), ["get"]);
         assert_eq!(
             i("GET", "/api/v1/namespaces/ci/pods/p/exec", "command=ls").unwrap(),
-            ("create".into(), "pods/exec".into(), "ci".into(), "p".into())
+            (
+                vec!["get", "create"],
+                "pods/exec".into(),
+                "ci".into(),
+                "p".into()
+            )
         );
         assert_eq!(
-            i("DELETE", "/api/v1/namespaces/ci/secrets", "").unwrap().0,
-            "deletecollection"
+            verbs("POST", "/api/v1/namespaces/ci/pods/p/exec", ""),
+            ["create"]
+        );
+        assert_eq!(
+            verbs("DELETE", "/api/v1/namespaces/ci/secrets", ""),
+            ["deletecollection"]
         );
         assert_eq!(i("GET", "/version", ""), None);
         assert_eq!(i("GET", "/api/v1/namespaces/ci", ""), None);

@@ -315,6 +315,33 @@ impl Simulator {
         }
     }
 
+    /// What `POST pods/NAME/eviction` does, as another client would send it: a
+    /// `DisruptionTarget` condition (reason `EvictionByEvictionAPI`), then a graceful
+    /// delete with the pod's own grace period.
+    pub fn evict_with_api(&self, namespace: &str, pod: &str) {
+        let _ = api::do_delete(
+            &self.shared,
+            namespace,
+            pod,
+            None,
+            &serde_json::json!({}),
+            Some(&api::eviction_condition),
+        );
+    }
+
+    /// Delete a pod as another client would (`kubectl delete pod`): gracefully, with
+    /// `grace` seconds or the pod's own grace period.
+    pub fn delete_pod(&self, namespace: &str, pod: &str, grace: Option<i64>) {
+        let _ = api::do_delete(
+            &self.shared,
+            namespace,
+            pod,
+            grace,
+            &serde_json::json!({}),
+            None,
+        );
+    }
+
     /// Mark the node schedulable again after [`Simulator::drain_node`].
     pub fn uncordon(&self) {
         self.shared.update_flags(|f| f.cordoned = false);
