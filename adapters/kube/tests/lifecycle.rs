@@ -75,6 +75,32 @@ async fn an_rbac_denial_leaves_no_secret_and_names_the_permission() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_rbac_denial_is_permission_denied_and_names_the_permission() {
+    let (sim, b) = start_with(sim_config()).await;
+    let mut s = spec();
+    s.env.clear();
+    b.create(&s).await.expect("create");
+    b.wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .await
+        .unwrap();
+    sim.forbid("create", "pods/exec");
+    let e = b
+        .exec(
+            ExecRequest::new(&s.name, vec!["true".into()]),
+            Arc::new(Started::default()),
+        )
+        .await
+        .expect_err("forbidden");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("lacks `create pods/exec in namespace {NS}`")),
+        "{e}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_pod_leaves_no_secret() {
     let (sim, b) = start_with(sim_config()).await;
     sim.inject(Fault::on("POST", "/pods", 1, FaultAction::Status(422)));
