@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{
-    CaptureOutput, DiscardOutput, Exec, ExecRequest, OutputSink, OutputStream, Pods, bytes_stream,
+    CaptureOutput, DiscardOutput, Exec, ExecRequest, GarbageOpts, OutputSink, OutputStream, Pods,
+    bytes_stream,
 };
 use tokio::sync::Notify;
 
@@ -34,6 +35,7 @@ pub const CASES: &[&str] = &[
     "exec_in_deleted_pod_fails",
     "cancelled_exec_leaves_pod_usable",
     "output_is_streamed_before_exit",
+    "garbage_collection_spares_live_pods",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -56,6 +58,9 @@ pub async fn run_case(subject: &BackendSubject, name: &str) -> Option<CaseResult
             Box::pin(cancelled_exec_leaves_pod_usable(p, e, i)).await
         }
         "output_is_streamed_before_exit" => Box::pin(output_is_streamed_before_exit(p, e, i)).await,
+        "garbage_collection_spares_live_pods" => {
+            Box::pin(garbage_collection_spares_live_pods(p, e, i)).await
+        }
         _ => return None,
     })
 }
@@ -485,4 +490,45 @@ fn read_tar(data: &[u8]) -> std::io::Result<TarContents> {
         }
     }
     Ok((dirs, files))
+}
+
+/// The pod adapter's garbage pass, with no grace at all, run while a pod with an
+/// environment is being created and again once it runs, takes nothing the pod needs:
+/// it starts, and its environment (task params; a Secret on Kubernetes) reaches
+/// commands.
+pub async fn garbage_collection_spares_live_pods(
+    pods: &dyn Pods,
+    exec: &dyn Exec,
+    image: &str,
+) -> CaseResult {
+    let group = PodGroup::new(pods, image, "garbage");
+    let r: CaseResult = async {
+        let mut spec = group.spec();
+        spec.env
+            .insert("JB_CONF_PARAM".to_owned(), "kept".to_owned());
+        pods.create(&spec).await?;
+        let opts = || GarbageOpts::new(Duration::ZERO, std::time::SystemTime::now());
+        let report = pods.collect_garbage(&opts()).await?;
+        ensure!(
+            report.errors.is_empty(),
+            "garbage pass: {:?}",
+            report.errors
+        );
+        crate::pods::wait_running(pods, &spec.name).await?;
+        let report = pods.collect_garbage(&opts()).await?;
+        ensure!(
+            report.errors.is_empty(),
+            "garbage pass: {:?}",
+            report.errors
+        );
+        let out = run_ok(
+            exec,
+            ExecRequest::new(&spec.name, sh("echo \"$JB_CONF_PARAM\"")),
+        )
+        .await?;
+        ensure_eq!(String::from_utf8_lossy(&out), "kept\n");
+        Ok(())
+    }
+    .await;
+    group.finish(r).await
 }

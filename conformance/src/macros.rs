@@ -74,6 +74,7 @@ macro_rules! exec_suite {
                 exec_in_deleted_pod_fails,
                 cancelled_exec_leaves_pod_usable,
                 output_is_streamed_before_exit,
+                garbage_collection_spares_live_pods,
             ]
         );
     };

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Timeout,
     /// Stored data does not match its recorded digest.
     Corrupt,
+    /// The caller's identity lacks a permission (RBAC, bucket IAM, database grants);
+    /// the message says which. Permanent until an operator grants it.
+    PermissionDenied,
     /// Anything else; permanent.
     Other,
 }
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Corrupt => "corrupt",
+            ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::Other => "error",
         }
     }
@@ -160,6 +164,10 @@ impl Error {
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Corrupt, message)
     }
+    /// Shorthand for [`ErrorKind::PermissionDenied`].
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
     /// Shorthand for [`ErrorKind::Other`].
     pub fn other(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Other, message)
@@ -178,6 +186,14 @@ mod tests {
         assert!(Error::transient("x").is_retryable());
         assert!(!Error::invalid("x").is_retryable());
         assert!(Error::invalid("x").with_retryable(true).is_retryable());
+    }
+
+    #[test]
+    fn permission_denied_is_permanent() {
+        let e = Error::permission_denied("pods \"p\" is forbidden");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(!e.is_retryable());
+        assert_eq!(e.kind().as_str(), "permission denied");
     }
 
     #[test]

@@ -577,3 +577,106 @@ async fn abort_interrupts_a_pod_waiting_to_be_scheduled() {
     assert_eq!(o.status, BuildStatus::Aborted);
     assert_no_pods(&m).await;
 }
+
+// ---- the reaper and a pod adapter's garbage ------------------------------------------
+
+/// A pod port whose adapter keeps garbage beside pods: reports what it was asked.
+struct GarbagePods {
+    inner: Arc<dyn jetbridge_core::ports::Pods>,
+    asked: std::sync::Mutex<Vec<jetbridge_core::ports::GarbageOpts>>,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl jetbridge_core::ports::Pods for GarbagePods {
+    fn capabilities(&self) -> jetbridge_core::ports::PodCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create(
+        &self,
+        spec: &jetbridge_core::ports::PodSpec,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.inner.create(spec).await
+    }
+    async fn get(&self, name: &str) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.inner.get(name).await
+    }
+    async fn wait(
+        &self,
+        name: &str,
+        cond: jetbridge_core::ports::WaitFor,
+        timeout: Duration,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.inner.wait(name, cond, timeout).await
+    }
+    async fn list(
+        &self,
+        selector: &jetbridge_core::ports::LabelSelector,
+    ) -> jetbridge_core::Result<Vec<jetbridge_core::ports::PodStatus>> {
+        self.inner.list(selector).await
+    }
+    async fn delete(&self, name: &str, grace: Duration) -> jetbridge_core::Result<()> {
+        self.inner.delete(name, grace).await
+    }
+    async fn collect_garbage(
+        &self,
+        opts: &jetbridge_core::ports::GarbageOpts,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::GarbageReport> {
+        self.asked.lock().unwrap().push(*opts);
+        if self.fail {
+            return Err(jetbridge_core::Error::permission_denied(
+                "cannot list resource \"secrets\"",
+            ));
+        }
+        Ok(jetbridge_core::ports::GarbageReport {
+            deleted: vec!["secret ns/p-env".into()],
+            errors: vec!["deleting secret q-env: transient".into()],
+        })
+    }
+}
+
+#[tokio::test]
+async fn each_reaper_pass_collects_the_pod_adapters_garbage_after_its_grace() {
+    for fail in [false, true] {
+        let m = MemoryRuntime::new();
+        let rt = m.runtime();
+        let pods = Arc::new(GarbagePods {
+            inner: rt.pods.clone(),
+            asked: std::sync::Mutex::new(Vec::new()),
+            fail,
+        });
+        let mut cfg = ReaperConfig::new(WORKER);
+        cfg.pod_garbage_grace = Duration::from_secs(42);
+        let reaper = Reaper::new(
+            Some(pods.clone()),
+            rt.volumes.clone(),
+            rt.registry.clone(),
+            cfg,
+        );
+        let now = SystemTime::now();
+        let report = reaper.run_once(&HashSet::new(), now).await.expect("pass");
+        let asked = pods.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(
+            (asked[0].grace, asked[0].now),
+            (Duration::from_secs(42), now)
+        );
+        if fail {
+            // The pass goes on; the failure is reported.
+            assert!(report.pod_garbage_deleted.is_empty());
+            assert!(
+                report.errors[0].contains("collecting pod garbage"),
+                "{report:?}"
+            );
+        } else {
+            assert_eq!(
+                report.pod_garbage_deleted,
+                vec!["secret ns/p-env".to_owned()]
+            );
+            assert_eq!(
+                report.errors,
+                vec!["deleting secret q-env: transient".to_owned()]
+            );
+        }
+    }
+}

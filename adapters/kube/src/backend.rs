@@ -1,18 +1,22 @@
 //! [`KubeBackend`]: the [`Pods`] port on the Kubernetes API.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use jetbridge_core::names::label;
 use jetbridge_core::ports::{
-    LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState, PodStatus, Pods, WaitFor,
+    GarbageOpts, GarbageReport, LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState,
+    PodStatus, Pods, WaitFor,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
+    WatchParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
@@ -20,7 +24,16 @@ use tokio::time::Instant;
 use crate::config::KubeConfig;
 use crate::manifest::{env_secret_manifest, env_secret_name, pod_manifest};
 use crate::retry::{Budget, api_code, to_error};
-use crate::status::pod_status;
+use crate::status::pod_status_as;
+
+/// Whether `meta` carries the handle label `ours` (never when we have none).
+fn has_handle(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ours: Option<&str>,
+) -> bool {
+    let theirs = meta.labels.as_ref().and_then(|l| l.get(label::HANDLE));
+    matches!((ours, theirs), (Some(o), Some(t)) if o == t)
+}
 
 /// Longest single watch request; the API server caps watches at about five minutes.
 const MAX_WATCH_SECS: u64 = 290;
@@ -33,7 +46,14 @@ pub struct KubeBackend {
     secrets: Api<Secret>,
     pub(crate) config: KubeConfig,
     namespace: String,
+    /// Pods this backend asked to delete, and when: a deletion seen on any other pod
+    /// is a disruption ([`pod_status_as`]). Shared by clones; entries expire.
+    own_deletes: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
+
+/// How long a pod this backend deleted is remembered as such: far longer than any
+/// grace period.
+const OWN_DELETE_MEMORY: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for KubeBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +122,7 @@ impl KubeBackend {
             secrets: Api::namespaced(client, &namespace),
             config,
             namespace,
+            own_deletes: Arc::default(),
         }
     }
 
@@ -131,6 +152,17 @@ impl KubeBackend {
                     return Ok(pod);
                 }
                 Err(e) if e.kube().and_then(api_code) == Some(409) => e,
+                // Admission runs before the name check: a resend of a create that took
+                // effect meets quota's 403 instead of 409. Adopt our pod if it is there.
+                Err(e) if e.kube().and_then(api_code) == Some(403) => {
+                    return match self.get_pod(budget, &spec.name).await {
+                        Ok(existing) if has_handle(&existing.metadata, spec.handle()) => {
+                            tracing::debug!(pod = %spec.name, "adopted our pod after a 403 on create");
+                            Ok(existing)
+                        }
+                        _ => Err(e.into_error(&what)),
+                    };
+                }
                 Err(e) => return Err(e.into_error(&what)),
             };
             let existing = match self.get_pod(budget, &spec.name).await {
@@ -144,32 +176,29 @@ impl KubeBackend {
                 }
                 Err(e) => return Err(e),
             };
-            let theirs = existing
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(label::HANDLE));
-            return match (spec.handle(), theirs) {
-                (Some(ours), Some(theirs)) if ours == theirs => {
-                    tracing::debug!(pod = %spec.name, "adopted existing pod with our handle");
-                    Ok(existing)
-                }
-                _ => Err(Error::already_exists(format!(
+            return if has_handle(&existing.metadata, spec.handle()) {
+                tracing::debug!(pod = %spec.name, "adopted existing pod with our handle");
+                Ok(existing)
+            } else {
+                Err(Error::already_exists(format!(
                     "pod {} exists and belongs to another step handle",
                     spec.name
-                ))),
+                )))
             };
         }
     }
 
     /// Create the env Secret, adopting one with our handle (an earlier attempt whose
-    /// answer was lost).
+    /// answer was lost). Returns its uid, so that only this Secret is ever deleted.
+    ///
+    /// On an error the Secret may still exist (a lost answer, or a create that failed
+    /// after taking effect); it carries our labels, so [`Pods::collect_garbage`] finds it.
     async fn create_env_secret(
         &self,
         budget: &Budget<'_>,
         spec: &PodSpec,
         secret: &Secret,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let name = env_secret_name(&spec.name);
         let what = format!("creating secret {name}");
         let post = PostParams::default();
@@ -177,7 +206,7 @@ impl KubeBackend {
             .run("create secret", true, || self.secrets.create(&post, secret))
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(s) => return Ok(s.metadata.uid),
             Err(e) if e.kube().and_then(api_code) == Some(409) => {}
             Err(e) => return Err(e.into_error(&what)),
         }
@@ -185,16 +214,41 @@ impl KubeBackend {
             .run("get secret", true, || self.secrets.get(&name))
             .await
             .map_err(|e| e.into_error(&what))?;
-        let theirs = existing
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(label::HANDLE));
-        match (spec.handle(), theirs) {
-            (Some(ours), Some(theirs)) if ours == theirs => Ok(()),
-            _ => Err(Error::already_exists(format!(
+        if has_handle(&existing.metadata, spec.handle()) {
+            Ok(existing.metadata.uid)
+        } else {
+            Err(Error::already_exists(format!(
                 "secret {name} exists and belongs to another step handle"
-            ))),
+            )))
+        }
+    }
+
+    /// Delete the env Secret of a pod whose creation failed, with a budget of its own
+    /// (the create's may be spent). Only the Secret with `uid` (ours), when known. A
+    /// failure is logged, not returned: the create's error is the one that matters, and
+    /// the reaper collects what is left.
+    async fn remove_env_secret(&self, pod: &str, uid: Option<String>) {
+        let name = env_secret_name(pod);
+        let mut params = DeleteParams::default();
+        if uid.is_some() {
+            params.preconditions = Some(Preconditions {
+                uid,
+                resource_version: None,
+            });
+        }
+        let budget = self.budget();
+        match budget
+            .run("delete secret", true, || {
+                self.secrets.delete(&name, &params)
+            })
+            .await
+        {
+            Ok(_) => tracing::debug!(secret = %name, "removed the env secret of a failed create"),
+            Err(e) if e.kube().and_then(api_code) == Some(404) => {}
+            Err(e) => {
+                let e = e.into_error(&format!("deleting secret {name}"));
+                tracing::warn!(secret = %name, error = %e, "env secret left for the reaper");
+            }
         }
     }
 
@@ -236,6 +290,25 @@ impl KubeBackend {
                     pod.metadata.name.as_deref().unwrap_or_default()
                 ))
             })
+    }
+
+    /// The domain status of `pod`, knowing which deletions were ours.
+    fn status_of(&self, pod: &Pod) -> PodStatus {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let ours = self
+            .own_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name);
+        pod_status_as(pod, ours)
+    }
+
+    /// Remember that we asked to delete `name`.
+    fn note_own_delete(&self, name: &str) {
+        let now = std::time::Instant::now();
+        let mut own = self.own_deletes.lock().unwrap_or_else(|e| e.into_inner());
+        own.retain(|_, at| now.duration_since(*at) < OWN_DELETE_MEMORY);
+        own.insert(name.to_owned(), now);
     }
 
     fn budget(&self) -> Budget<'_> {
@@ -303,7 +376,7 @@ impl KubeBackend {
                     None => Err(Error::not_found(format!("pod {name} not found"))),
                 };
             };
-            let status = pod_status(&pod);
+            let status = self.status_of(&pod);
             *last = Some(status.clone());
             if done(&status) {
                 return Ok(status);
@@ -342,14 +415,14 @@ impl KubeBackend {
                             if let Some(v) = &p.metadata.resource_version {
                                 version.clone_from(v);
                             }
-                            let status = pod_status(&p);
+                            let status = self.status_of(&p);
                             *last = Some(status.clone());
                             if done(&status) {
                                 return Ok(status);
                             }
                         }
                         Ok(Some(WatchEvent::Deleted(p))) => {
-                            *last = Some(pod_status(&p));
+                            *last = Some(self.status_of(&p));
                             return Ok(gone(last));
                         }
                         Ok(Some(WatchEvent::Bookmark(b))) => {
@@ -392,27 +465,39 @@ impl Pods for KubeBackend {
         let budget = self.budget();
         // Environment values (task params, possibly secrets) go in a Secret made
         // before the pod, never in the pod spec or an exec URL.
-        if let Some(secret) = env_secret_manifest(spec, &self.config) {
-            self.create_env_secret(&budget, spec, &secret).await?;
+        let Some(secret) = env_secret_manifest(spec, &self.config) else {
+            let pod = self.create_pod(&budget, spec, &manifest).await?;
+            return Ok(self.status_of(&pod));
+        };
+        let uid = match self.create_env_secret(&budget, spec, &secret).await {
+            Ok(uid) => uid,
+            Err(e) => {
+                // A lost answer may have created it; not another handle's, though.
+                if e.kind() != ErrorKind::AlreadyExists {
+                    self.remove_env_secret(&spec.name, None).await;
+                }
+                return Err(e);
+            }
+        };
+        // Until the pod owns it, the Secret would outlive any failure: every error
+        // from here removes it (a retry of the create makes it again).
+        let owned = async {
+            let pod = self.create_pod(&budget, spec, &manifest).await?;
+            self.own_env_secret(&budget, &pod).await?;
+            Ok::<_, Error>(pod)
+        };
+        match owned.await {
+            Ok(pod) => Ok(self.status_of(&pod)),
+            Err(e) => {
+                self.remove_env_secret(&spec.name, uid).await;
+                Err(e)
+            }
         }
-        let pod = self.create_pod(&budget, spec, &manifest).await?;
-        if !spec.env.is_empty()
-            && let Err(e) = self.own_env_secret(&budget, &pod).await
-        {
-            // Unowned, it would outlive the pod: remove it (the step fails and its
-            // pod is deleted by the caller).
-            let _ = self
-                .secrets
-                .delete(&env_secret_name(&spec.name), &DeleteParams::default())
-                .await;
-            return Err(e);
-        }
-        Ok(pod_status(&pod))
     }
 
     async fn get(&self, name: &str) -> Result<PodStatus> {
         let budget = self.budget();
-        Ok(pod_status(&self.get_pod(&budget, name).await?))
+        Ok(self.status_of(&self.get_pod(&budget, name).await?))
     }
 
     async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus> {
@@ -446,10 +531,73 @@ impl Pods for KubeBackend {
             .run("list pods", true, || self.api.list(&params))
             .await
             .map_err(|e| e.into_error("listing pods"))?;
-        Ok(list.items.iter().map(pod_status).collect())
+        Ok(list.items.iter().map(|p| self.status_of(p)).collect())
+    }
+
+    /// Env Secrets whose pod is gone: made by a create that failed or crashed before
+    /// the pod owned them (the cluster's garbage collector deletes owned ones).
+    async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
+        let sel = format!("{}={}", label::MANAGED_BY, label::MANAGED_BY_VALUE);
+        let params = ListParams::default().labels(&sel);
+        let budget = self.budget();
+        // Secrets first: a pod created after this listing is in the next one.
+        let secrets = budget
+            .run("list secrets", true, || self.secrets.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing env secrets"))?;
+        let pods: std::collections::HashSet<String> = budget
+            .run("list pods", true, || self.api.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing pods"))?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        let mut report = GarbageReport::default();
+        for secret in secrets.items {
+            let meta = secret.metadata;
+            let Some(name) = meta.name else { continue };
+            let Some(pod) = name.strip_suffix("-env") else {
+                continue;
+            };
+            let young = meta
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| opts.now.duration_since(SystemTime::from(t.0)).ok())
+                .is_some_and(|age| age < opts.grace);
+            if young || pods.contains(pod) {
+                continue;
+            }
+            // Only the Secret listed: one made again meanwhile has another uid.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: meta.uid,
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            let budget = self.budget();
+            match budget
+                .run("delete secret", true, || {
+                    self.secrets.delete(&name, &params)
+                })
+                .await
+            {
+                Ok(_) => report
+                    .deleted
+                    .push(format!("secret {}/{name}", self.namespace)),
+                // Gone or made again: another reaper, or the garbage collector, was first.
+                Err(e) if matches!(e.kube().and_then(api_code), Some(404 | 409)) => {}
+                Err(e) => report
+                    .errors
+                    .push(e.into_error(&format!("deleting secret {name}")).to_string()),
+            }
+        }
+        Ok(report)
     }
 
     async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+        self.note_own_delete(name);
         let budget = self.budget();
         let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let params = DeleteParams {

@@ -50,6 +50,7 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
             409 if s.reason == "AlreadyExists" => Class::Permanent(ErrorKind::AlreadyExists),
             409 => Class::Permanent(ErrorKind::Conflict),
             400 | 422 => Class::Permanent(ErrorKind::Invalid),
+            403 => Class::Permanent(forbidden_kind(&s.message)),
             410 => Class::Transient,
             _ => Class::Permanent(ErrorKind::Other),
         },
@@ -65,6 +66,47 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
     }
 }
 
+/// The kind of a 403. RBAC denials and admission rejections all answer 403 `Forbidden`
+/// with the same details; only the message tells them apart. Admission that rejects the
+/// object itself (Pod Security, a service account that does not exist) is `Invalid`:
+/// the pod spec or the configuration must change. RBAC denials and exhausted quotas are
+/// `PermissionDenied`: an operator must grant more.
+///
+/// Formats: k8s.io/pod-security-admission/admission/admission.go (`violates PodSecurity
+/// "restricted:latest": ...`), plugin/pkg/admission/serviceaccount/admission.go (`error
+/// looking up service account NS/NAME: ...`).
+fn forbidden_kind(message: &str) -> ErrorKind {
+    if message.contains("violates PodSecurity")
+        || message.contains("error looking up service account")
+    {
+        ErrorKind::Invalid
+    } else {
+        ErrorKind::PermissionDenied
+    }
+}
+
+/// The permission an RBAC denial names: `VERB RESOURCE` (with the API group when there
+/// is one), from the authorizer's message, k8s.io/apiserver/pkg/endpoints/handlers/
+/// responsewriters/errors.go `forbiddenMessage`: `User "U" cannot VERB resource "R" in
+/// API group "G" in the namespace "N"`. `None` for other 403s (quota, admission).
+pub(crate) fn rbac_permission(message: &str) -> Option<String> {
+    let rest = &message[message.find(" cannot ")? + " cannot ".len()..];
+    let (verb, rest) = rest.split_once(" resource \"")?;
+    let (resource, rest) = rest.split_once('"')?;
+    let quoted_after = |key: &str| {
+        let r = &rest[rest.find(key)? + key.len()..];
+        r.split_once('"').map(|(v, _)| v.to_owned())
+    };
+    let mut need = format!("{verb} {resource}");
+    if let Some(g) = quoted_after(" in API group \"").filter(|g| !g.is_empty()) {
+        need.push_str(&format!(" (API group {g})"));
+    }
+    if let Some(ns) = quoted_after(" in the namespace \"") {
+        need.push_str(&format!(" in namespace {ns}"));
+    }
+    Some(need)
+}
+
 /// The domain error for a kube error, with `what` as context.
 pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
     let kind = match classify(&e) {
@@ -72,6 +114,13 @@ pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
         Class::Permanent(k) => k,
     };
     let msg = match &e {
+        kube::Error::Api(s) if s.code == 403 => match rbac_permission(&s.message) {
+            Some(need) => format!(
+                "{what}: permission denied: the Role lacks `{need}`: {} ({} {})",
+                s.message, s.code, s.reason
+            ),
+            None => format!("{what}: {} ({} {})", s.message, s.code, s.reason),
+        },
         kube::Error::Api(s) if !s.message.is_empty() => {
             format!("{what}: {} ({} {})", s.message, s.code, s.reason)
         }
@@ -232,7 +281,7 @@ mod tests {
         assert_eq!(kind(409, "Conflict"), ErrorKind::Conflict);
         assert_eq!(kind(400, "BadRequest"), ErrorKind::Invalid);
         assert_eq!(kind(422, "Invalid"), ErrorKind::Invalid);
-        assert_eq!(kind(403, "Forbidden"), ErrorKind::Other);
+        assert_eq!(kind(403, "Forbidden"), ErrorKind::PermissionDenied);
         assert!(!to_error(api(403, "Forbidden"), "op").is_retryable());
         let refused = kube::Error::Service(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused,
@@ -242,6 +291,65 @@ mod tests {
             std::io::ErrorKind::ConnectionReset,
         )));
         assert_eq!(classify(&reset), Class::Transient);
+    }
+
+    fn forbidden(message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, "Forbidden").with_code(403).boxed())
+    }
+
+    #[test]
+    fn an_rbac_denial_names_the_missing_permission() {
+        let e = to_error(
+            forbidden(
+                "pods \"p\" is forbidden: User \"system:serviceaccount:ci:jb\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"ci\"",
+            ),
+            "exec in pod p",
+        );
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(!e.is_retryable());
+        assert!(
+            e.message()
+                .contains("lacks `create pods/exec in namespace ci`"),
+            "{e}"
+        );
+        let e = to_error(
+            forbidden(
+                "pods \"p\" is forbidden: User \"u\" cannot create resource \"pods/eviction\" in API group \"policy\" in the namespace \"ci\"",
+            ),
+            "op",
+        );
+        assert!(
+            e.message()
+                .contains("`create pods/eviction (API group policy) in namespace ci`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn admission_rejections_keep_the_api_message() {
+        let quota = to_error(
+            forbidden(
+                "pods \"p\" is forbidden: exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2",
+            ),
+            "creating pod p",
+        );
+        assert_eq!(quota.kind(), ErrorKind::PermissionDenied);
+        assert!(quota.message().contains("exceeded quota: q"), "{quota}");
+        let pss = to_error(
+            forbidden(
+                "pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"main\" must not set securityContext.privileged=true)",
+            ),
+            "creating pod p",
+        );
+        assert_eq!(pss.kind(), ErrorKind::Invalid);
+        assert!(pss.message().contains("violates PodSecurity"), "{pss}");
+        let sa = to_error(
+            forbidden(
+                "pods \"p\" is forbidden: error looking up service account ci/builder: serviceaccount \"builder\" not found",
+            ),
+            "creating pod p",
+        );
+        assert_eq!(sa.kind(), ErrorKind::Invalid);
     }
 
     #[tokio::test]

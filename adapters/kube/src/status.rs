@@ -16,9 +16,26 @@ const IMAGE_PULL_FAILURES: &[&str] = &[
     "RegistryUnavailable",
 ];
 
-/// The domain status of `pod`.
+/// The domain status of `pod`, taking any deletion of it as one jetbridge did not ask
+/// for (see [`pod_status_as`]).
 pub fn pod_status(pod: &Pod) -> PodStatus {
-    let (state, message) = pod_state(pod);
+    pod_status_as(pod, false)
+}
+
+/// The domain status of `pod`; `deletion_requested` says whether jetbridge itself
+/// asked to delete it.
+///
+/// A disruption wins over the phase, whatever the phase: drain, the eviction API,
+/// preemption and the taint manager mark the pod `DisruptionTarget` and then delete
+/// it gracefully; the kubelet writes the terminal phase from the exit codes, and a
+/// pause program exits 0 on TERM, so a drained pod ends `Succeeded` while the command
+/// exec'd in it dies with 137. Neither is the step's doing. A deletion jetbridge did
+/// not ask for (`kubectl delete`, a namespace going away) is `Failed(Deleted)` as soon
+/// as it starts, for the same reason.
+/// (pkg/controller/disruption, pkg/registry/core/pod/storage/eviction.go; the
+/// condition: <https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions>.)
+pub fn pod_status_as(pod: &Pod, deletion_requested: bool) -> PodStatus {
+    let (state, message) = pod_state(pod, deletion_requested);
     let created_at = pod
         .metadata
         .creation_timestamp
@@ -123,7 +140,7 @@ fn disruption(pod: &Pod) -> Option<(PodFailure, Option<String>)> {
     Some((failure, msg.or_else(|| non_empty(dt.message.as_ref()))))
 }
 
-fn pod_state(pod: &Pod) -> (PodState, Option<String>) {
+fn pod_state(pod: &Pod, deletion_requested: bool) -> (PodState, Option<String>) {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     let pod_msg = status.and_then(|s| non_empty(s.message.as_ref()));
@@ -133,39 +150,45 @@ fn pod_state(pod: &Pod) -> (PodState, Option<String>) {
         return (PodState::Failed(PodFailure::NodeLost), pod_msg);
     }
 
+    // The step's container ran out of memory: that is the step's limit, and it wins
+    // over an eviction that followed.
+    if let Some((reason, code, msg)) = main_terminated(pod)
+        && reason == "OOMKilled"
+    {
+        return (
+            PodState::Failed(PodFailure::OomKilled),
+            Some(termination_message(&reason, code, msg)),
+        );
+    }
+    // Disrupted or deleted under us, in whatever phase (see `pod_status_as`).
+    if let Some((failure, msg)) = disruption(pod) {
+        return (PodState::Failed(failure), msg);
+    }
+    if pod.metadata.deletion_timestamp.is_some() && !deletion_requested {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        return (
+            PodState::Failed(PodFailure::Deleted),
+            Some(format!(
+                "pod {name} is being deleted, not at jetbridge's request (phase {phase})"
+            )),
+        );
+    }
+
     match phase {
         "Succeeded" => (PodState::Succeeded, pod_msg),
-        "Failed" => {
-            if let Some((reason, code, msg)) = main_terminated(pod)
-                && reason == "OOMKilled"
-            {
-                return (
-                    PodState::Failed(PodFailure::OomKilled),
-                    Some(termination_message(&reason, code, msg)),
-                );
-            }
-            if let Some((failure, msg)) = disruption(pod) {
-                return (PodState::Failed(failure), msg);
-            }
-            match main_terminated(pod) {
-                Some((reason, code, msg)) => (
-                    PodState::Failed(PodFailure::Exited(code)),
-                    Some(termination_message(&reason, code, msg)),
-                ),
-                None => (PodState::Failed(PodFailure::Unknown), pod_msg),
-            }
-        }
+        "Failed" => match main_terminated(pod) {
+            Some((reason, code, msg)) => (
+                PodState::Failed(PodFailure::Exited(code)),
+                Some(termination_message(&reason, code, msg)),
+            ),
+            None => (PodState::Failed(PodFailure::Unknown), pod_msg),
+        },
         "Unknown" => (PodState::Failed(PodFailure::NodeLost), pod_msg),
         "Running" => {
             // The pod keeps running while a helper does; the step's container may not.
             if let Some((reason, code, msg)) = main_terminated(pod) {
-                let failure = if reason == "OOMKilled" {
-                    PodFailure::OomKilled
-                } else {
-                    PodFailure::Exited(code)
-                };
                 return (
-                    PodState::Failed(failure),
+                    PodState::Failed(PodFailure::Exited(code)),
                     Some(termination_message(&reason, code, msg)),
                 );
             }
@@ -302,7 +325,8 @@ mod tests {
                 "restartCount": 0, "state": {"running": {}}}]}));
         assert_eq!(pod_status(&p).state, PodState::Running);
         p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
-        assert!(pod_status(&p).deleting);
+        assert!(pod_status_as(&p, true).deleting);
+        assert_eq!(pod_status_as(&p, true).state, PodState::Running);
     }
 
     #[test]
@@ -323,6 +347,79 @@ mod tests {
             "conditions": [{"type": "DisruptionTarget", "status": "True",
                 "reason": "PreemptionByScheduler"}]})));
         assert_eq!(s.state, PodState::Failed(PodFailure::Disrupted));
+    }
+
+    fn with_disruption(mut p: Pod, reason: &str) -> Pod {
+        let cond: k8s_openapi::api::core::v1::PodCondition = serde_json::from_value(json!({
+            "type": "DisruptionTarget", "status": "True", "reason": reason,
+            "message": "Eviction API: evicting"}))
+        .unwrap();
+        let st = p.status.get_or_insert_with(Default::default);
+        st.conditions.get_or_insert_with(Vec::new).push(cond);
+        p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+        p
+    }
+
+    fn main_exited(phase: &str, code: i32) -> Pod {
+        pod(json!({"phase": phase,
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"reason": if code == 0 { "Completed" } else { "Error" },
+                                         "exitCode": code}}}]}))
+    }
+
+    #[test]
+    fn a_disruption_is_never_success_or_an_exit_code_in_any_phase() {
+        // What a drain leaves behind as the kubelet goes: still running, the pause
+        // program stopped with 0 (Succeeded), or the main container killed (Failed, 137).
+        let running = pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]}));
+        let pending = pod(json!({"phase": "Pending"}));
+        for p in [
+            pending,
+            running,
+            main_exited("Succeeded", 0),
+            main_exited("Failed", 137),
+            main_exited("Running", 137),
+        ] {
+            for (reason, want) in [
+                ("EvictionByEvictionAPI", PodFailure::Evicted),
+                ("PreemptionByScheduler", PodFailure::Disrupted),
+                ("DeletionByTaintManager", PodFailure::NodeLost),
+            ] {
+                let phase = p.status.as_ref().unwrap().phase.clone();
+                let s = pod_status_as(&with_disruption(p.clone(), reason), true);
+                assert_eq!(s.state, PodState::Failed(want), "{phase:?} {reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_deletion_jetbridge_did_not_ask_for_is_deleted_in_any_phase() {
+        for p in [main_exited("Succeeded", 0), main_exited("Failed", 137)] {
+            let mut p = p;
+            p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+            let s = pod_status_as(&p, false);
+            assert_eq!(s.state, PodState::Failed(PodFailure::Deleted));
+            assert!(s.message.unwrap().contains("not at jetbridge's request"));
+            // Asked for: the phase says how it ended.
+            assert_ne!(
+                pod_status_as(&p, true).state,
+                PodState::Failed(PodFailure::Deleted)
+            );
+        }
+        let mut running = pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]}));
+        running.metadata.deletion_timestamp = running.metadata.creation_timestamp.clone();
+        assert_eq!(
+            pod_status(&running).state,
+            PodState::Failed(PodFailure::Deleted)
+        );
+        let s = pod_status_as(&running, true);
+        assert_eq!(s.state, PodState::Running);
+        assert!(s.deleting);
     }
 
     #[test]

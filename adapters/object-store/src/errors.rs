@@ -25,7 +25,7 @@ pub(crate) fn kind_of(e: &object_store::Error, backend: Backend) -> ErrorKind {
         E::NotFound { .. } => ErrorKind::NotFound,
         E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
         E::Precondition { .. } | E::NotModified { .. } => ErrorKind::Conflict,
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Other,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::PermissionDenied,
         E::NotSupported { .. } | E::NotImplemented { .. } => ErrorKind::Unsupported,
         E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => ErrorKind::Invalid,
         E::Generic { source, .. } => generic_kind(source.as_ref(), backend),
@@ -74,10 +74,22 @@ pub(crate) fn io_kind(e: &io::Error) -> ErrorKind {
     }
 }
 
-/// Convert an object store error, naming what was being done.
+/// Convert an object store error, naming what was being done. A refusal says so
+/// first, with the object and whether the credentials were refused or lack the
+/// permission the operation needs (the provider's answer, kept in the source, names
+/// it: e.g. GCS's `Permission 'storage.objects.create' denied`).
 pub(crate) fn store_err(e: object_store::Error, backend: Backend, what: impl Display) -> Error {
     let kind = kind_of(&e, backend);
-    Error::new(kind, format!("{what}: {e}")).with_source(e)
+    let msg = match &e {
+        object_store::Error::PermissionDenied { path, source } => format!(
+            "{what}: permission denied: the credentials in use may not do this to object {path:?} of the bucket: {source}"
+        ),
+        object_store::Error::Unauthenticated { path, source } => format!(
+            "{what}: permission denied: the bucket refused the credentials in use (object {path:?}): {source}"
+        ),
+        _ => format!("{what}: {e}"),
+    };
+    Error::new(kind, msg).with_source(e)
 }
 
 /// Convert a local I/O error (temporary files), naming what was being done.
@@ -118,9 +130,22 @@ mod tests {
             path: "p".into(),
             source: "403".into(),
         };
-        let e = store_err(denied, Backend::Http, "x");
-        assert_eq!(e.kind(), ErrorKind::Other);
+        let e = store_err(denied, Backend::Http, "uploading vol/data.tar.zst");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
         assert!(!e.is_retryable());
+        assert!(
+            e.message()
+                .starts_with("uploading vol/data.tar.zst: permission denied"),
+            "{e}"
+        );
+        assert!(e.message().contains("\"p\""), "{e}");
+        let unauth = object_store::Error::Unauthenticated {
+            path: "p".into(),
+            source: "401".into(),
+        };
+        let e = store_err(unauth, Backend::Http, "listing");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.message().contains("refused the credentials"), "{e}");
     }
 
     #[test]

@@ -432,11 +432,12 @@ async fn passing_server_errors_are_absorbed_by_retries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forbidden_is_other_and_not_retried() {
+async fn forbidden_is_permission_denied_and_not_retried() {
     let server = fault_server(Vec::new(), 403).await;
     let store = s3_against(&server, 3);
     let e = store.stat(&VolumeHandle::random()).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Other, "{e}");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(e.message().contains("permission denied"), "{e}");
     assert!(!e.is_retryable());
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }

@@ -40,9 +40,29 @@ pub(crate) fn needs_probe(e: &DieselError) -> bool {
     matches!(e, DieselError::DatabaseError(DatabaseErrorKind::Unknown, _))
 }
 
+/// The server's message for SQLSTATE 42501 (insufficient_privilege), e.g. `permission
+/// denied for table artifacts`. diesel-async maps 42501 to `Unknown` and drops the code
+/// (diesel-async src/pg/error_helper.rs), so the server's wording is all that is left;
+/// it is English unless the server's `lc_messages` says otherwise, and then the error
+/// stays `Other`.
+fn insufficient_privilege(kind: &DatabaseErrorKind, message: &str) -> bool {
+    matches!(kind, DatabaseErrorKind::Unknown)
+        && (message.starts_with("permission denied") || message.starts_with("must be owner of"))
+}
+
 /// Map a diesel error. `connection_lost` is the result of probing the connection after
 /// an error for which [`needs_probe`] is true (false otherwise).
 pub(crate) fn from_diesel(e: DieselError, op: &str, connection_lost: bool) -> Error {
+    if let DieselError::DatabaseError(kind, info) = &e
+        && insufficient_privilege(kind, info.message())
+    {
+        // The server's message names the object (table, schema, sequence); no values.
+        return Error::permission_denied(format!(
+            "postgres registry: {op} failed: {} (grant the registry's database role the privileges the migrations' tables need)",
+            info.message()
+        ))
+        .with_source(DieselSource(e.to_string()));
+    }
     let kind = match &e {
         DieselError::DatabaseError(kind, info) => match kind {
             DatabaseErrorKind::UniqueViolation => {
@@ -83,6 +103,16 @@ pub(crate) fn from_diesel(e: DieselError, op: &str, connection_lost: bool) -> Er
 
 /// Map a connection (or pool connection) failure.
 pub(crate) fn from_connection(e: ConnectionError, op: &str) -> Error {
+    // No CONNECT privilege on the database (42501 `permission denied for database`).
+    if let ConnectionError::CouldntSetupConfiguration(DieselError::DatabaseError(kind, info)) = &e
+        && insufficient_privilege(kind, info.message())
+    {
+        return Error::permission_denied(format!(
+            "postgres registry: {op}: cannot connect: {}",
+            info.message()
+        ))
+        .with_source(DieselSource(e.to_string()));
+    }
     let kind = match &e {
         ConnectionError::InvalidConnectionUrl(_) | ConnectionError::InvalidCString(_) => {
             ErrorKind::Invalid
@@ -148,6 +178,33 @@ mod tests {
         assert!(needs_probe(&mk()));
         assert_eq!(from_diesel(mk(), "get", false).kind(), ErrorKind::Other);
         assert_eq!(from_diesel(mk(), "get", true).kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn insufficient_privilege_is_permission_denied_and_names_the_object() {
+        let denied = || {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new("permission denied for table artifacts".to_owned()),
+            )
+        };
+        // Whatever the probe says: the server answered, the connection is fine.
+        for lost in [false, true] {
+            let e = from_diesel(denied(), "record", lost);
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+            assert!(!e.is_retryable());
+            assert!(e.message().contains("for table artifacts"), "{e}");
+            assert!(e.message().contains("record failed"), "{e}");
+        }
+        let e = from_connection(
+            ConnectionError::CouldntSetupConfiguration(DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new("permission denied for database jb".to_owned()),
+            )),
+            "connect",
+        );
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.message().contains("for database jb"), "{e}");
     }
 
     #[test]

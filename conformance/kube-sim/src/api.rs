@@ -57,6 +57,11 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/api/v1/namespaces/{ns}/secrets/{name}", secret_object())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inner: RBAC runs after faults are recorded and applied, before any handler.
+        .layer(middleware::from_fn_with_state(
+            sh.clone(),
+            crate::admission::authorize,
+        ))
         .layer(middleware::from_fn_with_state(sh.clone(), faults))
         .with_state(sh)
 }
@@ -198,10 +203,16 @@ async fn api_resources() -> Response {
     }))
 }
 
-async fn get_namespace(Path(ns): Path<String>) -> Response {
+async fn get_namespace(State(sh): Sh, Path(ns): Path<String>) -> Response {
+    let mut labels = json!({"kubernetes.io/metadata.name": ns});
+    if let Some(l) = lock(&sh.policy).namespace_labels.get(&ns) {
+        for (k, v) in l {
+            labels[k] = json!(v);
+        }
+    }
     ok(&json!({
         "kind": "Namespace", "apiVersion": "v1",
-        "metadata": {"name": ns, "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "metadata": {"name": ns, "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z", "labels": labels},
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
     }))
@@ -470,6 +481,11 @@ async fn create(
             .into_response();
         }
     };
+    // Admission in the API server's order (see `admission`): the ServiceAccount
+    // plugin, field validation, then Pod Security and quota, then the name.
+    if let Err(e) = crate::admission::service_account(&sh, &ns, &name, &pod) {
+        return e.into_response();
+    }
     if let Err(msg) = validate(&name, &pod) {
         return ApiError::invalid(&name, msg).into_response();
     }
@@ -478,24 +494,25 @@ async fn create(
         return json_response(201, &pod);
     }
     let created = sh.mutate(|s| {
+        let existing = s.list_kind(Kind::Pod, Some(&ns), &Selectors::default());
+        let existing: Vec<&Value> = existing.iter().collect();
+        crate::admission::validate_pod(&sh, &ns, &name, &pod, &existing)?;
         if s.get(&ns, &name).is_some() {
-            return None;
-        }
-        let rt = kubelet::register(&sh, &pod);
-        let kill_rx = rt.kill_tx.subscribe();
-        Some((s.insert(&ns, &name, pod), rt, kill_rx))
-    });
-    match created {
-        None => {
             let mut e = ApiError::new(
                 409,
                 "AlreadyExists",
                 format!("pods \"{name}\" already exists"),
             );
             e.details = Some(json!({"name": name, "kind": "pods"}));
-            e.into_response()
+            return Err(e);
         }
-        Some((obj, rt, kill_rx)) => {
+        let rt = kubelet::register(&sh, &pod);
+        let kill_rx = rt.kill_tx.subscribe();
+        Ok((s.insert(&ns, &name, pod), rt, kill_rx))
+    });
+    match created {
+        Err(e) => e.into_response(),
+        Ok((obj, rt, kill_rx)) => {
             kubelet::start(sh.clone(), rt, kill_rx);
             json_response(201, &obj)
         }

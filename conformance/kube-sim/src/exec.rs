@@ -135,7 +135,9 @@ pub(crate) async fn handler(
             cmd.spawn()
         });
     let proc_id = match &spawned {
-        Ok(child) => process::pgid(child).map(|g| rt.add_proc(ProcHandle::Group(g))),
+        Ok(child) => {
+            process::pgid(child).map(|g| rt.add_proc(ProcHandle::Group(g), &container, true))
+        }
         Err(_) => None,
     };
     let v5 = proto == V5;

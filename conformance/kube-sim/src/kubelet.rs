@@ -83,6 +83,13 @@ async fn run_pod(sh: Arc<Shared>, rt: Arc<PodRuntime>, mut kill_rx: watch::Recei
                 rt.signal_all(true);
                 sh.wait_unfrozen().await;
                 let uid = rt.uid.clone();
+                let still_there = sh
+                    .get_pod(&rt.ns, &rt.name)
+                    .is_some_and(|p| uid_of(&p) == uid);
+                if still_there && !sh.config.reclaim_delay.is_zero() {
+                    tokio::time::sleep(sh.config.reclaim_delay).await;
+                    sh.wait_unfrozen().await;
+                }
                 sh.mutate(|s| {
                     if s.get(&rt.ns, &rt.name).is_some_and(|p| uid_of(p) == uid) {
                         s.remove(&rt.ns, &rt.name);
@@ -806,12 +813,13 @@ fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i3
     let argv = container_argv(c, &cenv.env);
     if let Some(is_pause_binary) = is_pause(&argv) {
         let tx = Arc::new(tx);
-        let id = rt.add_proc(ProcHandle::Pause(tx.clone(), is_pause_binary));
+        let id = rt.add_proc(ProcHandle::Pause(tx.clone(), is_pause_binary), &name, false);
         let rt = rt.clone();
         let mut wait = tx.subscribe();
         tokio::spawn(async move {
             let _ = wait.wait_for(Option::is_some).await;
             rt.remove_proc(id);
+            rt.container_exited(&name);
             log.finish();
         });
         return rx;
@@ -819,7 +827,7 @@ fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i3
     let spawned = process::command(&argv, &cenv.cwd, &cenv.env).map(|mut cmd| cmd.spawn());
     match spawned {
         Some(Ok(mut child)) => {
-            let id = process::pgid(&child).map(|g| rt.add_proc(ProcHandle::Group(g)));
+            let id = process::pgid(&child).map(|g| rt.add_proc(ProcHandle::Group(g), &name, false));
             let out = child.stdout.take();
             let err = child.stderr.take();
             let rt = rt.clone();
@@ -838,6 +846,7 @@ fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i3
                 if let Some(id) = id {
                     rt.remove_proc(id);
                 }
+                rt.container_exited(&name);
                 log.finish();
                 let code = status.map(process::exit_code).unwrap_or(128);
                 let _ = tx.send(Some(code));

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod api;
 mod exec;
 mod kubelet;
@@ -55,6 +56,13 @@ pub struct SimConfig {
     pub pvc_root: Option<PathBuf>,
     /// Port to listen on; 0 picks a free one.
     pub port: u16,
+    /// How long the kubelet takes, after a gracefully deleted pod's containers have
+    /// stopped and its terminal phase is written, to reclaim its resources (unmount
+    /// volumes, remove cgroups) and confirm the deletion. Until then the pod is seen
+    /// terminating in its terminal phase, as in a cluster: the kubelet's status manager
+    /// deletes only once `PodResourcesAreReclaimed` (pkg/kubelet/status/
+    /// status_manager.go `canBeDeleted`). Zero by default.
+    pub reclaim_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -66,6 +74,7 @@ impl Default for SimConfig {
             work_root: None,
             pvc_root: None,
             port: 0,
+            reclaim_delay: Duration::ZERO,
         }
     }
 }
@@ -159,6 +168,7 @@ impl Simulator {
             flags_tx: tokio::sync::watch::Sender::new(0),
             runtimes: Mutex::default(),
             faults: Mutex::default(),
+            policy: Mutex::default(),
             requests: Mutex::default(),
             port,
             generation: Mutex::new(generation_token.clone()),
@@ -305,6 +315,33 @@ impl Simulator {
         }
     }
 
+    /// What `POST pods/NAME/eviction` does, as another client would send it: a
+    /// `DisruptionTarget` condition (reason `EvictionByEvictionAPI`), then a graceful
+    /// delete with the pod's own grace period.
+    pub fn evict_with_api(&self, namespace: &str, pod: &str) {
+        let _ = api::do_delete(
+            &self.shared,
+            namespace,
+            pod,
+            None,
+            &serde_json::json!({}),
+            Some(&api::eviction_condition),
+        );
+    }
+
+    /// Delete a pod as another client would (`kubectl delete pod`): gracefully, with
+    /// `grace` seconds or the pod's own grace period.
+    pub fn delete_pod(&self, namespace: &str, pod: &str, grace: Option<i64>) {
+        let _ = api::do_delete(
+            &self.shared,
+            namespace,
+            pod,
+            grace,
+            &serde_json::json!({}),
+            None,
+        );
+    }
+
     /// Mark the node schedulable again after [`Simulator::drain_node`].
     pub fn uncordon(&self) {
         self.shared.update_flags(|f| f.cordoned = false);
@@ -321,6 +358,58 @@ impl Simulator {
     /// without a status frame; their process is killed.
     pub fn drop_exec_streams(&self, n: usize) {
         self.shared.update_flags(|f| f.drop_exec += n);
+    }
+
+    /// RBAC denies `verb` on `resource` (`"create"`, `"pods/exec"`; `"get"`,
+    /// `"secrets"`): such requests answer 403 `Forbidden` with the authorizer's words,
+    /// `pods "p" is forbidden: User "kube-sim" cannot create resource "pods/exec" in API
+    /// group "" in the namespace "ns"`, before anything is done.
+    pub fn forbid(&self, verb: &str, resource: &str) {
+        lock(&self.shared.policy)
+            .forbidden
+            .insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Lift every RBAC denial.
+    pub fn allow_all(&self) {
+        lock(&self.shared.policy).forbidden.clear();
+    }
+
+    /// Label a namespace. `pod-security.kubernetes.io/enforce=restricted` makes Pod
+    /// Security admission reject pods that break the restricted profile with 403
+    /// `violates PodSecurity "restricted:latest": ...`.
+    pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) {
+        lock(&self.shared.policy)
+            .namespace_labels
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// A ResourceQuota `name` allowing at most `pods` non-terminal pods in `namespace`
+    /// (`None` removes it). A create beyond it answers 403 `exceeded quota: ...`, checked
+    /// before the name is: a resent create meets 403, not 409.
+    pub fn set_pod_quota(&self, namespace: &str, name: &str, pods: Option<usize>) {
+        let mut p = lock(&self.shared.policy);
+        match pods {
+            Some(n) => {
+                p.pod_quota
+                    .insert(namespace.to_owned(), (name.to_owned(), n));
+            }
+            None => {
+                p.pod_quota.remove(namespace);
+            }
+        }
+    }
+
+    /// Create service account `name` in `namespace`. Only `default` exists otherwise; a
+    /// pod naming another is rejected with 403 `error looking up service account ...`.
+    pub fn create_service_account(&self, namespace: &str, name: &str) {
+        lock(&self.shared.policy)
+            .service_accounts
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned());
     }
 
     /// Add a per-request fault. Faults are checked in the order they were added.

@@ -80,6 +80,17 @@ impl ProcHandle {
     }
 }
 
+/// A signallable thing of a pod: a container's own process, or a command exec'd in
+/// a container.
+#[derive(Debug, Clone)]
+pub(crate) struct Proc {
+    pub handle: ProcHandle,
+    /// The container it runs in.
+    pub container: String,
+    /// Exec'd (not the container's own process).
+    pub exec: bool,
+}
+
 /// Where a container's processes run.
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerEnv {
@@ -131,7 +142,7 @@ pub(crate) struct PodRuntime {
     pub kill_tx: watch::Sender<Option<Kill>>,
     pub containers: Mutex<HashMap<String, ContainerEnv>>,
     pub logs: Mutex<HashMap<String, Arc<LogBuf>>>,
-    pub procs: Mutex<HashMap<u64, ProcHandle>>,
+    pub procs: Mutex<HashMap<u64, Proc>>,
     next_proc: AtomicU64,
     pub pod_dir: Mutex<Option<PathBuf>>,
 }
@@ -151,10 +162,16 @@ impl PodRuntime {
         })
     }
 
-    /// Register something to signal when the pod is killed.
-    pub fn add_proc(&self, h: ProcHandle) -> u64 {
+    /// Register the process of `container` (`exec`: a command exec'd in it) to
+    /// signal when the pod is killed.
+    pub fn add_proc(&self, h: ProcHandle, container: &str, exec: bool) -> u64 {
         let id = self.next_proc.fetch_add(1, Ordering::Relaxed);
-        lock(&self.procs).insert(id, h);
+        let p = Proc {
+            handle: h,
+            container: container.to_owned(),
+            exec,
+        };
+        lock(&self.procs).insert(id, p);
         id
     }
 
@@ -164,17 +181,38 @@ impl PodRuntime {
 
     /// The process group registered as `id`, if it is one.
     pub fn group_of(&self, id: u64) -> Option<i32> {
-        match lock(&self.procs).get(&id) {
+        match lock(&self.procs).get(&id).map(|p| &p.handle) {
             Some(ProcHandle::Group(g)) => Some(*g),
             _ => None,
         }
     }
 
-    /// Signal every process of the pod (containers and execs).
+    /// SIGKILL every process of the pod, execs included; or SIGTERM the containers'
+    /// own processes only. The runtime's StopContainer signals a container's init
+    /// process, not what was exec'd beside it (CRI `StopContainer`; runc `kill`
+    /// without `--all`); those die with the container ([`PodRuntime::container_exited`]).
     pub fn signal_all(&self, kill: bool) {
-        let procs: Vec<ProcHandle> = lock(&self.procs).values().cloned().collect();
+        let procs: Vec<ProcHandle> = lock(&self.procs)
+            .values()
+            .filter(|p| kill || !p.exec)
+            .map(|p| p.handle.clone())
+            .collect();
         for p in procs {
             p.signal(kill);
+        }
+    }
+
+    /// A container's own process ended: what was exec'd in it is SIGKILLed, as the
+    /// kernel kills a PID namespace's processes when its init exits
+    /// (pid_namespaces(7)), so those commands end with 137.
+    pub fn container_exited(&self, container: &str) {
+        let execs: Vec<ProcHandle> = lock(&self.procs)
+            .values()
+            .filter(|p| p.exec && p.container == container)
+            .map(|p| p.handle.clone())
+            .collect();
+        for p in execs {
+            p.signal(true);
         }
     }
 
@@ -214,6 +252,8 @@ pub(crate) struct Shared {
     pub flags_tx: watch::Sender<u64>,
     pub runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// RBAC denials and admission settings.
+    pub policy: Mutex<crate::admission::Policy>,
     pub requests: Mutex<Vec<RequestRecord>>,
     pub port: u16,
     /// Cancelled when the current listener generation ends (restart/shutdown).

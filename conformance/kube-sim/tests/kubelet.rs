@@ -309,3 +309,52 @@ async fn frozen_kubelet_makes_no_progress() {
     wait_phase(&pods, "f", "Succeeded").await;
     sim.shutdown().await;
 }
+
+/// What a drain does to a step pod whose main container is a pause program: the
+/// runtime TERMs only the container's own process, pause exits 0, the kernel kills
+/// the exec'd command with the container (137), and the kubelet writes the phase from
+/// the containers' exit codes: `Succeeded`, with `DisruptionTarget` and a deletion
+/// timestamp, until it has reclaimed the pod and confirms the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_pause_pod_ends_succeeded_while_its_exec_dies_with_137() {
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        reclaim_delay: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = client(&sim, true);
+    let pods = api(&client);
+    create(&pods, &pod("drained", &["/tools/pause"])).await;
+    wait_phase(&pods, "drained", "Running").await;
+    let mut proc = pods
+        .exec(
+            "drained",
+            ["sleep", "30"],
+            &AttachParams::default().stdout(true).stderr(true),
+        )
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap();
+    sim.drain_node();
+    let st = tokio::time::timeout(Duration::from_secs(5), status)
+        .await
+        .expect("the exec ends with its container")
+        .expect("a status frame");
+    let code = st.details.unwrap().causes.unwrap()[0].message.clone();
+    assert_eq!(code.as_deref(), Some("137"), "killed, not TERMed");
+    let p = wait_phase(&pods, "drained", "Succeeded").await;
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        condition(&p, "DisruptionTarget").unwrap().reason.as_deref(),
+        Some("EvictionByEvictionAPI")
+    );
+    let t = main_state(&p).unwrap().terminated.clone().unwrap();
+    assert_eq!(t.exit_code, 0, "pause exits 0 on TERM");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pods.get_opt("drained").await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.shutdown().await;
+}

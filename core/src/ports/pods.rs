@@ -246,6 +246,32 @@ impl PodStatus {
 /// Label equality selector: every pair must match.
 pub type LabelSelector = BTreeMap<String, String>;
 
+/// Options of [`Pods::collect_garbage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GarbageOpts {
+    /// Leave alone what is younger than this: its pod may be being created.
+    pub grace: Duration,
+    /// Now, by the caller's clock.
+    pub now: SystemTime,
+}
+
+impl GarbageOpts {
+    /// Collect what is older than `grace` at `now`.
+    pub fn new(grace: Duration, now: SystemTime) -> Self {
+        GarbageOpts { grace, now }
+    }
+}
+
+/// What [`Pods::collect_garbage`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GarbageReport {
+    /// What was deleted, as the adapter names it (e.g. `secret ns/name`).
+    pub deleted: Vec<String>,
+    /// Errors met; the pass goes on after each.
+    pub errors: Vec<String>,
+}
+
 /// Creates, watches and deletes step pods.
 #[async_trait]
 pub trait Pods: Send + Sync {
@@ -279,6 +305,15 @@ pub trait Pods: Send + Sync {
         let _ = (name, grace);
         Ok(false)
     }
+
+    /// Delete what the adapter keeps beside pods (e.g. the Kubernetes adapter's env
+    /// Secrets) whose pod is gone and that is older than `opts.grace`: what a create
+    /// that failed or crashed half-way left. Safe to run on several replicas at once.
+    /// Adapters that keep nothing beside pods collect nothing (the default).
+    async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
+        let _ = opts;
+        Ok(GarbageReport::default())
+    }
 }
 
 macro_rules! forward_pods {
@@ -310,6 +345,9 @@ macro_rules! forward_pods {
             }
             async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
                 (**self).stop(name, grace).await
+            }
+            async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
+                (**self).collect_garbage(opts).await
             }
         }
     };

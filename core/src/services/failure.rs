@@ -112,6 +112,9 @@ impl StepFailure {
         match e.kind() {
             ErrorKind::StorageFull => StepFailure::StorageFull(e.message().to_owned()),
             ErrorKind::Lost => StepFailure::ExecLost(e.message().to_owned()),
+            // A missing grant is the platform's fault, never the step's: errored, and
+            // the message names the permission.
+            ErrorKind::PermissionDenied => StepFailure::Infrastructure(e),
             _ => StepFailure::Infrastructure(e),
         }
     }
@@ -170,5 +173,16 @@ mod tests {
             StepFailure::from_error(Error::storage_full("disk")).label(),
             "storage-full"
         );
+    }
+
+    #[test]
+    fn a_missing_permission_is_an_infrastructure_error() {
+        let f = StepFailure::from_error(Error::permission_denied(
+            "pods is forbidden: cannot create resource \"pods\"",
+        ));
+        assert_eq!(f.label(), "errored");
+        assert!(!f.is_step_failure());
+        assert!(f.to_string().contains("permission denied"), "{f}");
+        assert!(f.to_string().contains("cannot create resource"), "{f}");
     }
 }

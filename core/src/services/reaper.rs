@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::names::label;
-use crate::ports::{ArtifactRegistry, Pods, VolumeStore};
+use crate::ports::{ArtifactRegistry, GarbageOpts, Pods, VolumeStore};
 
 /// Tells the reaper that a worker is known to be dead without asking the registry (e.g.
 /// a local worker whose process is gone).
@@ -30,6 +30,9 @@ pub struct ReaperConfig {
     pub batch: usize,
     /// Grace period for pod deletion.
     pub pod_grace: Duration,
+    /// What a pod adapter keeps beside pods (env Secrets) is left alone this long
+    /// after it was made, while its pod may still be being created.
+    pub pod_garbage_grace: Duration,
     /// Delete volumes no registry record names. Off when the registry cannot see every
     /// user of the store (e.g. a per-process memory registry over a shared directory).
     pub collect_orphan_volumes: bool,
@@ -46,6 +49,7 @@ impl std::fmt::Debug for ReaperConfig {
             .field("stale_claim", &self.stale_claim)
             .field("batch", &self.batch)
             .field("pod_grace", &self.pod_grace)
+            .field("pod_garbage_grace", &self.pod_garbage_grace)
             .field("collect_orphan_volumes", &self.collect_orphan_volumes)
             .field("dead_worker", &self.dead_worker.is_some())
             .finish()
@@ -61,6 +65,7 @@ impl ReaperConfig {
             stale_claim: Duration::from_secs(600),
             batch: 500,
             pod_grace: Duration::from_secs(5),
+            pod_garbage_grace: Duration::from_secs(300),
             collect_orphan_volumes: true,
             dead_worker: None,
         }
@@ -72,6 +77,8 @@ impl ReaperConfig {
 pub struct ReapReport {
     /// Pods deleted.
     pub pods_deleted: Vec<String>,
+    /// What the pod adapter kept beside gone pods and deleted (env Secrets).
+    pub pod_garbage_deleted: Vec<String>,
     /// Artifacts (and their volumes) deleted.
     pub artifacts_deleted: usize,
     /// Unregistered volumes deleted.
@@ -119,6 +126,14 @@ impl Reaper {
         if let Some(pods) = &self.pods {
             self.reap_pods(pods.as_ref(), active, now, &mut report)
                 .await?;
+            let opts = GarbageOpts::new(self.config.pod_garbage_grace, now);
+            match pods.collect_garbage(&opts).await {
+                Ok(g) => {
+                    report.pod_garbage_deleted.extend(g.deleted);
+                    report.errors.extend(g.errors);
+                }
+                Err(e) => report.errors.push(format!("collecting pod garbage: {e}")),
+            }
         }
         self.reap_artifacts(now, &mut report).await?;
         if let Some(volumes) = &self.volumes {
