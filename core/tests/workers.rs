@@ -6,10 +6,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use jetbridge_core::ErrorKind;
-use jetbridge_core::names::{label, label_value};
-use jetbridge_core::ports::{ArtifactRegistry, Holder, NewArtifact, PodSpec, Pods};
+use jetbridge_core::digest::Digest;
+use jetbridge_core::names::{ArtifactId, VolumeHandle, label, label_value};
+use jetbridge_core::ports::{
+    Artifact, ArtifactFilter, ArtifactRegistry, ClaimOpts, HeartbeatMode, HeartbeatOpts, Holder,
+    NewArtifact, PodSpec, Pods, RegistryCapabilities, Worker,
+};
 use jetbridge_core::services::{Heartbeat, HeartbeatConfig, Reaper, ReaperConfig};
+use jetbridge_core::{ErrorKind, Result};
 use jetbridge_memory::{MemoryRegistry, MemoryRuntime, RegistryClock, RegistryOp};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -79,6 +83,78 @@ async fn a_heartbeat_that_stops_renewing_fences_the_worker_before_expiry() {
     );
     assert!(why.starts_with("lost its registration: "), "{why}");
     assert!(why.contains("transient"), "says why: {why}");
+}
+
+/// A registry whose renewals never answer (a partition that drops packets): every other
+/// call goes to the memory registry.
+struct Unanswering(MemoryRegistry);
+
+#[async_trait::async_trait]
+impl ArtifactRegistry for Unanswering {
+    fn capabilities(&self) -> RegistryCapabilities {
+        self.0.capabilities()
+    }
+    async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
+        self.0.register(new).await
+    }
+    async fn mark_ready(&self, id: &ArtifactId, size: u64, digest: &Digest) -> Result<Artifact> {
+        self.0.mark_ready(id, size, digest).await
+    }
+    async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.0.get(id).await
+    }
+    async fn find(&self, filter: &ArtifactFilter) -> Result<Vec<Artifact>> {
+        self.0.find(filter).await
+    }
+    async fn acquire(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
+        self.0.acquire(id, holder).await
+    }
+    async fn release(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
+        self.0.release(id, holder).await
+    }
+    async fn release_all(&self, holder: &Holder) -> Result<u64> {
+        self.0.release_all(holder).await
+    }
+    async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
+        self.0.claim_reapable(claimer, opts).await
+    }
+    async fn forget(&self, id: &ArtifactId) -> Result<()> {
+        self.0.forget(id).await
+    }
+    async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
+        self.0.known_volumes(volumes).await
+    }
+    async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker> {
+        if opts.mode == HeartbeatMode::Renew {
+            std::future::pending::<()>().await;
+        }
+        self.0.heartbeat(worker, opts).await
+    }
+    async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
+        self.0.sign_off(worker, session).await
+    }
+    async fn workers(&self) -> Result<Vec<Worker>> {
+        self.0.workers().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_that_stops_answering_fences_the_worker_before_expiry() {
+    let cfg = HeartbeatConfig::with_ttl("w1", TTL);
+    let margin = cfg.margin;
+    let start = Instant::now();
+    let (hb, _) = Heartbeat::register(Arc::new(Unanswering(MemoryRegistry::new())), cfg)
+        .await
+        .expect("register");
+    let (at, why) = fenced_within_two_ttls(&hb)
+        .await
+        .expect("the callback fires");
+    assert_eq!(
+        at - start,
+        TTL - margin,
+        "fenced as soon as the registration may lapse"
+    );
+    assert!(why.contains("did not answer"), "{why}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,11 +233,11 @@ async fn a_reaper_clock_ahead_spares_a_live_worker() {
     let held = rt
         .registry
         .register(&NewArtifact {
-            id: jetbridge_core::names::ArtifactId::random(),
+            id: ArtifactId::random(),
             build: "b".into(),
             step: "s".into(),
             name: "out".into(),
-            volume: jetbridge_core::names::VolumeHandle::random(),
+            volume: VolumeHandle::random(),
             holder: Holder::new("w-other", "b"),
             retain_until: None,
         })
