@@ -24,7 +24,7 @@ pub struct ReaperConfig {
     pub worker: String,
     /// Unregistered volumes younger than this are left alone (being created).
     pub orphan_volume_grace: Duration,
-    /// `Destroying` claims older than this are taken again.
+    /// `Destroying` claims at least this old (on the registry's clock) are taken again.
     pub stale_claim: Duration,
     /// Artifacts claimed per registry round trip.
     pub batch: usize,
