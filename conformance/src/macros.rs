@@ -169,6 +169,9 @@ macro_rules! registry_suite {
                 destroying_refuses_acquire_and_mark_ready,
                 known_volumes_reports_registered,
                 heartbeat_and_workers,
+                worker_name_held_by_one_live_session,
+                taking_over_a_lapsed_name_drops_its_references,
+                reaper_clock_ahead_spares_live_workers,
             ]
         );
     };
@@ -350,7 +353,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct Reg {
         recs: BTreeMap<String, Rec>,
-        workers: BTreeMap<String, Worker>,
+        /// Worker name to (session, last heartbeat, expiry), on the system clock.
+        workers: BTreeMap<String, (String, SystemTime, SystemTime)>,
         seq: u64,
     }
 
@@ -477,13 +481,8 @@ mod tests {
             }
             Ok(n)
         }
-        async fn claim_reapable(
-            &self,
-            _claimer: &str,
-            limit: usize,
-            now: SystemTime,
-            stale_after: Duration,
-        ) -> Result<Vec<Artifact>> {
+        async fn claim_reapable(&self, _claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
+            let (limit, stale_after, now) = (opts.limit, opts.stale_after, SystemTime::now());
             let mut r = lock(&self.0);
             let workers = r.workers.clone();
             let mut out = Vec::new();
@@ -494,12 +493,12 @@ mod tests {
                 let take = match rec.art.state {
                     ArtifactState::Destroying => rec
                         .claimed_at
-                        .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d > stale_after)),
+                        .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d >= stale_after)),
                     _ => {
                         let protected = rec
                             .refs
                             .iter()
-                            .any(|h| workers.get(&h.worker).is_none_or(|w| w.alive_at(now)));
+                            .any(|h| workers.get(&h.worker).is_none_or(|w| w.2 > now));
                         let retained = rec.art.retain_until.is_some_and(|t| t > now);
                         !protected && !retained
                     }
@@ -531,19 +530,57 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        async fn heartbeat(&self, w: &str, now: SystemTime, ttl: Duration) -> Result<()> {
-            lock(&self.0).workers.insert(
-                w.to_owned(),
-                Worker {
-                    name: w.to_owned(),
-                    last_heartbeat: now,
-                    expires_at: now + ttl,
-                },
-            );
+        async fn heartbeat(&self, w: &str, o: &HeartbeatOpts) -> Result<Worker> {
+            let now = SystemTime::now();
+            let mut r = lock(&self.0);
+            let cur = r.workers.get(w);
+            let ours = cur.is_some_and(|x| x.0 == o.session);
+            let alive = cur.is_some_and(|x| x.2 > now);
+            let lapsed = cur.is_some() && !alive;
+            match o.mode {
+                HeartbeatMode::Register if alive && !ours => {
+                    return Err(Error::already_exists("name held"));
+                }
+                HeartbeatMode::Register if lapsed => {
+                    for rec in r.recs.values_mut() {
+                        rec.refs.retain(|h| h.worker != w);
+                    }
+                }
+                HeartbeatMode::Renew if !(alive && ours) => return Err(Error::conflict("lapsed")),
+                _ => {}
+            }
+            let expires_at = now + o.ttl;
+            r.workers
+                .insert(w.to_owned(), (o.session.clone(), now, expires_at));
+            Ok(Worker {
+                name: w.to_owned(),
+                last_heartbeat: now,
+                expires_at,
+                alive: expires_at > now,
+            })
+        }
+        async fn sign_off(&self, w: &str, session: &str) -> Result<()> {
+            let now = SystemTime::now();
+            if let Some(x) = lock(&self.0).workers.get_mut(w)
+                && x.0 == session
+                && x.2 > now
+            {
+                x.2 = now;
+            }
             Ok(())
         }
         async fn workers(&self) -> Result<Vec<Worker>> {
-            Ok(lock(&self.0).workers.values().cloned().collect())
+            let now = SystemTime::now();
+            Ok(lock(&self.0)
+                .workers
+                .iter()
+                .map(|(name, x)| Worker {
+                    name: name.clone(),
+                    last_heartbeat: x.1,
+                    expires_at: x.2,
+                    alive: x.2 > now,
+                })
+                .collect())
         }
     }
 

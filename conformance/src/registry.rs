@@ -1,6 +1,10 @@
 //! The [`ArtifactRegistry`] suite: registration, readiness, lookups, references, the
 //! reaper's claims and worker heartbeats.
 //!
+//! The registry judges every time on its own clock, which a case cannot move (a
+//! database's `now()`): expiry is shown with signing off, retention with times far in
+//! the past or future, staleness with `stale_after` zero or an hour.
+//!
 //! Cases can share one registry (one database schema). Every case names its artifacts,
 //! builds and workers with a prefix of its own and looks only at records with that
 //! prefix. Claims cannot be scoped (a reaper claims across everything), so:
@@ -9,8 +13,9 @@
 //! - every case that claims holds [`claim_lock`] for its whole run, so no two claiming
 //!   cases of one process overlap;
 //! - each case ends by releasing its references, claiming (under the lock) and
-//!   forgetting its own records. Records of others that such a claim moves to
-//!   `Destroying` are unreferenced garbage a real reaper would take too.
+//!   forgetting its own records (those still retained stay until their retention
+//!   ends). Records of others that such a claim moves to `Destroying` are unreferenced
+//!   garbage a real reaper would take too.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,8 +25,10 @@ use jetbridge_core::ErrorKind;
 use jetbridge_core::digest::{Digest, sha256};
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, NewArtifact,
+    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode,
+    HeartbeatOpts, Holder, NewArtifact, Worker,
 };
+use jetbridge_core::services::{Reaper, ReaperConfig};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::support::{CaseError, CaseOutcome, CaseResult, outcome, unique_hex};
@@ -50,6 +57,9 @@ pub const CASES: &[&str] = &[
     "destroying_refuses_acquire_and_mark_ready",
     "known_volumes_reports_registered",
     "heartbeat_and_workers",
+    "worker_name_held_by_one_live_session",
+    "taking_over_a_lapsed_name_drops_its_references",
+    "reaper_clock_ahead_spares_live_workers",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -87,6 +97,15 @@ pub async fn run_case(subject: &Subject<dyn ArtifactRegistry>, name: &str) -> Op
         }
         "known_volumes_reports_registered" => Box::pin(known_volumes_reports_registered(r)).await,
         "heartbeat_and_workers" => Box::pin(heartbeat_and_workers(r)).await,
+        "worker_name_held_by_one_live_session" => {
+            Box::pin(worker_name_held_by_one_live_session(r)).await
+        }
+        "taking_over_a_lapsed_name_drops_its_references" => {
+            Box::pin(taking_over_a_lapsed_name_drops_its_references(r)).await
+        }
+        "reaper_clock_ahead_spares_live_workers" => {
+            Box::pin(reaper_clock_ahead_spares_live_workers(subject.port())).await
+        }
         _ => return None,
     })
 }
@@ -122,6 +141,35 @@ fn now() -> SystemTime {
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// Claim everything reapable, taking claims at least `stale_after` old again.
+fn claim_opts(stale_after: Duration) -> ClaimOpts {
+    ClaimOpts {
+        limit: ALL,
+        stale_after,
+    }
+}
+
+/// A heartbeat of `session` lasting `ttl`.
+fn beat(session: &str, ttl: Duration, mode: HeartbeatMode) -> HeartbeatOpts {
+    HeartbeatOpts {
+        session: session.to_owned(),
+        ttl,
+        mode,
+    }
+}
+
+/// Register `worker` for `session` for `ttl`.
+async fn register_worker(
+    reg: &dyn ArtifactRegistry,
+    worker: &str,
+    session: &str,
+    ttl: Duration,
+) -> Result<Worker, CaseError> {
+    Ok(reg
+        .heartbeat(worker, &beat(session, ttl, HeartbeatMode::Register))
+        .await?)
+}
 
 fn digest_of(s: &str) -> Digest {
     Digest::from_sha256(&sha256(s.as_bytes()))
@@ -223,11 +271,11 @@ impl<'a> Ctx<'a> {
         for h in holders {
             let _ = self.reg.release_all(&h).await;
         }
-        // Far enough ahead that retention ends; stale_after zero re-claims this case's
-        // earlier claims. Only records nothing references can be taken.
+        // stale_after zero re-claims this case's earlier claims. Only records nothing
+        // references or retains can be taken.
         match self
             .reg
-            .claim_reapable(&self.prefix, ALL, now() + 2 * DAY, Duration::ZERO)
+            .claim_reapable(&self.prefix, &claim_opts(Duration::ZERO))
             .await
         {
             Ok(claimed) => {
@@ -251,14 +299,10 @@ impl<'a> Ctx<'a> {
         r
     }
 
-    async fn claim_ours(
-        &self,
-        at: SystemTime,
-        stale: Duration,
-    ) -> Result<BTreeSet<String>, CaseError> {
+    async fn claim_ours(&self, stale: Duration) -> Result<BTreeSet<String>, CaseError> {
         let claimed = self
             .reg
-            .claim_reapable(&self.prefix, ALL, at, stale)
+            .claim_reapable(&self.prefix, &claim_opts(stale))
             .await?;
         for a in &claimed {
             ensure_eq!(
@@ -485,13 +529,13 @@ pub async fn acquire_release_idempotent(reg: &dyn ArtifactRegistry) -> CaseResul
         reg.release(&a.id, &first).await?;
         reg.release(&a.id, &first).await?;
         ensure!(
-            !c.claim_ours(now(), HOUR).await?.contains(a.id.as_str()),
+            !c.claim_ours(HOUR).await?.contains(a.id.as_str()),
             "claimed while still referenced"
         );
         reg.release(&a.id, &second).await?;
         reg.release(&a.id, &second).await?;
         ensure!(
-            c.claim_ours(now(), HOUR).await?.contains(a.id.as_str()),
+            c.claim_ours(HOUR).await?.contains(a.id.as_str()),
             "two acquires by one holder need one release"
         );
         Ok(())
@@ -544,14 +588,14 @@ pub async fn claim_takes_only_reapable(reg: &dyn ArtifactRegistry) -> CaseResult
         reg.mark_ready(&free_ready.id, 5, &digest_of("x")).await?;
         let held = reg.register(&c.artifact("s", "held")).await?;
         let retained = c.register_free(Some(now() + DAY)).await?;
-        let got = c.claim_ours(now(), HOUR).await?;
+        let got = c.claim_ours(HOUR).await?;
         ensure_eq!(got, ids(&[&free, &free_ready]));
         ensure_eq!(c.state(&free.id).await?, ArtifactState::Destroying);
         ensure_eq!(c.state(&free_ready.id).await?, ArtifactState::Destroying);
         ensure_eq!(c.state(&held.id).await?, ArtifactState::Creating);
         ensure_eq!(c.state(&retained.id).await?, ArtifactState::Creating);
         ensure!(
-            c.claim_ours(now(), HOUR).await?.is_empty(),
+            c.claim_ours(HOUR).await?.is_empty(),
             "a second claim takes nothing new"
         );
         Ok(())
@@ -560,43 +604,42 @@ pub async fn claim_takes_only_reapable(reg: &dyn ArtifactRegistry) -> CaseResult
     c.finish_locked(r).await
 }
 
-/// An artifact retained until a time is not claimed before it, and is after.
+/// An artifact retained until a time to come is not claimed; one whose retention
+/// ended is.
 pub async fn claim_respects_retention(reg: &dyn ArtifactRegistry) -> CaseResult {
     let _lock = claim_lock().await;
     let c = Ctx::new(reg, "retain");
     let r = async {
         let t = now();
-        let a = c.register_free(Some(t + HOUR)).await?;
-        ensure!(c.claim_ours(t, HOUR).await?.is_empty());
-        ensure!(c.claim_ours(t + HOUR / 2, HOUR).await?.is_empty());
-        ensure_eq!(c.claim_ours(t + 2 * HOUR, HOUR).await?, ids(&[&a]));
+        let kept = c.register_free(Some(t + HOUR)).await?;
+        let ended = c.register_free(Some(t - HOUR)).await?;
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&ended]));
+        ensure!(c.claim_ours(HOUR).await?.is_empty());
+        ensure_eq!(c.state(&kept.id).await?, ArtifactState::Creating);
         Ok(())
     }
     .await;
     c.finish_locked(r).await
 }
 
-/// References of a worker whose heartbeat expired protect nothing; those of a live
+/// References of a worker whose registration ended protect nothing; those of a live
 /// worker do.
 pub async fn expired_holder_does_not_protect(reg: &dyn ArtifactRegistry) -> CaseResult {
     let _lock = claim_lock().await;
     let c = Ctx::new(reg, "expired");
     let r = async {
-        let t = now();
         let dead = c.holder(1);
         let live = c.holder(2);
-        reg.heartbeat(&dead.worker, t - HOUR, Duration::from_secs(60))
-            .await?;
-        reg.heartbeat(&live.worker, t, HOUR).await?;
+        register_worker(reg, &dead.worker, "s-dead", HOUR).await?;
+        register_worker(reg, &live.worker, "s-live", HOUR).await?;
         let by_dead = c.register_held_by(&dead).await?;
         let by_live = c.register_held_by(&live).await?;
-        ensure_eq!(c.claim_ours(t, HOUR).await?, ids(&[&by_dead]));
+        reg.sign_off(&dead.worker, "s-dead").await?;
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&by_dead]));
         ensure_eq!(c.state(&by_live.id).await?, ArtifactState::Creating);
-        // Once the live worker's heartbeat expires, its references stop protecting too.
-        ensure_eq!(
-            c.claim_ours(t + 2 * HOUR, 4 * HOUR).await?,
-            ids(&[&by_live])
-        );
+        // Once the live worker's registration ends, its references stop protecting too.
+        reg.sign_off(&live.worker, "s-live").await?;
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&by_live]));
         Ok(())
     }
     .await;
@@ -610,8 +653,8 @@ pub async fn unregistered_holder_protects(reg: &dyn ArtifactRegistry) -> CaseRes
     let r = async {
         let h = c.holder(1);
         let a = c.register_held_by(&h).await?;
-        ensure!(c.claim_ours(now(), HOUR).await?.is_empty());
-        ensure!(c.claim_ours(now() + DAY, HOUR).await?.is_empty());
+        ensure!(c.claim_ours(HOUR).await?.is_empty());
+        ensure!(c.claim_ours(Duration::ZERO).await?.is_empty());
         ensure_eq!(c.state(&a.id).await?, ArtifactState::Creating);
         Ok(())
     }
@@ -628,11 +671,10 @@ pub async fn concurrent_claims_are_disjoint(reg: Arc<dyn ArtifactRegistry>) -> C
         for _ in 0..20 {
             want.insert(c.register_free(None).await?.id.as_str().to_owned());
         }
-        let t = now();
         let spawn = |who: &str| {
             let reg = Arc::clone(&reg);
             let who = who.to_owned();
-            tokio::spawn(async move { reg.claim_reapable(&who, ALL, t, HOUR).await })
+            tokio::spawn(async move { reg.claim_reapable(&who, &claim_opts(HOUR)).await })
         };
         let (a, b) = (spawn("reaper-a"), spawn("reaper-b"));
         let (a, b) = (a.await, b.await);
@@ -668,7 +710,11 @@ pub async fn claim_respects_limit(reg: &dyn ArtifactRegistry) -> CaseResult {
         let mut got = BTreeSet::new();
         // Leftovers of other runs may come first; a bounded number of rounds suffices.
         for _ in 0..10_000 {
-            let claimed = reg.claim_reapable(&c.prefix, 2, now(), HOUR).await?;
+            let opts = ClaimOpts {
+                limit: 2,
+                stale_after: HOUR,
+            };
+            let claimed = reg.claim_reapable(&c.prefix, &opts).await?;
             ensure!(claimed.len() <= 2, "limit 2 returned {}", claimed.len());
             if claimed.is_empty() {
                 break;
@@ -682,26 +728,23 @@ pub async fn claim_respects_limit(reg: &dyn ArtifactRegistry) -> CaseResult {
     c.finish_locked(r).await
 }
 
-/// A `Destroying` claim older than `stale_after` is claimed again; a fresh one is not.
+/// A `Destroying` claim at least `stale_after` old is claimed again; a fresh one is not.
 pub async fn stale_destroying_reclaimed(reg: &dyn ArtifactRegistry) -> CaseResult {
     let _lock = claim_lock().await;
     let c = Ctx::new(reg, "stale");
     let r = async {
-        let t = now();
-        let stale = Duration::from_secs(60);
         let a = c.register_free(None).await?;
-        ensure_eq!(c.claim_ours(t, stale).await?, ids(&[&a]));
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&a]));
         ensure!(
-            c.claim_ours(t + Duration::from_secs(10), stale)
-                .await?
-                .is_empty(),
+            c.claim_ours(HOUR).await?.is_empty(),
             "a fresh claim was taken again"
         );
         ensure_eq!(
-            c.claim_ours(t + Duration::from_secs(600), stale).await?,
+            c.claim_ours(Duration::ZERO).await?,
             ids(&[&a]),
             "a stale claim is taken again"
         );
+        ensure_eq!(c.state(&a.id).await?, ArtifactState::Destroying);
         Ok(())
     }
     .await;
@@ -719,7 +762,7 @@ pub async fn forget_only_destroying(reg: &dyn ArtifactRegistry) -> CaseResult {
         reg.mark_ready(&ready.id, 1, &digest_of("r")).await?;
         ensure_kind!(reg.forget(&ready.id).await, ErrorKind::Conflict);
         let a = c.register_free(None).await?;
-        ensure_eq!(c.claim_ours(now(), HOUR).await?, ids(&[&a]));
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&a]));
         reg.forget(&a.id).await?;
         ensure_kind!(reg.get(&a.id).await, ErrorKind::NotFound);
         ensure!(
@@ -743,7 +786,7 @@ pub async fn destroying_refuses_acquire_and_mark_ready(reg: &dyn ArtifactRegistr
     let c = Ctx::new(reg, "destroying");
     let r = async {
         let a = c.register_free(None).await?;
-        ensure_eq!(c.claim_ours(now(), HOUR).await?, ids(&[&a]));
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&a]));
         ensure_kind!(reg.acquire(&a.id, &c.holder(1)).await, ErrorKind::Conflict);
         ensure_kind!(
             reg.mark_ready(&a.id, 1, &digest_of("late")).await,
@@ -775,39 +818,160 @@ pub async fn known_volumes_reports_registered(reg: &dyn ArtifactRegistry) -> Cas
     c.finish(r).await
 }
 
-/// Heartbeats register workers with an expiry; a later heartbeat extends it.
+/// Heartbeats register workers with an expiry `ttl` after the heartbeat on the
+/// registry's clock; a renewal extends it.
 pub async fn heartbeat_and_workers(reg: &dyn ArtifactRegistry) -> CaseResult {
     let c = Ctx::new(reg, "hb");
     let r = async {
         let w = c.worker(1);
-        let t = now();
         let ttl = Duration::from_secs(30);
-        reg.heartbeat(&w, t, ttl).await?;
+        let first = register_worker(reg, &w, "s1", ttl).await?;
+        ensure_eq!(first.name, w);
+        ensure!(first.alive, "a fresh registration is alive: {first:?}");
+        ensure_eq!(
+            first.expires_at.duration_since(first.last_heartbeat).ok(),
+            Some(ttl),
+            "expiry is ttl after the heartbeat"
+        );
         let find = || async {
             let all = reg.workers().await?;
             Ok::<_, CaseError>(all.into_iter().find(|x| x.name == w))
         };
-        let Some(first) = find().await? else {
+        let Some(listed) = find().await? else {
             fail!("worker {w} is not listed after a heartbeat");
         };
-        ensure_eq!(first.last_heartbeat, t);
-        ensure_eq!(first.expires_at, t + ttl);
-        ensure!(first.alive_at(t + Duration::from_secs(29)));
-        ensure!(!first.alive_at(t + Duration::from_secs(31)));
-        let later = t + Duration::from_secs(20);
-        reg.heartbeat(&w, later, ttl).await?;
-        let Some(second) = find().await? else {
-            fail!("worker {w} vanished after a second heartbeat");
-        };
-        ensure_eq!(second.last_heartbeat, later);
+        ensure_eq!(listed.expires_at, first.expires_at);
+        ensure!(listed.alive, "listed as alive");
+        let second = reg
+            .heartbeat(&w, &beat("s1", HOUR, HeartbeatMode::Renew))
+            .await?;
         ensure!(
-            second.alive_at(t + Duration::from_secs(45)),
-            "the heartbeat extended the expiry"
+            second.expires_at >= first.expires_at + (HOUR - ttl),
+            "the renewal extended the expiry: {first:?} then {second:?}"
         );
+        ensure!(second.last_heartbeat >= first.last_heartbeat);
+        let Some(listed) = find().await? else {
+            fail!("worker {w} vanished after a renewal");
+        };
+        ensure_eq!(listed.expires_at, second.expires_at);
         let n = reg.workers().await?.iter().filter(|x| x.name == w).count();
         ensure_eq!(n, 1, "one record per worker");
+        reg.sign_off(&w, "s1").await?;
+        let Some(gone) = find().await? else {
+            fail!("worker {w} vanished after signing off");
+        };
+        ensure!(!gone.alive, "signed off, yet alive: {gone:?}");
         Ok(())
     }
     .await;
     c.finish(r).await
+}
+
+/// A worker name is held by one live session: another session's registration is
+/// `AlreadyExists` and its renewal `Conflict`; the holder renews and re-registers. Once
+/// the holder signs off the name is free, and the old holder can no longer renew.
+pub async fn worker_name_held_by_one_live_session(reg: &dyn ArtifactRegistry) -> CaseResult {
+    let c = Ctx::new(reg, "unique");
+    let r = async {
+        let w = c.worker(1);
+        register_worker(reg, &w, "first", HOUR).await?;
+        ensure_kind!(
+            reg.heartbeat(&w, &beat("second", HOUR, HeartbeatMode::Register))
+                .await,
+            ErrorKind::AlreadyExists
+        );
+        ensure_kind!(
+            reg.heartbeat(&w, &beat("second", HOUR, HeartbeatMode::Renew))
+                .await,
+            ErrorKind::Conflict
+        );
+        // A refused session does not end the holder's registration.
+        reg.sign_off(&w, "second").await?;
+        register_worker(reg, &w, "first", HOUR).await?;
+        reg.heartbeat(&w, &beat("first", HOUR, HeartbeatMode::Renew))
+            .await?;
+        reg.sign_off(&w, "first").await?;
+        ensure_kind!(
+            reg.heartbeat(&w, &beat("first", HOUR, HeartbeatMode::Renew))
+                .await,
+            ErrorKind::Conflict
+        );
+        let taken = register_worker(reg, &w, "second", HOUR).await?;
+        ensure!(taken.alive);
+        ensure_kind!(
+            reg.heartbeat(&w, &beat("first", HOUR, HeartbeatMode::Renew))
+                .await,
+            ErrorKind::Conflict
+        );
+        reg.sign_off(&w, "first").await?;
+        let listed = reg.workers().await?;
+        let Some(now_held) = listed.iter().find(|x| x.name == w) else {
+            fail!("worker {w} is not listed");
+        };
+        ensure!(
+            now_held.alive,
+            "the old holder's sign-off ended the new one's"
+        );
+        reg.sign_off(&w, "second").await?;
+        Ok(())
+    }
+    .await;
+    c.finish(r).await
+}
+
+/// References of a lapsed registration do not come back to life when another process
+/// takes the name; the new holder's own references protect.
+pub async fn taking_over_a_lapsed_name_drops_its_references(
+    reg: &dyn ArtifactRegistry,
+) -> CaseResult {
+    let _lock = claim_lock().await;
+    let c = Ctx::new(reg, "takeover");
+    let r = async {
+        let old = c.holder(1);
+        register_worker(reg, &old.worker, "old", HOUR).await?;
+        let left = c.register_held_by(&old).await?;
+        reg.sign_off(&old.worker, "old").await?;
+        register_worker(reg, &old.worker, "new", HOUR).await?;
+        let new = Holder::new(old.worker.clone(), format!("{}-later", c.prefix));
+        let mine = c.register_held_by(&new).await?;
+        ensure_eq!(c.claim_ours(HOUR).await?, ids(&[&left]));
+        ensure_eq!(c.state(&mine.id).await?, ArtifactState::Creating);
+        reg.sign_off(&old.worker, "new").await?;
+        Ok(())
+    }
+    .await;
+    c.finish_locked(r).await
+}
+
+/// A reaper whose host clock runs five minutes ahead does not collect what a live
+/// worker (registered for one minute) references: expiry is the registry's call.
+pub async fn reaper_clock_ahead_spares_live_workers(reg: Arc<dyn ArtifactRegistry>) -> CaseResult {
+    let _lock = claim_lock().await;
+    let c = Ctx::new(&*reg, "skew");
+    let r = async {
+        let live = c.holder(1);
+        register_worker(&*reg, &live.worker, "s1", Duration::from_secs(60)).await?;
+        let held = c.register_held_by(&live).await?;
+        let free = c.register_free(None).await?;
+        let reaper = Reaper::new(
+            None,
+            None,
+            Arc::clone(&reg),
+            ReaperConfig::new(format!("{}-reaper", c.prefix)),
+        );
+        let ahead = SystemTime::now() + Duration::from_secs(300);
+        let report = reaper.run_once(&Default::default(), ahead).await?;
+        ensure!(
+            report.errors.is_empty(),
+            "reaper errors: {:?}",
+            report.errors
+        );
+        ensure_eq!(c.state(&held.id).await?, ArtifactState::Creating);
+        // The pass did run: it collected what nothing references.
+        ensure_kind!(reg.get(&free.id).await, ErrorKind::NotFound);
+        reg.sign_off(&live.worker, "s1").await?;
+        Ok(())
+    }
+    .await;
+    c.finish_locked(r).await
 }

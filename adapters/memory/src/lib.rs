@@ -38,7 +38,7 @@ pub use faults::FaultTiming;
 pub use fs::PodFs;
 pub use pods::{BackendOp, EVICTED_MESSAGE, MemoryBackend, UNSCHEDULABLE_MESSAGE};
 pub use programs::{Output, Program, ProgramContext, ProgramFuture, ResourceScripts};
-pub use registry::{MemoryRegistry, RegistryOp};
+pub use registry::{MemoryRegistry, RegistryClock, RegistryOp};
 pub use volumes::{MemoryVolumeStore, VolumeOp};
 
 /// The four fakes together, with handles kept for fault injection.

@@ -1,15 +1,16 @@
-//! [`MemoryRegistry`]: the artifact registry in a map behind one mutex.
+//! [`MemoryRegistry`]: the artifact registry in a map behind one mutex, on a clock of
+//! its own ([`RegistryClock`]) as a database has.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, NewArtifact,
-    RegistryCapabilities, Worker,
+    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode,
+    HeartbeatOpts, Holder, NewArtifact, RegistryCapabilities, Worker,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 
@@ -40,6 +41,8 @@ pub enum RegistryOp {
     KnownVolumes,
     /// [`ArtifactRegistry::heartbeat`].
     Heartbeat,
+    /// [`ArtifactRegistry::sign_off`].
+    SignOff,
     /// [`ArtifactRegistry::workers`].
     Workers,
 }
@@ -54,13 +57,60 @@ struct Record {
     claimed_at: Option<SystemTime>,
 }
 
+#[derive(Debug)]
+struct Registration {
+    session: String,
+    last_heartbeat: SystemTime,
+    expires_at: SystemTime,
+}
+
+impl Registration {
+    fn alive_at(&self, now: SystemTime) -> bool {
+        self.expires_at > now
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     records: BTreeMap<ArtifactId, Record>,
     /// Which artifact owns each volume: `register` checks uniqueness without a scan.
     by_volume: HashMap<VolumeHandle, ArtifactId>,
-    workers: BTreeMap<String, Worker>,
+    workers: BTreeMap<String, Registration>,
     seq: u64,
+}
+
+/// The time as the registry sees it: the system clock, or a [`RegistryClock::manual`]
+/// one that tests set and advance (to expire a registration, or to run the registry's
+/// clock apart from a caller's). Clones share one clock.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryClock(Option<Arc<Mutex<SystemTime>>>);
+
+impl RegistryClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        RegistryClock(None)
+    }
+
+    /// A clock standing at `at` until moved.
+    pub fn manual(at: SystemTime) -> Self {
+        RegistryClock(Some(Arc::new(Mutex::new(at))))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        match &self.0 {
+            None => SystemTime::now(),
+            Some(t) => *t.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Move a manual clock forward by `d` (the system clock moves by itself).
+    pub fn advance(&self, d: Duration) {
+        if let Some(t) = &self.0 {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            *t += d;
+        }
+    }
 }
 
 /// An in-memory [`ArtifactRegistry`]; every operation is atomic under one mutex, so two
@@ -69,12 +119,26 @@ struct State {
 pub struct MemoryRegistry {
     state: Mutex<State>,
     faults: Faults<RegistryOp>,
+    clock: RegistryClock,
 }
 
 impl MemoryRegistry {
-    /// An empty registry.
+    /// An empty registry on the system clock.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry on `clock`.
+    pub fn with_clock(clock: RegistryClock) -> Self {
+        MemoryRegistry {
+            clock,
+            ..Self::default()
+        }
+    }
+
+    /// The clock every expiry, retention and claim age is judged by.
+    pub fn clock(&self) -> &RegistryClock {
+        &self.clock
     }
 
     /// Make the next `n` calls of `op` fail with an error of `kind`, doing nothing.
@@ -119,9 +183,15 @@ impl MemoryRegistry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn guarded<T>(&self, op: RegistryOp, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    /// Run `f` on the state with the registry's time, under the fault plan of `op`.
+    fn guarded<T>(
+        &self,
+        op: RegistryOp,
+        f: impl FnOnce(&mut State, SystemTime) -> Result<T>,
+    ) -> Result<T> {
         let late = self.faults.before(op)?;
-        let r = f(&mut self.lock());
+        let now = self.clock.now();
+        let r = f(&mut self.lock(), now);
         after(late, r)
     }
 }
@@ -145,11 +215,18 @@ impl State {
         self.workers.get(&h.worker).is_none_or(|w| w.alive_at(now))
     }
 
+    /// Drop every reference of `worker`'s builds (its registration lapsed).
+    fn drop_refs_of(&mut self, worker: &str) {
+        for r in self.records.values_mut() {
+            r.holders.retain(|h| h.worker != worker);
+        }
+    }
+
     fn reapable(&self, r: &Record, now: SystemTime, stale_after: Duration) -> bool {
         match r.artifact.state {
             ArtifactState::Destroying => r
                 .claimed_at
-                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age > stale_after)),
+                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age >= stale_after)),
             ArtifactState::Creating | ArtifactState::Ready => {
                 !r.holders.iter().any(|h| self.protects(h, now))
                     && r.artifact.retain_until.is_none_or(|t| t <= now)
@@ -165,7 +242,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
-        self.guarded(RegistryOp::Register, |s| {
+        self.guarded(RegistryOp::Register, |s, now| {
             if let Some(r) = s.records.get(&new.id) {
                 return if r.origin == *new {
                     Ok(r.artifact.clone())
@@ -193,7 +270,7 @@ impl ArtifactRegistry for MemoryRegistry {
                 digest: None,
                 worker: new.holder.worker.clone(),
                 retain_until: new.retain_until,
-                created_at: SystemTime::now(),
+                created_at: now,
             };
             s.seq += 1;
             let rec = Record {
@@ -210,7 +287,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn mark_ready(&self, id: &ArtifactId, size: u64, digest: &Digest) -> Result<Artifact> {
-        self.guarded(RegistryOp::MarkReady, |s| {
+        self.guarded(RegistryOp::MarkReady, |s, _| {
             let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
             let a = &mut r.artifact;
             match a.state {
@@ -237,7 +314,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
-        self.guarded(RegistryOp::Get, |s| {
+        self.guarded(RegistryOp::Get, |s, _| {
             s.records
                 .get(id)
                 .map(|r| r.artifact.clone())
@@ -246,7 +323,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn find(&self, filter: &ArtifactFilter) -> Result<Vec<Artifact>> {
-        self.guarded(RegistryOp::Find, |s| {
+        self.guarded(RegistryOp::Find, |s, _| {
             let mut found: Vec<&Record> = s
                 .records
                 .values()
@@ -258,7 +335,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn acquire(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
-        self.guarded(RegistryOp::Acquire, |s| {
+        self.guarded(RegistryOp::Acquire, |s, _| {
             let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
             if r.artifact.state == ArtifactState::Destroying {
                 return Err(Error::conflict(format!("artifact {id} is being destroyed")));
@@ -269,7 +346,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn release(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
-        self.guarded(RegistryOp::Release, |s| {
+        self.guarded(RegistryOp::Release, |s, _| {
             if let Some(r) = s.records.get_mut(id) {
                 r.holders.remove(holder);
             }
@@ -278,7 +355,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn release_all(&self, holder: &Holder) -> Result<u64> {
-        self.guarded(RegistryOp::ReleaseAll, |s| {
+        self.guarded(RegistryOp::ReleaseAll, |s, _| {
             let mut n = 0;
             for r in s.records.values_mut() {
                 if r.holders.remove(holder) {
@@ -289,15 +366,10 @@ impl ArtifactRegistry for MemoryRegistry {
         })
     }
 
-    async fn claim_reapable(
-        &self,
-        claimer: &str,
-        limit: usize,
-        now: SystemTime,
-        stale_after: Duration,
-    ) -> Result<Vec<Artifact>> {
+    async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
         let _ = claimer;
-        self.guarded(RegistryOp::ClaimReapable, |s| {
+        let (limit, stale_after) = (opts.limit, opts.stale_after);
+        self.guarded(RegistryOp::ClaimReapable, |s, now| {
             let mut ids: Vec<(SystemTime, u64, ArtifactId)> = s
                 .records
                 .values()
@@ -319,7 +391,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn forget(&self, id: &ArtifactId) -> Result<()> {
-        self.guarded(RegistryOp::Forget, |s| match s.records.get(id) {
+        self.guarded(RegistryOp::Forget, |s, _| match s.records.get(id) {
             None => Ok(()),
             Some(r) if r.artifact.state == ArtifactState::Destroying => {
                 let volume = r.artifact.volume.clone();
@@ -334,7 +406,7 @@ impl ArtifactRegistry for MemoryRegistry {
     }
 
     async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
-        self.guarded(RegistryOp::KnownVolumes, |s| {
+        self.guarded(RegistryOp::KnownVolumes, |s, _| {
             let known: BTreeSet<&VolumeHandle> =
                 s.records.values().map(|r| &r.artifact.volume).collect();
             let mut seen = BTreeSet::new();
@@ -346,26 +418,72 @@ impl ArtifactRegistry for MemoryRegistry {
         })
     }
 
-    async fn heartbeat(&self, worker: &str, now: SystemTime, ttl: Duration) -> Result<()> {
-        self.guarded(RegistryOp::Heartbeat, |s| {
-            let expires_at = now
-                .checked_add(ttl)
-                .ok_or_else(|| Error::invalid(format!("heartbeat ttl {ttl:?} is too large")))?;
+    async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker> {
+        self.guarded(RegistryOp::Heartbeat, |s, now| {
+            let expires_at = now.checked_add(opts.ttl).ok_or_else(|| {
+                Error::invalid(format!("heartbeat ttl {:?} is too large", opts.ttl))
+            })?;
+            let current = s.workers.get(worker);
+            let ours = current.is_some_and(|w| w.session == opts.session);
+            let alive = current.is_some_and(|w| w.alive_at(now));
+            let lapsed = current.is_some() && !alive;
+            match opts.mode {
+                HeartbeatMode::Register if alive && !ours => {
+                    return Err(Error::already_exists(format!(
+                        "worker name {worker:?} is held by another live process; give this \
+                         one another name, or stop the other"
+                    )));
+                }
+                // The lapsed registration's references protect nothing; they must not come
+                // back to life under the new one.
+                HeartbeatMode::Register if lapsed => s.drop_refs_of(worker),
+                HeartbeatMode::Renew if !(alive && ours) => {
+                    return Err(Error::conflict(format!(
+                        "the registration of worker {worker:?} lapsed or was taken over"
+                    )));
+                }
+                _ => {}
+            }
             s.workers.insert(
                 worker.to_owned(),
-                Worker {
-                    name: worker.to_owned(),
+                Registration {
+                    session: opts.session.clone(),
                     last_heartbeat: now,
                     expires_at,
                 },
             );
+            Ok(Worker {
+                name: worker.to_owned(),
+                last_heartbeat: now,
+                expires_at,
+                alive: expires_at > now,
+            })
+        })
+    }
+
+    async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
+        self.guarded(RegistryOp::SignOff, |s, now| {
+            if let Some(w) = s.workers.get_mut(worker)
+                && w.session == session
+                && w.alive_at(now)
+            {
+                w.expires_at = now;
+            }
             Ok(())
         })
     }
 
     async fn workers(&self) -> Result<Vec<Worker>> {
-        self.guarded(RegistryOp::Workers, |s| {
-            Ok(s.workers.values().cloned().collect())
+        self.guarded(RegistryOp::Workers, |s, now| {
+            Ok(s.workers
+                .iter()
+                .map(|(name, w)| Worker {
+                    name: name.clone(),
+                    last_heartbeat: w.last_heartbeat,
+                    expires_at: w.expires_at,
+                    alive: w.alive_at(now),
+                })
+                .collect())
         })
     }
 }

@@ -6,10 +6,10 @@ use jetbridge_core::ErrorKind;
 use jetbridge_core::digest::{TreeDigest, TreeEntry, sha256};
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, MountAccess, NewArtifact, VolumeState,
-    VolumeStore, bytes_stream, collect_stream,
+    ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode, HeartbeatOpts,
+    Holder, MountAccess, NewArtifact, VolumeState, VolumeStore, bytes_stream, collect_stream,
 };
-use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore, RegistryOp, VolumeOp};
+use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore, RegistryClock, RegistryOp, VolumeOp};
 
 fn vh(s: &str) -> VolumeHandle {
     VolumeHandle::parse(s).unwrap()
@@ -234,51 +234,59 @@ async fn registry_idempotence_and_conflicts() {
     );
 }
 
+fn claim(stale: Duration) -> ClaimOpts {
+    ClaimOpts {
+        limit: 10,
+        stale_after: stale,
+    }
+}
+
+fn register(ttl: Duration) -> HeartbeatOpts {
+    HeartbeatOpts {
+        session: "s1".into(),
+        ttl,
+        mode: HeartbeatMode::Register,
+    }
+}
+
 #[tokio::test]
 async fn registry_reaping_rules() {
-    let r = MemoryRegistry::new();
     let now = SystemTime::now();
-    let stale = Duration::from_secs(60);
+    let clock = RegistryClock::manual(now);
+    let r = MemoryRegistry::with_clock(clock.clone());
+    let stale = claim(Duration::from_secs(60));
     // Held by a worker that never registered: protected.
     r.register(&new_artifact("unregistered", "v1", "ghost"))
         .await
         .unwrap();
+    // Held by a worker whose registration expired: not protected.
+    r.heartbeat("dead", &register(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    r.register(&new_artifact("dead-ref", "v3", "dead"))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(100));
     // Held by a live worker: protected.
-    r.heartbeat("alive", now, Duration::from_secs(30))
+    r.heartbeat("alive", &register(Duration::from_secs(30)))
         .await
         .unwrap();
     r.register(&new_artifact("live", "v2", "alive"))
         .await
         .unwrap();
-    // Held by a worker whose registration expired: not protected.
-    r.heartbeat(
-        "dead",
-        now - Duration::from_secs(100),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    r.register(&new_artifact("dead-ref", "v3", "dead"))
-        .await
-        .unwrap();
     // Unreferenced but retained: protected until the retention passes.
     let mut kept = new_artifact("kept", "v4", "alive");
-    kept.retain_until = Some(now + Duration::from_secs(10));
+    kept.retain_until = Some(clock.now() + Duration::from_secs(10));
     r.register(&kept).await.unwrap();
     r.release(&kept.id, &kept.holder).await.unwrap();
 
-    let claimed = r.claim_reapable("reaper", 10, now, stale).await.unwrap();
+    let claimed = r.claim_reapable("reaper", &stale).await.unwrap();
     assert_eq!(
         claimed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         ["dead-ref"]
     );
     assert_eq!(claimed[0].state, ArtifactState::Destroying);
-    assert!(
-        r.claim_reapable("reaper", 10, now, stale)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(r.claim_reapable("reaper", &stale).await.unwrap().is_empty());
     assert_eq!(
         r.acquire(&claimed[0].id, &Holder::new("alive", "b2"))
             .await
@@ -287,8 +295,8 @@ async fn registry_reaping_rules() {
         ErrorKind::Conflict
     );
     // A crashed reaper's claim goes stale and is handed out again.
-    let later = now + Duration::from_secs(61);
-    let again = r.claim_reapable("other", 10, later, stale).await.unwrap();
+    clock.advance(Duration::from_secs(61));
+    let again = r.claim_reapable("other", &stale).await.unwrap();
     assert!(again.iter().any(|a| a.id.as_str() == "dead-ref"));
     assert!(again.iter().any(|a| a.id.as_str() == "kept"));
     assert!(
@@ -299,14 +307,38 @@ async fn registry_reaping_rules() {
     let id = ArtifactId::parse("unregistered").unwrap();
     assert_eq!(r.forget(&id).await.unwrap_err().kind(), ErrorKind::Conflict);
     assert_eq!(r.release_all(&Holder::new("ghost", "b1")).await.unwrap(), 1);
-    assert_eq!(
-        r.claim_reapable("x", 1, later, stale).await.unwrap().len(),
-        1
-    );
+    let one = ClaimOpts {
+        limit: 1,
+        ..stale.clone()
+    };
+    assert_eq!(r.claim_reapable("x", &one).await.unwrap().len(), 1);
     r.forget(&id).await.unwrap();
     r.forget(&id).await.unwrap();
     assert_eq!(r.get(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(r.workers().await.unwrap().len(), 2);
+    let workers = r.workers().await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(
+        workers.iter().all(|w| !w.alive),
+        "both expired: {workers:?}"
+    );
+}
+
+/// Expiry is judged on the registry's clock: a registration lives `ttl` from the
+/// heartbeat as the registry timed it.
+#[tokio::test]
+async fn registry_clock_decides_expiry() {
+    let clock = RegistryClock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let r = MemoryRegistry::with_clock(clock.clone());
+    let w = r
+        .heartbeat("w", &register(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(w.last_heartbeat, clock.now());
+    assert_eq!(w.expires_at, clock.now() + Duration::from_secs(30));
+    clock.advance(Duration::from_secs(29));
+    assert!(r.workers().await.unwrap()[0].alive);
+    clock.advance(Duration::from_secs(1));
+    assert!(!r.workers().await.unwrap()[0].alive);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,17 +350,17 @@ async fn concurrent_claims_never_overlap() {
         r.register(&a).await.unwrap();
         r.release(&a.id, &a.holder).await.unwrap();
     }
-    let now = SystemTime::now();
     let tasks: Vec<_> = (0..4)
         .map(|i| {
             let r = r.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 loop {
-                    let c = r
-                        .claim_reapable(&format!("c{i}"), 7, now, Duration::from_secs(60))
-                        .await
-                        .unwrap();
+                    let opts = ClaimOpts {
+                        limit: 7,
+                        stale_after: Duration::from_secs(60),
+                    };
+                    let c = r.claim_reapable(&format!("c{i}"), &opts).await.unwrap();
                     if c.is_empty() {
                         return got;
                     }
@@ -359,9 +391,5 @@ async fn registry_faults() {
     assert_eq!(r.register(&a).await.unwrap().id, a.id);
     assert_eq!(r.reference_count(&a.id), 1);
     r.fail_next(RegistryOp::ClaimReapable, 1, ErrorKind::Other);
-    assert!(
-        r.claim_reapable("x", 1, SystemTime::now(), Duration::ZERO)
-            .await
-            .is_err()
-    );
+    assert!(r.claim_reapable("x", &ClaimOpts::default()).await.is_err());
 }

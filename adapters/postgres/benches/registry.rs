@@ -8,13 +8,13 @@
 //! artifacts, to show that the pass costs what it reaps, not what the table holds.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
-use jetbridge_core::ports::{ArtifactRegistry, Holder, NewArtifact};
+use jetbridge_core::ports::{ArtifactRegistry, ClaimOpts, Holder, NewArtifact};
 use jetbridge_memory::MemoryRegistry;
 use jetbridge_postgres::scratch::ScratchSchema;
 use jetbridge_postgres::{PgOptions, PgRegistry};
@@ -85,7 +85,13 @@ async fn memory_pass(total: usize) -> Duration {
         reg.release_all(&gone).await.expect("release");
         let start = Instant::now();
         let got = reg
-            .claim_reapable("bench", REAPABLE, SystemTime::now(), STALE)
+            .claim_reapable(
+                "bench",
+                &ClaimOpts {
+                    limit: REAPABLE,
+                    stale_after: STALE,
+                },
+            )
             .await
             .expect("claim");
         times.push(start.elapsed());
@@ -155,7 +161,13 @@ async fn postgres_pass(url: &str, total: usize) -> (Duration, Duration) {
     for _ in 0..REPEATS {
         let start = Instant::now();
         let got = reg
-            .claim_reapable("bench", REAPABLE, SystemTime::now(), STALE)
+            .claim_reapable(
+                "bench",
+                &ClaimOpts {
+                    limit: REAPABLE,
+                    stale_after: STALE,
+                },
+            )
             .await
             .expect("claim");
         times.push(start.elapsed());

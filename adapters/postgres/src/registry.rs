@@ -7,8 +7,11 @@
 //! (`SKIP LOCKED`), and re-checks references with a fresh snapshot after it holds its row
 //! locks, so a reference added concurrently either commits before that check (and is
 //! seen) or waits for the claim to commit (and then sees `destroying`: `Conflict`).
+//!
+//! Every time comparison uses the server's `now()`: expiries, retention and claim ages
+//! are judged on one clock, whatever the clocks of the processes calling.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use diesel::OptionalExtension;
@@ -18,26 +21,36 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, Holder, NewArtifact,
-    RegistryCapabilities, Worker,
+    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode,
+    HeartbeatOpts, Holder, NewArtifact, RegistryCapabilities, Worker,
 };
 use jetbridge_core::{Error, Result};
 
 use crate::PgRegistry;
 use crate::error::{self, Fail};
 use crate::rows::{
-    ARTIFACT_COLUMNS, ARTIFACT_COLUMNS_A, ArtifactRow, ExistingRow, IdRow, StateRow, Ts, VolumeRow,
-    WorkerRow,
+    ARTIFACT_COLUMNS, ARTIFACT_COLUMNS_A, ArtifactRow, ExistingRow, IdRow, SessionRow, StateRow,
+    Ts, VolumeRow, WorkerRow,
 };
 
 /// How long the post-error probe of a connection may take before it counts as lost.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A live reference to artifact `a`: a holder whose worker never registered, or whose
-/// heartbeat has not expired at `$NOW`. `{now}` is replaced by the bind placeholder.
+/// heartbeat has not expired on the server's clock.
 const LIVE_REF: &str = "EXISTS (SELECT 1 FROM artifact_refs r \
      LEFT JOIN workers w ON w.name = r.worker \
-     WHERE r.artifact_id = a.id AND (w.name IS NULL OR w.expires_at > {now}))";
+     WHERE r.artifact_id = a.id AND (w.name IS NULL OR w.expires_at > now()))";
+
+/// Durations travel as microseconds (`$n * interval '1 microsecond'`). Longer ones are
+/// cut to this (about 1,000 years), which keeps `now() ± d` inside `timestamptz`'s range.
+const MAX_MICROS: i64 = 1_000 * 366 * 86_400 * 1_000_000;
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
 
 type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
 
@@ -142,6 +155,16 @@ async fn add_ref(
         .await?;
     }
     Ok(added > 0)
+}
+
+fn held_by_another(worker: &str, remaining_secs: Option<i64>) -> Fail {
+    let runs = remaining_secs
+        .map(|s| format!(" (its registration runs for {s} s more unless renewed)"))
+        .unwrap_or_default();
+    Fail::Port(Error::already_exists(format!(
+        "worker name {worker:?} is held by another live process{runs}; give this one \
+         another name, or stop the other"
+    )))
 }
 
 fn not_found(id: &str) -> Fail {
@@ -426,50 +449,44 @@ impl ArtifactRegistry for PgRegistry {
         self.finish(&mut conn, res, op).await
     }
 
-    async fn claim_reapable(
-        &self,
-        claimer: &str,
-        limit: usize,
-        now: SystemTime,
-        stale_after: Duration,
-    ) -> Result<Vec<Artifact>> {
+    async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
         let op = "claim_reapable";
-        if limit == 0 {
+        if opts.limit == 0 {
             return Ok(Vec::new());
         }
         // More than i64::MAX rows cannot exist; clamp rather than refuse.
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // A claim made at or before `stale_before` is stale. Before the epoch means none is.
-        let stale_before = now.checked_sub(stale_after).unwrap_or(UNIX_EPOCH);
+        let limit = i64::try_from(opts.limit).unwrap_or(i64::MAX);
+        let stale_after = micros(opts.stale_after);
         let mut conn = self.conn(op).await?;
         let res = conn
             .transaction::<_, Fail, _>(async |c| {
                 // 1. Candidates, each set read through its own index, so the cost follows
                 //    the number of candidates, not the size of the table; then lock them
                 //    without waiting for rows another reaper or a writer holds.
-                let live = LIVE_REF.replace("{now}", "$1");
+                //    A claim made at or before `now() - stale_after` is stale.
                 let picked: Vec<String> = diesel::sql_query(format!(
                     "SELECT a.id FROM artifacts a WHERE a.id IN ( \
                         SELECT id FROM artifacts \
                          WHERE ref_count = 0 AND state <> 'destroying' \
-                           AND COALESCE(retain_until, '-infinity'::timestamptz) <= $1 \
+                           AND COALESCE(retain_until, '-infinity'::timestamptz) <= now() \
                         UNION ALL \
                         SELECT id FROM artifacts \
-                         WHERE state = 'destroying' AND claimed_at <= $2 \
+                         WHERE state = 'destroying' \
+                           AND claimed_at <= now() - $1 * interval '1 microsecond' \
                         UNION ALL \
                         SELECT r.artifact_id FROM workers w \
                           JOIN artifact_refs r ON r.worker = w.name \
-                         WHERE w.expires_at <= $1) \
-                     AND ((a.state = 'destroying' AND a.claimed_at <= $2) \
+                         WHERE w.expires_at <= now()) \
+                     AND ((a.state = 'destroying' \
+                           AND a.claimed_at <= now() - $1 * interval '1 microsecond') \
                        OR (a.state <> 'destroying' \
-                           AND COALESCE(a.retain_until, '-infinity'::timestamptz) <= $1 \
-                           AND NOT {live})) \
+                           AND COALESCE(a.retain_until, '-infinity'::timestamptz) <= now() \
+                           AND NOT {LIVE_REF})) \
                      ORDER BY a.created_at, a.seq \
-                     LIMIT $3 \
+                     LIMIT $2 \
                      FOR UPDATE OF a SKIP LOCKED"
                 ))
-                .bind::<Timestamptz, _>(ts(now))
-                .bind::<Timestamptz, _>(ts(stale_before))
+                .bind::<BigInt, _>(stale_after)
                 .bind::<BigInt, _>(limit)
                 .load::<IdRow>(c)
                 .await?
@@ -482,16 +499,14 @@ impl ArtifactRegistry for PgRegistry {
                 // 2. With the rows locked, re-check references with a fresh snapshot: a
                 //    reference committed after step 1 read its snapshot is seen here, and
                 //    none can be added until this transaction ends.
-                let live = LIVE_REF.replace("{now}", "$2");
                 let mut rows = diesel::sql_query(format!(
-                    "UPDATE artifacts a SET state = 'destroying', claimed_by = $3, \
-                       claimed_at = $2, updated_at = now() \
+                    "UPDATE artifacts a SET state = 'destroying', claimed_by = $2, \
+                       claimed_at = now(), updated_at = now() \
                      WHERE a.id = ANY($1) \
-                       AND (a.state = 'destroying' OR NOT {live}) \
+                       AND (a.state = 'destroying' OR NOT {LIVE_REF}) \
                      RETURNING {ARTIFACT_COLUMNS_A}"
                 ))
                 .bind::<Array<Text>, _>(&picked)
-                .bind::<Timestamptz, _>(ts(now))
                 .bind::<Text, _>(claimer)
                 .load::<ArtifactRow>(c)
                 .await?
@@ -556,20 +571,84 @@ impl ArtifactRegistry for PgRegistry {
             .collect())
     }
 
-    async fn heartbeat(&self, worker: &str, now: SystemTime, ttl: Duration) -> Result<()> {
+    async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker> {
         let op = "heartbeat";
-        let expires = now
-            .checked_add(ttl)
-            .ok_or_else(|| Error::invalid("postgres registry: heartbeat ttl is out of range"))?;
+        if opts.ttl > Duration::from_micros(MAX_MICROS as u64) {
+            return Err(Error::invalid(
+                "postgres registry: heartbeat ttl is out of range",
+            ));
+        }
+        let ttl = micros(opts.ttl);
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // Lock the name (or learn it is new) so that two registrations of one
+                // name are decided one after the other.
+                let current = diesel::sql_query(
+                    "SELECT session, expires_at > now() AS alive, \
+                       CEIL(EXTRACT(EPOCH FROM GREATEST(expires_at - now(), interval '0'))) \
+                         :: bigint AS remaining_secs \
+                     FROM workers WHERE name = $1 FOR UPDATE",
+                )
+                .bind::<Text, _>(worker)
+                .get_result::<SessionRow>(c)
+                .await
+                .optional()?;
+                let ours = current.as_ref().is_some_and(|w| w.session == opts.session);
+                let alive = current.as_ref().is_some_and(|w| w.alive);
+                match opts.mode {
+                    HeartbeatMode::Register if alive && !ours => {
+                        let secs = current.map_or(0, |w| w.remaining_secs);
+                        return Err(held_by_another(worker, Some(secs)));
+                    }
+                    HeartbeatMode::Register if current.is_some() && !alive => {
+                        // The lapsed registration's references protect nothing; they must
+                        // not come back to life under the new one.
+                        drop_refs_of_worker(c, worker).await?;
+                    }
+                    HeartbeatMode::Renew if !(alive && ours) => {
+                        return Err(Fail::Port(Error::conflict(format!(
+                            "the registration of worker {worker:?} lapsed or was taken over"
+                        ))));
+                    }
+                    _ => {}
+                }
+                // The condition repeats the decision for a name that did not exist above:
+                // of two first registrations racing, the second waits for the first to
+                // commit and then finds the name held.
+                let row = diesel::sql_query(
+                    "INSERT INTO workers (name, session, last_heartbeat, expires_at) \
+                     VALUES ($1, $2, now(), now() + $3 * interval '1 microsecond') \
+                     ON CONFLICT (name) DO UPDATE SET session = EXCLUDED.session, \
+                       last_heartbeat = EXCLUDED.last_heartbeat, \
+                       expires_at = EXCLUDED.expires_at \
+                     WHERE workers.session = EXCLUDED.session OR workers.expires_at <= now() \
+                     RETURNING name, last_heartbeat, expires_at, expires_at > now() AS alive",
+                )
+                .bind::<Text, _>(worker)
+                .bind::<Text, _>(&opts.session)
+                .bind::<BigInt, _>(ttl)
+                .get_result::<WorkerRow>(c)
+                .await
+                .optional()?;
+                match row {
+                    Some(row) => Ok(row.into_worker()),
+                    None => Err(held_by_another(worker, None)),
+                }
+            })
+            .await;
+        self.finish(&mut conn, res, op).await
+    }
+
+    async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
+        let op = "sign_off";
         let mut conn = self.conn(op).await?;
         let res = diesel::sql_query(
-            "INSERT INTO workers (name, last_heartbeat, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE \
-             SET last_heartbeat = EXCLUDED.last_heartbeat, expires_at = EXCLUDED.expires_at",
+            "UPDATE workers SET expires_at = now() \
+             WHERE name = $1 AND session = $2 AND expires_at > now()",
         )
         .bind::<Text, _>(worker)
-        .bind::<Timestamptz, _>(ts(now))
-        .bind::<Timestamptz, _>(ts(expires))
+        .bind::<Text, _>(session)
         .execute(&mut conn)
         .await
         .map(|_| ())
@@ -580,11 +659,13 @@ impl ArtifactRegistry for PgRegistry {
     async fn workers(&self) -> Result<Vec<Worker>> {
         let op = "workers";
         let mut conn = self.conn(op).await?;
-        let res =
-            diesel::sql_query("SELECT name, last_heartbeat, expires_at FROM workers ORDER BY name")
-                .load::<WorkerRow>(&mut conn)
-                .await
-                .map_err(Fail::from);
+        let res = diesel::sql_query(
+            "SELECT name, last_heartbeat, expires_at, expires_at > now() AS alive \
+             FROM workers ORDER BY name",
+        )
+        .load::<WorkerRow>(&mut conn)
+        .await
+        .map_err(Fail::from);
         Ok(self
             .finish(&mut conn, res, op)
             .await?
@@ -592,6 +673,40 @@ impl ArtifactRegistry for PgRegistry {
             .map(WorkerRow::into_worker)
             .collect())
     }
+}
+
+/// Drop every reference held by `worker`'s builds, keeping the locking order: the
+/// artifact rows first (sorted by id), then the reference rows.
+async fn drop_refs_of_worker(
+    c: &mut AsyncPgConnection,
+    worker: &str,
+) -> std::result::Result<(), Fail> {
+    let locked: Vec<String> = diesel::sql_query(
+        "SELECT a.id FROM artifacts a WHERE a.id IN \
+           (SELECT artifact_id FROM artifact_refs WHERE worker = $1) \
+         ORDER BY a.id FOR NO KEY UPDATE OF a",
+    )
+    .bind::<Text, _>(worker)
+    .load::<IdRow>(c)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    if locked.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "WITH gone AS (DELETE FROM artifact_refs \
+           WHERE worker = $1 AND artifact_id = ANY($2) RETURNING artifact_id), \
+         counted AS (SELECT artifact_id, count(*) AS n FROM gone GROUP BY artifact_id) \
+         UPDATE artifacts a SET ref_count = a.ref_count - counted.n, updated_at = now() \
+         FROM counted WHERE a.id = counted.artifact_id",
+    )
+    .bind::<Text, _>(worker)
+    .bind::<Array<Text>, _>(&locked)
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 /// Whether an artifact exists (used after a conditional write changed nothing).

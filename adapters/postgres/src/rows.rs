@@ -148,6 +148,8 @@ pub(crate) struct WorkerRow {
     last_heartbeat: Ts,
     #[diesel(sql_type = Timestamptz)]
     expires_at: Ts,
+    #[diesel(sql_type = Bool)]
+    alive: bool,
 }
 
 impl WorkerRow {
@@ -156,6 +158,20 @@ impl WorkerRow {
             name: self.name,
             last_heartbeat: self.last_heartbeat.0,
             expires_at: self.expires_at.0,
+            alive: self.alive,
         }
     }
+}
+
+/// Who holds a worker name, and whether the registration is alive, locked before a
+/// heartbeat decides.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct SessionRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) session: String,
+    #[diesel(sql_type = Bool)]
+    pub(crate) alive: bool,
+    /// How long the registration still runs, in whole seconds (rounded up).
+    #[diesel(sql_type = BigInt)]
+    pub(crate) remaining_secs: i64,
 }

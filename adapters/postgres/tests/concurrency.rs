@@ -7,15 +7,62 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{count, new_artifact, now_secs, raw, ref_count_mismatches, registry};
+use common::{count, new_artifact, raw, ref_count_mismatches, registry};
 use diesel::QueryableByName;
 use diesel::sql_types::Integer;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::digest::Digest;
-use jetbridge_core::ports::{ArtifactFilter, ArtifactRegistry, ArtifactState, Holder};
+use jetbridge_core::ports::{
+    ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode, HeartbeatOpts,
+    Holder,
+};
 
 const STALE: Duration = Duration::from_secs(600);
+
+fn claim(limit: usize) -> ClaimOpts {
+    ClaimOpts {
+        limit,
+        stale_after: STALE,
+    }
+}
+
+fn register(session: &str, ttl: Duration) -> HeartbeatOpts {
+    HeartbeatOpts {
+        session: session.to_owned(),
+        ttl,
+        mode: HeartbeatMode::Register,
+    }
+}
+
+/// Of many processes registering one new name at once, exactly one gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_registrations_of_one_name_yield_one_holder() {
+    let Some((reg, _schema, _url)) = registry(8).await else {
+        return;
+    };
+    let reg = Arc::new(reg);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let reg = Arc::clone(&reg);
+            tokio::spawn(async move {
+                reg.heartbeat("w-contended", &register(&format!("s{i}"), STALE))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(w) => {
+                assert!(w.alive);
+                won += 1;
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}"),
+        }
+    }
+    assert_eq!(won, 1, "one process holds the name");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registration_of_one_artifact_yields_one_record() {
@@ -119,7 +166,13 @@ async fn concurrent_reapers_never_share_a_claim_nor_take_a_referenced_artifact()
             let mut empty_rounds = 0;
             while empty_rounds < 3 {
                 let got = reg
-                    .claim_reapable(&format!("reaper-{r}"), 7, now_secs(), STALE)
+                    .claim_reapable(
+                        &format!("reaper-{r}"),
+                        &ClaimOpts {
+                            limit: 7,
+                            stale_after: STALE,
+                        },
+                    )
                     .await
                     .expect("claim");
                 if got.is_empty() {
@@ -175,7 +228,7 @@ async fn artifact_whose_volume_was_never_filled_is_collectable() {
         .await
         .expect("register");
     assert!(
-        reg.claim_reapable("r", 10, now_secs(), STALE)
+        reg.claim_reapable("r", &claim(10))
             .await
             .expect("claim")
             .is_empty(),
@@ -183,10 +236,7 @@ async fn artifact_whose_volume_was_never_filled_is_collectable() {
     );
     // The step failed before sealing: the build releases its references.
     assert_eq!(reg.release_all(&holder).await.expect("release"), 1);
-    let got = reg
-        .claim_reapable("r", 10, now_secs(), STALE)
-        .await
-        .expect("claim");
+    let got = reg.claim_reapable("r", &claim(10)).await.expect("claim");
     assert_eq!(got.iter().map(|x| &x.id).collect::<Vec<_>>(), vec![&a.id]);
     assert_eq!(got[0].state, ArtifactState::Destroying);
     reg.forget(&a.id).await.expect("forget");
@@ -198,13 +248,14 @@ async fn artifact_whose_volume_was_never_filled_is_collectable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_worker_hands_its_artifacts_to_the_reaper() {
-    let Some((reg, _schema, _url)) = registry(2).await else {
+    let Some((reg, schema, url)) = registry(2).await else {
         return;
     };
-    let t0 = now_secs();
     let ttl = Duration::from_secs(30);
-    reg.heartbeat("w-dies", t0, ttl).await.expect("heartbeat");
-    reg.heartbeat("w-lives", t0, Duration::from_secs(3600))
+    reg.heartbeat("w-dies", &register("s1", ttl))
+        .await
+        .expect("heartbeat");
+    reg.heartbeat("w-lives", &register("s2", Duration::from_secs(3600)))
         .await
         .expect("heartbeat");
     let dead_only = reg
@@ -226,14 +277,18 @@ async fn expired_worker_hands_its_artifacts_to_the_reaper() {
         .await
         .expect("register");
 
-    let before = reg
-        .claim_reapable("r", 10, t0 + Duration::from_secs(10), STALE)
-        .await
-        .expect("claim");
+    let before = reg.claim_reapable("r", &claim(10)).await.expect("claim");
     assert!(before.is_empty(), "a live worker's reference protects");
 
+    // The registration runs out on the server's clock (no renewal came).
+    let mut c = raw(&url, schema.name()).await;
+    c.batch_execute(
+        "UPDATE workers SET expires_at = now() - interval '1 second' WHERE name = 'w-dies'",
+    )
+    .await
+    .expect("age the registration");
     let after: BTreeSet<_> = reg
-        .claim_reapable("r", 10, t0 + ttl + Duration::from_secs(1), STALE)
+        .claim_reapable("r", &claim(10))
         .await
         .expect("claim")
         .into_iter()
@@ -412,7 +467,10 @@ async fn concurrent_migrations_of_one_schema_all_succeed() {
     for t in tasks {
         applied += t.await.expect("task").expect("migrate");
     }
-    assert_eq!(applied, 1, "exactly one run applied the one migration");
+    assert_eq!(
+        applied, 2,
+        "exactly one run applied each of the two migrations"
+    );
     assert_eq!(
         jetbridge_postgres::migrate_with(&url, &opts)
             .await

@@ -18,7 +18,8 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Pipeline, Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, Exec, Pods, Runtime, VolumeStore};
 use jetbridge_core::services::{
-    BuildRequest, BuildRunner, BuildStatus, Reaper, ReaperConfig, StepConfig, abort_pair,
+    AbortReason, BuildRequest, BuildRunner, BuildStatus, Heartbeat, HeartbeatConfig, Reaper,
+    ReaperConfig, StepConfig, abort_pair,
 };
 
 use crate::cli::{
@@ -254,6 +255,9 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         .worker
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    // One live process per worker name on this data directory, whatever the registry
+    // (a memory registry cannot see other processes); held until this process exits.
+    let _name_lock = lock_worker_name(&data_dir, &worker)?;
     let shared_registry = args.registry != "memory" && args.registry != "memory://";
     // A memory registry sees only this run: give the run volumes of its own (unless the
     // user named a store), and never collect "orphans" in a store others may use.
@@ -279,26 +283,94 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
     .await?;
     let registry = open_registry(&args.registry, args.registry_schema.as_deref()).await?;
     // Other workers see this one alive while it runs; refs of a dead one stop protecting.
-    const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-    registry
-        .heartbeat(&worker, SystemTime::now(), HEARTBEAT_TTL)
+    // The name is this process's alone until it signs off or its registration expires.
+    let (heartbeat, _) = Heartbeat::register(registry.clone(), HeartbeatConfig::new(&worker))
         .await
-        .map_err(|e| user(format!("--registry: {e}")))?;
-    let heartbeat = {
-        let registry = registry.clone();
-        let worker = worker.clone();
+        .map_err(|e| match e.kind() {
+            jetbridge_core::ErrorKind::AlreadyExists => user(format!("--worker {worker:?}: {e}")),
+            _ => user(format!("--registry: {e}")),
+        })?;
+    let (abort, signal) = abort_pair();
+    let abort = Arc::new(abort);
+    // A registration that cannot be renewed stops the build: what it references would
+    // soon be unprotected.
+    let keep_alive = {
+        let heartbeat = heartbeat.clone();
+        let abort = abort.clone();
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT_TTL / 3).await;
-                if let Err(e) = registry
-                    .heartbeat(&worker, SystemTime::now(), HEARTBEAT_TTL)
-                    .await
-                {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
-            }
+            heartbeat
+                .keep_alive(move |why| abort.abort_because(AbortReason::WorkerLost(why)))
+                .await
         })
     };
+    let result = registered_run(RegisteredRun {
+        args,
+        printer,
+        pipeline,
+        vars,
+        job,
+        host,
+        data_dir,
+        worker: worker.clone(),
+        shared_registry,
+        own_volumes,
+        runs_dir,
+        volumes,
+        registry,
+        abort,
+        signal,
+        keep_alive: &keep_alive,
+    })
+    .await;
+    keep_alive.abort();
+    // Explicitly, on every path: the name is free at once and what this run still
+    // references stops protecting.
+    if let Err(e) = heartbeat.sign_off().await {
+        tracing::warn!(error = %e, "could not sign off the worker");
+    }
+    result
+}
+
+/// What [`registered_run`] needs from `run`.
+struct RegisteredRun<'a> {
+    args: &'a RunArgs,
+    printer: Printer,
+    pipeline: Pipeline,
+    vars: Vars,
+    job: String,
+    host: String,
+    data_dir: PathBuf,
+    worker: String,
+    shared_registry: bool,
+    own_volumes: bool,
+    runs_dir: PathBuf,
+    volumes: Arc<dyn VolumeStore>,
+    registry: Arc<dyn ArtifactRegistry>,
+    abort: Arc<jetbridge_core::services::AbortHandle>,
+    signal: jetbridge_core::services::AbortSignal,
+    keep_alive: &'a tokio::task::JoinHandle<()>,
+}
+
+/// The run once the worker is registered; `run` signs off after it, on every path.
+async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
+    let RegisteredRun {
+        args,
+        printer,
+        pipeline,
+        vars,
+        job,
+        host,
+        data_dir,
+        worker,
+        shared_registry,
+        own_volumes,
+        runs_dir,
+        volumes,
+        registry,
+        abort,
+        signal,
+        keep_alive,
+    } = r;
     let (pods, exec): (Arc<dyn Pods>, Arc<dyn Exec>) = match args.backend {
         Backend::Local => {
             let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
@@ -381,7 +453,6 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         tracing::info!(pods = ?report.pods_deleted, "removed pods left by an earlier run");
     }
 
-    let (abort, signal) = abort_pair();
     let build_id = format!(
         "{}/{}/{}-{}",
         pipeline.name,
@@ -446,7 +517,7 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         registry.clone(),
         reaper_config,
     );
-    heartbeat.abort();
+    keep_alive.abort();
     match end_reaper
         .run_once(&runner.active_steps(), SystemTime::now())
         .await
@@ -456,12 +527,6 @@ async fn run(args: &RunArgs, printer: Printer) -> anyhow::Result<u8> {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cleanup failed; the next run retries it"),
-    }
-    if let Err(e) = registry
-        .heartbeat(&worker, SystemTime::now(), std::time::Duration::ZERO)
-        .await
-    {
-        tracing::warn!(error = %e, "could not sign off the worker");
     }
     if own_volumes && !args.keep_pods {
         let _ = std::fs::remove_dir_all(runs_dir.join(jetbridge_core::names::label_value(&worker)));
@@ -707,6 +772,37 @@ fn worker_is_dead(worker: &str, host: &str) -> bool {
     matches!(
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Hold `DATA_DIR/workers/<worker>.lock` for the life of this process: a second run
+/// with the same worker name on this data directory is refused at once.
+fn lock_worker_name(
+    data_dir: &Path,
+    worker: &str,
+) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = data_dir.join("workers");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| user(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!(
+        "{}.lock",
+        jetbridge_core::names::label_value(worker)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| user(format!("cannot open {}: {e}", path.display())))?;
+    // The kernel drops the lock when the process exits, however it exits.
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => user(format!(
+                "--worker {worker:?}: another run on this data directory uses this worker name; \
+                 give this one another name, or let the other finish"
+            )),
+            e => user(format!("cannot lock {}: {e}", path.display())),
+        },
     )
 }
 

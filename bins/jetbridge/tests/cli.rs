@@ -697,3 +697,111 @@ fn a_bucket_that_cannot_be_used_stops_the_run_before_any_step() {
         sim.requests()
     );
 }
+
+/// A pipeline whose one task says it started and then waits until the test writes to
+/// the FIFO at `gate`.
+fn held_pipeline(dir: &Path, gate: &Path) -> PathBuf {
+    nix::unistd::mkfifo(gate, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    write(
+        dir,
+        "held.yml",
+        &format!(
+            "jobs:\n- name: j\n  plan:\n  - task: hold\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, 'echo started; read go < {}; echo finished']}}\n",
+            gate.display()
+        ),
+    )
+}
+
+/// Start `cmd` (a run of [`held_pipeline`]) and return once its task has started.
+fn start_held(mut cmd: Command) -> std::process::Child {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("output before the step starts")
+            .expect("line");
+        if line.contains("[task: hold] started") {
+            break;
+        }
+    }
+    // Keep draining so the run never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// Two runs given the same `--worker` on one data directory: the second is refused
+/// before any step while the first runs; once the first ended the name is free again.
+#[test]
+fn two_runs_given_the_same_worker_the_second_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let gate = dir.path().join("gate");
+    let held = held_pipeline(dir.path(), &gate);
+    let mut first = bin();
+    first
+        .arg("run")
+        .arg(&held)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--worker", "ci-shared"]);
+    let mut first = start_held(first);
+    let second = run_example("hello.yml", &data, &["--worker", "ci-shared"]);
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second.stderr));
+    let err = text(&second.stderr);
+    assert!(
+        err.contains("\"ci-shared\"") && err.contains("worker name"),
+        "says which name is taken: {err}"
+    );
+    assert!(
+        !text(&second.stdout).contains("[get:"),
+        "no step of the refused run ran"
+    );
+    std::fs::write(&gate, "go\n").expect("open the gate");
+    assert_eq!(first.wait().expect("first ends").code(), Some(0));
+    let third = run_example("hello.yml", &data, &["--worker", "ci-shared"]);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
+}
+
+/// The same on a shared Postgres registry from two data directories (as from two
+/// hosts): the registry refuses the second, and the first's sign-off frees the name at
+/// once.
+#[test]
+fn two_runs_given_the_same_worker_on_a_shared_registry_the_second_is_refused() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        jetbridge_conformance::live::unavailable("POSTGRES", "DATABASE_URL is not set");
+        return;
+    };
+    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_cli").expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("gate");
+    let held = held_pipeline(dir.path(), &gate);
+    let registry = ["--registry", &url, "--registry-schema", schema.name()];
+    let mut first = bin();
+    first
+        .arg("run")
+        .arg(&held)
+        .arg("--data-dir")
+        .arg(dir.path().join("one"))
+        .args(registry)
+        .args(["--worker", "ci-shared"]);
+    let mut first = start_held(first);
+    let mut other_host: Vec<&str> = registry.to_vec();
+    other_host.extend(["--worker", "ci-shared"]);
+    let second = run_example("hello.yml", &dir.path().join("two"), &other_host);
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second.stderr));
+    let err = text(&second.stderr);
+    assert!(
+        err.contains("\"ci-shared\"") && err.contains("held by another live process"),
+        "{err}"
+    );
+    std::fs::write(&gate, "go\n").expect("open the gate");
+    assert_eq!(first.wait().expect("first ends").code(), Some(0));
+    let third = run_example("hello.yml", &dir.path().join("two"), &other_host);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
+}

@@ -100,7 +100,8 @@ pub struct NewArtifact {
     pub volume: VolumeHandle,
     /// Registered with a reference held by this holder.
     pub holder: Holder,
-    /// Keep it (unreferenced) until then; `None`: collectable once unreferenced.
+    /// Keep it (unreferenced) until then, compared with the registry's clock; `None`:
+    /// collectable once unreferenced.
     pub retain_until: Option<SystemTime>,
 }
 
@@ -146,29 +147,75 @@ pub struct ArtifactFilter {
     pub state: Option<ArtifactState>,
 }
 
-/// A worker's registration.
+/// A worker's registration, as the registry saw it when listing (its own clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
     /// Name.
     pub name: String,
-    /// Last heartbeat.
+    /// Last heartbeat, on the registry's clock.
     pub last_heartbeat: SystemTime,
-    /// Heartbeat expiry; after it the worker is dead.
+    /// Heartbeat expiry, on the registry's clock; after it the worker is dead.
     pub expires_at: SystemTime,
+    /// Whether the registration had not expired when it was listed. Decide liveness by
+    /// this, never by comparing `expires_at` with a host's clock.
+    pub alive: bool,
 }
 
-impl Worker {
-    /// Whether the worker is alive at `now`.
-    pub fn alive_at(&self, now: SystemTime) -> bool {
-        self.expires_at > now
+/// What a [`ArtifactRegistry::heartbeat`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatMode {
+    /// Take the name: it is free, its registration expired (its references are then
+    /// dropped: they belonged to a process that is gone), or it is already this
+    /// session's. `AlreadyExists` while another session holds it alive.
+    Register,
+    /// Extend this session's live registration. `Conflict` once it lapsed or another
+    /// session took the name: the caller's references may have stopped protecting
+    /// anything, so it must stop what it runs.
+    Renew,
+}
+
+/// How a worker registers or renews (see [`ArtifactRegistry::heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatOpts {
+    /// Identifies the process holding the name (random per process), so that the same
+    /// process renews and a second one is refused.
+    pub session: String,
+    /// How long the registration lasts from this heartbeat, on the registry's clock.
+    pub ttl: Duration,
+    /// Register or renew.
+    pub mode: HeartbeatMode,
+}
+
+/// How [`ArtifactRegistry::claim_reapable`] claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOpts {
+    /// Most artifacts returned (default 500).
+    pub limit: usize,
+    /// `Destroying` claims at least this old (on the registry's clock) are taken again:
+    /// their reaper crashed (default 10 min). Zero takes every claim again.
+    pub stale_after: Duration,
+}
+
+impl Default for ClaimOpts {
+    fn default() -> Self {
+        ClaimOpts {
+            limit: 500,
+            stale_after: Duration::from_secs(600),
+        }
     }
 }
 
-/// Knows every artifact, who holds it, and what is safe to delete.
+/// Knows every artifact, who holds it, which workers are alive, and what is safe to
+/// delete.
 ///
 /// All writes are idempotent; a reaper claim never returns an artifact that is
 /// referenced by a live worker's build, and two concurrent claims never return the same
-/// artifact.
+/// artifact. Every time comparison (heartbeat expiry, retention, stale claims) uses the
+/// registry's own clock (the database's `now()`), never a caller's: a reaper whose host
+/// clock runs ahead cannot expire a live worker.
+///
+/// Worker membership lives here, not in a port of its own, because a claim's safety is
+/// one atomic check of references against their workers' registrations.
 #[async_trait]
 pub trait ArtifactRegistry: Send + Sync {
     /// What this registry can do.
@@ -199,17 +246,11 @@ pub trait ArtifactRegistry: Send + Sync {
     /// Drop every reference `holder` has; returns how many there were.
     async fn release_all(&self, holder: &Holder) -> Result<u64>;
 
-    /// Claim up to `limit` artifacts nothing live references and nothing retains (as of
-    /// `now`), moving them to `Destroying`, and return them. Artifacts already
-    /// `Destroying` whose claim is older than `stale_after` (a reaper that crashed) are
-    /// claimed again.
-    async fn claim_reapable(
-        &self,
-        claimer: &str,
-        limit: usize,
-        now: SystemTime,
-        stale_after: Duration,
-    ) -> Result<Vec<Artifact>>;
+    /// Claim up to `opts.limit` artifacts nothing live references and nothing retains
+    /// (both judged on the registry's clock), moving them to `Destroying`, and return
+    /// them. Artifacts already `Destroying` whose claim is at least `opts.stale_after`
+    /// old (a reaper that crashed) are claimed again.
+    async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>>;
 
     /// Remove a `Destroying` record after its volume is gone. Forgetting an unknown id
     /// succeeds; `Conflict` if the record is not `Destroying`.
@@ -218,8 +259,15 @@ pub trait ArtifactRegistry: Send + Sync {
     /// Which of `volumes` some record names (any state).
     async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>>;
 
-    /// Record that `worker` is alive for `ttl` from `now`.
-    async fn heartbeat(&self, worker: &str, now: SystemTime, ttl: Duration) -> Result<()>;
+    /// Register or renew `worker` for `opts.session`, alive for `opts.ttl` from now on
+    /// the registry's clock; returns the registration. A name is held by one live
+    /// session at a time (see [`HeartbeatMode`] for the errors).
+    async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker>;
+
+    /// End `session`'s registration of `worker` now: its references stop protecting at
+    /// once and the name is free. Idempotent; does nothing when `session` does not hold
+    /// the name.
+    async fn sign_off(&self, worker: &str, session: &str) -> Result<()>;
 
     /// Every registered worker, alive or not.
     async fn workers(&self) -> Result<Vec<Worker>>;
@@ -261,13 +309,9 @@ macro_rules! forward_registry {
             async fn claim_reapable(
                 &self,
                 claimer: &str,
-                limit: usize,
-                now: SystemTime,
-                stale_after: Duration,
+                opts: &ClaimOpts,
             ) -> Result<Vec<Artifact>> {
-                (**self)
-                    .claim_reapable(claimer, limit, now, stale_after)
-                    .await
+                (**self).claim_reapable(claimer, opts).await
             }
             async fn forget(&self, id: &ArtifactId) -> Result<()> {
                 (**self).forget(id).await
@@ -275,8 +319,11 @@ macro_rules! forward_registry {
             async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
                 (**self).known_volumes(volumes).await
             }
-            async fn heartbeat(&self, worker: &str, now: SystemTime, ttl: Duration) -> Result<()> {
-                (**self).heartbeat(worker, now, ttl).await
+            async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker> {
+                (**self).heartbeat(worker, opts).await
+            }
+            async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
+                (**self).sign_off(worker, session).await
             }
             async fn workers(&self) -> Result<Vec<Worker>> {
                 (**self).workers().await

@@ -1,10 +1,11 @@
 //! Services built only on the ports: the step runner, the build runner, the artifact
-//! service and the reaper.
+//! service, the reaper and the worker heartbeat.
 
 pub mod abort;
 pub mod artifacts;
 pub mod build;
 pub mod failure;
+pub mod heartbeat;
 pub mod reaper;
 pub mod step;
 
@@ -12,6 +13,7 @@ pub use abort::{AbortHandle, AbortReason, AbortSignal, abort_pair};
 pub use artifacts::{ArtifactRequest, ArtifactService, ArtifactVolume};
 pub use build::*;
 pub use failure::StepFailure;
+pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use reaper::{ReapReport, Reaper, ReaperConfig};
 pub use step::*;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::names::label;
-use crate::ports::{ArtifactRegistry, GarbageOpts, Pods, VolumeStore};
+use crate::ports::{ArtifactRegistry, ClaimOpts, GarbageOpts, Pods, VolumeStore};
 
 /// Tells the reaper that a worker is known to be dead without asking the registry (e.g.
 /// a local worker whose process is gone).
@@ -24,7 +24,7 @@ pub struct ReaperConfig {
     pub worker: String,
     /// Unregistered volumes younger than this are left alone (being created).
     pub orphan_volume_grace: Duration,
-    /// `Destroying` claims older than this are taken again.
+    /// `Destroying` claims at least this old (on the registry's clock) are taken again.
     pub stale_claim: Duration,
     /// Artifacts claimed per registry round trip.
     pub batch: usize,
@@ -120,12 +120,13 @@ impl Reaper {
         }
     }
 
-    /// One pass. `active` holds the step handles this worker is running now.
+    /// One pass. `active` holds the step handles this worker is running now. `now` (the
+    /// host's clock) only ages unregistered volumes; whether a worker is alive and what
+    /// is reapable the registry decides on its own clock.
     pub async fn run_once(&self, active: &HashSet<String>, now: SystemTime) -> Result<ReapReport> {
         let mut report = ReapReport::default();
         if let Some(pods) = &self.pods {
-            self.reap_pods(pods.as_ref(), active, now, &mut report)
-                .await?;
+            self.reap_pods(pods.as_ref(), active, &mut report).await?;
             let opts = GarbageOpts::new(self.config.pod_garbage_grace, now);
             match pods.collect_garbage(&opts).await {
                 Ok(g) => {
@@ -135,7 +136,7 @@ impl Reaper {
                 Err(e) => report.errors.push(format!("collecting pod garbage: {e}")),
             }
         }
-        self.reap_artifacts(now, &mut report).await?;
+        self.reap_artifacts(&mut report).await?;
         if let Some(volumes) = &self.volumes {
             self.reap_orphan_volumes(volumes.as_ref(), now, &mut report)
                 .await?;
@@ -147,7 +148,6 @@ impl Reaper {
         &self,
         pods: &dyn Pods,
         active: &HashSet<String>,
-        now: SystemTime,
         report: &mut ReapReport,
     ) -> Result<()> {
         let mut selector = BTreeMap::new();
@@ -179,7 +179,7 @@ impl Reaper {
                     || workers
                         .iter()
                         .find(|w| crate::names::label_value(&w.name) == owner)
-                        .is_some_and(|w| !w.alive_at(now))
+                        .is_some_and(|w| !w.alive)
             };
             if reap {
                 match pods.delete(&pod.name, self.config.pod_grace).await {
@@ -193,16 +193,15 @@ impl Reaper {
         Ok(())
     }
 
-    async fn reap_artifacts(&self, now: SystemTime, report: &mut ReapReport) -> Result<()> {
+    async fn reap_artifacts(&self, report: &mut ReapReport) -> Result<()> {
+        let opts = ClaimOpts {
+            limit: self.config.batch,
+            stale_after: self.config.stale_claim,
+        };
         loop {
             let claimed = self
                 .registry
-                .claim_reapable(
-                    &self.config.worker,
-                    self.config.batch,
-                    now,
-                    self.config.stale_claim,
-                )
+                .claim_reapable(&self.config.worker, &opts)
                 .await?;
             if claimed.is_empty() {
                 return Ok(());
