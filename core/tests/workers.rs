@@ -267,3 +267,66 @@ async fn a_reaper_clock_ahead_spares_a_live_worker() {
     );
     assert_eq!(report.artifacts_deleted, 1, "{report:?}");
 }
+
+/// A heartbeat that stops renewing mid-build stops the build: it ends `errored`, says
+/// the worker lost its registration, runs no hook, and leaves no pod.
+#[tokio::test(start_paused = true)]
+async fn a_build_whose_heartbeat_stops_renewing_ends_errored() {
+    use jetbridge_core::images::ImageResolver;
+    use jetbridge_core::plan::{Vars, parse_pipeline};
+    use jetbridge_core::services::{
+        AbortReason, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig, StepFailure,
+        abort_pair,
+    };
+    let m = MemoryRuntime::new();
+    m.backend
+        .register_program("block", |_ctx| futures::future::pending::<i32>());
+    let yaml = "jobs:\n- name: j\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: block}}\n    on_error: {task: hook, config: {platform: linux, run: {path: 'true'}}}\n    ensure: {task: ensure, config: {platform: linux, run: {path: 'true'}}}\n";
+    let pipeline = parse_pipeline(yaml, "w.yml", &Vars::new()).expect("parses");
+    let (hb, _) = Heartbeat::register(m.registry.clone(), HeartbeatConfig::with_ttl("w1", TTL))
+        .await
+        .expect("register");
+    let (abort, signal) = abort_pair();
+    let keep_alive = {
+        let hb = hb.clone();
+        tokio::spawn(async move {
+            hb.keep_alive(move |why| abort.abort_because(AbortReason::WorkerLost(why)))
+                .await
+        })
+    };
+    m.registry
+        .fail_next(RegistryOp::Heartbeat, usize::MAX, ErrorKind::Transient);
+    let runner = BuildRunner::new(
+        m.runtime(),
+        StepConfig::default(),
+        ImageResolver::new(),
+        "w1",
+        Arc::new(NoEvents),
+    );
+    let o = tokio::time::timeout(
+        2 * TTL,
+        runner.run(BuildRequest {
+            pipeline: Arc::new(pipeline),
+            job: "j".into(),
+            build_number: 1,
+            build_id: "b1".into(),
+            vars: Vars::new(),
+            abort: signal,
+        }),
+    )
+    .await
+    .expect("the build ends once the registration may have lapsed")
+    .expect("runs");
+    keep_alive.abort();
+    assert_eq!(o.status, BuildStatus::Errored);
+    match &o.failure {
+        Some((step, f @ StepFailure::WorkerLost(_))) => {
+            assert_eq!(step, "task: t");
+            assert!(f.to_string().contains("lost its registration"), "{f}");
+        }
+        other => panic!("expected worker-lost, got {other:?}"),
+    }
+    let names: Vec<&str> = o.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["task: t"], "no hook runs");
+    assert_eq!(m.backend.live_pods(), 0, "{:?}", m.backend.pod_names());
+}
