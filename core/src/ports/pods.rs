@@ -118,9 +118,18 @@ impl CopySource {
     /// The `Corrupt` error for a copy that does not match: names the artifact and the
     /// build; `detail` says what differed.
     pub fn corrupt(&self, detail: impl std::fmt::Display) -> crate::Error {
+        Self::corrupt_error(&self.artifact, &self.build, detail)
+    }
+
+    /// [`Self::corrupt`] for an adapter that has only the names (e.g. read back from
+    /// a pod).
+    pub fn corrupt_error(
+        artifact: &str,
+        build: &str,
+        detail: impl std::fmt::Display,
+    ) -> crate::Error {
         crate::Error::corrupt(format!(
-            "input artifact {:?} of build {:?} changed after it was sealed: {detail}",
-            self.artifact, self.build
+            "input artifact {artifact:?} of build {build:?} changed after it was sealed: {detail}"
         ))
     }
 }
