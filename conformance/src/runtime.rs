@@ -123,10 +123,9 @@ printf '{"version":{"version":"%s"},"metadata":[]}\n' "$v"
 ];
 
 /// Flip one bit of the middle byte of the first non-empty regular file under `dir`
-/// (names sorted, symlinks not followed), whatever its mode: a [`Tamper`] for stores
-/// that keep a volume as files under one directory.
-pub fn flip_a_byte_under(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+/// whose name starts with `prefix` (names sorted, symlinks not followed), whatever its
+/// mode: a [`Tamper`] for stores that keep a volume as files under one directory.
+pub fn flip_a_byte_under(dir: &Path, prefix: &str) -> Result<(), String> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&d)
@@ -143,24 +142,36 @@ pub fn flip_a_byte_under(dir: &Path) -> Result<(), String> {
             }
         }
         for p in &entries {
-            let Ok(md) = std::fs::symlink_metadata(p) else {
-                continue;
-            };
-            if !md.is_file() || md.len() == 0 {
-                continue;
+            let named = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix));
+            if named && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0) {
+                return flip_a_byte_in(p);
             }
-            let mut data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let mid = data.len() / 2;
-            data[mid] ^= 0x01;
-            let mode = md.permissions().mode();
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o200))
-                .and_then(|()| std::fs::write(p, &data))
-                .and_then(|()| std::fs::set_permissions(p, md.permissions()))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
-            return Ok(());
         }
     }
-    Err(format!("no non-empty file under {}", dir.display()))
+    Err(format!(
+        "no non-empty file {prefix}* under {}",
+        dir.display()
+    ))
+}
+
+/// Flip one bit of the middle byte of the file `p`, whatever its mode.
+pub fn flip_a_byte_in(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if data.is_empty() {
+        return Err(format!("{} is empty", p.display()));
+    }
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    let mode = md.permissions().mode();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o200))
+        .and_then(|()| std::fs::write(p, &data))
+        .and_then(|()| std::fs::set_permissions(p, md.permissions()))
+        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 /// Write [`MOCK_RESOURCE_SCRIPTS`] into `dir` as executables.

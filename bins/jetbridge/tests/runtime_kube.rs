@@ -66,7 +66,7 @@ async fn subject(pvc: bool) -> Option<RuntimeSubject> {
         .with_guard(sim)
         .with_guard(dir);
     if let Some(store) = fs_store {
-        s = s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h)));
+        s = s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h), ""));
     }
     Some(s)
 }
@@ -101,7 +101,7 @@ async fn kube_with_object_store() -> Option<RuntimeSubject> {
     ));
     let volumes = dir.path().join("volumes");
     Some(
-        s.with_tamper(move |h| flip_a_byte_under(&volumes.join(h.as_str())))
+        s.with_tamper(move |h| flip_a_byte_under(&volumes.join(h.as_str()), "data-"))
             .with_guard(dir),
     )
 }

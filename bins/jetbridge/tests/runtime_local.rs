@@ -43,7 +43,7 @@ async fn local_with_fs_store() -> Option<RuntimeSubject> {
         Arc::new(store)
     })?;
     let store = kept?;
-    Some(s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h))))
+    Some(s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h), "")))
 }
 
 async fn local_with_streamed_store() -> Option<RuntimeSubject> {
@@ -73,7 +73,11 @@ async fn local_with_object_store() -> Option<RuntimeSubject> {
     })?;
     let bucket = bucket?;
     // A volume's objects live under `volumes/<handle>/` of the bucket.
-    Some(s.with_tamper(move |h| flip_a_byte_under(&bucket.join("volumes").join(h.as_str()))))
+    Some(
+        s.with_tamper(move |h| {
+            flip_a_byte_under(&bucket.join("volumes").join(h.as_str()), "data-")
+        }),
+    )
 }
 
 /// S3 through the emulator `.ci/emulators.sh` starts (`JETBRIDGE_S3_ENDPOINT`).

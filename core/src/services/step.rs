@@ -387,9 +387,10 @@ impl StepRunner {
         if let Some(s) = &store {
             for input in &stream_in {
                 let tar = s.read_tar(&input.artifact.volume).await.map_err(|e| {
-                    StepFailure::from_error(
-                        e.context(format!("reading input {:?}", input.artifact.name)),
-                    )
+                    StepFailure::from_error(e.context(format!(
+                        "reading input artifact {:?} of build {:?}",
+                        input.artifact.name, req.build_id
+                    )))
                 })?;
                 let exec = ExecRequest::new(pod_name, argv(&["tar", "-x", "-f", "-"]))
                     .container(helper_container)
