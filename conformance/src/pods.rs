@@ -523,7 +523,10 @@ async fn mount_unsupported(pods: &dyn Pods, image: &str, tag: &str, info: MountI
     let r = async {
         for source in [
             MountSource::WriteInto(info.clone()),
-            MountSource::CopyOf(info.clone()),
+            MountSource::CopyOf(jetbridge_core::ports::CopySource::new(
+                info.clone(),
+                jetbridge_core::digest::TreeDigest::new().finish(),
+            )),
         ] {
             let mut spec = g.spec();
             spec.mounts.push(jetbridge_core::ports::Mount {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use jetbridge_core::images::ImageResolver;
-use jetbridge_core::names::label;
+use jetbridge_core::names::{VolumeHandle, label};
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{OutputSink, OutputStream, Runtime, collect_stream};
 use jetbridge_core::services::{
@@ -36,8 +36,16 @@ pub struct RuntimeSubject {
     pub mock_type: String,
     /// Image resolution for this backend.
     pub images: ImageResolver,
+    /// Changes a byte of a sealed volume behind the store's back (see
+    /// [`RuntimeSubject::with_tamper`]); cases that need it skip without it.
+    pub tamper: Option<Tamper>,
     guards: Vec<Guard>,
 }
+
+/// Changes the content of a sealed volume without going through its store, as a disk
+/// fault or a rogue process would. [`flip_a_byte_under`] does it for stores that keep
+/// volumes as files.
+pub type Tamper = Arc<dyn Fn(&VolumeHandle) -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for RuntimeSubject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,8 +63,19 @@ impl RuntimeSubject {
             runtime,
             mock_type: mock_type.into(),
             images,
+            tamper: None,
             guards: Vec::new(),
         }
+    }
+
+    /// How to change a sealed volume behind the store's back, for the case that proves
+    /// a changed input fails its step as `Corrupt`.
+    pub fn with_tamper(
+        mut self,
+        tamper: impl Fn(&VolumeHandle) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tamper = Some(Arc::new(tamper));
+        self
     }
 
     /// Keep `guard` alive as long as the subject.
@@ -102,6 +121,58 @@ printf '{"version":{"version":"%s"},"metadata":[]}\n' "$v"
 "#,
     ),
 ];
+
+/// Flip one bit of the middle byte of the first non-empty regular file under `dir`
+/// whose name starts with `prefix` (names sorted, symlinks not followed), whatever its
+/// mode: a [`Tamper`] for stores that keep a volume as files under one directory.
+pub fn flip_a_byte_under(dir: &Path, prefix: &str) -> Result<(), String> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .map_err(|e| format!("reading {}: {e}", d.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries.iter().rev() {
+            let Ok(md) = std::fs::symlink_metadata(p) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+        }
+        for p in &entries {
+            let named = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix));
+            if named && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0) {
+                return flip_a_byte_in(p);
+            }
+        }
+    }
+    Err(format!(
+        "no non-empty file {prefix}* under {}",
+        dir.display()
+    ))
+}
+
+/// Flip one bit of the middle byte of the file `p`, whatever its mode.
+pub fn flip_a_byte_in(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if data.is_empty() {
+        return Err(format!("{} is empty", p.display()));
+    }
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    let mode = md.permissions().mode();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o200))
+        .and_then(|()| std::fs::write(p, &data))
+        .and_then(|()| std::fs::set_permissions(p, md.permissions()))
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
 
 /// Write [`MOCK_RESOURCE_SCRIPTS`] into `dir` as executables.
 pub fn write_mock_resource(dir: &Path) -> std::io::Result<()> {
@@ -183,10 +254,21 @@ pub async fn run_jobs(
     job: &str,
     config: StepConfig,
 ) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
+    let events = Arc::new(RecordedEvents::default());
+    run_jobs_with(subject, jobs, job, config, events).await
+}
+
+/// [`run_jobs`] reporting to `events`.
+pub async fn run_jobs_with(
+    subject: &RuntimeSubject,
+    jobs: &str,
+    job: &str,
+    config: StepConfig,
+    events: Arc<dyn BuildEvents>,
+) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
     let yaml = pipeline_yaml(subject, jobs);
     let pipeline = parse_pipeline(&yaml, "conformance.yml", &Vars::new())
         .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}\n{yaml}")))?;
-    let events = Arc::new(RecordedEvents::default());
     let runner = BuildRunner::new(
         subject.runtime.clone(),
         config,
@@ -567,6 +649,85 @@ pub async fn nothing_left_after_build(subject: &RuntimeSubject) -> CaseResult {
     Ok(())
 }
 
+/// Tampers with the artifact `artifact` as soon as the step that made it has ended.
+struct TamperAfter {
+    step: String,
+    artifact: String,
+    tamper: Tamper,
+    done: Mutex<Option<Result<(), String>>>,
+}
+
+impl BuildEvents for TamperAfter {
+    fn step_started(&self, _: &str, _: &str) {}
+    fn step_output(&self, _: &str) -> Arc<dyn OutputSink> {
+        Arc::new(jetbridge_core::ports::DiscardOutput)
+    }
+    fn step_finished(&self, s: &StepSummary) {
+        if s.name != self.step {
+            return;
+        }
+        let r = match s.artifacts.iter().find(|a| a.name == self.artifact) {
+            Some(a) => (self.tamper)(&a.volume),
+            None => Err(format!("{} made no artifact {:?}", s.name, self.artifact)),
+        };
+        if let Ok(mut d) = self.done.lock() {
+            *d = Some(r);
+        }
+    }
+    fn notice(&self, _: &str) {}
+}
+
+/// An input changed after it was sealed fails the consuming step as `Corrupt`, naming
+/// the artifact and the build, before its command runs: mounted copies, in-cluster
+/// copies and streamed inputs alike.
+pub async fn changed_input_fails_corrupt(subject: &RuntimeSubject) -> CaseResult {
+    let Some(tamper) = subject.tamper.clone() else {
+        crate::skip!("the subject cannot change a sealed volume behind its store's back");
+    };
+    let events = Arc::new(TamperAfter {
+        step: "get: repo".into(),
+        artifact: "repo".into(),
+        tamper,
+        done: Mutex::new(None),
+    });
+    // The command would leave a marker in its output: an output is sealed (and bound)
+    // only after the command ran.
+    let jobs = format!(
+        "- name: main\n  plan:\n  - get: repo\n  - {}\n",
+        task(
+            "consume",
+            &["repo"],
+            &["ran"],
+            "echo yes > ran/marker && cat repo/version"
+        )
+    );
+    let (o, runner, build) = run_jobs_with(subject, &jobs, "main", quick(), events.clone()).await?;
+    match events.done.lock().ok().and_then(|d| d.clone()) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => fail!("could not tamper with the input: {e}"),
+        None => fail!("get: repo never finished"),
+    }
+    ensure_eq!(o.status, BuildStatus::Errored, "failure: {:?}", o.failure);
+    match &o.failure {
+        Some((name, StepFailure::Infrastructure(e))) => {
+            ensure_eq!(name.as_str(), "task: consume");
+            ensure_eq!(e.kind(), jetbridge_core::ErrorKind::Corrupt, "{e}");
+            let msg = e.to_string();
+            ensure!(
+                msg.contains("\"repo\"") && msg.contains(&build),
+                "the message names neither the artifact nor the build: {msg}"
+            );
+        }
+        other => fail!("expected task: consume to fail Corrupt, got {other:?}"),
+    }
+    ensure!(
+        !o.artifacts.contains_key("ran"),
+        "the command ran on a changed input"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// Every case of the runtime suite, by name.
 pub const CASES: &[&str] = &[
     "get_task_put",
@@ -578,6 +739,7 @@ pub const CASES: &[&str] = &[
     "in_parallel_outputs_meet",
     "task_file_from_artifact",
     "nothing_left_after_build",
+    "changed_input_fails_corrupt",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -596,6 +758,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "in_parallel_outputs_meet" => Box::pin(in_parallel_outputs_meet(subject)).await,
         "task_file_from_artifact" => Box::pin(task_file_from_artifact(subject)).await,
         "nothing_left_after_build" => Box::pin(nothing_left_after_build(subject)).await,
+        "changed_input_fails_corrupt" => Box::pin(changed_input_fails_corrupt(subject)).await,
         _ => return None,
     })
 }
@@ -633,6 +796,7 @@ macro_rules! runtime_suite {
                 in_parallel_outputs_meet,
                 task_file_from_artifact,
                 nothing_left_after_build,
+                changed_input_fails_corrupt,
             ]
         );
     };

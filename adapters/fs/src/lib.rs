@@ -30,7 +30,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -98,8 +97,6 @@ enum MountMapping {
 struct Shared {
     /// Volumes a write or seal is working on in this process.
     busy: BusyVolumes,
-    /// Whether reflinks are still worth trying for `copy_to`.
-    reflink: AtomicBool,
 }
 
 /// A [`VolumeStore`] over a directory. Cheap to clone; clones share state.
@@ -135,7 +132,6 @@ impl FsVolumeStore {
             flush: true,
             shared: Arc::new(Shared {
                 busy: BusyVolumes::default(),
-                reflink: AtomicBool::new(true),
             }),
         })
     }
@@ -205,10 +201,11 @@ impl FsVolumeStore {
     }
 
     /// Make a private, writable copy of a sealed volume's tree at `dest` (missing or
-    /// an empty directory; its parent is created). Blocks are shared (reflink) where the
-    /// filesystem supports it, otherwise copied; modes, symlinks and empty directories
-    /// are kept. Content is hashed on the way and checked against the seal before the
-    /// copy is moved into place, so on `Corrupt` (or any error) `dest` is untouched.
+    /// an empty directory; its parent is created): modes, mtimes, symlinks (never
+    /// followed) and empty directories are kept. Each file is read once, written and
+    /// hashed; the tree digest is checked against the seal before the copy is moved into
+    /// place, so on `Corrupt` (or any error) `dest` is untouched. The local backend's
+    /// input copies are this same code (`jetbridge_core::copy`).
     pub async fn copy_to(
         &self,
         handle: &VolumeHandle,
@@ -220,7 +217,7 @@ impl FsVolumeStore {
         blocking(move || {
             let m = this.sealed(&h)?;
             let data = this.volume_data_path(&h);
-            let summary = copy::copy_tree(&data, &dest, &m.digest, &this.shared.reflink)?;
+            let summary = copy::copy_tree(&data, &dest, &m.digest)?;
             check_summary(&h, &m, &summary)?;
             Ok(info_of(&h, &m))
         })

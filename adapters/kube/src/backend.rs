@@ -509,14 +509,23 @@ impl Pods for KubeBackend {
             self.follow(&budget, name, cond, deadline, &mut last),
         )
         .await;
-        match outcome {
-            Ok(r) => r,
+        let status = match outcome {
+            Ok(r) => r?,
             Err(_elapsed) => match last {
-                Some(s) => Ok(s),
+                Some(s) => s,
                 // The deadline passed before even the first answer: one last look.
-                None => self.get(name).await,
+                None => self.get(name).await?,
             },
+        };
+        // A pod that failed before its step: was it a copy that did not match its seal?
+        // (One more request, only on this path.)
+        if status.state == PodState::Failed(PodFailure::Unknown)
+            && let Ok(pod) = self.get_pod(&budget, name).await
+            && let Some(e) = crate::status::corrupt_input(&pod)
+        {
+            return Err(e);
         }
+        Ok(status)
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>> {

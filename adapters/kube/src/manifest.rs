@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jetbridge_core::names::{is_dns_label, label};
-use jetbridge_core::ports::{MountInfo, MountSource, PodSpec, Resources};
+use jetbridge_core::ports::{CopySource, MountInfo, MountSource, PodSpec, Resources};
 use jetbridge_core::{Error, Result};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
@@ -35,6 +35,71 @@ const CACHE_VOLUME: &str = "cache";
 /// Where a copy init container sees its source and destination (relative paths inside
 /// its working directory, so nothing depends on the helper image's layout).
 const COPY_DIR: &str = "/jetbridge-copy";
+
+/// Exit code of a copy init container whose copy does not match the sealed digest;
+/// [`crate::status::corrupt_input`] turns it into `Corrupt`.
+pub const COPY_CORRUPT_EXIT: i32 = 86;
+/// Environment of a copy init container: the digest its copy must have, and the
+/// artifact and build it names when it does not.
+pub const COPY_DIGEST_ENV: &str = "JETBRIDGE_DIGEST";
+/// See [`COPY_DIGEST_ENV`].
+pub const COPY_ARTIFACT_ENV: &str = "JETBRIDGE_ARTIFACT";
+/// See [`COPY_DIGEST_ENV`].
+pub const COPY_BUILD_ENV: &str = "JETBRIDGE_BUILD";
+
+/// The copy init container's script (busybox or GNU tools): copy, then compute the
+/// tree digest of the copy (`jetbridge_core::digest`: one line per entry, escaped,
+/// sorted by path, behind a version line, all through sha256) and compare it with the
+/// sealed one, so the step only ever starts on a verified copy. Each file is hashed by
+/// `sha256sum` in batches, not one process per file. Anything that goes wrong while
+/// listing makes the digest differ, never match. Names holding a newline, a tab or a
+/// control character cannot be listed this way and fail the check.
+const COPY_SCRIPT: &str = r#"set -e
+cp -a src/. dst/
+cd dst
+got=$( {
+  echo jetbridge-tree-v1
+  {
+    find . -mindepth 1 -type d -exec stat -c 'd %a %n' {} +
+    find . -type f -exec sh -c 'stat -c "f %a %s %n" "$@" && sha256sum "$@"' sh {} +
+    find . -type l -exec sh -c 'for l do printf "l %s\n" "$l"; readlink "$l"; done' sh {} +
+    find . -mindepth 1 ! -type d ! -type f ! -type l -exec printf '? %s\n' {} +
+  } | awk '
+function esc(s,   o, i, c) {
+  o = ""
+  for (i = 1; i <= length(s); i++) {
+    c = substr(s, i, 1)
+    if (c == "\\") o = o "\\\\"; else if (c == " ") o = o "\\x20"; else o = o c
+  }
+  return o
+}
+function unesc(s,   o, i, c) {
+  o = ""
+  for (i = 1; i <= length(s); i++) {
+    c = substr(s, i, 1)
+    if (c == "\\") { i++; c = substr(s, i, 1) }
+    o = o c
+  }
+  return o
+}
+function pad(m) { return substr("0000" m, length(m) + 1) }
+function out(p, line) { printf "%s\t%s\n", esc(substr(p, 3)), line }
+/^d / { p = substr($0, length($2) + 4); out(p, "d " pad($2) " " esc(substr(p, 3))); next }
+/^f / { p = substr($0, length($2) + length($3) + 5); mode[p] = $2; size[p] = $3; next }
+/^l / { p = substr($0, 3); getline t; out(p, "l " esc(substr(p, 3)) " " esc(t)); next }
+/^\? / { print "?\t?"; next }
+{
+  if (substr($0, 1, 1) == "\\") { h = substr($0, 2, 64); p = unesc(substr($0, 68)) }
+  else { h = substr($0, 1, 64); p = substr($0, 67) }
+  if (!(p in mode)) { print "?\t?"; next }
+  out(p, "f " pad(mode[p]) " " size[p] " " h " " esc(substr(p, 3)))
+}' | LC_ALL=C sort | cut -f2-
+} | sha256sum )
+if [ "sha256:${got%% *}" != "$JETBRIDGE_DIGEST" ]; then
+  echo "the copy of input $JETBRIDGE_ARTIFACT does not match its sealed digest $JETBRIDGE_DIGEST" >&2
+  exit 86
+fi
+"#;
 
 /// The pause program as installed by the init container: a shell script run by the
 /// copied static busybox, so the step image needs no shell. It exits at once on SIGTERM
@@ -116,6 +181,15 @@ fn restricted_context(uid: i64) -> SecurityContext {
         }),
         seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
+    }
+}
+
+/// An environment variable with a literal value (never a secret).
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
     }
 }
 
@@ -233,7 +307,7 @@ fn plan_mounts(spec: &PodSpec, cfg: &KubeConfig, workdir: &str) -> Result<Mounts
                     m.work_mounts.push(mount(&name, target, None, false));
                 }
             },
-            MountSource::WriteInto(info) | MountSource::CopyOf(info) => {
+            MountSource::WriteInto(info) | MountSource::CopyOf(CopySource { mount: info, .. }) => {
                 let (claim, sub_path) = match info {
                     MountInfo::HostPath { .. } => {
                         return Err(Error::unsupported(
@@ -252,20 +326,21 @@ fn plan_mounts(spec: &PodSpec, cfg: &KubeConfig, workdir: &str) -> Result<Mounts
                 if matches!(mnt.source, MountSource::WriteInto(_)) {
                     m.work_mounts
                         .push(mount(&vol, target, Some(sub_path.clone()), false));
-                } else {
+                } else if let MountSource::CopyOf(copy) = &mnt.source {
                     // A private copy: an init container copies the sealed volume into an
-                    // emptyDir; the step never sees the volume itself.
+                    // emptyDir and checks it; the step never sees the volume itself, and
+                    // starts only on a copy that matches the seal.
                     let name = format!("m-{i}");
                     m.volumes.push(empty_dir(&name));
                     m.work_mounts.push(mount(&name, target, None, false));
                     m.copy_inits.push(Container {
                         name: format!("copy-{i}"),
                         image: Some(cfg.helper_image.clone()),
-                        command: Some(vec![
-                            "cp".into(),
-                            "-a".into(),
-                            "src/.".into(),
-                            "dst/".into(),
+                        command: Some(vec!["sh".into(), "-c".into(), COPY_SCRIPT.into()]),
+                        env: Some(vec![
+                            plain_env(COPY_DIGEST_ENV, copy.digest.as_str()),
+                            plain_env(COPY_ARTIFACT_ENV, &copy.artifact),
+                            plain_env(COPY_BUILD_ENV, &copy.build),
                         ]),
                         working_dir: Some(COPY_DIR.to_owned()),
                         volume_mounts: Some(vec![
@@ -528,6 +603,13 @@ mod tests {
         }
     }
 
+    fn copy_of(m: MountInfo) -> MountSource {
+        MountSource::CopyOf(
+            CopySource::new(m, jetbridge_core::digest::TreeDigest::new().finish())
+                .with_artifact("repo", "b-7"),
+        )
+    }
+
     #[test]
     fn pod_annotations_are_set_only_when_configured() {
         let plain = pod_manifest(&spec(), &with_claim()).unwrap();
@@ -778,7 +860,7 @@ mod tests {
         s.helper = true;
         s.mounts.push(Mount {
             path: "repo".into(),
-            source: MountSource::CopyOf(pvc("artifacts", "v-1")),
+            source: copy_of(pvc("artifacts", "v-1")),
         });
         let cfg = KubeConfig {
             restricted: true,
@@ -894,7 +976,7 @@ mod tests {
             },
             Mount {
                 path: "repo".into(),
-                source: MountSource::CopyOf(pvc("artifacts", "v-in")),
+                source: copy_of(pvc("artifacts", "v-in")),
             },
             Mount {
                 path: "scratch".into(),
@@ -936,7 +1018,22 @@ mod tests {
             .unwrap();
         assert_eq!(
             copy.command.as_deref().unwrap(),
-            &["cp", "-a", "src/.", "dst/"].map(String::from)[..]
+            &["sh", "-c", COPY_SCRIPT].map(String::from)[..]
+        );
+        let env: Vec<(&str, &str)> = copy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+            .collect();
+        let empty = jetbridge_core::digest::TreeDigest::new().finish();
+        assert_eq!(
+            env,
+            vec![
+                (COPY_DIGEST_ENV, empty.as_str()),
+                (COPY_ARTIFACT_ENV, "repo"),
+                (COPY_BUILD_ENV, "b-7")
+            ]
         );
         let src = mount_at(copy, &format!("{COPY_DIR}/src"));
         assert_eq!(src.read_only, Some(true));
@@ -1002,7 +1099,7 @@ mod tests {
         let mut s = spec();
         s.mounts.push(Mount {
             path: "v".into(),
-            source: MountSource::CopyOf(MountInfo::HostPath { path: "/x".into() }),
+            source: copy_of(MountInfo::HostPath { path: "/x".into() }),
         });
         assert_eq!(
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
@@ -1044,7 +1141,7 @@ mod tests {
         let mut s = spec();
         s.mounts.push(Mount {
             path: "v".into(),
-            source: MountSource::CopyOf(pvc("artifacts", "../other")),
+            source: copy_of(pvc("artifacts", "../other")),
         });
         assert_eq!(
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
@@ -1099,6 +1196,132 @@ mod tests {
                     proptest::prop_assert!(ok, "{}", m.mount_path);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod copy_script_tests {
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::Path;
+    use std::process::Command;
+
+    use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry, sha256};
+
+    use super::{COPY_CORRUPT_EXIT, COPY_DIGEST_ENV, COPY_SCRIPT};
+
+    /// The tree digest of `root`, walked here as a store does at seal time.
+    fn digest(root: &Path) -> Digest {
+        fn walk(root: &Path, rel: &str, t: &mut TreeDigest) {
+            let dir = if rel.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(rel)
+            };
+            for e in fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let md = fs::symlink_metadata(e.path()).unwrap();
+                let mode = md.permissions().mode() & 0o7777;
+                if md.is_dir() {
+                    t.add(&r, TreeEntry::Dir { mode });
+                    walk(root, &r, t);
+                } else if md.is_file() {
+                    let data = fs::read(e.path()).unwrap();
+                    let h = sha256(&data);
+                    t.add(
+                        &r,
+                        TreeEntry::File {
+                            mode,
+                            size: data.len() as u64,
+                            sha256: &h,
+                        },
+                    );
+                } else {
+                    let target = fs::read_link(e.path()).unwrap();
+                    t.add(
+                        &r,
+                        TreeEntry::Symlink {
+                            target: target.to_str().unwrap(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut t = TreeDigest::new();
+        walk(root, "", &mut t);
+        t.finish()
+    }
+
+    /// Run the script in `work` (holding `src/` and an empty `dst/`); its exit code.
+    fn run(work: &Path, expected: &Digest) -> i32 {
+        let out = Command::new("sh")
+            .args(["-c", COPY_SCRIPT])
+            .current_dir(work)
+            .env(COPY_DIGEST_ENV, expected.as_str())
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or(-1)
+    }
+
+    fn tricky(src: &Path) {
+        fs::create_dir_all(src.join("a dir/sub")).unwrap();
+        fs::create_dir_all(src.join("a-b")).unwrap();
+        fs::create_dir_all(src.join("empty")).unwrap();
+        fs::write(src.join("a dir/sub/f g.txt"), "spaces\n").unwrap();
+        fs::write(src.join("a dir/back\\slash"), "bs").unwrap();
+        fs::write(src.join("a-b/x"), vec![0u8; 70_000]).unwrap();
+        fs::write(src.join("zero"), "").unwrap();
+        fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(src.join("a-b"), fs::Permissions::from_mode(0o2750)).unwrap();
+        symlink("a dir/sub/f g.txt", src.join("link one")).unwrap();
+        symlink("../zero", src.join("a dir/up")).unwrap();
+    }
+
+    #[test]
+    fn the_script_computes_the_stores_tree_digest() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        tricky(&src);
+        fs::create_dir(t.path().join("dst")).unwrap();
+        let sealed = digest(&src);
+        assert_eq!(run(t.path(), &sealed), 0);
+        assert_eq!(
+            digest(&t.path().join("dst")),
+            sealed,
+            "cp -a keeps the tree"
+        );
+    }
+
+    #[test]
+    fn any_change_makes_the_script_exit_corrupt() {
+        type Tamper = fn(&Path);
+        let tampers: &[Tamper] = &[
+            |s| fs::write(s.join("a-b/x"), vec![1u8; 70_000]).unwrap(),
+            |s| fs::set_permissions(s.join("zero"), fs::Permissions::from_mode(0o600)).unwrap(),
+            |s| fs::write(s.join("empty/new"), "").unwrap(),
+            |s| fs::remove_file(s.join("a dir/back\\slash")).unwrap(),
+            |s| {
+                fs::remove_file(s.join("link one")).unwrap();
+                symlink("zero", s.join("link one")).unwrap();
+            },
+            |s| fs::create_dir(s.join("empty/d")).unwrap(),
+        ];
+        for (i, tamper) in tampers.iter().enumerate() {
+            let t = tempfile::tempdir().unwrap();
+            let src = t.path().join("src");
+            tricky(&src);
+            let sealed = digest(&src);
+            tamper(&src);
+            fs::create_dir(t.path().join("dst")).unwrap();
+            assert_eq!(run(t.path(), &sealed), COPY_CORRUPT_EXIT, "tamper {i}");
         }
     }
 }

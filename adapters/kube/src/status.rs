@@ -2,10 +2,11 @@
 
 use std::time::SystemTime;
 
-use jetbridge_core::ports::{PendingReason, PodFailure, PodState, PodStatus};
+use jetbridge_core::Error;
+use jetbridge_core::ports::{CopySource, PendingReason, PodFailure, PodState, PodStatus};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use crate::manifest::MAIN_CONTAINER;
+use crate::manifest::{COPY_ARTIFACT_ENV, COPY_BUILD_ENV, COPY_CORRUPT_EXIT, MAIN_CONTAINER};
 
 /// Waiting reasons that mean the image will not be pulled without outside help.
 const IMAGE_PULL_FAILURES: &[&str] = &[
@@ -49,6 +50,48 @@ pub fn pod_status_as(pod: &Pod, deletion_requested: bool) -> PodStatus {
         created_at,
         deleting: pod.metadata.deletion_timestamp.is_some(),
     }
+}
+
+/// `Corrupt` when a copy init container found its copy different from the sealed
+/// volume (it exits with [`COPY_CORRUPT_EXIT`]), naming the artifact and the build
+/// from that container's environment.
+pub fn corrupt_input(pod: &Pod) -> Option<Error> {
+    let failed = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.name.starts_with("copy-")
+                && c.state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == COPY_CORRUPT_EXIT)
+        })?;
+    let spec = pod
+        .spec
+        .as_ref()?
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == failed.name)?;
+    let env = |name: &str| {
+        spec.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    Some(CopySource::corrupt_error(
+        &env(COPY_ARTIFACT_ENV),
+        &env(COPY_BUILD_ENV),
+        format_args!(
+            "its in-cluster copy ({}) does not match the sealed digest",
+            failed.name
+        ),
+    ))
 }
 
 fn non_empty(s: Option<&String>) -> Option<String> {

@@ -47,7 +47,13 @@ fn manifests() -> Vec<(&'static str, serde_json::Value)> {
     mounted.mounts = vec![
         Mount {
             path: "repo".into(),
-            source: MountSource::CopyOf(pvc("volumes/v-1/data")),
+            source: MountSource::CopyOf(
+                jetbridge_core::ports::CopySource::new(
+                    pvc("volumes/v-1/data"),
+                    jetbridge_core::digest::TreeDigest::new().finish(),
+                )
+                .with_artifact("repo", "b-1"),
+            ),
         },
         Mount {
             path: "out".into(),

@@ -419,11 +419,81 @@ async fn new_reads_a_kubeconfig_file() {
     sim.shutdown().await;
 }
 
+/// The sealed digest of the sample input `v-in` (`sub/` 0755, `sub/f.txt` 0644
+/// holding `content`), computed as every store does.
+fn sample_input(pvc: &std::path::Path, content: &str) -> jetbridge_core::digest::Digest {
+    use jetbridge_core::digest::{TreeDigest, TreeEntry, sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pvc.join("artifacts/v-in/sub");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f.txt"), content).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.join("f.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut t = TreeDigest::new();
+    t.add("sub", TreeEntry::Dir { mode: 0o755 });
+    let h = sha256(content.as_bytes());
+    t.add(
+        "sub/f.txt",
+        TreeEntry::File {
+            mode: 0o644,
+            size: content.len() as u64,
+            sha256: &h,
+        },
+    );
+    t.finish()
+}
+
+fn copy_of(
+    sub: &str,
+    digest: jetbridge_core::digest::Digest,
+) -> jetbridge_core::ports::MountSource {
+    jetbridge_core::ports::MountSource::CopyOf(
+        jetbridge_core::ports::CopySource::new(
+            jetbridge_core::ports::MountInfo::PvcSubPath {
+                claim: "artifacts".into(),
+                sub_path: sub.into(),
+            },
+            digest,
+        )
+        .with_artifact("repo", "b-9"),
+    )
+}
+
+/// A claim volume changed after sealing: the copy init container finds it out, the
+/// wait for Running fails `Corrupt` naming the artifact and the build, and the step's
+/// container never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_claim_input_fails_corrupt_in_the_simulator() {
+    let pvc = tempfile::tempdir().unwrap();
+    let sealed = sample_input(pvc.path(), "input\n");
+    std::fs::write(pvc.path().join("artifacts/v-in/sub/f.txt"), "inpuT\n").unwrap();
+    let cfg = SimConfig {
+        pvc_root: Some(pvc.path().to_owned()),
+        ..SimConfig::default()
+    };
+    let (sim, b) = sim_backend(cfg, sim_config()).await;
+    let mut s = spec();
+    s.mounts = vec![jetbridge_core::ports::Mount {
+        path: "in".into(),
+        source: copy_of("v-in", sealed),
+    }];
+    b.create(&s).await.unwrap();
+    let e = b
+        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("\"repo\"") && msg.contains("\"b-9\""), "{msg}");
+    let st = b.get(&s.name).await.unwrap();
+    assert!(matches!(st.state, PodState::Failed(_)), "{st:?}");
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helper_and_mounts_in_the_simulator() {
     let pvc = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(pvc.path().join("artifacts/v-in/sub")).unwrap();
-    std::fs::write(pvc.path().join("artifacts/v-in/sub/f.txt"), "input\n").unwrap();
+    let sealed = sample_input(pvc.path(), "input\n");
     let cfg = SimConfig {
         pvc_root: Some(pvc.path().to_owned()),
         ..SimConfig::default()
@@ -439,7 +509,7 @@ async fn helper_and_mounts_in_the_simulator() {
     s.mounts = vec![
         Mount {
             path: "in".into(),
-            source: MountSource::CopyOf(info("v-in")),
+            source: copy_of("v-in", sealed),
         },
         Mount {
             path: "out".into(),

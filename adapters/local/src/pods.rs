@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jetbridge_core::copy::{CopyOptions, copy_verified};
 use jetbridge_core::names::{dns_fragment, is_dns_label};
 use jetbridge_core::ports::{
-    LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState, PodStatus, Pods, WaitFor,
+    CopySource, LabelSelector, MountInfo, PodCapabilities, PodFailure, PodSpec, PodState,
+    PodStatus, Pods, WaitFor,
 };
-use jetbridge_core::{Error, Result};
+use jetbridge_core::{Error, ErrorKind, Result};
 
 use crate::sandbox::{MountRecord, PodRecord, Sandbox, io_error, is_gone, relative_path};
 use crate::{EntryRef, LocalBackend, procs, tree};
@@ -91,13 +93,29 @@ impl LocalBackend {
             match m {
                 MountRecord::Empty { .. } => std::fs::create_dir(&target)
                     .map_err(|e| io_error(e, format!("creating mount {:?}", m.path())))?,
-                MountRecord::CopyOf { host_path, .. } => {
-                    tree::copy_tree(Path::new(host_path), &target).map_err(|e| {
-                        io_error(
-                            e,
-                            format!("copying {host_path:?} into mount {:?}", m.path()),
-                        )
-                    })?
+                MountRecord::CopyOf {
+                    host_path,
+                    digest,
+                    artifact,
+                    build,
+                    ..
+                } => {
+                    // Read once, written, hashed; renamed into place only if it matches.
+                    let opts = CopyOptions::new().with_writable_dirs(true);
+                    copy_verified(Path::new(host_path), &target, digest, opts).map_err(|e| {
+                        if e.kind() == ErrorKind::Corrupt {
+                            CopySource::new(
+                                MountInfo::HostPath {
+                                    path: host_path.clone(),
+                                },
+                                digest.clone(),
+                            )
+                            .with_artifact(artifact, build)
+                            .corrupt(e.message())
+                        } else {
+                            e.context(format!("copying {host_path:?} into mount {:?}", m.path()))
+                        }
+                    })?;
                 }
                 MountRecord::WriteInto { host_path, .. } => {
                     let meta = std::fs::metadata(host_path)
@@ -448,11 +466,18 @@ mod tests {
         MountInfo::HostPath { path: p.into() }
     }
 
+    fn copy_of(m: MountInfo) -> MountSource {
+        MountSource::CopyOf(CopySource::new(
+            m,
+            jetbridge_core::digest::Digest::from_sha256(&[0; 32]),
+        ))
+    }
+
     #[test]
     fn mounts_are_ordered_parents_first_and_validated() {
         let s = spec_with(vec![
             ("a/b", MountSource::Empty),
-            ("a", MountSource::CopyOf(host("/x"))),
+            ("a", copy_of(host("/x"))),
         ]);
         let planned = plan_mounts(&s).unwrap();
         assert_eq!(planned[0].path(), "a");
@@ -479,7 +504,7 @@ mod tests {
         }
         let pvc = spec_with(vec![(
             "v",
-            MountSource::CopyOf(MountInfo::PvcSubPath {
+            copy_of(MountInfo::PvcSubPath {
                 claim: "c".into(),
                 sub_path: "s".into(),
             }),

@@ -22,6 +22,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jetbridge_core::digest::Digest;
 use jetbridge_core::ports::{
     Mount, MountInfo, MountSource, PendingReason, PodSpec, PodState, PodStatus,
 };
@@ -144,10 +145,28 @@ pub(crate) fn relative_path(what: &str, p: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum MountRecord {
-    Empty { path: String },
-    CopyOf { path: String, host_path: String },
-    WriteInto { path: String, host_path: String },
-    Cache { path: String, key: String },
+    Empty {
+        path: String,
+    },
+    CopyOf {
+        path: String,
+        host_path: String,
+        /// The sealed digest the copy must match.
+        digest: Digest,
+        /// For messages: the artifact and the build.
+        #[serde(default)]
+        artifact: String,
+        #[serde(default)]
+        build: String,
+    },
+    WriteInto {
+        path: String,
+        host_path: String,
+    },
+    Cache {
+        path: String,
+        key: String,
+    },
 }
 
 impl MountRecord {
@@ -163,9 +182,12 @@ impl MountRecord {
         let path = m.path.clone();
         Ok(match &m.source {
             MountSource::Empty => MountRecord::Empty { path },
-            MountSource::CopyOf(info) => MountRecord::CopyOf {
+            MountSource::CopyOf(c) => MountRecord::CopyOf {
                 path,
-                host_path: host(info)?,
+                host_path: host(&c.mount)?,
+                digest: c.digest.clone(),
+                artifact: c.artifact.clone(),
+                build: c.build.clone(),
             },
             MountSource::WriteInto(info) => MountRecord::WriteInto {
                 path,

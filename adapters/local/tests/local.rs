@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jetbridge_core::ErrorKind;
+use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry, sha256};
 use jetbridge_core::names::label;
 use jetbridge_core::ports::{
-    ByteStream, CaptureOutput, Container, Exec, ExecRequest, Mount, MountInfo, MountSource,
-    OutputSink, OutputStream, PodFailure, PodSpec, PodState, Pods, WaitFor, bytes_stream,
+    ByteStream, CaptureOutput, Container, CopySource, Exec, ExecRequest, Mount, MountInfo,
+    MountSource, OutputSink, OutputStream, PodFailure, PodSpec, PodState, Pods, WaitFor,
+    bytes_stream,
 };
 use jetbridge_local::{LocalBackend, LocalConfig};
 use tempfile::TempDir;
@@ -39,6 +41,59 @@ fn host(p: &Path) -> MountInfo {
     MountInfo::HostPath {
         path: p.to_str().unwrap().into(),
     }
+}
+
+/// The sealed digest of the tree at `dir`, computed here independently of the copier
+/// (what a volume store records at seal time).
+fn tree_digest(dir: &Path) -> Digest {
+    fn walk(root: &Path, rel: &str, t: &mut TreeDigest) {
+        let here = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        for e in std::fs::read_dir(here).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let mode = md.permissions().mode() & 0o7777;
+            if md.is_dir() {
+                t.add(&r, TreeEntry::Dir { mode });
+                walk(root, &r, t);
+            } else if md.is_file() {
+                let data = std::fs::read(e.path()).unwrap();
+                let h = sha256(&data);
+                t.add(
+                    &r,
+                    TreeEntry::File {
+                        mode,
+                        size: data.len() as u64,
+                        sha256: &h,
+                    },
+                );
+            } else {
+                let target = std::fs::read_link(e.path()).unwrap();
+                t.add(
+                    &r,
+                    TreeEntry::Symlink {
+                        target: target.to_str().unwrap(),
+                    },
+                );
+            }
+        }
+    }
+    let mut t = TreeDigest::new();
+    walk(dir, "", &mut t);
+    t.finish()
+}
+
+fn copy_of(vol: &Path) -> MountSource {
+    MountSource::CopyOf(CopySource::new(host(vol), tree_digest(vol)).with_artifact("repo", "b-42"))
 }
 
 fn sh(script: &str) -> Vec<String> {
@@ -688,8 +743,7 @@ async fn copy_of_is_private_and_complete() {
     std::os::unix::fs::symlink("src/main.rs", vol.join("link")).unwrap();
 
     let mut s = spec("pod-c", "h");
-    s.mounts
-        .push(mount("repo", MountSource::CopyOf(host(&vol))));
+    s.mounts.push(mount("repo", copy_of(&vol)));
     b.create(&s).await.unwrap();
     let r = run(
         &b,
@@ -723,6 +777,44 @@ async fn copy_of_is_private_and_complete() {
     );
     b.delete("pod-c", Duration::from_secs(1)).await.unwrap();
     assert!(vol.join("src/main.rs").exists());
+}
+
+/// A volume changed after sealing: pod creation fails `Corrupt`, naming the artifact
+/// and the build, and no pod (so no command, no partial copy) is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_changed_volume_fails_corrupt() {
+    let t = TempDir::new().unwrap();
+    let b = backend(&t);
+    let vol = t.path().join("volume");
+    std::fs::create_dir_all(vol.join("src")).unwrap();
+    std::fs::write(vol.join("src/main.rs"), "fn main() {}\n").unwrap();
+    let source = copy_of(&vol);
+    std::fs::write(vol.join("src/main.rs"), "fn main() {}\r").unwrap();
+
+    let mut s = spec("pod-x", "h");
+    s.mounts.push(mount("repo", source));
+    let e = b.create(&s).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"repo\"") && msg.contains("\"b-42\""),
+        "{msg}"
+    );
+    assert_eq!(
+        b.get("pod-x").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // Nothing of the copy is left anywhere under the backend's root.
+    let leftovers = std::process::Command::new("find")
+        .arg(t.path().join("root"))
+        .args(["-name", "main.rs"])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -789,7 +881,10 @@ async fn failed_mounts_leave_no_pod_and_pvcs_are_unsupported() {
     let mut s = spec("pod-m", "h");
     s.mounts.push(mount(
         "repo",
-        MountSource::CopyOf(host(&t.path().join("does-not-exist"))),
+        MountSource::CopyOf(CopySource::new(
+            host(&t.path().join("does-not-exist")),
+            TreeDigest::new().finish(),
+        )),
     ));
     assert_eq!(b.create(&s).await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(
@@ -826,8 +921,7 @@ async fn nested_mounts_inside_a_copy_cannot_escape_through_its_symlinks() {
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, vol.join("sub")).unwrap();
     let mut s = spec("pod-n", "h");
-    s.mounts
-        .push(mount("repo", MountSource::CopyOf(host(&vol))));
+    s.mounts.push(mount("repo", copy_of(&vol)));
     s.mounts.push(mount("repo/sub/x", MountSource::Empty));
     assert_eq!(b.create(&s).await.unwrap_err().kind(), ErrorKind::Invalid);
     assert!(!outside.join("x").exists());
@@ -837,8 +931,7 @@ async fn nested_mounts_inside_a_copy_cannot_escape_through_its_symlinks() {
     std::fs::create_dir_all(vol2.join("out")).unwrap();
     std::fs::write(vol2.join("out/old"), "x").unwrap();
     let mut s = spec("pod-n2", "h");
-    s.mounts
-        .push(mount("repo", MountSource::CopyOf(host(&vol2))));
+    s.mounts.push(mount("repo", copy_of(&vol2)));
     s.mounts.push(mount("repo/out", MountSource::Empty));
     b.create(&s).await.unwrap();
     assert!(!b.work_dir("pod-n2").unwrap().join("repo/out/old").exists());

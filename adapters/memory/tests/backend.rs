@@ -62,7 +62,10 @@ async fn unsupported_mounts_and_helper() {
     let mut s = spec("p", "h");
     s.mounts.push(Mount {
         path: "in".into(),
-        source: MountSource::CopyOf(MountInfo::HostPath { path: "/x".into() }),
+        source: MountSource::CopyOf(jetbridge_core::ports::CopySource::new(
+            MountInfo::HostPath { path: "/x".into() },
+            jetbridge_core::digest::TreeDigest::new().finish(),
+        )),
     });
     assert_eq!(
         b.create(&s).await.unwrap_err().kind(),

@@ -3,12 +3,18 @@
 //!
 //! - hand-off of a large-file artifact and of a many-small-files artifact from one step
 //!   to the next (seal the producer's output in place: size + digest; give the consumer
-//!   a private writable copy) against `tar -c | tar -x` between two directories;
+//!   a private writable copy, verified against the seal) against `tar -c | tar -x`
+//!   between two directories;
+//! - the copy alone, verified (core's `copy_verified`, what the consumer's pod creation
+//!   runs) and unverified (`cp -a`, what a copy that trusts the disk costs), against the
+//!   same pipe;
 //! - a 20-step plan of `true` through the build runner against running `true` 20 times.
 //!
 //! `cargo bench -p jetbridge --bench handoff`. `JB_BENCH_LARGE_MIB` (default 1024) and
 //! `JB_BENCH_SMALL_FILES` (default 10000) scale the data sets; `JB_BENCH_RUNS` (default 3)
-//! sets repetitions (the median is reported).
+//! sets repetitions (the median is reported). `JB_BENCH_ONLY=copy` runs nothing but
+//! verified copies of the small-file set (`JB_BENCH_RUNS` times), for counting syscalls
+//! with `strace -c -f` (see `docs/benchmarks.md`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,11 +23,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jetbridge_core::copy::{CopyOptions, copy_verified};
+use jetbridge_core::digest::Digest;
 use jetbridge_core::images::ImageResolver;
 use jetbridge_core::names::VolumeHandle;
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{
-    ArtifactRegistry, MountAccess, MountInfo, MountSource, PodSpec, Pods, Runtime, VolumeStore,
+    ArtifactRegistry, CopySource, MountAccess, MountInfo, MountSource, PodSpec, Pods, Runtime,
+    VolumeStore,
 };
 use jetbridge_core::services::{AbortSignal, BuildRequest, BuildRunner, NoEvents, StepConfig};
 use jetbridge_fs::FsVolumeStore;
@@ -114,6 +123,33 @@ fn tar_pipe(src: &Path, dst: &Path) -> Duration {
     d
 }
 
+/// The copy a consumer's pod creation makes, alone: read, write, hash, check.
+fn verified_copy(src: &Path, dst: &Path, digest: &Digest) -> Duration {
+    let t = Instant::now();
+    copy_verified(
+        src,
+        dst,
+        digest,
+        CopyOptions::new().with_writable_dirs(true),
+    )
+    .expect("verified copy");
+    t.elapsed()
+}
+
+/// A copy that trusts the disk: `cp -a`.
+fn unverified_copy(src: &Path, dst: &Path) -> Duration {
+    let t = Instant::now();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .expect("cp");
+    let d = t.elapsed();
+    assert!(st.success());
+    d
+}
+
 struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -151,13 +187,13 @@ async fn handoff(e: &Env, src: &Path, i: usize) -> Duration {
     copy_tree(src, &e.store.volume_data_path(&h));
     let pod = format!("bench-consumer-{i}");
     let t = Instant::now();
-    e.store.seal(&h).await.expect("seal");
+    let sealed = e.store.seal(&h).await.expect("seal");
     let m = e.store.mount(&h, MountAccess::Read).await.expect("mount");
     assert!(matches!(m, MountInfo::HostPath { .. }));
     let mut spec = PodSpec::new(pod.clone(), "host");
     spec.mounts.push(jetbridge_core::ports::Mount {
         path: "input".into(),
-        source: MountSource::CopyOf(m),
+        source: MountSource::CopyOf(CopySource::new(m, sealed.digest.expect("digest"))),
     });
     e.backend.create(&spec).await.expect("consumer pod");
     let d = t.elapsed();
@@ -184,24 +220,69 @@ async fn bench_handoff(label: &str, flush: bool, make: impl Fn(&Path) -> u64, ru
     // Warm the page cache once, like a step that just wrote its output.
     let _ = tar_pipe(&src, &e.root.join("warm"));
     let _ = std::fs::remove_dir_all(e.root.join("warm"));
+    // A sealed copy of the source for the copy-only rows.
+    let (sealed_dir, digest) = sealed_source(&e, &src).await;
     let mut ours = Vec::new();
     let mut pipe = Vec::new();
+    let mut verified = Vec::new();
+    let mut unverified = Vec::new();
     for i in 0..runs {
+        // Interleaved, so a slow phase of the disk hits every variant alike.
         ours.push(handoff(&e, &src, i).await);
         let dst = e.root.join(format!("pipe-{i}"));
         pipe.push(tar_pipe(&src, &dst));
         let _ = std::fs::remove_dir_all(&dst);
+        let dst = e.root.join(format!("verified-{i}"));
+        verified.push(verified_copy(&sealed_dir, &dst, &digest));
+        let _ = std::fs::remove_dir_all(&dst);
+        let dst = e.root.join(format!("unverified-{i}"));
+        unverified.push(unverified_copy(&sealed_dir, &dst));
+        let _ = std::fs::remove_dir_all(&dst);
     }
-    let (o, p) = (median(ours), median(pipe));
+    let p = median(pipe);
     let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / (1024.0 * 1024.0);
+    let row = |what: &str, o: Duration| {
+        println!(
+            "| {what}, {label} ({:.0} MiB) | {:.3} s ({:.0} MiB/s) | {:.3} s ({:.0} MiB/s) | {:.2} |",
+            bytes as f64 / (1024.0 * 1024.0),
+            o.as_secs_f64(),
+            mbps(o),
+            p.as_secs_f64(),
+            mbps(p),
+            p.as_secs_f64() / o.as_secs_f64()
+        );
+    };
+    row("hand-off (seal + verified copy)", median(ours));
+    if flush {
+        // The copies do not depend on how the seal flushes: shown once.
+        row("verified copy alone", median(verified));
+        row("unverified copy alone (`cp -a`)", median(unverified));
+    }
+}
+
+/// `src` put into a sealed volume: its data directory and digest.
+async fn sealed_source(e: &Env, src: &Path) -> (PathBuf, Digest) {
+    let h = VolumeHandle::parse("v-bench-source").expect("handle");
+    e.store.create(&h).await.expect("create");
+    copy_tree(src, &e.store.volume_data_path(&h));
+    let info = e.store.seal(&h).await.expect("seal");
+    (e.store.volume_data_path(&h), info.digest.expect("digest"))
+}
+
+/// `JB_BENCH_ONLY=copy`: verified copies of the small-file set and nothing else.
+async fn only_copies(small: u64, runs: usize) {
+    let e = env(false);
+    let src = e.root.join("source");
+    make_small(&src, small);
+    let (sealed_dir, digest) = sealed_source(&e, &src).await;
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let dst = e.root.join(format!("verified-{i}"));
+        times.push(verified_copy(&sealed_dir, &dst, &digest));
+    }
     println!(
-        "| hand-off, {label} ({:.0} MiB) | {:.3} s ({:.0} MiB/s) | {:.3} s ({:.0} MiB/s) | {:.2} |",
-        bytes as f64 / (1024.0 * 1024.0),
-        o.as_secs_f64(),
-        mbps(o),
-        p.as_secs_f64(),
-        mbps(p),
-        p.as_secs_f64() / o.as_secs_f64()
+        "verified copy of {small} small files: {:.3} s (median of {runs})",
+        median(times).as_secs_f64()
     );
 }
 
@@ -296,6 +377,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var("JB_BENCH_ONLY").as_deref() == Ok("copy") {
+        rt.block_on(only_copies(small, runs));
+        return;
+    }
     println!("| case | jetbridge | baseline | ratio (baseline time / ours) |");
     println!("|---|---|---|---|");
     rt.block_on(async {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use jetbridge_conformance::RuntimeSubject;
-use jetbridge_conformance::runtime::write_mock_resource;
+use jetbridge_conformance::runtime::{flip_a_byte_under, write_mock_resource};
 use jetbridge_core::images::ImageResolver;
 use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
 use jetbridge_fs::FsVolumeStore;
@@ -32,14 +32,14 @@ async fn subject(pvc: bool) -> Option<RuntimeSubject> {
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig, "jb-runtime")
         .expect("kubeconfig");
-    let volumes: Arc<dyn VolumeStore> = if pvc {
-        Arc::new(
-            FsVolumeStore::new(pvc_root.join("artifacts"))
-                .expect("store")
-                .with_pvc("artifacts", ""),
-        )
-    } else {
-        Arc::new(MemoryVolumeStore::new())
+    let fs_store = pvc.then(|| {
+        FsVolumeStore::new(pvc_root.join("artifacts"))
+            .expect("store")
+            .with_pvc("artifacts", "")
+    });
+    let volumes: Arc<dyn VolumeStore> = match &fs_store {
+        Some(s) => Arc::new(s.clone()),
+        None => Arc::new(MemoryVolumeStore::new()),
     };
     let backend = Arc::new(
         KubeBackend::new(KubeConfig {
@@ -62,11 +62,13 @@ async fn subject(pvc: bool) -> Option<RuntimeSubject> {
         registry,
     };
     let images = ImageResolver::new().with_scripts_dir(mock.to_string_lossy().into_owned());
-    Some(
-        RuntimeSubject::new(rt, MOCK_TYPE, images)
-            .with_guard(sim)
-            .with_guard(dir),
-    )
+    let mut s = RuntimeSubject::new(rt, MOCK_TYPE, images)
+        .with_guard(sim)
+        .with_guard(dir);
+    if let Some(store) = fs_store {
+        s = s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h), ""));
+    }
+    Some(s)
 }
 
 async fn kube_with_claim() -> Option<RuntimeSubject> {
@@ -99,7 +101,11 @@ async fn kube_with_object_store() -> Option<RuntimeSubject> {
         jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default())
             .expect("store"),
     ));
-    Some(s.with_guard(dir))
+    let volumes = dir.path().join("volumes");
+    Some(
+        s.with_tamper(move |h| flip_a_byte_under(&volumes.join(h.as_str()), "data-"))
+            .with_guard(dir),
+    )
 }
 
 mod object_store {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use jetbridge_conformance::RuntimeSubject;
-use jetbridge_conformance::runtime::write_mock_resource;
+use jetbridge_conformance::runtime::{flip_a_byte_under, write_mock_resource};
 use jetbridge_core::images::ImageResolver;
 use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
 use jetbridge_fs::FsVolumeStore;
@@ -36,7 +36,14 @@ fn subject(store: impl FnOnce(&std::path::Path) -> Arc<dyn VolumeStore>) -> Opti
 }
 
 async fn local_with_fs_store() -> Option<RuntimeSubject> {
-    subject(|d| Arc::new(FsVolumeStore::new(d.join("volumes")).expect("fs store")))
+    let mut kept = None;
+    let s = subject(|d| {
+        let store = FsVolumeStore::new(d.join("volumes")).expect("fs store");
+        kept = Some(store.clone());
+        Arc::new(store)
+    })?;
+    let store = kept?;
+    Some(s.with_tamper(move |h| flip_a_byte_under(&store.volume_data_path(h), "")))
 }
 
 async fn local_with_streamed_store() -> Option<RuntimeSubject> {
@@ -56,14 +63,23 @@ mod streamed_store {
 }
 
 async fn local_with_object_store() -> Option<RuntimeSubject> {
-    subject(|d| {
+    let mut bucket = None;
+    let s = subject(|d| {
         std::fs::create_dir_all(d.join("bucket")).expect("bucket dir");
+        bucket = Some(d.join("bucket"));
         let url = format!("file://{}", d.join("bucket").display());
         Arc::new(
             jetbridge_object_store::ObjectStoreVolumes::from_url(&url, Default::default())
                 .expect("object store"),
         )
-    })
+    })?;
+    let bucket = bucket?;
+    // A volume's objects live under `volumes/<handle>/` of the bucket.
+    Some(
+        s.with_tamper(move |h| {
+            flip_a_byte_under(&bucket.join("volumes").join(h.as_str()), "data-")
+        }),
+    )
 }
 
 /// S3 through the emulator `.ci/emulators.sh` starts (`JETBRIDGE_S3_ENDPOINT`).

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use super::volumes::MountInfo;
 use crate::Result;
+use crate::digest::Digest;
 
 /// What a [`Pods`] adapter can do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,8 +70,10 @@ pub struct Resources {
 pub enum MountSource {
     /// An empty writable directory (filled by streaming, or an output collected by streaming).
     Empty,
-    /// A private writable copy of a sealed volume: changes never reach the volume.
-    CopyOf(MountInfo),
+    /// A private writable copy of a sealed volume: changes never reach the volume. The
+    /// adapter checks the copy against [`CopySource::digest`] before the step can see
+    /// it, and fails with `Corrupt` (naming the artifact and the build) on a mismatch.
+    CopyOf(CopySource),
     /// The volume itself, writable, for outputs written in place (no copy).
     WriteInto(MountInfo),
     /// A cache kept between runs of the same step, keyed by `key`.
@@ -78,6 +81,57 @@ pub enum MountSource {
         /// Stable key: pipeline, job, step and cache path.
         key: String,
     },
+}
+
+/// What a [`MountSource::CopyOf`] copies, and what the copy must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopySource {
+    /// Where the sealed volume is.
+    pub mount: MountInfo,
+    /// The sealed tree digest ([`crate::digest::TreeDigest`]) the copy must have.
+    pub digest: Digest,
+    /// The artifact's name, for messages.
+    pub artifact: String,
+    /// The build the step belongs to, for messages.
+    pub build: String,
+}
+
+impl CopySource {
+    /// A copy of `mount` that must match `digest`.
+    pub fn new(mount: MountInfo, digest: Digest) -> Self {
+        CopySource {
+            mount,
+            digest,
+            artifact: String::new(),
+            build: String::new(),
+        }
+    }
+
+    /// Name the artifact and the build in messages.
+    pub fn with_artifact(mut self, artifact: impl Into<String>, build: impl Into<String>) -> Self {
+        self.artifact = artifact.into();
+        self.build = build.into();
+        self
+    }
+
+    /// The `Corrupt` error for a copy that does not match: names the artifact and the
+    /// build; `detail` says what differed.
+    pub fn corrupt(&self, detail: impl std::fmt::Display) -> crate::Error {
+        Self::corrupt_error(&self.artifact, &self.build, detail)
+    }
+
+    /// [`Self::corrupt`] for an adapter that has only the names (e.g. read back from
+    /// a pod).
+    pub fn corrupt_error(
+        artifact: &str,
+        build: &str,
+        detail: impl std::fmt::Display,
+    ) -> crate::Error {
+        crate::Error::corrupt(format!(
+            "input artifact {artifact:?} of build {build:?} changed after it was sealed: {detail}"
+        ))
+    }
 }
 
 /// A directory in the pod's working directory.

@@ -21,8 +21,8 @@ use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{ArtifactId, StepIdentity, VolumeHandle};
 use crate::ports::{
-    Container, Exec, ExecRequest, Holder, MountAccess, MountSource, OutputSink, OutputStream,
-    PendingReason, PodSpec, PodState, Pods, Resources, Runtime, WaitFor,
+    Container, CopySource, Exec, ExecRequest, Holder, MountAccess, MountSource, OutputSink,
+    OutputStream, PendingReason, PodSpec, PodState, Pods, Resources, Runtime, WaitFor,
 };
 
 /// Deadlines and policies of the step runner.
@@ -330,8 +330,13 @@ impl StepRunner {
                     .mount(&input.artifact.volume, MountAccess::Read)
                     .await
                     .map_err(StepFailure::from_error)?;
-                if pod_caps.can_mount(&m) {
-                    source = MountSource::CopyOf(m);
+                // Without a sealed digest the copy could not be checked: stream it
+                // instead (reads verify).
+                if let (true, Some(digest)) = (pod_caps.can_mount(&m), &input.artifact.digest) {
+                    source = MountSource::CopyOf(
+                        CopySource::new(m, digest.clone())
+                            .with_artifact(&input.artifact.name, &req.build_id),
+                    );
                 }
             }
             if source == MountSource::Empty {
@@ -392,9 +397,10 @@ impl StepRunner {
         if let Some(s) = &store {
             for input in &stream_in {
                 let tar = s.read_tar(&input.artifact.volume).await.map_err(|e| {
-                    StepFailure::from_error(
-                        e.context(format!("reading input {:?}", input.artifact.name)),
-                    )
+                    StepFailure::from_error(e.context(format!(
+                        "reading input artifact {:?} of build {:?}",
+                        input.artifact.name, req.build_id
+                    )))
                 })?;
                 let exec = ExecRequest::new(pod_name, argv(&["tar", "-x", "-f", "-"]))
                     .container(helper_container)
