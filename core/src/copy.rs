@@ -353,6 +353,9 @@ fn io_err(e: io::Error, what: impl std::fmt::Display) -> Error {
         io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
         io::ErrorKind::NotFound => ErrorKind::NotFound,
         io::ErrorKind::Interrupted | io::ErrorKind::TimedOut => ErrorKind::Transient,
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::PermissionDenied
+        }
         _ => ErrorKind::Other,
     };
     let msg = format!("{what}: {e}");
@@ -361,6 +364,7 @@ fn io_err(e: io::Error, what: impl std::fmt::Display) -> Error {
         ErrorKind::AlreadyExists => Error::already_exists(msg),
         ErrorKind::NotFound => Error::not_found(msg),
         ErrorKind::Transient => Error::transient(msg),
+        ErrorKind::PermissionDenied => Error::permission_denied(msg),
         _ => Error::other(msg),
     };
     err.with_source(e)

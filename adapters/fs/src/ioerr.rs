@@ -14,6 +14,9 @@ pub(crate) fn kind_of(e: &io::Error) -> ErrorKind {
         return match code {
             libc::ENOSPC | libc::EDQUOT => ErrorKind::StorageFull,
             libc::ENOENT => ErrorKind::NotFound,
+            // The store's directory (or claim) is not ours to write: a mount option, a
+            // claim's fsGroup, a read-only mount. The message names the operation and path.
+            libc::EACCES | libc::EPERM | libc::EROFS => ErrorKind::PermissionDenied,
             // A FUSE daemon restarting, an NFS server hiccup, a timed-out object request:
             // the same call can succeed later.
             libc::EIO
@@ -27,6 +30,9 @@ pub(crate) fn kind_of(e: &io::Error) -> ErrorKind {
     }
     match e.kind() {
         io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::PermissionDenied
+        }
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StorageFull,
         io::ErrorKind::TimedOut | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => {
             ErrorKind::Transient
@@ -56,7 +62,10 @@ mod tests {
         assert_eq!(k(libc::ENOSPC), ErrorKind::StorageFull);
         assert_eq!(k(libc::EDQUOT), ErrorKind::StorageFull);
         assert_eq!(k(libc::ENOENT), ErrorKind::NotFound);
-        assert_eq!(k(libc::EACCES), ErrorKind::Other);
+        assert_eq!(k(libc::EACCES), ErrorKind::PermissionDenied);
+        assert_eq!(k(libc::EPERM), ErrorKind::PermissionDenied);
+        assert_eq!(k(libc::EROFS), ErrorKind::PermissionDenied);
+        assert_eq!(k(libc::EBADF), ErrorKind::Other);
         assert_eq!(k(libc::EIO), ErrorKind::Transient);
         assert_eq!(k(libc::ETIMEDOUT), ErrorKind::Transient);
         assert_eq!(k(libc::EAGAIN), ErrorKind::Transient);

@@ -109,6 +109,9 @@ pub(crate) fn io_error(e: std::io::Error, what: impl std::fmt::Display) -> Error
         K::AlreadyExists => Error::already_exists(format!("{what}: {e}")),
         K::StorageFull | K::QuotaExceeded => Error::storage_full(format!("{what}: {e}")),
         K::InvalidInput | K::InvalidFilename => Error::invalid(format!("{what}: {e}")),
+        K::PermissionDenied | K::ReadOnlyFilesystem => {
+            Error::permission_denied(format!("{what}: {e}"))
+        }
         K::Interrupted | K::TimedOut | K::WouldBlock => Error::transient(format!("{what}: {e}")),
         _ => Error::other(format!("{what}: {e}")),
     };

@@ -1,5 +1,7 @@
 //! API requests per step on Kubernetes, counted by the simulator: a step with one input
-//! and one output, volumes mounted from the claim, stays within 8 requests.
+//! and one output, volumes mounted from the claim, stays within 10 requests: 8 to run
+//! it, and a list (plus a watch while it terminates) to see the pod gone before its
+//! in-place output is sealed.
 
 use std::sync::Arc;
 
@@ -83,7 +85,7 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
         println!("  {} {}?{}", r.method, r.path, r.query);
     }
     assert!(
-        requests.len() <= 16,
-        "more than 8 requests per step: {requests:#?}"
+        requests.len() <= 20,
+        "more than 10 requests per step: {requests:#?}"
     );
 }
