@@ -54,6 +54,8 @@ pub const COPY_BUILD_ENV: &str = "JETBRIDGE_BUILD";
 /// `sha256sum` in batches, not one process per file. Anything that goes wrong while
 /// listing makes the digest differ, never match. Names holding a newline, a tab or a
 /// control character cannot be listed this way and fail the check.
+/// Modes count as the tree digest counts them: setuid and setgid dropped, sticky kept
+/// (`core::archive`), hence the first octal digit taken modulo 2.
 const COPY_SCRIPT: &str = r#"set -e
 cp -a src/. dst/
 cd dst
@@ -82,7 +84,7 @@ function unesc(s,   o, i, c) {
   }
   return o
 }
-function pad(m) { return substr("0000" m, length(m) + 1) }
+function pad(m,   p) { p = substr("0000" m, length(m) + 1); return (substr(p, 1, 1) % 2) substr(p, 2) }
 function out(p, line) { printf "%s\t%s\n", esc(substr(p, 3)), line }
 /^d / { p = substr($0, length($2) + 4); out(p, "d " pad($2) " " esc(substr(p, 3))); next }
 /^f / { p = substr($0, length($2) + length($3) + 5); mode[p] = $2; size[p] = $3; next }
