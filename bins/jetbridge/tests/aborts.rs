@@ -12,30 +12,17 @@ use jetbridge_core::services::{
     AbortHandle, BuildOutcome, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig,
     abort_pair,
 };
-use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube::KubeConfig;
 use jetbridge_kube_sim::{SimConfig, Simulator};
 use jetbridge_memory::MemoryRegistry;
+
+mod common;
 
 const NS: &str = "jb-aborts";
 
 async fn setup(dir: &std::path::Path) -> (Simulator, Runtime) {
-    let sim = Simulator::start(SimConfig {
-        work_root: Some(dir.join("sim")),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
-    let backend = Arc::new(
-        KubeBackend::new(KubeConfig {
-            kubeconfig: Some(kubeconfig),
-            namespace: Some(NS.into()),
-            ..KubeConfig::default()
-        })
-        .await
-        .expect("kube backend"),
-    );
+    let (sim, backend) =
+        common::kube_on_sim(dir, NS, SimConfig::default(), KubeConfig::default()).await;
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
     let rt = Runtime {
         pods: backend.clone(),

@@ -13,9 +13,11 @@ use jetbridge_core::services::{
     AbortSignal, BuildOutcome, BuildRequest, BuildRunner, BuildStatus, NoEvents, Reaper,
     ReaperConfig, StepConfig, StepFailure,
 };
-use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube::KubeConfig;
 use jetbridge_kube_sim::{SimConfig, Simulator};
 use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
+
+mod common;
 
 const NS: &str = "jb-fail";
 
@@ -26,24 +28,16 @@ async fn setup(dir: &std::path::Path) -> (Simulator, Runtime) {
 /// `reclaim`: how long the kubelet takes to confirm a graceful deletion, during which
 /// the pod is seen terminating in its terminal phase, as in a cluster.
 async fn setup_with(dir: &std::path::Path, reclaim: Duration) -> (Simulator, Runtime) {
-    let sim = Simulator::start(SimConfig {
-        work_root: Some(dir.join("sim")),
-        reclaim_delay: reclaim,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
-    let backend = Arc::new(
-        KubeBackend::new(KubeConfig {
-            kubeconfig: Some(kubeconfig),
-            namespace: Some(NS.into()),
-            ..KubeConfig::default()
-        })
-        .await
-        .expect("backend"),
-    );
+    let (sim, backend) = common::kube_on_sim(
+        dir,
+        NS,
+        SimConfig {
+            reclaim_delay: reclaim,
+            ..SimConfig::default()
+        },
+        KubeConfig::default(),
+    )
+    .await;
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
     let rt = Runtime {
         pods: backend.clone(),

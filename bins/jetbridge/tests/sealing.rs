@@ -16,6 +16,8 @@ use jetbridge_core::services::{
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_memory::MemoryRegistry;
 
+mod common;
+
 /// The task leaves a writer behind that appends to its output every 20 ms and shrugs
 /// off SIGTERM, so it writes until it is killed; it records its pid so the test can
 /// wait for it to be gone. (Detached from the step's output, as a daemon would be, so
@@ -124,33 +126,26 @@ async fn on_the_local_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kubernetes_with_a_claim() {
-    use jetbridge_kube::{KubeBackend, KubeConfig};
-    use jetbridge_kube_sim::{SimConfig, Simulator};
+    use jetbridge_kube::KubeConfig;
+    use jetbridge_kube_sim::SimConfig;
     let dir = tempfile::tempdir().expect("tempdir");
     let pvc_root = dir.path().join("pvc");
-    let sim = Simulator::start(SimConfig {
-        work_root: Some(dir.path().join("sim")),
-        pvc_root: Some(pvc_root.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "jb-sealing")
-        .expect("kubeconfig");
+    let (sim, backend) = common::kube_on_sim(
+        dir.path(),
+        "jb-sealing",
+        SimConfig {
+            pvc_root: Some(pvc_root.clone()),
+            ..SimConfig::default()
+        },
+        KubeConfig {
+            artifact_claim: Some("artifacts".to_owned()),
+            ..KubeConfig::default()
+        },
+    )
+    .await;
     let store = FsVolumeStore::new(pvc_root.join("artifacts"))
         .expect("store")
         .with_pvc("artifacts", "");
-    let backend = Arc::new(
-        KubeBackend::new(KubeConfig {
-            kubeconfig: Some(kubeconfig),
-            namespace: Some("jb-sealing".into()),
-            artifact_claim: Some("artifacts".to_owned()),
-            ..KubeConfig::default()
-        })
-        .await
-        .expect("kube backend"),
-    );
     let mark = dir.path().join("mark");
     std::fs::create_dir_all(&mark).expect("mark dir");
     let volumes: Arc<dyn VolumeStore> = Arc::new(store.clone());
