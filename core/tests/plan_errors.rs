@@ -486,3 +486,27 @@ fn task_config_problems() {
         &["a task input", "`name`"],
     );
 }
+
+#[test]
+fn param_names_must_be_environment_variable_names_on_every_cluster() {
+    let task = |params: &str| {
+        format!(
+            "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    params: {params}\n    config: {{platform: linux, run: {{path: x}}}}\n"
+        )
+    };
+    // Kubernetes 1.29-1.31 refuse these in a pod (422); here they are plan errors.
+    for bad in ["1PASSWORD", "a:b", "with space", "é"] {
+        let text = task(&format!("{{{bad:?}: v}}"));
+        let err = fails_at(&text, 6, 14, &["`params` name", "environment variable"]);
+        assert!(hint(&err).contains("letters"), "{bad}");
+    }
+    for good in ["API_TOKEN", "_x", "-a.b", "a1"] {
+        parse_pipeline(&task(&format!("{{{good}: v}}")), "p.yml", &Vars::new())
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    // In a task config too, with its own position.
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      params: {{9LIVES: v}}\n      run: {{path: x}}\n"
+    );
+    fails_at(&text, 8, 16, &["`9LIVES`"]);
+}

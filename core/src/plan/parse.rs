@@ -131,6 +131,16 @@ impl<'n> Obj<'n> {
     }
 }
 
+/// Whether `name` is an environment variable name every supported Kubernetes version
+/// accepts.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// Which artifacts exist at a point in a job's plan.
 #[derive(Debug, Clone, Default)]
 struct Flow {
@@ -385,6 +395,35 @@ impl<'f> Cx<'f> {
                 _ => v.scalar_text().unwrap_or_default(),
             };
             out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Task `params`: they become environment variables, so their names must be ones
+    /// every supported Kubernetes version accepts. 1.29 to 1.31 allow only
+    /// `[-._a-zA-Z][-._a-zA-Z0-9]*` (apimachinery `IsEnvVarName`; the relaxed rule is
+    /// beta only from 1.32): refusing others here turns a failed pod create into a plan
+    /// error with a position.
+    fn env_map(
+        &self,
+        node: Option<&Node>,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, PlanError> {
+        let out = self.string_map(node, what)?;
+        if let Some(node) = node {
+            for (k, _) in self.mapping(node, what)? {
+                let name = k.scalar_text().unwrap_or_default();
+                if !is_env_var_name(&name) {
+                    return Err(self
+                        .err(
+                            k.pos,
+                            format!("{what} name `{name}` is not a valid environment variable name"),
+                        )
+                        .with_hint(
+                            "use letters, digits, `_`, `-` and `.`, not starting with a digit (e.g. `API_TOKEN`)",
+                        ));
+                }
+            }
         }
         Ok(out)
     }
@@ -977,7 +1016,7 @@ impl<'f> Cx<'f> {
         let name = self.name(name_node, "task name")?;
         let input_mapping = self.name_map(obj.get("input_mapping"), "`input_mapping`")?;
         let output_mapping = self.name_map(obj.get("output_mapping"), "`output_mapping`")?;
-        let params = self.string_map(obj.get("params"), "`params`")?;
+        let params = self.env_map(obj.get("params"), "`params`")?;
         let privileged = match obj.get("privileged") {
             Some(n) => self.boolean(n, "`privileged`")?,
             None => false,
@@ -1250,7 +1289,7 @@ impl<'f> Cx<'f> {
                 caches.push(self.rel_path(p, "cache `path`")?);
             }
         }
-        let params = self.string_map(obj.get("params"), "`params`")?;
+        let params = self.env_map(obj.get("params"), "`params`")?;
         let run_node = self.required(&obj, "run", what)?;
         let run = self.run(run_node)?;
         let container_limits = match obj.get("container_limits") {
