@@ -323,3 +323,52 @@ pub fn env_duration(var: &str, default: Duration) -> Duration {
         .map(Duration::from_secs)
         .unwrap_or(default)
 }
+
+/// The tree digest of the directory `root`, computed by a plain walk: a reference that
+/// tests compare a store's, a copy's or a script's digest with. Symlinks are read, never
+/// followed. Panics on an unreadable tree (it is a test helper).
+pub fn dir_digest(root: &std::path::Path) -> jetbridge_core::digest::Digest {
+    use jetbridge_core::digest::{TreeDigest, TreeEntry, sha256};
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &std::path::Path, rel: &str, t: &mut TreeDigest) {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("dir entry");
+            let name = e.file_name().into_string().expect("UTF-8 name");
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md = std::fs::symlink_metadata(e.path()).expect("lstat");
+            let mode = md.permissions().mode();
+            if md.is_dir() {
+                t.add(&r, TreeEntry::Dir { mode });
+                walk(root, &r, t);
+            } else if md.is_file() {
+                let data = std::fs::read(e.path()).expect("read");
+                let h = sha256(&data);
+                let size = data.len() as u64;
+                t.add(
+                    &r,
+                    TreeEntry::File {
+                        mode,
+                        size,
+                        sha256: &h,
+                    },
+                );
+            } else {
+                let target = std::fs::read_link(e.path()).expect("readlink");
+                let target = target.to_str().expect("UTF-8 link");
+                t.add(&r, TreeEntry::Symlink { target });
+            }
+        }
+    }
+    let mut t = TreeDigest::new();
+    walk(root, "", &mut t);
+    t.finish()
+}

@@ -1209,56 +1209,13 @@ mod copy_script_tests {
     use std::path::Path;
     use std::process::Command;
 
-    use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry, sha256};
+    use jetbridge_core::digest::Digest;
 
     use super::{COPY_CORRUPT_EXIT, COPY_DIGEST_ENV, COPY_SCRIPT};
 
     /// The tree digest of `root`, walked here as a store does at seal time.
     fn digest(root: &Path) -> Digest {
-        fn walk(root: &Path, rel: &str, t: &mut TreeDigest) {
-            let dir = if rel.is_empty() {
-                root.to_path_buf()
-            } else {
-                root.join(rel)
-            };
-            for e in fs::read_dir(dir).unwrap() {
-                let e = e.unwrap();
-                let name = e.file_name().into_string().unwrap();
-                let r = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                let md = fs::symlink_metadata(e.path()).unwrap();
-                let mode = md.permissions().mode() & 0o7777;
-                if md.is_dir() {
-                    t.add(&r, TreeEntry::Dir { mode });
-                    walk(root, &r, t);
-                } else if md.is_file() {
-                    let data = fs::read(e.path()).unwrap();
-                    let h = sha256(&data);
-                    t.add(
-                        &r,
-                        TreeEntry::File {
-                            mode,
-                            size: data.len() as u64,
-                            sha256: &h,
-                        },
-                    );
-                } else {
-                    let target = fs::read_link(e.path()).unwrap();
-                    t.add(
-                        &r,
-                        TreeEntry::Symlink {
-                            target: target.to_str().unwrap(),
-                        },
-                    );
-                }
-            }
-        }
-        let mut t = TreeDigest::new();
-        walk(root, "", &mut t);
-        t.finish()
+        jetbridge_conformance::support::dir_digest(root)
     }
 
     /// Run the script in `work` (holding `src/` and an empty `dst/`); its exit code.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jetbridge_core::ErrorKind;
-use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry, sha256};
+use jetbridge_core::digest::{Digest, TreeDigest};
 use jetbridge_core::names::label;
 use jetbridge_core::ports::{
     ByteStream, CaptureOutput, Container, CopySource, Exec, ExecRequest, Mount, MountInfo,
@@ -46,50 +46,7 @@ fn host(p: &Path) -> MountInfo {
 /// The sealed digest of the tree at `dir`, computed here independently of the copier
 /// (what a volume store records at seal time).
 fn tree_digest(dir: &Path) -> Digest {
-    fn walk(root: &Path, rel: &str, t: &mut TreeDigest) {
-        let here = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        for e in std::fs::read_dir(here).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            let r = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let md = std::fs::symlink_metadata(e.path()).unwrap();
-            let mode = md.permissions().mode() & 0o7777;
-            if md.is_dir() {
-                t.add(&r, TreeEntry::Dir { mode });
-                walk(root, &r, t);
-            } else if md.is_file() {
-                let data = std::fs::read(e.path()).unwrap();
-                let h = sha256(&data);
-                t.add(
-                    &r,
-                    TreeEntry::File {
-                        mode,
-                        size: data.len() as u64,
-                        sha256: &h,
-                    },
-                );
-            } else {
-                let target = std::fs::read_link(e.path()).unwrap();
-                t.add(
-                    &r,
-                    TreeEntry::Symlink {
-                        target: target.to_str().unwrap(),
-                    },
-                );
-            }
-        }
-    }
-    let mut t = TreeDigest::new();
-    walk(dir, "", &mut t);
-    t.finish()
+    jetbridge_conformance::support::dir_digest(dir)
 }
 
 fn copy_of(vol: &Path) -> MountSource {
