@@ -464,6 +464,15 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
         "running job {job} of pipeline {} (build {})",
         pipeline.name, args.build_number
     ));
+    // Listen before the build starts: a signal that came before the first poll of a
+    // lazily created listener would take the default action and kill us, leaving pods
+    // and no hooks run. A `Signal` stream also keeps a signal that arrives between two
+    // `recv` calls, so a quick second Ctrl-C is never lost.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGINT: {e}"))?;
+    // SIGTERM (a container runtime stopping us) counts as Ctrl-C.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
     let started = Instant::now();
     let build = runner.run(BuildRequest {
         pipeline: Arc::new(pipeline),
@@ -474,14 +483,11 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
         abort: signal,
     });
     tokio::pin!(build);
-    // SIGTERM (a container runtime stopping us) counts as Ctrl-C.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
     let mut interrupts = 0u8;
     let outcome = loop {
         tokio::select! {
             r = &mut build => break r,
-            _ = tokio::signal::ctrl_c() => {}
+            _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
         }
         interrupts += 1;

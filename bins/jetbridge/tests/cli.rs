@@ -288,7 +288,7 @@ struct Interrupted {
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
     seen: Vec<String>,
     data: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Interrupted {
@@ -302,7 +302,8 @@ impl Interrupted {
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: a full pipe would block the run.
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
             .spawn()
             .expect("spawns");
         let stdout = child.stdout.take().expect("stdout");
@@ -311,7 +312,7 @@ impl Interrupted {
             lines: BufReader::new(stdout).lines(),
             seen: Vec::new(),
             data,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -325,9 +326,11 @@ impl Interrupted {
                 return;
             }
         }
+        let status = self.child.wait().expect("exits");
         panic!(
-            "the run ended without printing {needle:?}: {:#?}",
-            self.seen
+            "the run ended ({status}) without printing {needle:?}: {:#?}\nstderr:\n{}",
+            self.seen,
+            std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
         );
     }
 
@@ -347,7 +350,11 @@ impl Interrupted {
             Vec::<String>::new(),
             "pods left behind"
         );
-        (status.code(), self.seen.join("\n"))
+        let stderr = std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+        (
+            status.code(),
+            format!("{}\nstderr:\n{stderr}", self.seen.join("\n")),
+        )
     }
 }
 
