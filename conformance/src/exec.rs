@@ -5,6 +5,7 @@
 //! Each case starts its own pod (through [`Pods`]) and deletes it at the end. Commands
 //! stay within the shell subset every backend supports (see the crate README).
 
+use jetbridge_core::ports::DeleteOpts;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -322,7 +323,8 @@ pub async fn exec_in_deleted_pod_fails(
 ) -> CaseResult {
     with_pod!(pods, image, "deletedpod", |pod| {
         run_ok(exec, ExecRequest::new(&pod, argv(&["true"]))).await?;
-        pods.delete(&pod, Duration::ZERO).await?;
+        pods.delete(&pod, &DeleteOpts::grace(Duration::ZERO))
+            .await?;
         until_gone(pods, &pod).await?;
         ensure_kind!(
             exec.exec(

@@ -120,14 +120,8 @@ fn start(subject: &RuntimeSubject, jobs: &str, grace: Duration) -> Result<Runnin
     .with_abort_grace(grace);
     let (abort, signal) = abort_pair();
     let build_id = format!("life-{}", crate::support::unique_hex(12));
-    let req = BuildRequest {
-        pipeline: Arc::new(pipeline),
-        job: "main".to_owned(),
-        build_number: 1,
-        build_id: build_id.clone(),
-        vars: Vars::new(),
-        abort: signal,
-    };
+    let req = BuildRequest::new(Arc::new(pipeline), "main".to_owned(), 1, build_id.clone())
+        .with_abort(signal);
     let build = tokio::spawn(async move { runner.run(req).await });
     Ok(Running {
         abort,

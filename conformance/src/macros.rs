@@ -604,13 +604,13 @@ mod tests {
         async fn get(&self, name: &str) -> Result<PodStatus> {
             Err(Error::not_found(name.to_owned()))
         }
-        async fn wait(&self, name: &str, _: WaitFor, _: Duration) -> Result<PodStatus> {
+        async fn wait(&self, name: &str, _: &WaitOpts) -> Result<PodStatus> {
             Err(Error::not_found(name.to_owned()))
         }
         async fn list(&self, _: &LabelSelector) -> Result<Vec<PodStatus>> {
             Ok(Vec::new())
         }
-        async fn delete(&self, _: &str, _: Duration) -> Result<()> {
+        async fn delete(&self, _: &str, _: &DeleteOpts) -> Result<()> {
             Ok(())
         }
     }

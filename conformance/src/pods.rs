@@ -4,6 +4,7 @@
 //! unique to the case, so cases can run at once against one namespace; every case
 //! deletes what it created, also when it fails.
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -170,7 +171,8 @@ impl<'a> PodGroup<'a> {
     /// Delete every pod of the group (errors ignored: the case result is what counts).
     pub async fn cleanup(self) {
         let names = self.created.lock().map(|c| c.clone()).unwrap_or_default();
-        let deletes = names.iter().map(|n| self.pods.delete(n, Duration::ZERO));
+        let now = DeleteOpts::grace(Duration::ZERO);
+        let deletes = names.iter().map(|n| self.pods.delete(n, &now));
         for r in futures::future::join_all(deletes).await {
             if let Err(e) = r {
                 eprintln!("note: cleanup of a test pod failed: {e}");
@@ -188,7 +190,7 @@ impl<'a> PodGroup<'a> {
 /// Wait until `name` runs; fail the case if it does not.
 pub async fn wait_running(pods: &dyn Pods, name: &str) -> Result<PodStatus, CaseError> {
     let status = pods
-        .wait(name, WaitFor::Running, pod_start_timeout())
+        .wait(name, &WaitOpts::new(WaitFor::Running, pod_start_timeout()))
         .await?;
     if status.state != PodState::Running {
         return Err(CaseError::here(format!(
@@ -332,13 +334,15 @@ pub async fn delete_removes_pod(pods: &dyn Pods, image: &str) -> CaseResult {
     let r = async {
         let keep = g.start_one().await?;
         let gone = g.start_one().await?;
-        pods.delete(&gone, Duration::from_secs(1)).await?;
+        pods.delete(&gone, &DeleteOpts::grace(Duration::from_secs(1)))
+            .await?;
         until_gone(pods, &gone).await?;
         let listed = names(&pods.list(&g.selector()).await?);
         ensure_eq!(listed, BTreeSet::from([keep.clone()]));
         ensure_eq!(pods.get(&keep).await?.state, PodState::Running);
         // Deleting again is fine.
-        pods.delete(&gone, Duration::ZERO).await?;
+        pods.delete(&gone, &DeleteOpts::grace(Duration::ZERO))
+            .await?;
         Ok(())
     }
     .await;
@@ -349,7 +353,10 @@ pub async fn delete_removes_pod(pods: &dyn Pods, image: &str) -> CaseResult {
 pub async fn delete_missing_succeeds(pods: &dyn Pods, image: &str) -> CaseResult {
     let g = PodGroup::new(pods, image, "delmissing");
     let name = g.spec().name;
-    let r = pods.delete(&name, Duration::ZERO).await.map_err(Into::into);
+    let r = pods
+        .delete(&name, &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .map_err(Into::into);
     g.finish(r).await
 }
 
@@ -359,11 +366,15 @@ pub async fn wait_on_deleted_pod_reports_it(pods: &dyn Pods, image: &str) -> Cas
     let g = PodGroup::new(pods, image, "waitdeleted");
     let r = async {
         let name = g.start_one().await?;
-        pods.delete(&name, Duration::ZERO).await?;
+        pods.delete(&name, &DeleteOpts::grace(Duration::ZERO))
+            .await?;
         until_gone(pods, &name).await?;
         let timeout = Duration::from_secs(5);
         let start = Instant::now();
-        match pods.wait(&name, WaitFor::Terminated, timeout).await {
+        match pods
+            .wait(&name, &WaitOpts::new(WaitFor::Terminated, timeout))
+            .await
+        {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => fail!("wait on a deleted pod: {:?}: {e}", e.kind()),
             Ok(s) => ensure!(
@@ -378,7 +389,10 @@ pub async fn wait_on_deleted_pod_reports_it(pods: &dyn Pods, image: &str) -> Cas
             start.elapsed()
         );
         // Waiting for Running on a gone pod must not report it running.
-        match pods.wait(&name, WaitFor::Running, timeout).await {
+        match pods
+            .wait(&name, &WaitOpts::new(WaitFor::Running, timeout))
+            .await
+        {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => fail!("wait(Running) on a deleted pod: {:?}: {e}", e.kind()),
             Ok(s) => ensure!(s.state != PodState::Running, "a deleted pod is not Running"),
@@ -397,11 +411,11 @@ pub async fn wait_sees_deletion(pods: &dyn Pods, image: &str) -> CaseResult {
         let name = g.start_one().await?;
         let timeout = Duration::from_secs(90);
         let start = Instant::now();
-        let (waited, deleted) =
-            tokio::join!(pods.wait(&name, WaitFor::Terminated, timeout), async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                pods.delete(&name, Duration::ZERO).await
-            });
+        let until_ended = WaitOpts::new(WaitFor::Terminated, timeout);
+        let (waited, deleted) = tokio::join!(pods.wait(&name, &until_ended), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            pods.delete(&name, &DeleteOpts::grace(Duration::ZERO)).await
+        });
         deleted?;
         let s = waited?;
         ensure!(
@@ -427,7 +441,9 @@ pub async fn wait_returns_within_timeout(pods: &dyn Pods, image: &str) -> CaseRe
         let name = g.start_one().await?;
         let timeout = Duration::from_secs(2);
         let start = Instant::now();
-        let s = pods.wait(&name, WaitFor::Terminated, timeout).await?;
+        let s = pods
+            .wait(&name, &WaitOpts::new(WaitFor::Terminated, timeout))
+            .await?;
         let took = start.elapsed();
         ensure_eq!(s.state, PodState::Running);
         ensure!(!s.satisfies(WaitFor::Terminated));
@@ -452,7 +468,9 @@ pub async fn running_satisfies_scheduled_and_running(pods: &dyn Pods, image: &st
         let name = g.start_one().await?;
         for cond in [WaitFor::Scheduled, WaitFor::Running] {
             let start = Instant::now();
-            let s = pods.wait(&name, cond, Duration::from_secs(60)).await?;
+            let s = pods
+                .wait(&name, &WaitOpts::new(cond, Duration::from_secs(60)))
+                .await?;
             ensure!(s.satisfies(cond), "{cond:?} not satisfied: {:?}", s.state);
             ensure_eq!(s.state, PodState::Running);
             ensure!(
@@ -529,10 +547,8 @@ async fn mount_unsupported(pods: &dyn Pods, image: &str, tag: &str, info: MountI
             )),
         ] {
             let mut spec = g.spec();
-            spec.mounts.push(jetbridge_core::ports::Mount {
-                path: "vol".into(),
-                source,
-            });
+            spec.mounts
+                .push(jetbridge_core::ports::Mount::new("vol", source));
             ensure_kind!(pods.create(&spec).await, ErrorKind::Unsupported);
             ensure_kind!(pods.get(&spec.name).await, ErrorKind::NotFound);
         }
@@ -554,13 +570,13 @@ pub async fn host_path_mount_unsupported(pods: &dyn Pods, image: &str) -> CaseRe
     mount_unsupported(pods, image, "hostpath", info).await
 }
 
-/// Without `pvc_mounts`, a pod with a PVC mount is `Unsupported` and not created.
+/// Without `shared_volume_mounts`, a pod with a PVC mount is `Unsupported` and not created.
 pub async fn pvc_mount_unsupported(pods: &dyn Pods, image: &str) -> CaseResult {
-    if pods.capabilities().pvc_mounts {
-        skip!("pvc_mounts is on");
+    if pods.capabilities().shared_volume_mounts {
+        skip!("shared_volume_mounts is on");
     }
-    let info = MountInfo::PvcSubPath {
-        claim: "jetbridge-conformance".into(),
+    let info = MountInfo::SharedVolume {
+        volume: "jetbridge-conformance".into(),
         sub_path: "v-conformance".into(),
     };
     mount_unsupported(pods, image, "pvc", info).await

@@ -18,8 +18,8 @@ use jetbridge_core::names::{VolumeHandle, label};
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{OutputSink, OutputStream, Runtime, collect_stream};
 use jetbridge_core::services::{
-    AbortSignal, ArtifactRef, BuildEvents, BuildOutcome, BuildRequest, BuildRunner, BuildStatus,
-    Reaper, ReaperConfig, StepConfig, StepFailure, StepSummary,
+    ArtifactRef, BuildEvents, BuildOutcome, BuildRequest, BuildRunner, BuildStatus, Reaper,
+    ReaperConfig, StepConfig, StepFailure, StepSummary,
 };
 
 use crate::{CaseError, CaseOutcome, CaseResult, ensure, ensure_eq, fail};
@@ -278,14 +278,12 @@ pub async fn run_jobs_with(
     );
     let build_id = format!("conf-{}", uuid_like());
     let outcome = runner
-        .run(BuildRequest {
-            pipeline: Arc::new(pipeline),
-            job: job.to_owned(),
-            build_number: 1,
-            build_id: build_id.clone(),
-            vars: Vars::new(),
-            abort: AbortSignal::never(),
-        })
+        .run(BuildRequest::new(
+            Arc::new(pipeline),
+            job.to_owned(),
+            1,
+            build_id.clone(),
+        ))
         .await
         .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
     Ok((outcome, runner, build_id))

@@ -177,7 +177,7 @@ pub fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Entry
             let ext = ext.map_err(|e| bad_read(e, "reading a PAX record"))?;
             if ext.key_bytes().starts_with(b"GNU.sparse.") {
                 return Err(Error::invalid(
-                    "PAX sparse files are not supported; archive without --sparse",
+                    "PAX sparse files are not supported; make the archive without tar's --sparse",
                 ));
             }
         }

@@ -17,8 +17,10 @@ pub const MAX_LABEL_LEN: usize = 63;
 
 /// Label keys jetbridge puts on every pod it creates.
 pub mod label {
-    /// Marks pods jetbridge owns; the reaper looks only at these.
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Marks pods jetbridge owns; the reaper looks only at these. Adapters may map it
+    /// to their platform's own convention (the Kubernetes adapter writes Kubernetes'
+    /// recommended `app.kubernetes.io/managed-by`).
+    pub const MANAGED_BY: &str = "jetbridge.io/managed-by";
     /// Value of [`MANAGED_BY`].
     pub const MANAGED_BY_VALUE: &str = "jetbridge";
     /// Pipeline name.

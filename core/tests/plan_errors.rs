@@ -384,8 +384,13 @@ fn unfilled_variables() {
         "{R}jobs:\n- name: j\n  plan:\n  - get: r\n    params: {{branch: ((git.branch))}}\n"
     );
     let err = fails_at(&text, 6, 22, &["variable `git`", "((git.branch))"]);
-    assert!(hint(&err).contains("--var git="), "{err}");
-    assert!(err.to_string().contains("\n  hint: pass `--var git="));
+    assert_eq!(err.unfilled.as_deref(), Some("git"), "{err}");
+    assert!(hint(&err).contains("give `git` a value"), "{err}");
+    assert!(err.to_string().contains("\n  hint: give `git` a value"));
+    assert!(
+        !err.to_string().contains("--"),
+        "no interface's flags in core: {err}"
+    );
 }
 
 #[test]

@@ -60,7 +60,8 @@ fn task_file_with_step_vars() {
     assert_eq!(err.location.file, "repo/ci/test.yml");
     assert_eq!((err.location.line, err.location.column), (10, 10));
     assert!(err.message.contains("`level`"), "{err}");
-    assert!(err.hint.unwrap().contains("--var level="));
+    assert_eq!(err.unfilled.as_deref(), Some("level"));
+    assert!(err.hint.unwrap().contains("`level`"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The services on the in-memory fakes: the seed's `create_volume_for_artifact` tests,
 //! the reaper, and every failure class of the step runner, each scripted with faults.
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,8 +14,8 @@ use jetbridge_core::ports::{
     collect_stream,
 };
 use jetbridge_core::services::{
-    AbortSignal, ArtifactRequest, ArtifactService, BuildOutcome, BuildRequest, BuildRunner,
-    BuildStatus, NoEvents, Reaper, ReaperConfig, StepConfig, StepFailure,
+    ArtifactRequest, ArtifactService, BuildOutcome, BuildRequest, BuildRunner, BuildStatus,
+    NoEvents, Reaper, ReaperConfig, StepConfig, StepFailure,
 };
 use jetbridge_memory::{MemoryRuntime, RegistryOp, VolumeOp};
 
@@ -237,14 +238,7 @@ async fn run_with(m: &MemoryRuntime, yaml: &str, config: StepConfig) -> BuildOut
         Arc::new(NoEvents),
     );
     runner
-        .run(BuildRequest {
-            pipeline: Arc::new(pipeline),
-            job: "j".into(),
-            build_number: 7,
-            build_id: "build-7".into(),
-            vars: Vars::new(),
-            abort: AbortSignal::never(),
-        })
+        .run(BuildRequest::new(Arc::new(pipeline), "j", 7, "build-7"))
         .await
         .expect("build runs")
 }
@@ -510,14 +504,7 @@ fn start_abortable(
     let (handle, signal) = jetbridge_core::services::abort_pair();
     let build = tokio::spawn(async move {
         runner
-            .run(BuildRequest {
-                pipeline: Arc::new(pipeline),
-                job: "j".into(),
-                build_number: 1,
-                build_id: "b".into(),
-                vars: Vars::new(),
-                abort: signal,
-            })
+            .run(BuildRequest::new(Arc::new(pipeline), "j", 1, "b").with_abort(signal))
             .await
     });
     (handle, build)
@@ -604,10 +591,9 @@ impl jetbridge_core::ports::Pods for GarbagePods {
     async fn wait(
         &self,
         name: &str,
-        cond: jetbridge_core::ports::WaitFor,
-        timeout: Duration,
+        opts: &WaitOpts,
     ) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
-        self.inner.wait(name, cond, timeout).await
+        self.inner.wait(name, opts).await
     }
     async fn list(
         &self,
@@ -615,8 +601,8 @@ impl jetbridge_core::ports::Pods for GarbagePods {
     ) -> jetbridge_core::Result<Vec<jetbridge_core::ports::PodStatus>> {
         self.inner.list(selector).await
     }
-    async fn delete(&self, name: &str, grace: Duration) -> jetbridge_core::Result<()> {
-        self.inner.delete(name, grace).await
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> jetbridge_core::Result<()> {
+        self.inner.delete(name, opts).await
     }
     async fn collect_garbage(
         &self,

@@ -305,14 +305,7 @@ async fn a_build_whose_heartbeat_stops_renewing_ends_errored() {
     );
     let o = tokio::time::timeout(
         2 * TTL,
-        runner.run(BuildRequest {
-            pipeline: Arc::new(pipeline),
-            job: "j".into(),
-            build_number: 1,
-            build_id: "b1".into(),
-            vars: Vars::new(),
-            abort: signal,
-        }),
+        runner.run(BuildRequest::new(Arc::new(pipeline), "j", 1, "b1").with_abort(signal)),
     )
     .await
     .expect("the build ends once the registration may have lapsed")

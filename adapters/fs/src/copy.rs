@@ -7,7 +7,7 @@ use jetbridge_core::copy::{CopyOptions, CopyReport, copy_verified};
 use jetbridge_core::digest::Digest;
 use jetbridge_core::{Error, Result};
 
-use crate::tree::Summary;
+use crate::walk::Summary;
 
 /// Copy the tree at `src` to `dest`, checking it against `expected` on the way; `dest`
 /// is untouched on any error (see [`copy_verified`]).

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use jetbridge_core::archive::{self, Entry, EntryKind, Existing, IMPLIED_DIR_MODE, Kind, Plan};
 use jetbridge_core::{Error, Result};
 
-use crate::ioerr::{ctx, io_err};
+use crate::error::{ctx, io_err};
 
 pub(crate) use jetbridge_core::ports::bridge::{ChannelReader, Chunk};
 
@@ -298,7 +298,7 @@ impl Extractor<'_> {
 
 /// Copy the regular file `from` to a new file `to` with its mode, following no link.
 fn copy_nofollow(from: &Path, to: &Path) -> io::Result<u64> {
-    let mut src = crate::tree::open_file(from)?;
+    let mut src = crate::walk::open_file(from)?;
     let mode = src.metadata()?.permissions().mode();
     let mut dst = fs::OpenOptions::new()
         .write(true)

@@ -19,12 +19,13 @@
 //! one file. Nothing depends on renaming a directory, so the rule holds on GCS FUSE,
 //! where a rename copies objects.
 
+mod config;
 mod copy;
+mod error;
 mod extract;
 mod fsutil;
-mod ioerr;
 mod pack;
-mod tree;
+mod walk;
 
 use std::fs;
 use std::io;
@@ -44,9 +45,10 @@ use jetbridge_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::config::MountMapping;
+use crate::error::{ctx, io_err};
 use crate::extract::{ChannelReader, Chunk};
 use crate::fsutil::{remove_tree, sync_fs, write_durable};
-use crate::ioerr::{ctx, io_err};
 
 const VOLUMES: &str = "volumes";
 const TRASH: &str = "trash";
@@ -85,13 +87,6 @@ enum OnDisk {
     Sealed(Manifest),
 }
 
-/// How `mount` describes a volume to a pod.
-#[derive(Debug, Clone)]
-enum MountMapping {
-    HostPath,
-    Pvc { claim: String, prefix: String },
-}
-
 /// State shared by clones of a store.
 #[derive(Debug, Default)]
 struct Shared {
@@ -118,7 +113,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl FsVolumeStore {
     /// A store rooted at `root`, created if missing. `mount` reports host paths until
-    /// [`with_pvc`](Self::with_pvc) says otherwise.
+    /// [`with_shared_volume`](Self::with_shared_volume) says otherwise.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(root.join(VOLUMES)).map_err(ctx("creating the store root"))?;
@@ -134,40 +129,6 @@ impl FsVolumeStore {
                 busy: BusyVolumes::default(),
             }),
         })
-    }
-
-    /// Report mounts as sub-paths of PersistentVolumeClaim `claim` instead of host
-    /// paths: the root of this store is the directory `sub_path_prefix` of the claim
-    /// (empty when the claim's root is the store's root).
-    pub fn with_pvc(
-        mut self,
-        claim: impl Into<String>,
-        sub_path_prefix: impl Into<String>,
-    ) -> Self {
-        let prefix: String = sub_path_prefix.into();
-        self.mapping = MountMapping::Pvc {
-            claim: claim.into(),
-            prefix: prefix.trim_matches('/').to_owned(),
-        };
-        self
-    }
-
-    /// Whether `seal` flushes the filesystem before writing the manifest (default
-    /// true). Without the flush, a machine crash right after a seal can leave a manifest
-    /// whose data never reached the disk: readers then fail with `Corrupt` (the digest
-    /// check), never read wrong data. Turning it off trades that for speed on
-    /// throw-away local stores.
-    pub fn with_flush(mut self, flush: bool) -> Self {
-        self.flush = flush;
-        self
-    }
-
-    /// Fail [`write_tar`](VolumeStore::write_tar) with `StorageFull` once one call has
-    /// written more than `bytes` of file content, exactly as a full filesystem would
-    /// (partial content removed). For tests of the full-store path.
-    pub fn with_write_limit(mut self, bytes: u64) -> Self {
-        self.write_limit = Some(bytes);
-        self
     }
 
     /// The store's root directory (absolute).
@@ -193,7 +154,7 @@ impl FsVolumeStore {
         blocking(move || {
             let m = this.sealed(&h)?;
             let data = this.volume_data_path(&h);
-            let (_, _, summary) = tree::digest_tree(&data).map_err(copy::as_corrupt)?;
+            let (_, _, summary) = walk::digest_tree(&data).map_err(copy::as_corrupt)?;
             check_summary(&h, &m, &summary)?;
             Ok(info_of(&h, &m))
         })
@@ -347,9 +308,9 @@ impl FsVolumeStore {
             return Err(io_err(e, "creating the data directory"));
         }
         let (nodes, _, summary) =
-            tree::digest_tree(&data).map_err(|e| e.context(format_args!("sealing {handle}")))?;
+            walk::digest_tree(&data).map_err(|e| e.context(format_args!("sealing {handle}")))?;
         // A pod writing in place may have set them; a volume never keeps them.
-        tree::drop_special_bits(&data, &nodes)
+        walk::drop_special_bits(&data, &nodes)
             .map_err(|e| e.context(format_args!("sealing {handle}")))?;
         // The data must be on disk before the manifest that vouches for it.
         if self.flush {
@@ -464,8 +425,8 @@ impl FsVolumeStore {
             },
             MountMapping::Pvc { claim, prefix } => {
                 let rel = format!("{VOLUMES}/{handle}/{DATA}");
-                MountInfo::PvcSubPath {
-                    claim: claim.clone(),
+                MountInfo::SharedVolume {
+                    volume: claim.clone(),
                     sub_path: if prefix.is_empty() {
                         rel
                     } else {
@@ -480,10 +441,10 @@ impl FsVolumeStore {
     fn prepare_read(
         &self,
         handle: &VolumeHandle,
-    ) -> Result<(PathBuf, Vec<tree::Node>, Vec<Option<tree::FileHash>>)> {
+    ) -> Result<(PathBuf, Vec<walk::Node>, Vec<Option<walk::FileHash>>)> {
         let m = self.sealed(handle)?;
         let data = self.volume_data_path(handle);
-        let (nodes, hashes, summary) = tree::digest_tree(&data).map_err(copy::as_corrupt)?;
+        let (nodes, hashes, summary) = walk::digest_tree(&data).map_err(copy::as_corrupt)?;
         check_summary(handle, &m, &summary)?;
         Ok((data, nodes, hashes))
     }
@@ -509,7 +470,7 @@ fn read_manifest(dir: &Path, handle: &VolumeHandle) -> Result<Option<Manifest>> 
     }
 }
 
-fn check_summary(handle: &VolumeHandle, m: &Manifest, s: &tree::Summary) -> Result<()> {
+fn check_summary(handle: &VolumeHandle, m: &Manifest, s: &walk::Summary) -> Result<()> {
     if s.digest != m.digest || s.size != m.size || s.files != m.files {
         return Err(Error::corrupt(format!(
             "volume {handle}: content digest {} does not match the sealed digest {}",

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 use tokio::sync::mpsc;
 
-use crate::tree::{FileHash, Node, NodeKind};
+use crate::walk::{FileHash, Node, NodeKind};
 
 /// Bytes gathered before a chunk is handed to the consumer.
 const OUT_CHUNK: usize = 256 * 1024;
@@ -130,7 +130,7 @@ pub(crate) fn produce(
                     };
                     header.set_entry_type(EntryType::Regular);
                     header.set_size(h.size);
-                    let file = crate::tree::open_file(&root.join(&n.rel))?;
+                    let file = crate::walk::open_file(&root.join(&n.rel))?;
                     let data = CheckedFile {
                         changed: &changed,
                         file,
@@ -156,7 +156,7 @@ pub(crate) fn produce(
         } else if e.kind() == io::ErrorKind::BrokenPipe {
             return; // Nobody is listening any more.
         } else {
-            crate::ioerr::io_err(e, "producing the volume tar")
+            crate::error::io_err(e, "producing the volume tar")
         };
         let _ = tx.blocking_send(Err(err));
     }

@@ -17,7 +17,7 @@ async fn make_pvc_store() -> Option<Subject<dyn VolumeStore>> {
     let dir = tempfile::tempdir().ok()?;
     let store = FsVolumeStore::new(dir.path())
         .ok()?
-        .with_pvc("jetbridge-artifacts", "jetbridge");
+        .with_shared_volume("jetbridge-artifacts", "jetbridge");
     Some(Subject::new(Arc::new(store) as Arc<dyn VolumeStore>).with_guard(dir))
 }
 

@@ -128,21 +128,23 @@ async fn pvc_mapping_gives_sub_paths() {
     let t = tempfile::tempdir().unwrap();
     let s = FsVolumeStore::new(t.path())
         .unwrap()
-        .with_pvc("artifacts", "/jetbridge/");
+        .with_shared_volume("artifacts", "/jetbridge/");
     let h = VolumeHandle::random();
     s.create(&h).await.unwrap();
     assert_eq!(
         s.mount(&h, MountAccess::Write).await.unwrap(),
-        MountInfo::PvcSubPath {
-            claim: "artifacts".into(),
+        MountInfo::SharedVolume {
+            volume: "artifacts".into(),
             sub_path: format!("jetbridge/volumes/{h}/data"),
         }
     );
-    let bare = FsVolumeStore::new(t.path()).unwrap().with_pvc("c", "");
+    let bare = FsVolumeStore::new(t.path())
+        .unwrap()
+        .with_shared_volume("c", "");
     assert_eq!(
         bare.mount(&h, MountAccess::Write).await.unwrap(),
-        MountInfo::PvcSubPath {
-            claim: "c".into(),
+        MountInfo::SharedVolume {
+            volume: "c".into(),
             sub_path: format!("volumes/{h}/data"),
         }
     );

@@ -98,7 +98,7 @@ pub struct KubeConfig {
     /// at most 290 s. Lower it when a proxy cuts long requests.
     pub watch_timeout: Duration,
     /// The PersistentVolumeClaim that holds artifact volumes; when set, pods can mount
-    /// [`MountInfo::PvcSubPath`](jetbridge_core::ports::MountInfo::PvcSubPath) volumes.
+    /// [`MountInfo::SharedVolume`](jetbridge_core::ports::MountInfo::SharedVolume) volumes.
     pub artifact_claim: Option<String>,
     /// The PersistentVolumeClaim for step caches; `None`: caches are `emptyDir`s (empty
     /// on every run).

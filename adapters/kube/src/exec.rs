@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::KubeBackend;
 use crate::manifest::{HELPER_CONTAINER, MAIN_CONTAINER};
+use crate::pods::KubeBackend;
 
 /// The script that gives Kubernetes exec (which has no working directory option) one:
 /// `$1` is the directory, the rest is the command. The directory and the command are
@@ -190,7 +190,7 @@ impl Exec for KubeBackend {
         let argv = wrap_argv(&req, &exec_id)?;
         let container = match req.container {
             Container::Main => MAIN_CONTAINER,
-            Container::Helper => HELPER_CONTAINER,
+            Container::Transfer => HELPER_CONTAINER,
         };
         let stdin = req.stdin.take();
         let params = AttachParams {

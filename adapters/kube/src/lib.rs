@@ -6,14 +6,14 @@
 //! optional helper container for artifact streaming, watch-based waiting, and retries of
 //! transient API failures within a per-operation request budget. See the README.
 
-mod backend;
 mod config;
+mod error;
 mod exec;
 mod manifest;
+mod pods;
 mod retry;
 mod status;
 
-pub use backend::KubeBackend;
 pub use config::{
     DEFAULT_HELPER_IMAGE, DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
 };
@@ -22,4 +22,5 @@ pub use manifest::{
     HELPER_CONTAINER, MAIN_CONTAINER, PAUSE_INIT_CONTAINER, WORK_ROOT, cache_sub_path,
     pod_manifest, working_dir,
 };
+pub use pods::KubeBackend;
 pub use status::pod_status;

@@ -316,7 +316,10 @@ fn plan_mounts(spec: &PodSpec, cfg: &KubeConfig, workdir: &str) -> Result<Mounts
                             "host path mounts are not supported on Kubernetes",
                         ));
                     }
-                    MountInfo::PvcSubPath { claim, sub_path } => (claim, sub_path),
+                    MountInfo::SharedVolume {
+                        volume: claim,
+                        sub_path,
+                    } => (claim, sub_path),
                 };
                 if cfg.artifact_claim.is_none() {
                     return Err(Error::unsupported(
@@ -407,12 +410,39 @@ pub fn env_secret_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Option<Secret> {
     })
 }
 
-/// The labels of the pod (and of its env Secret): the spec's, plus managed-by and the
-/// worker.
-fn pod_labels(spec: &PodSpec, cfg: &KubeConfig) -> BTreeMap<String, String> {
-    let mut labels = spec.labels.clone();
+/// Kubernetes' recommended label for the tool that manages an object. Core's neutral
+/// [`label::MANAGED_BY`] is written, selected and read back as this key, so `kubectl
+/// get -l app.kubernetes.io/managed-by=jetbridge` finds our objects and clusters keep
+/// the label existing pods carry.
+pub(crate) const KUBE_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// A core label key as it is written on Kubernetes objects.
+pub(crate) fn kube_label_key(key: &str) -> &str {
+    if key == label::MANAGED_BY {
+        KUBE_MANAGED_BY
+    } else {
+        key
+    }
+}
+
+/// Labels read from a Kubernetes object, with keys in core's terms.
+pub(crate) fn core_labels(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if let Some(v) = labels.remove(KUBE_MANAGED_BY) {
+        labels.insert(label::MANAGED_BY.to_owned(), v);
+    }
     labels
-        .entry(label::MANAGED_BY.to_owned())
+}
+
+/// The labels of the pod (and of its env Secret): the spec's, plus managed-by and the
+/// worker, with keys as Kubernetes objects carry them.
+fn pod_labels(spec: &PodSpec, cfg: &KubeConfig) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (kube_label_key(k).to_owned(), v.clone()))
+        .collect();
+    labels
+        .entry(KUBE_MANAGED_BY.to_owned())
         .or_insert_with(|| label::MANAGED_BY_VALUE.to_owned());
     if let Some(w) = &cfg.worker {
         labels
@@ -532,7 +562,7 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
         security_context: Some(main_security),
         ..Container::default()
     }];
-    if spec.helper {
+    if spec.transfer {
         let mut helper_mounts = vec![mount(WORKDIR_VOLUME, workdir.clone(), None, false)];
         helper_mounts.extend(mounts.work_mounts);
         containers.push(Container {
@@ -599,8 +629,8 @@ mod tests {
     }
 
     fn pvc(claim: &str, sub: &str) -> MountInfo {
-        MountInfo::PvcSubPath {
-            claim: claim.into(),
+        MountInfo::SharedVolume {
+            volume: claim.into(),
             sub_path: sub.into(),
         }
     }
@@ -740,10 +770,7 @@ mod tests {
     fn basic_pod_shape() {
         let mut s = spec();
         s.env.insert("GREETING".into(), "hi".into());
-        s.resources = Resources {
-            cpu_millis: Some(500),
-            memory_bytes: Some(256 << 20),
-        };
+        s.resources = Resources::new(Some(500), Some(256 << 20));
         let cfg = KubeConfig {
             namespace: Some("ci".into()),
             image_pull_secrets: vec!["regcred".into()],
@@ -765,7 +792,7 @@ mod tests {
             assert_eq!(labels.get(k), Some(v));
         }
         assert_eq!(
-            labels.get(label::MANAGED_BY).map(String::as_str),
+            labels.get(KUBE_MANAGED_BY).map(String::as_str),
             Some("jetbridge")
         );
         assert_eq!(
@@ -837,10 +864,7 @@ mod tests {
     #[test]
     fn default_resources_apply_only_when_the_step_sets_none() {
         let cfg = KubeConfig {
-            default_resources: Resources {
-                cpu_millis: Some(250),
-                memory_bytes: None,
-            },
+            default_resources: Resources::new(Some(250), None),
             ..KubeConfig::default()
         };
         let pod = pod_manifest(&spec(), &cfg).unwrap();
@@ -859,11 +883,9 @@ mod tests {
     #[test]
     fn restricted_profile_field_by_field() {
         let mut s = spec();
-        s.helper = true;
-        s.mounts.push(Mount {
-            path: "repo".into(),
-            source: copy_of(pvc("artifacts", "v-1")),
-        });
+        s.transfer = true;
+        s.mounts
+            .push(Mount::new("repo", copy_of(pvc("artifacts", "v-1"))));
         let cfg = KubeConfig {
             restricted: true,
             ..with_claim()
@@ -914,7 +936,7 @@ mod tests {
     #[test]
     fn helper_is_restricted_even_in_baseline() {
         let mut s = spec();
-        s.helper = true;
+        s.transfer = true;
         let pod = pod_manifest(&s, &KubeConfig::default()).unwrap();
         let helper = container(&pod, HELPER_CONTAINER);
         assert_restricted(helper);
@@ -970,26 +992,17 @@ mod tests {
     #[test]
     fn mounts_map_to_volumes() {
         let mut s = spec();
-        s.helper = true;
+        s.transfer = true;
         s.mounts = vec![
-            Mount {
-                path: "out".into(),
-                source: MountSource::WriteInto(pvc("artifacts", "v-out")),
-            },
-            Mount {
-                path: "repo".into(),
-                source: copy_of(pvc("artifacts", "v-in")),
-            },
-            Mount {
-                path: "scratch".into(),
-                source: MountSource::Empty,
-            },
-            Mount {
-                path: "deps/cache".into(),
-                source: MountSource::Cache {
+            Mount::new("out", MountSource::WriteInto(pvc("artifacts", "v-out"))),
+            Mount::new("repo", copy_of(pvc("artifacts", "v-in"))),
+            Mount::new("scratch", MountSource::Empty),
+            Mount::new(
+                "deps/cache",
+                MountSource::Cache {
                     key: "p/j/s/deps cache".into(),
                 },
-            },
+            ),
         ];
         let pod = pod_manifest(&s, &with_claim()).unwrap();
         let main = container(&pod, MAIN_CONTAINER);
@@ -1069,12 +1082,12 @@ mod tests {
     #[test]
     fn cache_uses_the_cache_claim_when_configured() {
         let mut s = spec();
-        s.mounts.push(Mount {
-            path: "c".into(),
-            source: MountSource::Cache {
+        s.mounts.push(Mount::new(
+            "c",
+            MountSource::Cache {
                 key: "../../etc".into(),
             },
-        });
+        ));
         let cfg = KubeConfig {
             cache_claim: Some("caches".into()),
             ..KubeConfig::default()
@@ -1099,19 +1112,19 @@ mod tests {
     fn unsupported_and_invalid_mounts() {
         use jetbridge_core::ErrorKind;
         let mut s = spec();
-        s.mounts.push(Mount {
-            path: "v".into(),
-            source: copy_of(MountInfo::HostPath { path: "/x".into() }),
-        });
+        s.mounts.push(Mount::new(
+            "v",
+            copy_of(MountInfo::HostPath { path: "/x".into() }),
+        ));
         assert_eq!(
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
             ErrorKind::Unsupported
         );
         let mut s = spec();
-        s.mounts.push(Mount {
-            path: "v".into(),
-            source: MountSource::WriteInto(pvc("artifacts", "v-1")),
-        });
+        s.mounts.push(Mount::new(
+            "v",
+            MountSource::WriteInto(pvc("artifacts", "v-1")),
+        ));
         assert_eq!(
             pod_manifest(&s, &KubeConfig::default()).unwrap_err().kind(),
             ErrorKind::Unsupported,
@@ -1119,10 +1132,7 @@ mod tests {
         );
         for bad in ["", "/abs", "a/../b", "..", "a//b", "./a"] {
             let mut s = spec();
-            s.mounts.push(Mount {
-                path: bad.into(),
-                source: MountSource::Empty,
-            });
+            s.mounts.push(Mount::new(bad, MountSource::Empty));
             assert_eq!(
                 pod_manifest(&s, &with_claim()).unwrap_err().kind(),
                 ErrorKind::Invalid,
@@ -1131,20 +1141,15 @@ mod tests {
         }
         let mut s = spec();
         for _ in 0..2 {
-            s.mounts.push(Mount {
-                path: "same".into(),
-                source: MountSource::Empty,
-            });
+            s.mounts.push(Mount::new("same", MountSource::Empty));
         }
         assert_eq!(
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
             ErrorKind::Invalid
         );
         let mut s = spec();
-        s.mounts.push(Mount {
-            path: "v".into(),
-            source: copy_of(pvc("artifacts", "../other")),
-        });
+        s.mounts
+            .push(Mount::new("v", copy_of(pvc("artifacts", "../other"))));
         assert_eq!(
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
             ErrorKind::Invalid
@@ -1187,7 +1192,7 @@ mod tests {
         fn mounts_stay_under_the_working_dir(paths in proptest::collection::vec("[a-z./]{0,12}", 0..5)) {
             let mut s = spec();
             for p in &paths {
-                s.mounts.push(Mount { path: p.clone(), source: MountSource::Empty });
+                s.mounts.push(Mount::new(p.clone(), MountSource::Empty));
             }
             if let Ok(pod) = pod_manifest(&s, &KubeConfig::default()) {
                 let main = container(&pod, MAIN_CONTAINER);

@@ -1,133 +1,14 @@
-//! Error classification and the bounded retry loop every API call goes through.
+//! The bounded retry loop every API call goes through (what is retried is decided in
+//! [`crate::error`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use jetbridge_core::{Error, ErrorKind, Result};
+use jetbridge_core::{Error, Result};
 
 use crate::config::RequestBudget;
-
-/// How a failed API call should be treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// Retrying may help, and the request may have reached the server.
-    Transient,
-    /// Retrying may help, and the request surely did not take effect (refused
-    /// connection, or an error status before anything was done).
-    NotSent,
-    /// Permanent; this kind.
-    Permanent(ErrorKind),
-}
-
-/// The HTTP status of an API error, if the failure is one.
-pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
-}
-
-fn io_kind_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// Classify a kube error.
-pub(crate) fn classify(e: &kube::Error) -> Class {
-    use kube::Error as K;
-    match e {
-        K::Api(s) => match s.code {
-            // Answered with an error before acting: safe to resend anything.
-            429 | 500 | 502 | 503 | 504 => Class::NotSent,
-            404 => Class::Permanent(ErrorKind::NotFound),
-            409 if s.reason == "AlreadyExists" => Class::Permanent(ErrorKind::AlreadyExists),
-            409 => Class::Permanent(ErrorKind::Conflict),
-            400 | 422 => Class::Permanent(ErrorKind::Invalid),
-            403 => Class::Permanent(forbidden_kind(&s.message)),
-            410 => Class::Transient,
-            _ => Class::Permanent(ErrorKind::Other),
-        },
-        K::HyperError(_) | K::Service(_) | K::ReadEvents(_) => match io_kind_in_chain(e) {
-            Some(std::io::ErrorKind::ConnectionRefused) => Class::NotSent,
-            _ => Class::Transient,
-        },
-        #[allow(unreachable_patterns)]
-        K::UpgradeConnection(_) => Class::Transient,
-        K::Auth(_) => Class::Permanent(ErrorKind::Other),
-        K::BuildRequest(_) => Class::Permanent(ErrorKind::Invalid),
-        _ => Class::Permanent(ErrorKind::Other),
-    }
-}
-
-/// The kind of a 403. RBAC denials and admission rejections all answer 403 `Forbidden`
-/// with the same details; only the message tells them apart. Admission that rejects the
-/// object itself (Pod Security, a service account that does not exist) is `Invalid`:
-/// the pod spec or the configuration must change. RBAC denials and exhausted quotas are
-/// `PermissionDenied`: an operator must grant more.
-///
-/// Formats: k8s.io/pod-security-admission/admission/admission.go (`violates PodSecurity
-/// "restricted:latest": ...`), plugin/pkg/admission/serviceaccount/admission.go (`error
-/// looking up service account NS/NAME: ...`).
-fn forbidden_kind(message: &str) -> ErrorKind {
-    if message.contains("violates PodSecurity")
-        || message.contains("error looking up service account")
-    {
-        ErrorKind::Invalid
-    } else {
-        ErrorKind::PermissionDenied
-    }
-}
-
-/// The permission an RBAC denial names: `VERB RESOURCE` (with the API group when there
-/// is one), from the authorizer's message, k8s.io/apiserver/pkg/endpoints/handlers/
-/// responsewriters/errors.go `forbiddenMessage`: `User "U" cannot VERB resource "R" in
-/// API group "G" in the namespace "N"`. `None` for other 403s (quota, admission).
-pub(crate) fn rbac_permission(message: &str) -> Option<String> {
-    let rest = &message[message.find(" cannot ")? + " cannot ".len()..];
-    let (verb, rest) = rest.split_once(" resource \"")?;
-    let (resource, rest) = rest.split_once('"')?;
-    let quoted_after = |key: &str| {
-        let r = &rest[rest.find(key)? + key.len()..];
-        r.split_once('"').map(|(v, _)| v.to_owned())
-    };
-    let mut need = format!("{verb} {resource}");
-    if let Some(g) = quoted_after(" in API group \"").filter(|g| !g.is_empty()) {
-        need.push_str(&format!(" (API group {g})"));
-    }
-    if let Some(ns) = quoted_after(" in the namespace \"") {
-        need.push_str(&format!(" in namespace {ns}"));
-    }
-    Some(need)
-}
-
-/// The domain error for a kube error, with `what` as context.
-pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
-    let kind = match classify(&e) {
-        Class::Transient | Class::NotSent => ErrorKind::Transient,
-        Class::Permanent(k) => k,
-    };
-    let msg = match &e {
-        kube::Error::Api(s) if s.code == 403 => match rbac_permission(&s.message) {
-            Some(need) => format!(
-                "{what}: permission denied: the Role lacks `{need}`: {} ({} {})",
-                s.message, s.code, s.reason
-            ),
-            None => format!("{what}: {} ({} {})", s.message, s.code, s.reason),
-        },
-        kube::Error::Api(s) if !s.message.is_empty() => {
-            format!("{what}: {} ({} {})", s.message, s.code, s.reason)
-        }
-        _ => format!("{what}: {e}"),
-    };
-    Error::new(kind, msg).with_source(e)
-}
+use crate::error::{Class, classify, to_error};
 
 /// The requests one port operation may still send.
 #[derive(Debug)]
@@ -254,6 +135,8 @@ impl CallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::*;
+    use jetbridge_core::ErrorKind;
     use kube::core::Status;
 
     fn api(code: u16, reason: &str) -> kube::Error {

@@ -44,7 +44,7 @@ pub fn pod_status_as(pod: &Pod, deletion_requested: bool) -> PodStatus {
         .map(|t| SystemTime::from(t.0));
     PodStatus {
         name: pod.metadata.name.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: crate::manifest::core_labels(pod.metadata.labels.clone().unwrap_or_default()),
         state,
         message,
         created_at,
@@ -308,6 +308,23 @@ mod tests {
         });
         base["status"] = v;
         serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn kubernetes_managed_by_reads_back_as_core_key() {
+        let mut p = pod(json!({"phase": "Running"}));
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("app.kubernetes.io/managed-by".into(), "jetbridge".into());
+        let s = pod_status(&p);
+        assert_eq!(
+            s.labels
+                .get(jetbridge_core::names::label::MANAGED_BY)
+                .map(String::as_str),
+            Some("jetbridge")
+        );
+        assert!(!s.labels.contains_key("app.kubernetes.io/managed-by"));
     }
 
     #[test]

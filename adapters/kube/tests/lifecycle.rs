@@ -4,6 +4,7 @@
 
 mod common;
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -80,9 +81,12 @@ async fn an_exec_rbac_denial_is_permission_denied_and_names_the_permission() {
     let mut s = spec();
     s.env.clear();
     b.create(&s).await.expect("create");
-    b.wait(&s.name, WaitFor::Running, Duration::from_secs(30))
-        .await
-        .unwrap();
+    b.wait(
+        &s.name,
+        &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
     sim.forbid("create", "pods/exec");
     let e = b
         .exec(
@@ -286,7 +290,10 @@ where
     s.env.clear();
     b.create(&s).await.expect("create");
     let st = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Running);
@@ -358,10 +365,15 @@ async fn a_deletion_jetbridge_asked_for_is_not_a_disruption() {
     let mut s = spec();
     s.env.clear();
     b.create(&s).await.unwrap();
-    b.wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+    b.wait(
+        &s.name,
+        &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    b.delete(&s.name, &DeleteOpts::grace(Duration::from_secs(5)))
         .await
         .unwrap();
-    b.delete(&s.name, Duration::from_secs(5)).await.unwrap();
     let st = b.get(&s.name).await.unwrap();
     assert!(st.deleting);
     assert_ne!(st.state, PodState::Failed(PodFailure::Deleted), "{st:?}");

@@ -16,8 +16,8 @@ fn spec(name: &str) -> PodSpec {
 }
 
 fn pvc(sub: &str) -> MountInfo {
-    MountInfo::PvcSubPath {
-        claim: "artifacts".into(),
+    MountInfo::SharedVolume {
+        volume: "artifacts".into(),
         sub_path: sub.into(),
     }
 }
@@ -45,37 +45,28 @@ fn manifests() -> Vec<(&'static str, serde_json::Value)> {
     let plain = spec("p-j-b1-task-0123abcd");
     let mut mounted = spec("p-j-b1-task-0123abce");
     mounted.mounts = vec![
-        Mount {
-            path: "repo".into(),
-            source: MountSource::CopyOf(
+        Mount::new(
+            "repo",
+            MountSource::CopyOf(
                 jetbridge_core::ports::CopySource::new(
                     pvc("volumes/v-1/data"),
                     jetbridge_core::digest::TreeDigest::new().finish(),
                 )
                 .with_artifact("repo", "b-1"),
             ),
-        },
-        Mount {
-            path: "out".into(),
-            source: MountSource::WriteInto(pvc("volumes/v-2/data")),
-        },
-        Mount {
-            path: "cache".into(),
-            source: MountSource::Cache {
+        ),
+        Mount::new("out", MountSource::WriteInto(pvc("volumes/v-2/data"))),
+        Mount::new(
+            "cache",
+            MountSource::Cache {
                 key: "p/j/t/cache".into(),
             },
-        },
+        ),
     ];
-    mounted.resources = Resources {
-        cpu_millis: Some(500),
-        memory_bytes: Some(512 << 20),
-    };
+    mounted.resources = Resources::new(Some(500), Some(512 << 20));
     let mut streamed = spec("p-j-b1-task-0123abcf");
-    streamed.helper = true;
-    streamed.mounts = vec![Mount {
-        path: "in".into(),
-        source: MountSource::Empty,
-    }];
+    streamed.transfer = true;
+    streamed.mounts = vec![Mount::new("in", MountSource::Empty)];
 
     let render = |s: &PodSpec, c: &KubeConfig| {
         serde_json::to_value(pod_manifest(s, c).expect("renders")).expect("serializes")

@@ -4,6 +4,7 @@
 
 mod common;
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,10 @@ async fn start() -> (Simulator, Arc<KubeBackend>) {
 async fn running(b: &KubeBackend, s: &PodSpec) {
     b.create(s).await.expect("create");
     let st = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .expect("wait");
     assert_eq!(st.state, PodState::Running, "{st:?}");
@@ -109,7 +113,10 @@ async fn eviction_mid_exec_is_lost_and_reported() {
         ),
     }
     let st = b
-        .wait(&s.name, WaitFor::Terminated, Duration::from_secs(10))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Failed(PodFailure::Evicted), "{st:?}");
@@ -148,7 +155,10 @@ async fn oom_kill_is_reported_with_exit_137() {
         ),
     }
     let st = b
-        .wait(&s.name, WaitFor::Terminated, Duration::from_secs(10))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Failed(PodFailure::OomKilled), "{st:?}");
@@ -168,7 +178,10 @@ async fn unschedulable_pod_reports_the_scheduler() {
     b.create(&s).await.unwrap();
     let began = Instant::now();
     let st = b
-        .wait(&s.name, WaitFor::Scheduled, Duration::from_secs(2))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Scheduled, Duration::from_secs(2)),
+        )
         .await
         .unwrap();
     let took = began.elapsed();
@@ -188,7 +201,10 @@ async fn unschedulable_pod_reports_the_scheduler() {
     // Once a node is free the same pod runs.
     sim.set_unschedulable(false);
     let st = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(10))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Running);
@@ -207,7 +223,10 @@ async fn image_pull_failure_ends_the_wait_early() {
     b.create(&s).await.unwrap();
     let began = Instant::now();
     let st = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(60))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     assert!(
@@ -346,10 +365,8 @@ async fn compacted_watch_history_still_completes_the_wait() {
             sim.restart().await;
         }
     };
-    let (st, ()) = tokio::join!(
-        b.wait(&s.name, WaitFor::Running, Duration::from_secs(20)),
-        compact
-    );
+    let until_running = WaitOpts::new(WaitFor::Running, Duration::from_secs(20));
+    let (st, ()) = tokio::join!(b.wait(&s.name, &until_running), compact);
     let st = st.unwrap();
     assert_eq!(st.state, PodState::Running, "{st:?}");
     let watches = sim
@@ -377,7 +394,10 @@ async fn one_step_costs_few_requests() {
     sim.reset_requests();
     b.create(&s).await.unwrap();
     let st = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Running);
@@ -389,7 +409,9 @@ async fn one_step_costs_few_requests() {
         .await
         .unwrap();
     assert_eq!(code, 0);
-    b.delete(&s.name, Duration::ZERO).await.unwrap();
+    b.delete(&s.name, &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .unwrap();
     let reqs = sim.requests();
     for r in &reqs {
         eprintln!("request: {} {}?{}", r.method, r.path, r.query);
@@ -449,8 +471,8 @@ fn copy_of(
 ) -> jetbridge_core::ports::MountSource {
     jetbridge_core::ports::MountSource::CopyOf(
         jetbridge_core::ports::CopySource::new(
-            jetbridge_core::ports::MountInfo::PvcSubPath {
-                claim: "artifacts".into(),
+            jetbridge_core::ports::MountInfo::SharedVolume {
+                volume: "artifacts".into(),
                 sub_path: sub.into(),
             },
             digest,
@@ -473,13 +495,16 @@ async fn a_changed_claim_input_fails_corrupt_in_the_simulator() {
     };
     let (sim, b) = sim_backend(cfg, sim_config()).await;
     let mut s = spec();
-    s.mounts = vec![jetbridge_core::ports::Mount {
-        path: "in".into(),
-        source: copy_of("v-in", sealed),
-    }];
+    s.mounts = vec![jetbridge_core::ports::Mount::new(
+        "in",
+        copy_of("v-in", sealed),
+    )];
     b.create(&s).await.unwrap();
     let e = b
-        .wait(&s.name, WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
@@ -500,25 +525,16 @@ async fn helper_and_mounts_in_the_simulator() {
     };
     let (sim, b) = sim_backend(cfg, sim_config()).await;
     let mut s = spec();
-    s.helper = true;
-    let info = |sub: &str| jetbridge_core::ports::MountInfo::PvcSubPath {
-        claim: "artifacts".into(),
+    s.transfer = true;
+    let info = |sub: &str| jetbridge_core::ports::MountInfo::SharedVolume {
+        volume: "artifacts".into(),
         sub_path: sub.into(),
     };
     use jetbridge_core::ports::{Container, Mount, MountSource};
     s.mounts = vec![
-        Mount {
-            path: "in".into(),
-            source: copy_of("v-in", sealed),
-        },
-        Mount {
-            path: "out".into(),
-            source: MountSource::WriteInto(info("v-out")),
-        },
-        Mount {
-            path: "scratch".into(),
-            source: MountSource::Empty,
-        },
+        Mount::new("in", copy_of("v-in", sealed)),
+        Mount::new("out", MountSource::WriteInto(info("v-out"))),
+        Mount::new("scratch", MountSource::Empty),
     ];
     running(&b, &s).await;
     let run = |c: Container, script: &str| {
@@ -551,7 +567,7 @@ async fn helper_and_mounts_in_the_simulator() {
         0
     );
     assert_eq!(
-        run(Container::Helper, "cat scratch/s.txt").await,
+        run(Container::Transfer, "cat scratch/s.txt").await,
         (0, "shared\n".into())
     );
     sim.shutdown().await;

@@ -226,7 +226,7 @@ impl LocalBackend {
             armed: true,
         };
         procs::write_record(&sandbox.procs(), group)
-            .map_err(|e| crate::sandbox::io_error(e, "recording the command's process group"))?;
+            .map_err(|e| crate::error::io_error(e, "recording the command's process group"))?;
         drop(deleting);
         Ok(Ok((child, guard)))
     }
@@ -247,7 +247,7 @@ impl Exec for LocalBackend {
                 "exec argv must not be empty strings or hold NUL bytes",
             ));
         }
-        if req.container == Container::Helper {
+        if req.container == Container::Transfer {
             return Err(Error::unsupported(
                 "the local backend has no helper container",
             ));
@@ -336,7 +336,7 @@ impl Exec for LocalBackend {
                 }
                 Err(e) => {
                     let Some(code) = shell_exit_for(&e) else {
-                        return Err(crate::sandbox::io_error(
+                        return Err(crate::error::io_error(
                             e,
                             format!("starting {argv0:?} in pod {:?}", req.pod),
                         ));

@@ -17,7 +17,7 @@
 //! ```no_run
 //! # async fn demo() -> jetbridge_core::Result<()> {
 //! use std::sync::Arc;
-//! use jetbridge_core::ports::{CaptureOutput, Exec, ExecRequest, PodSpec, Pods};
+//! use jetbridge_core::ports::{CaptureOutput, DeleteOpts, Exec, ExecRequest, PodSpec, Pods};
 //! use jetbridge_local::{LocalBackend, LocalConfig};
 //!
 //! let backend = LocalBackend::new(LocalConfig::new("/var/lib/jetbridge"))?;
@@ -27,15 +27,19 @@
 //!     .exec(ExecRequest::new("demo-pod", vec!["echo".into(), "hi".into()]), out.clone())
 //!     .await?;
 //! assert_eq!((code, out.stdout()), (0, b"hi\n".to_vec()));
-//! backend.delete("demo-pod", std::time::Duration::from_secs(5)).await?;
+//! backend.delete("demo-pod", &DeleteOpts::grace(std::time::Duration::from_secs(5))).await?;
 //! # Ok(()) }
 //! ```
 
+mod config;
+mod error;
 mod exec;
 mod pods;
 mod procs;
+mod remove;
 mod sandbox;
-mod tree;
+
+pub use config::{DEFAULT_PATH, LocalConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -47,42 +51,8 @@ use jetbridge_core::names::is_dns_label;
 use jetbridge_core::{Error, Result};
 use tokio::sync::watch;
 
-use crate::sandbox::{Sandbox, io_error};
-
-/// `PATH` for commands when the worker itself has none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Configuration of a [`LocalBackend`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalConfig {
-    /// Sandboxes live under `root/pods/<pod-name>`; `root/staging` and `root/trash` hold
-    /// sandboxes being created and removed. Created if missing.
-    pub root: PathBuf,
-    /// Caches ([`MountSource::Cache`](jetbridge_core::ports::MountSource::Cache)) live
-    /// here, one directory per key; they outlive pods. Created if missing.
-    pub cache_root: PathBuf,
-    /// `PATH` of every command (before the pod's and the command's own env); `None`:
-    /// the worker's `PATH`, or [`DEFAULT_PATH`] if it has none.
-    pub path: Option<String>,
-    /// Names of further worker environment variables passed to every command (e.g.
-    /// `LANG`, `SSL_CERT_FILE`). Empty by default: nothing else of the worker's
-    /// environment (which may hold secrets) reaches a command.
-    pub pass_env: Vec<String>,
-}
-
-impl LocalConfig {
-    /// Sandboxes under `root/pods`, caches under `root/cache`, the worker's `PATH`,
-    /// no other variables passed.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
-        LocalConfig {
-            cache_root: root.join("cache"),
-            root,
-            path: None,
-            pass_env: Vec::new(),
-        }
-    }
-}
+use crate::error::io_error;
+use crate::sandbox::Sandbox;
 
 /// Pods as sandbox directories and exec as local processes; implements both
 /// [`Pods`](jetbridge_core::ports::Pods) and [`Exec`](jetbridge_core::ports::Exec) over
@@ -314,7 +284,7 @@ fn clear_dir(dir: &Path, min_age: Duration) {
             if !old_enough {
                 continue;
             }
-            if let Err(err) = tree::remove_tree(&e.path()) {
+            if let Err(err) = remove::remove_tree(&e.path()) {
                 tracing::warn!(path = %e.path().display(), error = %err, "could not remove leftover sandbox");
             }
         }
@@ -324,7 +294,9 @@ fn clear_dir(dir: &Path, min_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jetbridge_core::ports::{DiscardOutput, Exec, ExecRequest, PodSpec, Pods, WaitFor};
+    use jetbridge_core::ports::{
+        DeleteOpts, DiscardOutput, Exec, ExecRequest, PodSpec, Pods, WaitFor, WaitOpts,
+    };
 
     fn entries(b: &LocalBackend) -> usize {
         b.inner.entries.lock().unwrap().len()
@@ -344,15 +316,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code, 0);
-        b.wait("p1", WaitFor::Running, Duration::from_secs(1))
-            .await
-            .unwrap();
+        b.wait(
+            "p1",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
         assert_eq!(entries(&b), 0);
         // Held while in use.
         let held = b.entry("p1");
         assert_eq!(entries(&b), 1);
         drop(held);
-        b.delete("p1", Duration::from_secs(1)).await.unwrap();
+        b.delete("p1", &DeleteOpts::grace(Duration::from_secs(1)))
+            .await
+            .unwrap();
         assert_eq!(entries(&b), 0);
     }
 

@@ -10,13 +10,14 @@ use async_trait::async_trait;
 use jetbridge_core::copy::{CopyOptions, copy_verified};
 use jetbridge_core::names::{dns_fragment, is_dns_label};
 use jetbridge_core::ports::{
-    CopySource, LabelSelector, MountInfo, PodCapabilities, PodFailure, PodSpec, PodState,
-    PodStatus, Pods, WaitFor,
+    CopySource, DeleteOpts, LabelSelector, MountInfo, PodCapabilities, PodFailure, PodSpec,
+    PodState, PodStatus, Pods, StopOpts, WaitOpts,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 
-use crate::sandbox::{MountRecord, PodRecord, Sandbox, io_error, is_gone, relative_path};
-use crate::{EntryRef, LocalBackend, procs, tree};
+use crate::error::{io_error, is_gone};
+use crate::sandbox::{MountRecord, PodRecord, Sandbox, relative_path};
+use crate::{EntryRef, LocalBackend, procs, remove};
 
 /// How often a waiter re-reads the disk to notice changes made by another process
 /// (changes made by this process wake it at once).
@@ -88,7 +89,7 @@ impl LocalBackend {
             let target = work.join(&rel);
             ensure_parents(work, &rel)?;
             // A nested mount replaces what a copied parent had at its path.
-            tree::remove_tree(&target)
+            remove::remove_tree(&target)
                 .map_err(|e| io_error(e, format!("clearing mount path {:?}", m.path())))?;
             match m {
                 MountRecord::Empty { .. } => std::fs::create_dir(&target)
@@ -154,7 +155,7 @@ impl LocalBackend {
                 sandbox.dir.clone()
             }
         };
-        tokio::task::spawn_blocking(move || tree::remove_tree(&doomed))
+        tokio::task::spawn_blocking(move || remove::remove_tree(&doomed))
             .await
             .map_err(|e| Error::other(format!("removing sandbox of {name:?}: {e}")))?
             .map_err(|e| io_error(e, format!("removing sandbox of {name:?}")))
@@ -248,7 +249,7 @@ impl Pods for LocalBackend {
                 "pod name {name:?} is not a DNS-1123 label"
             )));
         };
-        if spec.helper {
+        if spec.transfer {
             return Err(Error::unsupported(
                 "the local backend has no helper container",
             ));
@@ -287,11 +288,11 @@ impl Pods for LocalBackend {
             record.write_to(&staging.pod_file())
         };
         if let Err(e) = build() {
-            let _ = tree::remove_tree(&staging.dir);
+            let _ = remove::remove_tree(&staging.dir);
             return Err(e);
         }
         if let Err(e) = std::fs::rename(&staging.dir, &sandbox.dir) {
-            let _ = tree::remove_tree(&staging.dir);
+            let _ = remove::remove_tree(&staging.dir);
             // Another process claimed the name first.
             return match sandbox.status()? {
                 Some((rec, status)) => self.adopt(spec, &rec, status),
@@ -333,7 +334,8 @@ impl Pods for LocalBackend {
             .ok_or_else(|| Self::not_found(name))
     }
 
-    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus> {
+    async fn wait(&self, name: &str, opts: &WaitOpts) -> Result<PodStatus> {
+        let (cond, timeout) = (opts.cond, opts.timeout);
         let sandbox = self.sandbox(name).ok_or_else(|| Self::not_found(name))?;
         let deadline = tokio::time::Instant::now() + timeout;
         let entry = self.entry(name);
@@ -391,7 +393,8 @@ impl Pods for LocalBackend {
         Ok(out)
     }
 
-    async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()> {
+        let grace = opts.grace;
         // No pod can have an invalid name: it is gone already.
         let Some(sandbox) = self.sandbox(name) else {
             return Ok(());
@@ -425,7 +428,8 @@ impl Pods for LocalBackend {
         removed
     }
 
-    async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
+    async fn stop(&self, name: &str, opts: &StopOpts) -> Result<bool> {
+        let grace = opts.grace;
         // Every process of the pod goes; the sandbox stays for inspection.
         let Some(sandbox) = self.sandbox(name) else {
             return Ok(true);
@@ -454,10 +458,7 @@ mod tests {
         let mut s = PodSpec::new("p", "host");
         s.mounts = mounts
             .into_iter()
-            .map(|(p, source)| Mount {
-                path: p.into(),
-                source,
-            })
+            .map(|(p, source)| Mount::new(p, source))
             .collect();
         s
     }
@@ -504,8 +505,8 @@ mod tests {
         }
         let pvc = spec_with(vec![(
             "v",
-            copy_of(MountInfo::PvcSubPath {
-                claim: "c".into(),
+            copy_of(MountInfo::SharedVolume {
+                volume: "c".into(),
                 sub_path: "s".into(),
             }),
         )]);

@@ -23,6 +23,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jetbridge_core::digest::Digest;
+
+use crate::error::{io_error, is_gone};
 use jetbridge_core::ports::{
     Mount, MountInfo, MountSource, PendingReason, PodSpec, PodState, PodStatus,
 };
@@ -72,13 +74,15 @@ impl Sandbox {
     /// Read the pod record; `Ok(None)` when the sandbox or its record is gone.
     pub(crate) fn read_record(&self) -> Result<Option<PodRecord>> {
         match std::fs::read(self.pod_file()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::corrupt(format!(
-                    "pod record {} is not valid",
-                    self.pod_file().display()
-                ))
-                .with_source(e)
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(|r: PodRecord| Some(r.upgraded()))
+                .map_err(|e| {
+                    Error::corrupt(format!(
+                        "pod record {} is not valid",
+                        self.pod_file().display()
+                    ))
+                    .with_source(e)
+                }),
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) => Err(io_error(e, "reading pod record")),
         }
@@ -94,28 +98,6 @@ impl Sandbox {
         let status = rec.status(ready, deleting);
         Ok(Some((rec, status)))
     }
-}
-
-/// Whether an I/O error means "not there".
-pub(crate) fn is_gone(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::NotFound
-}
-
-/// Convert an I/O error into a port error of the right kind.
-pub(crate) fn io_error(e: std::io::Error, what: impl std::fmt::Display) -> Error {
-    use std::io::ErrorKind as K;
-    let err = match e.kind() {
-        K::NotFound => Error::not_found(format!("{what}: {e}")),
-        K::AlreadyExists => Error::already_exists(format!("{what}: {e}")),
-        K::StorageFull | K::QuotaExceeded => Error::storage_full(format!("{what}: {e}")),
-        K::InvalidInput | K::InvalidFilename => Error::invalid(format!("{what}: {e}")),
-        K::PermissionDenied | K::ReadOnlyFilesystem => {
-            Error::permission_denied(format!("{what}: {e}"))
-        }
-        K::Interrupted | K::TimedOut | K::WouldBlock => Error::transient(format!("{what}: {e}")),
-        _ => Error::other(format!("{what}: {e}")),
-    };
-    err.with_source(e)
 }
 
 /// Validate a path relative to the working directory: not empty, not absolute, no
@@ -177,7 +159,7 @@ impl MountRecord {
     pub(crate) fn from_mount(m: &Mount) -> Result<Self> {
         let host = |info: &MountInfo| match info {
             MountInfo::HostPath { path } => Ok(path.clone()),
-            MountInfo::PvcSubPath { .. } => Err(Error::unsupported(format!(
+            MountInfo::SharedVolume { .. } => Err(Error::unsupported(format!(
                 "mount {:?}: the local backend cannot mount PersistentVolumeClaims",
                 m.path
             ))),
@@ -266,6 +248,19 @@ impl PodRecord {
             memory_bytes: spec.resources.memory_bytes,
             privileged: spec.privileged,
         }
+    }
+
+    /// The record in today's terms. Pods made before core's managed-by key became
+    /// `jetbridge.io/managed-by` carry the old key; they are still ours and must still
+    /// be reaped.
+    fn upgraded(mut self) -> Self {
+        const OLD_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+        if let Some(v) = self.labels.remove(OLD_MANAGED_BY) {
+            self.labels
+                .entry(jetbridge_core::names::label::MANAGED_BY.to_owned())
+                .or_insert(v);
+        }
+        self
     }
 
     pub(crate) fn handle(&self) -> Option<&str> {
@@ -375,5 +370,23 @@ mod tests {
         let back: PodRecord = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back.created_at(), rec.created_at());
+    }
+
+    #[test]
+    fn a_record_with_the_old_managed_by_key_is_still_ours() {
+        let mut spec = PodSpec::new("p", "host");
+        spec.labels
+            .insert("app.kubernetes.io/managed-by".into(), "jetbridge".into());
+        let rec = PodRecord::new(&spec, Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(dir.path().to_path_buf());
+        std::fs::create_dir_all(&sandbox.dir).unwrap();
+        rec.write_to(&sandbox.pod_file()).unwrap();
+        let back = sandbox.read_record().unwrap().unwrap();
+        assert_eq!(
+            back.labels.get(jetbridge_core::names::label::MANAGED_BY),
+            Some(&"jetbridge".to_owned())
+        );
+        assert!(!back.labels.contains_key("app.kubernetes.io/managed-by"));
     }
 }

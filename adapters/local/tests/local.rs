@@ -1,5 +1,6 @@
 //! Behaviour of the local backend against real processes and a real filesystem.
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -31,10 +32,7 @@ fn spec(name: &str, handle: &str) -> PodSpec {
 }
 
 fn mount(path: &str, source: MountSource) -> Mount {
-    Mount {
-        path: path.into(),
-        source,
-    }
+    Mount::new(path, source)
 }
 
 fn host(p: &Path) -> MountInfo {
@@ -131,7 +129,10 @@ async fn lifecycle_create_get_wait_list_delete() {
     assert_eq!(got.state, PodState::Running);
     assert_eq!(got.labels.get(label::HANDLE).unwrap(), "h1");
     let w = b
-        .wait("pod-a", WaitFor::Running, Duration::from_secs(5))
+        .wait(
+            "pod-a",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert_eq!(w.state, PodState::Running);
@@ -144,15 +145,19 @@ async fn lifecycle_create_get_wait_list_delete() {
     assert_eq!(listed[0].name, "pod-b");
     assert_eq!(b.list(&BTreeMap::new()).await.unwrap().len(), 2);
 
-    b.delete("pod-a", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-a", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert_eq!(
         b.get("pod-a").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
     assert!(!b.sandbox_dir("pod-a").unwrap().exists());
     // Idempotent.
-    b.delete("pod-a", Duration::from_secs(1)).await.unwrap();
-    b.delete("never-existed", Duration::from_secs(1))
+    b.delete("pod-a", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    b.delete("never-existed", &DeleteOpts::grace(Duration::from_secs(1)))
         .await
         .unwrap();
     assert_eq!(b.list(&BTreeMap::new()).await.unwrap().len(), 1);
@@ -183,10 +188,13 @@ async fn invalid_names_and_missing_pods() {
     }
     assert_eq!(b.get("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(
-        b.wait("nope", WaitFor::Running, Duration::from_millis(10))
-            .await
-            .unwrap_err()
-            .kind(),
+        b.wait(
+            "nope",
+            &WaitOpts::new(WaitFor::Running, Duration::from_millis(10))
+        )
+        .await
+        .unwrap_err()
+        .kind(),
         ErrorKind::NotFound
     );
     let e = b
@@ -204,7 +212,7 @@ async fn capabilities_are_reported() {
     let t = TempDir::new().unwrap();
     let b = backend(&t);
     let p = Pods::capabilities(&b);
-    assert!(p.host_path_mounts && !p.pvc_mounts && !p.helper_container && !p.images);
+    assert!(p.host_path_mounts && !p.shared_volume_mounts && !p.transfer_container && !p.images);
     let e = Exec::capabilities(&b);
     assert!(e.stdin && e.working_dir && !e.user);
 }
@@ -216,7 +224,10 @@ async fn wait_reports_deletion_and_times_out() {
     b.create(&spec("pod-w", "h")).await.unwrap();
     let start = Instant::now();
     let st = b
-        .wait("pod-w", WaitFor::Terminated, Duration::from_millis(300))
+        .wait(
+            "pod-w",
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert_eq!(st.state, PodState::Running);
@@ -225,13 +236,18 @@ async fn wait_reports_deletion_and_times_out() {
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move {
-            b.wait("pod-w", WaitFor::Terminated, Duration::from_secs(30))
-                .await
+            b.wait(
+                "pod-w",
+                &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(30)),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
-    b.delete("pod-w", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-w", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
     let st = waiter.await.unwrap().unwrap();
     assert_eq!(st.state, PodState::Failed(PodFailure::Deleted));
     // Woken by the event, not by the periodic disk check.
@@ -582,7 +598,9 @@ async fn delete_kills_every_process_group_and_the_exec_is_lost() {
     };
     let pids = read_pids(&b.work_dir("pod-k").unwrap().join("pids"), 2).await;
     assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
-    b.delete("pod-k", Duration::from_secs(5)).await.unwrap();
+    b.delete("pod-k", &DeleteOpts::grace(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert!(wait_dead(&pids, Duration::from_secs(5)).await, "{pids:?}");
     let res = task.await.unwrap();
     assert_eq!(res.unwrap_err().kind(), ErrorKind::Lost);
@@ -609,7 +627,9 @@ async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period_and_not_a_s
     };
     let pids = read_pids(&b.work_dir("pod-g").unwrap().join("pids"), 1).await;
     let start = Instant::now();
-    b.delete("pod-g", Duration::from_millis(400)).await.unwrap();
+    b.delete("pod-g", &DeleteOpts::grace(Duration::from_millis(400)))
+        .await
+        .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(400));
     assert!(wait_dead(&pids, Duration::from_secs(5)).await);
     assert_eq!(task.await.unwrap().unwrap_err().kind(), ErrorKind::Lost);
@@ -651,18 +671,20 @@ async fn background_processes_do_not_hold_the_exec_and_die_with_the_pod() {
     assert!(start.elapsed() < Duration::from_secs(5));
     let pids = read_pids(&b.work_dir("pod-bg").unwrap().join("pids"), 1).await;
     assert!(alive(pids[0]));
-    b.delete("pod-bg", Duration::from_secs(2)).await.unwrap();
+    b.delete("pod-bg", &DeleteOpts::grace(Duration::from_secs(2)))
+        .await
+        .unwrap();
     assert!(wait_dead(&pids, Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helper_container_and_other_users_are_unsupported() {
+async fn transfer_container_and_other_users_are_unsupported() {
     let t = TempDir::new().unwrap();
     let b = backend(&t);
     b.create(&spec("pod-u", "h")).await.unwrap();
     let e = b
         .exec(
-            ExecRequest::new("pod-u", vec!["true".into()]).container(Container::Helper),
+            ExecRequest::new("pod-u", vec!["true".into()]).container(Container::Transfer),
             Arc::new(CaptureOutput::new()),
         )
         .await
@@ -681,7 +703,7 @@ async fn helper_container_and_other_users_are_unsupported() {
     assert_eq!(r.stdout.trim(), nix::unistd::getuid().to_string());
 
     let mut s = spec("pod-h", "h");
-    s.helper = true;
+    s.transfer = true;
     assert_eq!(
         b.create(&s).await.unwrap_err().kind(),
         ErrorKind::Unsupported
@@ -732,7 +754,9 @@ async fn copy_of_is_private_and_complete() {
             .file_type()
             .is_symlink()
     );
-    b.delete("pod-c", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-c", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert!(vol.join("src/main.rs").exists());
 }
 
@@ -795,7 +819,9 @@ async fn write_into_writes_the_volume_directly() {
         std::fs::read_link(b.work_dir("pod-o").unwrap().join("out/bin")).unwrap(),
         vol
     );
-    b.delete("pod-o", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-o", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(vol.join("artifact")).unwrap(),
         "built\n"
@@ -816,7 +842,9 @@ async fn caches_persist_across_pods_by_key() {
         .await
         .unwrap();
     run_sh(&b, "pod-c1", "echo warm > cache/f").await;
-    b.delete("pod-c1", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-c1", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
 
     b.create(&cache("pod-c2", "pipe/job/step/../../cache"))
         .await
@@ -853,8 +881,8 @@ async fn failed_mounts_leave_no_pod_and_pvcs_are_unsupported() {
     let mut s = spec("pod-m", "h");
     s.mounts.push(mount(
         "v",
-        MountSource::WriteInto(MountInfo::PvcSubPath {
-            claim: "c".into(),
+        MountSource::WriteInto(MountInfo::SharedVolume {
+            volume: "c".into(),
             sub_path: "x".into(),
         }),
     ));
@@ -936,13 +964,16 @@ async fn a_new_backend_over_the_same_root_sees_execs_and_deletes_old_pods() {
         let first = first.clone();
         tokio::spawn(async move {
             first
-                .wait("pod-old", WaitFor::Terminated, Duration::from_secs(30))
+                .wait(
+                    "pod-old",
+                    &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(30)),
+                )
                 .await
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     second
-        .delete("pod-old", Duration::from_secs(5))
+        .delete("pod-old", &DeleteOpts::grace(Duration::from_secs(5)))
         .await
         .unwrap();
     assert!(wait_dead(&pids, Duration::from_secs(5)).await, "{pids:?}");
@@ -964,12 +995,17 @@ async fn a_pod_of_the_same_name_created_later_is_a_different_pod() {
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move {
-            b.wait("pod-re", WaitFor::Terminated, Duration::from_secs(30))
-                .await
+            b.wait(
+                "pod-re",
+                &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(30)),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    b.delete("pod-re", Duration::from_secs(1)).await.unwrap();
+    b.delete("pod-re", &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .unwrap();
     b.create(&spec("pod-re", "h2")).await.unwrap();
     assert_eq!(
         waiter.await.unwrap().unwrap().state,

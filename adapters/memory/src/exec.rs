@@ -51,7 +51,7 @@ impl Exec for MemoryBackend {
 
 impl MemoryBackend {
     async fn run_exec(&self, req: ExecRequest, output: Arc<dyn OutputSink>) -> Result<i32> {
-        if req.container == Container::Helper {
+        if req.container == Container::Transfer {
             return Err(Error::unsupported("memory pods have no helper container"));
         }
         if req.argv.is_empty() {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use jetbridge_core::names::{is_dns_label, label};
 use jetbridge_core::ports::{
-    LabelSelector, MountSource, PendingReason, PodCapabilities, PodFailure, PodSpec, PodState,
-    PodStatus, Pods, WaitFor,
+    DeleteOpts, LabelSelector, MountSource, PendingReason, PodCapabilities, PodFailure, PodSpec,
+    PodState, PodStatus, Pods, WaitOpts,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use tokio::sync::watch;
@@ -565,7 +565,8 @@ impl Pods for MemoryBackend {
         after(late, r)
     }
 
-    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus> {
+    async fn wait(&self, name: &str, opts: &WaitOpts) -> Result<PodStatus> {
+        let (cond, timeout) = (opts.cond, opts.timeout);
         let late = self.shared.faults.before(BackendOp::Wait)?;
         let mut rx = self
             .shared
@@ -600,10 +601,10 @@ impl Pods for MemoryBackend {
         after(late, r)
     }
 
-    async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()> {
         // Programs are stopped at once: the grace period only bounds how long a real
         // container may take, and fake programs cannot clean up anyway.
-        let _ = grace;
+        let _ = opts;
         let late = self.shared.faults.before(BackendOp::Delete)?;
         remove_pod(&mut self.shared.lock(), name);
         after(late, Ok(()))
@@ -618,7 +619,7 @@ impl MemoryBackend {
                 spec.name
             )));
         }
-        if spec.helper {
+        if spec.transfer {
             return Err(Error::unsupported(
                 "memory pods have no helper container; stream with tar in the main container",
             ));

@@ -1,5 +1,6 @@
 //! Pods, exec and their fault injection.
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +51,12 @@ async fn create_is_idempotent_per_handle() {
         l.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         ["p2"]
     );
-    b.delete("p1", Duration::ZERO).await.unwrap();
-    b.delete("p1", Duration::ZERO).await.unwrap();
+    b.delete("p1", &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .unwrap();
+    b.delete("p1", &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(b.get("p1").await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(b.live_pods(), 1);
 }
@@ -60,28 +65,25 @@ async fn create_is_idempotent_per_handle() {
 async fn unsupported_mounts_and_helper() {
     let b = MemoryBackend::new();
     let mut s = spec("p", "h");
-    s.mounts.push(Mount {
-        path: "in".into(),
-        source: MountSource::CopyOf(jetbridge_core::ports::CopySource::new(
+    s.mounts.push(Mount::new(
+        "in",
+        MountSource::CopyOf(jetbridge_core::ports::CopySource::new(
             MountInfo::HostPath { path: "/x".into() },
             jetbridge_core::digest::TreeDigest::new().finish(),
         )),
-    });
+    ));
     assert_eq!(
         b.create(&s).await.unwrap_err().kind(),
         ErrorKind::Unsupported
     );
     let mut s = spec("p", "h");
-    s.helper = true;
+    s.transfer = true;
     assert_eq!(
         b.create(&s).await.unwrap_err().kind(),
         ErrorKind::Unsupported
     );
     let mut s = spec("p", "h");
-    s.mounts.push(Mount {
-        path: "../x".into(),
-        source: MountSource::Empty,
-    });
+    s.mounts.push(Mount::new("../x", MountSource::Empty));
     assert_eq!(b.create(&s).await.unwrap_err().kind(), ErrorKind::Invalid);
     assert_eq!(b.created_pods(), 0);
 }
@@ -93,18 +95,27 @@ async fn scheduling_delay_walks_through_pending_states() {
     let s = b.create(&spec("p", "h")).await.unwrap();
     assert_eq!(s.state, PodState::Pending(PendingReason::Scheduling));
     let s = b
-        .wait("p", WaitFor::Scheduled, Duration::from_secs(10))
+        .wait(
+            "p",
+            &WaitOpts::new(WaitFor::Scheduled, Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Pending(PendingReason::ContainerCreating));
     // Too short a timeout returns the status at that time.
     let s = b
-        .wait("p", WaitFor::Running, Duration::from_millis(500))
+        .wait(
+            "p",
+            &WaitOpts::new(WaitFor::Running, Duration::from_millis(500)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Pending(PendingReason::ContainerCreating));
     let s = b
-        .wait("p", WaitFor::Running, Duration::from_secs(10))
+        .wait(
+            "p",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Running);
@@ -116,14 +127,20 @@ async fn unschedulable_and_unpullable() {
     b.set_unschedulable(true);
     b.create(&spec("p", "h")).await.unwrap();
     let s = b
-        .wait("p", WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            "p",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Pending(PendingReason::Unschedulable));
     assert!(s.message.unwrap().contains("nodes are available"));
     b.set_unschedulable(false);
     let s = b
-        .wait("p", WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            "p",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Running);
@@ -133,7 +150,10 @@ async fn unschedulable_and_unpullable() {
     bad.image = "example.com/nope:1".into();
     b.create(&bad).await.unwrap();
     let s = b
-        .wait("q", WaitFor::Running, Duration::from_secs(30))
+        .wait(
+            "q",
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Pending(PendingReason::ImagePullFailed));
@@ -150,14 +170,20 @@ async fn wait_sees_deletion_and_eviction() {
     b.create(&spec("p", "h")).await.unwrap();
     let waiter = {
         let b = b.clone();
-        tokio::spawn(async move { b.wait("p", WaitFor::Running, Duration::from_secs(60)).await })
+        tokio::spawn(async move {
+            b.wait(
+                "p",
+                &WaitOpts::new(WaitFor::Running, Duration::from_secs(60)),
+            )
+            .await
+        })
     };
     tokio::task::yield_now().await;
     b.delete_externally("p").unwrap();
     let s = waiter.await.unwrap().unwrap();
     assert_eq!(s.state, PodState::Failed(PodFailure::Deleted));
     assert_eq!(
-        b.wait("p", WaitFor::Running, Duration::ZERO)
+        b.wait("p", &WaitOpts::new(WaitFor::Running, Duration::ZERO))
             .await
             .unwrap_err()
             .kind(),
@@ -168,7 +194,10 @@ async fn wait_sees_deletion_and_eviction() {
     b.create(&spec("e", "h")).await.unwrap();
     b.evict("e").unwrap();
     let s = b
-        .wait("e", WaitFor::Terminated, Duration::from_secs(1))
+        .wait(
+            "e",
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(1)),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, PodState::Failed(PodFailure::Evicted));
@@ -202,7 +231,9 @@ async fn running_execs_end_with_the_pod() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     b.evict("a").unwrap();
     b.oom_kill("b").unwrap();
-    b.delete("c", Duration::from_secs(30)).await.unwrap();
+    b.delete("c", &DeleteOpts::grace(Duration::from_secs(30)))
+        .await
+        .unwrap();
     let (ra, out) = ta.await.unwrap();
     assert_eq!(ra.unwrap_err().kind(), ErrorKind::Lost);
     assert_eq!(out, "started\n");
@@ -241,9 +272,17 @@ async fn injected_failures() {
         b.fail_next(op, 1, ErrorKind::Other);
     }
     assert!(b.get("p").await.is_err());
-    assert!(b.wait("p", WaitFor::Running, Duration::ZERO).await.is_err());
+    assert!(
+        b.wait("p", &WaitOpts::new(WaitFor::Running, Duration::ZERO))
+            .await
+            .is_err()
+    );
     assert!(b.list(&BTreeMap::new()).await.is_err());
-    assert!(b.delete("p", Duration::ZERO).await.is_err());
+    assert!(
+        b.delete("p", &DeleteOpts::grace(Duration::ZERO))
+            .await
+            .is_err()
+    );
     assert!(run(&b, "p", &["true"]).await.0.is_err());
     assert_eq!(run(&b, "p", &["true"]).await.0.unwrap(), 0);
     assert_eq!(b.exec_count(), 2);
@@ -295,14 +334,8 @@ async fn caches_persist_between_pods_by_key() {
     let b = MemoryBackend::new();
     let mut s = spec("p1", "h1");
     s.mounts = vec![
-        Mount {
-            path: "cache/deps".into(),
-            source: MountSource::Cache { key: "k".into() },
-        },
-        Mount {
-            path: "out".into(),
-            source: MountSource::Empty,
-        },
+        Mount::new("cache/deps", MountSource::Cache { key: "k".into() }),
+        Mount::new("out", MountSource::Empty),
     ];
     b.create(&s).await.unwrap();
     let (r, _) = run(
@@ -312,7 +345,9 @@ async fn caches_persist_between_pods_by_key() {
     )
     .await;
     assert_eq!(r.unwrap(), 0);
-    b.delete("p1", Duration::ZERO).await.unwrap();
+    b.delete("p1", &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .unwrap();
     s.name = "p2".into();
     b.create(&s).await.unwrap();
     let (r, out) = run(&b, "p2", &["sh", "-c", "cat cache/deps/n; ls out"]).await;
@@ -325,14 +360,8 @@ async fn tar_streams_in_and_out() {
     let b = MemoryBackend::new();
     let mut s = spec("p", "h");
     s.mounts = vec![
-        Mount {
-            path: "src".into(),
-            source: MountSource::Empty,
-        },
-        Mount {
-            path: "dst".into(),
-            source: MountSource::Empty,
-        },
+        Mount::new("src", MountSource::Empty),
+        Mount::new("dst", MountSource::Empty),
     ];
     b.create(&s).await.unwrap();
     let fs = b.pod_fs("p").unwrap();
@@ -427,10 +456,7 @@ async fn mock_resource_speaks_the_protocol() {
     let b = MemoryBackend::new();
     let mut s = spec("m", "h");
     s.image = "concourse/mock-resource:0.13".into();
-    s.mounts = vec![Mount {
-        path: "out".into(),
-        source: MountSource::Empty,
-    }];
+    s.mounts = vec![Mount::new("out", MountSource::Empty)];
     b.create(&s).await.unwrap();
     let call = |a: &[&str], stdin: &str, dir: Option<&str>| {
         let b = b.clone();

@@ -15,7 +15,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
-use crate::errors::{Backend, store_err};
+use crate::error::{Backend, store_err};
 
 /// How volume data objects are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +249,7 @@ fn prefix_of(url: &str, path: &str) -> Result<Path> {
 
 fn config_err(url: &str, e: object_store::Error) -> Error {
     // Configuration problems (missing region, bad key) are not retryable.
-    let kind = match crate::errors::kind_of(&e, Backend::Http) {
+    let kind = match crate::error::kind_of(&e, Backend::Http) {
         jetbridge_core::ErrorKind::Transient => jetbridge_core::ErrorKind::Other,
         k => k,
     };
@@ -287,9 +287,8 @@ pub(crate) fn build(url: &str, o: &ObjectStoreOptions) -> Result<Built> {
             let dir = parsed
                 .to_file_path()
                 .map_err(|()| invalid(url, "not an absolute local path"))?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                crate::errors::io_err(e, format_args!("creating {}", dir.display()))
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| crate::error::io_err(e, format_args!("creating {}", dir.display())))?;
             let fs = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| store_err(e, Backend::Local, "opening the directory"))?
                 .with_automatic_cleanup(true);

@@ -18,10 +18,10 @@
 
 mod checksum;
 mod config;
-mod errors;
+mod error;
 mod pipe;
 mod read;
-mod tree;
+mod tar_tree;
 mod write;
 
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Compression, ObjectStoreOptions, RetryPolicy};
 
-use crate::errors::{Backend, store_err};
+use crate::error::{Backend, store_err};
 
 const VOLUMES: &str = "volumes";
 const MANIFEST: &str = "manifest.json";

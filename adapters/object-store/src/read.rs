@@ -25,9 +25,9 @@ use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use tar::{EntryType, Header};
 use tokio::sync::mpsc;
 
-use crate::errors::{Backend, io_err, store_err};
+use crate::error::{Backend, io_err, store_err};
 use crate::pipe::{CHANNEL_DEPTH, ChannelReader, ChannelWriter, Chunk, receiver_stream};
-use crate::tree::{FailSlot, HashOnly, Hashing, VNode, VTree, ingest, take_failed};
+use crate::tar_tree::{FailSlot, HashOnly, Hashing, VNode, VTree, ingest, take_failed};
 
 /// Read size of the output stream.
 const READ_CHUNK: usize = 256 * 1024;
@@ -170,8 +170,9 @@ fn verify<R: Read + Send>(
             )
             .and_then(|tree| {
                 // The rest of the frame: its checksum is checked at the end.
-                io::copy(&mut archive.into_inner(), &mut io::sink())
-                    .map_err(|e| crate::tree::read_err(failed, e, "reading the end of the data"))?;
+                io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(|e| {
+                    crate::tar_tree::read_err(failed, e, "reading the end of the data")
+                })?;
                 Ok(tree)
             });
             // Dropping the receiver (on error) stops the decompressor.
@@ -179,7 +180,7 @@ fn verify<R: Read + Send>(
             let tree = parsed.map_err(as_corrupt)?;
             match done {
                 Ok(r) => r
-                    .map_err(|e| crate::tree::read_err(failed, e, "decompressing the data"))
+                    .map_err(|e| crate::tar_tree::read_err(failed, e, "decompressing the data"))
                     .map_err(as_corrupt)?,
                 Err(_) => return Err(Error::other("the decompressor thread panicked")),
             }
@@ -197,7 +198,7 @@ fn verify<R: Read + Send>(
     };
     // Anything after the archive still counts towards the object size.
     io::copy(&mut tee, &mut io::sink())
-        .map_err(|e| crate::tree::read_err(failed, e, "reading the end of the data"))
+        .map_err(|e| crate::tar_tree::read_err(failed, e, "reading the end of the data"))
         .map_err(as_corrupt)?;
     if let Some(f) = &mut tee.copy {
         f.flush()

@@ -21,9 +21,9 @@ use tar::{EntryType, Header};
 use tokio::sync::mpsc;
 
 use crate::config::Compression;
-use crate::errors::{Backend, store_err};
+use crate::error::{Backend, store_err};
 use crate::pipe::{CHANNEL_DEPTH, ChannelReader, ChannelWriter, Chunk, OUT_CHUNK, forward};
-use crate::tree::{EntrySink, FailSlot, Hashing, HashingReader, Summary, VTree, ingest};
+use crate::tar_tree::{EntrySink, FailSlot, Hashing, HashingReader, Summary, VTree, ingest};
 use sha2::{Digest as _, Sha256};
 
 /// What a successful upload produced.

@@ -16,6 +16,7 @@
 //! verified copies of the small-file set (`JB_BENCH_RUNS` times), for counting syscalls
 //! with `strace -c -f` (see `docs/benchmarks.md`).
 
+use jetbridge_core::ports::DeleteOpts;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use jetbridge_core::ports::{
     ArtifactRegistry, CopySource, MountAccess, MountInfo, MountSource, PodSpec, Pods, Runtime,
     VolumeStore,
 };
-use jetbridge_core::services::{AbortSignal, BuildRequest, BuildRunner, NoEvents, StepConfig};
+use jetbridge_core::services::{BuildRequest, BuildRunner, NoEvents, StepConfig};
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_local::{LocalBackend, LocalConfig};
 use jetbridge_memory::MemoryRegistry;
@@ -191,14 +192,14 @@ async fn handoff(e: &Env, src: &Path, i: usize) -> Duration {
     let m = e.store.mount(&h, MountAccess::Read).await.expect("mount");
     assert!(matches!(m, MountInfo::HostPath { .. }));
     let mut spec = PodSpec::new(pod.clone(), "host");
-    spec.mounts.push(jetbridge_core::ports::Mount {
-        path: "input".into(),
-        source: MountSource::CopyOf(CopySource::new(m, sealed.digest.expect("digest"))),
-    });
+    spec.mounts.push(jetbridge_core::ports::Mount::new(
+        "input",
+        MountSource::CopyOf(CopySource::new(m, sealed.digest.expect("digest"))),
+    ));
     e.backend.create(&spec).await.expect("consumer pod");
     let d = t.elapsed();
     e.backend
-        .delete(&pod, Duration::ZERO)
+        .delete(&pod, &DeleteOpts::grace(Duration::ZERO))
         .await
         .expect("delete");
     e.store.delete(&h).await.expect("delete volume");
@@ -315,14 +316,12 @@ async fn bench_overhead(runs: usize) {
         );
         let t = Instant::now();
         let out = runner
-            .run(BuildRequest {
-                pipeline: pipeline.clone(),
-                job: "j".into(),
-                build_number: 1,
-                build_id: format!("bench-{r}"),
-                vars: Vars::new(),
-                abort: AbortSignal::never(),
-            })
+            .run(BuildRequest::new(
+                pipeline.clone(),
+                "j",
+                1,
+                format!("bench-{r}"),
+            ))
             .await
             .expect("build");
         let d = t.elapsed();

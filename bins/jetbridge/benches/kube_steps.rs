@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p jetbridge --bench kube_steps` (`JB_BENCH_STEPS`, default 20).
 
+use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,7 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::names::{StepHandle, StepIdentity};
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, PodSpec, Pods, Runtime, WaitFor};
-use jetbridge_core::services::{
-    AbortSignal, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig,
-};
+use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig};
 use jetbridge_kube::{KubeBackend, KubeConfig};
 use jetbridge_kube_sim::{SimConfig, Simulator};
 use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
@@ -70,10 +69,10 @@ fn main() {
             spec.labels = id.labels();
             let t = Instant::now();
             backend.create(&spec).await.expect("create");
-            let st = backend.wait(&spec.name, WaitFor::Running, Duration::from_secs(30)).await.expect("wait");
+            let st = backend.wait(&spec.name, &WaitOpts::new(WaitFor::Running, Duration::from_secs(30))).await.expect("wait");
             starts.push(t.elapsed());
             assert!(st.satisfies(WaitFor::Running));
-            backend.delete(&spec.name, Duration::ZERO).await.expect("delete");
+            backend.delete(&spec.name, &DeleteOpts::grace(Duration::ZERO)).await.expect("delete");
         }
 
         // jetbridge: a whole one-step build of `true`.
@@ -91,14 +90,7 @@ fn main() {
         for i in 0..steps {
             let t = Instant::now();
             let out = runner
-                .run(BuildRequest {
-                    pipeline: pipeline.clone(),
-                    job: "j".into(),
-                    build_number: i as u64,
-                    build_id: format!("b{i}"),
-                    vars: Vars::new(),
-                    abort: AbortSignal::never(),
-                })
+                .run(BuildRequest::new(pipeline.clone(), "j", i as u64, format!("b{i}")))
                 .await
                 .expect("build");
             step_times.push(t.elapsed());

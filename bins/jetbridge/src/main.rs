@@ -119,11 +119,20 @@ fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<(Pipeline, Vars)> {
     let path = &args.pipeline;
     let text = std::fs::read_to_string(path)
         .map_err(|e| user(format!("cannot read the pipeline {}: {e}", path.display())))?;
-    let vars = Vars::from_assignments(args.vars.iter())
-        .map_err(|e| user(format!("--var: {e} (write --var KEY=VALUE)")))?;
+    let vars = Vars::from_assignments(args.vars.iter()).map_err(|e| user(format!("--var: {e}")))?;
     let file = path.display().to_string();
-    let pipeline = parse_pipeline(&text, &file, &vars).map_err(|e| user(e.to_string()))?;
+    let pipeline = parse_pipeline(&text, &file, &vars).map_err(|e| user(with_var_hint(e)))?;
     Ok((pipeline, vars))
+}
+
+/// A plan error, with the hint in this interface's terms when a variable has no value.
+fn with_var_hint(mut e: jetbridge_core::plan::PlanError) -> String {
+    if let Some(name) = e.unfilled.clone() {
+        e.hint = Some(format!(
+            "pass `--var {name}=...` (or set it in the task step's `vars` for a task file)"
+        ));
+    }
+    e.to_string()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -203,7 +212,7 @@ async fn open_volumes(
     let mut store = jetbridge_fs::FsVolumeStore::new(dir.clone())
         .map_err(|e| user(format!("--volumes {}: {e}", dir.display())))?;
     if let Some(claim) = &kube.artifact_claim {
-        store = store.with_pvc(claim.clone(), kube.artifact_claim_prefix.clone());
+        store = store.with_shared_volume(claim.clone(), kube.artifact_claim_prefix.clone());
     }
     Ok(Arc::new(store.with_flush(durable)))
 }
@@ -474,14 +483,11 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
     let started = Instant::now();
-    let build = runner.run(BuildRequest {
-        pipeline: Arc::new(pipeline),
-        job,
-        build_number: args.build_number,
-        build_id,
-        vars,
-        abort: signal,
-    });
+    let build = runner.run(
+        BuildRequest::new(Arc::new(pipeline), job, args.build_number, build_id)
+            .with_vars(vars)
+            .with_abort(signal),
+    );
     tokio::pin!(build);
     let mut interrupts = 0u8;
     let outcome = loop {

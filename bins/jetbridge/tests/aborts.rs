@@ -62,14 +62,7 @@ fn start(
     let (handle, signal) = abort_pair();
     let build = tokio::spawn(async move {
         runner
-            .run(BuildRequest {
-                pipeline: Arc::new(pipeline),
-                job: "j".into(),
-                build_number: 1,
-                build_id: "abort-1".into(),
-                vars: Vars::new(),
-                abort: signal,
-            })
+            .run(BuildRequest::new(Arc::new(pipeline), "j", 1, "abort-1").with_abort(signal))
             .await
     });
     (handle, build)

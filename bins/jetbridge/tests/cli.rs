@@ -183,7 +183,7 @@ fn an_unfilled_var_names_it_and_var_fills_it() {
     let out = bin().arg("validate").arg(&p).output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("greeting"),
+        text(&out.stderr).contains("hint: pass `--var greeting=...`"),
         "{}",
         text(&out.stderr)
     );

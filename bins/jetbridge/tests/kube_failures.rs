@@ -10,8 +10,8 @@ use jetbridge_core::names::label;
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, Runtime};
 use jetbridge_core::services::{
-    AbortSignal, BuildOutcome, BuildRequest, BuildRunner, BuildStatus, NoEvents, Reaper,
-    ReaperConfig, StepConfig, StepFailure,
+    BuildOutcome, BuildRequest, BuildRunner, BuildStatus, NoEvents, Reaper, ReaperConfig,
+    StepConfig, StepFailure,
 };
 use jetbridge_kube::KubeConfig;
 use jetbridge_kube_sim::{SimConfig, Simulator};
@@ -49,14 +49,12 @@ async fn setup_with(dir: &std::path::Path, reclaim: Duration) -> (Simulator, Run
 }
 
 fn request(yaml: &str) -> BuildRequest {
-    BuildRequest {
-        pipeline: Arc::new(parse_pipeline(yaml, "f.yml", &Vars::new()).expect("parses")),
-        job: "j".into(),
-        build_number: 1,
-        build_id: "f".into(),
-        vars: Vars::new(),
-        abort: AbortSignal::never(),
-    }
+    BuildRequest::new(
+        Arc::new(parse_pipeline(yaml, "f.yml", &Vars::new()).expect("parses")),
+        "j",
+        1,
+        "f",
+    )
 }
 
 const SLOW: &str = "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo started; sleep 20']}\n";

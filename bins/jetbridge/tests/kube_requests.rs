@@ -8,9 +8,7 @@ use std::sync::Arc;
 use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, Runtime};
-use jetbridge_core::services::{
-    AbortSignal, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig,
-};
+use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig};
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_kube::{KubeBackend, KubeConfig};
 use jetbridge_kube_sim::{SimConfig, Simulator};
@@ -43,7 +41,7 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
     let store = Arc::new(
         FsVolumeStore::new(pvc.join("artifacts"))
             .expect("store")
-            .with_pvc("artifacts", ""),
+            .with_shared_volume("artifacts", ""),
     );
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
     let rt = Runtime {
@@ -64,14 +62,7 @@ async fn a_step_with_one_input_and_one_output_costs_at_most_8_requests() {
     let pipeline = Arc::new(parse_pipeline(yaml, "req.yml", &Vars::new()).expect("parses"));
     sim.reset_requests();
     let out = runner
-        .run(BuildRequest {
-            pipeline,
-            job: "j".into(),
-            build_number: 1,
-            build_id: "req".into(),
-            vars: Vars::new(),
-            abort: AbortSignal::never(),
-        })
+        .run(BuildRequest::new(pipeline, "j", 1, "req"))
         .await
         .expect("runs");
     assert_eq!(out.status, BuildStatus::Succeeded, "{:?}", out.failure);

@@ -11,7 +11,7 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, ArtifactState, Runtime};
 use jetbridge_core::services::{
-    AbortSignal, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig, StepFailure,
+    BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig, StepFailure,
 };
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_local::{LocalBackend, LocalConfig};
@@ -109,14 +109,7 @@ async fn registry_outage_mid_build_is_never_a_silent_success() {
     let pipeline = Arc::new(parse_pipeline(yaml, "outage.yml", &Vars::new()).expect("parses"));
     let build = tokio::spawn(async move {
         runner
-            .run(BuildRequest {
-                pipeline,
-                job: "j".into(),
-                build_number: 1,
-                build_id: "outage".into(),
-                vars: Vars::new(),
-                abort: AbortSignal::never(),
-            })
+            .run(BuildRequest::new(pipeline, "j", 1, "outage"))
             .await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -35,7 +35,7 @@ async fn subject(pvc: bool) -> Option<RuntimeSubject> {
     let fs_store = pvc.then(|| {
         FsVolumeStore::new(pvc_root.join("artifacts"))
             .expect("store")
-            .with_pvc("artifacts", "")
+            .with_shared_volume("artifacts", "")
     });
     let volumes: Arc<dyn VolumeStore> = match &fs_store {
         Some(s) => Arc::new(s.clone()),

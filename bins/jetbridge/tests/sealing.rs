@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
-use jetbridge_core::services::{
-    AbortSignal, BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig,
-};
+use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig};
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_memory::MemoryRegistry;
 
@@ -60,14 +58,7 @@ async fn late_writer_cannot_change_a_sealed_output(rt: Runtime, store: FsVolumeS
         Arc::new(NoEvents),
     );
     let o = runner
-        .run(BuildRequest {
-            pipeline: Arc::new(p),
-            job: "main".into(),
-            build_number: 1,
-            build_id: "sealing-1".into(),
-            vars: Vars::new(),
-            abort: AbortSignal::never(),
-        })
+        .run(BuildRequest::new(Arc::new(p), "main", 1, "sealing-1"))
         .await
         .expect("runs");
     assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
@@ -145,7 +136,7 @@ async fn on_kubernetes_with_a_claim() {
     .await;
     let store = FsVolumeStore::new(pvc_root.join("artifacts"))
         .expect("store")
-        .with_pvc("artifacts", "");
+        .with_shared_volume("artifacts", "");
     let mark = dir.path().join("mark");
     std::fs::create_dir_all(&mark).expect("mark dir");
     let volumes: Arc<dyn VolumeStore> = Arc::new(store.clone());

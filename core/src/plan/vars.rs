@@ -10,7 +10,7 @@ use super::node::{Node, Pos, Value as NodeValue};
 
 /// Values for `((name))` placeholders, by name.
 ///
-/// Built from `--var KEY=VALUE` pairs ([`Vars::parse_assignment`]) or from typed values
+/// Built from `KEY=VALUE` pairs (the binary's `--var`) ([`Vars::parse_assignment`]) or from typed values
 /// ([`Vars::insert`]). A placeholder that is a whole YAML value (`timeout: ((t))`) takes
 /// the variable's value with its type (a mapping stays a mapping); one inside a longer
 /// string (`uri: https://((host))/x`) is replaced by the value as text (strings as they
@@ -34,16 +34,16 @@ impl Vars {
         Self::default()
     }
 
-    /// Split `KEY=VALUE` (as given to `--var`) into its name and a string value, like
+    /// Split `KEY=VALUE` (as the binary's `--var` takes it) into its name and a string value, like
     /// Concourse's `--var`. The value may contain `=`; the name must not be empty.
     pub fn parse_assignment(assignment: &str) -> Result<(String, Value), String> {
-        let (name, value) = assignment.split_once('=').ok_or_else(|| {
-            format!("`{assignment}` is not an assignment: write `--var NAME=VALUE`")
-        })?;
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("`{assignment}` is not an assignment: write NAME=VALUE"))?;
         let name = name.trim();
         if name.is_empty() {
             return Err(format!(
-                "`{assignment}` has no variable name: write `--var NAME=VALUE`"
+                "`{assignment}` has no variable name: write NAME=VALUE"
             ));
         }
         Ok((name.to_owned(), Value::String(value.to_owned())))
@@ -229,8 +229,9 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
             format!("variable `{name}` in `(({inner}))` has no value"),
         )
         .with_hint(format!(
-            "pass `--var {name}=...` (or set it in the task step's `vars` for a task file)"
-        )));
+            "give `{name}` a value when the build starts (or set it in the task step's `vars` for a task file)"
+        ))
+        .with_unfilled(name));
     };
     let mut path = name.to_owned();
     for field in parts {
@@ -300,7 +301,8 @@ mod tests {
         assert_eq!((err.location.line, err.location.column), (3, 7));
         assert_eq!(err.location.file, "p.yml");
         assert!(err.message.contains("`nope`"), "{}", err.message);
-        assert!(err.hint.unwrap().contains("--var nope="));
+        assert_eq!(err.unfilled.as_deref(), Some("nope"));
+        assert!(err.hint.unwrap().contains("give `nope` a value"));
         let err = interpolate(&node("((m.nofield))"), &vars(), "p.yml").unwrap_err();
         assert!(
             err.message.contains("no field `nofield`"),

@@ -40,11 +40,16 @@ pub enum Container {
     /// The step's own container.
     #[default]
     Main,
-    /// The helper container used for streaming artifacts.
-    Helper,
+    /// A second container beside the step's, with the tools that move artifacts in
+    /// and out (where [`PodCapabilities::transfer_container`](crate::ports::PodCapabilities::transfer_container)
+    /// is set). The Kubernetes adapter maps it to its helper container.
+    Transfer,
 }
 
 /// A command to run.
+///
+/// `#[non_exhaustive]`: build it with [`ExecRequest::new`] and the builder methods.
+#[non_exhaustive]
 pub struct ExecRequest {
     /// Pod name.
     pub pod: String,
@@ -110,6 +115,11 @@ impl ExecRequest {
     /// Add environment.
     pub fn env(mut self, env: BTreeMap<String, String>) -> Self {
         self.env.extend(env);
+        self
+    }
+    /// Run as `user`, where supported.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
         self
     }
 }

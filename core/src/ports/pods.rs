@@ -14,10 +14,10 @@ use crate::digest::Digest;
 pub struct PodCapabilities {
     /// Pods can mount [`MountInfo::HostPath`] volumes.
     pub host_path_mounts: bool,
-    /// Pods can mount [`MountInfo::PvcSubPath`] volumes.
-    pub pvc_mounts: bool,
-    /// Pods have a helper container ([`Container::Helper`]) for tar streaming.
-    pub helper_container: bool,
+    /// Pods can mount [`MountInfo::SharedVolume`] volumes.
+    pub shared_volume_mounts: bool,
+    /// Pods have a transfer container ([`Container::Transfer`](super::Container::Transfer)) for tar streaming.
+    pub transfer_container: bool,
     /// The adapter honours container images (a local backend does not).
     pub images: bool,
 }
@@ -32,14 +32,14 @@ impl PodCapabilities {
         self.host_path_mounts = v;
         self
     }
-    /// Set [`Self::pvc_mounts`].
-    pub fn with_pvc_mounts(mut self, v: bool) -> Self {
-        self.pvc_mounts = v;
+    /// Set [`Self::shared_volume_mounts`].
+    pub fn with_shared_volume_mounts(mut self, v: bool) -> Self {
+        self.shared_volume_mounts = v;
         self
     }
-    /// Set [`Self::helper_container`].
-    pub fn with_helper_container(mut self, v: bool) -> Self {
-        self.helper_container = v;
+    /// Set [`Self::transfer_container`].
+    pub fn with_transfer_container(mut self, v: bool) -> Self {
+        self.transfer_container = v;
         self
     }
     /// Set [`Self::images`].
@@ -51,18 +51,29 @@ impl PodCapabilities {
     pub fn can_mount(&self, m: &MountInfo) -> bool {
         match m {
             MountInfo::HostPath { .. } => self.host_path_mounts,
-            MountInfo::PvcSubPath { .. } => self.pvc_mounts,
+            MountInfo::SharedVolume { .. } => self.shared_volume_mounts,
         }
     }
 }
 
 /// CPU and memory for a pod's main container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Resources {
     /// CPU request and limit, in millicores.
     pub cpu_millis: Option<u64>,
     /// Memory request and limit, in bytes.
     pub memory_bytes: Option<u64>,
+}
+
+impl Resources {
+    /// CPU (millicores) and memory (bytes); `None` leaves either to the platform.
+    pub fn new(cpu_millis: Option<u64>, memory_bytes: Option<u64>) -> Self {
+        Resources {
+            cpu_millis,
+            memory_bytes,
+        }
+    }
 }
 
 /// What appears at a path of the pod's working directory.
@@ -136,6 +147,7 @@ impl CopySource {
 
 /// A directory in the pod's working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Mount {
     /// Path relative to the working directory (`repo`, `out/bin`); no `..`.
     pub path: String,
@@ -143,8 +155,22 @@ pub struct Mount {
     pub source: MountSource,
 }
 
+impl Mount {
+    /// `source` at `path` (relative to the working directory).
+    pub fn new(path: impl Into<String>, source: MountSource) -> Self {
+        Mount {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
 /// A pod to create: one main container that stays idle until commands are exec'd.
+///
+/// `#[non_exhaustive]`: build it with [`PodSpec::new`] and the `with_*` methods (or
+/// set the public fields), so that a new field is not a breaking change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PodSpec {
     /// DNS-1123 name; see [`crate::names`].
     pub name: String,
@@ -162,8 +188,9 @@ pub struct PodSpec {
     pub resources: Resources,
     /// Run privileged (only when the step asks and the operator allows it).
     pub privileged: bool,
-    /// Whether the pod needs the helper container for tar streaming.
-    pub helper: bool,
+    /// Whether the pod needs the transfer container ([`Container::Transfer`](super::Container::Transfer)) for tar
+    /// streaming.
+    pub transfer: bool,
 }
 
 impl PodSpec {
@@ -177,8 +204,44 @@ impl PodSpec {
             mounts: Vec::new(),
             resources: Resources::default(),
             privileged: false,
-            helper: false,
+            transfer: false,
         }
+    }
+
+    /// Add a label.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Add an environment variable (may be a secret; see [`Self::env`]).
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Add a mount.
+    pub fn with_mount(mut self, mount: Mount) -> Self {
+        self.mounts.push(mount);
+        self
+    }
+
+    /// Set the resources.
+    pub fn with_resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// Run privileged.
+    pub fn with_privileged(mut self, privileged: bool) -> Self {
+        self.privileged = privileged;
+        self
+    }
+
+    /// Ask for the transfer container.
+    pub fn with_transfer(mut self, transfer: bool) -> Self {
+        self.transfer = transfer;
+        self
     }
 
     /// The handle label, if set.
@@ -326,6 +389,53 @@ pub struct GarbageReport {
     pub errors: Vec<String>,
 }
 
+/// Options of [`Pods::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WaitOpts {
+    /// What to wait for.
+    pub cond: WaitFor,
+    /// How long to wait at most.
+    pub timeout: Duration,
+}
+
+impl WaitOpts {
+    /// Wait for `cond`, at most `timeout`.
+    pub fn new(cond: WaitFor, timeout: Duration) -> Self {
+        WaitOpts { cond, timeout }
+    }
+}
+
+/// Options of [`Pods::delete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteOpts {
+    /// How long processes get between the polite signal and the kill.
+    pub grace: Duration,
+}
+
+impl DeleteOpts {
+    /// Delete with a grace period of `grace`.
+    pub fn grace(grace: Duration) -> Self {
+        DeleteOpts { grace }
+    }
+}
+
+/// Options of [`Pods::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StopOpts {
+    /// How long processes get between the polite signal and the kill.
+    pub grace: Duration,
+}
+
+impl StopOpts {
+    /// Stop with a grace period of `grace`.
+    pub fn grace(grace: Duration) -> Self {
+        StopOpts { grace }
+    }
+}
+
 /// Creates, watches and deletes step pods.
 #[async_trait]
 pub trait Pods: Send + Sync {
@@ -340,23 +450,23 @@ pub trait Pods: Send + Sync {
     /// The pod's status now; `NotFound` if there is none.
     async fn get(&self, name: &str) -> Result<PodStatus>;
 
-    /// Wait until `cond` holds or can no longer hold, or until `timeout`; return the
+    /// Wait until `opts.cond` holds or can no longer hold, or until `opts.timeout`; return the
     /// status then (the caller checks [`PodStatus::satisfies`]). A pod that vanishes
     /// while waited on is reported as `Failed(Deleted)`. Event-driven, never a busy poll.
-    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus>;
+    async fn wait(&self, name: &str, opts: &WaitOpts) -> Result<PodStatus>;
 
     /// Pods whose labels match every pair of `selector`.
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>>;
 
-    /// Delete a pod with a grace period; processes are killed. Deleting a pod that is
-    /// gone already succeeds.
-    async fn delete(&self, name: &str, grace: Duration) -> Result<()>;
+    /// Delete a pod with a grace period (`opts.grace`); processes are killed. Deleting
+    /// a pod that is gone already succeeds.
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()>;
 
     /// End every process of a pod but keep the pod, for inspection (kept pods). Returns
     /// `false` where the platform cannot do that (then callers delete the pod); returns
     /// once the processes are gone.
-    async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
-        let _ = (name, grace);
+    async fn stop(&self, name: &str, opts: &StopOpts) -> Result<bool> {
+        let _ = (name, opts);
         Ok(false)
     }
 
@@ -383,22 +493,17 @@ macro_rules! forward_pods {
             async fn get(&self, name: &str) -> Result<PodStatus> {
                 (**self).get(name).await
             }
-            async fn wait(
-                &self,
-                name: &str,
-                cond: WaitFor,
-                timeout: Duration,
-            ) -> Result<PodStatus> {
-                (**self).wait(name, cond, timeout).await
+            async fn wait(&self, name: &str, opts: &WaitOpts) -> Result<PodStatus> {
+                (**self).wait(name, opts).await
             }
             async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>> {
                 (**self).list(selector).await
             }
-            async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
-                (**self).delete(name, grace).await
+            async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()> {
+                (**self).delete(name, opts).await
             }
-            async fn stop(&self, name: &str, grace: Duration) -> Result<bool> {
-                (**self).stop(name, grace).await
+            async fn stop(&self, name: &str, opts: &StopOpts) -> Result<bool> {
+                (**self).stop(name, opts).await
             }
             async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
                 (**self).collect_garbage(opts).await

@@ -43,11 +43,12 @@ pub enum MountInfo {
         /// Absolute path.
         path: String,
     },
-    /// A sub-directory of a PersistentVolumeClaim (ReadWriteMany: GCS FUSE, Filestore, NFS).
-    PvcSubPath {
-        /// Claim name.
-        claim: String,
-        /// Path inside the claim.
+    /// A sub-directory of a named volume that every pod can mount, wherever it runs
+    /// (the Kubernetes adapter maps it to a ReadWriteMany claim: GCS FUSE, Filestore, NFS).
+    SharedVolume {
+        /// The volume's name.
+        volume: String,
+        /// Path inside the volume.
         sub_path: String,
     },
 }

@@ -66,7 +66,7 @@ impl ArtifactService {
     pub fn store(&self) -> Result<&Arc<dyn VolumeStore>> {
         self.volumes.as_ref().ok_or_else(|| {
             Error::invalid(
-                "no volume store is configured: artifacts need one (pass --volumes DIR or a bucket URL)",
+                "no volume store is configured: artifacts need one (a directory, a claim or a bucket)",
             )
         })
     }

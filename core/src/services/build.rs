@@ -97,7 +97,10 @@ impl BuildEvents for NoEvents {
 }
 
 /// A build to run.
+///
+/// `#[non_exhaustive]`: build it with [`BuildRequest::new`] and the `with_*` methods.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct BuildRequest {
     /// The pipeline.
     pub pipeline: Arc<Pipeline>,
@@ -111,6 +114,37 @@ pub struct BuildRequest {
     pub vars: Vars,
     /// Ends the build early.
     pub abort: AbortSignal,
+}
+
+impl BuildRequest {
+    /// Build `build_number` of `job`, with no variables and no abort.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        job: impl Into<String>,
+        build_number: u64,
+        build_id: impl Into<String>,
+    ) -> Self {
+        BuildRequest {
+            pipeline,
+            job: job.into(),
+            build_number,
+            build_id: build_id.into(),
+            vars: Vars::new(),
+            abort: AbortSignal::never(),
+        }
+    }
+
+    /// Variables for task files loaded at run time.
+    pub fn with_vars(mut self, vars: Vars) -> Self {
+        self.vars = vars;
+        self
+    }
+
+    /// What ends the build early.
+    pub fn with_abort(mut self, abort: AbortSignal) -> Self {
+        self.abort = abort;
+        self
+    }
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -826,10 +860,7 @@ impl BuildRunner {
                 let mut req =
                     self.request(ctx, id, &display, image, cmd, deadline, step.timeout, abort);
                 req.privileged = t.privileged;
-                req.resources = Resources {
-                    cpu_millis: config.container_limits.cpu_millis,
-                    memory_bytes: config.container_limits.memory_bytes,
-                };
+                req.resources = Resources::new(config.container_limits.cpu_millis, config.container_limits.memory_bytes);
                 for input in &config.inputs {
                     let name = t.input_mapping.get(&input.name).unwrap_or(&input.name);
                     match snapshot.get(name) {

@@ -5,6 +5,7 @@
 //! exclusive in the registry, volume deletes and forgets are idempotent, and a claim
 //! left by a crashed reaper is taken again after `stale_claim`.
 
+use crate::ports::DeleteOpts;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -182,7 +183,10 @@ impl Reaper {
                         .is_some_and(|w| !w.alive)
             };
             if reap {
-                match pods.delete(&pod.name, self.config.pod_grace).await {
+                match pods
+                    .delete(&pod.name, &DeleteOpts::grace(self.config.pod_grace))
+                    .await
+                {
                     Ok(()) => report.pods_deleted.push(pod.name),
                     Err(e) => report
                         .errors

@@ -6,6 +6,7 @@
 //! without an exit status is never a success, and a pod found failed after the command
 //! returned (evicted, OOM-killed) fails the step even if the command said 0.
 
+use crate::ports::{DeleteOpts, StopOpts, WaitOpts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,7 +259,7 @@ impl StepRunner {
             && let Err(e) = self
                 .rt
                 .pods
-                .delete(&pod_name, self.config.delete_grace)
+                .delete(&pod_name, &DeleteOpts::grace(self.config.delete_grace))
                 .await
         {
             // The reaper deletes it later (our worker label, handle not active).
@@ -342,10 +343,7 @@ impl StepRunner {
             if source == MountSource::Empty {
                 stream_in.push(input);
             }
-            mounts.push(crate::ports::Mount {
-                path: input.path.clone(),
-                source,
-            });
+            mounts.push(crate::ports::Mount::new(input.path.clone(), source));
         }
         for (i, (o, v)) in out_volumes.iter().enumerate() {
             let mut source = MountSource::Empty;
@@ -358,19 +356,17 @@ impl StepRunner {
             if source == MountSource::Empty {
                 stream_out.push(i);
             }
-            mounts.push(crate::ports::Mount {
-                path: o.path.clone(),
-                source,
-            });
+            mounts.push(crate::ports::Mount::new(o.path.clone(), source));
         }
         for (path, key) in &req.caches {
-            mounts.push(crate::ports::Mount {
-                path: path.clone(),
-                source: MountSource::Cache { key: key.clone() },
-            });
+            mounts.push(crate::ports::Mount::new(
+                path.clone(),
+                MountSource::Cache { key: key.clone() },
+            ));
         }
 
-        let helper = pod_caps.helper_container && (!stream_in.is_empty() || !stream_out.is_empty());
+        let helper =
+            pod_caps.transfer_container && (!stream_in.is_empty() || !stream_out.is_empty());
         let spec = PodSpec {
             name: pod_name.to_owned(),
             labels: req.identity.labels(),
@@ -382,15 +378,15 @@ impl StepRunner {
             mounts,
             resources: req.resources.clone(),
             privileged: req.privileged,
-            helper,
+            transfer: helper,
         };
         // An abort interrupts pod creation and every wait, not only the command.
         self.interruptible(req, self.create_pod(&spec)).await?;
         self.interruptible(req, self.wait_running(req, pod_name))
             .await?;
 
-        let helper_container = if helper {
-            Container::Helper
+        let transfer_container = if helper {
+            Container::Transfer
         } else {
             Container::Main
         };
@@ -403,7 +399,7 @@ impl StepRunner {
                     )))
                 })?;
                 let exec = ExecRequest::new(pod_name, argv(&["tar", "-x", "-f", "-"]))
-                    .container(helper_container)
+                    .container(transfer_container)
                     .dir(input.path.clone())
                     .stdin(tar);
                 self.helper_exec(
@@ -457,7 +453,7 @@ impl StepRunner {
         // Outputs are kept after a failed command too: hooks (on_failure) read them.
         for i in &stream_out {
             let (o, v) = &out_volumes[*i];
-            self.collect_output(req, pod_name, helper_container, o, v)
+            self.collect_output(req, pod_name, transfer_container, o, v)
                 .await?;
         }
         // Outputs written in place are sealed only once nothing of the step can still
@@ -509,7 +505,7 @@ impl StepRunner {
         if self.config.keep_pods {
             // Kept for inspection where the platform can end the processes and keep
             // the pod; otherwise it goes like any other, so the outputs stay sound.
-            match pods.stop(pod, grace).await {
+            match pods.stop(pod, &StopOpts::grace(grace)).await {
                 Ok(true) => return Ok(false),
                 Ok(false) => {
                     tracing::info!(
@@ -524,15 +520,20 @@ impl StepRunner {
                 }
             }
         }
-        pods.delete(pod, grace).await.map_err(|e| {
-            StepFailure::from_error(
-                e.context(format!("stopping pod {pod} before sealing its outputs")),
-            )
-        })?;
+        pods.delete(pod, &DeleteOpts::grace(grace))
+            .await
+            .map_err(|e| {
+                StepFailure::from_error(
+                    e.context(format!("stopping pod {pod} before sealing its outputs")),
+                )
+            })?;
         // Bounded: a pod that will not stop (its node gone) must not hang the build. The
         // step's own deadline does not apply: its command is done.
         let limit = grace + STOP_MARGIN;
-        match pods.wait(pod, WaitFor::Terminated, limit).await {
+        match pods
+            .wait(pod, &WaitOpts::new(WaitFor::Terminated, limit))
+            .await
+        {
             Ok(st) if st.satisfies(WaitFor::Terminated) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
             Ok(_) => Err(StepFailure::Infrastructure(Error::timeout(format!(
@@ -576,7 +577,10 @@ impl StepRunner {
         let st = self
             .rt
             .pods
-            .wait(pod, WaitFor::Scheduled, cap(self.config.scheduling_timeout))
+            .wait(
+                pod,
+                &WaitOpts::new(WaitFor::Scheduled, cap(self.config.scheduling_timeout)),
+            )
             .await
             .map_err(StepFailure::from_error)?;
         if !st.satisfies(WaitFor::Scheduled) || st.hopeless(WaitFor::Scheduled) {
@@ -594,7 +598,10 @@ impl StepRunner {
         let st = self
             .rt
             .pods
-            .wait(pod, WaitFor::Running, cap(self.config.startup_timeout))
+            .wait(
+                pod,
+                &WaitOpts::new(WaitFor::Running, cap(self.config.startup_timeout)),
+            )
             .await
             .map_err(StepFailure::from_error)?;
         if st.state != PodState::Running {

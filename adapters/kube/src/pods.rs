@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use jetbridge_core::names::label;
 use jetbridge_core::ports::{
-    GarbageOpts, GarbageReport, LabelSelector, PodCapabilities, PodFailure, PodSpec, PodState,
-    PodStatus, Pods, WaitFor,
+    DeleteOpts, GarbageOpts, GarbageReport, LabelSelector, PodCapabilities, PodFailure, PodSpec,
+    PodState, PodStatus, Pods, WaitFor, WaitOpts,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -22,8 +22,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 
 use crate::config::KubeConfig;
+use crate::error::{api_code, to_error};
 use crate::manifest::{env_secret_manifest, env_secret_name, pod_manifest};
-use crate::retry::{Budget, api_code, to_error};
+use crate::retry::Budget;
 use crate::status::pod_status_as;
 
 /// Whether `meta` carries the handle label `ours` (never when we have none).
@@ -454,8 +455,8 @@ impl KubeBackend {
 impl Pods for KubeBackend {
     fn capabilities(&self) -> PodCapabilities {
         PodCapabilities::none()
-            .with_pvc_mounts(self.config.artifact_claim.is_some())
-            .with_helper_container(true)
+            .with_shared_volume_mounts(self.config.artifact_claim.is_some())
+            .with_transfer_container(true)
             .with_images(true)
             .with_host_path_mounts(false)
     }
@@ -500,7 +501,8 @@ impl Pods for KubeBackend {
         Ok(self.status_of(&self.get_pod(&budget, name).await?))
     }
 
-    async fn wait(&self, name: &str, cond: WaitFor, timeout: Duration) -> Result<PodStatus> {
+    async fn wait(&self, name: &str, opts: &WaitOpts) -> Result<PodStatus> {
+        let (cond, timeout) = (opts.cond, opts.timeout);
         let budget = self.budget();
         let deadline = Instant::now() + timeout;
         let mut last = None;
@@ -532,7 +534,7 @@ impl Pods for KubeBackend {
         let budget = self.budget();
         let sel = selector
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={v}", crate::manifest::kube_label_key(k)))
             .collect::<Vec<_>>()
             .join(",");
         let params = ListParams::default().labels(&sel);
@@ -546,7 +548,11 @@ impl Pods for KubeBackend {
     /// Env Secrets whose pod is gone: made by a create that failed or crashed before
     /// the pod owned them (the cluster's garbage collector deletes owned ones).
     async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
-        let sel = format!("{}={}", label::MANAGED_BY, label::MANAGED_BY_VALUE);
+        let sel = format!(
+            "{}={}",
+            crate::manifest::KUBE_MANAGED_BY,
+            label::MANAGED_BY_VALUE
+        );
         let params = ListParams::default().labels(&sel);
         let budget = self.budget();
         // Secrets first: a pod created after this listing is in the next one.
@@ -605,7 +611,8 @@ impl Pods for KubeBackend {
         Ok(report)
     }
 
-    async fn delete(&self, name: &str, grace: Duration) -> Result<()> {
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()> {
+        let grace = opts.grace;
         self.note_own_delete(name);
         let budget = self.budget();
         let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);

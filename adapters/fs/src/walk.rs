@@ -13,7 +13,7 @@ use jetbridge_core::digest::{Digest, TreeDigest, TreeEntry};
 use jetbridge_core::{Error, Result};
 use sha2::{Digest as _, Sha256};
 
-use crate::ioerr::ctx;
+use crate::error::ctx;
 
 /// Read size for hashing and copying.
 pub(crate) const CHUNK: usize = 1 << 20;
