@@ -666,3 +666,94 @@ async fn each_reaper_pass_collects_the_pod_adapters_garbage_after_its_grace() {
         }
     }
 }
+
+// ---- an abort during pod creation ----------------------------------------------------
+
+/// A pod port whose `create` stops half-way (after `entered`, until `release`), as a
+/// Kubernetes create does between making the env Secret and the pod owning it.
+struct GatedCreate {
+    inner: Arc<dyn jetbridge_core::ports::Pods>,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl jetbridge_core::ports::Pods for GatedCreate {
+    fn capabilities(&self) -> jetbridge_core::ports::PodCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create(
+        &self,
+        spec: &jetbridge_core::ports::PodSpec,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        let r = self.inner.create(spec).await;
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+    async fn get(&self, name: &str) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.inner.get(name).await
+    }
+    async fn wait(
+        &self,
+        name: &str,
+        opts: &WaitOpts,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::PodStatus> {
+        self.inner.wait(name, opts).await
+    }
+    async fn list(
+        &self,
+        selector: &jetbridge_core::ports::LabelSelector,
+    ) -> jetbridge_core::Result<Vec<jetbridge_core::ports::PodStatus>> {
+        self.inner.list(selector).await
+    }
+    async fn delete(&self, name: &str, opts: &DeleteOpts) -> jetbridge_core::Result<()> {
+        self.inner.delete(name, opts).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_during_pod_creation_lets_the_create_finish_then_removes_the_pod() {
+    let m = MemoryRuntime::new();
+    let mut rt = m.runtime();
+    let gated = Arc::new(GatedCreate {
+        inner: rt.pods.clone(),
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+        finished: std::sync::atomic::AtomicBool::new(false),
+    });
+    rt.pods = gated.clone();
+    let pipeline = parse_pipeline(&one_task("true", ""), "test.yml", &Vars::new()).expect("parses");
+    let runner = BuildRunner::new(
+        rt,
+        quick(),
+        ImageResolver::new(),
+        WORKER,
+        Arc::new(NoEvents),
+    );
+    let (handle, signal) = jetbridge_core::services::abort_pair();
+    let build = tokio::spawn(async move {
+        runner
+            .run(BuildRequest::new(Arc::new(pipeline), "j", 1, "b").with_abort(signal))
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(30), gated.entered.notified())
+        .await
+        .expect("creation started");
+    handle.abort();
+    gated.release.notify_one();
+    let o = tokio::time::timeout(Duration::from_secs(60), build)
+        .await
+        .expect("the abort ends the build")
+        .expect("joins")
+        .expect("runs");
+    assert_eq!(o.status, BuildStatus::Aborted);
+    assert!(
+        gated.finished.load(std::sync::atomic::Ordering::SeqCst),
+        "the create call was dropped half-way"
+    );
+    assert_no_pods(&m).await;
+}

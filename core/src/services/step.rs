@@ -380,8 +380,9 @@ impl StepRunner {
             privileged: req.privileged,
             transfer: helper,
         };
-        // An abort interrupts pod creation and every wait, not only the command.
-        self.interruptible(req, self.create_pod(&spec)).await?;
+        // An abort interrupts pod creation (between attempts) and every wait, not only
+        // the command.
+        self.create_pod(req, &spec).await?;
         self.interruptible(req, self.wait_running(req, pod_name))
             .await?;
 
@@ -546,9 +547,21 @@ impl StepRunner {
         }
     }
 
-    async fn create_pod(&self, spec: &PodSpec) -> std::result::Result<(), StepFailure> {
+    /// Create the pod, retrying what is retryable. One `create` call always runs to
+    /// its end, abort or not: dropped half-way, it could leave what it made first (the
+    /// Kubernetes adapter's env Secret, before the pod owns it) where neither the
+    /// pod's deletion nor its owner collects it. An abort is honoured before each
+    /// attempt and during the backoff.
+    async fn create_pod(
+        &self,
+        req: &StepRequest,
+        spec: &PodSpec,
+    ) -> std::result::Result<(), StepFailure> {
         let mut attempt = 0;
         loop {
+            if req.abort.is_aborted() {
+                return Err(self.aborted(req));
+            }
             match self.rt.pods.create(spec).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_retryable() && attempt < self.config.create_retries => {
@@ -557,7 +570,11 @@ impl StepRunner {
                     attempt += 1;
                     let backoff = Duration::from_millis(100u64 << attempt.min(6));
                     tracing::debug!(pod = %spec.name, error = %e, ?backoff, "retrying pod creation");
-                    tokio::time::sleep(backoff).await;
+                    self.interruptible(req, async {
+                        tokio::time::sleep(backoff).await;
+                        Ok(())
+                    })
+                    .await?;
                 }
                 Err(e) => {
                     return Err(StepFailure::from_error(
