@@ -1,18 +1,17 @@
-//! [`MemoryRegistry`]: the artifact registry in a map behind one mutex, on a clock of
-//! its own ([`RegistryClock`]) as a database has.
+//! [`MemoryRegistry`]: the production in-memory registry of `jetbridge-memory-registry`
+//! with scriptable faults layered on, so the faults never ship in the binary.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::ops::Deref;
 
 use async_trait::async_trait;
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    Artifact, ArtifactFilter, ArtifactRegistry, ArtifactState, ClaimOpts, HeartbeatMode,
-    HeartbeatOpts, Holder, NewArtifact, RegistryCapabilities, Worker,
+    Artifact, ArtifactFilter, ArtifactRegistry, ClaimOpts, HeartbeatOpts, Holder, NewArtifact,
+    RegistryCapabilities, Worker,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
+pub use jetbridge_memory_registry::RegistryClock;
 
 use crate::faults::{FaultTiming, Faults, after};
 
@@ -47,79 +46,12 @@ pub enum RegistryOp {
     Workers,
 }
 
-#[derive(Debug)]
-struct Record {
-    artifact: Artifact,
-    /// The registration as first made, to tell a retry from a conflicting one.
-    origin: NewArtifact,
-    seq: u64,
-    holders: BTreeSet<Holder>,
-    claimed_at: Option<SystemTime>,
-}
-
-#[derive(Debug)]
-struct Registration {
-    session: String,
-    last_heartbeat: SystemTime,
-    expires_at: SystemTime,
-}
-
-impl Registration {
-    fn alive_at(&self, now: SystemTime) -> bool {
-        self.expires_at > now
-    }
-}
-
-#[derive(Debug, Default)]
-struct State {
-    records: BTreeMap<ArtifactId, Record>,
-    /// Which artifact owns each volume: `register` checks uniqueness without a scan.
-    by_volume: HashMap<VolumeHandle, ArtifactId>,
-    workers: BTreeMap<String, Registration>,
-    seq: u64,
-}
-
-/// The time as the registry sees it: the system clock, or a [`RegistryClock::manual`]
-/// one that tests set and advance (to expire a registration, or to run the registry's
-/// clock apart from a caller's). Clones share one clock.
-#[derive(Debug, Clone, Default)]
-pub struct RegistryClock(Option<Arc<Mutex<SystemTime>>>);
-
-impl RegistryClock {
-    /// The system clock.
-    pub fn system() -> Self {
-        RegistryClock(None)
-    }
-
-    /// A clock standing at `at` until moved.
-    pub fn manual(at: SystemTime) -> Self {
-        RegistryClock(Some(Arc::new(Mutex::new(at))))
-    }
-
-    /// The current time.
-    pub fn now(&self) -> SystemTime {
-        match &self.0 {
-            None => SystemTime::now(),
-            Some(t) => *t.lock().unwrap_or_else(|e| e.into_inner()),
-        }
-    }
-
-    /// Move a manual clock forward by `d` (the system clock moves by itself).
-    pub fn advance(&self, d: Duration) {
-        if let Some(t) = &self.0 {
-            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            *t += d;
-        }
-    }
-}
-
-/// An in-memory [`ArtifactRegistry`]; every operation is atomic under one mutex, so two
-/// concurrent claimers never get the same artifact.
+/// An in-memory [`ArtifactRegistry`] with fault injection; everything else (the clock,
+/// `reference_count`, `len`) is the production registry's, reached through `Deref`.
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
-    state: Mutex<State>,
+    inner: jetbridge_memory_registry::MemoryRegistry,
     faults: Faults<RegistryOp>,
-    clock: RegistryClock,
 }
 
 impl MemoryRegistry {
@@ -131,14 +63,9 @@ impl MemoryRegistry {
     /// An empty registry on `clock`.
     pub fn with_clock(clock: RegistryClock) -> Self {
         MemoryRegistry {
-            clock,
-            ..Self::default()
+            inner: jetbridge_memory_registry::MemoryRegistry::with_clock(clock),
+            faults: Faults::default(),
         }
-    }
-
-    /// The clock every expiry, retention and claim age is judged by.
-    pub fn clock(&self) -> &RegistryClock {
-        &self.clock
     }
 
     /// Make the next `n` calls of `op` fail with an error of `kind`, doing nothing.
@@ -161,329 +88,84 @@ impl MemoryRegistry {
     pub fn clear_faults(&self) {
         self.faults.clear();
     }
-
-    /// How many references an artifact has (0 when unknown).
-    pub fn reference_count(&self, id: &ArtifactId) -> usize {
-        self.lock().records.get(id).map_or(0, |r| r.holders.len())
-    }
-
-    /// How many records exist, in any state.
-    pub fn len(&self) -> usize {
-        self.lock().records.len()
-    }
-
-    /// Whether there are no records.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every mutation below is complete before it can panic, so a poisoned state is
-        // still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Run `f` on the state with the registry's time, under the fault plan of `op`.
-    fn guarded<T>(
-        &self,
-        op: RegistryOp,
-        f: impl FnOnce(&mut State, SystemTime) -> Result<T>,
-    ) -> Result<T> {
-        let late = self.faults.before(op)?;
-        let now = self.clock.now();
-        let r = f(&mut self.lock(), now);
-        after(late, r)
-    }
 }
 
-fn not_found(id: &ArtifactId) -> Error {
-    Error::not_found(format!("artifact {id}"))
-}
+impl Deref for MemoryRegistry {
+    type Target = jetbridge_memory_registry::MemoryRegistry;
 
-fn matches(a: &Artifact, f: &ArtifactFilter) -> bool {
-    f.build.as_ref().is_none_or(|b| *b == a.build)
-        && f.step.as_ref().is_none_or(|s| *s == a.step)
-        && f.name.as_ref().is_none_or(|n| *n == a.name)
-        && f.volume.as_ref().is_none_or(|v| *v == a.volume)
-        && f.state.is_none_or(|s| s == a.state)
-}
-
-impl State {
-    /// Whether a reference from `h` protects its artifact at `now`: its worker is alive,
-    /// or has never registered (so nothing says it is dead).
-    fn protects(&self, h: &Holder, now: SystemTime) -> bool {
-        self.workers.get(&h.worker).is_none_or(|w| w.alive_at(now))
-    }
-
-    /// Drop every reference of `worker`'s builds (its registration lapsed).
-    fn drop_refs_of(&mut self, worker: &str) {
-        for r in self.records.values_mut() {
-            r.holders.retain(|h| h.worker != worker);
-        }
-    }
-
-    fn reapable(&self, r: &Record, now: SystemTime, stale_after: Duration) -> bool {
-        match r.artifact.state {
-            ArtifactState::Destroying => r
-                .claimed_at
-                .is_some_and(|at| now.duration_since(at).is_ok_and(|age| age >= stale_after)),
-            ArtifactState::Creating | ArtifactState::Ready => {
-                !r.holders.iter().any(|h| self.protects(h, now))
-                    && r.artifact.retain_until.is_none_or(|t| t <= now)
-            }
-        }
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
 #[async_trait]
 impl ArtifactRegistry for MemoryRegistry {
     fn capabilities(&self) -> RegistryCapabilities {
-        RegistryCapabilities::none()
+        self.inner.capabilities()
     }
 
     async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
-        self.guarded(RegistryOp::Register, |s, now| {
-            if let Some(r) = s.records.get(&new.id) {
-                return if r.origin == *new {
-                    Ok(r.artifact.clone())
-                } else {
-                    Err(Error::conflict(format!(
-                        "artifact {} is registered with other fields",
-                        new.id
-                    )))
-                };
-            }
-            if let Some(other) = s.by_volume.get(&new.volume) {
-                return Err(Error::already_exists(format!(
-                    "volume {} belongs to artifact {other}",
-                    new.volume
-                )));
-            }
-            let artifact = Artifact {
-                id: new.id.clone(),
-                build: new.build.clone(),
-                step: new.step.clone(),
-                name: new.name.clone(),
-                volume: new.volume.clone(),
-                state: ArtifactState::Creating,
-                size: None,
-                digest: None,
-                worker: new.holder.worker.clone(),
-                retain_until: new.retain_until,
-                created_at: now,
-            };
-            s.seq += 1;
-            let rec = Record {
-                artifact: artifact.clone(),
-                origin: new.clone(),
-                seq: s.seq,
-                holders: BTreeSet::from([new.holder.clone()]),
-                claimed_at: None,
-            };
-            s.records.insert(new.id.clone(), rec);
-            s.by_volume.insert(new.volume.clone(), new.id.clone());
-            Ok(artifact)
-        })
+        let late = self.faults.before(RegistryOp::Register)?;
+        after(late, self.inner.register(new).await)
     }
 
     async fn mark_ready(&self, id: &ArtifactId, size: u64, digest: &Digest) -> Result<Artifact> {
-        self.guarded(RegistryOp::MarkReady, |s, _| {
-            let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
-            let a = &mut r.artifact;
-            match a.state {
-                ArtifactState::Destroying => {
-                    Err(Error::conflict(format!("artifact {id} is being destroyed")))
-                }
-                ArtifactState::Ready => {
-                    if a.size == Some(size) && a.digest.as_ref() == Some(digest) {
-                        Ok(a.clone())
-                    } else {
-                        Err(Error::conflict(format!(
-                            "artifact {id} is ready with another size or digest"
-                        )))
-                    }
-                }
-                ArtifactState::Creating => {
-                    a.state = ArtifactState::Ready;
-                    a.size = Some(size);
-                    a.digest = Some(digest.clone());
-                    Ok(a.clone())
-                }
-            }
-        })
+        let late = self.faults.before(RegistryOp::MarkReady)?;
+        after(late, self.inner.mark_ready(id, size, digest).await)
     }
 
     async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
-        self.guarded(RegistryOp::Get, |s, _| {
-            s.records
-                .get(id)
-                .map(|r| r.artifact.clone())
-                .ok_or_else(|| not_found(id))
-        })
+        let late = self.faults.before(RegistryOp::Get)?;
+        after(late, self.inner.get(id).await)
     }
 
     async fn find(&self, filter: &ArtifactFilter) -> Result<Vec<Artifact>> {
-        self.guarded(RegistryOp::Find, |s, _| {
-            let mut found: Vec<&Record> = s
-                .records
-                .values()
-                .filter(|r| matches(&r.artifact, filter))
-                .collect();
-            found.sort_by_key(|r| (r.artifact.created_at, r.seq));
-            Ok(found.into_iter().map(|r| r.artifact.clone()).collect())
-        })
+        let late = self.faults.before(RegistryOp::Find)?;
+        after(late, self.inner.find(filter).await)
     }
 
     async fn acquire(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
-        self.guarded(RegistryOp::Acquire, |s, _| {
-            let r = s.records.get_mut(id).ok_or_else(|| not_found(id))?;
-            if r.artifact.state == ArtifactState::Destroying {
-                return Err(Error::conflict(format!("artifact {id} is being destroyed")));
-            }
-            r.holders.insert(holder.clone());
-            Ok(())
-        })
+        let late = self.faults.before(RegistryOp::Acquire)?;
+        after(late, self.inner.acquire(id, holder).await)
     }
 
     async fn release(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
-        self.guarded(RegistryOp::Release, |s, _| {
-            if let Some(r) = s.records.get_mut(id) {
-                r.holders.remove(holder);
-            }
-            Ok(())
-        })
+        let late = self.faults.before(RegistryOp::Release)?;
+        after(late, self.inner.release(id, holder).await)
     }
 
     async fn release_all(&self, holder: &Holder) -> Result<u64> {
-        self.guarded(RegistryOp::ReleaseAll, |s, _| {
-            let mut n = 0;
-            for r in s.records.values_mut() {
-                if r.holders.remove(holder) {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        let late = self.faults.before(RegistryOp::ReleaseAll)?;
+        after(late, self.inner.release_all(holder).await)
     }
 
     async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
-        let _ = claimer;
-        let (limit, stale_after) = (opts.limit, opts.stale_after);
-        self.guarded(RegistryOp::ClaimReapable, |s, now| {
-            let mut ids: Vec<(SystemTime, u64, ArtifactId)> = s
-                .records
-                .values()
-                .filter(|r| s.reapable(r, now, stale_after))
-                .map(|r| (r.artifact.created_at, r.seq, r.artifact.id.clone()))
-                .collect();
-            ids.sort();
-            ids.truncate(limit);
-            let mut out = Vec::with_capacity(ids.len());
-            for (_, _, id) in ids {
-                if let Some(r) = s.records.get_mut(&id) {
-                    r.artifact.state = ArtifactState::Destroying;
-                    r.claimed_at = Some(now);
-                    out.push(r.artifact.clone());
-                }
-            }
-            Ok(out)
-        })
+        let late = self.faults.before(RegistryOp::ClaimReapable)?;
+        after(late, self.inner.claim_reapable(claimer, opts).await)
     }
 
     async fn forget(&self, id: &ArtifactId) -> Result<()> {
-        self.guarded(RegistryOp::Forget, |s, _| match s.records.get(id) {
-            None => Ok(()),
-            Some(r) if r.artifact.state == ArtifactState::Destroying => {
-                let volume = r.artifact.volume.clone();
-                s.records.remove(id);
-                s.by_volume.remove(&volume);
-                Ok(())
-            }
-            Some(_) => Err(Error::conflict(format!(
-                "artifact {id} is not being destroyed"
-            ))),
-        })
+        let late = self.faults.before(RegistryOp::Forget)?;
+        after(late, self.inner.forget(id).await)
     }
 
     async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
-        self.guarded(RegistryOp::KnownVolumes, |s, _| {
-            let known: BTreeSet<&VolumeHandle> =
-                s.records.values().map(|r| &r.artifact.volume).collect();
-            let mut seen = BTreeSet::new();
-            Ok(volumes
-                .iter()
-                .filter(|v| known.contains(v) && seen.insert(*v))
-                .cloned()
-                .collect())
-        })
+        let late = self.faults.before(RegistryOp::KnownVolumes)?;
+        after(late, self.inner.known_volumes(volumes).await)
     }
 
     async fn heartbeat(&self, worker: &str, opts: &HeartbeatOpts) -> Result<Worker> {
-        self.guarded(RegistryOp::Heartbeat, |s, now| {
-            let expires_at = now.checked_add(opts.ttl).ok_or_else(|| {
-                Error::invalid(format!("heartbeat ttl {:?} is too large", opts.ttl))
-            })?;
-            let current = s.workers.get(worker);
-            let ours = current.is_some_and(|w| w.session == opts.session);
-            let alive = current.is_some_and(|w| w.alive_at(now));
-            let lapsed = current.is_some() && !alive;
-            match opts.mode {
-                HeartbeatMode::Register if alive && !ours => {
-                    return Err(Error::already_exists(format!(
-                        "worker name {worker:?} is held by another live process; give this \
-                         one another name, or stop the other"
-                    )));
-                }
-                // The lapsed registration's references protect nothing; they must not come
-                // back to life under the new one.
-                HeartbeatMode::Register if lapsed => s.drop_refs_of(worker),
-                HeartbeatMode::Renew if !(alive && ours) => {
-                    return Err(Error::conflict(format!(
-                        "the registration of worker {worker:?} lapsed or was taken over"
-                    )));
-                }
-                _ => {}
-            }
-            s.workers.insert(
-                worker.to_owned(),
-                Registration {
-                    session: opts.session.clone(),
-                    last_heartbeat: now,
-                    expires_at,
-                },
-            );
-            Ok(Worker {
-                name: worker.to_owned(),
-                last_heartbeat: now,
-                expires_at,
-                alive: expires_at > now,
-            })
-        })
+        let late = self.faults.before(RegistryOp::Heartbeat)?;
+        after(late, self.inner.heartbeat(worker, opts).await)
     }
 
     async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
-        self.guarded(RegistryOp::SignOff, |s, now| {
-            if let Some(w) = s.workers.get_mut(worker)
-                && w.session == session
-                && w.alive_at(now)
-            {
-                w.expires_at = now;
-            }
-            Ok(())
-        })
+        let late = self.faults.before(RegistryOp::SignOff)?;
+        after(late, self.inner.sign_off(worker, session).await)
     }
 
     async fn workers(&self) -> Result<Vec<Worker>> {
-        self.guarded(RegistryOp::Workers, |s, now| {
-            Ok(s.workers
-                .iter()
-                .map(|(name, w)| Worker {
-                    name: name.clone(),
-                    last_heartbeat: w.last_heartbeat,
-                    expires_at: w.expires_at,
-                    alive: w.alive_at(now),
-                })
-                .collect())
-        })
+        let late = self.faults.before(RegistryOp::Workers)?;
+        after(late, self.inner.workers().await)
     }
 }

@@ -150,7 +150,7 @@ async fn open_registry(
     schema: Option<&str>,
 ) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
     if url == "memory" || url == "memory://" {
-        return Ok(Arc::new(jetbridge_memory::MemoryRegistry::new()));
+        return Ok(Arc::new(jetbridge_memory_registry::MemoryRegistry::new()));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let opts = jetbridge_postgres::PgOptions {
@@ -725,7 +725,7 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
                     pods: backend.clone(),
                     exec: backend.clone(),
                     volumes: Some(volumes),
-                    registry: Arc::new(jetbridge_memory::MemoryRegistry::new()),
+                    registry: Arc::new(jetbridge_memory_registry::MemoryRegistry::new()),
                 };
                 let subject = RuntimeSubject::new(
                     rt,
