@@ -35,11 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use jetbridge_core::digest::Digest;
 use jetbridge_core::names::VolumeHandle;
-use jetbridge_core::ports::volume_support::{BusyGuard, BusyVolumes, from_unix_ms, unix_ms};
+use jetbridge_core::ports::volume_support::{
+    BusyGuard, BusyVolumes, SealRecord, creating_info, from_unix_ms, unix_ms,
+};
 use jetbridge_core::ports::{
-    ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeState, VolumeStore,
+    ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeStore,
 };
 use jetbridge_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -62,17 +63,8 @@ const DATA_DIR_MODE: u32 = 0o755;
 /// Tar chunks in flight between the async side and the blocking extractor or producer.
 const CHANNEL_DEPTH: usize = 8;
 
-/// The sealed marker of a volume.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    format: u32,
-    handle: String,
-    digest: Digest,
-    size: u64,
-    files: u64,
-    created_at_unix_ms: Option<u64>,
-    sealed_at_unix_ms: u64,
-}
+/// The sealed marker of a volume: exactly what every store's seal records.
+type Manifest = SealRecord;
 
 /// Contents of the `CREATING` marker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -316,15 +308,14 @@ impl FsVolumeStore {
         if self.flush {
             sync_fs(&data);
         }
-        let m = Manifest {
-            format: FORMAT,
-            handle: handle.as_str().to_owned(),
-            digest: summary.digest,
-            size: summary.size,
-            files: summary.files,
-            created_at_unix_ms: created_at.map(unix_ms),
-            sealed_at_unix_ms: unix_ms(SystemTime::now()),
-        };
+        let m = Manifest::new(
+            FORMAT,
+            handle,
+            summary.digest,
+            summary.size,
+            summary.files,
+            created_at,
+        );
         let body = serde_json::to_vec_pretty(&m)
             .map_err(|e| Error::other(format!("encoding the manifest: {e}")))?;
         write_durable(&dir.join(MANIFEST), &body)
@@ -481,23 +472,7 @@ fn check_summary(handle: &VolumeHandle, m: &Manifest, s: &walk::Summary) -> Resu
 }
 
 fn info_of(handle: &VolumeHandle, m: &Manifest) -> VolumeInfo {
-    VolumeInfo {
-        handle: handle.clone(),
-        state: VolumeState::Sealed,
-        size: m.size,
-        digest: Some(m.digest.clone()),
-        created_at: m.created_at_unix_ms.map(from_unix_ms),
-    }
-}
-
-fn creating_info(handle: &VolumeHandle, created_at: Option<SystemTime>) -> VolumeInfo {
-    VolumeInfo {
-        handle: handle.clone(),
-        state: VolumeState::Creating,
-        size: 0,
-        digest: None,
-        created_at,
-    }
+    m.info(handle)
 }
 
 #[async_trait]

@@ -33,10 +33,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use jetbridge_core::digest::{Digest, TreeDigest};
 use jetbridge_core::names::VolumeHandle;
-use jetbridge_core::ports::volume_support::{BusyGuard, BusyVolumes, from_unix_ms, unix_ms};
+use jetbridge_core::ports::volume_support::{
+    BusyGuard, BusyVolumes, SealRecord, creating_info, from_unix_ms, unix_ms,
+};
 use jetbridge_core::ports::{
-    ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeState, VolumeStore,
-    bytes_stream,
+    ByteStream, MountAccess, MountInfo, VolumeCapabilities, VolumeInfo, VolumeStore, bytes_stream,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use object_store::path::Path;
@@ -85,22 +86,17 @@ struct Written {
     files: u64,
 }
 
-/// Contents of `manifest.json`: the seal.
+/// Contents of `manifest.json`: the seal every store records, and where the data is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
-    format: u32,
-    handle: String,
-    digest: Digest,
-    size: u64,
-    files: u64,
+    #[serde(flatten)]
+    seal: SealRecord,
     /// The data object (`None` for a volume sealed without a write: empty).
     data: Option<String>,
     compression: String,
     object_size: u64,
     /// CRC32C of the data object, 8 hex digits (empty without one).
     object_crc32c: String,
-    created_at_unix_ms: Option<u64>,
-    sealed_at_unix_ms: u64,
 }
 
 /// State shared by clones of a store.
@@ -130,24 +126,8 @@ fn empty_digest() -> Digest {
     TreeDigest::new().finish()
 }
 
-fn creating_info(handle: &VolumeHandle, created_at: Option<SystemTime>) -> VolumeInfo {
-    VolumeInfo {
-        handle: handle.clone(),
-        state: VolumeState::Creating,
-        size: 0,
-        digest: None,
-        created_at,
-    }
-}
-
 fn sealed_info(handle: &VolumeHandle, m: &Manifest) -> VolumeInfo {
-    VolumeInfo {
-        handle: handle.clone(),
-        state: VolumeState::Sealed,
-        size: m.size,
-        digest: Some(m.digest.clone()),
-        created_at: m.created_at_unix_ms.map(from_unix_ms),
-    }
+    m.seal.info(handle)
 }
 
 impl ObjectStoreVolumes {
@@ -470,19 +450,14 @@ impl ObjectStoreVolumes {
             return Err(not_found(handle));
         };
         let written = self.get_json::<Written>(handle, WRITTEN).await?;
+        let created = Some(from_unix_ms(marker.created_at_unix_ms));
         let m = match written {
             None => Manifest {
-                format: FORMAT,
-                handle: handle.as_str().to_owned(),
-                digest: empty_digest(),
-                size: 0,
-                files: 0,
+                seal: SealRecord::new(FORMAT, handle, empty_digest(), 0, 0, created),
                 data: None,
                 compression: Compression::None.name().to_owned(),
                 object_size: 0,
                 object_crc32c: String::new(),
-                created_at_unix_ms: Some(marker.created_at_unix_ms),
-                sealed_at_unix_ms: unix_ms(SystemTime::now()),
             },
             Some(w) => {
                 let data = self.object(handle, &w.data);
@@ -501,17 +476,11 @@ impl ObjectStoreVolumes {
                     )));
                 }
                 Manifest {
-                    format: FORMAT,
-                    handle: handle.as_str().to_owned(),
-                    digest: w.digest,
-                    size: w.size,
-                    files: w.files,
+                    seal: SealRecord::new(FORMAT, handle, w.digest, w.size, w.files, created),
                     data: Some(w.data),
                     compression: w.compression,
                     object_size: w.object_size,
                     object_crc32c: w.object_crc32c,
-                    created_at_unix_ms: Some(marker.created_at_unix_ms),
-                    sealed_at_unix_ms: unix_ms(SystemTime::now()),
                 }
             }
         };
@@ -529,7 +498,7 @@ trait Owns {
 
 impl Owns for Manifest {
     fn owned_by(&self, handle: &VolumeHandle) -> bool {
-        self.format == FORMAT && self.handle == handle.as_str()
+        self.seal.seals(FORMAT, handle)
     }
 }
 
@@ -609,7 +578,7 @@ impl VolumeStore for ObjectStoreVolumes {
             });
         };
         let Some(data) = &m.data else {
-            if m.digest != empty_digest() || m.size != 0 || m.files != 0 {
+            if m.seal.digest != empty_digest() || m.seal.size != 0 || m.seal.files != 0 {
                 return Err(Error::corrupt(format!(
                     "volume {handle}: the manifest has content but no data object"
                 )));
@@ -630,9 +599,9 @@ impl VolumeStore for ObjectStoreVolumes {
             zstd,
             object_size: m.object_size,
             object_crc32c: m.object_crc32c.clone(),
-            digest: m.digest.clone(),
-            size: m.size,
-            files: m.files,
+            digest: m.seal.digest.clone(),
+            size: m.seal.size,
+            files: m.seal.files,
         };
         read::read_verified(
             self.inner.store.clone(),
@@ -706,6 +675,23 @@ impl VolumeStore for ObjectStoreVolumes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Manifests written before the shared seal record still read, and new ones keep
+    /// the same flat keys.
+    #[test]
+    fn a_manifest_keeps_its_flat_keys() {
+        let digest = serde_json::to_value(empty_digest()).unwrap();
+        let old = serde_json::json!({
+            "format": FORMAT, "handle": "v-1", "digest": digest, "size": 0, "files": 0,
+            "data": null, "compression": "none", "object_size": 0, "object_crc32c": "",
+            "created_at_unix_ms": 1_700_000_000_000u64, "sealed_at_unix_ms": 1_700_000_000_001u64,
+        });
+        let m: Manifest = serde_json::from_value(old.clone()).unwrap();
+        let h = VolumeHandle::parse("v-1").unwrap();
+        assert!(m.owned_by(&h));
+        assert_eq!(m.seal.created_at_unix_ms, Some(1_700_000_000_000));
+        assert_eq!(serde_json::to_value(&m).unwrap(), old);
+    }
 
     #[test]
     fn empty_tar_is_a_valid_empty_archive() {

@@ -1,13 +1,87 @@
 //! Pieces every [`VolumeStore`](super::VolumeStore) implementation needs alike: the
-//! per-process guard that keeps two writes or seals of one volume apart, and the
-//! millisecond timestamps their metadata files record.
+//! per-process guard that keeps two writes or seals of one volume apart, the record a
+//! seal writes ([`SealRecord`]), and the millisecond timestamps their metadata files
+//! record.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
+use super::volumes::{VolumeInfo, VolumeState};
+use crate::digest::Digest;
 use crate::names::VolumeHandle;
 use crate::{Error, Result};
+
+/// What every store's seal records about a volume, whatever else its manifest holds.
+/// Stores embed it with `#[serde(flatten)]`, so their manifests keep flat keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealRecord {
+    /// The store's manifest format.
+    pub format: u32,
+    /// The volume it seals (a manifest copied to another volume is not its seal).
+    pub handle: String,
+    /// The tree digest of the content.
+    pub digest: Digest,
+    /// Bytes of file content.
+    pub size: u64,
+    /// Regular files.
+    pub files: u64,
+    /// When the volume was created, where known.
+    pub created_at_unix_ms: Option<u64>,
+    /// When it was sealed.
+    pub sealed_at_unix_ms: u64,
+}
+
+impl SealRecord {
+    /// The seal of `handle` made now, in manifest format `format`.
+    pub fn new(
+        format: u32,
+        handle: &VolumeHandle,
+        digest: Digest,
+        size: u64,
+        files: u64,
+        created_at: Option<SystemTime>,
+    ) -> Self {
+        SealRecord {
+            format,
+            handle: handle.as_str().to_owned(),
+            digest,
+            size,
+            files,
+            created_at_unix_ms: created_at.map(unix_ms),
+            sealed_at_unix_ms: unix_ms(SystemTime::now()),
+        }
+    }
+
+    /// Whether this is a seal of `handle` in format `format`.
+    pub fn seals(&self, format: u32, handle: &VolumeHandle) -> bool {
+        self.format == format && self.handle == handle.as_str()
+    }
+
+    /// The sealed volume's info.
+    pub fn info(&self, handle: &VolumeHandle) -> VolumeInfo {
+        VolumeInfo {
+            handle: handle.clone(),
+            state: VolumeState::Sealed,
+            size: self.size,
+            digest: Some(self.digest.clone()),
+            created_at: self.created_at_unix_ms.map(from_unix_ms),
+        }
+    }
+}
+
+/// The info of a volume still being created.
+pub fn creating_info(handle: &VolumeHandle, created_at: Option<SystemTime>) -> VolumeInfo {
+    VolumeInfo {
+        handle: handle.clone(),
+        state: VolumeState::Creating,
+        size: 0,
+        digest: None,
+        created_at,
+    }
+}
 
 /// The volumes a write or seal of this process is working on.
 #[derive(Debug, Clone, Default)]
