@@ -17,7 +17,7 @@
 # bucket and object names), and the PyPI gcp-storage-emulator implements the JSON API
 # plus plain XML GET/PUT only (it answers 501 to the rest). `gcs-sim`
 # (conformance/gcs-sim) serves that XML subset in memory. It is built with
-# `cargo build --locked -p jetbridge-conformance --bin gcs-sim` into CARGO_TARGET_DIR
+# `cargo build --locked -p jetbridge-gcs-sim --bin gcs-sim` into CARGO_TARGET_DIR
 # (default ~/.cache/jetbridge-target, as in .ci/test.sh) and run from there.
 set -euo pipefail
 
@@ -104,7 +104,7 @@ start() {
     log "reusing the GCS simulator at $gcs"
   else
     log "building gcs-sim into $TARGET"
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --locked -p jetbridge-conformance --bin gcs-sim >&2)
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --locked -p jetbridge-gcs-sim --bin gcs-sim >&2)
     log "starting gcs-sim on $gcs"
     start_bg gcs-sim "$TARGET/debug/gcs-sim" --port "$GCS_PORT" --bucket "$BUCKET"
   fi

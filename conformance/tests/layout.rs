@@ -170,3 +170,18 @@ fn the_dependency_reader_sees_what_it_must() {
         vec!["jetbridge-core".to_owned(), "jetbridge-fs".to_owned()]
     );
 }
+
+/// What operators deploy links no simulator: the suites and the binary that runs them
+/// against a live cluster depend on the simulators for tests only.
+#[test]
+fn the_deployed_binary_links_no_simulator() {
+    let mut wrong = Vec::new();
+    for manifest in ["bins/jetbridge/Cargo.toml", "conformance/Cargo.toml"] {
+        for d in jetbridge_dependencies(&read(&workspace().join(manifest))) {
+            if d.ends_with("-sim") || d.starts_with("jetbridge-sim-") {
+                wrong.push(format!("{manifest} depends on {d}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    jetbridge_kube_sim::run_cli()
-}
