@@ -148,7 +148,7 @@ impl FsVolumeStore {
             let data = this.volume_data_path(&h);
             let (_, _, summary) = walk::digest_tree(&data).map_err(copy::as_corrupt)?;
             check_summary(&h, &m, &summary)?;
-            Ok(info_of(&h, &m))
+            Ok(m.info(&h))
         })
         .await
     }
@@ -172,7 +172,7 @@ impl FsVolumeStore {
             let data = this.volume_data_path(&h);
             let summary = copy::copy_tree(&data, &dest, &m.digest)?;
             check_summary(&h, &m, &summary)?;
-            Ok(info_of(&h, &m))
+            Ok(m.info(&h))
         })
         .await
     }
@@ -216,7 +216,7 @@ impl FsVolumeStore {
 
     fn stat_blocking(&self, handle: &VolumeHandle) -> Result<VolumeInfo> {
         match self.on_disk(handle)? {
-            Some(OnDisk::Sealed(m)) => Ok(info_of(handle, &m)),
+            Some(OnDisk::Sealed(m)) => Ok(m.info(handle)),
             Some(OnDisk::Creating { created_at }) => Ok(creating_info(handle, created_at)),
             None => Err(Error::not_found(format!("volume {handle} does not exist"))),
         }
@@ -289,7 +289,7 @@ impl FsVolumeStore {
     fn seal_blocking(&self, handle: &VolumeHandle) -> Result<VolumeInfo> {
         let created_at = match self.on_disk(handle)? {
             None => return Err(Error::not_found(format!("volume {handle} does not exist"))),
-            Some(OnDisk::Sealed(m)) => return Ok(info_of(handle, &m)),
+            Some(OnDisk::Sealed(m)) => return Ok(m.info(handle)),
             Some(OnDisk::Creating { created_at }) => created_at,
         };
         let dir = self.volume_dir(handle);
@@ -322,7 +322,7 @@ impl FsVolumeStore {
             .map_err(ctx(format_args!("writing the manifest of {handle}")))?;
         // Informational only; the manifest alone decides the state.
         let _ = fs::remove_file(dir.join(CREATING));
-        Ok(info_of(handle, &m))
+        Ok(m.info(handle))
     }
 
     fn delete_blocking(&self, handle: &VolumeHandle) -> Result<()> {
@@ -449,7 +449,7 @@ fn read_manifest(dir: &Path, handle: &VolumeHandle) -> Result<Option<Manifest>> 
         Err(e) => return Err(io_err(e, format_args!("reading the manifest of {handle}"))),
     };
     match serde_json::from_slice::<Manifest>(&body) {
-        Ok(m) if m.format == FORMAT && m.handle == handle.as_str() => Ok(Some(m)),
+        Ok(m) if m.seals(FORMAT, handle) => Ok(Some(m)),
         Ok(_) => {
             tracing::warn!(volume = %handle, "manifest is for another volume or format; treating the volume as unsealed");
             Ok(None)
@@ -469,10 +469,6 @@ fn check_summary(handle: &VolumeHandle, m: &Manifest, s: &walk::Summary) -> Resu
         )));
     }
     Ok(())
-}
-
-fn info_of(handle: &VolumeHandle, m: &Manifest) -> VolumeInfo {
-    m.info(handle)
 }
 
 #[async_trait]
@@ -520,7 +516,7 @@ impl VolumeStore for FsVolumeStore {
         let h = handle.clone();
         blocking(move || {
             if let Some(OnDisk::Sealed(m)) = this.on_disk(&h)? {
-                return Ok(info_of(&h, &m));
+                return Ok(m.info(&h));
             }
             let _guard = this.try_busy(&h)?;
             this.seal_blocking(&h)

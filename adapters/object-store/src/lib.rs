@@ -126,10 +126,6 @@ fn empty_digest() -> Digest {
     TreeDigest::new().finish()
 }
 
-fn sealed_info(handle: &VolumeHandle, m: &Manifest) -> VolumeInfo {
-    m.seal.info(handle)
-}
-
 impl ObjectStoreVolumes {
     /// A store at `url`:
     ///
@@ -334,7 +330,7 @@ impl ObjectStoreVolumes {
 
     async fn stat_inner(&self, handle: &VolumeHandle) -> Result<VolumeInfo> {
         if let Some(m) = self.manifest(handle).await? {
-            return Ok(sealed_info(handle, &m));
+            return Ok(m.seal.info(handle));
         }
         match self.marker(handle).await? {
             Some(c) => Ok(creating_info(
@@ -487,7 +483,7 @@ impl ObjectStoreVolumes {
         self.put_json(&self.object(handle, MANIFEST), &m, false)
             .await
             .map_err(|e| e.context(format_args!("sealing volume {handle}")))?;
-        Ok(sealed_info(handle, &m))
+        Ok(m.seal.info(handle))
     }
 }
 
@@ -564,7 +560,7 @@ impl VolumeStore for ObjectStoreVolumes {
 
     async fn seal(&self, handle: &VolumeHandle) -> Result<VolumeInfo> {
         if let Some(m) = self.manifest(handle).await? {
-            return Ok(sealed_info(handle, &m));
+            return Ok(m.seal.info(handle));
         }
         let _guard = self.try_busy(handle)?;
         self.seal_inner(handle).await
