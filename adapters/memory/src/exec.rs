@@ -17,6 +17,7 @@ use crate::faults::after;
 use crate::fs::join;
 use crate::pods::{BackendOp, Kill, MemoryBackend};
 use crate::programs::{self, Output, ProgramContext, Sys};
+use crate::record::{ShellRun, TeeSink, snapshot};
 
 /// Passes the first chunk of output on, then signals that the stream is to be dropped
 /// and swallows the rest.
@@ -89,6 +90,29 @@ impl MemoryBackend {
             )));
         }
         env.extend(req.env);
+        let shell_log = self
+            .shared
+            .shell_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|_| is_shell(&req.argv));
+        let (output, tee) = match &shell_log {
+            Some(_) => {
+                let tee = Arc::new(TeeSink::new(output));
+                (tee.clone() as Arc<dyn OutputSink>, Some(tee))
+            }
+            None => (output, None),
+        };
+        let recorded = shell_log.as_ref().map(|_| {
+            (
+                req.argv.clone(),
+                env.clone(),
+                cwd.clone(),
+                snapshot(&fs.lock()),
+            )
+        });
+        let wants_stdin = recorded.is_some();
         let notify = Arc::new(Notify::new());
         let sink: Arc<dyn OutputSink> = if drop_stream {
             Arc::new(DroppingSink {
@@ -104,7 +128,10 @@ impl MemoryBackend {
             image,
             pod: req.pod.clone(),
             versions: self.shared.versions.clone(),
+            ran_program: AtomicBool::new(false),
         });
+        let sys_seen = sys.clone();
+        let fs_after = fs.clone();
         let stdin = req.stdin;
         let argv = req.argv;
         let run = async move {
@@ -112,6 +139,7 @@ impl MemoryBackend {
                 Some(s) => Bytes::from(collect_stream(s).await?),
                 None => Bytes::new(),
             };
+            let stdin_copy = wants_stdin.then(|| stdin.to_vec());
             let ctx = ProgramContext {
                 argv,
                 env,
@@ -122,7 +150,7 @@ impl MemoryBackend {
                 stderr: Output::sink(sink, OutputStream::Stderr),
                 sys,
             };
-            programs::run(ctx).await
+            programs::run(ctx).await.map(|code| (code, stdin_copy))
         };
         let lost = |why: &str| Error::lost(format!("exec in pod {}: {why}", req.pod));
         let result = tokio::select! {
@@ -131,7 +159,28 @@ impl MemoryBackend {
                 Ok(Some(Kill::Lost(why))) => Err(lost(why)),
                 _ => Err(lost("pod vanished")),
             },
-            r = run => r,
+            r = run => r.map(|(code, stdin)| {
+                if let (Some(log), Some(tee), Some((argv, env, cwd, before))) =
+                    (&shell_log, &tee, recorded)
+                {
+                    if sys_seen.ran_program.load(Ordering::Relaxed) {
+                        log.leave_out();
+                    } else {
+                        log.push(ShellRun {
+                            argv,
+                            env,
+                            cwd,
+                            stdin: stdin.unwrap_or_default(),
+                            before,
+                            after: snapshot(&fs_after.lock()),
+                            stdout: tee.taken(OutputStream::Stdout),
+                            stderr: tee.taken(OutputStream::Stderr),
+                            status: code,
+                        });
+                    }
+                }
+                code
+            }),
             () = notify.notified(), if drop_stream => Err(lost("stream dropped")),
         };
         if drop_stream {
@@ -139,4 +188,10 @@ impl MemoryBackend {
         }
         result
     }
+}
+
+/// `sh` or `bash`, by bare name or a system path (`sh -c ...`, `/bin/sh -ec ...`).
+fn is_shell(argv: &[String]) -> bool {
+    let name = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    matches!(name, Some("sh" | "bash"))
 }

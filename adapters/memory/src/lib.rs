@@ -25,6 +25,7 @@ mod pods;
 mod programs;
 #[cfg(test)]
 mod proptests;
+mod record;
 mod registry;
 mod shell;
 mod tar;
@@ -38,6 +39,7 @@ pub use faults::FaultTiming;
 pub use fs::PodFs;
 pub use pods::{BackendOp, EVICTED_MESSAGE, MemoryBackend, UNSCHEDULABLE_MESSAGE};
 pub use programs::{Output, Program, ProgramContext, ProgramFuture, ResourceScripts};
+pub use record::{FsEntry, ShellLog, ShellRun};
 pub use registry::{MemoryRegistry, RegistryClock, RegistryOp};
 pub use volumes::{MemoryVolumeStore, VolumeOp};
 

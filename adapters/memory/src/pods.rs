@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) programs: Arc<Mutex<ProgramTable>>,
     pub(crate) versions: Arc<AtomicU64>,
     pub(crate) execs: AtomicU64,
+    /// Where `sh` runs are recorded, when a test asked for it.
+    pub(crate) shell_log: Mutex<Option<Arc<crate::record::ShellLog>>>,
 }
 
 impl Shared {
@@ -171,8 +173,23 @@ impl MemoryBackend {
                 programs: Arc::new(Mutex::new(ProgramTable::default())),
                 versions: Arc::new(AtomicU64::new(0)),
                 execs: AtomicU64::new(0),
+                shell_log: Mutex::new(None),
             }),
         }
+    }
+
+    /// Record every `sh -c` exec run to its end from now on (argv, environment, stdin,
+    /// the pod's tree before and after, output and status), so a test can replay them
+    /// under a real shell. Runs that call registered or resource programs are counted
+    /// but not kept.
+    pub fn record_shell_runs(&self) -> Arc<crate::record::ShellLog> {
+        let log = Arc::new(crate::record::ShellLog::default());
+        *self
+            .shared
+            .shell_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(log.clone());
+        log
     }
 
     fn programs(&self) -> MutexGuard<'_, ProgramTable> {

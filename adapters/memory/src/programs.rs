@@ -110,6 +110,9 @@ pub(crate) struct Sys {
     pub(crate) image: String,
     pub(crate) pod: String,
     pub(crate) versions: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when this exec ran a registered or resource program, which a real shell
+    /// would not have: such runs are not recorded for comparison.
+    pub(crate) ran_program: std::sync::atomic::AtomicBool,
 }
 
 impl Sys {
@@ -316,6 +319,9 @@ pub(crate) fn run(ctx: ProgramContext) -> ProgramFuture {
             return Err(Error::invalid("empty argv"));
         };
         if let Some(p) = ctx.sys.lookup(&argv0) {
+            ctx.sys
+                .ran_program
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return p.call(ctx).await;
         }
         match system_path(&argv0) {
