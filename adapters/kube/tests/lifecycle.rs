@@ -16,6 +16,7 @@ use jetbridge_core::ports::{
     WaitFor,
 };
 use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, Simulator};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, EvictParams};

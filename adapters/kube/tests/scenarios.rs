@@ -16,6 +16,7 @@ use jetbridge_core::ports::{
     Pods, WaitFor,
 };
 use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, Simulator};
 
 const IMAGE: &str = "busybox:1.36";

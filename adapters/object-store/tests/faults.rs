@@ -10,6 +10,7 @@ use jetbridge_conformance::volumes::{Tree, sample_tree};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::VolumeHandle;
 use jetbridge_core::ports::{ByteStream, VolumeState, VolumeStore, collect_stream};
+use jetbridge_gcs_sim::SimControls;
 use jetbridge_gcs_sim::{Fault, FaultAction, SimConfig, Simulator};
 use jetbridge_object_store::{Compression, ObjectStoreOptions, ObjectStoreVolumes, RetryPolicy};
 use object_store::path::Path;

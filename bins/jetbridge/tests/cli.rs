@@ -1,6 +1,7 @@
 //! The binary as a user meets it: the examples, exit statuses, messages, JSON output,
 //! Ctrl-C, and nothing left behind.
 
+use jetbridge_gcs_sim::SimControls;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

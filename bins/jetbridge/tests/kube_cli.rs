@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{SimConfig, Simulator};
 
 fn bin() -> Command {

@@ -14,6 +14,7 @@ use jetbridge_core::services::{
     StepConfig, StepFailure,
 };
 use jetbridge_kube::KubeConfig;
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{SimConfig, Simulator};
 use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
 

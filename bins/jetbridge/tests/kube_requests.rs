@@ -11,6 +11,7 @@ use jetbridge_core::ports::{ArtifactRegistry, Runtime};
 use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig};
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_kube::{KubeBackend, KubeConfig};
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{SimConfig, Simulator};
 use jetbridge_memory::MemoryRegistry;
 

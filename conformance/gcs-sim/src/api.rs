@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use jetbridge_sim_http::FaultReply;
+use jetbridge_sim_http::{FaultReply, RequestLine};
 use std::sync::Arc;
 
 type Sh = State<Arc<Shared>>;
@@ -39,36 +39,21 @@ async fn faults(State(sh): Sh, req: Request, next: Next) -> Response {
         Ok(Target::Object(_, o)) => Some(o),
         _ => None,
     };
-    let action = {
-        let mut faults = lock(&sh.faults);
-        let hit = faults.iter().position(|f| {
-            f.times > 0
-                && f.method
-                    .as_ref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case(&method))
-                && f.path_contains
-                    .as_ref()
-                    .is_none_or(|p| path.contains(p.as_str()) || decoded_path.contains(p.as_str()))
-                && f.query_contains.as_ref().is_none_or(|q| {
-                    query.contains(q.as_str()) || decoded_query.contains(q.as_str())
-                })
-        });
-        hit.map(|i| {
-            faults[i].times -= 1;
-            let action = faults[i].action.clone();
-            if faults[i].times == 0 {
-                faults.remove(i);
-            }
-            action
-        })
+    let line = RequestLine {
+        method: &method,
+        path: &path,
+        decoded_path: Some(&decoded_path),
+        query: &query,
+        decoded_query: Some(&decoded_query),
     };
-    tracing::debug!(%method, %path, %query, fault = ?action, "request");
-    lock(&sh.requests).push(RequestRecord {
-        method,
-        path,
-        query,
+    let record = RequestRecord {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
         object,
-    });
+    };
+    let action = sh.controls.on_request(&line, record);
+    tracing::debug!(%method, %path, %query, fault = ?action, "request");
     jetbridge_sim_http::apply(action, req, next, |reply| match reply {
         FaultReply::Status(code) => GcsError::injected(code).into_response(),
         FaultReply::CannotDrop => {

@@ -79,58 +79,10 @@ pub struct RequestRecord {
     pub object: Option<String>,
 }
 
-/// A per-request fault: applies to the next `times` requests that match.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Only requests with this method (case-insensitive); any when `None`.
-    pub method: Option<String>,
-    /// Only requests whose path contains this, as sent or percent-decoded (so
-    /// object names can be given as they are stored); any when `None`.
-    pub path_contains: Option<String>,
-    /// Only requests whose query string contains this, as sent or decoded
-    /// (e.g. `partNumber=2`, `uploads`); any when `None`.
-    pub query_contains: Option<String>,
-    /// How many matching requests the fault applies to.
-    pub times: usize,
-    /// What happens to them.
-    pub action: FaultAction,
-}
-
-impl Fault {
-    /// A fault on any request.
-    pub fn any(times: usize, action: FaultAction) -> Self {
-        Fault {
-            method: None,
-            path_contains: None,
-            query_contains: None,
-            times,
-            action,
-        }
-    }
-
-    /// A fault on requests with `method` whose path contains `path_contains`.
-    pub fn on(method: &str, path_contains: &str, times: usize, action: FaultAction) -> Self {
-        Fault {
-            method: Some(method.to_string()),
-            path_contains: Some(path_contains.to_string()),
-            query_contains: None,
-            times,
-            action,
-        }
-    }
-
-    /// Also require the query string to contain `q`.
-    pub fn with_query(mut self, q: &str) -> Self {
-        self.query_contains = Some(q.to_string());
-        self
-    }
-}
-
-/// What an injected fault does. Here `Status(code)` answers an XML `<Error>`
-/// whose `Code` Cloud Storage uses for it (500 `InternalError`, 503
-/// `ServiceUnavailable`, 429 `SlowDown`, 408 `RequestTimeout`, 403
-/// `AccessDenied`, ...).
-pub use jetbridge_sim_http::FaultAction;
+/// Injected faults and the test controls. Here `FaultAction::Status(code)` answers an
+/// XML `<Error>` whose `Code` Cloud Storage uses for it (500 `InternalError`, 503
+/// `ServiceUnavailable`, 429 `SlowDown`, 408 `RequestTimeout`, 403 `AccessDenied`, ...).
+pub use jetbridge_sim_http::{Fault, FaultAction, SimControls};
 
 /// A stored object, as the control handle shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +127,14 @@ pub struct Simulator {
     server: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
+impl SimControls for Simulator {
+    type Request = RequestRecord;
+
+    fn controls(&self) -> &jetbridge_sim_http::Controls<RequestRecord> {
+        &self.shared.controls
+    }
+}
+
 impl Simulator {
     /// Start a simulator on 127.0.0.1 (plain HTTP/1.1), on `config.port` or a free
     /// port, with `config.buckets`. A bucket name Cloud Storage would refuse is
@@ -195,8 +155,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             config,
             store: Mutex::new(st),
-            faults: Mutex::default(),
-            requests: Mutex::default(),
+            controls: jetbridge_sim_http::Controls::default(),
             port,
             stop: CancellationToken::new(),
         });
@@ -263,26 +222,6 @@ impl Simulator {
                 bytes: u.bytes,
             })
             .collect()
-    }
-
-    /// Add a per-request fault. Faults are checked in the order they were added.
-    pub fn inject(&self, fault: Fault) {
-        lock(&self.shared.faults).push(fault);
-    }
-
-    /// Remove every pending fault.
-    pub fn clear_faults(&self) {
-        lock(&self.shared.faults).clear();
-    }
-
-    /// Every request since start or the last [`Simulator::reset_requests`].
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.shared.requests).clone()
-    }
-
-    /// Forget recorded requests.
-    pub fn reset_requests(&self) {
-        lock(&self.shared.requests).clear();
     }
 
     /// Stop listening and end every connection.

@@ -1,7 +1,8 @@
 //! State shared by the server and the control handle.
 
 use crate::store::Store;
-use crate::{Fault, RequestRecord, SimConfig};
+use crate::{RequestRecord, SimConfig};
+use jetbridge_sim_http::Controls;
 use std::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -15,8 +16,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     pub config: SimConfig,
     pub store: Mutex<Store>,
-    pub faults: Mutex<Vec<Fault>>,
-    pub requests: Mutex<Vec<RequestRecord>>,
+    /// Injected faults and the request log.
+    pub controls: Controls<RequestRecord>,
     pub port: u16,
     /// Cancelled at shutdown: ends the listener and every connection.
     pub stop: CancellationToken,

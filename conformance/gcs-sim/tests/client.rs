@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use futures::TryStreamExt;
 use jetbridge_gcs_sim::SimConfig;
+use jetbridge_gcs_sim::SimControls;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{

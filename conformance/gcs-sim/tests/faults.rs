@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use jetbridge_gcs_sim::SimControls;
 use jetbridge_gcs_sim::{Fault, FaultAction};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};

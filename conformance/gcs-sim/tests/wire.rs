@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use jetbridge_gcs_sim::SimControls;
 
 const OBJ: &str = "/jb-test/obj";
 

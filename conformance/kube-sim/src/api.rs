@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use jetbridge_sim_http::FaultReply;
+use jetbridge_sim_http::{FaultReply, RequestLine};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,31 +84,19 @@ async fn faults(State(sh): Sh, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let action = {
-        let mut faults = lock(&sh.faults);
-        let hit = faults.iter().position(|f| {
-            f.times > 0
-                && f.method
-                    .as_ref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case(&method))
-                && f.path_contains
-                    .as_ref()
-                    .is_none_or(|p| path.contains(p.as_str()))
-        });
-        hit.map(|i| {
-            faults[i].times -= 1;
-            let action = faults[i].action.clone();
-            if faults[i].times == 0 {
-                faults.remove(i);
-            }
-            action
-        })
+    let line = RequestLine {
+        method: &method,
+        path: &path,
+        decoded_path: None,
+        query: &query,
+        decoded_query: None,
     };
-    lock(&sh.requests).push(RequestRecord {
-        method,
-        path,
-        query,
-    });
+    let record = RequestRecord {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+    };
+    let action = sh.controls.on_request(&line, record);
     jetbridge_sim_http::apply(action, req, next, |reply| match reply {
         FaultReply::Status(code) => {
             ApiError::new(code, reason_for(code), format!("injected fault: {code}")).into_response()

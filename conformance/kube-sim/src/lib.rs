@@ -90,51 +90,23 @@ pub struct RequestRecord {
     pub query: String,
 }
 
-/// A per-request fault: applies to the next `times` requests that match.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Only requests with this method (case-insensitive); any when `None`.
-    pub method: Option<String>,
-    /// Only requests whose path contains this; any when `None`.
-    pub path_contains: Option<String>,
-    /// How many matching requests the fault applies to.
-    pub times: usize,
-    /// What happens to them.
-    pub action: FaultAction,
-}
-
-impl Fault {
-    /// A fault on any request.
-    pub fn any(times: usize, action: FaultAction) -> Self {
-        Fault {
-            method: None,
-            path_contains: None,
-            times,
-            action,
-        }
-    }
-
-    /// A fault on requests with `method` whose path contains `path_contains`.
-    pub fn on(method: &str, path_contains: &str, times: usize, action: FaultAction) -> Self {
-        Fault {
-            method: Some(method.to_string()),
-            path_contains: Some(path_contains.to_string()),
-            times,
-            action,
-        }
-    }
-}
-
-/// What an injected fault does. Here `Status(code)` answers a `Status` body
-/// with the reason from the code: 409 Conflict, 429 TooManyRequests with
-/// `Retry-After: 0`, 500 InternalError, 503 ServiceUnavailable, 504 Timeout, ...
-pub use jetbridge_sim_http::FaultAction;
+/// Injected faults and the test controls. Here `FaultAction::Status(code)` answers a
+/// Kubernetes `Status` with the reason the API uses for that code.
+pub use jetbridge_sim_http::{Fault, FaultAction, SimControls};
 
 /// Handle to a running simulator; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Simulator {
     shared: Arc<Shared>,
     server: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl SimControls for Simulator {
+    type Request = RequestRecord;
+
+    fn controls(&self) -> &jetbridge_sim_http::Controls<RequestRecord> {
+        &self.shared.controls
+    }
 }
 
 impl Simulator {
@@ -167,9 +139,8 @@ impl Simulator {
             flags: Mutex::new(Flags::default()),
             flags_tx: tokio::sync::watch::Sender::new(0),
             runtimes: Mutex::default(),
-            faults: Mutex::default(),
+            controls: jetbridge_sim_http::Controls::default(),
             policy: Mutex::default(),
-            requests: Mutex::default(),
             port,
             generation: Mutex::new(generation_token.clone()),
             shutdown: CancellationToken::new(),
@@ -410,26 +381,6 @@ impl Simulator {
             .entry(namespace.to_owned())
             .or_default()
             .insert(name.to_owned());
-    }
-
-    /// Add a per-request fault. Faults are checked in the order they were added.
-    pub fn inject(&self, fault: Fault) {
-        lock(&self.shared.faults).push(fault);
-    }
-
-    /// Remove every pending fault.
-    pub fn clear_faults(&self) {
-        lock(&self.shared.faults).clear();
-    }
-
-    /// Every API request since start or the last [`Simulator::reset_requests`].
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.shared.requests).clone()
-    }
-
-    /// Forget recorded requests.
-    pub fn reset_requests(&self) {
-        lock(&self.shared.requests).clear();
     }
 
     /// Current pods of a namespace, as the API would return them.

@@ -1,7 +1,8 @@
 //! State shared by the API server, the kubelet and the control handle.
 
 use crate::store::Store;
-use crate::{Fault, RequestRecord, SimConfig};
+use crate::{RequestRecord, SimConfig};
+use jetbridge_sim_http::Controls;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -251,10 +252,10 @@ pub(crate) struct Shared {
     /// Bumped whenever flags change, to wake the kubelet.
     pub flags_tx: watch::Sender<u64>,
     pub runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
-    pub faults: Mutex<Vec<Fault>>,
+    /// Injected faults and the request log.
+    pub controls: Controls<RequestRecord>,
     /// RBAC denials and admission settings.
     pub policy: Mutex<crate::admission::Policy>,
-    pub requests: Mutex<Vec<RequestRecord>>,
     pub port: u16,
     /// Cancelled when the current listener generation ends (restart/shutdown).
     pub generation: Mutex<CancellationToken>,

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{NS, api, client, pod, start};
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{Fault, FaultAction};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, PostParams};

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use futures::StreamExt;
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{Fault, FaultAction};
 use kube::api::{ListParams, PostParams, WatchParams};
 use std::time::{Duration, Instant};

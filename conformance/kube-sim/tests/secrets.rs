@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use futures::{StreamExt, TryStreamExt};
+use jetbridge_kube_sim::SimControls;
 use jetbridge_kube_sim::{Fault, FaultAction};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
