@@ -214,375 +214,24 @@ macro_rules! __suite_module {
 }
 
 /// The crate's own checks: the macros expand and register every case, the cases pass
-/// against small reference fakes of the volume store and the registry, and the
+/// against the real in-memory and directory adapters (not reference fakes of this
+/// crate's own, so there is one implementation of each port to keep right), and the
 /// capability checks pass against a pod backend that supports nothing.
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet, HashMap};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     use async_trait::async_trait;
-    use jetbridge_core::digest::Digest;
-    use jetbridge_core::names::{ArtifactId, VolumeHandle};
+    use jetbridge_core::names::VolumeHandle;
     use jetbridge_core::ports::*;
     use jetbridge_core::{Error, ErrorKind, Result};
+    use jetbridge_fs::FsVolumeStore;
+    use jetbridge_memory::MemoryVolumeStore;
+    use jetbridge_memory_registry::MemoryRegistry;
 
     use crate::volumes::Tree;
     use crate::{BackendSubject, Subject};
-
-    // ---- a reference volume store ------------------------------------------------
-
-    #[derive(Debug, Clone)]
-    struct Vol {
-        tree: Tree,
-        info: VolumeInfo,
-    }
-
-    #[derive(Debug, Default)]
-    struct FakeStore {
-        vols: Mutex<HashMap<VolumeHandle, Vol>>,
-        mount: bool,
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    #[async_trait]
-    impl VolumeStore for FakeStore {
-        fn capabilities(&self) -> VolumeCapabilities {
-            VolumeCapabilities::none().with_mount(self.mount)
-        }
-        async fn create(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
-            let mut vols = lock(&self.vols);
-            if vols.contains_key(h) {
-                return Err(Error::already_exists(h.to_string()));
-            }
-            let info = VolumeInfo {
-                handle: h.clone(),
-                state: VolumeState::Creating,
-                size: 0,
-                digest: None,
-                created_at: Some(SystemTime::now()),
-            };
-            vols.insert(
-                h.clone(),
-                Vol {
-                    tree: Tree::new(),
-                    info: info.clone(),
-                },
-            );
-            Ok(info)
-        }
-        async fn write_tar(&self, h: &VolumeHandle, tar: ByteStream) -> Result<()> {
-            let data = collect_stream(tar).await?;
-            let mut vols = lock(&self.vols);
-            let vol = vols
-                .get_mut(h)
-                .ok_or_else(|| Error::not_found(h.to_string()))?;
-            if vol.info.state == VolumeState::Sealed {
-                return Err(Error::conflict("sealed"));
-            }
-            // Extract into a copy: a failed write changes nothing.
-            let mut staged = vol.tree.clone();
-            staged.extract(&data)?;
-            vol.tree = staged;
-            Ok(())
-        }
-        async fn seal(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
-            let mut vols = lock(&self.vols);
-            let vol = vols
-                .get_mut(h)
-                .ok_or_else(|| Error::not_found(h.to_string()))?;
-            if vol.info.state == VolumeState::Creating {
-                vol.info.state = VolumeState::Sealed;
-                vol.info.size = vol.tree.size();
-                vol.info.digest = Some(vol.tree.digest());
-            }
-            Ok(vol.info.clone())
-        }
-        async fn read_tar(&self, h: &VolumeHandle) -> Result<ByteStream> {
-            let vols = lock(&self.vols);
-            match vols.get(h) {
-                Some(v) if v.info.state == VolumeState::Sealed => {
-                    let data = v.tree.to_tar().map_err(|e| Error::other(e.to_string()))?;
-                    Ok(bytes_stream(data))
-                }
-                _ => Err(Error::not_found(h.to_string())),
-            }
-        }
-        async fn stat(&self, h: &VolumeHandle) -> Result<VolumeInfo> {
-            lock(&self.vols)
-                .get(h)
-                .map(|v| v.info.clone())
-                .ok_or_else(|| Error::not_found(h.to_string()))
-        }
-        async fn delete(&self, h: &VolumeHandle) -> Result<()> {
-            lock(&self.vols).remove(h);
-            Ok(())
-        }
-        async fn list(&self) -> Result<Vec<VolumeInfo>> {
-            Ok(lock(&self.vols).values().map(|v| v.info.clone()).collect())
-        }
-        async fn mount(&self, h: &VolumeHandle, access: MountAccess) -> Result<MountInfo> {
-            if !self.mount {
-                return Err(Error::unsupported("no mounts"));
-            }
-            let state = self.stat(h).await?.state;
-            match (access, state) {
-                (MountAccess::Write, VolumeState::Creating)
-                | (MountAccess::Read, VolumeState::Sealed) => Ok(MountInfo::HostPath {
-                    path: format!("/volumes/{h}"),
-                }),
-                _ => Err(Error::conflict("wrong state for this access")),
-            }
-        }
-    }
-
-    // ---- a reference registry ----------------------------------------------------
-
-    #[derive(Debug, Clone)]
-    struct Rec {
-        art: Artifact,
-        new: NewArtifact,
-        refs: BTreeSet<Holder>,
-        claimed_at: Option<SystemTime>,
-    }
-
-    #[derive(Debug, Default)]
-    struct Reg {
-        recs: BTreeMap<String, Rec>,
-        /// Worker name to (session, last heartbeat, expiry), on the system clock.
-        workers: BTreeMap<String, (String, SystemTime, SystemTime)>,
-        seq: u64,
-    }
-
-    #[derive(Debug, Default)]
-    struct FakeRegistry(Mutex<Reg>);
-
-    fn same_fields(a: &NewArtifact, b: &NewArtifact) -> bool {
-        a.build == b.build
-            && a.step == b.step
-            && a.name == b.name
-            && a.volume == b.volume
-            && a.holder.worker == b.holder.worker
-            && a.retain_until == b.retain_until
-    }
-
-    #[async_trait]
-    impl ArtifactRegistry for FakeRegistry {
-        fn capabilities(&self) -> RegistryCapabilities {
-            RegistryCapabilities::none()
-        }
-        async fn register(&self, new: &NewArtifact) -> Result<Artifact> {
-            let mut r = lock(&self.0);
-            if let Some(rec) = r.recs.get(new.id.as_str()) {
-                return if same_fields(&rec.new, new) {
-                    Ok(rec.art.clone())
-                } else {
-                    Err(Error::conflict("other fields"))
-                };
-            }
-            if r.recs.values().any(|x| x.art.volume == new.volume) {
-                return Err(Error::already_exists("volume taken"));
-            }
-            r.seq += 1;
-            let art = Artifact {
-                id: new.id.clone(),
-                build: new.build.clone(),
-                step: new.step.clone(),
-                name: new.name.clone(),
-                volume: new.volume.clone(),
-                state: ArtifactState::Creating,
-                size: None,
-                digest: None,
-                worker: new.holder.worker.clone(),
-                retain_until: new.retain_until,
-                // A strictly increasing time keeps "oldest first" exact.
-                created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(r.seq),
-            };
-            let rec = Rec {
-                art: art.clone(),
-                new: new.clone(),
-                refs: BTreeSet::from([new.holder.clone()]),
-                claimed_at: None,
-            };
-            r.recs.insert(new.id.as_str().to_owned(), rec);
-            Ok(art)
-        }
-        async fn mark_ready(&self, id: &ArtifactId, size: u64, d: &Digest) -> Result<Artifact> {
-            let mut r = lock(&self.0);
-            let rec = r
-                .recs
-                .get_mut(id.as_str())
-                .ok_or_else(|| Error::not_found("artifact"))?;
-            match rec.art.state {
-                ArtifactState::Destroying => return Err(Error::conflict("destroying")),
-                ArtifactState::Ready
-                    if rec.art.size != Some(size) || rec.art.digest.as_ref() != Some(d) =>
-                {
-                    return Err(Error::conflict("other values"));
-                }
-                _ => {}
-            }
-            rec.art.state = ArtifactState::Ready;
-            rec.art.size = Some(size);
-            rec.art.digest = Some(d.clone());
-            Ok(rec.art.clone())
-        }
-        async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
-            lock(&self.0)
-                .recs
-                .get(id.as_str())
-                .map(|r| r.art.clone())
-                .ok_or_else(|| Error::not_found("artifact"))
-        }
-        async fn find(&self, f: &ArtifactFilter) -> Result<Vec<Artifact>> {
-            let r = lock(&self.0);
-            let mut out: Vec<Artifact> = r
-                .recs
-                .values()
-                .map(|x| &x.art)
-                .filter(|a| {
-                    f.build.as_ref().is_none_or(|v| &a.build == v)
-                        && f.step.as_ref().is_none_or(|v| &a.step == v)
-                        && f.name.as_ref().is_none_or(|v| &a.name == v)
-                        && f.volume.as_ref().is_none_or(|v| &a.volume == v)
-                        && f.state.is_none_or(|v| a.state == v)
-                })
-                .cloned()
-                .collect();
-            out.sort_by_key(|a| a.created_at);
-            Ok(out)
-        }
-        async fn acquire(&self, id: &ArtifactId, h: &Holder) -> Result<()> {
-            let mut r = lock(&self.0);
-            let rec = r
-                .recs
-                .get_mut(id.as_str())
-                .ok_or_else(|| Error::not_found("artifact"))?;
-            if rec.art.state == ArtifactState::Destroying {
-                return Err(Error::conflict("destroying"));
-            }
-            rec.refs.insert(h.clone());
-            Ok(())
-        }
-        async fn release(&self, id: &ArtifactId, h: &Holder) -> Result<()> {
-            if let Some(rec) = lock(&self.0).recs.get_mut(id.as_str()) {
-                rec.refs.remove(h);
-            }
-            Ok(())
-        }
-        async fn release_all(&self, h: &Holder) -> Result<u64> {
-            let mut n = 0;
-            for rec in lock(&self.0).recs.values_mut() {
-                n += u64::from(rec.refs.remove(h));
-            }
-            Ok(n)
-        }
-        async fn claim_reapable(&self, _claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
-            let (limit, stale_after, now) = (opts.limit, opts.stale_after, SystemTime::now());
-            let mut r = lock(&self.0);
-            let workers = r.workers.clone();
-            let mut out = Vec::new();
-            for rec in r.recs.values_mut() {
-                if out.len() >= limit {
-                    break;
-                }
-                let take = match rec.art.state {
-                    ArtifactState::Destroying => rec
-                        .claimed_at
-                        .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d >= stale_after)),
-                    _ => {
-                        let protected = rec
-                            .refs
-                            .iter()
-                            .any(|h| workers.get(&h.worker).is_none_or(|w| w.2 > now));
-                        let retained = rec.art.retain_until.is_some_and(|t| t > now);
-                        !protected && !retained
-                    }
-                };
-                if take {
-                    rec.art.state = ArtifactState::Destroying;
-                    rec.claimed_at = Some(now);
-                    out.push(rec.art.clone());
-                }
-            }
-            Ok(out)
-        }
-        async fn forget(&self, id: &ArtifactId) -> Result<()> {
-            let mut r = lock(&self.0);
-            match r.recs.get(id.as_str()).map(|x| x.art.state) {
-                None => Ok(()),
-                Some(ArtifactState::Destroying) => {
-                    r.recs.remove(id.as_str());
-                    Ok(())
-                }
-                Some(_) => Err(Error::conflict("not destroying")),
-            }
-        }
-        async fn known_volumes(&self, vols: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
-            let r = lock(&self.0);
-            Ok(vols
-                .iter()
-                .filter(|v| r.recs.values().any(|x| &x.art.volume == *v))
-                .cloned()
-                .collect())
-        }
-        async fn heartbeat(&self, w: &str, o: &HeartbeatOpts) -> Result<Worker> {
-            let now = SystemTime::now();
-            let mut r = lock(&self.0);
-            let cur = r.workers.get(w);
-            let ours = cur.is_some_and(|x| x.0 == o.session);
-            let alive = cur.is_some_and(|x| x.2 > now);
-            let lapsed = cur.is_some() && !alive;
-            match o.mode {
-                HeartbeatMode::Register if alive && !ours => {
-                    return Err(Error::already_exists("name held"));
-                }
-                HeartbeatMode::Register if lapsed => {
-                    for rec in r.recs.values_mut() {
-                        rec.refs.retain(|h| h.worker != w);
-                    }
-                }
-                HeartbeatMode::Renew if !(alive && ours) => return Err(Error::conflict("lapsed")),
-                _ => {}
-            }
-            let expires_at = now + o.ttl;
-            r.workers
-                .insert(w.to_owned(), (o.session.clone(), now, expires_at));
-            Ok(Worker {
-                name: w.to_owned(),
-                last_heartbeat: now,
-                expires_at,
-                alive: expires_at > now,
-            })
-        }
-        async fn sign_off(&self, w: &str, session: &str) -> Result<()> {
-            let now = SystemTime::now();
-            if let Some(x) = lock(&self.0).workers.get_mut(w)
-                && x.0 == session
-                && x.2 > now
-            {
-                x.2 = now;
-            }
-            Ok(())
-        }
-        async fn workers(&self) -> Result<Vec<Worker>> {
-            let now = SystemTime::now();
-            Ok(lock(&self.0)
-                .workers
-                .iter()
-                .map(|(name, x)| Worker {
-                    name: name.clone(),
-                    last_heartbeat: x.1,
-                    expires_at: x.2,
-                    alive: x.2 > now,
-                })
-                .collect())
-        }
-    }
 
     // ---- a pod backend that supports nothing -------------------------------------
 
@@ -629,21 +278,20 @@ mod tests {
 
     async fn fake_store() -> Option<Subject<dyn VolumeStore>> {
         Some(Subject::new(
-            Arc::new(FakeStore::default()) as Arc<dyn VolumeStore>
+            Arc::new(MemoryVolumeStore::new()) as Arc<dyn VolumeStore>
         ))
     }
 
+    /// A store that mounts: a directory store in a directory kept for the subject's life.
     async fn fake_mounting_store() -> Option<Subject<dyn VolumeStore>> {
-        let store = FakeStore {
-            mount: true,
-            ..FakeStore::default()
-        };
-        Some(Subject::new(Arc::new(store) as Arc<dyn VolumeStore>).with_guard("a guard"))
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = FsVolumeStore::new(dir.path()).expect("a directory store");
+        Some(Subject::new(Arc::new(store) as Arc<dyn VolumeStore>).with_guard(dir))
     }
 
     async fn fake_registry() -> Option<Subject<dyn ArtifactRegistry>> {
         Some(Subject::new(
-            Arc::new(FakeRegistry::default()) as Arc<dyn ArtifactRegistry>
+            Arc::new(MemoryRegistry::new()) as Arc<dyn ArtifactRegistry>
         ))
     }
 
@@ -758,8 +406,8 @@ mod tests {
     #[test]
     fn a_store_that_follows_symlinks_fails_the_hostile_case() {
         // Guard against a suite that cannot fail: a store accepting everything fails.
-        #[derive(Debug, Default)]
-        struct Lax(FakeStore);
+        #[derive(Debug)]
+        struct Lax(MemoryVolumeStore);
         #[async_trait]
         impl VolumeStore for Lax {
             fn capabilities(&self) -> VolumeCapabilities {
@@ -791,11 +439,15 @@ mod tests {
             }
         }
         let rt = crate::support::runtime();
-        let r = rt.block_on(crate::volumes::hostile_tars_rejected(&Lax::default()));
+        let r = rt.block_on(crate::volumes::hostile_tars_rejected(&Lax(
+            MemoryVolumeStore::new(),
+        )));
         let e = r.unwrap_err();
         assert!(!e.is_skip());
         assert!(e.message().contains("Invalid"), "{e}");
-        let r = rt.block_on(crate::volumes::seal_reports_size_and_digest(&Lax::default()));
+        let r = rt.block_on(crate::volumes::seal_reports_size_and_digest(&Lax(
+            MemoryVolumeStore::new(),
+        )));
         assert!(
             r.is_err(),
             "a store that drops the data has the wrong digest"
@@ -806,8 +458,8 @@ mod tests {
     fn a_store_that_refuses_links_out_fails_the_symlink_cases() {
         // Guard against symlink cases that cannot fail: a store with the old rule
         // (absolute or escaping targets refused) fails both.
-        #[derive(Debug, Default)]
-        struct Strict(FakeStore);
+        #[derive(Debug)]
+        struct Strict(MemoryVolumeStore);
         #[async_trait]
         impl VolumeStore for Strict {
             fn capabilities(&self) -> VolumeCapabilities {
@@ -849,13 +501,13 @@ mod tests {
             }
         }
         let rt = crate::support::runtime();
-        let store = Strict::default();
+        let store = Strict(MemoryVolumeStore::new());
         let r = rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&store));
         assert!(r.is_err_and(|e| !e.is_skip()));
         let r = rt.block_on(crate::volumes::hostile_tars_kept_as_written(&store));
         assert!(r.is_err_and(|e| !e.is_skip()));
         // The plain reference store passes both.
-        let ok = FakeStore::default();
+        let ok = MemoryVolumeStore::new();
         rt.block_on(crate::volumes::symlinks_round_trip_unfollowed(&ok))
             .unwrap();
         rt.block_on(crate::volumes::hostile_tars_kept_as_written(&ok))
