@@ -171,14 +171,15 @@ fn the_dependency_reader_sees_what_it_must() {
     );
 }
 
-/// What operators deploy links no simulator: the suites and the binary that runs them
-/// against a live cluster depend on the simulators for tests only.
+/// What operators deploy links no simulator and no fake: the suites and the binary
+/// that runs them against a live cluster depend on the simulators and on
+/// `jetbridge-memory` (the fakes with scriptable faults) for tests only.
 #[test]
-fn the_deployed_binary_links_no_simulator() {
+fn the_deployed_binary_links_no_simulator_and_no_fake() {
     let mut wrong = Vec::new();
     for manifest in ["bins/jetbridge/Cargo.toml", "conformance/Cargo.toml"] {
         for d in jetbridge_dependencies(&read(&workspace().join(manifest))) {
-            if d.ends_with("-sim") || d.starts_with("jetbridge-sim-") {
+            if d.ends_with("-sim") || d.starts_with("jetbridge-sim-") || d == "jetbridge-memory" {
                 wrong.push(format!("{manifest} depends on {d}"));
             }
         }

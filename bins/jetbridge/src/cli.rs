@@ -340,7 +340,8 @@ pub struct ConformanceArgs {
     pub kube: KubeArgs,
 
     /// Where artifacts live for the runtime suite: a directory on the artifact claim
-    /// (with `--artifact-claim`); default: an in-memory store, streamed through pods.
+    /// (with `--artifact-claim`); default: a temporary directory here, streamed through
+    /// pods.
     #[arg(long, value_name = "DIR", env = "JETBRIDGE_VOLUMES")]
     pub volumes: Option<PathBuf>,
 

@@ -707,12 +707,22 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<u8> {
                 }
             }
             "runtime" => {
+                // Without --volumes, a directory store in a temporary directory here: the
+                // cluster cannot mount it, so artifacts stream through the pods.
+                let scratch;
                 let volumes: Arc<dyn VolumeStore> = match &args.volumes {
                     Some(dir) => {
                         open_volumes(Some(&dir.to_string_lossy()), dir, &args.kube, None, true)
                             .await?
                     }
-                    None => Arc::new(jetbridge_memory::MemoryVolumeStore::new()),
+                    None => {
+                        scratch = tempfile::Builder::new()
+                            .prefix("jetbridge-conformance-")
+                            .tempdir()
+                            .context("creating a temporary directory for the artifacts")?;
+                        let dir = scratch.path().to_string_lossy().into_owned();
+                        open_volumes(Some(&dir), scratch.path(), &args.kube, None, false).await?
+                    }
                 };
                 let mut images = ImageResolver::new();
                 if let Some(dir) = &args.mock_resource_dir {
