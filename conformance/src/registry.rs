@@ -144,19 +144,14 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Claim everything reapable, taking claims at least `stale_after` old again.
 fn claim_opts(stale_after: Duration) -> ClaimOpts {
-    ClaimOpts {
-        limit: ALL,
-        stale_after,
-    }
+    ClaimOpts::default()
+        .with_limit(ALL)
+        .with_stale_after(stale_after)
 }
 
 /// A heartbeat of `session` lasting `ttl`.
 fn beat(session: &str, ttl: Duration, mode: HeartbeatMode) -> HeartbeatOpts {
-    HeartbeatOpts {
-        session: session.to_owned(),
-        ttl,
-        mode,
-    }
+    HeartbeatOpts::new(session, ttl, mode)
 }
 
 /// Register `worker` for `session` for `ttl`.
@@ -230,15 +225,14 @@ impl<'a> Ctx<'a> {
     /// A new artifact of this case, held by the keeper.
     fn artifact(&self, step: &str, name: &str) -> NewArtifact {
         let id = format!("{}-{}", self.prefix, unique_hex(8));
-        NewArtifact {
-            id: ArtifactId::parse(&id).unwrap_or_else(|_| ArtifactId::random()),
-            build: self.build(),
-            step: step.to_owned(),
-            name: name.to_owned(),
-            volume: VolumeHandle::random(),
-            holder: self.keeper.clone(),
-            retain_until: None,
-        }
+        NewArtifact::new(
+            ArtifactId::parse(&id).unwrap_or_else(|_| ArtifactId::random()),
+            self.build(),
+            step,
+            name,
+            VolumeHandle::random(),
+            self.keeper.clone(),
+        )
     }
 
     /// Register an artifact held only by `holder`.
@@ -710,10 +704,7 @@ pub async fn claim_respects_limit(reg: &dyn ArtifactRegistry) -> CaseResult {
         let mut got = BTreeSet::new();
         // Leftovers of other runs may come first; a bounded number of rounds suffices.
         for _ in 0..10_000 {
-            let opts = ClaimOpts {
-                limit: 2,
-                stale_after: HOUR,
-            };
+            let opts = ClaimOpts::default().with_limit(2).with_stale_after(HOUR);
             let claimed = reg.claim_reapable(&c.prefix, &opts).await?;
             ensure!(claimed.len() <= 2, "limit 2 returned {}", claimed.len());
             if claimed.is_empty() {

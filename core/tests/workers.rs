@@ -232,15 +232,14 @@ async fn a_reaper_clock_ahead_spares_a_live_worker() {
     rt.pods.create(&spec).await.expect("pod");
     let held = rt
         .registry
-        .register(&NewArtifact {
-            id: ArtifactId::random(),
-            build: "b".into(),
-            step: "s".into(),
-            name: "out".into(),
-            volume: VolumeHandle::random(),
-            holder: Holder::new("w-other", "b"),
-            retain_until: None,
-        })
+        .register(&NewArtifact::new(
+            ArtifactId::random(),
+            "b",
+            "s",
+            "out",
+            VolumeHandle::random(),
+            Holder::new("w-other", "b"),
+        ))
         .await
         .expect("artifact");
     let reaper = Reaper::new(

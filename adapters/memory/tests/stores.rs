@@ -169,15 +169,14 @@ async fn volume_faults() {
 }
 
 fn new_artifact(id: &str, vol: &str, worker: &str) -> NewArtifact {
-    NewArtifact {
-        id: ArtifactId::parse(id).unwrap(),
-        build: "b1".into(),
-        step: "s".into(),
-        name: id.into(),
-        volume: vh(vol),
-        holder: Holder::new(worker, "b1"),
-        retain_until: None,
-    }
+    NewArtifact::new(
+        ArtifactId::parse(id).unwrap(),
+        "b1",
+        "s",
+        id,
+        vh(vol),
+        Holder::new(worker, "b1"),
+    )
 }
 
 #[tokio::test]
@@ -235,18 +234,11 @@ async fn registry_idempotence_and_conflicts() {
 }
 
 fn claim(stale: Duration) -> ClaimOpts {
-    ClaimOpts {
-        limit: 10,
-        stale_after: stale,
-    }
+    ClaimOpts::default().with_limit(10).with_stale_after(stale)
 }
 
 fn register(ttl: Duration) -> HeartbeatOpts {
-    HeartbeatOpts {
-        session: "s1".into(),
-        ttl,
-        mode: HeartbeatMode::Register,
-    }
+    HeartbeatOpts::new("s1", ttl, HeartbeatMode::Register)
 }
 
 #[tokio::test]
@@ -307,10 +299,7 @@ async fn registry_reaping_rules() {
     let id = ArtifactId::parse("unregistered").unwrap();
     assert_eq!(r.forget(&id).await.unwrap_err().kind(), ErrorKind::Conflict);
     assert_eq!(r.release_all(&Holder::new("ghost", "b1")).await.unwrap(), 1);
-    let one = ClaimOpts {
-        limit: 1,
-        ..stale.clone()
-    };
+    let one = stale.clone().with_limit(1);
     assert_eq!(r.claim_reapable("x", &one).await.unwrap().len(), 1);
     r.forget(&id).await.unwrap();
     r.forget(&id).await.unwrap();
@@ -356,10 +345,9 @@ async fn concurrent_claims_never_overlap() {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 loop {
-                    let opts = ClaimOpts {
-                        limit: 7,
-                        stale_after: Duration::from_secs(60),
-                    };
+                    let opts = ClaimOpts::default()
+                        .with_limit(7)
+                        .with_stale_after(Duration::from_secs(60));
                     let c = r.claim_reapable(&format!("c{i}"), &opts).await.unwrap();
                     if c.is_empty() {
                         return got;

@@ -26,15 +26,14 @@ const REPEATS: usize = 5;
 const STALE: Duration = Duration::from_secs(600);
 
 fn new_artifact(build: &str, holder: &Holder) -> NewArtifact {
-    NewArtifact {
-        id: ArtifactId::random(),
-        build: build.to_owned(),
-        step: "step".to_owned(),
-        name: "out".to_owned(),
-        volume: VolumeHandle::random(),
-        holder: holder.clone(),
-        retain_until: None,
-    }
+    NewArtifact::new(
+        ArtifactId::random(),
+        build,
+        "step",
+        "out",
+        VolumeHandle::random(),
+        holder.clone(),
+    )
 }
 
 /// Registrations per second with `WRITERS` concurrent writers.
@@ -87,10 +86,9 @@ async fn memory_pass(total: usize) -> Duration {
         let got = reg
             .claim_reapable(
                 "bench",
-                &ClaimOpts {
-                    limit: REAPABLE,
-                    stale_after: STALE,
-                },
+                &ClaimOpts::default()
+                    .with_limit(REAPABLE)
+                    .with_stale_after(STALE),
             )
             .await
             .expect("claim");
@@ -163,10 +161,9 @@ async fn postgres_pass(url: &str, total: usize) -> (Duration, Duration) {
         let got = reg
             .claim_reapable(
                 "bench",
-                &ClaimOpts {
-                    limit: REAPABLE,
-                    stale_after: STALE,
-                },
+                &ClaimOpts::default()
+                    .with_limit(REAPABLE)
+                    .with_stale_after(STALE),
             )
             .await
             .expect("claim");

@@ -21,18 +21,13 @@ use jetbridge_core::ports::{
 const STALE: Duration = Duration::from_secs(600);
 
 fn claim(limit: usize) -> ClaimOpts {
-    ClaimOpts {
-        limit,
-        stale_after: STALE,
-    }
+    ClaimOpts::default()
+        .with_limit(limit)
+        .with_stale_after(STALE)
 }
 
 fn register(session: &str, ttl: Duration) -> HeartbeatOpts {
-    HeartbeatOpts {
-        session: session.to_owned(),
-        ttl,
-        mode: HeartbeatMode::Register,
-    }
+    HeartbeatOpts::new(session, ttl, HeartbeatMode::Register)
 }
 
 /// Of many processes registering one new name at once, exactly one gets it.
@@ -168,10 +163,7 @@ async fn concurrent_reapers_never_share_a_claim_nor_take_a_referenced_artifact()
                 let got = reg
                     .claim_reapable(
                         &format!("reaper-{r}"),
-                        &ClaimOpts {
-                            limit: 7,
-                            stale_after: STALE,
-                        },
+                        &ClaimOpts::default().with_limit(7).with_stale_after(STALE),
                     )
                     .await
                     .expect("claim");

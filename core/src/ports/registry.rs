@@ -85,8 +85,10 @@ impl Holder {
     }
 }
 
-/// An artifact to register.
+/// An artifact to register. Built with [`NewArtifact::new`], so a field can be added
+/// without breaking callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewArtifact {
     /// Id chosen by the caller, so a retried registration is idempotent.
     pub id: ArtifactId,
@@ -176,6 +178,7 @@ pub enum HeartbeatMode {
 
 /// How a worker registers or renews (see [`ArtifactRegistry::heartbeat`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeartbeatOpts {
     /// Identifies the process holding the name (random per process), so that the same
     /// process renews and a second one is refused.
@@ -186,8 +189,10 @@ pub struct HeartbeatOpts {
     pub mode: HeartbeatMode,
 }
 
-/// How [`ArtifactRegistry::claim_reapable`] claims.
+/// How [`ArtifactRegistry::claim_reapable`] claims: `ClaimOpts::default()` and the
+/// `with_*` builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClaimOpts {
     /// Most artifacts returned (default 500).
     pub limit: usize,
@@ -202,6 +207,60 @@ impl Default for ClaimOpts {
             limit: 500,
             stale_after: Duration::from_secs(600),
         }
+    }
+}
+
+impl ClaimOpts {
+    /// At most `limit` artifacts.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Take `Destroying` claims at least `d` old again.
+    pub fn with_stale_after(mut self, d: Duration) -> Self {
+        self.stale_after = d;
+        self
+    }
+}
+
+impl HeartbeatOpts {
+    /// A heartbeat of `session` lasting `ttl`.
+    pub fn new(session: impl Into<String>, ttl: Duration, mode: HeartbeatMode) -> Self {
+        HeartbeatOpts {
+            session: session.into(),
+            ttl,
+            mode,
+        }
+    }
+}
+
+impl NewArtifact {
+    /// Artifact `name` of `build`'s `step`, in `volume`, referenced by `holder`;
+    /// collectable once unreferenced (see [`NewArtifact::with_retain_until`]).
+    pub fn new(
+        id: ArtifactId,
+        build: impl Into<String>,
+        step: impl Into<String>,
+        name: impl Into<String>,
+        volume: VolumeHandle,
+        holder: Holder,
+    ) -> Self {
+        NewArtifact {
+            id,
+            build: build.into(),
+            step: step.into(),
+            name: name.into(),
+            volume,
+            holder,
+            retain_until: None,
+        }
+    }
+
+    /// Keep it, unreferenced, until `t` on the registry's clock (`None`: not at all).
+    pub fn with_retain_until(mut self, t: Option<SystemTime>) -> Self {
+        self.retain_until = t;
+        self
     }
 }
 

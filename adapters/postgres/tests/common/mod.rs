@@ -79,15 +79,14 @@ pub async fn ref_count_mismatches(c: &mut AsyncPgConnection) -> i64 {
 
 /// A registration of a fresh artifact held by `holder`.
 pub fn new_artifact(build: &str, holder: &Holder) -> NewArtifact {
-    NewArtifact {
-        id: ArtifactId::random(),
-        build: build.to_owned(),
-        step: "step".to_owned(),
-        name: "out".to_owned(),
-        volume: VolumeHandle::random(),
-        holder: holder.clone(),
-        retain_until: None,
-    }
+    NewArtifact::new(
+        ArtifactId::random(),
+        build,
+        "step",
+        "out",
+        VolumeHandle::random(),
+        holder.clone(),
+    )
 }
 
 /// Whole seconds, so times survive the database's microsecond precision unchanged.
