@@ -123,3 +123,18 @@ pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
     };
     Error::new(kind, msg).with_source(e)
 }
+
+/// A local I/O failure while spooling exec stdin (v4 sessions): a full disk is
+/// `StorageFull`, anything else `Other`, with the cause kept.
+pub(crate) fn spool(e: std::io::Error) -> Error {
+    let kind = if e.kind() == std::io::ErrorKind::StorageFull {
+        ErrorKind::StorageFull
+    } else {
+        ErrorKind::Other
+    };
+    Error::new(
+        kind,
+        format!("spooling exec stdin to a temporary file: {e}"),
+    )
+    .with_source(e)
+}

@@ -3,25 +3,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use jetbridge_core::ports::{
-    Container, Exec, ExecCapabilities, ExecRequest, OutputSink, OutputStream,
-};
+use jetbridge_core::ports::{Container, Exec, ExecCapabilities, ExecRequest, OutputSink};
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::manifest::{HELPER_CONTAINER, MAIN_CONTAINER};
-use crate::pods::KubeBackend;
+use crate::pods::{KubeBackend, Protocol};
 
 /// The script that gives Kubernetes exec (which has no working directory option) one:
 /// `$1` is the directory, the rest is the command. The directory and the command are
 /// passed as arguments, never pasted into the script.
 pub const CD_SCRIPT: &str = "cd \"$1\" && shift && exec \"$@\"";
-
-/// Buffer between the WebSocket task and this adapter, per stream.
-const STREAM_BUF: usize = 64 * 1024;
 
 /// The environment variable that marks every process of one exec (inherited by its
 /// children), so a cancelled command can be found and stopped.
@@ -36,15 +29,29 @@ pub const KILL_SCRIPT: &str = concat!(
     "kill -KILL \"${d#/proc/}\" 2>/dev/null; fi; done; true"
 );
 
-/// How long buffered output is drained after a session broke without a status.
-const DRAIN_AFTER_LOSS: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// How long a cancellation may take to reach the container.
 const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The script that hands a command exactly `$1` bytes of stdin and then its end, for
+/// sessions that cannot end stdin (`v4.channel.k8s.io`, see [`crate::session`]); the
+/// command and its arguments follow. `head -c` stops reading at the count, so the
+/// session's stdin can stay open.
+pub const BOUNDED_STDIN_SCRIPT: &str = "n=$1; shift; head -c \"$n\" | \"$@\"";
 
 /// The argv actually exec'd for `req`: `env JETBRIDGE_EXEC_ID=<id> K=V ...`, then
 /// `sh -c CD_SCRIPT sh DIR ...` when it has a directory, then its own argv.
 pub fn wrap_argv(req: &ExecRequest, exec_id: &str) -> Result<Vec<String>> {
+    wrap(req, exec_id, None)
+}
+
+/// [`wrap_argv`] for a command whose stdin is `len` bytes that the session cannot end:
+/// `sh -c BOUNDED_STDIN_SCRIPT sh LEN` comes after `env`, so every process carries the
+/// exec's marker.
+pub fn wrap_argv_bounded(req: &ExecRequest, exec_id: &str, len: u64) -> Result<Vec<String>> {
+    wrap(req, exec_id, Some(len))
+}
+
+fn wrap(req: &ExecRequest, exec_id: &str, stdin_len: Option<u64>) -> Result<Vec<String>> {
     if req.argv.is_empty() {
         return Err(Error::invalid("exec needs a command: argv is empty"));
     }
@@ -68,6 +75,10 @@ pub fn wrap_argv(req: &ExecRequest, exec_id: &str) -> Result<Vec<String>> {
             }
             out.push(format!("{k}={v}"));
         }
+    }
+    if let Some(n) = stdin_len {
+        out.extend(["sh", "-c", BOUNDED_STDIN_SCRIPT, "sh"].map(str::to_owned));
+        out.push(n.to_string());
     }
     let dir = req
         .dir
@@ -164,21 +175,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn pump(
-    mut reader: impl AsyncRead + Unpin,
-    stream: OutputStream,
-    sink: &dyn OutputSink,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; STREAM_BUF];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        sink.write(stream, &buf[..n]);
-    }
-}
-
 #[async_trait]
 impl Exec for KubeBackend {
     fn capabilities(&self) -> ExecCapabilities {
@@ -187,31 +183,52 @@ impl Exec for KubeBackend {
 
     async fn exec(&self, mut req: ExecRequest, output: Arc<dyn OutputSink>) -> Result<i32> {
         let exec_id = hex::encode(&uuid_bytes()[..8]);
-        let argv = wrap_argv(&req, &exec_id)?;
+        // Checked before anything is sent or spooled.
+        wrap_argv(&req, &exec_id)?;
         let container = match req.container {
             Container::Main => MAIN_CONTAINER,
             Container::Transfer => HELPER_CONTAINER,
         };
-        let stdin = req.stdin.take();
+        let pod = req.pod.clone();
         let params = AttachParams {
             container: Some(container.to_owned()),
-            stdin: stdin.is_some(),
+            stdin: req.stdin.is_some(),
             stdout: true,
             stderr: true,
             tty: false,
-            max_stdin_buf_size: Some(STREAM_BUF),
-            max_stdout_buf_size: Some(STREAM_BUF),
-            max_stderr_buf_size: Some(STREAM_BUF),
+            max_stdin_buf_size: None,
+            max_stdout_buf_size: None,
+            max_stderr_buf_size: None,
         };
-        let pod = req.pod.as_str();
+        // Stdin on a server that cannot end it alone (v4) goes to a file first, so the
+        // command can be told its length.
+        let mut stdin = req.stdin.take();
+        let mut bounded = None;
+        if let Some(input) = stdin.take() {
+            if self.exec_protocol(&pod, container).await == Protocol::V5 {
+                stdin = Some(input);
+            } else {
+                let spooled = crate::session::Spooled::new(input).await?;
+                let len = spooled.len();
+                tracing::debug!(pod, len, "exec stdin bounded for a v4 session");
+                bounded = Some(len);
+                stdin = Some(spooled.into_stream()?);
+            }
+        }
+        let argv = match bounded {
+            Some(len) => wrap_argv_bounded(&req, &exec_id, len)?,
+            None => wrap_argv(&req, &exec_id)?,
+        };
         let budget = crate::retry::Budget::new(&self.config.request_budget);
         // Only failures that prove the command never started are retried: a command is
         // never run twice.
-        let mut attached = match budget
-            .run("exec", false, || self.api.exec(pod, argv.clone(), &params))
+        let conn = match budget
+            .run("exec", false, || {
+                crate::session::connect(&self.client, self.namespace(), &pod, &argv, &params)
+            })
             .await
         {
-            Ok(a) => a,
+            Ok(c) => c,
             Err(e) => {
                 let err = e.into_error(&format!("exec in pod {pod}"));
                 // 400: the pod or container is not running (completed, not started).
@@ -221,93 +238,32 @@ impl Exec for KubeBackend {
                 });
             }
         };
-        tracing::debug!(pod, container, "exec started");
+        let v5 = conn.supports_stream_close();
+        self.saw_exec_protocol(if v5 { Protocol::V5 } else { Protocol::V4 });
+        tracing::debug!(pod, container, v5, "exec started");
         let mut guard = KillOnDrop {
             api: Some(self.api.clone()),
-            pod: pod.to_owned(),
+            pod: pod.clone(),
             container,
             exec_id,
         };
-
-        let status = attached.take_status();
-        let stdout = attached.stdout();
-        let stderr = attached.stderr();
-        let writer = attached.stdin();
-        let sink = &*output;
-
-        let outputs = async {
-            let out = async {
-                match stdout {
-                    Some(r) => pump(r, OutputStream::Stdout, sink).await,
-                    None => Ok(()),
-                }
-            };
-            let err = async {
-                match stderr {
-                    Some(r) => pump(r, OutputStream::Stderr, sink).await,
-                    None => Ok(()),
-                }
-            };
-            let pumps = futures::future::join(out, err);
-            let status = async {
-                match status {
-                    Some(s) => s.await,
-                    None => None,
-                }
-            };
-            tokio::pin!(pumps, status);
-            // kube closes the output pipes when the session ends cleanly, but not when it
-            // breaks; so once the session has ended without a status, take what is
-            // buffered and stop waiting for an end of file that never comes.
-            let (outputs, status) = tokio::select! {
-                o = &mut pumps => (Some(o), status.await),
-                s = &mut status => match s {
-                    Some(s) => (Some(pumps.await), Some(s)),
-                    None => (tokio::time::timeout(DRAIN_AFTER_LOSS, pumps).await.ok(), None),
-                },
-            };
-            if let Some((a, b)) = outputs {
-                a.and(b)
-                    .map_err(|e| Error::lost(format!("reading exec output from pod {pod}: {e}")))?;
-            }
-            Ok::<_, Error>(status)
+        let end = match (stdin.is_some(), v5, bounded.is_some()) {
+            (_, true, _) => crate::session::StdinEnd::Signal,
+            (_, false, true) | (false, false, false) => crate::session::StdinEnd::Bounded,
+            // The server answered v4 though it spoke v5 a moment ago (an upgrade in
+            // progress behind a load balancer): ending stdin ends the session.
+            (true, false, false) => crate::session::StdinEnd::CloseSession,
         };
-        let feed = async {
-            let (Some(mut stream), Some(mut w)) = (stdin, writer) else {
-                return Ok(());
-            };
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| e.context("reading stdin for exec"))?;
-                if w.write_all(&chunk).await.is_err() {
-                    // The session ended; its status tells how.
-                    return Ok(());
-                }
-            }
-            // kube 5 sends the end of stdin (v5 close frame) on shutdown, not on drop.
-            let _ = w.shutdown().await;
-            Ok::<(), Error>(())
-        };
-        tokio::pin!(outputs, feed);
-        let mut fed = false;
-        // The feed is dropped as soon as the outputs end: a command that exits without
-        // reading all its stdin must not leave us blocked on a full pipe.
-        let status = loop {
-            tokio::select! {
-                r = &mut outputs => break r?,
-                r = &mut feed, if !fed => {
-                    fed = true;
-                    // A failing stdin stream aborts the command (dropping `attached`
-                    // closes the WebSocket) rather than passing it truncated input.
-                    r?;
-                }
-            }
-        };
-        drop(attached);
+        let status = crate::session::run(conn, stdin, end, &*output).await?;
         match status {
             Some(s) => {
                 guard.disarm();
                 exit_code(&s)
             }
+            None if end == crate::session::StdinEnd::CloseSession => Err(Error::lost(format!(
+                "the exec session in pod {pod} ended with its stdin: the API server answered \
+                 with v4.channel.k8s.io, which cannot end stdin alone"
+            ))),
             None => Err(Error::lost(format!(
                 "the exec stream of pod {pod} ended without an exit status"
             ))),
@@ -364,6 +320,67 @@ mod tests {
                 "$(id)"
             ])
         );
+    }
+
+    #[test]
+    fn bounded_stdin_goes_after_env_and_before_the_directory() {
+        let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+        let req = ExecRequest::new("p", v(&["tar", "-x", "-f", "-"]))
+            .dir("out")
+            .env(env);
+        assert_eq!(
+            wrap_argv_bounded(&req, "id1", 10240).unwrap(),
+            v(&[
+                "env",
+                "JETBRIDGE_EXEC_ID=id1",
+                "A=1",
+                "sh",
+                "-c",
+                BOUNDED_STDIN_SCRIPT,
+                "sh",
+                "10240",
+                "sh",
+                "-c",
+                CD_SCRIPT,
+                "sh",
+                "out",
+                "tar",
+                "-x",
+                "-f",
+                "-"
+            ])
+        );
+    }
+
+    #[test]
+    fn the_bounded_script_passes_exactly_its_count_and_the_exit_status() {
+        // Run by this machine's sh and head, with more input than the count and the
+        // pipe left open, as a v4 session leaves it.
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sh")
+            .args(["-c", BOUNDED_STDIN_SCRIPT, "sh", "5", "sh", "-c"])
+            .arg("cat > /dev/null; exit 3")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello").unwrap();
+        // The pipe stays open: the command must end on the count alone.
+        let status = child.wait().unwrap();
+        drop(stdin);
+        assert_eq!(status.code(), Some(3));
+        let out = Command::new("sh")
+            .args(["-c", BOUNDED_STDIN_SCRIPT, "sh", "3", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(b"abcdef")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(out.stdout, b"abc");
     }
 
     #[test]

@@ -12,12 +12,16 @@ mod exec;
 mod manifest;
 mod pods;
 mod retry;
+mod session;
 mod status;
 
 pub use config::{
     DEFAULT_HELPER_IMAGE, DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
 };
-pub use exec::{CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, exit_code, wrap_argv};
+pub use exec::{
+    BOUNDED_STDIN_SCRIPT, CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, exit_code, wrap_argv,
+    wrap_argv_bounded,
+};
 pub use manifest::{
     HELPER_CONTAINER, MAIN_CONTAINER, PAUSE_INIT_CONTAINER, WORK_ROOT, cache_sub_path,
     pod_manifest, working_dir,

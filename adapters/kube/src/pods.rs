@@ -15,8 +15,8 @@ use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
-    WatchParams,
+    Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
+    WatchEvent, WatchParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
@@ -43,6 +43,7 @@ const MAX_WATCH_SECS: u64 = 290;
 /// [`Exec`](jetbridge_core::ports::Exec)).
 #[derive(Clone)]
 pub struct KubeBackend {
+    pub(crate) client: kube::Client,
     pub(crate) api: Api<Pod>,
     secrets: Api<Secret>,
     pub(crate) config: KubeConfig,
@@ -50,6 +51,20 @@ pub struct KubeBackend {
     /// Pods this backend asked to delete, and when: a deletion seen on any other pod
     /// is a disruption ([`pod_status_as`]). Shared by clones; entries expire.
     own_deletes: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// The exec subprotocol the API server chose last ([`Protocol`] as a `u8`), shared
+    /// by clones.
+    exec_protocol: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// An exec subprotocol, as far as stdin is concerned (see [`crate::session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// No exec has told yet.
+    Unknown = 0,
+    /// `v4.channel.k8s.io`: stdin cannot end without ending the session.
+    V4 = 1,
+    /// `v5.channel.k8s.io`: stdin ends with a close signal of its own.
+    V5 = 2,
 }
 
 /// How long a pod this backend deleted is remembered as such: far longer than any
@@ -120,11 +135,62 @@ impl KubeBackend {
         config.namespace = Some(namespace.clone());
         KubeBackend {
             api: Api::namespaced(client.clone(), &namespace),
-            secrets: Api::namespaced(client, &namespace),
+            secrets: Api::namespaced(client.clone(), &namespace),
+            client,
             config,
             namespace,
             own_deletes: Arc::default(),
+            exec_protocol: Arc::default(),
         }
+    }
+
+    /// The exec subprotocol to plan stdin for. Before the first exec has told, one
+    /// handshake finds out: an exec of `true` with only stderr, dropped at once (what
+    /// it runs does not matter; the answer to the upgrade does). `Unknown` when even
+    /// that fails, which callers treat as v4, the safe side.
+    pub(crate) async fn exec_protocol(&self, pod: &str, container: &str) -> Protocol {
+        let known = self.last_protocol();
+        if known != Protocol::Unknown {
+            return known;
+        }
+        let params = AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(false)
+            .stderr(true);
+        let argv = ["true".to_owned()];
+        match crate::session::connect(&self.client, &self.namespace, pod, &argv, &params).await {
+            Ok(conn) => {
+                let p = if conn.supports_stream_close() {
+                    Protocol::V5
+                } else {
+                    Protocol::V4
+                };
+                self.saw_exec_protocol(p);
+                p
+            }
+            Err(e) => {
+                tracing::debug!(pod, error = %e, "the exec protocol probe failed");
+                Protocol::Unknown
+            }
+        }
+    }
+
+    fn last_protocol(&self) -> Protocol {
+        match self
+            .exec_protocol
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            2 => Protocol::V5,
+            1 => Protocol::V4,
+            _ => Protocol::Unknown,
+        }
+    }
+
+    /// Remember what the server chose, for the next exec's plan.
+    pub(crate) fn saw_exec_protocol(&self, p: Protocol) {
+        self.exec_protocol
+            .store(p as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The namespace of step pods.

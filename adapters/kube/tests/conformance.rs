@@ -7,3 +7,11 @@ use common::make_backend;
 
 jetbridge_conformance::pods_suite!(make_backend);
 jetbridge_conformance::exec_suite!(make_backend);
+
+/// The exec suite again on a server that offers only `v4.channel.k8s.io`, where stdin
+/// cannot end without ending the session.
+mod v4_only {
+    use super::common::make_v4_backend;
+
+    jetbridge_conformance::exec_suite!(make_v4_backend);
+}

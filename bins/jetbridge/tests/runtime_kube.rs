@@ -11,7 +11,7 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
 use jetbridge_fs::FsVolumeStore;
 use jetbridge_kube::{KubeBackend, KubeConfig};
-use jetbridge_kube_sim::{SimConfig, Simulator};
+use jetbridge_kube_sim::{ExecProtocols, SimConfig, Simulator};
 use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
 
 /// The mock resource's scripts run on the host (the simulator runs container commands
@@ -20,11 +20,16 @@ const MOCK_TYPE: &str =
     "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}";
 
 async fn subject(pvc: bool) -> Option<RuntimeSubject> {
+    subject_on(pvc, ExecProtocols::default()).await
+}
+
+async fn subject_on(pvc: bool, exec_protocols: ExecProtocols) -> Option<RuntimeSubject> {
     let dir = tempfile::tempdir().expect("tempdir");
     let pvc_root = dir.path().join("pvc");
     let sim = Simulator::start(SimConfig {
         work_root: Some(dir.path().join("sim")),
         pvc_root: Some(pvc_root.clone()),
+        exec_protocols,
         ..SimConfig::default()
     })
     .await
@@ -89,6 +94,17 @@ mod streamed {
     use super::*;
     jetbridge_conformance::runtime_suite!(kube_streamed);
     jetbridge_conformance::lifecycle_suite!(kube_streamed);
+}
+
+/// Streamed artifacts on an API server that offers only `v4.channel.k8s.io` exec
+/// (1.29 at its defaults, or a v4-only proxy), where stdin cannot end on its own.
+async fn kube_streamed_v4() -> Option<RuntimeSubject> {
+    subject_on(false, ExecProtocols::V4Only).await
+}
+
+mod streamed_v4 {
+    use super::*;
+    jetbridge_conformance::runtime_suite!(kube_streamed_v4);
 }
 
 /// Artifacts in a bucket (the object store over a local directory): streamed through

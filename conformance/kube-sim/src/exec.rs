@@ -1,6 +1,7 @@
 //! `pods/exec` over WebSocket with the `v5.channel.k8s.io` / `v4.channel.k8s.io`
 //! subprotocols.
 
+use crate::ExecProtocols;
 use crate::api::pick_container;
 use crate::process;
 use crate::state::{ProcHandle, Shared, lock};
@@ -30,8 +31,9 @@ const CLOSE: u8 = 255;
 const V5: &str = "v5.channel.k8s.io";
 const V4: &str = "v4.channel.k8s.io";
 
-/// The first subprotocol in the client's list that we speak.
-fn negotiate(headers: &HeaderMap) -> Option<&'static str> {
+/// The first subprotocol in the client's list that the server offers.
+fn negotiate(headers: &HeaderMap, offered: ExecProtocols) -> Option<&'static str> {
+    let v5 = offered == ExecProtocols::V5AndV4;
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -39,7 +41,7 @@ fn negotiate(headers: &HeaderMap) -> Option<&'static str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .find_map(|p| match p {
-            V5 => Some(V5),
+            V5 if v5 => Some(V5),
             V4 => Some(V4),
             _ => None,
         })
@@ -109,9 +111,13 @@ pub(crate) async fn handler(
         Ok(ws) => ws,
         Err(_) => return ApiError::bad_request("Upgrade request required").into_response(),
     };
-    let Some(proto) = negotiate(&headers) else {
+    let Some(proto) = negotiate(&headers, sh.config.exec_protocols) else {
         return ApiError::bad_request(format!(
-            "unsupported exec subprotocol: the simulator speaks {V5} and {V4}"
+            "unsupported exec subprotocol: the simulator speaks {}",
+            match sh.config.exec_protocols {
+                ExecProtocols::V5AndV4 => format!("{V5} and {V4}"),
+                ExecProtocols::V4Only => V4.to_owned(),
+            }
         ))
         .into_response();
     };
@@ -230,6 +236,13 @@ async fn session(
             let _ = stdin.shutdown().await;
         });
     }
+    // Cancelled when the client closes the WebSocket or the connection breaks: the
+    // session ends there, on v4 and v5 alike, with no more output and no status
+    // (wsstream conn.go: `handle` returns when its read loop ends, and the deferred
+    // `Close` shuts every channel). On v4 that is also the client's only way to end
+    // stdin, which is why a client must not use it to.
+    let client_gone = CancellationToken::new();
+    let gone = client_gone.clone();
     let reader = tokio::spawn(async move {
         let mut in_tx = Some(in_tx);
         while let Some(msg) = stream.next().await {
@@ -251,13 +264,21 @@ async fn session(
                 Ok(_) => {}
             }
         }
-        // The client went away (or, in v4, closed to signal stdin EOF).
+        // The client went away: the session ends first, then the command's stdin, so
+        // nothing the command writes after its end of input is sent.
+        gone.cancel();
         drop(in_tx);
     });
 
     let mut sink_ok = true;
     loop {
         tokio::select! {
+            // An ended session sends nothing more, even what is already waiting.
+            biased;
+            () = client_gone.cancelled() => {
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
             frame = out_rx.recv() => match frame {
                 Some(f) => {
                     if sink_ok && sink.send(Message::Binary(f.into())).await.is_err() {
@@ -279,6 +300,11 @@ async fn session(
         }
     }
     let status = tokio::select! {
+        biased;
+        () = client_gone.cancelled() => {
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
         s = child.wait() => s,
         () = generation_token.cancelled() => {
             reader.abort();
@@ -317,17 +343,23 @@ mod tests {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h), Some(V4));
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Some(V4));
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("channel.k8s.io,v5.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h), Some(V5));
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Some(V5));
+        assert_eq!(negotiate(&h, ExecProtocols::V4Only), None);
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("base64.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h), None);
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), None);
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"),
+        );
+        assert_eq!(negotiate(&h, ExecProtocols::V4Only), Some(V4));
     }
 
     #[test]

@@ -63,6 +63,29 @@ pub struct SimConfig {
     /// deletes only once `PodResourcesAreReclaimed` (pkg/kubelet/status/
     /// status_manager.go `canBeDeleted`). Zero by default.
     pub reclaim_delay: Duration,
+    /// The exec subprotocols the API server offers; see [`ExecProtocols`].
+    pub exec_protocols: ExecProtocols,
+}
+
+/// The exec subprotocols an API server offers, which depends on its version, a feature
+/// gate and any proxy in front of it.
+///
+/// `v5.channel.k8s.io` (KEP-4006) adds a close signal for one stream, so a client can
+/// end stdin and still read the output and the status. The API server speaks it through
+/// its stream translator, behind the feature gate `TranslateStreamCloseWebsocketRequests`:
+/// alpha and off in 1.29, beta and on from 1.30. Proxies in front of the API server may
+/// offer only `v4.channel.k8s.io`. On v4 the only way to end stdin is to close the
+/// WebSocket, and that ends the whole session (wsstream `Conn.handle` in
+/// k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go returns when its read loop
+/// fails, and its deferred `Close` shuts every channel): output still buffered and the
+/// status frame are lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecProtocols {
+    /// v5 and v4, as 1.30 and later with the gate at its default.
+    #[default]
+    V5AndV4,
+    /// v4 only, as 1.29 with the gate at its default, or behind a v4-only proxy.
+    V4Only,
 }
 
 impl Default for SimConfig {
@@ -75,6 +98,7 @@ impl Default for SimConfig {
             pvc_root: None,
             port: 0,
             reclaim_delay: Duration::ZERO,
+            exec_protocols: ExecProtocols::default(),
         }
     }
 }

@@ -253,3 +253,53 @@ async fn raw_v4_and_v5_framing() {
     assert_eq!(chosen, "v4.channel.k8s.io");
     sim.shutdown().await;
 }
+
+/// What a v4 session does when the client closes it to end stdin: the session ends,
+/// with no more output and no status (wsstream `Conn.handle`). A server offering only
+/// v4 refuses nothing but never picks v5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_only_server_ends_the_session_when_the_client_closes() {
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        exec_protocols: jetbridge_kube_sim::ExecProtocols::V4Only,
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("start simulator");
+    let client = client(&sim, true);
+    running_pod(&client, "x").await;
+    // The command prints only after its stdin has ended.
+    let q = "command=sh&command=-c&command=cat%20%3E%2Fdev%2Fnull%3B%20echo%20after&stdin=true&stdout=true";
+    let (mut ws, chosen) = raw_exec(&sim, "x", q, "v5.channel.k8s.io, v4.channel.k8s.io").await;
+    assert_eq!(chosen, "v4.channel.k8s.io");
+    ws.send(Message::Binary(b"\x00data".to_vec().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Close(None)).await.unwrap();
+    let mut frames = Vec::new();
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Binary(b) = msg {
+            frames.push(b[0]);
+        }
+    }
+    assert!(
+        !frames.contains(&3) && !frames.contains(&1),
+        "no output and no status after the close, got channels {frames:?}"
+    );
+
+    // kube's AttachedProcess ends stdin on v4 the same way: its status is lost too.
+    let pods = api(&client);
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+    let mut proc = pods.exec("x", ["cat"], &ap).await.unwrap();
+    let mut stdin = proc.stdin().unwrap();
+    let status = proc.take_status().unwrap();
+    stdin.write_all(b"abc").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    assert!(
+        status.await.is_none(),
+        "a v4 session closed by the client has no status"
+    );
+    sim.shutdown().await;
+}

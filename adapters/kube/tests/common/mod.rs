@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use jetbridge_conformance::BackendSubject;
 use jetbridge_kube::{KubeBackend, KubeConfig, RequestBudget};
-use jetbridge_kube_sim::{SimConfig, Simulator};
+use jetbridge_kube_sim::{ExecProtocols, SimConfig, Simulator};
 
 /// Namespace of the simulated test pods.
 pub const NS: &str = "jb-test";
@@ -79,5 +79,18 @@ pub async fn make_backend() -> Option<BackendSubject> {
         return Some(BackendSubject::new(backend.clone(), backend, image));
     }
     let (sim, backend) = sim_backend(SimConfig::default(), sim_config()).await;
+    Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
+}
+
+/// The conformance factory for an API server that offers only `v4.channel.k8s.io`
+/// exec (1.29 at its defaults, or behind a v4-only proxy). Always the simulator, even
+/// with `JETBRIDGE_KUBECONFIG` set: a live cluster speaks what it speaks, and
+/// [`make_backend`] covers it.
+pub async fn make_v4_backend() -> Option<BackendSubject> {
+    let config = SimConfig {
+        exec_protocols: ExecProtocols::V4Only,
+        ..SimConfig::default()
+    };
+    let (sim, backend) = sim_backend(config, sim_config()).await;
     Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
 }
