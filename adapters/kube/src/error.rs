@@ -38,6 +38,11 @@ fn io_kind_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Er
 pub(crate) fn classify(e: &kube::Error) -> Class {
     use kube::Error as K;
     match e {
+        // The kubelet refusing an exec into a container that is not running, as a
+        // 1.29 API server passes it on (a plain-text 500): resending cannot help.
+        K::Api(s) if s.code == 500 && container_not_found(&s.message) => {
+            Class::Permanent(ErrorKind::Conflict)
+        }
         K::Api(s) => match s.code {
             // Answered with an error before acting: safe to resend anything.
             429 | 500 | 502 | 503 | 504 => Class::NotSent,
@@ -59,6 +64,14 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
         K::BuildRequest(_) => Class::Permanent(ErrorKind::Invalid),
         _ => Class::Permanent(ErrorKind::Other),
     }
+}
+
+/// The kubelet's words for an exec into a container that is not running (not started,
+/// or exited): `container not found ("NAME")`, in a 500 through 1.29 and in an
+/// `InternalError` status frame from 1.30 (kubelet pkg/kubelet/server/server.go, via
+/// the API server's stream translator).
+pub(crate) fn container_not_found(message: &str) -> bool {
+    message.contains("container not found")
 }
 
 /// The kind of a 403. RBAC denials and admission rejections all answer 403 `Forbidden`

@@ -121,9 +121,15 @@ pub fn exit_code(status: &Status) -> Result<i32> {
             Error::lost("the exec status says the command failed but carries no exit code")
         });
     }
+    let message = status.message.as_deref().unwrap_or("no message");
+    if crate::error::container_not_found(message) {
+        // The container is not running: the pod's state says why.
+        return Err(Error::conflict(format!(
+            "the container is not running: {message}"
+        )));
+    }
     Err(Error::other(format!(
-        "the command could not be run: {}",
-        status.message.as_deref().unwrap_or("no message")
+        "the command could not be run: {message}"
     )))
 }
 
@@ -426,6 +432,16 @@ mod tests {
         .unwrap();
         let e = exit_code(&s).unwrap_err();
         assert!(e.message().contains("executable file not found"));
+        assert_eq!(e.kind(), jetbridge_core::ErrorKind::Other);
+        // 1.30+: the kubelet's refusal for a stopped container, through the translator.
+        let s: Status = serde_json::from_str(
+            r#"{"status":"Failure","reason":"InternalError","message":"Internal error occurred: container not found (\"main\")"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            exit_code(&s).unwrap_err().kind(),
+            jetbridge_core::ErrorKind::Conflict
+        );
         let s: Status =
             serde_json::from_str(r#"{"status":"Failure","reason":"NonZeroExitCode"}"#).unwrap();
         assert_eq!(

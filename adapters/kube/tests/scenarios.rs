@@ -573,3 +573,43 @@ async fn helper_and_mounts_in_the_simulator() {
     );
     sim.shutdown().await;
 }
+
+/// An exec into a container that is not running is answered as the kubelet's `container
+/// not found`: a plain 500 on 1.29, an `InternalError` status frame from 1.30. Either way
+/// it is the container's state, reported at once as `Conflict` (the step runner then
+/// asks the pod why), never resent as if the request had not arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_into_a_container_not_running_is_a_conflict_sent_once() {
+    use jetbridge_kube_sim::ExecProtocols;
+    for protocols in [ExecProtocols::V4Only, ExecProtocols::V5AndV4] {
+        let config = SimConfig {
+            exec_protocols: protocols,
+            start_delay: Duration::from_secs(30),
+            ..SimConfig::default()
+        };
+        let (sim, b) = sim_backend(config, sim_config()).await;
+        let s = spec();
+        b.create(&s).await.expect("create");
+        b.wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Scheduled, Duration::from_secs(30)),
+        )
+        .await
+        .expect("scheduled");
+        sim.reset_requests();
+        let out = Arc::new(CaptureOutput::new());
+        let err = b
+            .exec(ExecRequest::new(&s.name, argv(&["true"])), out)
+            .await
+            .expect_err("the container has not started");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{protocols:?}: {err}");
+        assert!(err.message().contains("container not found"), "{err}");
+        let execs = sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/exec"))
+            .count();
+        assert_eq!(execs, 1, "{protocols:?}: sent once, not retried");
+        sim.shutdown().await;
+    }
+}

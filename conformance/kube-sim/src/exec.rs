@@ -82,11 +82,14 @@ pub(crate) async fn handler(
         ))
         .into_response();
     }
+    // apiserver pkg/registry/core/pod/strategy.go `streamLocation`: no node, no kubelet
+    // to ask.
+    if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+        return ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+            .into_response();
+    }
     if !container_running(&pod, &container) {
-        return ApiError::bad_request(format!(
-            "unable to upgrade connection: container not found (\"{container}\")"
-        ))
-        .into_response();
+        return not_running(&sh, &headers, ws, &container);
     }
     let argv = q.all("command");
     if argv.is_empty() {
@@ -102,10 +105,7 @@ pub(crate) async fn handler(
         .as_ref()
         .and_then(|rt| lock(&rt.containers).get(&container).cloned());
     let (Some(rt), Some(cenv)) = (rt, cenv) else {
-        return ApiError::bad_request(format!(
-            "unable to upgrade connection: container not found (\"{container}\")"
-        ))
-        .into_response();
+        return not_running(&sh, &headers, ws, &container);
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -158,6 +158,53 @@ pub(crate) async fn handler(
         {
             rt.remove_proc(id);
         }
+    })
+}
+
+/// The answer to an exec into a container that is not running (not started yet, or
+/// exited while the pod runs on), which the kubelet gives as `container not found`:
+///
+/// - through 1.29 the API server proxies the upgrade to the kubelet, whose refusal comes
+///   back before the upgrade as a plain-text 500 (kubelet server.go `getExec` ->
+///   `streaming` error `container not found ("NAME")`);
+/// - from 1.30 the stream translator (gate `TranslateStreamCloseWebsocketRequests`)
+///   accepts the WebSocket first, then reports the kubelet's refusal as a status frame
+///   with reason `InternalError` (apiserver pkg/util/proxy translatinghandler.go and
+///   streamtranslator.go write upstream errors to the error stream).
+///
+/// `ExecProtocols::V4Only` stands for 1.29, `V5AndV4` for 1.30 and later.
+fn not_running(
+    sh: &Shared,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    container: &str,
+) -> Response {
+    let message = format!("container not found (\"{container}\")");
+    let translated = sh.config.exec_protocols == ExecProtocols::V5AndV4;
+    let (Ok(ws), Some(proto), true) =
+        (ws, negotiate(headers, sh.config.exec_protocols), translated)
+    else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            message,
+        )
+            .into_response();
+    };
+    ws.protocols([proto]).on_upgrade(move |socket| async move {
+        let (mut sink, _stream) = socket.split();
+        let status = json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("Internal error occurred: {message}"),
+            "reason": "InternalError",
+            "details": {"causes": [{"message": message}]},
+            "code": 500,
+        });
+        let mut frame = vec![STATUS];
+        frame.extend(serde_json::to_vec(&status).unwrap_or_default());
+        let _ = sink.send(Message::Binary(frame.into())).await;
+        let _ = sink.send(Message::Close(None)).await;
     })
 }
 

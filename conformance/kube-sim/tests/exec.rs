@@ -124,7 +124,7 @@ async fn exec_runs_in_the_mapped_working_dir_with_container_env() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_into_pending_pod_or_unknown_container_is_400() {
+async fn exec_into_unscheduled_pod_unknown_container_or_completed_pod_is_400() {
     let (sim, client) = start().await;
     let pods = api(&client);
     sim.set_unschedulable(true);
@@ -135,7 +135,11 @@ async fn exec_into_pending_pod_or_unknown_container_is_400() {
         .await
         .err()
         .expect("refused");
-    assert!(format!("{err:?}").contains("400"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("400")
+            && format!("{err:?}").contains("does not have a host assigned"),
+        "{err:?}"
+    );
     sim.set_unschedulable(false);
     wait_phase(&pods, "pending", "Running").await;
     let err = pods
@@ -302,4 +306,59 @@ async fn v4_only_server_ends_the_session_when_the_client_closes() {
         "a v4 session closed by the client has no status"
     );
     sim.shutdown().await;
+}
+
+/// A container that has not started (or has stopped) while its pod is bound: the
+/// kubelet's `container not found`, as a plain 500 before the upgrade on 1.29 and as an
+/// `InternalError` status frame after it from 1.30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_into_a_container_not_running_answers_as_each_version_does() {
+    for protocols in [
+        jetbridge_kube_sim::ExecProtocols::V4Only,
+        jetbridge_kube_sim::ExecProtocols::V5AndV4,
+    ] {
+        let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+            exec_protocols: protocols,
+            // Bound at once, containers started much later.
+            start_delay: std::time::Duration::from_secs(30),
+            ..jetbridge_kube_sim::SimConfig::default()
+        })
+        .await
+        .expect("start simulator");
+        let client = client(&sim, false);
+        let pods = api(&client);
+        create(&pods, &pod("starting", &["sleep", "infinity"])).await;
+        // Bound to the node, container not started.
+        let bound = || async {
+            let p = pods.get("starting").await.unwrap();
+            p.spec.and_then(|s| s.node_name).is_some()
+        };
+        while !bound().await {
+            tokio::task::yield_now().await;
+        }
+        let r = pods
+            .exec("starting", ["true"], &AttachParams::default())
+            .await;
+        match protocols {
+            jetbridge_kube_sim::ExecProtocols::V4Only => {
+                let err = r.err().expect("refused before the upgrade");
+                let text = format!("{err:?}");
+                assert!(
+                    text.contains("500") && text.contains("container not found"),
+                    "{text}"
+                );
+            }
+            jetbridge_kube_sim::ExecProtocols::V5AndV4 => {
+                let mut p = r.expect("upgraded");
+                let st = p.take_status().unwrap().await.expect("a status frame");
+                assert_eq!(st.reason.as_deref(), Some("InternalError"));
+                assert!(
+                    st.message
+                        .unwrap_or_default()
+                        .contains("container not found")
+                );
+            }
+        }
+        sim.shutdown().await;
+    }
 }
