@@ -8,13 +8,35 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::manifest::{COPY_ARTIFACT_ENV, COPY_BUILD_ENV, COPY_CORRUPT_EXIT, MAIN_CONTAINER};
 
-/// Waiting reasons that mean the image will not be pulled without outside help.
+/// Waiting reasons of a failed image pull.
 const IMAGE_PULL_FAILURES: &[&str] = &[
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
     "ErrImageNeverPull",
     "RegistryUnavailable",
+];
+
+/// Waiting reasons that no retry can cure: the reference is malformed, or the policy
+/// forbids pulling (kubelet pkg/kubelet/images/types.go).
+const IMAGE_PULL_PERMANENT_REASONS: &[&str] = &["InvalidImageName", "ErrImageNeverPull"];
+
+/// Words of registry answers that no retry can cure: the image or tag does not exist, or
+/// the credentials are refused (OCI distribution error codes `MANIFEST_UNKNOWN`,
+/// `NAME_UNKNOWN`, `UNAUTHORIZED`, `DENIED`, as containerd and CRI-O pass them on).
+/// Everything else (Docker Hub's 429 `toomanyrequests`, registry 5xx, timeouts, resets)
+/// the kubelet retries with back-off, and so the pod is waited for until its start
+/// deadline.
+const IMAGE_PULL_PERMANENT_WORDS: &[&str] = &[
+    "manifest unknown",
+    "name unknown",
+    "not found",
+    "unauthorized",
+    "authentication required",
+    "pull access denied",
+    "access denied",
+    "denied:",
+    "invalid reference format",
 ];
 
 /// The domain status of `pod`, taking any deletion of it as one jetbridge did not ask
@@ -99,7 +121,8 @@ fn non_empty(s: Option<&String>) -> Option<String> {
 }
 
 /// The first container (init containers first) waiting for an image that cannot be pulled.
-fn image_pull_failure(pod: &Pod) -> Option<String> {
+/// A failed image pull: its description, and whether it is permanent.
+fn image_pull_failure(pod: &Pod) -> Option<(String, bool)> {
     let status = pod.status.as_ref()?;
     let all = status
         .init_container_statuses
@@ -113,10 +136,30 @@ fn image_pull_failure(pod: &Pod) -> Option<String> {
         let reason = waiting.reason.as_deref().unwrap_or_default();
         if IMAGE_PULL_FAILURES.contains(&reason) {
             let detail = non_empty(waiting.message.as_ref()).unwrap_or_default();
-            return Some(format!("container {}: {reason}: {detail}", cs.name));
+            let lower = detail.to_lowercase();
+            let permanent = IMAGE_PULL_PERMANENT_REASONS.contains(&reason)
+                || IMAGE_PULL_PERMANENT_WORDS.iter().any(|w| lower.contains(w));
+            return Some((
+                format!("container {}: {reason}: {detail}", cs.name),
+                permanent,
+            ));
         }
     }
     None
+}
+
+/// A permanent pull failure ends the wait for the pod at once; a transient one is still
+/// starting (the kubelet retries), with the last error as its message, so a start
+/// deadline that passes says what the pull last met.
+fn pull_state((msg, permanent): (String, bool)) -> (PodState, Option<String>) {
+    if permanent {
+        (PodState::Pending(PendingReason::ImagePullFailed), Some(msg))
+    } else {
+        (
+            PodState::Pending(PendingReason::ContainerCreating),
+            Some(format!("{msg} (the kubelet retries the pull)")),
+        )
+    }
 }
 
 fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
@@ -235,8 +278,8 @@ fn pod_state(pod: &Pod, deletion_requested: bool) -> (PodState, Option<String>) 
                     Some(termination_message(&reason, code, msg)),
                 );
             }
-            if let Some(msg) = image_pull_failure(pod) {
-                return (PodState::Pending(PendingReason::ImagePullFailed), Some(msg));
+            if let Some(pull) = image_pull_failure(pod) {
+                return pull_state(pull);
             }
             let main_running = main_status(pod)
                 .and_then(|c| c.state.as_ref())
@@ -262,8 +305,8 @@ fn pending_state(pod: &Pod, pod_msg: Option<String>) -> (PodState, Option<String
             non_empty(c.message.as_ref()).or(pod_msg),
         );
     }
-    if let Some(msg) = image_pull_failure(pod) {
-        return (PodState::Pending(PendingReason::ImagePullFailed), Some(msg));
+    if let Some(pull) = image_pull_failure(pod) {
+        return pull_state(pull);
     }
     let bound = scheduled.is_some_and(|c| c.status == "True")
         || pod
@@ -361,6 +404,53 @@ mod tests {
             );
             let m = s.message.unwrap();
             assert!(m.contains("manifest unknown") && m.contains(reason), "{m}");
+        }
+    }
+
+    #[test]
+    fn transient_pull_failures_keep_the_pod_starting() {
+        for (reason, message) in [
+            (
+                "ErrImagePull",
+                "429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit",
+            ),
+            (
+                "ImagePullBackOff",
+                "Back-off pulling image \"busybox\": ErrImagePull: received unexpected HTTP status: 503 Service Unavailable",
+            ),
+            ("ErrImagePull", "dial tcp 10.0.0.1:443: i/o timeout"),
+        ] {
+            let s = pod_status(&pod(json!({
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}}}]
+            })));
+            assert_eq!(
+                s.state,
+                PodState::Pending(PendingReason::ContainerCreating),
+                "{message}"
+            );
+            let m = s.message.unwrap();
+            assert!(m.contains(message) && m.contains("retries"), "{m}");
+        }
+        for message in [
+            "rpc error: code = NotFound desc = failed to pull and unpack image: not found",
+            "pull access denied for private/x, repository does not exist or may require 'docker login'",
+            "failed to authorize: failed to fetch anonymous token: unexpected status: 401 Unauthorized",
+        ] {
+            let s = pod_status(&pod(json!({
+                "phase": "Pending",
+                "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": message}}}]
+            })));
+            assert_eq!(
+                s.state,
+                PodState::Pending(PendingReason::ImagePullFailed),
+                "{message}"
+            );
         }
     }
 

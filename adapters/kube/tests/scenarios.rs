@@ -613,3 +613,51 @@ async fn exec_into_a_container_not_running_is_a_conflict_sent_once() {
         sim.shutdown().await;
     }
 }
+
+/// A registry's 429 or 5xx is retried by the kubelet, so the pod is waited for: it
+/// starts once a pull succeeds, and a start deadline that passes says what the pull
+/// last met. Only permanent answers end the wait early (see
+/// `image_pull_failure_ends_the_wait_early`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_image_pull_failures_are_waited_out() {
+    let (sim, b) = start().await;
+    let rate_limited = "429 Too Many Requests - Server message: toomanyrequests: You have reached your pull rate limit";
+    sim.fail_image_times("flaky-registry", rate_limited, 2);
+    let mut s = spec();
+    s.image = "flaky-registry.example/busybox:1.36".into();
+    b.create(&s).await.unwrap();
+    let st = b
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.state, PodState::Running, "{st:?}");
+
+    // A pull that keeps failing transiently: still starting when the deadline passes,
+    // with the registry's words.
+    sim.fail_image("always-429", rate_limited);
+    let mut s = spec();
+    s.image = "always-429.example/busybox:1.36".into();
+    b.create(&s).await.unwrap();
+    let st = b
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        st.state,
+        PodState::Pending(PendingReason::ContainerCreating),
+        "{st:?}"
+    );
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("toomanyrequests")),
+        "{st:?}"
+    );
+    sim.shutdown().await;
+}

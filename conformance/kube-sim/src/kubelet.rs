@@ -376,11 +376,25 @@ async fn life(
         let name = cname(c);
         let mut backoff = false;
         loop {
-            let failure = lock(&sh.flags)
-                .image_failures
-                .iter()
-                .find(|(pat, _)| image.contains(pat.as_str()))
-                .map(|(_, m)| m.clone());
+            // A pull attempt (not a back-off wait) uses up one of a limited failure.
+            let failure = {
+                let mut flags = lock(&sh.flags);
+                let hit = flags
+                    .image_failures
+                    .iter()
+                    .position(|(pat, _, _)| image.contains(pat.as_str()));
+                hit.map(|i| {
+                    let entry = &mut flags.image_failures[i];
+                    let msg = entry.1.clone();
+                    if !backoff && let Some(left) = entry.2.as_mut() {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            flags.image_failures.remove(i);
+                        }
+                    }
+                    msg
+                })
+            };
             let Some(msg) = failure else {
                 if backoff {
                     guard!(

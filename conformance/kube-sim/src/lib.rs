@@ -260,7 +260,18 @@ impl Simulator {
     pub fn fail_image(&self, image_contains: &str, message: &str) {
         self.shared.update_flags(|f| {
             f.image_failures
-                .push((image_contains.into(), message.into()))
+                .push((image_contains.into(), message.into(), None))
+        });
+    }
+
+    /// Like [`Simulator::fail_image`] for the next `attempts` pulls only, then the pull
+    /// succeeds and the pod goes on: a registry's 429 or 5xx, which the kubelet retries
+    /// with back-off (pkg/kubelet/images/image_manager.go `EnsureImageExists`, the
+    /// back-off of `ImagePullBackOff`).
+    pub fn fail_image_times(&self, image_contains: &str, message: &str, attempts: usize) {
+        self.shared.update_flags(|f| {
+            f.image_failures
+                .push((image_contains.into(), message.into(), Some(attempts)))
         });
     }
 

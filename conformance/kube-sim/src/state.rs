@@ -24,7 +24,8 @@ pub(crate) struct Flags {
     pub cordoned: bool,
     pub frozen: bool,
     /// (substring of image, pull error message)
-    pub image_failures: Vec<(String, String)>,
+    /// (image substring, message, pull attempts left to fail; `None`: all of them).
+    pub image_failures: Vec<(String, String, Option<usize>)>,
     pub drop_exec: usize,
 }
 
