@@ -681,7 +681,11 @@ impl Pods for KubeBackend {
         let grace = opts.grace;
         self.note_own_delete(name);
         let budget = self.budget();
-        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        // Whole seconds, rounded up, and at least one: `gracePeriodSeconds: 0` is a force
+        // deletion, which removes the object at once while the kubelet may not yet have
+        // stopped the containers, so "the pod is gone" would no longer mean "its
+        // processes have stopped" (the API itself turns a negative period into 1 s).
+        let secs = (grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).max(1);
         let params = DeleteParams {
             grace_period_seconds: Some(u32::try_from(secs).unwrap_or(u32::MAX)),
             ..DeleteParams::default()

@@ -661,3 +661,27 @@ async fn transient_image_pull_failures_are_waited_out() {
     );
     sim.shutdown().await;
 }
+
+/// A zero grace period is sent as one second: `gracePeriodSeconds: 0` would be a force
+/// deletion, gone from the API before the kubelet has stopped anything, and a pod that
+/// is gone must mean its processes have stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_grace_delete_is_still_graceful() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    // With the kubelet frozen nothing confirms the deletion, so what the API made of
+    // it stays visible.
+    sim.freeze_kubelet(true);
+    b.delete(&s.name, &DeleteOpts::grace(Duration::ZERO))
+        .await
+        .expect("delete");
+    let pods = sim.pods(NS);
+    let pod = pods
+        .iter()
+        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
+        .expect("still there: a graceful deletion waits for the kubelet");
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 1, "{pod}");
+    sim.freeze_kubelet(false);
+    sim.shutdown().await;
+}

@@ -735,7 +735,14 @@ pub(crate) fn do_delete(
             ));
         }
         let default_grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-        let mut grace = grace.unwrap_or(default_grace).max(0);
+        // "Negative values will be treated as the value `1s` on the delete path"
+        // (apiserver pkg/registry/rest/delete.go `BeforeDelete`): never an immediate
+        // deletion.
+        let mut grace = match grace {
+            Some(g) if g < 0 => 1,
+            Some(g) => g,
+            None => default_grace.max(0),
+        };
         let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
         let terminal = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
         if unscheduled || terminal {

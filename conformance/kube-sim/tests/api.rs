@@ -402,3 +402,25 @@ async fn discovery_and_unknown_paths() {
     );
     sim.shutdown().await;
 }
+
+/// A negative grace period is one second, never an immediate deletion (apiserver
+/// pkg/registry/rest/delete.go `BeforeDelete`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_grace_period_is_one_second() {
+    let (sim, client) = start().await;
+    let pods = api(&client);
+    create(&pods, &pod("g", &["sleep", "infinity"])).await;
+    wait_phase(&pods, "g", "Running").await;
+    // kube-rs's DeleteParams cannot say -5; the API can.
+    let mut req = kube::core::Request::new(format!("/api/v1/namespaces/{NS}/pods"))
+        .delete("g", &DeleteParams::default())
+        .unwrap();
+    *req.body_mut() = serde_json::to_vec(
+        &json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": -5}),
+    )
+    .unwrap();
+    let deleted: Pod = client.request(req).await.unwrap();
+    assert!(deleted.metadata.deletion_timestamp.is_some(), "graceful");
+    assert_eq!(deleted.metadata.deletion_grace_period_seconds, Some(1));
+    sim.shutdown().await;
+}
