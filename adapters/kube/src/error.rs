@@ -74,6 +74,40 @@ pub(crate) fn container_not_found(message: &str) -> bool {
     message.contains("container not found")
 }
 
+/// The NamespaceLifecycle admission plugin's words for a namespace being deleted
+/// (plugin/pkg/admission/namespace/lifecycle/admission.go).
+const NAMESPACE_TERMINATING: &str = "because it is being terminated";
+
+/// A create refused because the namespace is missing (404 `namespaces "NS" not found`)
+/// or being deleted (403 `... because it is being terminated`), said plainly: both need
+/// the operator, not a retry.
+fn namespace_problem(e: &kube::Error) -> Option<String> {
+    let kube::Error::Api(s) = e else {
+        return None;
+    };
+    let quoted = |m: &str| m.split('"').nth(1).map(str::to_owned);
+    if s.code == 404 && s.message.starts_with("namespaces \"") {
+        let ns = quoted(&s.message).unwrap_or_default();
+        return Some(format!(
+            "namespace {ns} does not exist: create it, or run in another namespace ({})",
+            s.message
+        ));
+    }
+    if s.code == 403 && s.message.contains(NAMESPACE_TERMINATING) {
+        let ns = s
+            .message
+            .split("in namespace ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default();
+        return Some(format!(
+            "namespace {ns} is being deleted: wait until it is gone and create it again, or run in another namespace ({})",
+            s.message
+        ));
+    }
+    None
+}
+
 /// The kind of a 403. RBAC denials and admission rejections all answer 403 `Forbidden`
 /// with the same details; only the message tells them apart. Admission that rejects the
 /// object itself (Pod Security, a service account that does not exist) is `Invalid`:
@@ -86,6 +120,7 @@ pub(crate) fn container_not_found(message: &str) -> bool {
 fn forbidden_kind(message: &str) -> ErrorKind {
     if message.contains("violates PodSecurity")
         || message.contains("error looking up service account")
+        || message.contains(NAMESPACE_TERMINATING)
     {
         ErrorKind::Invalid
     } else {
@@ -121,6 +156,9 @@ pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
         Class::Transient | Class::NotSent => ErrorKind::Transient,
         Class::Permanent(k) => k,
     };
+    if let Some(plain) = namespace_problem(&e) {
+        return Error::invalid(format!("{what}: {plain}")).with_source(e);
+    }
     let msg = match &e {
         kube::Error::Api(s) if s.code == 403 => match rbac_permission(&s.message) {
             Some(need) => format!(

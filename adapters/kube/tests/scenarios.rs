@@ -685,3 +685,28 @@ async fn a_zero_grace_delete_is_still_graceful() {
     sim.freeze_kubelet(false);
     sim.shutdown().await;
 }
+
+/// A namespace that does not exist, or is being deleted, is said plainly (`Invalid`: the
+/// operator must act), and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_terminating_namespace_is_said_plainly() {
+    let (sim, b) = start().await;
+    sim.remove_namespace(NS);
+    let err = b.create(&spec()).await.expect_err("no namespace");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("namespace {NS} does not exist")),
+        "{err}"
+    );
+    sim.terminate_namespace(NS);
+    let err = b.create(&spec()).await.expect_err("namespace going");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("namespace {NS} is being deleted")),
+        "{err}"
+    );
+    assert!(sim.pods(NS).is_empty() && sim.secrets(NS).is_empty());
+    sim.shutdown().await;
+}

@@ -35,6 +35,46 @@ pub(crate) struct Policy {
     pub pod_quota: HashMap<String, (String, usize)>,
     /// Service accounts besides `default`, per namespace.
     pub service_accounts: HashMap<String, BTreeSet<String>>,
+    /// Namespaces that are not there (`false`) or are being deleted (`true`); every
+    /// other namespace exists.
+    pub namespace_gone: HashMap<String, bool>,
+}
+
+/// The NamespaceLifecycle admission plugin (plugin/pkg/admission/namespace/lifecycle/
+/// admission.go) for a create of `resource` (`pods`, `secrets`) named `name` in `ns`:
+/// 404 `namespaces "NS" not found` when it does not exist, 403 `unable to create new
+/// content in namespace NS because it is being terminated` (cause
+/// `NamespaceTerminating`) while it is being deleted.
+pub(crate) fn namespace_lifecycle(
+    sh: &Shared,
+    ns: &str,
+    resource: &'static str,
+    name: &str,
+) -> Result<(), ApiError> {
+    match lock(&sh.policy).namespace_gone.get(ns) {
+        None => Ok(()),
+        Some(false) => {
+            let mut e = ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"));
+            e.details = Some(json!({"name": ns, "kind": "namespaces"}));
+            Err(e)
+        }
+        Some(true) => {
+            let why = format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            );
+            let mut e = ApiError::new(
+                403,
+                "Forbidden",
+                format!("{resource} \"{name}\" is forbidden: {why}"),
+            );
+            e.details = Some(json!({
+                "name": name,
+                "kind": resource,
+                "causes": [{"reason": "NamespaceTerminating", "message": why, "field": "metadata.namespace"}],
+            }));
+            Err(e)
+        }
+    }
 }
 
 /// The RBAC verbs a request needs, its resource, namespace and name, as the request

@@ -471,6 +471,9 @@ async fn create(
     };
     // Admission in the API server's order (see `admission`): the ServiceAccount
     // plugin, field validation, then Pod Security and quota, then the name.
+    if let Err(e) = crate::admission::namespace_lifecycle(&sh, &ns, "pods", &name) {
+        return e.into_response();
+    }
     if let Err(e) = crate::admission::service_account(&sh, &ns, &name, &pod) {
         return e.into_response();
     }

@@ -408,6 +408,23 @@ impl Simulator {
         }
     }
 
+    /// Namespace `namespace` does not exist: creating a pod or Secret in it answers 404
+    /// `namespaces "NS" not found`. Every namespace exists until this is said of it.
+    pub fn remove_namespace(&self, namespace: &str) {
+        lock(&self.shared.policy)
+            .namespace_gone
+            .insert(namespace.to_owned(), false);
+    }
+
+    /// Namespace `namespace` is being deleted: creating a pod or Secret in it answers 403
+    /// `... is forbidden: unable to create new content in namespace NS because it is
+    /// being terminated`.
+    pub fn terminate_namespace(&self, namespace: &str) {
+        lock(&self.shared.policy)
+            .namespace_gone
+            .insert(namespace.to_owned(), true);
+    }
+
     /// Create service account `name` in `namespace`. Only `default` exists otherwise; a
     /// pod naming another is rejected with 403 `error looking up service account ...`.
     pub fn create_service_account(&self, namespace: &str, name: &str) {

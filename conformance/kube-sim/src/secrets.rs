@@ -378,6 +378,7 @@ pub(crate) async fn create(
         if !errs.is_empty() {
             return Err(ApiError::invalid_fields("Secret", &name, &errs));
         }
+        crate::admission::namespace_lifecycle(&sh, &ns, "secrets", &name)?;
         let m = &mut obj["metadata"];
         m["name"] = json!(name);
         m["namespace"] = json!(ns);
