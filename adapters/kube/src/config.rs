@@ -42,7 +42,10 @@ impl Default for RequestBudget {
         RequestBudget {
             max_requests: 8,
             initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
+            // With eight requests the retries then span about 11 s (and more when the
+            // server asks for it with `Retry-After`), long enough to ride out an API
+            // server restart or a burst of throttling.
+            max_backoff: Duration::from_secs(5),
         }
     }
 }

@@ -10,6 +10,9 @@ use jetbridge_core::{Error, Result};
 use crate::config::RequestBudget;
 use crate::error::{Class, classify, to_error};
 
+/// The longest `Retry-After` honoured: a server asking for more is asked again sooner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// The requests one port operation may still send.
 #[derive(Debug)]
 pub(crate) struct Budget<'a> {
@@ -48,6 +51,27 @@ impl<'a> Budget<'a> {
     /// Sleep before the next retry: exponential from the initial backoff up to the cap,
     /// with up to 25% jitter so that many workers do not retry in lockstep.
     pub(crate) async fn backoff(&self) {
+        tokio::time::sleep(self.next_delay(None)).await;
+    }
+
+    /// The wait before the next retry after `e`: the exponential backoff, but never less
+    /// than what the server asked for. API Priority and Fairness answers a rejected
+    /// request 429 with `Retry-After` and the same in `details.retryAfterSeconds`
+    /// (apiserver pkg/server/filters/priority-and-fairness.go, `NewTooManyRequests`);
+    /// retrying sooner only spends the budget while the server is still saturated. The
+    /// server's wish is capped at [`MAX_RETRY_AFTER`].
+    pub(crate) fn next_delay(&self, e: Option<&kube::Error>) -> Duration {
+        let asked = e
+            .and_then(|e| match e {
+                kube::Error::Api(s) => s.details.as_ref().map(|d| d.retry_after_seconds),
+                _ => None,
+            })
+            .map(|secs| Duration::from_secs(u64::from(secs)).min(MAX_RETRY_AFTER))
+            .unwrap_or_default();
+        self.exponential().max(asked)
+    }
+
+    fn exponential(&self) -> Duration {
         let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let base = self
             .cfg
@@ -64,7 +88,7 @@ impl<'a> Budget<'a> {
                 .unwrap_or(0);
             nanos % jitter_range
         };
-        tokio::time::sleep(base + Duration::from_millis(jitter)).await;
+        base + Duration::from_millis(jitter)
     }
 
     /// Run `call` until it succeeds, fails permanently, or the budget is spent.
@@ -98,7 +122,7 @@ impl<'a> Budget<'a> {
                     if self.used.load(Ordering::Relaxed) >= self.cfg.max_requests {
                         return Err(CallError::Kube(e));
                     }
-                    self.backoff().await;
+                    tokio::time::sleep(self.next_delay(Some(&e))).await;
                 }
             }
         }
@@ -149,6 +173,29 @@ mod tests {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
         }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_on_the_wait_and_capped() {
+        let cfg = fast(8);
+        let b = Budget::new(&cfg);
+        let throttled = |secs: u32| {
+            let mut st = Status::failure(
+                "Too many requests, please try again later.",
+                "TooManyRequests",
+            )
+            .with_code(429);
+            st.details = Some(
+                serde_json::from_value(serde_json::json!({"retryAfterSeconds": secs}))
+                    .expect("StatusDetails"),
+            );
+            kube::Error::Api(st.boxed())
+        };
+        assert_eq!(b.next_delay(Some(&throttled(2))), Duration::from_secs(2));
+        assert_eq!(b.next_delay(Some(&throttled(3600))), MAX_RETRY_AFTER);
+        // Without the server's wish, the (here tiny) exponential backoff.
+        assert!(b.next_delay(Some(&api(503, "x"))) < Duration::from_millis(10));
+        assert!(b.next_delay(None) < Duration::from_millis(10));
     }
 
     #[test]

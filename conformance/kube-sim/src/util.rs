@@ -96,11 +96,19 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.code == 429 {
+            // What API Priority and Fairness answers a rejected request: `Retry-After: 1`
+            // and the same in `details.retryAfterSeconds` (apiserver
+            // pkg/server/filters/priority-and-fairness.go, `NewTooManyRequests`).
+            let mut details = self.details.take().unwrap_or_else(|| json!({}));
+            details["retryAfterSeconds"] = json!(1);
+            self.details = Some(details);
+        }
         let mut resp = json_response(self.code, &self.status());
         if self.code == 429 {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
