@@ -281,12 +281,70 @@ impl KubeBackend {
             .run("get secret", true, || self.secrets.get(&name))
             .await
             .map_err(|e| e.into_error(&what))?;
-        if has_handle(&existing.metadata, spec.handle()) {
-            Ok(existing.metadata.uid)
-        } else {
-            Err(Error::already_exists(format!(
+        if !has_handle(&existing.metadata, spec.handle()) {
+            return Err(Error::already_exists(format!(
                 "secret {name} exists and belongs to another step handle"
-            )))
+            )));
+        }
+        if !self
+            .secret_owner_gone(budget, &existing, &spec.name)
+            .await?
+        {
+            return Ok(existing.metadata.uid);
+        }
+        // Ours, but owned by a pod of this name that is gone: the garbage collector
+        // deletes it some time after the pod went (asynchronously, on a cluster), and
+        // adopting it would leave the new pod naming a Secret that may vanish before the
+        // pod owns it. Replace it.
+        tracing::debug!(secret = %name, "replacing an env secret still being collected");
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match budget
+            .run("delete secret", true, || {
+                self.secrets.delete(&name, &params)
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.kube().and_then(api_code), Some(404 | 409)) => {}
+            Err(e) => return Err(e.into_error(&what)),
+        }
+        budget
+            .run("create secret", true, || self.secrets.create(&post, secret))
+            .await
+            .map(|s| s.metadata.uid)
+            .map_err(|e| e.into_error(&what))
+    }
+
+    /// Whether `secret` names an owner pod that no longer exists: a pod called `pod`
+    /// with another uid, or none at all. A Secret without owners is not "gone": a
+    /// create whose answer was lost made it, and the pod does not exist yet.
+    async fn secret_owner_gone(
+        &self,
+        budget: &Budget<'_>,
+        secret: &Secret,
+        pod: &str,
+    ) -> Result<bool> {
+        let owners: Vec<&str> = secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| o.kind == "Pod")
+            .map(|o| o.uid.as_str())
+            .collect();
+        if owners.is_empty() {
+            return Ok(false);
+        }
+        match budget.run("get pod", true, || self.api.get_opt(pod)).await {
+            Ok(Some(p)) => Ok(!owners.contains(&p.metadata.uid.as_deref().unwrap_or_default())),
+            Ok(None) => Ok(true),
+            Err(e) => Err(e.into_error(&format!("getting pod {pod}"))),
         }
     }
 

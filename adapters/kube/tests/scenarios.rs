@@ -710,3 +710,62 @@ async fn a_missing_or_terminating_namespace_is_said_plainly() {
     assert!(sim.pods(NS).is_empty() && sim.secrets(NS).is_empty());
     sim.shutdown().await;
 }
+
+/// The garbage collector deletes a removed pod's Secret asynchronously. A create of a
+/// pod by the same name (a retried create) that meets the old env Secret replaces it
+/// rather than adopting a Secret the collector is about to delete: here the collector
+/// runs while the ownership patch is delayed, and the new pod keeps its Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_meets_a_secret_being_collected_replaces_it() {
+    let config = SimConfig {
+        gc_delay: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let (sim, b) = sim_backend(config, sim_config()).await;
+    let mut s = spec();
+    s.env.insert("TOKEN".into(), "s3cret".into());
+    running(&b, &s).await;
+    b.delete(&s.name, &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .expect("delete");
+    let gone = b
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(30)),
+        )
+        .await;
+    assert!(
+        gone.as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::NotFound),
+        "{gone:?}"
+    );
+    let secret = format!("{}-env", s.name);
+    let has_secret = |sim: &Simulator| {
+        sim.secrets(NS)
+            .iter()
+            .any(|x| x["metadata"]["name"].as_str() == Some(secret.as_str()))
+    };
+    assert!(has_secret(&sim), "not collected yet");
+    // The collector runs while the new pod's ownership patch is on its way.
+    sim.inject(Fault::on(
+        "PATCH",
+        "/secrets/",
+        1,
+        FaultAction::Delay(Duration::from_secs(1)),
+    ));
+    let st = b.create(&s).await.expect("the create succeeds");
+    assert_eq!(st.name, s.name);
+    let pod = sim
+        .pods(NS)
+        .into_iter()
+        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
+        .expect("the new pod");
+    let owner = sim
+        .secrets(NS)
+        .into_iter()
+        .find(|x| x["metadata"]["name"].as_str() == Some(secret.as_str()))
+        .map(|x| x["metadata"]["ownerReferences"][0]["uid"].clone())
+        .expect("the env secret is there, after the collector ran");
+    assert_eq!(owner, pod["metadata"]["uid"], "owned by the new pod");
+    sim.shutdown().await;
+}

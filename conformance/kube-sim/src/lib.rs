@@ -65,6 +65,11 @@ pub struct SimConfig {
     pub reclaim_delay: Duration,
     /// The exec subprotocols the API server offers; see [`ExecProtocols`].
     pub exec_protocols: ExecProtocols,
+    /// How long after a pod is removed the garbage collector deletes the Secrets it
+    /// owned. On a cluster this is asynchronous, typically well under a second, longer
+    /// when the controller manager is busy. Zero (the default) collects them in the
+    /// request that removed the pod.
+    pub gc_delay: Duration,
 }
 
 /// The exec subprotocols an API server offers, which depends on its version, a feature
@@ -99,6 +104,7 @@ impl Default for SimConfig {
             port: 0,
             reclaim_delay: Duration::ZERO,
             exec_protocols: ExecProtocols::default(),
+            gc_delay: Duration::ZERO,
         }
     }
 }
@@ -153,12 +159,18 @@ impl Simulator {
         let listener = jetbridge_sim_http::bind(config.port)?;
         let port = listener.local_addr()?.port();
         let generation_token = CancellationToken::new();
+        let store = store::Store {
+            deferred_gc: (!config.gc_delay.is_zero()).then(Vec::new),
+            ..store::Store::default()
+        };
+        let (gc_tx, mut gc_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let shared = Arc::new(Shared {
+            gc_tx,
             config,
             work_root,
             pvc_root,
             _tmp: tmp,
-            store: Mutex::default(),
+            store: Mutex::new(store),
             rv_tx: tokio::sync::watch::Sender::new(0),
             flags: Mutex::new(Flags::default()),
             flags_tx: tokio::sync::watch::Sender::new(0),
@@ -169,6 +181,23 @@ impl Simulator {
             generation: Mutex::new(generation_token.clone()),
             shutdown: CancellationToken::new(),
         });
+        // The garbage collector, when it runs late: each removed pod's dependents are
+        // swept `gc_delay` after the removal.
+        {
+            let weak = Arc::downgrade(&shared);
+            let delay = shared.config.gc_delay;
+            tokio::spawn(async move {
+                while let Some((ns, uid)) = gc_rx.recv().await {
+                    let weak = weak.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if let Some(sh) = weak.upgrade() {
+                            sh.mutate(|s| s.collect_dependents(&ns, &uid));
+                        }
+                    });
+                }
+            });
+        }
         let task = serve(&shared, listener, generation_token);
         Ok(Simulator {
             shared,

@@ -257,6 +257,9 @@ pub(crate) struct Shared {
     pub controls: Controls<RequestRecord>,
     /// RBAC denials and admission settings.
     pub policy: Mutex<crate::admission::Policy>,
+    /// Removed pods (namespace, uid) for the garbage collector task, when it runs late
+    /// (`SimConfig::gc_delay`).
+    pub gc_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
     pub port: u16,
     /// Cancelled when the current listener generation ends (restart/shutdown).
     pub generation: Mutex<CancellationToken>,
@@ -266,12 +269,23 @@ pub(crate) struct Shared {
 impl Shared {
     /// Run `f` on the store and wake watches.
     pub fn mutate<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
-        let (r, rv) = {
+        let (r, rv, collect) = {
             let mut s = lock(&self.store);
             let r = f(&mut s);
-            (r, s.rv)
+            let collect = s
+                .deferred_gc
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            (r, s.rv, collect)
         };
         self.rv_tx.send_replace(rv);
+        // The garbage collector is a controller of its own: it deletes a removed pod's
+        // dependents some time later (pkg/controller/garbagecollector, driven by its
+        // informers and work queue), not in the request that removed the pod.
+        for removed in collect {
+            let _ = self.gc_tx.send(removed);
+        }
         r
     }
 

@@ -84,6 +84,9 @@ pub(crate) struct Store {
     pub history: VecDeque<Event>,
     /// Watches starting before this version get 410 Gone.
     pub floor: u64,
+    /// When set, the dependents of a removed pod are collected later, not at once:
+    /// (namespace, pod uid) pairs for the simulator's garbage collector to sweep.
+    pub deferred_gc: Option<Vec<(String, String)>>,
 }
 
 impl Store {
@@ -183,7 +186,10 @@ impl Store {
     pub fn remove(&mut self, ns: &str, name: &str) -> Option<Value> {
         let obj = self.remove_kind(Kind::Pod, ns, name)?;
         if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str) {
-            self.collect_dependents(ns, uid);
+            match &mut self.deferred_gc {
+                Some(later) => later.push((ns.to_owned(), uid.to_owned())),
+                None => self.collect_dependents(ns, uid),
+            }
         }
         Some(obj)
     }
@@ -228,7 +234,7 @@ impl Store {
 
     /// The garbage collector, after the pod `uid` of `ns` is gone: every secret
     /// of the namespace that names it as an owner is looked at again.
-    fn collect_dependents(&mut self, ns: &str, uid: &str) {
+    pub fn collect_dependents(&mut self, ns: &str, uid: &str) {
         let names: Vec<String> = self
             .secrets
             .iter()
