@@ -20,6 +20,14 @@ pub const DEFAULT_NON_ROOT_UID: i64 = 65532;
 /// Where the default pause program is installed inside the main container.
 pub const TOOLS_DIR: &str = "/.jetbridge";
 
+/// How long a pod may be marked not ready by the node lifecycle controller before its
+/// node is taken as lost (see [`crate::pod_status_at`]).
+pub const DEFAULT_NODE_LOST_AFTER: Duration = Duration::from_secs(60);
+
+/// How long an exec runs before the pod is watched beside it (see
+/// [`KubeConfig::exec_pod_watch_after`]).
+pub const DEFAULT_EXEC_POD_WATCH_AFTER: Duration = Duration::from_secs(10);
+
 /// How many API requests one port operation may make, and how retries back off.
 ///
 /// Every request an operation sends (the first try, retries after transient failures,
@@ -109,6 +117,14 @@ pub struct KubeConfig {
     /// Annotations of step pods, e.g. `gke-gcsfuse/volumes: "true"` so GKE's GCS FUSE
     /// CSI driver mounts a bucket-backed artifact claim into them.
     pub pod_annotations: BTreeMap<String, String>,
+    /// How long a pod may stay marked not ready by the node lifecycle controller
+    /// (`Ready=False` with `ContainersReady=True`) before its node is taken as lost and
+    /// the step fails `node lost`; default [`DEFAULT_NODE_LOST_AFTER`].
+    pub node_lost_after: Duration,
+    /// How long an exec runs before its pod is watched beside it, so that a command on
+    /// a node that vanished ends as soon as the pod says so instead of hanging; default
+    /// [`DEFAULT_EXEC_POD_WATCH_AFTER`]. Shorter execs cost no watch.
+    pub exec_pod_watch_after: Duration,
 }
 
 impl Default for KubeConfig {
@@ -134,6 +150,8 @@ impl Default for KubeConfig {
             artifact_claim: None,
             cache_claim: None,
             pod_annotations: BTreeMap::new(),
+            node_lost_after: DEFAULT_NODE_LOST_AFTER,
+            exec_pod_watch_after: DEFAULT_EXEC_POD_WATCH_AFTER,
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use jetbridge_core::ports::{Container, Exec, ExecCapabilities, ExecRequest, OutputSink};
+use jetbridge_core::ports::{
+    Container, Exec, ExecCapabilities, ExecRequest, OutputSink, Pods, WaitFor, WaitOpts,
+};
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
@@ -28,6 +30,10 @@ pub const KILL_SCRIPT: &str = concat!(
     "if grep -q \"JETBRIDGE_EXEC_ID=$1\" \"$d/environ\" 2>/dev/null; then ",
     "kill -KILL \"${d#/proc/}\" 2>/dev/null; fi; done; true"
 );
+
+/// The longest watch of a pod beside its exec: far beyond any step (the exec's own
+/// deadline is its caller's).
+const POD_WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// How long a cancellation may take to reach the container.
 const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -260,7 +266,30 @@ impl Exec for KubeBackend {
             // progress behind a load balancer): ending stdin ends the session.
             (true, false, false) => crate::session::StdinEnd::CloseSession,
         };
-        let status = crate::session::run(conn, stdin, end, &*output).await?;
+        // A node that vanishes takes the kubelet with it, and the session goes silent
+        // without closing. So an exec that runs for a while has its pod watched beside
+        // it: once the pod says it is gone (node lost, evicted, deleted), the command is
+        // given up as lost and the caller asks the pod why.
+        let pod_gone = async {
+            tokio::time::sleep(self.config.exec_pod_watch_after).await;
+            let forever = WaitOpts::new(WaitFor::Terminated, POD_WATCH_LIMIT);
+            match self.wait(&pod, &forever).await {
+                Ok(st) if st.state.is_terminal() => {
+                    format!("{:?}: {}", st.state, st.message.unwrap_or_default())
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => e.message().to_owned(),
+                // The watch failing says nothing about the command: leave it be.
+                _ => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            r = crate::session::run(conn, stdin, end, &*output) => r?,
+            why = pod_gone => {
+                return Err(Error::lost(format!(
+                    "pod {pod} stopped while its command ran ({why})"
+                )));
+            }
+        };
         match status {
             Some(s) => {
                 guard.disarm();

@@ -16,7 +16,8 @@ mod session;
 mod status;
 
 pub use config::{
-    DEFAULT_HELPER_IMAGE, DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
+    DEFAULT_EXEC_POD_WATCH_AFTER, DEFAULT_HELPER_IMAGE, DEFAULT_NODE_LOST_AFTER,
+    DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
 };
 pub use exec::{
     BOUNDED_STDIN_SCRIPT, CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, exit_code, wrap_argv,
@@ -27,4 +28,4 @@ pub use manifest::{
     pod_manifest, working_dir,
 };
 pub use pods::KubeBackend;
-pub use status::pod_status;
+pub use status::{pod_status, pod_status_as, pod_status_at};

@@ -25,7 +25,7 @@ use crate::config::KubeConfig;
 use crate::error::{api_code, to_error};
 use crate::manifest::{env_secret_manifest, env_secret_name, pod_manifest};
 use crate::retry::Budget;
-use crate::status::pod_status_as;
+use crate::status::pod_status_at;
 
 /// Whether `meta` carries the handle label `ours` (never when we have none).
 fn has_handle(
@@ -418,6 +418,15 @@ impl KubeBackend {
     }
 
     /// The domain status of `pod`, knowing which deletions were ours.
+    /// When a pod marked not ready by the node lifecycle controller will count as on a
+    /// lost node, as an instant of this process; `None` when it is not so marked.
+    fn node_lost_at(&self, pod: &Pod) -> Option<Instant> {
+        let since = crate::status::node_not_ready_since(pod)?;
+        let due = since + self.config.node_lost_after;
+        let left = due.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(Instant::now() + left)
+    }
+
     fn status_of(&self, pod: &Pod) -> PodStatus {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let ours = self
@@ -425,7 +434,7 @@ impl KubeBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(name);
-        pod_status_as(pod, ours)
+        pod_status_at(pod, ours, SystemTime::now(), self.config.node_lost_after)
     }
 
     /// Remember that we asked to delete `name`.
@@ -506,6 +515,10 @@ impl KubeBackend {
             if done(&status) {
                 return Ok(status);
             }
+            // A pod whose node stopped reporting changes no more: its verdict comes
+            // from time passing, so it is looked at again then.
+            let mut recheck = self.node_lost_at(&pod);
+            let mut last_pod = pod;
             loop {
                 let secs = deadline
                     .saturating_duration_since(Instant::now())
@@ -535,7 +548,22 @@ impl KubeBackend {
                 };
                 let mut stream = std::pin::pin!(stream);
                 loop {
-                    match stream.try_next().await {
+                    let event = match recheck {
+                        Some(at) => tokio::select! {
+                            e = stream.try_next() => e,
+                            () = tokio::time::sleep_until(at) => {
+                                recheck = None;
+                                let status = self.status_of(&last_pod);
+                                *last = Some(status.clone());
+                                if done(&status) {
+                                    return Ok(status);
+                                }
+                                continue;
+                            }
+                        },
+                        None => stream.try_next().await,
+                    };
+                    match event {
                         Ok(Some(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
                             if let Some(v) = &p.metadata.resource_version {
                                 version.clone_from(v);
@@ -545,6 +573,8 @@ impl KubeBackend {
                             if done(&status) {
                                 return Ok(status);
                             }
+                            recheck = self.node_lost_at(&p);
+                            last_pod = p;
                         }
                         Ok(Some(WatchEvent::Deleted(p))) => {
                             *last = Some(self.status_of(&p));

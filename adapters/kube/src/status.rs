@@ -58,7 +58,47 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
 /// (pkg/controller/disruption, pkg/registry/core/pod/storage/eviction.go; the
 /// condition: <https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions>.)
 pub fn pod_status_as(pod: &Pod, deletion_requested: bool) -> PodStatus {
-    let (state, message) = pod_state(pod, deletion_requested);
+    pod_status_at(
+        pod,
+        deletion_requested,
+        SystemTime::now(),
+        crate::config::DEFAULT_NODE_LOST_AFTER,
+    )
+}
+
+/// [`pod_status_as`] at `now`, where a pod whose node has been not ready for
+/// `node_lost_after` is `Failed(NodeLost)`.
+///
+/// A node that stops reporting is first seen on its pods as `Ready=False` with
+/// `ContainersReady` still `True` and the phase still `Running`: the node lifecycle
+/// controller flips only the `Ready` condition (pkg/controller/nodelifecycle
+/// `MarkPodsNotReady`), while the kubelet, when it is the one saying not ready, always
+/// flips both. Current clusters write no `NodeLost` reason and no phase `Unknown`; the
+/// taint-eviction controller acts only after the pods' toleration (300 s by default),
+/// and the pods then stay terminating until the node object goes. So the node is taken
+/// as lost once that mark is older than `node_lost_after`, on this host's clock against
+/// the condition's `lastTransitionTime` (a clock skewed by a few seconds moves the
+/// verdict by as much).
+pub fn pod_status_at(
+    pod: &Pod,
+    deletion_requested: bool,
+    now: SystemTime,
+    node_lost_after: std::time::Duration,
+) -> PodStatus {
+    let not_ready_for =
+        node_not_ready_since(pod).map(|t| now.duration_since(t).unwrap_or_default());
+    let (state, message) = match not_ready_for {
+        Some(d) if d >= node_lost_after => (
+            PodState::Failed(PodFailure::NodeLost),
+            Some(format!(
+                "the node stopped reporting: the node lifecycle controller has marked the pod \
+                 not ready for {}s (jetbridge waits {}s)",
+                d.as_secs(),
+                node_lost_after.as_secs()
+            )),
+        ),
+        _ => pod_state(pod, deletion_requested),
+    };
     let created_at = pod
         .metadata
         .creation_timestamp
@@ -72,6 +112,26 @@ pub fn pod_status_as(pod: &Pod, deletion_requested: bool) -> PodStatus {
         created_at,
         deleting: pod.metadata.deletion_timestamp.is_some(),
     }
+}
+
+/// When the node lifecycle controller marked the running pod not ready (see
+/// [`pod_status_at`]): the `Ready` condition's transition time.
+pub(crate) fn node_not_ready_since(pod: &Pod) -> Option<SystemTime> {
+    let phase = pod.status.as_ref()?.phase.as_deref();
+    if phase != Some("Running") {
+        return None;
+    }
+    let ready = condition(pod, "Ready")?;
+    let containers = condition(pod, "ContainersReady")?;
+    if ready.status != "False" || containers.status != "True" {
+        return None;
+    }
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0)),
+    )
 }
 
 /// `Corrupt` when a copy init container found its copy different from the sealed
@@ -405,6 +465,44 @@ mod tests {
             let m = s.message.unwrap();
             assert!(m.contains("manifest unknown") && m.contains(reason), "{m}");
         }
+    }
+
+    #[test]
+    fn marked_not_ready_by_the_node_controller_is_node_lost_after_the_bound() {
+        let marked = |ready: &str, containers: &str| {
+            pod(json!({
+                "phase": "Running",
+                "conditions": [
+                    {"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "ContainersReady", "status": containers, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                ],
+                "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}}]
+            }))
+        };
+        let at = |secs: u64| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600 + secs)
+        };
+        let bound = std::time::Duration::from_secs(60);
+        let p = marked("False", "True");
+        assert_eq!(
+            pod_status_at(&p, false, at(59), bound).state,
+            PodState::Running
+        );
+        let lost = pod_status_at(&p, false, at(60), bound);
+        assert_eq!(lost.state, PodState::Failed(PodFailure::NodeLost));
+        assert!(lost.message.unwrap().contains("stopped reporting"));
+        // The kubelet's own not-ready flips both conditions: not the node controller.
+        let p = marked("False", "False");
+        assert_eq!(
+            pod_status_at(&p, false, at(3600), bound).state,
+            PodState::Running
+        );
+        let p = marked("True", "True");
+        assert_eq!(
+            pod_status_at(&p, false, at(3600), bound).state,
+            PodState::Running
+        );
     }
 
     #[test]

@@ -769,3 +769,97 @@ async fn a_create_that_meets_a_secret_being_collected_replaces_it() {
     assert_eq!(owner, pod["metadata"]["uid"], "owned by the new pod");
     sim.shutdown().await;
 }
+
+/// A node that vanishes: the exec goes silent without closing, and no `NodeLost` or
+/// phase `Unknown` is ever written. The node lifecycle controller's `Ready=False`,
+/// beyond `node_lost_after`, ends the exec as lost and the pod reads `NodeLost`; the
+/// command never hangs until the step's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_ends_a_silent_exec_and_reads_node_lost() {
+    let kube = KubeConfig {
+        node_lost_after: Duration::from_millis(400),
+        exec_pod_watch_after: Duration::from_millis(100),
+        ..sim_config()
+    };
+    let (sim, b) = sim_backend(SimConfig::default(), kube).await;
+    let s = spec();
+    running(&b, &s).await;
+    let out = Arc::new(CaptureOutput::new());
+    let exec = {
+        let b = b.clone();
+        let name = s.name.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            let argv = argv(&["sh", "-c", "echo started; sleep 3600"]);
+            b.exec(ExecRequest::new(&name, argv), out).await
+        })
+    };
+    eventually("the command runs", || out.stdout() == b"started\n").await;
+    // The taint manager would act only after five minutes: the verdict must come
+    // from the not-ready mark alone.
+    sim.lose_node(Duration::from_millis(200), Duration::from_secs(300));
+    // A guard against a hang, not a measurement.
+    let r = tokio::time::timeout(Duration::from_secs(60), exec)
+        .await
+        .expect("the exec does not hang on a lost node")
+        .expect("joins");
+    let err = r.expect_err("the command cannot have succeeded");
+    assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    let st = b.get(&s.name).await.expect("the pod is still in the API");
+    assert_eq!(st.state, PodState::Failed(PodFailure::NodeLost), "{st:?}");
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("stopped reporting")),
+        "{st:?}"
+    );
+    sim.shutdown().await;
+}
+
+/// The later stages of a node loss: the taint-eviction controller's
+/// `DeletionByTaintManager` leaves the pod `Running` and terminating (no kubelet
+/// confirms), which reads `NodeLost`; deleting the node object lets pod GC remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taint_eviction_and_pod_gc_of_a_lost_node() {
+    let kube = KubeConfig {
+        node_lost_after: Duration::from_secs(3600),
+        ..sim_config()
+    };
+    let (sim, b) = sim_backend(SimConfig::default(), kube).await;
+    let s = spec();
+    running(&b, &s).await;
+    sim.lose_node(Duration::from_millis(50), Duration::from_millis(100));
+    let st = b
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Terminated, Duration::from_secs(30)),
+        )
+        .await
+        .expect("wait");
+    assert_eq!(st.state, PodState::Failed(PodFailure::NodeLost), "{st:?}");
+    eventually("the taint manager deletes it", || {
+        sim.pods(NS).iter().any(|p| {
+            p["metadata"]["name"].as_str() == Some(s.name.as_str())
+                && p["metadata"]["deletionTimestamp"].is_string()
+        })
+    })
+    .await;
+    let pod = sim
+        .pods(NS)
+        .into_iter()
+        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
+        .expect("still there: no kubelet confirms the deletion");
+    assert_eq!(pod["status"]["phase"], "Running");
+    sim.delete_node();
+    assert_eq!(pods_named(&sim, &s.name), 0, "pod GC removed it");
+    sim.shutdown().await;
+}
+
+/// Wait until `cond` holds, checking every 10 ms, failing after 30 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < give_up, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

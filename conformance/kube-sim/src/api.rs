@@ -778,7 +778,10 @@ pub(crate) fn do_delete(
             .unwrap_or(pod);
         Ok((obj, uid, Some(grace)))
     })?;
-    if let (Some(grace), Some(rt)) = (grace, sh.runtime(&uid)) {
+    // An unreachable node's kubelet never hears of the deletion: the pod stays
+    // terminating until the node object goes (see `Simulator::delete_node`).
+    let node_down = lock(&sh.flags).node_down;
+    if let (Some(grace), Some(rt), false) = (grace, sh.runtime(&uid), node_down) {
         rt.request_kill(Kill::Delete {
             grace: grace as u64,
         });

@@ -121,6 +121,16 @@ pub(crate) async fn handler(
         ))
         .into_response();
     };
+    if lock(&sh.flags).node_down {
+        // The API server cannot reach the kubelet (pkg/kubelet/client, the proxy's
+        // dial error).
+        return ApiError::new(
+            500,
+            "InternalError",
+            "error dialing backend: dial tcp 10.0.0.2:10250: i/o timeout",
+        )
+        .into_response();
+    }
     let drop_stream = {
         let mut f = lock(&sh.flags);
         if f.drop_exec > 0 {
@@ -147,8 +157,20 @@ pub(crate) async fn handler(
         Err(_) => None,
     };
     let v5 = proto == V5;
+    let node_gone = {
+        let sh = sh.clone();
+        async move { sh.wait_node_down().await }
+    };
     ws.protocols([proto]).on_upgrade(move |socket| async move {
-        session(socket, v5, spawned, drop_stream, generation_token).await;
+        session(
+            socket,
+            v5,
+            spawned,
+            drop_stream,
+            generation_token,
+            node_gone,
+        )
+        .await;
         // What the command left running in the background stays in the container until
         // the container stops, as on a node, where stopping it kills every process of
         // its cgroup (CRI StopContainer; kubelet kuberuntime_container.go killContainer).
@@ -246,7 +268,9 @@ async fn session(
     spawned: std::io::Result<Child>,
     drop_stream: bool,
     generation_token: CancellationToken,
+    node_gone: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(node_gone);
     let (mut sink, mut stream) = socket.split();
     let mut child = match spawned {
         Ok(c) => c,
@@ -326,6 +350,16 @@ async fn session(
                 let _ = sink.send(Message::Close(None)).await;
                 return;
             }
+            // The node is unreachable: nothing more arrives, and nothing says so; the
+            // connection stays open, as a TCP connection to a vanished host does.
+            () = &mut node_gone => {
+                tokio::select! {
+                    () = generation_token.cancelled() => {}
+                    () = client_gone.cancelled() => {}
+                }
+                reader.abort();
+                return;
+            }
             frame = out_rx.recv() => match frame {
                 Some(f) => {
                     if sink_ok && sink.send(Message::Binary(f.into())).await.is_err() {
@@ -350,6 +384,14 @@ async fn session(
         biased;
         () = client_gone.cancelled() => {
             let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+        () = &mut node_gone => {
+            tokio::select! {
+                () = generation_token.cancelled() => {}
+                () = client_gone.cancelled() => {}
+            }
+            reader.abort();
             return;
         }
         s = child.wait() => s,

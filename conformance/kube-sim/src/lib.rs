@@ -382,6 +382,124 @@ impl Simulator {
         self.shared.update_flags(|f| f.cordoned = false);
     }
 
+    /// The node becomes unreachable, as when its VM dies or the network to it is cut,
+    /// and the control plane reacts as current clusters do; no `NodeLost` reason and no
+    /// phase `Unknown` is written (the node controller stopped doing that in 1.12):
+    ///
+    /// 1. At once: the kubelet hears and writes nothing (no status, no deletion
+    ///    confirmed, no signal reaches a process, which runs on unobserved); exec
+    ///    sessions go silent without closing; new execs answer 500 `error dialing
+    ///    backend`.
+    /// 2. After `not_ready_after` (the node lifecycle controller's
+    ///    `node-monitor-grace-period`, 40 s by default, 50 s from 1.32): every pod of
+    ///    the node gets `Ready=False` (pkg/controller/nodelifecycle `MarkPodsNotReady`,
+    ///    which leaves `ContainersReady` and the phase alone); on a cluster the node
+    ///    also gets the `node.kubernetes.io/unreachable:NoExecute` taint (nodes are not
+    ///    served here).
+    /// 3. After `evict_after` more (the pods' toleration of that taint, 300 s by default
+    ///    from the DefaultTolerationSeconds admission plugin): the taint-eviction
+    ///    controller adds `DisruptionTarget` (reason `DeletionByTaintManager`) and deletes
+    ///    each pod gracefully. No kubelet confirms it, so the pod stays `Running` and
+    ///    terminating until [`Simulator::delete_node`].
+    pub fn lose_node(&self, not_ready_after: Duration, evict_after: Duration) {
+        self.shared.update_flags(|f| {
+            f.node_down = true;
+            f.frozen = true;
+        });
+        let sh = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(not_ready_after).await;
+            let on_node = |sh: &Shared| -> Vec<(String, String)> {
+                let store = lock(&sh.store);
+                store
+                    .pods
+                    .iter()
+                    .filter(|(_, p)| {
+                        p["spec"]["nodeName"]
+                            .as_str()
+                            .is_some_and(|n| !n.is_empty())
+                            && !matches!(
+                                p["status"]["phase"].as_str(),
+                                Some("Succeeded" | "Failed")
+                            )
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for (ns, name) in on_node(&sh) {
+                sh.mutate(|s| {
+                    s.update(&ns, &name, |p| {
+                        kubelet::set_cond(p, "Ready", false, None, None)
+                    });
+                });
+            }
+            tokio::time::sleep(evict_after).await;
+            for (ns, name) in on_node(&sh) {
+                let _ = api::do_delete(
+                    &sh,
+                    &ns,
+                    &name,
+                    None,
+                    &serde_json::json!({}),
+                    Some(&|p: &mut serde_json::Value| {
+                        kubelet::set_cond(
+                            p,
+                            "DisruptionTarget",
+                            true,
+                            Some("DeletionByTaintManager"),
+                            Some("Taint manager: deleting due to NoExecute taint"),
+                        )
+                    }),
+                );
+            }
+        });
+    }
+
+    /// The lost node's object is deleted (by the cloud node controller once its VM is
+    /// gone, or by an operator): pod GC (pkg/controller/podgc `gcOrphaned`) marks each
+    /// of its pods `DisruptionTarget` (reason `DeletionByPodGC`) and phase `Failed`,
+    /// then deletes it at once. Their processes are gone with the node.
+    pub fn delete_node(&self) {
+        let pods: Vec<(String, String, String)> = {
+            let store = lock(&self.shared.store);
+            store
+                .pods
+                .iter()
+                .filter(|(_, p)| {
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
+                })
+                .map(|((ns, n), p)| {
+                    (
+                        ns.clone(),
+                        n.clone(),
+                        p["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        };
+        for (ns, name, uid) in pods {
+            self.shared.mutate(|s| {
+                s.update(&ns, &name, |p| {
+                    kubelet::set_cond(
+                        p,
+                        "DisruptionTarget",
+                        true,
+                        Some("DeletionByPodGC"),
+                        Some("PodGC: node no longer exists"),
+                    );
+                    p["status"]["phase"] = serde_json::json!("Failed");
+                });
+                s.remove(&ns, &name);
+            });
+            if let Some(rt) = self.shared.runtime(&uid) {
+                rt.request_kill(Kill::Shutdown);
+                rt.signal_all(true);
+            }
+        }
+    }
+
     /// While on, the kubelet writes no status: pods make no progress and
     /// graceful deletions are not confirmed. Signals still reach processes.
     pub fn freeze_kubelet(&self, on: bool) {

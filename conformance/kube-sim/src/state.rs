@@ -23,6 +23,9 @@ pub(crate) struct Flags {
     pub unschedulable: bool,
     pub cordoned: bool,
     pub frozen: bool,
+    /// The node is unreachable (see `Simulator::lose_node`): the kubelet hears nothing
+    /// and says nothing, and exec sessions to it go silent.
+    pub node_down: bool,
     /// (substring of image, pull error message)
     /// (image substring, message, pull attempts left to fail; `None`: all of them).
     pub image_failures: Vec<(String, String, Option<usize>)>,
@@ -311,6 +314,19 @@ impl Shared {
 
     pub fn generation(&self) -> CancellationToken {
         lock(&self.generation).clone()
+    }
+
+    /// Wait until the node is unreachable.
+    pub async fn wait_node_down(&self) {
+        let mut rx = self.flags_tx.subscribe();
+        loop {
+            if lock(&self.flags).node_down {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Wait until the kubelet is not frozen.
