@@ -863,3 +863,72 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Processes of this host whose environment holds `MARK=<mark>`: the simulator runs a
+/// container's processes here, so this is what is still running in the "container".
+fn marked_processes(mark: &str) -> usize {
+    let needle = format!("MARK={mark}");
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .filter(|e| {
+                    std::fs::read(e.path().join("environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Kubernetes lets an exec'd command run on when its client goes away, and so does the
+/// simulator now. A command whose exec is abandoned (the future dropped: a timeout or
+/// an abort) or whose stream broke is really stopped by the adapter's kill script, not
+/// merely forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_or_broken_exec_is_really_killed() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    let req = |mark: &str| {
+        let env = std::collections::BTreeMap::from([("MARK".to_owned(), mark.to_owned())]);
+        ExecRequest::new(&s.name, argv(&["sh", "-c", "echo started; sleep 3600"])).env(env)
+    };
+
+    // Abandoned: the caller stops waiting (the future is dropped).
+    let mark = StepHandle::random().short().to_owned();
+    let out = Arc::new(CaptureOutput::new());
+    let task = {
+        let (b, r, out) = (b.clone(), req(&mark), out.clone());
+        tokio::spawn(async move { b.exec(r, out).await })
+    };
+    eventually("the command runs", || out.stdout() == b"started\n").await;
+    assert!(marked_processes(&mark) > 0, "the command is seen running");
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    eventually("the abandoned command is killed", || {
+        marked_processes(&mark) == 0
+    })
+    .await;
+
+    // Broken: the stream ends without a status after the first output.
+    let mark = StepHandle::random().short().to_owned();
+    sim.drop_exec_streams(1);
+    let err = b
+        .exec(req(&mark), Arc::new(CaptureOutput::new()))
+        .await
+        .expect_err("a broken stream is never a success");
+    assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    // The simulator leaves it running, as a node does
+    // (kube-sim `a_dropped_streams_command_runs_on`).
+    eventually("the command of a broken stream is killed", || {
+        marked_processes(&mark) == 0
+    })
+    .await;
+    sim.shutdown().await;
+}

@@ -147,7 +147,11 @@ pub(crate) async fn handler(
             let io = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
             cmd.stdin(io(want_in))
                 .stdout(io(want_out))
-                .stderr(io(want_err));
+                .stderr(io(want_err))
+                // An exec'd command outlives its session: neither the client going
+                // away nor a broken stream stops it (the kubelet's exec has no such
+                // link; CRI stops containers, not execs). It ends with its container.
+                .kill_on_drop(false);
             cmd.spawn()
         });
     let proc_id = match &spawned {

@@ -508,7 +508,8 @@ impl Simulator {
 
     /// The next `n` exec sessions send their first output (or wait for the
     /// process to end when it prints nothing), then close the connection
-    /// without a status frame; their process is killed.
+    /// without a status frame. Their process runs on, as on a node: only the
+    /// client can stop it (or the container's end).
     pub fn drop_exec_streams(&self, n: usize) {
         self.shared.update_flags(|f| f.drop_exec += n);
     }

@@ -185,6 +185,42 @@ async fn dropped_exec_stream_has_no_status() {
     sim.shutdown().await;
 }
 
+/// The command of a dropped stream runs on, as on a node: only its client (or the end
+/// of its container) stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_streams_command_runs_on() {
+    let (sim, client) = start().await;
+    let pods = running_pod(&client, "x").await;
+    sim.drop_exec_streams(1);
+    let ap = AttachParams::default().stdout(true).stderr(false);
+    let mut proc = pods
+        .exec(
+            "x",
+            ["sh", "-c", "echo first; sleep 1; echo done > ran-on"],
+            &ap,
+        )
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap();
+    assert!(status.await.is_none(), "no status frame");
+    // Its last act, after the stream is gone, still happens.
+    let mut seen = false;
+    for _ in 0..100 {
+        let mut check = pods
+            .exec("x", ["sh", "-c", "cat ran-on 2>/dev/null"], &ap)
+            .await
+            .unwrap();
+        let out = read_all(check.stdout()).await;
+        if out == "done\n" {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the command finished after its stream was dropped");
+    sim.shutdown().await;
+}
+
 /// Raw WebSocket exec offering only `proto`.
 async fn raw_exec(
     sim: &jetbridge_kube_sim::Simulator,
