@@ -32,6 +32,10 @@ pub enum ErrorKind {
     /// The caller's identity lacks a permission (RBAC, bucket IAM, database grants);
     /// the message says which. Permanent until an operator grants it.
     PermissionDenied,
+    /// A command was killed by the out-of-memory killer: its memory limit is too small
+    /// for it. Said by an exec whose process alone was killed (the pod itself shows no
+    /// `OOMKilled`), so that the step is reported OOM-killed, not as its exit status.
+    OutOfMemory,
     /// Anything else; permanent.
     Other,
 }
@@ -56,6 +60,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::OutOfMemory => "out of memory",
             ErrorKind::Other => "error",
         }
     }
@@ -144,6 +149,11 @@ impl Error {
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
     }
+    /// Shorthand for [`ErrorKind::OutOfMemory`].
+    pub fn out_of_memory(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::OutOfMemory, message)
+    }
+
     /// Shorthand for [`ErrorKind::StorageFull`].
     pub fn storage_full(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::StorageFull, message)

@@ -125,6 +125,11 @@ pub struct KubeConfig {
     /// a node that vanished ends as soon as the pod says so instead of hanging; default
     /// [`DEFAULT_EXEC_POD_WATCH_AFTER`]. Shorter execs cost no watch.
     pub exec_pod_watch_after: Duration,
+    /// Where a container's out-of-memory kill counter (`oom_kill N`) is read after a
+    /// command dies by SIGKILL (exit 137), first file that exists: cgroup v2's
+    /// `memory.events`, then cgroup v1's `memory.oom_control`. Relative paths are from
+    /// the container's working directory.
+    pub oom_counter_files: Vec<String>,
 }
 
 impl Default for KubeConfig {
@@ -152,6 +157,10 @@ impl Default for KubeConfig {
             pod_annotations: BTreeMap::new(),
             node_lost_after: DEFAULT_NODE_LOST_AFTER,
             exec_pod_watch_after: DEFAULT_EXEC_POD_WATCH_AFTER,
+            oom_counter_files: vec![
+                "/sys/fs/cgroup/memory.events".to_owned(),
+                "/sys/fs/cgroup/memory/memory.oom_control".to_owned(),
+            ],
         }
     }
 }

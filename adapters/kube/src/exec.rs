@@ -293,7 +293,13 @@ impl Exec for KubeBackend {
         match status {
             Some(s) => {
                 guard.disarm();
-                exit_code(&s)
+                let code = exit_code(&s)?;
+                if code == 137
+                    && let Some(oom) = self.oom_killed(&pod, req.container).await
+                {
+                    return Err(oom);
+                }
+                Ok(code)
             }
             None if end == crate::session::StdinEnd::CloseSession => Err(Error::lost(format!(
                 "the exec session in pod {pod} ended with its stdin: the API server answered \
@@ -303,6 +309,47 @@ impl Exec for KubeBackend {
                 "the exec stream of pod {pod} ended without an exit status"
             ))),
         }
+    }
+}
+
+impl KubeBackend {
+    /// Whether a command that died by SIGKILL was the out-of-memory killer's doing,
+    /// though nothing in the pod says so: with cgroup v1, or `singleProcessOOMKill:
+    /// true` (1.32+), the kernel kills only the largest process (the command) and the
+    /// container carries on without an `OOMKilled` status. The container's cgroup
+    /// counts it in `oom_kill` (`memory.events`, `memory.oom_control`), which one more
+    /// exec reads; a count above the last one seen in this pod is this command's. `None`
+    /// when the count did not rise or cannot be read (no `sh` or `cat` in the image).
+    async fn oom_killed(&self, pod: &str, container: Container) -> Option<Error> {
+        const READ_FIRST: &str =
+            "for f in \"$@\"; do cat \"$f\" 2>/dev/null && exit 0; done; exit 1";
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            READ_FIRST.to_owned(),
+            "sh".to_owned(),
+        ];
+        argv.extend(self.config.oom_counter_files.iter().cloned());
+        let mut req = ExecRequest::new(pod, argv);
+        req.container = container;
+        let out = Arc::new(jetbridge_core::ports::CaptureOutput::new());
+        let read = self.exec(req, out.clone()).await;
+        if !matches!(read, Ok(0)) {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout()).into_owned();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse::<u64>().ok())?;
+        let mut seen = self.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let before = seen.insert(pod.to_owned(), count).unwrap_or(0);
+        (count > before).then(|| {
+            Error::out_of_memory(format!(
+                "the command was killed by the out-of-memory killer (exit 137; the container's \
+                 oom_kill count went from {before} to {count}); raise the step's memory limit"
+            ))
+        })
     }
 }
 

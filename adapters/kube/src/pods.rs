@@ -54,6 +54,9 @@ pub struct KubeBackend {
     /// The exec subprotocol the API server chose last ([`Protocol`] as a `u8`), shared
     /// by clones.
     exec_protocol: Arc<std::sync::atomic::AtomicU8>,
+    /// Per pod, the container's `oom_kill` count last seen (see `crate::exec`), so an
+    /// earlier kill is not blamed on a later command.
+    pub(crate) oom_seen: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// An exec subprotocol, as far as stdin is concerned (see [`crate::session`]).
@@ -141,6 +144,7 @@ impl KubeBackend {
             namespace,
             own_deletes: Arc::default(),
             exec_protocol: Arc::default(),
+            oom_seen: Arc::default(),
         }
     }
 
@@ -768,6 +772,10 @@ impl Pods for KubeBackend {
     async fn delete(&self, name: &str, opts: &DeleteOpts) -> Result<()> {
         let grace = opts.grace;
         self.note_own_delete(name);
+        self.oom_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         let budget = self.budget();
         // Whole seconds, rounded up, and at least one: `gracePeriodSeconds: 0` is a force
         // deletion, which removes the object at once while the kubelet may not yet have

@@ -932,3 +932,48 @@ async fn an_abandoned_or_broken_exec_is_really_killed() {
     .await;
     sim.shutdown().await;
 }
+
+/// With cgroup v1 or `singleProcessOOMKill` the OOM killer takes only the command: it
+/// exits 137 and the pod shows nothing. The container's `oom_kill` count tells, and the
+/// exec says `OutOfMemory` (the step is reported OOM-killed, not "exited with status
+/// 137"). A SIGKILL that is not the OOM killer's stays an exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_alone_killed_for_memory_is_out_of_memory() {
+    let kube = KubeConfig {
+        // The simulator keeps the counter in the container's working directory.
+        oom_counter_files: vec!["memory.events".into()],
+        ..sim_config()
+    };
+    let (sim, b) = sim_backend(SimConfig::default(), kube).await;
+    let s = spec();
+    running(&b, &s).await;
+    let out = Arc::new(CaptureOutput::new());
+    let exec = {
+        let (b, name, out) = (b.clone(), s.name.clone(), out.clone());
+        tokio::spawn(async move {
+            let argv = argv(&["sh", "-c", "echo started; exec sleep 3600"]);
+            b.exec(ExecRequest::new(&name, argv), out).await
+        })
+    };
+    eventually("the command runs", || out.stdout() == b"started\n").await;
+    sim.oom_kill_exec(NS, &s.name);
+    let err = exec
+        .await
+        .expect("joins")
+        .expect_err("an OOM kill is not an exit status");
+    assert_eq!(err.kind(), ErrorKind::OutOfMemory, "{err}");
+    assert!(err.message().contains("out-of-memory killer"), "{err}");
+    let st = b.get(&s.name).await.unwrap();
+    assert_eq!(st.state, PodState::Running, "the pod shows nothing: {st:?}");
+
+    // Killed, but not for memory: the count did not rise.
+    let code = b
+        .exec(
+            ExecRequest::new(&s.name, argv(&["sh", "-c", "kill -9 $$"])),
+            Arc::new(CaptureOutput::new()),
+        )
+        .await
+        .expect("an exit status");
+    assert_eq!(code, 137);
+    sim.shutdown().await;
+}

@@ -329,6 +329,29 @@ impl Simulator {
         }
     }
 
+    /// The OOM killer as cgroup v1, or `singleProcessOOMKill: true` (1.32+), has it:
+    /// only the processes exec'd in the pod's first main container die (SIGKILL, exit
+    /// 137), the container and the pod carry on with no `OOMKilled` anywhere, and the
+    /// container's `memory.events` `oom_kill` counter goes up. The simulator keeps that
+    /// counter in a file `memory.events` in the container's working directory. (With
+    /// cgroup v2's `memory.oom.group`, the kubelet's default from 1.28, the whole
+    /// container goes: [`Simulator::oom_kill`].)
+    pub fn oom_kill_exec(&self, namespace: &str, pod: &str) {
+        let Some(rt) = self.shared.runtime_of(namespace, pod) else {
+            return;
+        };
+        let main = self.shared.get_pod(namespace, pod).and_then(|p| {
+            p["spec"]["containers"][0]["name"]
+                .as_str()
+                .map(str::to_owned)
+        });
+        if let Some(main) = main
+            && let Err(e) = rt.oom_kill_execs(&main)
+        {
+            tracing::warn!(error = %e, "writing the simulated memory.events");
+        }
+    }
+
     /// Drain the node as `kubectl drain` does: cordon it (new pods stay
     /// Pending, Unschedulable, "1 node(s) were unschedulable") and evict
     /// every pod through the eviction API: a `DisruptionTarget` condition

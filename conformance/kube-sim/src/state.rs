@@ -221,6 +221,40 @@ impl PodRuntime {
         }
     }
 
+    /// The OOM killer takes the processes exec'd in `container` and nothing else, as
+    /// with cgroup v1 or `singleProcessOOMKill: true` (1.32+): SIGKILL, no status
+    /// change. The container's `memory.events` counter (a file `memory.events` in its
+    /// working directory here, `oom_kill N`) goes up by one.
+    pub fn oom_kill_execs(&self, container: &str) -> std::io::Result<()> {
+        let execs: Vec<ProcHandle> = lock(&self.procs)
+            .values()
+            .filter(|p| p.exec && p.container == container)
+            .map(|p| p.handle.clone())
+            .collect();
+        if let Some(env) = lock(&self.containers).get(container) {
+            let file = env.cwd.join("memory.events");
+            let before = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill ").map(|n| n.trim().parse::<u64>()))
+                })
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            std::fs::write(
+                &file,
+                format!(
+                    "low 0\nhigh 0\nmax 1\noom 1\noom_kill {}\noom_group_kill 0\n",
+                    before + 1
+                ),
+            )?;
+        }
+        for p in execs {
+            p.signal(true);
+        }
+        Ok(())
+    }
+
     /// Ask the kubelet to stop the pod. A later, stronger request replaces a
     /// weaker one (any deletion beats eviction; a shorter grace beats a longer).
     pub fn request_kill(&self, k: Kill) {

@@ -112,6 +112,7 @@ impl StepFailure {
         match e.kind() {
             ErrorKind::StorageFull => StepFailure::StorageFull(e.message().to_owned()),
             ErrorKind::Lost => StepFailure::ExecLost(e.message().to_owned()),
+            ErrorKind::OutOfMemory => StepFailure::OomKilled(e.message().to_owned()),
             // A missing grant is the platform's fault, never the step's: errored, and
             // the message names the permission.
             ErrorKind::PermissionDenied => StepFailure::Infrastructure(e),
@@ -154,6 +155,17 @@ impl std::fmt::Display for StepFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_out_of_memory_is_an_oom_kill_not_an_exit_status() {
+        let f = StepFailure::from_error(Error::out_of_memory("killed by the OOM killer"));
+        assert!(matches!(f, StepFailure::OomKilled(_)), "{f}");
+        assert!(f.to_string().starts_with("OOM-killed (exit 137)"), "{f}");
+        assert!(
+            !f.is_step_failure(),
+            "the platform's limit, not the step's doing"
+        );
+    }
 
     #[test]
     fn messages_name_the_cause() {
