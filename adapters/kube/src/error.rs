@@ -43,6 +43,10 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
         K::Api(s) if s.code == 500 && container_not_found(&s.message) => {
             Class::Permanent(ErrorKind::Conflict)
         }
+        // No offered exec subprotocol is allowed (wsstream's handshake, answered 403).
+        K::Api(s) if s.code == 403 && s.message.contains(PROTOCOLS_REFUSED) => {
+            Class::Permanent(ErrorKind::Unsupported)
+        }
         K::Api(s) => match s.code {
             // Answered with an error before acting: safe to resend anything.
             429 | 500 | 502 | 503 | 504 => Class::NotSent,
@@ -58,6 +62,11 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
             Some(std::io::ErrorKind::ConnectionRefused) => Class::NotSent,
             _ => Class::Transient,
         },
+        // The server (or a proxy in front of it) chose a subprotocol without an exit
+        // status, or refused every one offered: no retry changes that.
+        K::UpgradeConnection(
+            kube::client::UpgradeConnectionError::SecWebSocketProtocolMismatch,
+        ) => Class::Permanent(ErrorKind::Unsupported),
         #[allow(unreachable_patterns)]
         K::UpgradeConnection(_) => Class::Transient,
         K::Auth(_) => Class::Permanent(ErrorKind::Other),
@@ -73,6 +82,9 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
 pub(crate) fn container_not_found(message: &str) -> bool {
     message.contains("container not found")
 }
+
+/// wsstream's words when no offered exec subprotocol is allowed (answered 403).
+const PROTOCOLS_REFUSED: &str = "requested protocol(s) are not supported";
 
 /// The NamespaceLifecycle admission plugin's words for a namespace being deleted
 /// (plugin/pkg/admission/namespace/lifecycle/admission.go).
@@ -158,6 +170,16 @@ pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
     };
     if let Some(plain) = namespace_problem(&e) {
         return Error::invalid(format!("{what}: {plain}")).with_source(e);
+    }
+    if kind == ErrorKind::Unsupported {
+        return Error::unsupported(format!(
+            "{what}: the API server, or a proxy in front of it, did not agree on \
+             v5.channel.k8s.io or v4.channel.k8s.io for exec ({e}); those are the \
+             subprotocols that carry a command's exit status. A proxy that drops the \
+             Sec-WebSocket-Protocol header makes the server fall back to the unversioned \
+             channel.k8s.io: let the header through"
+        ))
+        .with_source(e);
     }
     let msg = match &e {
         kube::Error::Api(s) if s.code == 403 => match rbac_permission(&s.message) {

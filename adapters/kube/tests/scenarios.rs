@@ -977,3 +977,27 @@ async fn a_command_alone_killed_for_memory_is_out_of_memory() {
     assert_eq!(code, 137);
     sim.shutdown().await;
 }
+
+/// A proxy that drops `Sec-WebSocket-Protocol` makes the server fall back to the
+/// unversioned `channel.k8s.io`, which carries no exit status: the exec is refused as
+/// `Unsupported`, saying what to fix, never taken for a passing failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_subprotocol_without_status_is_unsupported_and_said_plainly() {
+    let config = SimConfig {
+        exec_protocols: jetbridge_kube_sim::ExecProtocols::HeaderStripped,
+        ..SimConfig::default()
+    };
+    let (sim, b) = sim_backend(config, sim_config()).await;
+    let s = spec();
+    running(&b, &s).await;
+    let err = b
+        .exec(
+            ExecRequest::new(&s.name, argv(&["true"])),
+            Arc::new(CaptureOutput::new()),
+        )
+        .await
+        .expect_err("no exit status can come back");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("Sec-WebSocket-Protocol"), "{err}");
+    sim.shutdown().await;
+}

@@ -31,20 +31,39 @@ const CLOSE: u8 = 255;
 const V5: &str = "v5.channel.k8s.io";
 const V4: &str = "v4.channel.k8s.io";
 
-/// The first subprotocol in the client's list that the server offers.
-fn negotiate(headers: &HeaderMap, offered: ExecProtocols) -> Option<&'static str> {
+/// The first subprotocol in the client's list that the server offers (`""`: the
+/// unversioned `channel.k8s.io`, chosen when the client asked for none), or the
+/// protocols asked for when none is offered.
+///
+/// As wsstream's `handshake` (k8s.io/apimachinery/pkg/util/httpstream/wsstream/
+/// conn.go): an empty list counts as `[""]`, and `""` and `channel.k8s.io` are always
+/// allowed.
+fn negotiate(headers: &HeaderMap, offered: ExecProtocols) -> Result<&'static str, String> {
     let v5 = offered == ExecProtocols::V5AndV4;
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+    let asked: Vec<String> = if offered == ExecProtocols::HeaderStripped {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect()
+    };
+    if asked.is_empty() {
+        return Ok("");
+    }
+    asked
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|p| match p {
+        .find_map(|p| match p.as_str() {
             V5 if v5 => Some(V5),
             V4 => Some(V4),
+            "channel.k8s.io" => Some("channel.k8s.io"),
             _ => None,
         })
+        .ok_or_else(|| asked.join(" "))
 }
 
 fn container_running(pod: &Value, container: &str) -> bool {
@@ -111,15 +130,21 @@ pub(crate) async fn handler(
         Ok(ws) => ws,
         Err(_) => return ApiError::bad_request("Upgrade request required").into_response(),
     };
-    let Some(proto) = negotiate(&headers, sh.config.exec_protocols) else {
-        return ApiError::bad_request(format!(
-            "unsupported exec subprotocol: the simulator speaks {}",
-            match sh.config.exec_protocols {
-                ExecProtocols::V5AndV4 => format!("{V5} and {V4}"),
-                ExecProtocols::V4Only => V4.to_owned(),
-            }
-        ))
-        .into_response();
+    let proto = match negotiate(&headers, sh.config.exec_protocols) {
+        Ok(p) => p,
+        // x/net/websocket answers a failed handshake 403, with the handshake's words.
+        Err(asked) => {
+            let supports = match sh.config.exec_protocols {
+                ExecProtocols::V5AndV4 => format!("[{V5} {V4} channel.k8s.io]"),
+                _ => format!("[{V4} channel.k8s.io]"),
+            };
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("requested protocol(s) are not supported: [{asked}]; supports {supports}"),
+            )
+                .into_response();
+        }
     };
     if lock(&sh.flags).node_down {
         // The API server cannot reach the kubelet (pkg/kubelet/client, the proxy's
@@ -207,8 +232,7 @@ fn not_running(
 ) -> Response {
     let message = format!("container not found (\"{container}\")");
     let translated = sh.config.exec_protocols == ExecProtocols::V5AndV4;
-    let (Ok(ws), Some(proto), true) =
-        (ws, negotiate(headers, sh.config.exec_protocols), translated)
+    let (Ok(ws), Ok(proto), true) = (ws, negotiate(headers, sh.config.exec_protocols), translated)
     else {
         return (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -436,23 +460,32 @@ mod tests {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Some(V4));
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Ok(V4));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("x.example,v5.channel.k8s.io"),
+        );
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Ok(V5));
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("channel.k8s.io,v5.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Some(V5));
-        assert_eq!(negotiate(&h, ExecProtocols::V4Only), None);
+        // The unversioned protocol is always allowed, and the client's order decides.
+        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), Ok("channel.k8s.io"));
+        assert_eq!(negotiate(&h, ExecProtocols::V4Only), Ok("channel.k8s.io"));
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("base64.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h, ExecProtocols::V5AndV4), None);
+        assert!(negotiate(&h, ExecProtocols::V5AndV4).is_err());
+        assert_eq!(negotiate(&HeaderMap::new(), ExecProtocols::V5AndV4), Ok(""));
+        // A proxy dropped the header: the unversioned protocol, whatever was asked.
+        assert_eq!(negotiate(&h, ExecProtocols::HeaderStripped), Ok(""));
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"),
         );
-        assert_eq!(negotiate(&h, ExecProtocols::V4Only), Some(V4));
+        assert_eq!(negotiate(&h, ExecProtocols::V4Only), Ok(V4));
     }
 
     #[test]

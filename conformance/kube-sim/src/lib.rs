@@ -91,6 +91,11 @@ pub enum ExecProtocols {
     V5AndV4,
     /// v4 only, as 1.29 with the gate at its default, or behind a v4-only proxy.
     V4Only,
+    /// v5 and v4 behind a proxy that drops the client's `Sec-WebSocket-Protocol`
+    /// header: the server sees no subprotocol asked for and falls back to the
+    /// unversioned `channel.k8s.io` (wsstream `handshake` takes an empty list as `""`),
+    /// answering without the header; that protocol carries no exit status.
+    HeaderStripped,
 }
 
 impl Default for SimConfig {
