@@ -376,7 +376,8 @@ async fn exec_into_a_container_not_running_answers_as_each_version_does() {
             .exec("starting", ["true"], &AttachParams::default())
             .await;
         match protocols {
-            jetbridge_kube_sim::ExecProtocols::V4Only => {
+            jetbridge_kube_sim::ExecProtocols::V4Only
+            | jetbridge_kube_sim::ExecProtocols::HeaderStripped => {
                 let err = r.err().expect("refused before the upgrade");
                 let text = format!("{err:?}");
                 assert!(
