@@ -492,9 +492,12 @@ impl StepRunner {
         fut: impl std::future::Future<Output = std::result::Result<T, StepFailure>>,
     ) -> std::result::Result<T, StepFailure> {
         let mut abort = req.abort.clone();
+        // An abort already given wins over work that is ready too: `select!` would
+        // otherwise pick either at random, and a build could run on after its abort.
         tokio::select! {
-            r = fut => r,
+            biased;
             _ = abort.aborted() => Err(self.aborted(req)),
+            r = fut => r,
         }
     }
 
@@ -689,16 +692,19 @@ impl StepRunner {
         let fut = execer.exec(exec, sink);
         let mut abort = req.abort.clone();
         let outcome = match self.remaining(req) {
+            // The abort first, as in `interruptible`.
             Some(left) => tokio::select! {
+                biased;
+                _ = abort.aborted() => return Err(self.aborted(req)),
                 r = tokio::time::timeout(left, fut) => match r {
                     Ok(r) => r,
                     Err(_) => return Err(StepFailure::TimedOut(req.timeout.unwrap_or(left))),
                 },
-                _ = abort.aborted() => return Err(self.aborted(req)),
             },
             None => tokio::select! {
-                r = fut => r,
+                biased;
                 _ = abort.aborted() => return Err(self.aborted(req)),
+                r = fut => r,
             },
         };
         match outcome {
