@@ -128,6 +128,15 @@ pub fn exit_code(status: &Status) -> Result<i32> {
         });
     }
     let message = status.message.as_deref().unwrap_or("no message");
+    if message.contains("executable file not found") {
+        // The runtime could not start the exec'd program at all: the image lacks it.
+        // Every command is run through `env` (and `sh` for a working directory).
+        return Err(Error::invalid(format!(
+            "the step image lacks a program jetbridge runs commands with: {message}. \
+             Commands are exec'd through `env`, and `sh` when they have a working \
+             directory; images without them (distroless, scratch) cannot run steps yet"
+        )));
+    }
     if crate::error::container_not_found(message) {
         // The container is not running: the pod's state says why.
         return Err(Error::conflict(format!(

@@ -1001,3 +1001,29 @@ async fn an_exec_subprotocol_without_status_is_unsupported_and_said_plainly() {
     assert!(err.message().contains("Sec-WebSocket-Protocol"), "{err}");
     sim.shutdown().await;
 }
+
+/// An image without the programs jetbridge execs commands through (`env`, `sh`) fails
+/// as a container runtime fails it, an `InternalError` status, not exit 127; the
+/// adapter says which program is missing, as `Invalid` (the image must change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_env_is_said_plainly() {
+    let (sim, b) = start().await;
+    sim.image_lacks("distroless", &["env", "sh"]);
+    let mut s = spec();
+    s.image = "gcr.io/distroless/static:nonroot".into();
+    running(&b, &s).await;
+    let err = b
+        .exec(
+            ExecRequest::new(&s.name, argv(&["/app/server", "--version"])),
+            Arc::new(CaptureOutput::new()),
+        )
+        .await
+        .expect_err("no env in the image");
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(
+        err.message().contains("\"env\": executable file not found")
+            && err.message().contains("distroless"),
+        "{err}"
+    );
+    sim.shutdown().await;
+}

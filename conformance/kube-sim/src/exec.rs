@@ -114,6 +114,28 @@ pub(crate) async fn handler(
     if argv.is_empty() {
         return ApiError::bad_request("you must specify at least 1 command").into_response();
     }
+    let image = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .find(|c| c["name"] == container.as_str())
+        .and_then(|c| c["image"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let missing = {
+        let name = argv[0].rsplit('/').next().unwrap_or_default().to_owned();
+        lock(&sh.flags)
+            .image_lacks
+            .iter()
+            .any(|(pat, exes)| image.contains(pat.as_str()) && exes.contains(&name))
+            .then_some(argv[0].clone())
+    };
     let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
     if !(want_in || want_out || want_err) {
         return ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr")
@@ -166,6 +188,26 @@ pub(crate) async fn handler(
         }
     };
     let generation_token = sh.generation();
+    if let Some(exe) = missing {
+        return ws.protocols([proto]).on_upgrade(move |socket| async move {
+            let (mut sink, _stream) = socket.split();
+            let message = format!(
+                "Internal error occurred: error executing command in container: failed to exec in container: failed to start exec: OCI runtime exec failed: exec failed: unable to start container process: exec: \"{exe}\": executable file not found in $PATH: unknown"
+            );
+            let status = json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "InternalError",
+                "details": {"causes": [{"message": message}]},
+                "code": 500,
+            });
+            let mut frame = vec![STATUS];
+            frame.extend(serde_json::to_vec(&status).unwrap_or_default());
+            let _ = sink.send(Message::Binary(frame.into())).await;
+            let _ = sink.send(Message::Close(None)).await;
+        });
+    }
     let spawned = process::command(&argv, &cenv.cwd, &cenv.env)
         .ok_or_else(|| std::io::Error::other("empty command"))
         .and_then(|mut cmd| {

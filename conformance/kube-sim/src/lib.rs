@@ -309,6 +309,23 @@ impl Simulator {
         });
     }
 
+    /// Images whose reference contains `image_contains` have none of `executables`
+    /// (`env`, `sh`, ...): distroless and scratch images have no shell. An exec whose
+    /// command is one of them fails as the container runtime fails it: the upgrade,
+    /// then an `InternalError` status frame, `... OCI runtime exec failed: exec failed:
+    /// unable to start container process: exec: "NAME": executable file not found in
+    /// $PATH: unknown` (the kubelet's remotecommand server writes `ExecInContainer`'s
+    /// error to the error stream as an internal error). Not an exit status: 127 comes
+    /// only from a shell or `env` that could not find what it was asked to run.
+    pub fn image_lacks(&self, image_contains: &str, executables: &[&str]) {
+        self.shared.update_flags(|f| {
+            f.image_lacks.push((
+                image_contains.to_owned(),
+                executables.iter().map(|e| (*e).to_owned()).collect(),
+            ))
+        });
+    }
+
     /// Let every image pull succeed again (pods waiting on a pull go on).
     pub fn clear_image_failures(&self) {
         self.shared.update_flags(|f| f.image_failures.clear());

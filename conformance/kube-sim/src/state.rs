@@ -29,6 +29,9 @@ pub(crate) struct Flags {
     /// (substring of image, pull error message)
     /// (image substring, message, pull attempts left to fail; `None`: all of them).
     pub image_failures: Vec<(String, String, Option<usize>)>,
+    /// (image substring, executables the image does not have), see
+    /// `Simulator::image_lacks`.
+    pub image_lacks: Vec<(String, Vec<String>)>,
     pub drop_exec: usize,
 }
 
