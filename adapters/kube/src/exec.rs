@@ -517,7 +517,19 @@ mod tests {
         .unwrap();
         let e = exit_code(&s).unwrap_err();
         assert!(e.message().contains("executable file not found"));
-        assert_eq!(e.kind(), jetbridge_core::ErrorKind::Other);
+        assert_eq!(
+            e.kind(),
+            jetbridge_core::ErrorKind::Invalid,
+            "the image must change"
+        );
+        let s: Status = serde_json::from_str(
+            r#"{"status":"Failure","reason":"InternalError","message":"the runtime broke"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            exit_code(&s).unwrap_err().kind(),
+            jetbridge_core::ErrorKind::Other
+        );
         // 1.30+: the kubelet's refusal for a stopped container, through the translator.
         let s: Status = serde_json::from_str(
             r#"{"status":"Failure","reason":"InternalError","message":"Internal error occurred: container not found (\"main\")"}"#,
