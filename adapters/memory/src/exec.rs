@@ -173,8 +173,8 @@ impl MemoryBackend {
                             stdin: stdin.unwrap_or_default(),
                             before,
                             after: snapshot(&fs_after.lock()),
-                            stdout: tee.taken(OutputStream::Stdout),
-                            stderr: tee.taken(OutputStream::Stderr),
+                            stdout: tee.copy.stdout(),
+                            stderr: tee.copy.stderr(),
                             status: code,
                         });
                     }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use jetbridge_core::ports::{OutputSink, OutputStream};
+use jetbridge_core::ports::{CaptureOutput, OutputSink, OutputStream};
 
 use crate::fs::{MemFs, Node};
 
@@ -129,37 +129,21 @@ pub(crate) fn snapshot(fs: &MemFs) -> Vec<FsEntry> {
 /// Passes output on and keeps a copy of each stream.
 pub(crate) struct TeeSink {
     pub(crate) inner: Arc<dyn OutputSink>,
-    pub(crate) stdout: Mutex<Vec<u8>>,
-    pub(crate) stderr: Mutex<Vec<u8>>,
+    pub(crate) copy: CaptureOutput,
 }
 
 impl TeeSink {
     pub(crate) fn new(inner: Arc<dyn OutputSink>) -> Self {
         TeeSink {
             inner,
-            stdout: Mutex::new(Vec::new()),
-            stderr: Mutex::new(Vec::new()),
+            copy: CaptureOutput::new(),
         }
-    }
-
-    pub(crate) fn taken(&self, stream: OutputStream) -> Vec<u8> {
-        let m = match stream {
-            OutputStream::Stdout => &self.stdout,
-            OutputStream::Stderr => &self.stderr,
-        };
-        std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 impl OutputSink for TeeSink {
     fn write(&self, stream: OutputStream, data: &[u8]) {
-        let m = match stream {
-            OutputStream::Stdout => &self.stdout,
-            OutputStream::Stderr => &self.stderr,
-        };
-        m.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(data);
+        self.copy.write(stream, data);
         self.inner.write(stream, data);
     }
 }
