@@ -746,7 +746,7 @@ pub(crate) fn do_delete(
             Some(g) => g,
             None => default_grace.max(0),
         };
-        let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+        let unscheduled = !crate::store::is_bound(&pod);
         let terminal = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
         if unscheduled || terminal {
             grace = 0;

@@ -103,7 +103,7 @@ pub(crate) async fn handler(
     }
     // apiserver pkg/registry/core/pod/strategy.go `streamLocation`: no node, no kubelet
     // to ask.
-    if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+    if !crate::store::is_bound(&pod) {
         return ApiError::bad_request(format!("pod {name} does not have a host assigned"))
             .into_response();
     }
@@ -189,24 +189,13 @@ pub(crate) async fn handler(
     };
     let generation_token = sh.generation();
     if let Some(exe) = missing {
-        return ws.protocols([proto]).on_upgrade(move |socket| async move {
-            let (mut sink, _stream) = socket.split();
-            let message = format!(
-                "Internal error occurred: error executing command in container: failed to exec in container: failed to start exec: OCI runtime exec failed: exec failed: unable to start container process: exec: \"{exe}\": executable file not found in $PATH: unknown"
-            );
-            let status = json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": message,
-                "reason": "InternalError",
-                "details": {"causes": [{"message": message}]},
-                "code": 500,
-            });
-            let mut frame = vec![STATUS];
-            frame.extend(serde_json::to_vec(&status).unwrap_or_default());
-            let _ = sink.send(Message::Binary(frame.into())).await;
-            let _ = sink.send(Message::Close(None)).await;
-        });
+        return internal_error_session(
+            ws,
+            proto,
+            format!(
+                "error executing command in container: failed to exec in container: failed to start exec: OCI runtime exec failed: exec failed: unable to start container process: exec: \"{exe}\": executable file not found in $PATH: unknown"
+            ),
+        );
     }
     let spawned = process::command(&argv, &cenv.cwd, &cenv.env)
         .ok_or_else(|| std::io::Error::other("empty command"))
@@ -283,14 +272,21 @@ fn not_running(
         )
             .into_response();
     };
+    internal_error_session(ws, proto, message)
+}
+
+/// Upgrade, then end the session with an `InternalError` status carrying `cause`, as
+/// the kubelet's remotecommand server reports an exec it could not start
+/// (`apierrors.NewInternalError`: "Internal error occurred: CAUSE").
+fn internal_error_session(ws: WebSocketUpgrade, proto: &'static str, cause: String) -> Response {
     ws.protocols([proto]).on_upgrade(move |socket| async move {
         let (mut sink, _stream) = socket.split();
         let status = json!({
             "metadata": {},
             "status": "Failure",
-            "message": format!("Internal error occurred: {message}"),
+            "message": format!("Internal error occurred: {cause}"),
             "reason": "InternalError",
-            "details": {"causes": [{"message": message}]},
+            "details": {"causes": [{"message": cause}]},
             "code": 500,
         });
         let mut frame = vec![STATUS];
@@ -420,13 +416,8 @@ async fn session(
                 let _ = sink.send(Message::Close(None)).await;
                 return;
             }
-            // The node is unreachable: nothing more arrives, and nothing says so; the
-            // connection stays open, as a TCP connection to a vanished host does.
             () = &mut node_gone => {
-                tokio::select! {
-                    () = generation_token.cancelled() => {}
-                    () = client_gone.cancelled() => {}
-                }
+                stay_silent(&generation_token, &client_gone).await;
                 reader.abort();
                 return;
             }
@@ -457,10 +448,7 @@ async fn session(
             return;
         }
         () = &mut node_gone => {
-            tokio::select! {
-                () = generation_token.cancelled() => {}
-                () = client_gone.cancelled() => {}
-            }
+            stay_silent(&generation_token, &client_gone).await;
             reader.abort();
             return;
         }
@@ -481,6 +469,16 @@ async fn session(
         let _ = sink.send(Message::Close(None)).await;
     }
     reader.abort();
+}
+
+/// The node is unreachable: nothing more arrives and nothing says so; the connection
+/// stays open, as a TCP connection to a vanished host does, until the simulator stops or
+/// the client goes.
+async fn stay_silent(generation: &CancellationToken, client_gone: &CancellationToken) {
+    tokio::select! {
+        () = generation.cancelled() => {}
+        () = client_gone.cancelled() => {}
+    }
 }
 
 /// Whether the process group registered as `id` still has a member.

@@ -3,7 +3,7 @@
 
 use crate::process::{self, is_pause};
 use crate::state::{ContainerEnv, Kill, LogBuf, PodRuntime, ProcHandle, Shared, lock};
-use crate::store::{Kind, Store};
+use crate::store::{Kind, Store, uid_of};
 use crate::util::{b64_decode, now_rfc3339};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -106,12 +106,6 @@ async fn run_pod(sh: Arc<Shared>, rt: Arc<PodRuntime>, mut kill_rx: watch::Recei
     if let Some(dir) = dir {
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
-}
-
-fn uid_of(p: &Value) -> &str {
-    p.pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
 }
 
 /// Wait for the next kill request (a dropped sender means shutdown).

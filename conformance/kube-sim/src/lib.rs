@@ -454,24 +454,8 @@ impl Simulator {
         let sh = Arc::clone(&self.shared);
         tokio::spawn(async move {
             tokio::time::sleep(not_ready_after).await;
-            let on_node = |sh: &Shared| -> Vec<(String, String)> {
-                let store = lock(&sh.store);
-                store
-                    .pods
-                    .iter()
-                    .filter(|(_, p)| {
-                        p["spec"]["nodeName"]
-                            .as_str()
-                            .is_some_and(|n| !n.is_empty())
-                            && !matches!(
-                                p["status"]["phase"].as_str(),
-                                Some("Succeeded" | "Failed")
-                            )
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            };
-            for (ns, name) in on_node(&sh) {
+            let on_node = |sh: &Shared| lock(&sh.store).bound_pods(true);
+            for (ns, name, _) in on_node(&sh) {
                 sh.mutate(|s| {
                     s.update(&ns, &name, |p| {
                         kubelet::set_cond(p, "Ready", false, None, None)
@@ -479,7 +463,7 @@ impl Simulator {
                 });
             }
             tokio::time::sleep(evict_after).await;
-            for (ns, name) in on_node(&sh) {
+            for (ns, name, _) in on_node(&sh) {
                 let _ = api::do_delete(
                     &sh,
                     &ns,
@@ -505,25 +489,7 @@ impl Simulator {
     /// of its pods `DisruptionTarget` (reason `DeletionByPodGC`) and phase `Failed`,
     /// then deletes it at once. Their processes are gone with the node.
     pub fn delete_node(&self) {
-        let pods: Vec<(String, String, String)> = {
-            let store = lock(&self.shared.store);
-            store
-                .pods
-                .iter()
-                .filter(|(_, p)| {
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .is_some_and(|n| !n.is_empty())
-                })
-                .map(|((ns, n), p)| {
-                    (
-                        ns.clone(),
-                        n.clone(),
-                        p["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        };
+        let pods = lock(&self.shared.store).bound_pods(false);
         for (ns, name, uid) in pods {
             self.shared.mutate(|s| {
                 s.update(&ns, &name, |p| {

@@ -89,7 +89,27 @@ pub(crate) struct Store {
     pub deferred_gc: Option<Vec<(String, String)>>,
 }
 
+/// Whether the pod is bound to a node (`spec.nodeName` set).
+pub(crate) fn is_bound(pod: &Value) -> bool {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+}
+
 impl Store {
+    /// (namespace, name, uid) of the pods bound to the node; with `live_only`, those
+    /// not yet in a terminal phase.
+    pub fn bound_pods(&self, live_only: bool) -> Vec<(String, String, String)> {
+        self.pods
+            .iter()
+            .filter(|(_, p)| is_bound(p))
+            .filter(|(_, p)| {
+                !live_only || !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            })
+            .map(|((ns, n), p)| (ns.clone(), n.clone(), uid_of(p).to_owned()))
+            .collect()
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -316,7 +336,8 @@ impl Store {
     }
 }
 
-fn uid_of(o: &Value) -> &str {
+/// An object's uid (empty when it has none).
+pub(crate) fn uid_of(o: &Value) -> &str {
     o.pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("")
