@@ -49,6 +49,13 @@ async fn running(b: &KubeBackend, s: &PodSpec) {
     assert_eq!(st.state, PodState::Running, "{st:?}");
 }
 
+/// The object called `name` among `objects` (as the simulator lists them).
+fn named(objects: Vec<serde_json::Value>, name: &str) -> Option<serde_json::Value> {
+    objects
+        .into_iter()
+        .find(|o| o["metadata"]["name"].as_str() == Some(name))
+}
+
 fn pods_named(sim: &Simulator, name: &str) -> usize {
     sim.pods(NS)
         .iter()
@@ -676,10 +683,7 @@ async fn a_zero_grace_delete_is_still_graceful() {
     b.delete(&s.name, &DeleteOpts::grace(Duration::ZERO))
         .await
         .expect("delete");
-    let pods = sim.pods(NS);
-    let pod = pods
-        .iter()
-        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
+    let pod = named(sim.pods(NS), &s.name)
         .expect("still there: a graceful deletion waits for the kubelet");
     assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 1, "{pod}");
     sim.freeze_kubelet(false);
@@ -740,12 +744,10 @@ async fn a_create_that_meets_a_secret_being_collected_replaces_it() {
         "{gone:?}"
     );
     let secret = format!("{}-env", s.name);
-    let has_secret = |sim: &Simulator| {
-        sim.secrets(NS)
-            .iter()
-            .any(|x| x["metadata"]["name"].as_str() == Some(secret.as_str()))
-    };
-    assert!(has_secret(&sim), "not collected yet");
+    assert!(
+        named(sim.secrets(NS), &secret).is_some(),
+        "not collected yet"
+    );
     // The collector runs while the new pod's ownership patch is on its way.
     sim.inject(Fault::on(
         "PATCH",
@@ -755,15 +757,8 @@ async fn a_create_that_meets_a_secret_being_collected_replaces_it() {
     ));
     let st = b.create(&s).await.expect("the create succeeds");
     assert_eq!(st.name, s.name);
-    let pod = sim
-        .pods(NS)
-        .into_iter()
-        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
-        .expect("the new pod");
-    let owner = sim
-        .secrets(NS)
-        .into_iter()
-        .find(|x| x["metadata"]["name"].as_str() == Some(secret.as_str()))
+    let pod = named(sim.pods(NS), &s.name).expect("the new pod");
+    let owner = named(sim.secrets(NS), &secret)
         .map(|x| x["metadata"]["ownerReferences"][0]["uid"].clone())
         .expect("the env secret is there, after the collector ran");
     assert_eq!(owner, pod["metadata"]["uid"], "owned by the new pod");
@@ -838,17 +833,10 @@ async fn taint_eviction_and_pod_gc_of_a_lost_node() {
         .expect("wait");
     assert_eq!(st.state, PodState::Failed(PodFailure::NodeLost), "{st:?}");
     eventually("the taint manager deletes it", || {
-        sim.pods(NS).iter().any(|p| {
-            p["metadata"]["name"].as_str() == Some(s.name.as_str())
-                && p["metadata"]["deletionTimestamp"].is_string()
-        })
+        named(sim.pods(NS), &s.name).is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string())
     })
     .await;
-    let pod = sim
-        .pods(NS)
-        .into_iter()
-        .find(|p| p["metadata"]["name"].as_str() == Some(s.name.as_str()))
-        .expect("still there: no kubelet confirms the deletion");
+    let pod = named(sim.pods(NS), &s.name).expect("still there: no kubelet confirms the deletion");
     assert_eq!(pod["status"]["phase"], "Running");
     sim.delete_node();
     assert_eq!(pods_named(&sim, &s.name), 0, "pod GC removed it");
