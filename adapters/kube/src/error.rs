@@ -37,15 +37,16 @@ fn io_kind_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Er
 /// Classify a kube error.
 pub(crate) fn classify(e: &kube::Error) -> Class {
     use kube::Error as K;
+    // The server (or a proxy in front of it) chose an exec subprotocol without an exit
+    // status, or refused every one offered: no retry changes that.
+    if no_exec_subprotocol(e) {
+        return Class::Permanent(ErrorKind::Unsupported);
+    }
     match e {
         // The kubelet refusing an exec into a container that is not running, as a
         // 1.29 API server passes it on (a plain-text 500): resending cannot help.
         K::Api(s) if s.code == 500 && container_not_found(&s.message) => {
             Class::Permanent(ErrorKind::Conflict)
-        }
-        // No offered exec subprotocol is allowed (wsstream's handshake, answered 403).
-        K::Api(s) if s.code == 403 && s.message.contains(PROTOCOLS_REFUSED) => {
-            Class::Permanent(ErrorKind::Unsupported)
         }
         K::Api(s) => match s.code {
             // Answered with an error before acting: safe to resend anything.
@@ -62,11 +63,6 @@ pub(crate) fn classify(e: &kube::Error) -> Class {
             Some(std::io::ErrorKind::ConnectionRefused) => Class::NotSent,
             _ => Class::Transient,
         },
-        // The server (or a proxy in front of it) chose a subprotocol without an exit
-        // status, or refused every one offered: no retry changes that.
-        K::UpgradeConnection(
-            kube::client::UpgradeConnectionError::SecWebSocketProtocolMismatch,
-        ) => Class::Permanent(ErrorKind::Unsupported),
         #[allow(unreachable_patterns)]
         K::UpgradeConnection(_) => Class::Transient,
         K::Auth(_) => Class::Permanent(ErrorKind::Other),
@@ -85,6 +81,18 @@ pub(crate) fn container_not_found(message: &str) -> bool {
 
 /// wsstream's words when no offered exec subprotocol is allowed (answered 403).
 const PROTOCOLS_REFUSED: &str = "requested protocol(s) are not supported";
+
+/// Whether an exec upgrade ended without v4 or v5: the server chose another
+/// subprotocol (or none), or refused every one offered (wsstream's handshake, 403).
+fn no_exec_subprotocol(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::UpgradeConnection(
+            kube::client::UpgradeConnectionError::SecWebSocketProtocolMismatch,
+        ) => true,
+        kube::Error::Api(s) => s.code == 403 && s.message.contains(PROTOCOLS_REFUSED),
+        _ => false,
+    }
+}
 
 /// The NamespaceLifecycle admission plugin's words for a namespace being deleted
 /// (plugin/pkg/admission/namespace/lifecycle/admission.go).
@@ -171,7 +179,7 @@ pub(crate) fn to_error(e: kube::Error, what: &str) -> Error {
     if let Some(plain) = namespace_problem(&e) {
         return Error::invalid(format!("{what}: {plain}")).with_source(e);
     }
-    if kind == ErrorKind::Unsupported {
+    if no_exec_subprotocol(&e) {
         return Error::unsupported(format!(
             "{what}: the API server, or a proxy in front of it, did not agree on \
              v5.channel.k8s.io or v4.channel.k8s.io for exec ({e}); those are the \
