@@ -190,8 +190,8 @@ impl MemoryBackend {
     }
 }
 
-/// `sh` or `bash`, by bare name or a system path (`sh -c ...`, `/bin/sh -ec ...`).
+/// `sh` or `bash`, found as [`programs::run`] finds them (`sh -c ...`, `/bin/sh -ec ...`).
 fn is_shell(argv: &[String]) -> bool {
-    let name = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    let name = argv.first().and_then(|a| programs::system_path(a));
     matches!(name, Some("sh" | "bash"))
 }

@@ -296,7 +296,7 @@ impl ProgramContext {
 }
 
 /// Directories whose commands are found by their bare name too (`/bin/echo`).
-fn system_path(argv0: &str) -> Option<&str> {
+pub(crate) fn system_path(argv0: &str) -> Option<&str> {
     if !argv0.contains('/') {
         return Some(argv0);
     }
