@@ -1,7 +1,7 @@
 //! # jetbridge-conformance
 //!
 //! The conformance suites: one per port ([`pods`], [`exec`], [`volumes`],
-//! [`registry`]), each a set of plain async case functions over `&dyn Port`, and one
+//! [`registry`], [`queue`]), each a set of plain async case functions over `&dyn Port`, and one
 //! registration macro per suite that turns every case into its own named test in an
 //! adapter's test crate:
 //!
@@ -44,6 +44,7 @@ pub mod lifecycle;
 pub mod live;
 mod macros;
 pub mod pods;
+pub mod queue;
 pub mod registry;
 pub mod runtime;
 pub mod subject;
@@ -63,6 +64,8 @@ pub const EXEC_CASES: &[&str] = exec::CASES;
 pub const VOLUME_STORE_CASES: &[&str] = volumes::CASES;
 /// Names of the [`registry`] cases.
 pub const REGISTRY_CASES: &[&str] = registry::CASES;
+/// Names of the [`queue`] cases.
+pub const QUEUE_CASES: &[&str] = queue::CASES;
 /// The runtime suite's cases.
 pub const RUNTIME_CASES: &[&str] = runtime::CASES;
 /// The lifecycle suite's cases.

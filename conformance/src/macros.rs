@@ -180,6 +180,49 @@ macro_rules! registry_suite {
     };
 }
 
+/// Register every case of the [`BuildQueue`](jetbridge_core::ports::BuildQueue) suite
+/// as a test in a module `queue_conformance`. `$factory`: an
+/// `async fn() -> Option<Subject<dyn BuildQueue>>` returning a fresh, empty queue.
+#[macro_export]
+macro_rules! queue_suite {
+    (@ignored $reason:literal, $factory:expr $(,)?) => {
+        $crate::queue_suite!(@attr [ignore = $reason] $factory);
+    };
+    (@attr [$attr:meta] $factory:expr) => {
+        $crate::__suite_module!(
+            [$attr]
+            queue_conformance,
+            queue,
+            "queue",
+            $factory,
+            [
+                submit_then_get,
+                unknown_build_not_found,
+                positions_follow_submission,
+                claims_are_fifo,
+                claim_on_empty_queue_is_none,
+                concurrent_claims_are_disjoint,
+                max_queued_refuses_with_busy,
+                renew_reports_abort_request,
+                abort_of_queued_build_ends_it,
+                abort_of_ended_build_conflicts,
+                finish_records_the_end_and_fences,
+                finish_needs_a_final_state,
+                events_are_ordered_and_paged,
+                lapsed_unstarted_build_is_requeued_and_old_lease_fenced,
+                lapsed_started_build_ends_errored,
+                live_leases_are_not_reaped,
+                renewed_lease_survives_a_reap,
+                list_filters_and_pages,
+                depth_counts_queued_and_running,
+            ]
+        );
+    };
+    ($factory:expr $(,)?) => {
+        $crate::queue_suite!(@attr [allow(clippy::large_futures)] $factory);
+    };
+}
+
 /// The shared expansion: a module `$module` with one `#[test]` per case, plus `CASES`
 /// (the names it registered) so the crate can check the list is complete.
 #[doc(hidden)]
@@ -295,6 +338,12 @@ mod tests {
         ))
     }
 
+    async fn fake_queue() -> Option<Subject<dyn BuildQueue>> {
+        Some(Subject::new(
+            Arc::new(jetbridge_memory_registry::MemoryBuildQueue::new()) as Arc<dyn BuildQueue>,
+        ))
+    }
+
     async fn no_backend() -> Option<BackendSubject> {
         crate::live::unavailable("SELFTEST", "the crate's own tests have no pod backend");
         None
@@ -302,6 +351,7 @@ mod tests {
 
     crate::volume_store_suite!(fake_store);
     crate::registry_suite!(fake_registry);
+    crate::queue_suite!(fake_queue);
     // Registered only so `macros_register_every_case` can compare the case lists; with
     // no pod backend here they are reported as ignored, never as passed.
     crate::pods_suite!(@ignored "the conformance crate has no pod backend; adapters run these", no_backend);
@@ -325,6 +375,7 @@ mod tests {
             sorted(registry_conformance::CASES),
             sorted(crate::REGISTRY_CASES)
         );
+        assert_eq!(sorted(queue_conformance::CASES), sorted(crate::QUEUE_CASES));
     }
 
     fn backend() -> BackendSubject {

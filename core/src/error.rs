@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// for it. Said by an exec whose process alone was killed (the pod itself shows no
     /// `OOMKilled`), so that the step is reported OOM-killed, not as its exit status.
     OutOfMemory,
+    /// The receiver is at a limit it was configured with (a full build queue): the same
+    /// call may succeed once work has drained, so it is retryable.
+    Busy,
     /// Anything else; permanent.
     Other,
 }
@@ -43,7 +46,10 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether a retry of the same call can help by default.
     pub fn default_retryable(self) -> bool {
-        matches!(self, ErrorKind::Transient | ErrorKind::Timeout)
+        matches!(
+            self,
+            ErrorKind::Transient | ErrorKind::Timeout | ErrorKind::Busy
+        )
     }
 
     /// A short lowercase name, stable for logs and metrics.
@@ -61,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::OutOfMemory => "out of memory",
+            ErrorKind::Busy => "busy",
             ErrorKind::Other => "error",
         }
     }
@@ -152,6 +159,11 @@ impl Error {
     /// Shorthand for [`ErrorKind::OutOfMemory`].
     pub fn out_of_memory(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::OutOfMemory, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Busy`].
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Busy, message)
     }
 
     /// Shorthand for [`ErrorKind::StorageFull`].

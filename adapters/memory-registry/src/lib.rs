@@ -1,7 +1,8 @@
 //! # jetbridge-memory-registry
 //!
 //! [`MemoryRegistry`]: the artifact registry in a map behind one mutex, on a clock of
-//! its own ([`RegistryClock`]) as a database has. This is production code (the
+//! its own ([`RegistryClock`]) as a database has; and [`MemoryBuildQueue`], the build
+//! queue of a server on the embedded default. This is production code (the
 //! binary's default `--registry memory`); the fault-injecting fake built on it lives in
 //! `jetbridge-memory`.
 
@@ -20,9 +21,11 @@ use jetbridge_core::{Error, Result};
 
 mod config;
 mod error;
+mod queue;
 
 pub use config::RegistryClock;
 use error::{destroying, not_found};
+pub use queue::MemoryBuildQueue;
 
 #[derive(Debug)]
 struct Record {

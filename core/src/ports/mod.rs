@@ -1,4 +1,4 @@
-//! The four ports. Adapters implement them; services use them as `Arc<dyn Port>`.
+//! The ports. Adapters implement them; services use them as `Arc<dyn Port>`.
 //!
 //! Every port is an object-safe async trait, is implemented for `Arc<T>` and `Box<T>`
 //! of an implementation, and reports what it can do through a small capabilities
@@ -7,12 +7,14 @@
 pub mod bridge;
 mod exec;
 mod pods;
+mod queue;
 mod registry;
 pub mod volume_support;
 mod volumes;
 
 pub use exec::*;
 pub use pods::*;
+pub use queue::*;
 pub use registry::*;
 pub use volumes::*;
 

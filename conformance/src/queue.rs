@@ -1,0 +1,579 @@
+//! The [`BuildQueue`] suite: submission, FIFO claims, leases and their fencing, aborts,
+//! the end of a build, event logs, listing and the reaping of lapsed leases.
+//!
+//! Claims cannot be scoped (a replica claims the oldest build of the whole queue), so
+//! every case expects a queue that holds no live build when it starts, and leaves none
+//! behind when it passes: the registration macro gives each case a fresh queue, and
+//! [`run_all`] runs the cases one after another. Lapses are shown without waiting: a
+//! lease granted for zero seconds has lapsed by the next call on the queue's clock.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jetbridge_core::ErrorKind;
+use jetbridge_core::ports::{
+    BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, Claimed, Lease, NewBuild, NewEvent,
+    QueuedBuild,
+};
+
+use crate::support::{CaseError, CaseOutcome, CaseResult, outcome, unique_hex};
+use crate::{Subject, ensure, ensure_eq, ensure_kind, fail};
+
+/// Every case of the suite, in the order [`run_all`] runs them.
+pub const CASES: &[&str] = &[
+    "submit_then_get",
+    "unknown_build_not_found",
+    "positions_follow_submission",
+    "claims_are_fifo",
+    "claim_on_empty_queue_is_none",
+    "concurrent_claims_are_disjoint",
+    "max_queued_refuses_with_busy",
+    "renew_reports_abort_request",
+    "abort_of_queued_build_ends_it",
+    "abort_of_ended_build_conflicts",
+    "finish_records_the_end_and_fences",
+    "finish_needs_a_final_state",
+    "events_are_ordered_and_paged",
+    "lapsed_unstarted_build_is_requeued_and_old_lease_fenced",
+    "lapsed_started_build_ends_errored",
+    "live_leases_are_not_reaped",
+    "renewed_lease_survives_a_reap",
+    "list_filters_and_pages",
+    "depth_counts_queued_and_running",
+];
+
+/// Run the case called `name` against `subject`; `None` if there is no such case.
+pub async fn run_case(subject: &Subject<dyn BuildQueue>, name: &str) -> Option<CaseResult> {
+    let q: &dyn BuildQueue = &**subject;
+    Some(match name {
+        "submit_then_get" => Box::pin(submit_then_get(q)).await,
+        "unknown_build_not_found" => Box::pin(unknown_build_not_found(q)).await,
+        "positions_follow_submission" => Box::pin(positions_follow_submission(q)).await,
+        "claims_are_fifo" => Box::pin(claims_are_fifo(q)).await,
+        "claim_on_empty_queue_is_none" => Box::pin(claim_on_empty_queue_is_none(q)).await,
+        "concurrent_claims_are_disjoint" => {
+            Box::pin(concurrent_claims_are_disjoint(subject.port())).await
+        }
+        "max_queued_refuses_with_busy" => Box::pin(max_queued_refuses_with_busy(q)).await,
+        "renew_reports_abort_request" => Box::pin(renew_reports_abort_request(q)).await,
+        "abort_of_queued_build_ends_it" => Box::pin(abort_of_queued_build_ends_it(q)).await,
+        "abort_of_ended_build_conflicts" => Box::pin(abort_of_ended_build_conflicts(q)).await,
+        "finish_records_the_end_and_fences" => Box::pin(finish_records_the_end_and_fences(q)).await,
+        "finish_needs_a_final_state" => Box::pin(finish_needs_a_final_state(q)).await,
+        "events_are_ordered_and_paged" => Box::pin(events_are_ordered_and_paged(q)).await,
+        "lapsed_unstarted_build_is_requeued_and_old_lease_fenced" => {
+            Box::pin(lapsed_unstarted_build_is_requeued_and_old_lease_fenced(q)).await
+        }
+        "lapsed_started_build_ends_errored" => Box::pin(lapsed_started_build_ends_errored(q)).await,
+        "live_leases_are_not_reaped" => Box::pin(live_leases_are_not_reaped(q)).await,
+        "renewed_lease_survives_a_reap" => Box::pin(renewed_lease_survives_a_reap(q)).await,
+        "list_filters_and_pages" => Box::pin(list_filters_and_pages(q)).await,
+        "depth_counts_queued_and_running" => Box::pin(depth_counts_queued_and_running(q)).await,
+        _ => return None,
+    })
+}
+
+/// Run every case against `subject`, one after another.
+pub async fn run_all(subject: &Subject<dyn BuildQueue>) -> Vec<CaseOutcome> {
+    let mut out = Vec::with_capacity(CASES.len());
+    for name in CASES {
+        out.push(outcome(name, run_case(subject, name)).await);
+    }
+    out
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// A lease that has lapsed by the next call.
+const LAPSED: Duration = Duration::ZERO;
+
+/// A pipeline name of this case's own.
+fn pipeline(tag: &str) -> String {
+    format!("jbc-{tag}-{}", unique_hex(8))
+}
+
+async fn submit(q: &dyn BuildQueue, pipeline: &str, job: &str) -> Result<QueuedBuild, CaseError> {
+    let spec = format!("spec of {pipeline}/{job}").into_bytes();
+    Ok(q.submit(&NewBuild::new(pipeline, job, spec)).await?)
+}
+
+async fn claim(q: &dyn BuildQueue, worker: &str, ttl: Duration) -> Result<Claimed, CaseError> {
+    match q.claim(worker, ttl).await? {
+        Some(c) => Ok(c),
+        None => fail!("claim by {worker}: nothing was claimed, but a build was queued"),
+    }
+}
+
+/// End every live build the queue holds (the case's own: cases start on a queue with
+/// none), so the next case starts on an empty queue.
+async fn drain(q: &dyn BuildQueue) -> CaseResult {
+    let live = q
+        .list(
+            &BuildFilter::default()
+                .with_states([BuildState::Queued, BuildState::Running])
+                .with_limit(1000),
+        )
+        .await?;
+    for b in live.builds {
+        if b.state == BuildState::Queued {
+            q.request_abort(b.id, "conformance case ended").await?;
+        } else if let Some(worker) = b.worker.clone() {
+            let lease = Lease {
+                build: b.id,
+                worker,
+                token: b.attempt,
+            };
+            q.finish(&lease, &BuildEnd::new(BuildState::Aborted))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn submit_then_get(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("get");
+    let a = submit(q, &p, "unit").await?;
+    ensure_eq!(a.state, BuildState::Queued);
+    ensure_eq!(a.pipeline, p);
+    ensure_eq!(a.job, "unit");
+    ensure_eq!(a.spec, format!("spec of {p}/unit").into_bytes());
+    ensure_eq!(a.position, Some(0));
+    ensure_eq!(a.attempt, 0);
+    ensure!(a.worker.is_none() && a.started_at.is_none() && a.finished_at.is_none());
+    ensure!(a.abort_requested.is_none() && a.reason.is_none() && a.outcome.is_none());
+    ensure!(!a.steps_started);
+    let got = q.get(a.id).await?;
+    ensure_eq!(got, a);
+    let b = submit(q, &p, "unit").await?;
+    ensure!(
+        b.id > a.id,
+        "ids increase with submission: {} then {}",
+        a.id,
+        b.id
+    );
+    drain(q).await
+}
+
+async fn unknown_build_not_found(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("missing");
+    let known = submit(q, &p, "j").await?;
+    let missing = BuildId(known.id.0 + 1_000_000);
+    ensure_kind!(q.get(missing).await, ErrorKind::NotFound);
+    ensure_kind!(q.events(missing, 0, 10).await, ErrorKind::NotFound);
+    ensure_kind!(q.request_abort(missing, "x").await, ErrorKind::NotFound);
+    let lease = Lease {
+        build: missing,
+        worker: "w".into(),
+        token: 1,
+    };
+    ensure_kind!(q.renew(&lease, HOUR).await, ErrorKind::NotFound);
+    drain(q).await
+}
+
+async fn positions_follow_submission(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("pos");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(q, &p, "j").await?.id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        ensure_eq!(q.get(*id).await?.position, Some(i as u64));
+    }
+    let c = claim(q, "w1", HOUR).await?;
+    ensure_eq!(c.build.id, ids[0]);
+    ensure_eq!(c.build.position, None);
+    ensure_eq!(q.get(ids[1]).await?.position, Some(0));
+    ensure_eq!(q.get(ids[2]).await?.position, Some(1));
+    drain(q).await
+}
+
+async fn claims_are_fifo(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("fifo");
+    let mut ids = Vec::new();
+    for job in ["a", "b", "c"] {
+        ids.push(submit(q, &p, job).await?.id);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let worker = format!("w{n}");
+        let c = claim(q, &worker, HOUR).await?;
+        ensure_eq!(c.build.id, *id);
+        ensure_eq!(c.build.state, BuildState::Running);
+        ensure_eq!(c.build.worker.as_deref(), Some(worker.as_str()));
+        ensure_eq!(c.build.attempt, 1);
+        ensure!(c.build.started_at.is_some());
+        ensure_eq!(
+            c.lease,
+            Lease {
+                build: *id,
+                worker: worker.clone(),
+                token: 1
+            }
+        );
+        ensure_eq!(q.get(*id).await?, c.build);
+    }
+    ensure!(q.claim("w9", HOUR).await?.is_none());
+    drain(q).await
+}
+
+async fn claim_on_empty_queue_is_none(q: &dyn BuildQueue) -> CaseResult {
+    ensure!(q.claim("w", HOUR).await?.is_none());
+    Ok(())
+}
+
+async fn concurrent_claims_are_disjoint(q: Arc<dyn BuildQueue>) -> CaseResult {
+    let p = pipeline("race");
+    let mut submitted = BTreeSet::new();
+    for _ in 0..12 {
+        submitted.insert(submit(&*q, &p, "j").await?.id);
+    }
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(c) = q.claim(&format!("w{t}"), HOUR).await? {
+                got.push(c.build.id);
+            }
+            Ok::<_, jetbridge_core::Error>(got)
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => claimed.extend(r?),
+            Err(e) => fail!("a claiming task panicked: {e}"),
+        }
+    }
+    let distinct: BTreeSet<_> = claimed.iter().copied().collect();
+    ensure_eq!(distinct.len(), claimed.len(), "a build was claimed twice");
+    ensure_eq!(distinct, submitted);
+    drain(&*q).await
+}
+
+async fn max_queued_refuses_with_busy(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("full");
+    let limited = |job: &str| NewBuild::new(&p, job, Vec::new()).with_max_queued(Some(2));
+    q.submit(&limited("a")).await?;
+    q.submit(&limited("b")).await?;
+    let err = match q.submit(&limited("c")).await {
+        Ok(b) => fail!("a third submission with max_queued 2 was accepted: {b:?}"),
+        Err(e) => e,
+    };
+    ensure_eq!(err.kind(), ErrorKind::Busy);
+    ensure!(err.is_retryable());
+    ensure_eq!(q.depth().await?.queued, 2);
+    // A claimed build no longer counts as queued.
+    claim(q, "w", HOUR).await?;
+    q.submit(&limited("c")).await?;
+    // Without a limit, nothing is refused.
+    submit(q, &p, "d").await?;
+    drain(q).await
+}
+
+async fn renew_reports_abort_request(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("renew");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "w", HOUR).await?;
+    ensure_eq!(q.renew(&c.lease, HOUR).await?.abort_requested, None);
+    let asked = q.request_abort(b.id, "asked by a person").await?;
+    ensure_eq!(asked.state, BuildState::Running, "a running build runs on");
+    ensure_eq!(asked.abort_requested.as_deref(), Some("asked by a person"));
+    // Asking again keeps the first reason.
+    let again = q.request_abort(b.id, "asked twice").await?;
+    ensure_eq!(again.abort_requested.as_deref(), Some("asked by a person"));
+    let status = q.renew(&c.lease, HOUR).await?;
+    ensure_eq!(status.abort_requested.as_deref(), Some("asked by a person"));
+    drain(q).await
+}
+
+async fn abort_of_queued_build_ends_it(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("abortq");
+    let b = submit(q, &p, "j").await?;
+    let ended = q.request_abort(b.id, "not wanted").await?;
+    ensure_eq!(ended.state, BuildState::Aborted);
+    ensure_eq!(ended.reason.as_deref(), Some("not wanted"));
+    ensure_eq!(ended.position, None);
+    ensure!(ended.finished_at.is_some());
+    ensure!(
+        q.claim("w", HOUR).await?.is_none(),
+        "an aborted build was claimed"
+    );
+    ensure_eq!(q.get(b.id).await?, ended);
+    Ok(())
+}
+
+async fn abort_of_ended_build_conflicts(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("abortf");
+    let b = submit(q, &p, "j").await?;
+    q.request_abort(b.id, "first").await?;
+    ensure_kind!(q.request_abort(b.id, "second").await, ErrorKind::Conflict);
+    let b2 = submit(q, &p, "j").await?;
+    let c = claim(q, "w", HOUR).await?;
+    q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+        .await?;
+    ensure_kind!(q.request_abort(b2.id, "late").await, ErrorKind::Conflict);
+    ensure_eq!(q.get(b2.id).await?.state, BuildState::Succeeded);
+    Ok(())
+}
+
+async fn finish_records_the_end_and_fences(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("finish");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "w", HOUR).await?;
+    q.mark_started(&c.lease).await?;
+    let end = BuildEnd::new(BuildState::Failed)
+        .with_reason("step unit failed")
+        .with_outcome(b"{\"steps\":1}".to_vec());
+    let ended = q.finish(&c.lease, &end).await?;
+    ensure_eq!(ended.id, b.id);
+    ensure_eq!(ended.state, BuildState::Failed);
+    ensure_eq!(ended.reason.as_deref(), Some("step unit failed"));
+    ensure_eq!(ended.outcome.as_deref(), Some(&b"{\"steps\":1}"[..]));
+    ensure!(ended.finished_at.is_some() && ended.steps_started);
+    ensure_eq!(q.get(b.id).await?, ended);
+    // The lease ended with the build: every write naming it is refused.
+    ensure_kind!(q.renew(&c.lease, HOUR).await, ErrorKind::Conflict);
+    ensure_kind!(q.mark_started(&c.lease).await, ErrorKind::Conflict);
+    ensure_kind!(
+        q.append(&c.lease, &[NewEvent::new("output", "late")]).await,
+        ErrorKind::Conflict
+    );
+    ensure_kind!(
+        q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+            .await,
+        ErrorKind::Conflict
+    );
+    ensure_eq!(q.get(b.id).await?.state, BuildState::Failed);
+    // So is a lease of another worker, or of another attempt.
+    let b2 = submit(q, &p, "j").await?;
+    let c2 = claim(q, "w", HOUR).await?;
+    let wrong_worker = Lease {
+        worker: "someone-else".into(),
+        ..c2.lease.clone()
+    };
+    ensure_kind!(q.renew(&wrong_worker, HOUR).await, ErrorKind::Conflict);
+    let wrong_token = Lease {
+        token: c2.lease.token + 1,
+        ..c2.lease.clone()
+    };
+    ensure_kind!(
+        q.finish(&wrong_token, &BuildEnd::new(BuildState::Succeeded))
+            .await,
+        ErrorKind::Conflict
+    );
+    ensure_eq!(q.get(b2.id).await?.state, BuildState::Running);
+    drain(q).await
+}
+
+async fn finish_needs_a_final_state(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("notfinal");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "w", HOUR).await?;
+    for state in [BuildState::Queued, BuildState::Running] {
+        ensure_kind!(
+            q.finish(&c.lease, &BuildEnd::new(state)).await,
+            ErrorKind::Invalid
+        );
+    }
+    ensure_eq!(q.get(b.id).await?.state, BuildState::Running);
+    drain(q).await
+}
+
+async fn events_are_ordered_and_paged(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("events");
+    let b = submit(q, &p, "j").await?;
+    ensure!(q.events(b.id, 0, 10).await?.is_empty());
+    let c = claim(q, "w", HOUR).await?;
+    let first: Vec<_> = (1..=3)
+        .map(|i| NewEvent::new("output", format!("line {i}\n")))
+        .collect();
+    ensure_eq!(q.append(&c.lease, &first).await?, 3);
+    let second = [
+        NewEvent::new("step-finished", "{\"name\":\"unit\"}"),
+        NewEvent::new("output", "ünïcode ✓"),
+    ];
+    ensure_eq!(q.append(&c.lease, &second).await?, 5);
+    ensure_eq!(
+        q.append(&c.lease, &[]).await?,
+        5,
+        "an empty append changes nothing"
+    );
+    let page1 = q.events(b.id, 0, 2).await?;
+    ensure_eq!(page1.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    ensure_eq!(page1[0].data, "line 1\n");
+    ensure_eq!(page1[0].build, b.id);
+    let rest = q.events(b.id, 2, 100).await?;
+    ensure_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    ensure_eq!(rest[1].kind, "step-finished");
+    ensure_eq!(rest[2].data, "ünïcode ✓");
+    ensure!(q.events(b.id, 5, 100).await?.is_empty());
+    // The log outlives the build's end, for whoever reads it later.
+    q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+        .await?;
+    ensure_eq!(q.events(b.id, 0, 100).await?.len(), 5);
+    Ok(())
+}
+
+async fn lapsed_unstarted_build_is_requeued_and_old_lease_fenced(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("requeue");
+    let b = submit(q, &p, "j").await?;
+    let later = submit(q, &p, "j").await?;
+    let old = claim(q, "dead", LAPSED).await?;
+    ensure_eq!(old.build.id, b.id);
+    let lapsed = q.reap_lapsed("worker lost").await?;
+    ensure_eq!(lapsed.len(), 1);
+    ensure_eq!(lapsed[0].id, b.id);
+    ensure_eq!(lapsed[0].worker, "dead");
+    ensure!(lapsed[0].requeued);
+    let back = q.get(b.id).await?;
+    ensure_eq!(back.state, BuildState::Queued);
+    ensure_eq!(back.position, Some(0), "a requeued build keeps its place");
+    ensure!(back.reason.is_none() && back.finished_at.is_none());
+    // The lapsed holder is fenced off: it cannot write over what comes next.
+    ensure_kind!(q.renew(&old.lease, HOUR).await, ErrorKind::Conflict);
+    ensure_kind!(
+        q.append(&old.lease, &[NewEvent::new("output", "zombie")])
+            .await,
+        ErrorKind::Conflict
+    );
+    ensure_kind!(q.mark_started(&old.lease).await, ErrorKind::Conflict);
+    let again = claim(q, "alive", HOUR).await?;
+    ensure_eq!(again.build.id, b.id);
+    ensure_eq!(again.build.attempt, 2);
+    ensure_eq!(again.lease.token, 2);
+    ensure_kind!(
+        q.finish(&old.lease, &BuildEnd::new(BuildState::Succeeded))
+            .await,
+        ErrorKind::Conflict
+    );
+    q.append(&again.lease, &[NewEvent::new("output", "second attempt")])
+        .await?;
+    ensure_eq!(q.get(later.id).await?.position, Some(0));
+    drain(q).await
+}
+
+async fn lapsed_started_build_ends_errored(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("errored");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "dead", LAPSED).await?;
+    q.mark_started(&c.lease).await?;
+    q.mark_started(&c.lease).await?;
+    let lapsed = q.reap_lapsed("worker lost").await?;
+    ensure_eq!(lapsed.len(), 1);
+    ensure!(!lapsed[0].requeued);
+    let ended = q.get(b.id).await?;
+    ensure_eq!(ended.state, BuildState::Errored);
+    ensure_eq!(ended.reason.as_deref(), Some("worker lost"));
+    ensure!(ended.finished_at.is_some());
+    ensure!(
+        q.claim("w", HOUR).await?.is_none(),
+        "it must never run twice"
+    );
+    ensure!(q.reap_lapsed("worker lost").await?.is_empty());
+    ensure_kind!(q.renew(&c.lease, HOUR).await, ErrorKind::Conflict);
+    Ok(())
+}
+
+async fn live_leases_are_not_reaped(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("live");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "w", HOUR).await?;
+    ensure!(q.reap_lapsed("worker lost").await?.is_empty());
+    ensure_eq!(q.get(b.id).await?.state, BuildState::Running);
+    q.renew(&c.lease, HOUR).await?;
+    drain(q).await
+}
+
+async fn renewed_lease_survives_a_reap(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("renewed");
+    let b = submit(q, &p, "j").await?;
+    let c = claim(q, "slow", LAPSED).await?;
+    // Its time has passed, but it was not reaped yet: the lease is still held, and a
+    // renewal gives it a new term.
+    q.renew(&c.lease, HOUR).await?;
+    ensure!(q.reap_lapsed("worker lost").await?.is_empty());
+    ensure_eq!(q.get(b.id).await?.state, BuildState::Running);
+    drain(q).await
+}
+
+async fn list_filters_and_pages(q: &dyn BuildQueue) -> CaseResult {
+    let p1 = pipeline("list1");
+    let p2 = pipeline("list2");
+    let a = submit(q, &p1, "unit").await?; // claimed, then succeeds
+    let b = submit(q, &p1, "deploy").await?; // aborted while queued
+    let c = submit(q, &p2, "unit").await?; // claimed, running
+    let d = submit(q, &p1, "unit").await?; // queued
+    let e = submit(q, &p2, "unit").await?; // queued
+    let ca = claim(q, "w", HOUR).await?;
+    ensure_eq!(ca.build.id, a.id);
+    q.finish(&ca.lease, &BuildEnd::new(BuildState::Succeeded))
+        .await?;
+    q.request_abort(b.id, "no").await?;
+    ensure_eq!(claim(q, "w", HOUR).await?.build.id, c.id);
+
+    let ids = |page: &[QueuedBuild]| page.iter().map(|b| b.id).collect::<Vec<_>>();
+    let all = q.list(&BuildFilter::default()).await?;
+    ensure_eq!(ids(&all.builds), [e.id, d.id, c.id, b.id, a.id]);
+    ensure_eq!(all.next, None, "a page that is not full has no next");
+    ensure_eq!(
+        all.builds[0].position,
+        Some(1),
+        "positions show in lists too"
+    );
+
+    // Pages of two, following the cursor, newest first.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let page = q
+            .list(&BuildFilter::default().with_limit(2).with_before(cursor))
+            .await?;
+        ensure!(page.builds.len() <= 2);
+        seen.extend(ids(&page.builds));
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    ensure_eq!(seen, [e.id, d.id, c.id, b.id, a.id]);
+
+    let by_pipeline = q.list(&BuildFilter::default().with_pipeline(&p1)).await?;
+    ensure_eq!(ids(&by_pipeline.builds), [d.id, b.id, a.id]);
+    let by_job = q
+        .list(&BuildFilter::default().with_pipeline(&p1).with_job("unit"))
+        .await?;
+    ensure_eq!(ids(&by_job.builds), [d.id, a.id]);
+    let live = q
+        .list(&BuildFilter::default().with_states([BuildState::Queued, BuildState::Running]))
+        .await?;
+    ensure_eq!(ids(&live.builds), [e.id, d.id, c.id]);
+    let ended = q
+        .list(&BuildFilter::default().with_states([BuildState::Aborted, BuildState::Succeeded]))
+        .await?;
+    ensure_eq!(ids(&ended.builds), [b.id, a.id]);
+    let none = q
+        .list(&BuildFilter::default().with_pipeline(pipeline("nobody")))
+        .await?;
+    ensure!(none.builds.is_empty() && none.next.is_none());
+    drain(q).await
+}
+
+async fn depth_counts_queued_and_running(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("depth");
+    let start = q.depth().await?;
+    ensure_eq!((start.queued, start.running), (0, 0));
+    for _ in 0..3 {
+        submit(q, &p, "j").await?;
+    }
+    let c = claim(q, "w", HOUR).await?;
+    let d = q.depth().await?;
+    ensure_eq!((d.queued, d.running), (2, 1));
+    q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+        .await?;
+    let d = q.depth().await?;
+    ensure_eq!((d.queued, d.running), (2, 0));
+    drain(q).await?;
+    let d = q.depth().await?;
+    ensure_eq!((d.queued, d.running), (0, 0));
+    Ok(())
+}

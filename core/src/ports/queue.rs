@@ -1,0 +1,543 @@
+//! The build queue: what a server accepts, what its replicas claim and run, and every
+//! build's event log.
+//!
+//! One queue may be shared by several server replicas (a database). A build is claimed
+//! by one replica at a time under a [`Lease`]: the holder renews it on the queue's clock,
+//! and every write the holder makes (events, start, end) names the lease, so a replica
+//! that lost its build to a takeover is refused (`Conflict`) instead of writing over the
+//! new holder. When a lease lapses, [`BuildQueue::reap_lapsed`] puts a build none of
+//! whose steps had started back in the queue, and ends any other `errored`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// A build's number: unique in its queue, increasing in order of submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BuildId(pub u64);
+
+impl std::fmt::Display for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for BuildId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        s.parse().map(BuildId)
+    }
+}
+
+/// Where a build is in its life. `Queued` and `Running` are live; the rest are final
+/// and never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BuildState {
+    /// Waiting for a replica to claim it.
+    Queued,
+    /// Claimed by a replica under a lease.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed (the plan's own failure).
+    Failed,
+    /// The build could not be run to its end (infrastructure, a lost worker).
+    Errored,
+    /// Aborted on request, or by a server shutting down.
+    Aborted,
+}
+
+impl BuildState {
+    /// Every state, in life order.
+    pub const ALL: [BuildState; 6] = [
+        BuildState::Queued,
+        BuildState::Running,
+        BuildState::Succeeded,
+        BuildState::Failed,
+        BuildState::Errored,
+        BuildState::Aborted,
+    ];
+
+    /// The lowercase name used in the API, the database and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+            BuildState::Errored => "errored",
+            BuildState::Aborted => "aborted",
+        }
+    }
+
+    /// The state named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the state never changes again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+impl std::fmt::Display for BuildState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewBuild {
+    /// The pipeline's name, for listing and filters.
+    pub pipeline: String,
+    /// The job to run, for listing and filters.
+    pub job: String,
+    /// What the replica that claims the build needs to run it, opaque to the queue (the
+    /// server's own encoding). It is stored as given, so it must hold no secret in clear.
+    pub spec: Vec<u8>,
+    /// Submissions beyond this many queued builds are refused with `Busy`; `None`: no
+    /// limit.
+    pub max_queued: Option<u64>,
+}
+
+impl NewBuild {
+    /// A submission with no queue limit.
+    pub fn new(pipeline: impl Into<String>, job: impl Into<String>, spec: Vec<u8>) -> Self {
+        NewBuild {
+            pipeline: pipeline.into(),
+            job: job.into(),
+            spec,
+            max_queued: None,
+        }
+    }
+
+    /// Refuse the submission (`Busy`) when `max` builds are queued already.
+    pub fn with_max_queued(mut self, max: Option<u64>) -> Self {
+        self.max_queued = max;
+        self
+    }
+}
+
+/// A build as the queue knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedBuild {
+    /// Its number.
+    pub id: BuildId,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Job name.
+    pub job: String,
+    /// The submission's spec, as given.
+    pub spec: Vec<u8>,
+    /// Where it is in its life.
+    pub state: BuildState,
+    /// While queued: how many queued builds are ahead of it (0: it is claimed next).
+    pub position: Option<u64>,
+    /// The worker holding (or that last held) its lease.
+    pub worker: Option<String>,
+    /// How many times it has been claimed; the current lease's token.
+    pub attempt: u64,
+    /// Whether a step of the current attempt has started (a lapse then ends the build
+    /// instead of re-queueing it).
+    pub steps_started: bool,
+    /// Why an abort was asked for, once one was.
+    pub abort_requested: Option<String>,
+    /// Why a build that did not succeed ended the way it did.
+    pub reason: Option<String>,
+    /// The holder's final report (steps, artifacts, timings), opaque to the queue.
+    pub outcome: Option<Vec<u8>>,
+    /// When it was submitted, on the queue's clock.
+    pub submitted_at: SystemTime,
+    /// When its current attempt was claimed.
+    pub started_at: Option<SystemTime>,
+    /// When it ended.
+    pub finished_at: Option<SystemTime>,
+}
+
+impl QueuedBuild {
+    /// A build just submitted: queued, never claimed. Adapters set the other fields
+    /// from what they store.
+    pub fn new(
+        id: BuildId,
+        pipeline: impl Into<String>,
+        job: impl Into<String>,
+        spec: Vec<u8>,
+        submitted_at: SystemTime,
+    ) -> Self {
+        QueuedBuild {
+            id,
+            pipeline: pipeline.into(),
+            job: job.into(),
+            spec,
+            state: BuildState::Queued,
+            position: None,
+            worker: None,
+            attempt: 0,
+            steps_started: false,
+            abort_requested: None,
+            reason: None,
+            outcome: None,
+            submitted_at,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// The right to run one attempt of one build. Every write of the holder names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The build.
+    pub build: BuildId,
+    /// Who holds it.
+    pub worker: String,
+    /// The attempt it was granted for ([`QueuedBuild::attempt`]): a later claim of the
+    /// same build has a higher one, which fences this lease off.
+    pub token: u64,
+}
+
+/// A successful claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The lease to renew and to name in every write.
+    pub lease: Lease,
+    /// The build, now `Running`.
+    pub build: QueuedBuild,
+}
+
+/// What a renewal tells the holder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseStatus {
+    /// Set once someone asked for the build to be aborted: the holder should abort it.
+    pub abort_requested: Option<String>,
+}
+
+/// The end of a build, as its holder reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuildEnd {
+    /// A final state.
+    pub state: BuildState,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    /// The final report, opaque to the queue.
+    pub outcome: Option<Vec<u8>>,
+}
+
+impl BuildEnd {
+    /// An end in `state` (which must be final).
+    pub fn new(state: BuildState) -> Self {
+        BuildEnd {
+            state,
+            reason: None,
+            outcome: None,
+        }
+    }
+    /// With a reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+    /// With a final report.
+    pub fn with_outcome(mut self, outcome: Vec<u8>) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+}
+
+/// One entry of a build's event log, to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// What kind of event (the server's vocabulary: `step-started`, `output`, ...).
+    pub kind: String,
+    /// Its payload, opaque to the queue.
+    pub data: String,
+}
+
+impl NewEvent {
+    /// An event.
+    pub fn new(kind: impl Into<String>, data: impl Into<String>) -> Self {
+        NewEvent {
+            kind: kind.into(),
+            data: data.into(),
+        }
+    }
+}
+
+/// One stored entry of a build's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildEvent {
+    /// The build.
+    pub build: BuildId,
+    /// Its place in the build's log: 1, 2, 3, ... with no gaps.
+    pub seq: u64,
+    /// Kind, as appended.
+    pub kind: String,
+    /// Payload, as appended.
+    pub data: String,
+}
+
+/// Which builds [`BuildQueue::list`] returns: newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuildFilter {
+    /// Only builds in one of these states (empty: any).
+    pub states: Vec<BuildState>,
+    /// Only builds of this pipeline.
+    pub pipeline: Option<String>,
+    /// Only builds of this job.
+    pub job: Option<String>,
+    /// The cursor: only builds older than this one (a page's [`BuildPage::next`]).
+    pub before: Option<BuildId>,
+    /// At most this many (at least 1).
+    pub limit: usize,
+}
+
+impl Default for BuildFilter {
+    fn default() -> Self {
+        BuildFilter {
+            states: Vec::new(),
+            pipeline: None,
+            job: None,
+            before: None,
+            limit: 50,
+        }
+    }
+}
+
+impl BuildFilter {
+    /// Only these states.
+    pub fn with_states(mut self, states: impl IntoIterator<Item = BuildState>) -> Self {
+        self.states = states.into_iter().collect();
+        self
+    }
+    /// Only this pipeline.
+    pub fn with_pipeline(mut self, p: impl Into<String>) -> Self {
+        self.pipeline = Some(p.into());
+        self
+    }
+    /// Only this job.
+    pub fn with_job(mut self, j: impl Into<String>) -> Self {
+        self.job = Some(j.into());
+        self
+    }
+    /// Only builds older than `id`.
+    pub fn with_before(mut self, id: Option<BuildId>) -> Self {
+        self.before = id;
+        self
+    }
+    /// Page size.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether `b` passes the filter's conditions (not the cursor or limit).
+    pub fn matches(&self, b: &QueuedBuild) -> bool {
+        (self.states.is_empty() || self.states.contains(&b.state))
+            && self.pipeline.as_ref().is_none_or(|p| *p == b.pipeline)
+            && self.job.as_ref().is_none_or(|j| *j == b.job)
+    }
+}
+
+/// One page of [`BuildQueue::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPage {
+    /// Newest first.
+    pub builds: Vec<QueuedBuild>,
+    /// The cursor of the next page (`BuildFilter::before`), when there may be one.
+    pub next: Option<BuildId>,
+}
+
+/// A build whose lease lapsed, as [`BuildQueue::reap_lapsed`] dealt with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedBuild {
+    /// The build.
+    pub id: BuildId,
+    /// The worker whose lease lapsed.
+    pub worker: String,
+    /// `true`: no step had started and it is queued again; `false`: it ended `errored`.
+    pub requeued: bool,
+}
+
+/// How many builds are queued and running, for metrics and readiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Waiting.
+    pub queued: u64,
+    /// Claimed.
+    pub running: u64,
+}
+
+/// What a [`BuildQueue`] can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueCapabilities {
+    /// Builds and their events outlive the process.
+    pub persistent: bool,
+    /// Several processes can share it (claims are exclusive across processes).
+    pub shared: bool,
+}
+
+impl QueueCapabilities {
+    /// All off.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Set [`Self::persistent`].
+    pub fn with_persistent(mut self, v: bool) -> Self {
+        self.persistent = v;
+        self
+    }
+    /// Set [`Self::shared`].
+    pub fn with_shared(mut self, v: bool) -> Self {
+        self.shared = v;
+        self
+    }
+}
+
+/// The build queue.
+///
+/// Claims are FIFO by [`BuildId`] (a build put back by [`Self::reap_lapsed`] keeps its
+/// place) and exclusive: two concurrent claims never return the same build. Lease times
+/// are judged on the queue's own clock (the database's `now()`). A lease is held while
+/// its build is `Running` with the lease's token, whether or not its time has passed;
+/// only a reap takes it away. Writes naming a lease that is no longer held fail with
+/// `Conflict`.
+#[async_trait]
+pub trait BuildQueue: Send + Sync {
+    /// What this queue can do.
+    fn capabilities(&self) -> QueueCapabilities;
+
+    /// Queue a build. `Busy` when `new.max_queued` builds are queued already.
+    async fn submit(&self, new: &NewBuild) -> Result<QueuedBuild>;
+
+    /// Claim the oldest queued build for `worker`, with a lease of `ttl`; `None` when
+    /// none is queued.
+    async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>>;
+
+    /// Extend a held lease to `ttl` from now and learn whether an abort was asked for.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus>;
+
+    /// Record that a step of this attempt has started: from now on a lapse ends the
+    /// build instead of running it again. Idempotent.
+    async fn mark_started(&self, lease: &Lease) -> Result<()>;
+
+    /// Append events to the build's log, in order; returns the last one's `seq`.
+    async fn append(&self, lease: &Lease, events: &[NewEvent]) -> Result<u64>;
+
+    /// End the build. `Invalid` when `end.state` is not final.
+    async fn finish(&self, lease: &Lease, end: &BuildEnd) -> Result<QueuedBuild>;
+
+    /// One build; `NotFound` when there is none with that id.
+    async fn get(&self, id: BuildId) -> Result<QueuedBuild>;
+
+    /// Builds matching `filter`, newest first, one page at a time.
+    async fn list(&self, filter: &BuildFilter) -> Result<BuildPage>;
+
+    /// Up to `limit` events of a build with `seq > after`, in order; `NotFound` for an
+    /// unknown build.
+    async fn events(&self, id: BuildId, after: u64, limit: usize) -> Result<Vec<BuildEvent>>;
+
+    /// Ask for a build to be aborted. A queued build ends `Aborted` at once with
+    /// `reason`; a running one keeps running with [`QueuedBuild::abort_requested`] set
+    /// (its holder learns it at its next renewal; asking again is a no-op). `Conflict`
+    /// for a build that has ended.
+    async fn request_abort(&self, id: BuildId, reason: &str) -> Result<QueuedBuild>;
+
+    /// Deal with every build whose lease has lapsed: one none of whose steps had
+    /// started goes back to the queue; any other ends `Errored` with `reason`.
+    async fn reap_lapsed(&self, reason: &str) -> Result<Vec<LapsedBuild>>;
+
+    /// How many builds are queued and running.
+    async fn depth(&self) -> Result<QueueDepth>;
+}
+
+macro_rules! forward_queue {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: BuildQueue + ?Sized> BuildQueue for $ty {
+            fn capabilities(&self) -> QueueCapabilities {
+                (**self).capabilities()
+            }
+            async fn submit(&self, new: &NewBuild) -> Result<QueuedBuild> {
+                (**self).submit(new).await
+            }
+            async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>> {
+                (**self).claim(worker, ttl).await
+            }
+            async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
+                (**self).renew(lease, ttl).await
+            }
+            async fn mark_started(&self, lease: &Lease) -> Result<()> {
+                (**self).mark_started(lease).await
+            }
+            async fn append(&self, lease: &Lease, events: &[NewEvent]) -> Result<u64> {
+                (**self).append(lease, events).await
+            }
+            async fn finish(&self, lease: &Lease, end: &BuildEnd) -> Result<QueuedBuild> {
+                (**self).finish(lease, end).await
+            }
+            async fn get(&self, id: BuildId) -> Result<QueuedBuild> {
+                (**self).get(id).await
+            }
+            async fn list(&self, filter: &BuildFilter) -> Result<BuildPage> {
+                (**self).list(filter).await
+            }
+            async fn events(
+                &self,
+                id: BuildId,
+                after: u64,
+                limit: usize,
+            ) -> Result<Vec<BuildEvent>> {
+                (**self).events(id, after, limit).await
+            }
+            async fn request_abort(&self, id: BuildId, reason: &str) -> Result<QueuedBuild> {
+                (**self).request_abort(id, reason).await
+            }
+            async fn reap_lapsed(&self, reason: &str) -> Result<Vec<LapsedBuild>> {
+                (**self).reap_lapsed(reason).await
+            }
+            async fn depth(&self) -> Result<QueueDepth> {
+                (**self).depth().await
+            }
+        }
+    };
+}
+
+forward_queue!(Arc<T>);
+forward_queue!(Box<T>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_only_live_ones_are_not_final() {
+        for s in BuildState::ALL {
+            assert_eq!(BuildState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(BuildState::parse("done"), None);
+        let live: Vec<_> = BuildState::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
+        assert_eq!(live, [BuildState::Queued, BuildState::Running]);
+    }
+
+    #[test]
+    fn build_ids_parse_and_order() {
+        assert_eq!("42".parse::<BuildId>(), Ok(BuildId(42)));
+        assert!("x".parse::<BuildId>().is_err());
+        assert!(BuildId(2) > BuildId(1));
+    }
+}
