@@ -114,6 +114,11 @@ pub struct BuildRequest {
     pub vars: Vars,
     /// Ends the build early.
     pub abort: AbortSignal,
+    /// Who watches this build; `None`: nobody.
+    pub events: Option<Arc<dyn BuildEvents>>,
+    /// Artifacts bound to names before the first step (uploaded inputs), as a `get`
+    /// of that name would bind them.
+    pub inputs: BTreeMap<String, ArtifactRef>,
 }
 
 impl BuildRequest {
@@ -131,7 +136,21 @@ impl BuildRequest {
             build_id: build_id.into(),
             vars: Vars::new(),
             abort: AbortSignal::never(),
+            events: None,
+            inputs: BTreeMap::new(),
         }
+    }
+
+    /// Who watches this build: one runner serves many builds, each with its own sink.
+    pub fn with_events(mut self, events: Arc<dyn BuildEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Bind `artifact` to `name` before the first step runs.
+    pub fn with_input(mut self, name: impl Into<String>, artifact: ArtifactRef) -> Self {
+        self.inputs.insert(name.into(), artifact);
+        self
     }
 
     /// Variables for task files loaded at run time.
@@ -154,6 +173,7 @@ impl std::fmt::Debug for BuildRequest {
             .field("job", &self.job)
             .field("build_number", &self.build_number)
             .field("build_id", &self.build_id)
+            .field("inputs", &self.inputs.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +202,7 @@ impl std::fmt::Debug for BuildRunner {
 
 struct Ctx {
     req: BuildRequest,
+    events: Arc<dyn BuildEvents>,
     holder: Holder,
     summaries: Mutex<Vec<StepSummary>>,
     first_failure: Mutex<Option<(String, StepFailure)>>,
@@ -243,12 +264,13 @@ impl BuildRunner {
             .clone();
         let ctx = Ctx {
             holder: Holder::new(self.worker.clone(), req.build_id.clone()),
+            events: req.events.clone().unwrap_or_else(|| self.events.clone()),
             req,
             summaries: Mutex::new(Vec::new()),
             first_failure: Mutex::new(None),
             noticed_images: std::sync::atomic::AtomicBool::new(false),
         };
-        let mut scope = Scope::new();
+        let mut scope: Scope = ctx.req.inputs.clone();
         let plan = Step {
             kind: StepKind::Do(job.plan.clone()),
             hooks: job.hooks.clone(),
@@ -452,7 +474,7 @@ impl BuildRunner {
         step: &Step,
         body: impl std::future::Future<Output = (Status, Vec<ArtifactRef>)>,
     ) -> (Status, Vec<ArtifactRef>) {
-        self.events.step_started(name, kind);
+        ctx.events.step_started(name, kind);
         let started = Instant::now();
         let (result, artifacts) = body.await;
         let summary = StepSummary {
@@ -463,7 +485,7 @@ impl BuildRunner {
             artifacts: artifacts.clone(),
             attempts: attempt,
         };
-        self.events.step_finished(&summary);
+        ctx.events.step_finished(&summary);
         if let Ok(mut s) = ctx.summaries.lock() {
             s.push(summary);
         }
@@ -514,7 +536,7 @@ impl BuildRunner {
             command,
             deadline,
             timeout,
-            output: self.events.step_output(display),
+            output: ctx.events.step_output(display),
             abort: abort.clone(),
         }
     }
@@ -835,7 +857,7 @@ impl BuildRunner {
                     && config.image_resource.is_some()
                     && !ctx.noticed_images.swap(true, std::sync::atomic::Ordering::SeqCst)
                 {
-                    self.events.notice(
+                    ctx.events.notice(
                         "this backend runs tasks on the host: image_resource is not honoured, \
                          so tasks use the host's tools",
                     );

@@ -1,5 +1,5 @@
 //! Services built only on the ports: the step runner, the build runner, the artifact
-//! service, the reaper and the worker heartbeat.
+//! service, the reaper, the worker heartbeat and the worker session that holds them.
 
 pub mod abort;
 pub mod artifacts;
@@ -7,6 +7,7 @@ pub mod build;
 pub mod failure;
 pub mod heartbeat;
 pub mod reaper;
+pub mod session;
 pub mod step;
 
 pub use abort::{AbortHandle, AbortReason, AbortSignal, abort_pair};
@@ -15,6 +16,7 @@ pub use build::*;
 pub use failure::StepFailure;
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use reaper::{ReapReport, Reaper, ReaperConfig};
+pub use session::{SessionConfig, WorkerSession};
 pub use step::*;
 
 use std::time::Duration;
