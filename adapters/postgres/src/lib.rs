@@ -6,6 +6,10 @@
 //! in one transaction, rows are locked in a fixed order (artifact rows, sorted by id,
 //! before their references), and the reaper claims work with `FOR UPDATE SKIP LOCKED`.
 //!
+//! [`PgBuildQueue`] is the [`BuildQueue`](jetbridge_core::ports::BuildQueue) on the same
+//! database and migrations: [`PgBuildQueue::connect`] builds its own pool, and
+//! [`PgRegistry::build_queue`] shares the registry's.
+//!
 //! ```no_run
 //! # async fn demo() -> jetbridge_core::Result<()> {
 //! use jetbridge_postgres::{PgOptions, PgRegistry};
@@ -22,6 +26,7 @@
 mod config;
 mod error;
 mod migrate;
+mod queue;
 mod registry;
 mod rows;
 pub mod scratch;
@@ -38,6 +43,7 @@ use jetbridge_core::{Error, Result};
 
 pub use config::PgOptions;
 pub use migrate::{migrate, migrate_with};
+pub use queue::PgBuildQueue;
 
 /// Check a schema name: `[a-z_][a-z0-9_]{0,62}`. Quoting would allow more, but a plain
 /// name is what operators type and what shows up unquoted in `psql`.
@@ -82,6 +88,48 @@ pub(crate) async fn establish(url: &str, setup: &str, op: &str) -> Result<AsyncP
     Ok(conn)
 }
 
+/// Validate `options`, apply pending migrations (unless `options.migrate` is false) and
+/// build the pool every type of this crate works through ([`PgRegistry::connect`],
+/// [`PgBuildQueue::connect`]).
+async fn open_pool(url: &str, options: &PgOptions) -> Result<Pool<AsyncPgConnection>> {
+    options.validate()?;
+    if options.migrate {
+        migrate_with(url, options).await?;
+    }
+    let setup: Arc<str> = Arc::from(options.session_setup());
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(move |url: &str| {
+        let setup = Arc::clone(&setup);
+        let url = url.to_owned();
+        async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&setup)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+    // `build_unchecked`: connections open on first use, so a registry can be built
+    // while the server is briefly away; the first call then reports `Transient`.
+    let pool = Pool::builder()
+        .max_size(options.pool_size)
+        .min_idle(options.min_idle)
+        .connection_timeout(options.connection_timeout)
+        .idle_timeout(options.idle_timeout)
+        .max_lifetime(options.max_lifetime)
+        .test_on_check_out(true)
+        .build_unchecked(manager);
+    // Fail fast on a wrong URL or password instead of on the first call.
+    drop(
+        pool.get()
+            .await
+            .map_err(|e| error::from_pool(e, "connect"))?,
+    );
+    Ok(pool)
+}
+
 /// The [`ArtifactRegistry`](jetbridge_core::ports::ArtifactRegistry) on Postgres.
 ///
 /// Cheap to clone: clones share the pool.
@@ -111,42 +159,11 @@ impl PgRegistry {
     /// reached, `Other` when it refuses (authentication, unknown database) or a migration
     /// fails.
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgRegistry> {
-        options.validate()?;
-        if options.migrate {
-            migrate_with(url, &options).await?;
-        }
-        let setup: Arc<str> = Arc::from(options.session_setup());
-        let mut config = ManagerConfig::<AsyncPgConnection>::default();
-        config.custom_setup = Box::new(move |url: &str| {
-            let setup = Arc::clone(&setup);
-            let url = url.to_owned();
-            async move {
-                let mut conn = AsyncPgConnection::establish(&url).await?;
-                conn.batch_execute(&setup)
-                    .await
-                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
-                Ok(conn)
-            }
-            .boxed()
-        });
-        let manager = AsyncDieselConnectionManager::new_with_config(url, config);
-        // `build_unchecked`: connections open on first use, so a registry can be built
-        // while the server is briefly away; the first call then reports `Transient`.
-        let pool = Pool::builder()
-            .max_size(options.pool_size)
-            .min_idle(options.min_idle)
-            .connection_timeout(options.connection_timeout)
-            .idle_timeout(options.idle_timeout)
-            .max_lifetime(options.max_lifetime)
-            .test_on_check_out(true)
-            .build_unchecked(manager);
-        let registry = PgRegistry {
+        let pool = open_pool(url, &options).await?;
+        Ok(PgRegistry {
             pool,
-            schema: options.schema.clone(),
-        };
-        // Fail fast on a wrong URL or password instead of on the first call.
-        drop(registry.conn("connect").await?);
-        Ok(registry)
+            schema: options.schema,
+        })
     }
 
     /// The schema this registry works in, if one was given.

@@ -7,10 +7,12 @@ use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp, Timestamptz};
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Timestamp, Timestamptz};
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
-use jetbridge_core::ports::{Artifact, ArtifactState, Worker};
+use jetbridge_core::ports::{
+    Artifact, ArtifactState, BuildEvent, BuildId, BuildState, LapsedBuild, QueuedBuild, Worker,
+};
 use jetbridge_core::{Error, Result};
 
 /// A point in time stored as `timestamptz` (microsecond precision; finer parts of a
@@ -174,4 +176,172 @@ pub(crate) struct SessionRow {
     /// How long the registration still runs, in whole seconds (rounded up).
     #[diesel(sql_type = BigInt)]
     pub(crate) remaining_secs: i64,
+}
+
+/// The columns every build query selects, in [`BuildRow`] order, except `position`,
+/// which each query computes (or sets `NULL`) itself.
+pub(crate) const BUILD_COLUMNS: &str = "id, pipeline, job, spec, state, worker, attempt, \
+     steps_started, abort_requested, reason, outcome, submitted_at, started_at, finished_at";
+
+/// One row of `builds`, plus the build's place in the queue.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct BuildRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    pipeline: String,
+    #[diesel(sql_type = Text)]
+    job: String,
+    #[diesel(sql_type = Binary)]
+    spec: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    attempt: i64,
+    #[diesel(sql_type = Bool)]
+    steps_started: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    abort_requested: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    reason: Option<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    outcome: Option<Vec<u8>>,
+    #[diesel(sql_type = Timestamptz)]
+    submitted_at: Ts,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    started_at: Option<Ts>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    finished_at: Option<Ts>,
+    /// Queued builds ahead of this one; `NULL` unless it is queued.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    position: Option<i64>,
+}
+
+fn corrupt_build(what: &str, id: i64) -> Error {
+    Error::corrupt(format!(
+        "postgres build queue: build {id} has an invalid {what}"
+    ))
+}
+
+/// A stored build id (identity, so never negative in a sound table).
+pub(crate) fn build_id(id: i64) -> Result<BuildId> {
+    u64::try_from(id)
+        .map(BuildId)
+        .map_err(|_| corrupt_build("id", id))
+}
+
+impl BuildRow {
+    /// The domain record; `Corrupt` if a stored value does not parse.
+    pub(crate) fn into_build(self) -> Result<QueuedBuild> {
+        let id = self.id;
+        let state = BuildState::parse(&self.state).ok_or_else(|| corrupt_build("state", id))?;
+        let attempt = u64::try_from(self.attempt).map_err(|_| corrupt_build("attempt", id))?;
+        let position = match self.position {
+            Some(p) => Some(u64::try_from(p).map_err(|_| corrupt_build("position", id))?),
+            None => None,
+        };
+        let mut b = QueuedBuild::new(
+            build_id(id)?,
+            self.pipeline,
+            self.job,
+            self.spec,
+            self.submitted_at.0,
+        );
+        b.state = state;
+        b.position = position;
+        b.worker = self.worker;
+        b.attempt = attempt;
+        b.steps_started = self.steps_started;
+        b.abort_requested = self.abort_requested;
+        b.reason = self.reason;
+        b.outcome = self.outcome;
+        b.started_at = self.started_at.map(|t| t.0);
+        b.finished_at = self.finished_at.map(|t| t.0);
+        Ok(b)
+    }
+}
+
+/// One row of `build_events`.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct EventRow {
+    #[diesel(sql_type = BigInt)]
+    build_id: i64,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    data: String,
+}
+
+impl EventRow {
+    /// The domain record; `Corrupt` for a negative id or seq.
+    pub(crate) fn into_event(self) -> Result<BuildEvent> {
+        let seq = u64::try_from(self.seq).map_err(|_| corrupt_build("event seq", self.build_id))?;
+        Ok(BuildEvent {
+            build: build_id(self.build_id)?,
+            seq,
+            kind: self.kind,
+            data: self.data,
+        })
+    }
+}
+
+/// A build the reaper dealt with.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct LapsedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = Bool)]
+    requeued: bool,
+}
+
+impl LapsedRow {
+    /// The domain record; `Corrupt` for a running build without a holder (which the
+    /// table's CHECK rules out).
+    pub(crate) fn into_lapsed(self) -> Result<LapsedBuild> {
+        Ok(LapsedBuild {
+            id: build_id(self.id)?,
+            worker: self
+                .worker
+                .ok_or_else(|| corrupt_build("worker", self.id))?,
+            requeued: self.requeued,
+        })
+    }
+}
+
+/// What a refused write is explained by: the build's state and current attempt.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct BuildStateRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) state: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) attempt: i64,
+}
+
+/// What a renewal returns.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct AbortRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) abort_requested: Option<String>,
+}
+
+/// One count, or one sequence number.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
+/// Queued and running builds.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct DepthRow {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) queued: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) running: i64,
 }

@@ -460,8 +460,8 @@ async fn concurrent_migrations_of_one_schema_all_succeed() {
         applied += t.await.expect("task").expect("migrate");
     }
     assert_eq!(
-        applied, 2,
-        "exactly one run applied each of the two migrations"
+        applied, 3,
+        "exactly one run applied each of the three migrations"
     );
     assert_eq!(
         jetbridge_postgres::migrate_with(&url, &opts)

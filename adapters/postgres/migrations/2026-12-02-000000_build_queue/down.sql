@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS build_events;
+DROP TABLE IF EXISTS builds;

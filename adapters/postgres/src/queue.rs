@@ -1,0 +1,696 @@
+//! The [`BuildQueue`] port on Postgres: tables `builds` and `build_events` (migration
+//! `2026-12-02-000000_build_queue`), on the same pool machinery and migrations as the
+//! registry.
+//!
+//! A lease is the pair (`worker`, `attempt`) of a `running` row: every write naming a
+//! lease carries `state = 'running' AND worker = $w AND attempt = $token` in its own
+//! `WHERE`, so a check and the write it guards are one statement and cannot be split by
+//! a takeover. `lease_until` is not part of that condition (a lapsed lease is held until
+//! a reap takes it away, as the port says); it is only what the reaper selects by.
+//!
+//! Claims and reaps pick rows with `FOR UPDATE SKIP LOCKED`, so replicas never wait for
+//! each other's picks and never pick the same row. Every time comparison uses the
+//! server's `now()`. Writes whose returned rows are converted to domain values run in a
+//! transaction with the conversion, so a row that does not convert (`Corrupt`) leaves
+//! nothing changed (a build is never claimed and then lost to a conversion error).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::OptionalExtension;
+use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text};
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use jetbridge_core::ports::{
+    BuildEnd, BuildEvent, BuildFilter, BuildId, BuildPage, BuildQueue, Claimed, LapsedBuild, Lease,
+    LeaseStatus, NewBuild, NewEvent, QueueCapabilities, QueueDepth, QueuedBuild,
+};
+use jetbridge_core::{Error, Result};
+
+use crate::error::{self, Fail};
+use crate::rows::{
+    AbortRow, BUILD_COLUMNS, BuildRow, BuildStateRow, CountRow, DepthRow, EventRow, LapsedRow,
+};
+use crate::{PgOptions, PgRegistry, open_pool};
+
+/// How long the post-error probe of a connection may take before it counts as lost.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Durations travel as microseconds (`$n * interval '1 microsecond'`), cut to about
+/// 1,000 years so `now() + ttl` stays inside `timestamptz`'s range.
+const MAX_MICROS: i64 = 1_000 * 366 * 86_400 * 1_000_000;
+
+/// The longest page [`BuildQueue::list`] returns.
+const MAX_PAGE: usize = 1000;
+
+/// First key of the transaction-scoped advisory lock that serialises limited submissions
+/// (the second is the schema's hash, so queues in different schemas do not wait for each
+/// other). Distinct from the migration lock's key.
+const SUBMIT_LOCK: i32 = 0x6a62_7175; // "jbqu"
+
+/// The lease condition, over binds `$1` (id), `$2` (worker), `$3` (token).
+const HELD: &str = "id = $1 AND state = 'running' AND worker = $2 AND attempt = $3";
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
+
+/// A build id as stored. Ids beyond `bigint` cannot exist; `-1` matches no row (identity
+/// values start at 1), so such an id is `NotFound` like any other unknown one.
+fn db_id(id: BuildId) -> i64 {
+    i64::try_from(id.0).unwrap_or(-1)
+}
+
+/// A lease token as stored: one beyond `bigint` matches no attempt (they are never
+/// negative), so the write is refused like any other stale lease.
+fn db_token(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(-1)
+}
+
+/// Postgres `text` cannot hold NUL; refuse it as `Invalid` up front rather than let the
+/// server's encoding error arrive as `Other`.
+fn check_text(what: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "postgres build queue: {what} contains a NUL character, which Postgres text cannot hold"
+        )));
+    }
+    Ok(())
+}
+
+fn not_found(id: BuildId) -> Fail {
+    Fail::Port(Error::not_found(format!("build {id}")))
+}
+
+type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+/// The [`BuildQueue`] on Postgres.
+///
+/// Cheap to clone: clones share the pool. [`PgRegistry::build_queue`] gives one sharing
+/// the registry's pool.
+#[derive(Clone)]
+pub struct PgBuildQueue {
+    pool: Pool<AsyncPgConnection>,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PgBuildQueue {
+    // The URL (which may carry a password) is deliberately not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("PgBuildQueue")
+            .field("schema", &self.schema)
+            .field("connections", &state.connections)
+            .field("idle_connections", &state.idle_connections)
+            .finish()
+    }
+}
+
+impl PgRegistry {
+    /// The build queue in this registry's database and schema, on this registry's pool
+    /// (one pool per process when both are used). The migrations `connect` applied
+    /// include the queue's tables.
+    pub fn build_queue(&self) -> PgBuildQueue {
+        PgBuildQueue {
+            pool: self.pool.clone(),
+            schema: self.schema.clone(),
+        }
+    }
+}
+
+impl PgBuildQueue {
+    /// Connect to `url` with a pool of its own, as [`PgRegistry::connect`] does (same
+    /// options, same migrations, same errors).
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgBuildQueue> {
+        let pool = open_pool(url, &options).await?;
+        Ok(PgBuildQueue {
+            pool,
+            schema: options.schema,
+        })
+    }
+
+    /// The schema this queue works in, if one was given.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Connections open and idle in the pool.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
+    async fn conn(&self, op: &str) -> Result<Conn<'_>> {
+        self.pool.get().await.map_err(|e| error::from_pool(e, op))
+    }
+
+    /// Turn an operation's failure into a core error, as the registry does: database
+    /// errors diesel cannot classify are told apart by probing the connection (gone:
+    /// `Transient`; alive: permanent).
+    async fn classify(&self, conn: &mut AsyncPgConnection, fail: Fail, op: &str) -> Error {
+        match fail {
+            Fail::Port(e) => e,
+            Fail::Db(e) => {
+                let lost = if error::needs_probe(&e) {
+                    let probe = diesel::sql_query("SELECT 1").execute(conn);
+                    !matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+                } else {
+                    false
+                };
+                error::from_diesel(e, op, lost)
+            }
+        }
+    }
+
+    /// The registry's `finish`, named apart from [`BuildQueue::finish`] so that method
+    /// calls are never ambiguous to a reader.
+    async fn settle<T>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        res: std::result::Result<T, Fail>,
+        op: &str,
+    ) -> Result<T> {
+        match res {
+            Ok(v) => Ok(v),
+            Err(f) => Err(self.classify(conn, f, op).await),
+        }
+    }
+}
+
+/// Why a write naming `lease` changed nothing: `NotFound` for an unknown build,
+/// `Conflict` for one the lease no longer holds.
+async fn refused(c: &mut AsyncPgConnection, lease: &Lease) -> Fail {
+    let row = diesel::sql_query("SELECT state, attempt FROM builds WHERE id = $1")
+        .bind::<BigInt, _>(db_id(lease.build))
+        .get_result::<BuildStateRow>(c)
+        .await
+        .optional();
+    match row {
+        Err(e) => Fail::Db(e),
+        Ok(None) => not_found(lease.build),
+        Ok(Some(b)) => Fail::Port(Error::conflict(format!(
+            "build {}: the lease of {} (attempt {}) is no longer held: the build is {} (attempt {})",
+            lease.build, lease.worker, lease.token, b.state, b.attempt
+        ))),
+    }
+}
+
+#[async_trait]
+impl BuildQueue for PgBuildQueue {
+    fn capabilities(&self) -> QueueCapabilities {
+        QueueCapabilities::none()
+            .with_persistent(true)
+            .with_shared(true)
+    }
+
+    async fn submit(&self, new: &NewBuild) -> Result<QueuedBuild> {
+        let op = "submit build";
+        check_text("pipeline", &new.pipeline)?;
+        check_text("job", &new.job)?;
+        // More than i64::MAX queued builds cannot exist: such a limit is no limit.
+        let max = new.max_queued.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                if let Some(max) = max {
+                    // Limited submitters count and insert one at a time: the count runs
+                    // after the previous holder committed (a fresh snapshot per
+                    // statement), so racing submitters cannot all take the last place.
+                    // Unlimited submitters do not wait for it.
+                    diesel::sql_query(
+                        "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
+                    )
+                    .bind::<Integer, _>(SUBMIT_LOCK)
+                    .execute(c)
+                    .await?;
+                    let queued =
+                        diesel::sql_query("SELECT count(*) AS n FROM builds WHERE state = 'queued'")
+                            .get_result::<CountRow>(c)
+                            .await?
+                            .n;
+                    if queued >= max {
+                        return Err(Fail::Port(Error::busy(format!(
+                            "the build queue is full: {queued} build(s) are waiting (the limit is {max})"
+                        ))));
+                    }
+                }
+                let row = diesel::sql_query(format!(
+                    "INSERT INTO builds (pipeline, job, spec) VALUES ($1, $2, $3) \
+                     RETURNING {BUILD_COLUMNS}, \
+                       (SELECT count(*) FROM builds q \
+                         WHERE q.state = 'queued' AND q.id < builds.id) AS position"
+                ))
+                .bind::<Text, _>(&new.pipeline)
+                .bind::<Text, _>(&new.job)
+                .bind::<Binary, _>(&new.spec)
+                .get_result::<BuildRow>(c)
+                .await?;
+                Ok(row.into_build()?)
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>> {
+        let op = "claim build";
+        check_text("worker", worker)?;
+        let ttl = micros(ttl);
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // The oldest queued row nobody else is claiming or changing right now; a
+                // row that stopped being queued since the snapshot is re-checked under
+                // its lock and passed over.
+                let row = diesel::sql_query(format!(
+                    "UPDATE builds SET state = 'running', worker = $1, attempt = attempt + 1, \
+                       steps_started = false, started_at = now(), \
+                       lease_until = now() + $2 * interval '1 microsecond' \
+                     WHERE id = (SELECT id FROM builds WHERE state = 'queued' \
+                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING {BUILD_COLUMNS}, NULL::bigint AS position"
+                ))
+                .bind::<Text, _>(worker)
+                .bind::<BigInt, _>(ttl)
+                .get_result::<BuildRow>(c)
+                .await
+                .optional()?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let build = row.into_build()?;
+                let lease = Lease {
+                    build: build.id,
+                    worker: worker.to_owned(),
+                    token: build.attempt,
+                };
+                Ok(Some(Claimed { lease, build }))
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
+        let op = "renew lease";
+        check_text("worker", &lease.worker)?;
+        let ttl = micros(ttl);
+        let mut conn = self.conn(op).await?;
+        let res = async {
+            let row = diesel::sql_query(format!(
+                "UPDATE builds SET lease_until = now() + $4 * interval '1 microsecond' \
+                 WHERE {HELD} RETURNING abort_requested"
+            ))
+            .bind::<BigInt, _>(db_id(lease.build))
+            .bind::<Text, _>(&lease.worker)
+            .bind::<BigInt, _>(db_token(lease.token))
+            .bind::<BigInt, _>(ttl)
+            .get_result::<AbortRow>(&mut *conn)
+            .await
+            .optional()?;
+            match row {
+                Some(row) => {
+                    let mut status = LeaseStatus::default();
+                    status.abort_requested = row.abort_requested;
+                    Ok(status)
+                }
+                None => Err(refused(&mut conn, lease).await),
+            }
+        }
+        .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn mark_started(&self, lease: &Lease) -> Result<()> {
+        let op = "mark build started";
+        check_text("worker", &lease.worker)?;
+        let mut conn = self.conn(op).await?;
+        let res = async {
+            let n = diesel::sql_query(format!(
+                "UPDATE builds SET steps_started = true WHERE {HELD}"
+            ))
+            .bind::<BigInt, _>(db_id(lease.build))
+            .bind::<Text, _>(&lease.worker)
+            .bind::<BigInt, _>(db_token(lease.token))
+            .execute(&mut *conn)
+            .await?;
+            if n == 0 {
+                return Err(refused(&mut conn, lease).await);
+            }
+            Ok(())
+        }
+        .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn append(&self, lease: &Lease, events: &[NewEvent]) -> Result<u64> {
+        let op = "append events";
+        check_text("worker", &lease.worker)?;
+        for e in events {
+            check_text("event kind", &e.kind)?;
+            check_text("event data", &e.data)?;
+        }
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let id = db_id(lease.build);
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // The build row's lock serialises appends to one log, so `max(seq)` read
+                // below is the last one, and it holds off a takeover until the commit.
+                let held = diesel::sql_query(format!(
+                    "SELECT id FROM builds WHERE {HELD} FOR NO KEY UPDATE"
+                ))
+                .bind::<BigInt, _>(id)
+                .bind::<Text, _>(&lease.worker)
+                .bind::<BigInt, _>(db_token(lease.token))
+                .execute(c)
+                .await?;
+                if held == 0 {
+                    return Err(refused(c, lease).await);
+                }
+                let last = if events.is_empty() {
+                    diesel::sql_query(
+                        "SELECT COALESCE(max(seq), 0) AS n FROM build_events WHERE build_id = $1",
+                    )
+                    .bind::<BigInt, _>(id)
+                    .get_result::<CountRow>(c)
+                    .await?
+                } else {
+                    diesel::sql_query(
+                        "WITH base AS (SELECT COALESCE(max(seq), 0) AS n \
+                                         FROM build_events WHERE build_id = $1), \
+                         ins AS (INSERT INTO build_events (build_id, seq, kind, data) \
+                                 SELECT $1, base.n + e.ord, e.kind, e.data \
+                                   FROM base, unnest($2::text[], $3::text[]) \
+                                        WITH ORDINALITY AS e(kind, data, ord) \
+                                 RETURNING seq) \
+                         SELECT max(seq) AS n FROM ins",
+                    )
+                    .bind::<BigInt, _>(id)
+                    .bind::<Array<Text>, _>(&kinds)
+                    .bind::<Array<Text>, _>(&data)
+                    .get_result::<CountRow>(c)
+                    .await?
+                };
+                u64::try_from(last.n).map_err(|_| {
+                    Fail::Port(Error::corrupt(format!(
+                        "postgres build queue: build {} has an invalid event seq",
+                        lease.build
+                    )))
+                })
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn finish(&self, lease: &Lease, end: &BuildEnd) -> Result<QueuedBuild> {
+        let op = "finish build";
+        if !end.state.is_final() {
+            return Err(Error::invalid(format!(
+                "build {}: a build cannot end {}",
+                lease.build, end.state
+            )));
+        }
+        check_text("worker", &lease.worker)?;
+        if let Some(reason) = &end.reason {
+            check_text("reason", reason)?;
+        }
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                let row = diesel::sql_query(format!(
+                    "UPDATE builds SET state = $4, reason = $5, outcome = $6, \
+                       finished_at = now(), lease_until = NULL \
+                     WHERE {HELD} \
+                     RETURNING {BUILD_COLUMNS}, NULL::bigint AS position"
+                ))
+                .bind::<BigInt, _>(db_id(lease.build))
+                .bind::<Text, _>(&lease.worker)
+                .bind::<BigInt, _>(db_token(lease.token))
+                .bind::<Text, _>(end.state.as_str())
+                .bind::<Nullable<Text>, _>(end.reason.as_deref())
+                .bind::<Nullable<Binary>, _>(end.outcome.as_deref())
+                .get_result::<BuildRow>(c)
+                .await
+                .optional()?;
+                match row {
+                    Some(row) => Ok(row.into_build()?),
+                    None => Err(refused(c, lease).await),
+                }
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn get(&self, id: BuildId) -> Result<QueuedBuild> {
+        let op = "get build";
+        let mut conn = self.conn(op).await?;
+        // The position is a count over the queued builds' partial index, up to this one.
+        let res = diesel::sql_query(format!(
+            "SELECT {BUILD_COLUMNS}, \
+               CASE WHEN state = 'queued' THEN \
+                 (SELECT count(*) FROM builds q WHERE q.state = 'queued' AND q.id < b.id) \
+               END AS position \
+             FROM builds b WHERE id = $1"
+        ))
+        .bind::<BigInt, _>(db_id(id))
+        .get_result::<BuildRow>(&mut conn)
+        .await
+        .optional()
+        .map_err(Fail::from);
+        match self.settle(&mut conn, res, op).await? {
+            Some(row) => row.into_build(),
+            None => Err(Error::not_found(format!("build {id}"))),
+        }
+    }
+
+    async fn list(&self, filter: &BuildFilter) -> Result<BuildPage> {
+        let op = "list builds";
+        if let Some(p) = &filter.pipeline {
+            check_text("pipeline", p)?;
+        }
+        if let Some(j) = &filter.job {
+            check_text("job", j)?;
+        }
+        let limit = filter.limit.clamp(1, MAX_PAGE);
+        let mut q = diesel::sql_query(format!(
+            "WITH page AS (SELECT {BUILD_COLUMNS} FROM builds WHERE TRUE"
+        ))
+        .into_boxed::<diesel::pg::Pg>();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if !filter.states.is_empty() {
+            let states: Vec<String> = filter
+                .states
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            q = q
+                .sql(format!(" AND state = ANY(${})", next()))
+                .bind::<Array<Text>, _>(states);
+        }
+        if let Some(v) = &filter.pipeline {
+            q = q
+                .sql(format!(" AND pipeline = ${}", next()))
+                .bind::<Text, _>(v.clone());
+        }
+        if let Some(v) = &filter.job {
+            q = q
+                .sql(format!(" AND job = ${}", next()))
+                .bind::<Text, _>(v.clone());
+        }
+        if let Some(before) = filter.before {
+            q = q
+                .sql(format!(" AND id < ${}", next()))
+                .bind::<BigInt, _>(i64::try_from(before.0).unwrap_or(i64::MAX));
+        }
+        // Positions of the page's queued builds from one ranked pass over the queued
+        // builds up to the newest of them, instead of one count per row.
+        q = q
+            .sql(format!(" ORDER BY id DESC LIMIT ${}", next()))
+            .bind::<BigInt, _>(limit as i64)
+            .sql(format!(
+                "), ahead AS (SELECT id, row_number() OVER (ORDER BY id) - 1 AS position \
+                   FROM builds WHERE state = 'queued' \
+                    AND id <= (SELECT max(id) FROM page WHERE state = 'queued')) \
+                 SELECT {BUILD_COLUMNS}, ahead.position \
+                 FROM page LEFT JOIN ahead USING (id) ORDER BY id DESC"
+            ));
+        let mut conn = self.conn(op).await?;
+        let res = q.load::<BuildRow>(&mut conn).await.map_err(Fail::from);
+        let builds = self
+            .settle(&mut conn, res, op)
+            .await?
+            .into_iter()
+            .map(BuildRow::into_build)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if builds.len() == limit {
+            builds.last().map(|b| b.id)
+        } else {
+            None
+        };
+        Ok(BuildPage { builds, next })
+    }
+
+    async fn events(&self, id: BuildId, after: u64, limit: usize) -> Result<Vec<BuildEvent>> {
+        let op = "read events";
+        let bid = db_id(id);
+        let mut conn = self.conn(op).await?;
+        let res = async {
+            let rows = diesel::sql_query(
+                "SELECT build_id, seq, kind, data FROM build_events \
+                 WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind::<BigInt, _>(bid)
+            .bind::<BigInt, _>(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load::<EventRow>(&mut *conn)
+            .await?;
+            // Only an empty answer needs telling apart from an unknown build.
+            if rows.is_empty() {
+                let known = diesel::sql_query("SELECT id FROM builds WHERE id = $1")
+                    .bind::<BigInt, _>(bid)
+                    .execute(&mut *conn)
+                    .await?;
+                if known == 0 {
+                    return Err(not_found(id));
+                }
+            }
+            Ok(rows)
+        }
+        .await;
+        self.settle(&mut conn, res, op)
+            .await?
+            .into_iter()
+            .map(EventRow::into_event)
+            .collect()
+    }
+
+    async fn request_abort(&self, id: BuildId, reason: &str) -> Result<QueuedBuild> {
+        let op = "abort build";
+        check_text("reason", reason)?;
+        let bid = db_id(id);
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // One statement for both live states: a claim racing it commits first
+                // (the row is re-read under its lock and found running) or waits.
+                // `COALESCE` keeps the first reason asked for.
+                let row = diesel::sql_query(format!(
+                    "UPDATE builds SET \
+                       state = CASE WHEN state = 'queued' THEN 'aborted' ELSE state END, \
+                       reason = CASE WHEN state = 'queued' THEN $2 ELSE reason END, \
+                       finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
+                       abort_requested = COALESCE(abort_requested, $2) \
+                     WHERE id = $1 AND state IN ('queued', 'running') \
+                     RETURNING {BUILD_COLUMNS}, NULL::bigint AS position"
+                ))
+                .bind::<BigInt, _>(bid)
+                .bind::<Text, _>(reason)
+                .get_result::<BuildRow>(c)
+                .await
+                .optional()?;
+                if let Some(row) = row {
+                    return Ok(row.into_build()?);
+                }
+                let ended = diesel::sql_query("SELECT state, attempt FROM builds WHERE id = $1")
+                    .bind::<BigInt, _>(bid)
+                    .get_result::<BuildStateRow>(c)
+                    .await
+                    .optional()?;
+                match ended {
+                    None => Err(not_found(id)),
+                    Some(b) => Err(Fail::Port(Error::conflict(format!(
+                        "build {id} has ended ({}): there is nothing to abort",
+                        b.state
+                    )))),
+                }
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn reap_lapsed(&self, reason: &str) -> Result<Vec<LapsedBuild>> {
+        let op = "reap lapsed builds";
+        check_text("reason", reason)?;
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // `<=`: a lease granted for zero time has lapsed by the next transaction.
+                // A row renewed since the snapshot is re-checked under its lock and left
+                // alone; one another reaper holds is skipped (that reaper deals with it).
+                let rows = diesel::sql_query(
+                    "WITH lapsed AS (SELECT id FROM builds \
+                                      WHERE state = 'running' AND lease_until <= now() \
+                                      ORDER BY id FOR UPDATE SKIP LOCKED) \
+                     UPDATE builds b SET \
+                       state = CASE WHEN b.steps_started THEN 'errored' ELSE 'queued' END, \
+                       reason = CASE WHEN b.steps_started THEN $1 ELSE b.reason END, \
+                       finished_at = CASE WHEN b.steps_started THEN now() END, \
+                       started_at = CASE WHEN b.steps_started THEN b.started_at END, \
+                       lease_until = NULL \
+                     FROM lapsed WHERE b.id = lapsed.id \
+                     RETURNING b.id, b.worker, NOT b.steps_started AS requeued",
+                )
+                .bind::<Text, _>(reason)
+                .load::<LapsedRow>(c)
+                .await?;
+                let mut lapsed = rows
+                    .into_iter()
+                    .map(LapsedRow::into_lapsed)
+                    .collect::<Result<Vec<_>>>()?;
+                lapsed.sort_by_key(|l| l.id);
+                Ok(lapsed)
+            })
+            .await;
+        self.settle(&mut conn, res, op).await
+    }
+
+    async fn depth(&self) -> Result<QueueDepth> {
+        let op = "queue depth";
+        let mut conn = self.conn(op).await?;
+        // Two counts, each over its own partial index.
+        let res = diesel::sql_query(
+            "SELECT (SELECT count(*) FROM builds WHERE state = 'queued') AS queued, \
+                    (SELECT count(*) FROM builds WHERE state = 'running') AS running",
+        )
+        .get_result::<DepthRow>(&mut conn)
+        .await
+        .map_err(Fail::from);
+        let row = self.settle(&mut conn, res, op).await?;
+        Ok(QueueDepth {
+            queued: u64::try_from(row.queued).unwrap_or(0),
+            running: u64::try_from(row.running).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_tokens_beyond_bigint_match_no_row() {
+        assert_eq!(db_id(BuildId(7)), 7);
+        assert_eq!(db_id(BuildId(u64::MAX)), -1);
+        assert_eq!(db_token(u64::MAX), -1);
+    }
+
+    #[test]
+    fn long_durations_are_capped() {
+        assert_eq!(micros(Duration::from_millis(2)), 2_000);
+        assert_eq!(micros(Duration::MAX), MAX_MICROS);
+    }
+
+    #[test]
+    fn nul_is_invalid() {
+        assert!(check_text("job", "unit").is_ok());
+        let e = check_text("job", "a\0b").unwrap_err();
+        assert_eq!(e.kind(), jetbridge_core::ErrorKind::Invalid);
+    }
+}
