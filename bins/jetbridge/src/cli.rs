@@ -1,8 +1,18 @@
 //! Command-line interface. Every flag has a `JETBRIDGE_*` variable.
+//!
+//! Flags that a config file can also set have no clap default: an absent flag (and
+//! variable) is `None`, so the file's value or the default in [`crate::settings`]
+//! applies. Boolean flags stay plain `bool` switches (their variables take exactly
+//! `true`/`false`); whether one was given is read from the [`ArgMatches`].
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
+
+use crate::settings::{
+    GraceDuration, ImageSettings, KubeSettings, RegistrySettings, Settings, VolumeSettings,
+};
 
 /// Run CI build plans one pod per step: on this machine with no cluster, or on
 /// Kubernetes.
@@ -28,6 +38,11 @@ pub struct Cli {
         env = "JETBRIDGE_COLOR"
     )]
     pub color: Color,
+
+    /// Read settings from this YAML file (keys in docs/configuration.md, "Config file");
+    /// a flag or its variable wins over the file.
+    #[arg(long, global = true, value_name = "FILE", env = "JETBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -102,22 +117,18 @@ pub struct RunArgs {
     pub bucket: BucketArgs,
 
     /// The artifact registry: `memory` (default) or `postgres://USER@HOST:PORT/DB`.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "memory",
-        env = "JETBRIDGE_REGISTRY"
-    )]
-    pub registry: String,
+    #[arg(long, value_name = "URL", env = "JETBRIDGE_REGISTRY")]
+    pub registry: Option<String>,
 
     /// Postgres schema of the registry's tables (created by the migrations); default:
     /// the server's `search_path` (usually `public`).
     #[arg(long, value_name = "SCHEMA", env = "JETBRIDGE_REGISTRY_SCHEMA")]
     pub registry_schema: Option<String>,
 
-    /// Where steps run: `local` (processes on this machine) or `kube` (a pod per step).
-    #[arg(long, value_enum, default_value = "local", env = "JETBRIDGE_BACKEND")]
-    pub backend: Backend,
+    /// Where steps run: `local` (processes on this machine, the default) or `kube` (a pod
+    /// per step).
+    #[arg(long, value_enum, env = "JETBRIDGE_BACKEND")]
+    pub backend: Option<Backend>,
 
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -147,19 +158,18 @@ pub struct RunArgs {
 
     /// After an abort (Ctrl-C, SIGTERM), how long the `on_abort` and `ensure` hooks of
     /// the interrupted steps may run before they are cut short too (a second Ctrl-C
-    /// cuts them at once). A duration: `60s`, `2m`.
+    /// cuts them at once). A duration: `60s` (the default), `2m`.
     #[arg(
         long,
         value_name = "DURATION",
-        default_value = "60s",
         value_parser = parse_grace,
         env = "JETBRIDGE_ABORT_GRACE"
     )]
-    pub abort_grace: std::time::Duration,
+    pub abort_grace: Option<GraceDuration>,
 }
 
-fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
-    jetbridge_core::plan::parse_duration(s)
+fn parse_grace(s: &str) -> Result<GraceDuration, String> {
+    s.parse()
 }
 
 /// `jetbridge validate`.
@@ -172,9 +182,10 @@ pub struct ValidateArgs {
 /// `jetbridge migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The registry database: `postgres://USER@HOST:PORT/DB`.
+    /// The registry database: `postgres://USER@HOST:PORT/DB` (required, here or in the
+    /// config file).
     #[arg(long, value_name = "URL", env = "JETBRIDGE_REGISTRY")]
-    pub registry: String,
+    pub registry: Option<String>,
 
     /// Postgres schema of the registry's tables; default: the server's `search_path`.
     #[arg(long, value_name = "SCHEMA", env = "JETBRIDGE_REGISTRY_SCHEMA")]
@@ -227,7 +238,7 @@ pub struct ImageArgs {
         env = "JETBRIDGE_RESOURCE_TYPE_IMAGES",
         value_delimiter = ','
     )]
-    pub resource_type_images: Vec<String>,
+    pub resource_type_images: Option<Vec<String>>,
 
     /// Registry prefix put in front of derived images (e.g. `registry.example.com/mirror/`).
     #[arg(long, value_name = "PREFIX", env = "JETBRIDGE_REGISTRY_PREFIX")]
@@ -260,7 +271,7 @@ pub struct KubeArgs {
         env = "JETBRIDGE_IMAGE_PULL_SECRETS",
         value_delimiter = ','
     )]
-    pub image_pull_secrets: Vec<String>,
+    pub image_pull_secrets: Option<Vec<String>>,
 
     /// Service account of step pods (its token is never mounted).
     #[arg(long, env = "JETBRIDGE_SERVICE_ACCOUNT")]
@@ -273,7 +284,7 @@ pub struct KubeArgs {
         env = "JETBRIDGE_NODE_SELECTOR",
         value_delimiter = ','
     )]
-    pub node_selector: Vec<String>,
+    pub node_selector: Option<Vec<String>>,
 
     /// Annotation of step pods, e.g. `gke-gcsfuse/volumes=true` for a GCS FUSE artifact
     /// claim on GKE; repeatable.
@@ -283,7 +294,7 @@ pub struct KubeArgs {
         env = "JETBRIDGE_POD_ANNOTATIONS",
         value_delimiter = ','
     )]
-    pub pod_annotations: Vec<String>,
+    pub pod_annotations: Option<Vec<String>>,
 
     /// Toleration of step pods, `KEY[=VALUE]:EFFECT` (no value: operator Exists); repeatable.
     #[arg(
@@ -292,7 +303,7 @@ pub struct KubeArgs {
         env = "JETBRIDGE_TOLERATIONS",
         value_delimiter = ','
     )]
-    pub tolerations: Vec<String>,
+    pub tolerations: Option<Vec<String>>,
 
     /// CPU of steps that ask for none (`500m`, `2`).
     #[arg(long, value_name = "CPU", env = "JETBRIDGE_DEFAULT_CPU")]
@@ -319,14 +330,9 @@ pub struct KubeArgs {
     #[arg(long, value_name = "CLAIM", env = "JETBRIDGE_ARTIFACT_CLAIM")]
     pub artifact_claim: Option<String>,
 
-    /// Directory of `--volumes` inside the artifact claim (empty: its root).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "",
-        env = "JETBRIDGE_ARTIFACT_CLAIM_PREFIX"
-    )]
-    pub artifact_claim_prefix: String,
+    /// Directory of `--volumes` inside the artifact claim (default empty: its root).
+    #[arg(long, value_name = "PATH", env = "JETBRIDGE_ARTIFACT_CLAIM_PREFIX")]
+    pub artifact_claim_prefix: Option<String>,
 
     /// PersistentVolumeClaim for step caches; default: caches start empty every run.
     #[arg(long, value_name = "CLAIM", env = "JETBRIDGE_CACHE_CLAIM")]
@@ -367,4 +373,256 @@ pub struct ConformanceArgs {
         hide = true
     )]
     pub mock_resource_dir: Option<PathBuf>,
+}
+
+impl From<Backend> for crate::settings::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Local => Self::Local,
+            Backend::Kube => Self::Kube,
+        }
+    }
+}
+
+/// A boolean switch as a setting: `Some` only when the flag or its variable was given
+/// (a variable set to `false` is an explicit `false`), so that a config file's value
+/// applies otherwise. `m` holds the matches of the subcommand that has the flag.
+fn switch(m: &ArgMatches, id: &str, value: bool) -> Option<bool> {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+    .then_some(value)
+}
+
+impl RunArgs {
+    /// The settings given by flags and variables; `m`: the matches of `run`.
+    pub fn settings(&self, m: &ArgMatches) -> Settings {
+        // Destructured so that a new flag has to be placed: a setting, or run-only.
+        let RunArgs {
+            pipeline: _,
+            job: _,
+            build_number: _,
+            volumes,
+            bucket,
+            registry,
+            registry_schema,
+            backend,
+            kube,
+            images,
+            data_dir,
+            worker,
+            keep_pods,
+            abort_grace,
+        } = self;
+        let BucketArgs {
+            volumes_endpoint,
+            volumes_allow_http,
+            volumes_anonymous,
+            volumes_region,
+            volumes_no_compression,
+        } = bucket;
+        let ImageArgs {
+            resource_type_images,
+            registry_prefix,
+            default_task_image,
+        } = images;
+        Settings {
+            backend: backend.map(Into::into),
+            volumes: VolumeSettings {
+                path_or_url: volumes.clone(),
+                endpoint: volumes_endpoint.clone(),
+                allow_http: switch(m, "volumes_allow_http", *volumes_allow_http),
+                anonymous: switch(m, "volumes_anonymous", *volumes_anonymous),
+                region: volumes_region.clone(),
+                no_compression: switch(m, "volumes_no_compression", *volumes_no_compression),
+            },
+            registry: RegistrySettings {
+                url: registry.clone(),
+                schema: registry_schema.clone(),
+            },
+            kube: kube.settings(m),
+            images: ImageSettings {
+                resource_type_images: resource_type_images.clone(),
+                registry_prefix: registry_prefix.clone(),
+                default_task_image: default_task_image.clone(),
+            },
+            data_dir: data_dir.clone(),
+            worker: worker.clone(),
+            keep_pods: switch(m, "keep_pods", *keep_pods),
+            abort_grace: *abort_grace,
+        }
+    }
+}
+
+impl KubeArgs {
+    /// The Kubernetes settings given by flags and variables; `m`: the matches of the
+    /// subcommand (`run` or `conformance`).
+    pub fn settings(&self, m: &ArgMatches) -> KubeSettings {
+        let KubeArgs {
+            kubeconfig,
+            context,
+            namespace,
+            image_pull_secrets,
+            service_account,
+            node_selector,
+            pod_annotations,
+            tolerations,
+            default_cpu,
+            default_memory,
+            helper_image,
+            restricted,
+            allow_privileged,
+            artifact_claim,
+            artifact_claim_prefix,
+            cache_claim,
+        } = self;
+        KubeSettings {
+            kubeconfig: kubeconfig.clone(),
+            context: context.clone(),
+            namespace: namespace.clone(),
+            image_pull_secrets: image_pull_secrets.clone(),
+            service_account: service_account.clone(),
+            node_selector: node_selector.clone(),
+            pod_annotations: pod_annotations.clone(),
+            tolerations: tolerations.clone(),
+            default_cpu: default_cpu.clone(),
+            default_memory: default_memory.clone(),
+            helper_image: helper_image.clone(),
+            restricted: switch(m, "restricted", *restricted),
+            allow_privileged: switch(m, "allow_privileged", *allow_privileged),
+            artifact_claim: artifact_claim.clone(),
+            artifact_claim_prefix: artifact_claim_prefix.clone(),
+            cache_claim: cache_claim.clone(),
+        }
+    }
+}
+
+impl MigrateArgs {
+    /// The registry given by flags and variables.
+    pub fn settings(&self) -> RegistrySettings {
+        RegistrySettings {
+            url: self.registry.clone(),
+            schema: self.registry_schema.clone(),
+        }
+    }
+}
+
+/// Parse the command line: the typed arguments and the matches they came from (which
+/// know whether a switch was given). Exits on `--help`, `--version` and usage errors,
+/// as `Cli::parse` does.
+pub fn parse() -> (Cli, ArgMatches) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+    use crate::settings::CONFIG_KEYS;
+
+    /// `jetbridge run p.yml ARGS...` as settings (variables of the test process apply).
+    fn run_settings(args: &[&str]) -> Settings {
+        let m = Cli::command()
+            .try_get_matches_from(["jetbridge", "run", "p.yml"].iter().chain(args))
+            .expect("parses");
+        let cli = Cli::from_arg_matches(&m).expect("typed");
+        let Command::Run(run) = &cli.command else {
+            panic!("not run")
+        };
+        run.settings(m.subcommand_matches("run").expect("run matches"))
+    }
+
+    /// Whether this process has a variable of a `run` argument, which clap would read
+    /// (the tests that parse in-process cannot remove it: no `set_var` without unsafe).
+    fn caller_sets_run_variables() -> bool {
+        let run = crate::settings::docs::run_command();
+        let set = run
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .any(|e| std::env::var_os(e).is_some());
+        if set {
+            eprintln!("skipped: a JETBRIDGE_* variable of `run` is set");
+        }
+        set
+    }
+
+    /// The dotted keys a settings value sets (non-null leaves).
+    fn set_keys(s: &Settings) -> Vec<String> {
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, v, out);
+                    }
+                }
+                serde_json::Value::Null => {}
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &serde_json::to_value(s).expect("serializes"), &mut out);
+        out
+    }
+
+    #[test]
+    fn no_flag_sets_nothing() {
+        if caller_sets_run_variables() {
+            return;
+        }
+        assert_eq!(run_settings(&[]), Settings::default());
+    }
+
+    /// Each flag of CONFIG_KEYS, given alone, sets exactly its key: the table and the
+    /// conversion agree.
+    #[test]
+    fn each_flag_sets_its_config_key() {
+        if caller_sets_run_variables() {
+            return;
+        }
+        let run = crate::settings::docs::run_command();
+        for (key, id) in CONFIG_KEYS {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_id() == *id)
+                .expect("an argument");
+            let flag = format!("--{}", arg.get_long().expect("long"));
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            let value = match *id {
+                "backend" => "kube",
+                "abort_grace" => "5s",
+                _ => "a=b",
+            };
+            let args: Vec<&str> = if takes_value {
+                vec![&flag, value]
+            } else {
+                vec![&flag]
+            };
+            let s = run_settings(&args);
+            assert_eq!(set_keys(&s), vec![key.to_string()], "{flag}");
+        }
+    }
+
+    #[test]
+    fn switches_are_set_only_when_given() {
+        if caller_sets_run_variables() {
+            return;
+        }
+        let s = run_settings(&["--keep-pods", "--restricted"]);
+        assert_eq!(s.keep_pods, Some(true));
+        assert_eq!(s.kube.restricted, Some(true));
+        assert_eq!(s.kube.allow_privileged, None);
+        assert_eq!(s.volumes.allow_http, None);
+    }
 }
