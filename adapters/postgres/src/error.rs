@@ -156,6 +156,45 @@ impl std::fmt::Display for DieselSource {
 
 impl std::error::Error for DieselSource {}
 
+/// How long the post-error probe of a connection may take before it counts as lost.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Turn an operation's failure into a core error. Database errors diesel cannot
+/// classify are told apart by probing the connection: if the session is gone (the
+/// server was shut down, the backend terminated, the socket dropped) the failure is
+/// `Transient`; otherwise it is permanent.
+pub(crate) async fn classify(
+    conn: &mut diesel_async::AsyncPgConnection,
+    fail: Fail,
+    op: &str,
+) -> jetbridge_core::Error {
+    use diesel_async::RunQueryDsl;
+    match fail {
+        Fail::Port(e) => e,
+        Fail::Db(e) => {
+            let lost = if needs_probe(&e) {
+                let probe = diesel::sql_query("SELECT 1").execute(conn);
+                !matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+            } else {
+                false
+            };
+            from_diesel(e, op, lost)
+        }
+    }
+}
+
+/// An operation's result, its failure classified on the connection it ran on.
+pub(crate) async fn settle<T>(
+    conn: &mut diesel_async::AsyncPgConnection,
+    res: std::result::Result<T, Fail>,
+    op: &str,
+) -> jetbridge_core::Result<T> {
+    match res {
+        Ok(v) => Ok(v),
+        Err(f) => Err(classify(conn, f, op).await),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,16 @@ pub fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
+/// Durations travel as microseconds (`$n * interval '1 microsecond'`). Longer ones are
+/// cut to this (about 1,000 years), which keeps `now() ± d` inside `timestamptz`'s range.
+pub(crate) const MAX_MICROS: i64 = 1_000 * 366 * 86_400 * 1_000_000;
+
+pub(crate) fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
+
 /// `"ident"` with embedded quotes doubled.
 pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

@@ -32,14 +32,7 @@ use crate::error::{self, Fail};
 use crate::rows::{
     AbortRow, BUILD_COLUMNS, BuildRow, BuildStateRow, CountRow, DepthRow, EventRow, LapsedRow,
 };
-use crate::{PgOptions, PgRegistry, open_pool};
-
-/// How long the post-error probe of a connection may take before it counts as lost.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Durations travel as microseconds (`$n * interval '1 microsecond'`), cut to about
-/// 1,000 years so `now() + ttl` stays inside `timestamptz`'s range.
-const MAX_MICROS: i64 = 1_000 * 366 * 86_400 * 1_000_000;
+use crate::{PgOptions, PgRegistry, micros, open_pool};
 
 /// The longest page [`BuildQueue::list`] returns.
 const MAX_PAGE: usize = 1000;
@@ -51,12 +44,6 @@ const SUBMIT_LOCK: i32 = 0x6a62_7175; // "jbqu"
 
 /// The lease condition, over binds `$1` (id), `$2` (worker), `$3` (token).
 const HELD: &str = "id = $1 AND state = 'running' AND worker = $2 AND attempt = $3";
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(MAX_MICROS)
-}
 
 /// A build id as stored. Ids beyond `bigint` cannot exist; `-1` matches no row (identity
 /// values start at 1), so such an id is `NotFound` like any other unknown one.
@@ -146,38 +133,6 @@ impl PgBuildQueue {
     async fn conn(&self, op: &str) -> Result<Conn<'_>> {
         self.pool.get().await.map_err(|e| error::from_pool(e, op))
     }
-
-    /// Turn an operation's failure into a core error, as the registry does: database
-    /// errors diesel cannot classify are told apart by probing the connection (gone:
-    /// `Transient`; alive: permanent).
-    async fn classify(&self, conn: &mut AsyncPgConnection, fail: Fail, op: &str) -> Error {
-        match fail {
-            Fail::Port(e) => e,
-            Fail::Db(e) => {
-                let lost = if error::needs_probe(&e) {
-                    let probe = diesel::sql_query("SELECT 1").execute(conn);
-                    !matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
-                } else {
-                    false
-                };
-                error::from_diesel(e, op, lost)
-            }
-        }
-    }
-
-    /// The registry's `finish`, named apart from [`BuildQueue::finish`] so that method
-    /// calls are never ambiguous to a reader.
-    async fn settle<T>(
-        &self,
-        conn: &mut AsyncPgConnection,
-        res: std::result::Result<T, Fail>,
-        op: &str,
-    ) -> Result<T> {
-        match res {
-            Ok(v) => Ok(v),
-            Err(f) => Err(self.classify(conn, f, op).await),
-        }
-    }
 }
 
 /// Why a write naming `lease` changed nothing: `NotFound` for an unknown build,
@@ -251,7 +206,7 @@ impl BuildQueue for PgBuildQueue {
                 Ok(row.into_build()?)
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>> {
@@ -289,7 +244,7 @@ impl BuildQueue for PgBuildQueue {
                 Ok(Some(Claimed { lease, build }))
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
@@ -319,7 +274,7 @@ impl BuildQueue for PgBuildQueue {
             }
         }
         .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn mark_started(&self, lease: &Lease) -> Result<()> {
@@ -341,7 +296,7 @@ impl BuildQueue for PgBuildQueue {
             Ok(())
         }
         .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn append(&self, lease: &Lease, events: &[NewEvent]) -> Result<u64> {
@@ -402,7 +357,7 @@ impl BuildQueue for PgBuildQueue {
                 })
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn finish(&self, lease: &Lease, end: &BuildEnd) -> Result<QueuedBuild> {
@@ -441,7 +396,7 @@ impl BuildQueue for PgBuildQueue {
                 }
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn get(&self, id: BuildId) -> Result<QueuedBuild> {
@@ -460,7 +415,7 @@ impl BuildQueue for PgBuildQueue {
         .await
         .optional()
         .map_err(Fail::from);
-        match self.settle(&mut conn, res, op).await? {
+        match error::settle(&mut conn, res, op).await? {
             Some(row) => row.into_build(),
             None => Err(Error::not_found(format!("build {id}"))),
         }
@@ -523,8 +478,7 @@ impl BuildQueue for PgBuildQueue {
             ));
         let mut conn = self.conn(op).await?;
         let res = q.load::<BuildRow>(&mut conn).await.map_err(Fail::from);
-        let builds = self
-            .settle(&mut conn, res, op)
+        let builds = error::settle(&mut conn, res, op)
             .await?
             .into_iter()
             .map(BuildRow::into_build)
@@ -564,7 +518,7 @@ impl BuildQueue for PgBuildQueue {
             Ok(rows)
         }
         .await;
-        self.settle(&mut conn, res, op)
+        error::settle(&mut conn, res, op)
             .await?
             .into_iter()
             .map(EventRow::into_event)
@@ -612,7 +566,7 @@ impl BuildQueue for PgBuildQueue {
                 }
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn reap_lapsed(&self, reason: &str) -> Result<Vec<LapsedBuild>> {
@@ -648,7 +602,7 @@ impl BuildQueue for PgBuildQueue {
                 Ok(lapsed)
             })
             .await;
-        self.settle(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn depth(&self) -> Result<QueueDepth> {
@@ -662,7 +616,7 @@ impl BuildQueue for PgBuildQueue {
         .get_result::<DepthRow>(&mut conn)
         .await
         .map_err(Fail::from);
-        let row = self.settle(&mut conn, res, op).await?;
+        let row = error::settle(&mut conn, res, op).await?;
         Ok(QueueDepth {
             queued: u64::try_from(row.queued).unwrap_or(0),
             running: u64::try_from(row.running).unwrap_or(0),
@@ -684,7 +638,7 @@ mod tests {
     #[test]
     fn long_durations_are_capped() {
         assert_eq!(micros(Duration::from_millis(2)), 2_000);
-        assert_eq!(micros(Duration::MAX), MAX_MICROS);
+        assert_eq!(micros(Duration::MAX), crate::MAX_MICROS);
     }
 
     #[test]

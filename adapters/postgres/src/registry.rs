@@ -26,31 +26,18 @@ use jetbridge_core::ports::{
 };
 use jetbridge_core::{Error, Result};
 
-use crate::PgRegistry;
 use crate::error::{self, Fail};
 use crate::rows::{
     ARTIFACT_COLUMNS, ARTIFACT_COLUMNS_A, ArtifactRow, ExistingRow, IdRow, SessionRow, StateRow,
     Ts, VolumeRow, WorkerRow,
 };
-
-/// How long the post-error probe of a connection may take before it counts as lost.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::{MAX_MICROS, PgRegistry, micros};
 
 /// A live reference to artifact `a`: a holder whose worker never registered, or whose
 /// heartbeat has not expired on the server's clock.
 const LIVE_REF: &str = "EXISTS (SELECT 1 FROM artifact_refs r \
      LEFT JOIN workers w ON w.name = r.worker \
      WHERE r.artifact_id = a.id AND (w.name IS NULL OR w.expires_at > now()))";
-
-/// Durations travel as microseconds (`$n * interval '1 microsecond'`). Longer ones are
-/// cut to this (about 1,000 years), which keeps `now() ± d` inside `timestamptz`'s range.
-const MAX_MICROS: i64 = 1_000 * 366 * 86_400 * 1_000_000;
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(MAX_MICROS)
-}
 
 type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
 
@@ -70,37 +57,6 @@ impl PgRegistry {
     /// A pooled connection, or a mapped pool error.
     pub(crate) async fn conn(&self, op: &str) -> Result<Conn<'_>> {
         self.pool.get().await.map_err(|e| error::from_pool(e, op))
-    }
-
-    /// Turn an operation's failure into a core error. Database errors diesel cannot
-    /// classify are told apart by probing the connection: if the session is gone (the
-    /// server was shut down, the backend terminated, the socket dropped) the failure is
-    /// `Transient`; otherwise it is permanent.
-    async fn classify(&self, conn: &mut AsyncPgConnection, fail: Fail, op: &str) -> Error {
-        match fail {
-            Fail::Port(e) => e,
-            Fail::Db(e) => {
-                let lost = if error::needs_probe(&e) {
-                    let probe = diesel::sql_query("SELECT 1").execute(conn);
-                    !matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
-                } else {
-                    false
-                };
-                error::from_diesel(e, op, lost)
-            }
-        }
-    }
-
-    async fn finish<T>(
-        &self,
-        conn: &mut AsyncPgConnection,
-        res: std::result::Result<T, Fail>,
-        op: &str,
-    ) -> Result<T> {
-        match res {
-            Ok(v) => Ok(v),
-            Err(f) => Err(self.classify(conn, f, op).await),
-        }
     }
 }
 
@@ -258,7 +214,7 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(artifact)
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn mark_ready(&self, id: &ArtifactId, size: u64, digest: &Digest) -> Result<Artifact> {
@@ -307,14 +263,14 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(row.into_artifact()?)
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn get(&self, id: &ArtifactId) -> Result<Artifact> {
         let op = "get";
         let mut conn = self.conn(op).await?;
         let res = select_artifact(&mut conn, id.as_str()).await;
-        match self.finish(&mut conn, res, op).await? {
+        match error::settle(&mut conn, res, op).await? {
             Some(row) => row.into_artifact(),
             None => Err(Error::not_found(format!("artifact {:?}", id.as_str()))),
         }
@@ -359,7 +315,7 @@ impl ArtifactRegistry for PgRegistry {
         q = q.sql(" ORDER BY created_at, seq");
         let mut conn = self.conn(op).await?;
         let res = q.load::<ArtifactRow>(&mut conn).await.map_err(Fail::from);
-        self.finish(&mut conn, res, op)
+        error::settle(&mut conn, res, op)
             .await?
             .into_iter()
             .map(ArtifactRow::into_artifact)
@@ -381,7 +337,7 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(())
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn release(&self, id: &ArtifactId, holder: &Holder) -> Result<()> {
@@ -407,7 +363,7 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(())
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn release_all(&self, holder: &Holder) -> Result<u64> {
@@ -446,7 +402,7 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(n as u64)
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn claim_reapable(&self, claimer: &str, opts: &ClaimOpts) -> Result<Vec<Artifact>> {
@@ -517,7 +473,7 @@ impl ArtifactRegistry for PgRegistry {
                 Ok(rows)
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn forget(&self, id: &ArtifactId) -> Result<()> {
@@ -541,7 +497,7 @@ impl ArtifactRegistry for PgRegistry {
             }
         }
         .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn known_volumes(&self, volumes: &[VolumeHandle]) -> Result<Vec<VolumeHandle>> {
@@ -556,8 +512,7 @@ impl ArtifactRegistry for PgRegistry {
             .load::<VolumeRow>(&mut conn)
             .await
             .map_err(Fail::from);
-        let known: std::collections::HashSet<String> = self
-            .finish(&mut conn, res, op)
+        let known: std::collections::HashSet<String> = error::settle(&mut conn, res, op)
             .await?
             .into_iter()
             .map(|r| r.volume)
@@ -637,7 +592,7 @@ impl ArtifactRegistry for PgRegistry {
                 }
             })
             .await;
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
@@ -653,7 +608,7 @@ impl ArtifactRegistry for PgRegistry {
         .await
         .map(|_| ())
         .map_err(Fail::from);
-        self.finish(&mut conn, res, op).await
+        error::settle(&mut conn, res, op).await
     }
 
     async fn workers(&self) -> Result<Vec<Worker>> {
@@ -666,8 +621,7 @@ impl ArtifactRegistry for PgRegistry {
         .load::<WorkerRow>(&mut conn)
         .await
         .map_err(Fail::from);
-        Ok(self
-            .finish(&mut conn, res, op)
+        Ok(error::settle(&mut conn, res, op)
             .await?
             .into_iter()
             .map(WorkerRow::into_worker)
