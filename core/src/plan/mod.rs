@@ -90,6 +90,19 @@ pub fn parse_pipeline(text: &str, file: &str, vars: &Vars) -> Result<Pipeline, P
     parse::Cx::new(file).pipeline(&root)
 }
 
+/// [`parse_pipeline`] for a build whose artifacts `bound` exist before its first step
+/// (inputs uploaded with the submission): steps may take them as inputs.
+pub fn parse_pipeline_with_inputs(
+    text: &str,
+    file: &str,
+    vars: &Vars,
+    bound: impl IntoIterator<Item = String>,
+) -> Result<Pipeline, PlanError> {
+    let root = node::load(text, file)?;
+    let root = vars::interpolate(&root, vars, file)?;
+    parse::Cx::new(file).with_bound(bound).pipeline(&root)
+}
+
 /// Parse and check a task config, e.g. a task file loaded from an artifact when its
 /// step runs.
 ///

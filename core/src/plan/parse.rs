@@ -182,6 +182,8 @@ pub(crate) struct Cx<'f> {
     passed: Vec<(String, Pos)>,
     /// Job names seen so far, with where.
     job_names: HashMap<String, Pos>,
+    /// Artifacts bound before every job's first step (uploaded inputs).
+    bound: BTreeSet<String>,
 }
 
 impl<'f> Cx<'f> {
@@ -192,7 +194,14 @@ impl<'f> Cx<'f> {
             resources: Vec::new(),
             passed: Vec::new(),
             job_names: HashMap::new(),
+            bound: BTreeSet::new(),
         }
+    }
+
+    /// Treat these artifacts as available before each job's first step.
+    pub(crate) fn with_bound(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.bound = names.into_iter().collect();
+        self
     }
 
     fn loc(&self, pos: Pos) -> Location {
@@ -655,7 +664,10 @@ impl<'f> Cx<'f> {
                 .with_hint("add at least one step, e.g. `- get: repo`"));
         }
         let mut state = JobState::default();
-        let mut flow = Flow::default();
+        let mut flow = Flow {
+            available: self.bound.clone(),
+            open: false,
+        };
         let mut plan = Vec::with_capacity(plan_nodes.len());
         for node in plan_nodes {
             plan.push(self.step(&mut state, node, &mut flow)?);

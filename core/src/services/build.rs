@@ -119,6 +119,10 @@ pub struct BuildRequest {
     /// Artifacts bound to names before the first step (uploaded inputs), as a `get`
     /// of that name would bind them.
     pub inputs: BTreeMap<String, ArtifactRef>,
+    /// How this build's images and resource types resolve; `None`: the runner's. A
+    /// server gives each build its own, so `type: local` paths resolve inside what
+    /// that build's submitter uploaded.
+    pub images: Option<ImageResolver>,
 }
 
 impl BuildRequest {
@@ -138,7 +142,14 @@ impl BuildRequest {
             abort: AbortSignal::never(),
             events: None,
             inputs: BTreeMap::new(),
+            images: None,
         }
+    }
+
+    /// Resolve this build's images with `images` instead of the runner's resolver.
+    pub fn with_images(mut self, images: ImageResolver) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// Who watches this build: one runner serves many builds, each with its own sink.
@@ -207,6 +218,13 @@ struct Ctx {
     summaries: Mutex<Vec<StepSummary>>,
     first_failure: Mutex<Option<(String, StepFailure)>>,
     noticed_images: std::sync::atomic::AtomicBool,
+}
+
+impl Ctx {
+    /// The build's own resolver, or the runner's.
+    fn images<'a>(&'a self, runner: &'a BuildRunner) -> &'a ImageResolver {
+        self.req.images.as_ref().unwrap_or(&runner.images)
+    }
 }
 
 type Scope = BTreeMap<String, ArtifactRef>;
@@ -563,8 +581,8 @@ impl BuildRunner {
         let r = pipeline.resource(resource).ok_or_else(|| {
             StepFailure::Invalid(format!("resource {resource:?} is not declared"))
         })?;
-        let resolved = self
-            .images
+        let resolved = ctx
+            .images(self)
             .resolve_type(pipeline, &r.type_)
             .map_err(|e| StepFailure::Invalid(e.to_string()))?;
         match resolved {
@@ -862,7 +880,7 @@ impl BuildRunner {
                          so tasks use the host's tools",
                     );
                 }
-                let image = match self.images.task_image(&config) {
+                let image = match ctx.images(self).task_image(&config) {
                     Ok(i) => i,
                     Err(e) => return (Err(StepFailure::Invalid(e.to_string())), Vec::new()),
                 };

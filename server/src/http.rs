@@ -1,0 +1,602 @@
+//! The HTTP API and the metrics endpoint. Every error is a JSON [`ErrorBody`] with a
+//! 4xx status the caller can act on; the OpenAPI document is generated from these
+//! handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use futures::Stream;
+use jetbridge_core::ErrorKind;
+use jetbridge_core::ports::{BuildFilter, BuildId, BuildState, NewBuild};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{
+    BuildList, BuildView, EndEvent, ErrorBody, Health, InfoView, SubmitRequest, kinds,
+};
+use crate::spec::{BuildSpec, Policy};
+use crate::worker::{ABORT_REASON, Server, Shared};
+
+type AppState = Arc<Shared>;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: kind.to_owned(),
+                message: message.into(),
+                location: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    /// The response for a failed port call.
+    fn port(e: jetbridge_core::Error) -> Self {
+        let (status, kind) = match e.kind() {
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ErrorKind::Conflict | ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ErrorKind::Busy => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+            _ if e.is_retryable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let mut err = ApiError::new(status, kind, e.to_string());
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            err.retry_after = Some(5);
+        }
+        err
+    }
+
+    /// A request the framework could not read (its status is the framework's: 400,
+    /// 413, 415, 422).
+    fn rejected(status: StatusCode, message: String) -> Self {
+        let kind = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+            _ => "invalid",
+        };
+        ApiError::new(status, kind, message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::rejected(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::rejected(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn build_id(raw: &str) -> ApiResult<BuildId> {
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no build {raw:?}: build ids are numbers"),
+        )
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "jetbridge", description = "Queue CI builds, follow their events, abort them."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API's router and its OpenAPI document.
+fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit, list))
+        .routes(routes!(get_build))
+        .routes(routes!(events))
+        .routes(routes!(abort))
+        .routes(routes!(info))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    let doc_for_route = Arc::new(doc.clone());
+    let api = api
+        .layer(axum::Extension(doc_for_route))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state.clone());
+    let (health, health_doc) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .split_for_parts();
+    let mut doc = doc;
+    doc.merge(health_doc);
+    let body_limit = state.config.max_body_bytes;
+    let router = Router::new()
+        .merge(api)
+        .merge(health.with_state(state))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit));
+    (router, doc)
+}
+
+impl Server {
+    /// The API router (serve it on `--listen`).
+    pub fn router(&self) -> Router {
+        api(self.shared.clone()).0
+    }
+
+    /// The OpenAPI document of the API.
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        api(self.shared.clone()).1
+    }
+
+    /// The metrics router (serve it on `--metrics-listen`): `GET /metrics`.
+    pub fn metrics_router(&self) -> Router {
+        let shared = self.shared.clone();
+        Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let s = shared.clone();
+                async move {
+                    if let Ok(d) = s.queue.depth().await {
+                        s.metrics.set_depth(d.queued, d.running);
+                    }
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        s.metrics.encode(),
+                    )
+                }
+            }),
+        )
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route")
+}
+
+/// Bearer tokens, when the server has any. Compared in constant time, against every
+/// token, so neither the match nor which token matched shows in the timing.
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if s.config.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let mut ok = subtle::Choice::from(0);
+    for t in &s.config.tokens {
+        ok |= given.as_bytes().ct_eq(t.as_bytes());
+    }
+    if bool::from(ok) && !given.is_empty() {
+        next.run(req).await
+    } else {
+        let mut res = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a bearer token is required: send `Authorization: Bearer TOKEN` \
+             (jetbridge: --token-file or JETBRIDGE_TOKEN_FILE)",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        res
+    }
+}
+
+/// Queue a build.
+#[utoipa::path(
+    post, path = "/api/v1/builds", tag = "builds",
+    request_body = SubmitRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Queued", body = BuildView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "The plan does not validate, or the job does not exist", body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after the Retry-After seconds", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn submit(
+    State(s): State<AppState>,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<BuildView>)> {
+    let Json(req) = body?;
+    let policy = Policy {
+        allow_local_resources: s.config.allow_local_resources,
+        local_backend: s.local_backend,
+    };
+    let (spec, pipeline) = BuildSpec::accept(req, policy).map_err(|r| {
+        s.metrics.submission("invalid");
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            r.message.clone(),
+        );
+        e.body.location = r.location_view();
+        e
+    })?;
+    let stored = serde_json::to_vec(&spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding the submission: {e}"),
+        )
+    })?;
+    let new = NewBuild::new(pipeline.name.clone(), spec.job.clone(), stored)
+        .with_max_queued(s.config.max_queued);
+    let build = s.queue.submit(&new).await.map_err(|e| {
+        if e.kind() == ErrorKind::Busy {
+            s.metrics.submission("busy");
+        }
+        ApiError::port(e)
+    })?;
+    s.metrics.submission("accepted");
+    s.submitted();
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/builds/{}", build.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(BuildView::of(&build))))
+}
+
+/// Filters and cursor of the build list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Only builds in these states, comma-separated (`queued,running`).
+    state: Option<String>,
+    /// Only builds of this pipeline.
+    pipeline: Option<String>,
+    /// Only builds of this job.
+    job: Option<String>,
+    /// Only builds older than this id (the `next` of the previous page).
+    before: Option<u64>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<usize>,
+}
+
+/// List builds, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/builds", tag = "builds",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page", body = BuildList),
+        (status = 400, description = "A malformed filter", body = ErrorBody),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn list(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<BuildList>> {
+    let Query(q) = q?;
+    let mut filter = BuildFilter::default();
+    if let Some(states) = q.state.as_deref().filter(|s| !s.is_empty()) {
+        let mut parsed = Vec::new();
+        for name in states.split(',') {
+            parsed.push(BuildState::parse(name.trim()).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!(
+                        "state: no state {name:?} (queued, running, succeeded, failed, errored, aborted)"
+                    ),
+                )
+            })?);
+        }
+        filter = filter.with_states(parsed);
+    }
+    if let Some(p) = q.pipeline {
+        filter = filter.with_pipeline(p);
+    }
+    if let Some(j) = q.job {
+        filter = filter.with_job(j);
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("limit: {limit} is out of range; give 1 to 500"),
+        ));
+    }
+    filter = filter.with_before(q.before.map(BuildId)).with_limit(limit);
+    let page = s.queue.list(&filter).await.map_err(ApiError::port)?;
+    Ok(Json(BuildList {
+        builds: page.builds.iter().map(BuildView::of).collect(),
+        next: page.next.map(|id| id.0),
+    }))
+}
+
+/// One build: status, queue position, steps, artifacts, timings, failure reason.
+#[utoipa::path(
+    get, path = "/api/v1/builds/{id}", tag = "builds",
+    params(("id" = String, Path, description = "The build's number")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The build", body = BuildView),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn get_build(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<BuildView>> {
+    let Path(id) = id?;
+    let build = s.queue.get(build_id(&id)?).await.map_err(ApiError::port)?;
+    Ok(Json(BuildView::of(&build)))
+}
+
+/// Where an event stream resumes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// Resume after this event id (as the `Last-Event-ID` header does; the header wins).
+    after: Option<u64>,
+}
+
+/// The build's events as Server-Sent Events: `step-started`, `output`,
+/// `step-finished`, `notice`, each with its id; then one `end` with the final build.
+#[utoipa::path(
+    get, path = "/api/v1/builds/{id}/events", tag = "builds",
+    params(
+        ("id" = String, Path, description = "The build's number"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        EventsQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed cursor", body = ErrorBody),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn events(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let id = build_id(&id)?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "Last-Event-ID must be an event id (a number)",
+                )
+            })?,
+        None => q.after.unwrap_or(0),
+    };
+    // Unknown builds are a 404 before the stream starts.
+    s.queue.get(id).await.map_err(ApiError::port)?;
+    let stream = async_stream::stream! {
+        let mut cursor = after;
+        const PAGE: usize = 500;
+        loop {
+            // Every notice of an append from now on wakes this pass's wait.
+            let tick = s.events_tick.notified();
+            tokio::pin!(tick);
+            tick.as_mut().enable();
+            // The state first: a build seen ended has all its events written.
+            let build = match s.queue.get(id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    yield Ok(Event::default().event("error").data(e.to_string()));
+                    break;
+                }
+            };
+            let page = match s.queue.events(id, cursor, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    yield Ok(Event::default().event("error").data(e.to_string()));
+                    break;
+                }
+            };
+            let full = page.len() == PAGE;
+            for e in page {
+                cursor = e.seq;
+                yield Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data));
+            }
+            if full {
+                continue;
+            }
+            if build.state.is_final() {
+                let end = EndEvent { build: BuildView::of(&build) };
+                yield Ok(Event::default()
+                    .event(kinds::END)
+                    .data(serde_json::to_string(&end).unwrap_or_default()));
+                break;
+            }
+            // Another replica's appends are seen by polling.
+            tokio::select! {
+                _ = tick => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Abort a build: a queued one ends `aborted` at once; a running one is aborted and
+/// its `on_abort` and `ensure` hooks run.
+#[utoipa::path(
+    post, path = "/api/v1/builds/{id}/abort", tag = "builds",
+    params(("id" = String, Path, description = "The build's number")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Abort requested (or done, for a queued build)", body = BuildView),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The build has ended", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn abort(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<BuildView>> {
+    let Path(id) = id?;
+    let id = build_id(&id)?;
+    let build = s
+        .queue
+        .request_abort(id, ABORT_REASON)
+        .await
+        .map_err(ApiError::port)?;
+    // Its holder learns it at its next renewal; if that is this replica, now.
+    s.abort_here(id, ABORT_REASON);
+    s.events_tick.notify_waiters();
+    Ok(Json(BuildView::of(&build)))
+}
+
+/// What this server is and how it is set.
+#[utoipa::path(
+    get, path = "/api/v1/info", tag = "server",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The server", body = InfoView),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+    )
+)]
+async fn info(State(s): State<AppState>) -> Json<InfoView> {
+    Json(InfoView {
+        version: s.config.version.clone(),
+        worker: s.session.worker().to_owned(),
+        max_builds: s.config.max_builds as u64,
+        max_queued: s.config.max_queued,
+        shared_queue: s.queue.capabilities().shared,
+        draining: s.is_draining(),
+        local_resources: s.config.allow_local_resources,
+    })
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "server",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The OpenAPI 3 description of this API", body = Object),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+    )
+)]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(&*doc).unwrap_or_default())
+}
+
+/// Alive: the process serves requests.
+#[utoipa::path(
+    get, path = "/healthz", tag = "server",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Ready to take builds: the queue is reachable, the worker registered, not draining.
+#[utoipa::path(
+    get, path = "/readyz", tag = "server",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Draining, or a dependency is unreachable", body = Health),
+    )
+)]
+async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
+    let unready = |status: String| (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status }));
+    if s.is_draining() {
+        return unready("draining".to_owned());
+    }
+    if let Some(why) = s.session.lost() {
+        return unready(format!("worker registration lost: {why}"));
+    }
+    if let Err(e) = s.queue.depth().await {
+        return unready(format!("queue unreachable: {e}"));
+    }
+    (
+        StatusCode::OK,
+        Json(Health {
+            status: "ok".to_owned(),
+        }),
+    )
+}

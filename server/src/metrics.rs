@@ -1,0 +1,391 @@
+//! The server's Prometheus metrics, every name prefixed `jetbridge_`. [`METRICS`] lists
+//! them for the docs, which a test checks against what is exported.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Every metric: its exported name, type and help, as `docs/server.md` lists them.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    ("jetbridge_build_info", "info", "The jetbridge version."),
+    (
+        "jetbridge_builds_total",
+        "counter",
+        "Builds this replica ended, by final status.",
+    ),
+    (
+        "jetbridge_build_duration_seconds",
+        "histogram",
+        "Build time from claim to end.",
+    ),
+    (
+        "jetbridge_queue_depth",
+        "gauge",
+        "Builds in the queue, by state (queued, running), across replicas.",
+    ),
+    (
+        "jetbridge_queue_wait_seconds",
+        "histogram",
+        "Time from submission to claim.",
+    ),
+    (
+        "jetbridge_submissions_total",
+        "counter",
+        "Submissions, by result (accepted, invalid, busy).",
+    ),
+    (
+        "jetbridge_builds_running",
+        "gauge",
+        "Builds running on this replica.",
+    ),
+    (
+        "jetbridge_steps_running",
+        "gauge",
+        "Steps running on this replica.",
+    ),
+    (
+        "jetbridge_step_duration_seconds",
+        "histogram",
+        "Step time over all attempts, by step type.",
+    ),
+    (
+        "jetbridge_step_failures_total",
+        "counter",
+        "Steps that did not succeed, by class (failed, evicted, oom-killed, ...).",
+    ),
+    (
+        "jetbridge_lease_renewals_failed_total",
+        "counter",
+        "Build lease renewals that failed.",
+    ),
+    (
+        "jetbridge_lapsed_builds_total",
+        "counter",
+        "Builds whose lease lapsed, by what became of them (requeued, errored).",
+    ),
+    (
+        "jetbridge_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+    ),
+    (
+        "jetbridge_process_open_fds",
+        "gauge",
+        "Open file descriptors of the process.",
+    ),
+    (
+        "jetbridge_process_cpu_seconds",
+        "gauge",
+        "User and system CPU time of the process.",
+    ),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Status {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct State {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Result {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StepType {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Class {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Outcome {
+    pub outcome: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 10 ms to about 3 h.
+    Histogram::new(exponential_buckets(0.01, 2.5, 15))
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) builds: Family<Status, Counter>,
+    pub(crate) build_duration: Histogram,
+    pub(crate) queue_depth: Family<State, Gauge>,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) submissions: Family<Result, Counter>,
+    pub(crate) builds_running: Gauge,
+    pub(crate) steps_running: Gauge,
+    pub(crate) step_duration: Family<StepType, Histogram, fn() -> Histogram>,
+    pub(crate) step_failures: Family<Class, Counter>,
+    pub(crate) renewals_failed: Counter,
+    pub(crate) lapsed: Family<Outcome, Counter>,
+    rss: Gauge,
+    fds: Gauge,
+    cpu: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    /// The metrics of a server of `version`.
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::default();
+        let help = |name: &str| {
+            METRICS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, _, h)| *h)
+                .unwrap_or("")
+        };
+        registry.register(
+            "jetbridge_build",
+            help("jetbridge_build_info"),
+            Info::new(vec![("version".to_owned(), version.to_owned())]),
+        );
+        let m = Metrics {
+            builds: Family::default(),
+            build_duration: seconds_histogram(),
+            queue_depth: Family::default(),
+            queue_wait: seconds_histogram(),
+            submissions: Family::default(),
+            builds_running: Gauge::default(),
+            steps_running: Gauge::default(),
+            step_duration: Family::new_with_constructor(seconds_histogram),
+            step_failures: Family::default(),
+            renewals_failed: Counter::default(),
+            lapsed: Family::default(),
+            rss: Gauge::default(),
+            fds: Gauge::default(),
+            cpu: Gauge::default(),
+            registry,
+        };
+        let mut m = m;
+        // Counters are registered without `_total`: the encoder adds it.
+        let r = &mut m.registry;
+        r.register(
+            "jetbridge_builds",
+            help("jetbridge_builds_total"),
+            m.builds.clone(),
+        );
+        r.register(
+            "jetbridge_build_duration_seconds",
+            help("jetbridge_build_duration_seconds"),
+            m.build_duration.clone(),
+        );
+        r.register(
+            "jetbridge_queue_depth",
+            help("jetbridge_queue_depth"),
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "jetbridge_queue_wait_seconds",
+            help("jetbridge_queue_wait_seconds"),
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "jetbridge_submissions",
+            help("jetbridge_submissions_total"),
+            m.submissions.clone(),
+        );
+        r.register(
+            "jetbridge_builds_running",
+            help("jetbridge_builds_running"),
+            m.builds_running.clone(),
+        );
+        r.register(
+            "jetbridge_steps_running",
+            help("jetbridge_steps_running"),
+            m.steps_running.clone(),
+        );
+        r.register(
+            "jetbridge_step_duration_seconds",
+            help("jetbridge_step_duration_seconds"),
+            m.step_duration.clone(),
+        );
+        r.register(
+            "jetbridge_step_failures",
+            help("jetbridge_step_failures_total"),
+            m.step_failures.clone(),
+        );
+        r.register(
+            "jetbridge_lease_renewals_failed",
+            help("jetbridge_lease_renewals_failed_total"),
+            m.renewals_failed.clone(),
+        );
+        r.register(
+            "jetbridge_lapsed_builds",
+            help("jetbridge_lapsed_builds_total"),
+            m.lapsed.clone(),
+        );
+        r.register(
+            "jetbridge_process_resident_memory_bytes",
+            help("jetbridge_process_resident_memory_bytes"),
+            m.rss.clone(),
+        );
+        r.register(
+            "jetbridge_process_open_fds",
+            help("jetbridge_process_open_fds"),
+            m.fds.clone(),
+        );
+        r.register(
+            "jetbridge_process_cpu_seconds",
+            help("jetbridge_process_cpu_seconds"),
+            m.cpu.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn build_ended(&self, status: &str, took: Duration) {
+        self.builds
+            .get_or_create(&Status {
+                status: status.to_owned(),
+            })
+            .inc();
+        self.build_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn submission(&self, result: &str) {
+        self.submissions
+            .get_or_create(&Result {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn step_finished(&self, kind: &str, took: Duration, failure: Option<&str>) {
+        self.step_duration
+            .get_or_create(&StepType {
+                r#type: kind.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        if let Some(class) = failure {
+            self.step_failures
+                .get_or_create(&Class {
+                    class: class.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub(crate) fn lapsed(&self, requeued: bool) {
+        let outcome = if requeued { "requeued" } else { "errored" };
+        self.lapsed
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_depth(&self, queued: u64, running: u64) {
+        for (state, n) in [("queued", queued), ("running", running)] {
+            self.queue_depth
+                .get_or_create(&State {
+                    state: state.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition, with the process figures read now.
+    pub fn encode(&self) -> String {
+        self.read_process();
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn read_process(&self) {
+        // statm's second field is resident pages.
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+            && let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        {
+            self.rss.set(pages * page_size());
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+        }
+        if let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            self.cpu
+                .set(secs(usage.user_time()) + secs(usage.system_time()));
+        }
+    }
+}
+
+fn page_size() -> i64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_metric_is_exported_and_every_exported_one_is_listed() {
+        let m = Metrics::new("9.9.9");
+        // Touch the families so they appear.
+        m.build_ended("succeeded", Duration::from_secs(1));
+        m.submission("accepted");
+        m.step_finished("task", Duration::from_millis(5), Some("failed"));
+        m.lapsed(true);
+        m.set_depth(1, 2);
+        m.renewals_failed.inc();
+        let text = m.encode();
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let names = |n: &str| match n.strip_suffix("_total") {
+            Some(base) => base.to_owned(),
+            None => n.strip_suffix("_info").unwrap_or(n).to_owned(),
+        };
+        let listed: std::collections::BTreeSet<String> =
+            METRICS.iter().map(|(n, _, _)| names(n)).collect();
+        let exported: std::collections::BTreeSet<String> =
+            exported.into_iter().map(names).collect();
+        assert_eq!(listed, exported);
+        assert!(
+            text.contains("jetbridge_build_info{version=\"9.9.9\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jetbridge_builds_total{status=\"succeeded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jetbridge_queue_depth{state=\"running\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("jetbridge_process_resident_memory_bytes ") && !l.ends_with(" 0")
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! What a submission becomes: validated once when it is accepted, stored in the queue
+//! as a [`BuildSpec`], and parsed again by whichever replica claims it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use base64::Engine as _;
+use jetbridge_core::plan::{Pipeline, PlanError, Vars, parse_pipeline_with_inputs};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{LocationView, SubmitRequest};
+
+/// The file name messages use when a submission names none.
+pub const DEFAULT_FILE: &str = "pipeline.yml";
+
+/// What the queue keeps of a submission: everything a replica needs to run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// The pipeline's name for messages.
+    pub file: String,
+    /// Its YAML text.
+    pub pipeline: String,
+    /// The job.
+    pub job: String,
+    /// Variables.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// A plain tar of the `type: local` directories.
+    #[serde(default, with = "b64_opt")]
+    pub bundle: Option<Vec<u8>>,
+    /// Input directories as plain tars, by artifact name.
+    #[serde(default, with = "b64_map")]
+    pub inputs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejected {
+    /// For a person: what is wrong and what to do.
+    pub message: String,
+    /// Where in the pipeline, when the plan is at fault.
+    pub location: Option<(String, u64, u64)>,
+}
+
+impl Rejected {
+    fn new(message: impl Into<String>) -> Self {
+        Rejected {
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    fn plan(e: PlanError) -> Self {
+        let location = (e.location.line > 0).then(|| {
+            (
+                e.location.file.clone(),
+                e.location.line as u64,
+                e.location.column as u64,
+            )
+        });
+        let mut e = e;
+        if let Some(name) = e.unfilled.clone() {
+            e.hint = Some(format!(
+                "give it in the submission's `vars` (`jetbridge submit --var {name}=...`)"
+            ));
+        }
+        Rejected {
+            message: e.to_string(),
+            location,
+        }
+    }
+
+    /// The location as the API shows it.
+    pub fn location_view(&self) -> Option<LocationView> {
+        self.location
+            .as_ref()
+            .map(|(file, line, column)| LocationView {
+                file: file.clone(),
+                line: *line,
+                column: *column,
+            })
+    }
+}
+
+/// What the server allows in submissions.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Whether `type: local` resource types may run (their scripts run on the server's
+    /// host).
+    pub allow_local_resources: bool,
+    /// Whether the backend runs steps on this host (only then can `type: local` run).
+    pub local_backend: bool,
+}
+
+impl BuildSpec {
+    /// Check a submission the way `jetbridge validate` and `run` do, and decode its
+    /// uploads. The job is the named one or the pipeline's only one.
+    pub fn accept(req: SubmitRequest, policy: Policy) -> Result<(Self, Pipeline), Rejected> {
+        let file = req
+            .file
+            .clone()
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| DEFAULT_FILE.to_owned());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bundle = match &req.bundle {
+            Some(b) => Some(
+                b64.decode(b)
+                    .map_err(|e| Rejected::new(format!("`bundle` is not valid base64: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut inputs = BTreeMap::new();
+        for (name, data) in &req.inputs {
+            if name.is_empty() || name.contains('/') {
+                return Err(Rejected::new(format!(
+                    "input {name:?}: an input's name is an artifact name, with no `/`"
+                )));
+            }
+            let tar = b64
+                .decode(data)
+                .map_err(|e| Rejected::new(format!("input {name:?} is not valid base64: {e}")))?;
+            inputs.insert(name.clone(), tar);
+        }
+        let spec = BuildSpec {
+            file,
+            pipeline: req.pipeline,
+            job: req.job.unwrap_or_default(),
+            vars: req.vars,
+            bundle,
+            inputs,
+        };
+        let (spec, pipeline) = spec.resolve_job()?;
+        spec.check_local_types(&pipeline, policy)?;
+        Ok((spec, pipeline))
+    }
+
+    /// The pipeline, parsed with the spec's variables.
+    pub fn parse(&self) -> Result<Pipeline, Rejected> {
+        let mut vars = Vars::new();
+        for (k, v) in &self.vars {
+            vars.insert(k.clone(), v.clone());
+        }
+        parse_pipeline_with_inputs(
+            &self.pipeline,
+            &self.file,
+            &vars,
+            self.inputs.keys().cloned(),
+        )
+        .map_err(Rejected::plan)
+    }
+
+    fn resolve_job(mut self) -> Result<(Self, Pipeline), Rejected> {
+        let pipeline = self.parse()?;
+        let names = || {
+            pipeline
+                .jobs
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.job.is_empty() {
+            match pipeline.jobs.as_slice() {
+                [only] => self.job = only.name.clone(),
+                jobs => {
+                    return Err(Rejected::new(format!(
+                        "the pipeline has {} jobs; choose one with `job` ({})",
+                        jobs.len(),
+                        names()
+                    )));
+                }
+            }
+        } else if pipeline.job(&self.job).is_none() {
+            return Err(Rejected::new(format!(
+                "the pipeline has no job {:?}; its jobs: {}",
+                self.job,
+                names()
+            )));
+        }
+        Ok((self, pipeline))
+    }
+
+    /// `type: local` paths must stay inside the upload, and run only when allowed.
+    fn check_local_types(&self, pipeline: &Pipeline, policy: Policy) -> Result<(), Rejected> {
+        for rt in pipeline
+            .resource_types
+            .iter()
+            .filter(|t| t.type_ == "local")
+        {
+            let at = |msg: String| Rejected {
+                message: format!("{}: resource type {:?} {msg}", rt.location, rt.name),
+                location: (rt.location.line > 0).then(|| {
+                    (
+                        rt.location.file.clone(),
+                        rt.location.line as u64,
+                        rt.location.column as u64,
+                    )
+                }),
+            };
+            if !policy.local_backend {
+                return Err(at(
+                    "is `type: local`, which runs only on the local backend; \
+                     give it a `registry-image` type with the image of the resource"
+                        .into(),
+                ));
+            }
+            if !policy.allow_local_resources {
+                return Err(at(
+                    "is `type: local`, whose scripts would run on the server's \
+                     host; this server does not allow that (start it with \
+                     --allow-local-resources)"
+                        .into(),
+                ));
+            }
+            let path = rt.source.get("path").and_then(|v| v.as_str()).unwrap_or("");
+            if !is_inner_path(path) {
+                return Err(at(format!(
+                    "has `source.path: {path:?}`; on a server it must be a relative path \
+                     inside the uploaded bundle, with no `..`"
+                )));
+            }
+            if self.bundle.is_none() {
+                return Err(at(format!(
+                    "needs the directory {path:?}, but the submission has no `bundle` \
+                     (`jetbridge submit` uploads it)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A relative path with only normal components.
+pub fn is_inner_path(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+mod b64_opt {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        v.map(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
+mod b64_map {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        v: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        s.collect_map(v.iter().map(|(k, b)| (k, b64.encode(b))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                b64.decode(v)
+                    .map(|b| (k, b))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(pipeline: &str) -> SubmitRequest {
+        SubmitRequest {
+            pipeline: pipeline.to_owned(),
+            file: Some("p.yml".into()),
+            job: None,
+            vars: BTreeMap::new(),
+            bundle: None,
+            inputs: BTreeMap::new(),
+        }
+    }
+
+    const POLICY: Policy = Policy {
+        allow_local_resources: true,
+        local_backend: true,
+    };
+
+    #[test]
+    fn paths_that_leave_the_bundle_are_not_inner() {
+        for bad in ["", "/etc", "../x", "a/../../b", "a/.."] {
+            assert!(!is_inner_path(bad), "{bad}");
+        }
+        for good in ["a", "resources/greeting", "./a/b"] {
+            assert!(is_inner_path(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_plan_error_keeps_its_location() {
+        let e = BuildSpec::accept(req("jobs:\n- name: a\n  plan:\n  - bogus: 1\n"), POLICY)
+            .unwrap_err();
+        let (file, line, _) = e.location.clone().expect("a location");
+        assert_eq!((file.as_str(), line), ("p.yml", 4));
+        assert!(e.message.starts_with("p.yml:4:"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_only_job_is_chosen_and_an_unknown_one_is_refused() {
+        let text = "jobs:\n- name: a\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: 'true'}}\n";
+        let (spec, _) = BuildSpec::accept(req(text), POLICY).unwrap();
+        assert_eq!(spec.job, "a");
+        let mut r = req(text);
+        r.job = Some("b".into());
+        let e = BuildSpec::accept(r, POLICY).unwrap_err();
+        assert!(e.message.contains("no job \"b\""), "{}", e.message);
+    }
+
+    #[test]
+    fn local_types_need_permission_an_inner_path_and_a_bundle() {
+        let text = |path: &str| {
+            format!(
+                "resource_types:\n- name: g\n  type: local\n  source: {{path: {path}}}\n\
+                 resources:\n- name: m\n  type: g\n  source: {{}}\n\
+                 jobs:\n- name: a\n  plan:\n  - get: m\n"
+            )
+        };
+        let no = Policy {
+            allow_local_resources: false,
+            local_backend: true,
+        };
+        let e = BuildSpec::accept(req(&text("r/g")), no).unwrap_err();
+        assert!(
+            e.message.contains("--allow-local-resources"),
+            "{}",
+            e.message
+        );
+        let e = BuildSpec::accept(req(&text("../g")), POLICY).unwrap_err();
+        assert!(e.message.contains("no `..`"), "{}", e.message);
+        let e = BuildSpec::accept(req(&text("r/g")), POLICY).unwrap_err();
+        assert!(e.message.contains("no `bundle`"), "{}", e.message);
+        let mut r = req(&text("r/g"));
+        r.bundle = Some(String::new());
+        assert!(BuildSpec::accept(r, POLICY).is_ok());
+    }
+
+    #[test]
+    fn specs_round_trip_through_their_stored_form() {
+        let text = "jobs:\n- name: a\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: 'true'}}\n";
+        let mut r = req(text);
+        r.inputs.insert("src".into(), "aGk=".into());
+        let (spec, _) = BuildSpec::accept(r, POLICY).unwrap();
+        let stored = serde_json::to_vec(&spec).unwrap();
+        let back: BuildSpec = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.inputs["src"], b"hi");
+        assert_eq!(back.job, "a");
+    }
+}

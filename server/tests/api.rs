@@ -1,0 +1,523 @@
+//! The server end to end on the local backend, an on-disk store and the in-memory
+//! registry and queue: real HTTP over loopback, real processes for steps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::ports::{ArtifactRegistry, BuildQueue, Runtime};
+use jetbridge_core::services::{BuildRunner, NoEvents, SessionConfig, StepConfig, WorkerSession};
+use jetbridge_memory_registry::{MemoryBuildQueue, MemoryRegistry};
+use jetbridge_server::api::{BuildList, BuildView, ErrorBody, InfoView};
+use jetbridge_server::{Server, ServerConfig};
+use serde_json::{Value, json};
+
+struct Harness {
+    base: String,
+    client: reqwest::Client,
+    server: Server,
+    queue: Arc<MemoryBuildQueue>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(config: ServerConfig) -> Harness {
+    harness_with(config, Arc::new(MemoryBuildQueue::new())).await
+}
+
+async fn harness_with(config: ServerConfig, queue: Arc<MemoryBuildQueue>) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Arc::new(
+        jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
+            dir.path().join("local"),
+        ))
+        .expect("local backend"),
+    );
+    let volumes =
+        Arc::new(jetbridge_fs::FsVolumeStore::new(dir.path().join("volumes")).expect("store"));
+    let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
+    let rt = Runtime {
+        pods: backend.clone(),
+        exec: backend,
+        volumes: Some(volumes),
+        registry,
+    };
+    let worker = "server-test";
+    let runner = BuildRunner::new(
+        rt.clone(),
+        StepConfig::default(),
+        ImageResolver::new(),
+        worker,
+        Arc::new(NoEvents),
+    );
+    let session =
+        WorkerSession::start(rt, runner, SessionConfig::new(worker).with_reap_every(None))
+            .await
+            .expect("session");
+    let server =
+        Server::start(queue.clone(), session, ImageResolver::new(), true, config).expect("server");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = server.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Harness {
+        base,
+        client: reqwest::Client::new(),
+        server,
+        queue,
+        _dir: dir,
+    }
+}
+
+fn task(script: &str) -> String {
+    format!(
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, {}]}}\n",
+        serde_json::to_string(script).expect("json")
+    )
+}
+
+impl Harness {
+    async fn submit(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/builds", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn submitted(&self, body: Value) -> BuildView {
+        let res = self.submit(body).await;
+        assert_eq!(res.status(), 201, "{:?}", res.text().await);
+        res.json().await.expect("a build")
+    }
+
+    async fn get(&self, id: u64) -> BuildView {
+        self.client
+            .get(format!("{}/api/v1/builds/{id}", self.base))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("a build")
+    }
+
+    /// The whole event stream (it ends with the build), as (id, event, data).
+    async fn events(&self, id: u64, last: Option<u64>) -> Vec<(Option<u64>, String, String)> {
+        let mut req = self
+            .client
+            .get(format!("{}/api/v1/builds/{id}/events", self.base));
+        if let Some(l) = last {
+            req = req.header("Last-Event-ID", l.to_string());
+        }
+        let res = req.send().await.expect("request");
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let text = tokio::time::timeout(Duration::from_secs(60), res.text())
+            .await
+            .expect("the stream ends with the build")
+            .expect("body");
+        parse_sse(&text)
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<(Option<u64>, String, String)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut id, mut event, mut data) = (None, String::new(), Vec::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+            }
+        }
+        if !event.is_empty() {
+            out.push((id, event, data.join("\n")));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_runs_and_its_events_end_with_its_final_state() {
+    let h = harness(ServerConfig::default()).await;
+    let b = h
+        .submitted(json!({"pipeline": task("echo one; echo two >&2; echo three"), "file": "p.yml"}))
+        .await;
+    assert_eq!(b.job, "j");
+    let events = h.events(b.id, None).await;
+    let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"step-started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end"), "{kinds:?}");
+    assert!(kinds.contains(&"step-finished"), "{kinds:?}");
+    let stdout: String = events
+        .iter()
+        .filter(|(_, k, _)| k == "output")
+        .map(|(_, _, d)| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|v| v["stream"] == "stdout")
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stdout, "one\nthree\n");
+    // Stored events have increasing ids; the end has none (a resume never skips it).
+    let ids: Vec<u64> = events.iter().filter_map(|(id, _, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(events.last().unwrap().0, None);
+    let end: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(end["build"]["state"], "succeeded");
+
+    let done = h.get(b.id).await;
+    assert_eq!(done.state, "succeeded");
+    let outcome = done.outcome.expect("an outcome");
+    assert_eq!(outcome.steps.len(), 1);
+    assert!(outcome.steps[0].ok);
+
+    // Resuming after the second event replays exactly the rest.
+    let resumed = h.events(b.id, Some(ids[1])).await;
+    assert_eq!(resumed.len(), events.len() - 2);
+    assert_eq!(resumed[0], events[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_fails_the_build_with_its_reason() {
+    let h = harness(ServerConfig::default()).await;
+    let b = h.submitted(json!({"pipeline": task("exit 3")})).await;
+    let events = h.events(b.id, None).await;
+    let end: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(end["build"]["state"], "failed");
+    let reason = end["build"]["reason"].as_str().unwrap();
+    assert!(reason.contains("task: t"), "{reason}");
+    assert!(reason.contains('3'), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx() {
+    let h = harness(ServerConfig {
+        max_body_bytes: 4096,
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = format!("{}/api/v1/builds", h.base);
+    let res = h
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: ErrorBody = res.json().await.unwrap();
+    assert_eq!(body.error, "invalid");
+
+    let res = h.submit(json!({"pipeline": "x".repeat(8192)})).await;
+    assert_eq!(res.status(), 413);
+
+    let res = h
+        .submit(json!({"pipeline": "jobs:\n- name: a\n  plan:\n  - bogus: 1\n", "file": "ci.yml"}))
+        .await;
+    assert_eq!(res.status(), 422);
+    let body: ErrorBody = res.json().await.unwrap();
+    let loc = body.location.expect("a location");
+    assert_eq!((loc.file.as_str(), loc.line), ("ci.yml", 4));
+    assert!(body.message.starts_with("ci.yml:4:"), "{}", body.message);
+
+    let res = h
+        .submit(json!({"pipeline": task("true"), "job": "nope"}))
+        .await;
+    assert_eq!(res.status(), 422);
+
+    for path in ["/api/v1/builds/999", "/api/v1/builds/abc", "/nowhere"] {
+        let res = h
+            .client
+            .get(format!("{}{path}", h.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        let _: ErrorBody = res.json().await.unwrap();
+    }
+    let res = h
+        .client
+        .get(format!("{}/api/v1/builds?state=done", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_a_running_build_runs_its_hooks_and_a_finished_one_is_a_conflict() {
+    let h = harness(ServerConfig::default()).await;
+    let pipeline = "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo started; sleep 600']}\n    on_abort:\n      task: cleanup\n      config:\n        platform: linux\n        run: {path: sh, args: [-c, 'echo cleaning up']}\n";
+    let b = h.submitted(json!({"pipeline": pipeline})).await;
+    // Wait for the step's first output: the build is running its command.
+    let url = format!("{}/api/v1/builds/{}/events", h.base, b.id);
+    let mut res = h.client.get(&url).send().await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), res.chunk())
+            .await
+            .expect("output in time")
+            .unwrap()
+            .expect("more of the stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(res);
+    let res = h
+        .client
+        .post(format!("{}/api/v1/builds/{}/abort", h.base, b.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let events = h.events(b.id, None).await;
+    let end: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(end["build"]["state"], "aborted");
+    assert_eq!(end["build"]["reason"], "aborted by request");
+    assert!(
+        events
+            .iter()
+            .any(|(_, k, d)| k == "output" && d.contains("cleaning up")),
+        "the on_abort hook ran: {events:?}"
+    );
+    let res = h
+        .client
+        .post(format!("{}/api/v1/builds/{}/abort", h.base, b.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_429_and_positions_show() {
+    // No room to run anything: every build stays queued.
+    let h = harness(ServerConfig {
+        max_builds: 1,
+        max_queued: Some(2),
+        ..ServerConfig::default()
+    })
+    .await;
+    let blocker = h.submitted(json!({"pipeline": task("sleep 600")})).await;
+    // The first is claimed (running) before the next are counted as queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.get(blocker.id).await.state != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first build never started"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = h.submitted(json!({"pipeline": task("true")})).await;
+    let b = h.submitted(json!({"pipeline": task("true")})).await;
+    assert_eq!(h.get(a.id).await.position, Some(0));
+    assert_eq!(h.get(b.id).await.position, Some(1));
+    let res = h.submit(json!({"pipeline": task("true")})).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: ErrorBody = res.json().await.unwrap();
+    assert_eq!(body.error, "busy");
+
+    // A queued build aborts at once.
+    let res = h
+        .client
+        .post(format!("{}/api/v1/builds/{}/abort", h.base, b.id))
+        .send()
+        .await
+        .unwrap();
+    let aborted: BuildView = res.json().await.unwrap();
+    assert_eq!(aborted.state, "aborted");
+
+    // Listing filters by state, newest first.
+    let list: BuildList = h
+        .client
+        .get(format!("{}/api/v1/builds?state=queued,running", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<u64> = list.builds.iter().map(|b| b.id).collect();
+    assert_eq!(ids, [a.id, blocker.id]);
+    h.client
+        .post(format!("{}/api/v1/builds/{}/abort", h.base, blocker.id))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_api_but_not_health() {
+    let h = harness(ServerConfig {
+        tokens: vec!["s3cret-one".into(), "s3cret-two".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let info = format!("{}/api/v1/info", h.base);
+    let res = h.client.get(&info).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    let res = h
+        .client
+        .get(&info)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = h
+        .client
+        .get(&info)
+        .bearer_auth("s3cret-two")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let info: InfoView = res.json().await.unwrap();
+    assert_eq!(info.worker, "server-test");
+    for open in ["/healthz", "/readyz"] {
+        let res = h
+            .client
+            .get(format!("{}{open}", h.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{open}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_inputs_and_local_resource_types_resolve_inside_the_upload() {
+    let h = harness(ServerConfig {
+        allow_local_resources: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let tar_of = |files: &[(&str, &str, u32)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, text, mode) in files {
+            let mut hdr = tar::Header::new_gnu();
+            hdr.set_size(text.len() as u64);
+            hdr.set_mode(*mode);
+            hdr.set_cksum();
+            b.append_data(&mut hdr, path, text.as_bytes()).unwrap();
+        }
+        base64::engine::general_purpose::STANDARD.encode(b.into_inner().unwrap())
+    };
+    let bundle = tar_of(&[
+        (
+            "types/echo/check",
+            "#!/bin/sh\necho '[{\"v\":\"1\"}]'\n",
+            0o755,
+        ),
+        (
+            "types/echo/in",
+            "#!/bin/sh\nmkdir -p \"$1\"; echo from-local-type > \"$1/text\"; echo '{\"version\":{\"v\":\"1\"}}'\n",
+            0o755,
+        ),
+        (
+            "types/echo/out",
+            "#!/bin/sh\necho '{\"version\":{\"v\":\"1\"}}'\n",
+            0o755,
+        ),
+    ]);
+    let input = tar_of(&[("hello.txt", "from-input\n", 0o644)]);
+    let pipeline = "resource_types:\n- name: echo\n  type: local\n  source: {path: types/echo}\nresources:\n- name: r\n  type: echo\n  source: {}\njobs:\n- name: j\n  plan:\n  - get: r\n  - task: t\n    config:\n      platform: linux\n      inputs: [{name: r}, {name: src}]\n      run: {path: sh, args: [-c, 'cat r/text src/hello.txt']}\n";
+    let b = h
+        .submitted(json!({"pipeline": pipeline, "bundle": bundle, "inputs": {"src": input}}))
+        .await;
+    let events = h.events(b.id, None).await;
+    let end: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(end["build"]["state"], "succeeded", "{events:?}");
+    let out: String = events
+        .iter()
+        .filter(|(_, k, _)| k == "output")
+        .map(|(_, _, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(out.contains("from-local-type\nfrom-input\n"), "{out}");
+
+    // A path out of the upload is refused before anything runs.
+    let escaping = pipeline.replace("path: types/echo", "path: ../../etc");
+    let res = h
+        .submit(json!({"pipeline": escaping, "bundle": bundle}))
+        .await;
+    assert_eq!(res.status(), 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stops_claiming_and_aborts_what_outlives_its_timeout() {
+    let queue = Arc::new(MemoryBuildQueue::new());
+    let h = harness_with(
+        ServerConfig {
+            drain_timeout: Duration::from_millis(300),
+            abort_grace: Duration::from_secs(5),
+            max_builds: 1,
+            ..ServerConfig::default()
+        },
+        queue.clone(),
+    )
+    .await;
+    let long = h.submitted(json!({"pipeline": task("sleep 600")})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.get(long.id).await.state != "running" {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = h.submitted(json!({"pipeline": task("true")})).await;
+    let server = h.server.clone();
+    let readyz = format!("{}/readyz", h.base);
+    let drain = tokio::spawn(server.drain());
+    // Readiness turns 503 while the drain runs.
+    let mut status = 200;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status == 200 && std::time::Instant::now() < deadline {
+        status = h
+            .client
+            .get(&readyz)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(status, 503);
+    tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("the drain ends within its timeout and the grace")
+        .unwrap()
+        .expect("a clean drain");
+    let ended = h
+        .queue
+        .get(jetbridge_core::ports::BuildId(long.id))
+        .await
+        .unwrap();
+    assert_eq!(ended.state.as_str(), "aborted");
+    assert_eq!(ended.reason.as_deref(), Some("server shutting down"));
+    // The queued one was never claimed: another replica takes it.
+    let left = queue
+        .get(jetbridge_core::ports::BuildId(waiting.id))
+        .await
+        .unwrap();
+    assert_eq!(left.state.as_str(), "queued");
+    assert_eq!(h.server.running(), 0);
+}
