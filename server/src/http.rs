@@ -403,6 +403,9 @@ async fn get_build(
 struct EventsQuery {
     /// Resume after this event id (as the `Last-Event-ID` header does; the header wins).
     after: Option<u64>,
+    /// `false`: end the stream after the events stored now (with `end` only if the
+    /// build has ended) instead of following the build. Default `true`.
+    follow: Option<bool>,
 }
 
 /// The build's events as Server-Sent Events: `step-started`, `output`,
@@ -446,6 +449,7 @@ async fn events(
             })?,
         None => q.after.unwrap_or(0),
     };
+    let follow = q.follow.unwrap_or(true);
     // Unknown builds are a 404 before the stream starts.
     s.queue.get(id).await.map_err(ApiError::port)?;
     let stream = async_stream::stream! {
@@ -484,6 +488,9 @@ async fn events(
                 yield Ok(Event::default()
                     .event(kinds::END)
                     .data(serde_json::to_string(&end).unwrap_or_default()));
+                break;
+            }
+            if !follow {
                 break;
             }
             // Another replica's appends are seen by polling.

@@ -204,6 +204,11 @@ impl Server {
         self.shared.metrics.encode()
     }
 
+    /// How long a drain waits before aborting builds.
+    pub fn shared_drain_timeout(&self) -> Duration {
+        self.shared.config.drain_timeout
+    }
+
     /// How many builds run here now.
     pub fn running(&self) -> usize {
         *self.shared.count.borrow()

@@ -11,7 +11,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
 use crate::settings::{
-    GraceDuration, ImageSettings, KubeSettings, RegistrySettings, Settings, VolumeSettings,
+    GraceDuration, ImageSettings, KubeSettings, RegistrySettings, ServerSettings, Settings,
+    VolumeSettings,
 };
 
 /// Run CI build plans one pod per step: on this machine with no cluster, or on
@@ -83,6 +84,187 @@ pub enum Command {
     /// Run the port and runtime conformance suites against a live Kubernetes cluster
     /// (or the simulator); prints a report, exits 1 if any case failed.
     Conformance(ConformanceArgs),
+    /// Serve an HTTP API that queues builds and runs them (a long-running worker);
+    /// SIGTERM drains it.
+    Server(ServerArgs),
+    /// Queue a job of a pipeline on a server; with --watch, follow it as `run` would.
+    /// Exit status with --watch: as `run`'s.
+    Submit(SubmitArgs),
+    /// List a server's builds, newest first.
+    Builds(BuildsArgs),
+    /// Print a build's events (`-f`: follow them until it ends).
+    Logs(LogsArgs),
+    /// Abort a build on a server.
+    Abort(AbortArgs),
+}
+
+/// `jetbridge server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+
+    /// Address of the API (JSON over HTTP). Off loopback it needs --api-token-file.
+    /// Default: `127.0.0.1:8080`.
+    #[arg(long, value_name = "ADDR", env = "JETBRIDGE_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Address of the Prometheus endpoint (`/metrics`), apart from the API. Default:
+    /// `127.0.0.1:9391`.
+    #[arg(long, value_name = "ADDR", env = "JETBRIDGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
+    /// File of API bearer tokens, one per line (`#` comments and blank lines ignored).
+    /// Without it the API serves loopback only.
+    #[arg(long, value_name = "FILE", env = "JETBRIDGE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Builds this replica runs at once. Default: 4.
+    #[arg(long, value_name = "N", env = "JETBRIDGE_MAX_BUILDS")]
+    pub max_builds: Option<usize>,
+
+    /// Queued builds beyond which submissions get 429; 0: no limit. Default: 100.
+    #[arg(long, value_name = "M", env = "JETBRIDGE_MAX_QUEUED")]
+    pub max_queued: Option<u64>,
+
+    /// On SIGTERM, how long running builds may go on before they are aborted. A
+    /// duration: `10m` (the default), `90s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, env = "JETBRIDGE_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<GraceDuration>,
+
+    /// A claimed build's lease: another replica takes the build over once it lapses
+    /// (renewed every third of it). Default: `30s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, env = "JETBRIDGE_LEASE_TTL")]
+    pub lease_ttl: Option<GraceDuration>,
+
+    /// The largest request body accepted, in bytes (413 beyond). Default: 33554432
+    /// (32 MiB).
+    #[arg(long, value_name = "BYTES", env = "JETBRIDGE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Run `type: local` resource types of submitted pipelines (their scripts run on
+    /// this host, from the directories the submission uploads).
+    #[arg(long, env = "JETBRIDGE_ALLOW_LOCAL_RESOURCES")]
+    pub allow_local_resources: bool,
+}
+
+impl ServerArgs {
+    /// The settings given by flags and variables; `m`: the matches of `server`.
+    pub fn settings(&self, m: &ArgMatches) -> Settings {
+        let ServerArgs {
+            worker,
+            listen,
+            metrics_listen,
+            api_token_file,
+            max_builds,
+            max_queued,
+            drain_timeout,
+            lease_ttl,
+            max_body_bytes,
+            allow_local_resources,
+        } = self;
+        let mut s = worker.settings(m);
+        s.server = ServerSettings {
+            listen: listen.clone(),
+            metrics_listen: metrics_listen.clone(),
+            api_token_file: api_token_file.clone(),
+            max_builds: *max_builds,
+            max_queued: *max_queued,
+            drain_timeout: *drain_timeout,
+            lease_ttl: *lease_ttl,
+            max_body_bytes: *max_body_bytes,
+            allow_local_resources: switch(m, "allow_local_resources", *allow_local_resources),
+        };
+        s
+    }
+}
+
+/// Where the server is, for the client commands.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080",
+        env = "JETBRIDGE_SERVER"
+    )]
+    pub server: String,
+
+    /// File holding the API token (its first non-comment line).
+    #[arg(long, value_name = "FILE", env = "JETBRIDGE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `jetbridge submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    /// The job to run; may be left out when the pipeline has one job.
+    #[arg(long, env = "JETBRIDGE_JOB")]
+    pub job: Option<String>,
+
+    /// Upload DIR as the artifact NAME, bound before the first step; repeatable.
+    #[arg(long = "input", short = 'i', value_name = "NAME=DIR")]
+    pub inputs: Vec<String>,
+
+    /// Follow the build and print it as `run` does; exit with its status (Ctrl-C
+    /// aborts it).
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `jetbridge builds`.
+#[derive(Debug, Args)]
+pub struct BuildsArgs {
+    /// Only builds in these states (comma-separated: queued, running, succeeded,
+    /// failed, errored, aborted).
+    #[arg(long)]
+    pub state: Option<String>,
+
+    /// Only builds of this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+
+    /// Only builds of this job.
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// How many.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `jetbridge logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The build's number.
+    pub id: u64,
+
+    /// Follow the build until it ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `jetbridge abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The build's number.
+    pub id: u64,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Pipeline and variables, shared by `run` and `validate`.
@@ -107,6 +289,18 @@ pub struct RunArgs {
     #[arg(long, env = "JETBRIDGE_JOB")]
     pub job: Option<String>,
 
+    /// The build number shown in pod names.
+    #[arg(long, default_value_t = 1, env = "JETBRIDGE_BUILD_NUMBER")]
+    pub build_number: u64,
+
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// What `run` and `server` share: the backend, the volumes, the registry and the
+/// worker's options (every one a setting with a config-file key).
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
     /// Where artifacts live: a directory (a mounted PVC, GCS FUSE, or any local
     /// directory), or a bucket: `gs://BUCKET/PREFIX`, `s3://BUCKET/PREFIX`,
     /// `az://CONTAINER/PREFIX`, `memory://`. Default: `volumes/` under the data directory.
@@ -146,10 +340,6 @@ pub struct RunArgs {
     /// the leftovers of a run whose process is gone are collected by the next one.
     #[arg(long, env = "JETBRIDGE_WORKER")]
     pub worker: Option<String>,
-
-    /// The build number shown in pod names.
-    #[arg(long, default_value_t = 1, env = "JETBRIDGE_BUILD_NUMBER")]
-    pub build_number: u64,
 
     /// Keep step pods (sandboxes) after each step, for debugging; the next run's
     /// reaper removes them once this run's process is gone.
@@ -395,14 +585,12 @@ fn switch(m: &ArgMatches, id: &str, value: bool) -> Option<bool> {
     .then_some(value)
 }
 
-impl RunArgs {
-    /// The settings given by flags and variables; `m`: the matches of `run`.
+impl WorkerArgs {
+    /// The settings given by flags and variables; `m`: the matches of `run` or
+    /// `server`.
     pub fn settings(&self, m: &ArgMatches) -> Settings {
-        // Destructured so that a new flag has to be placed: a setting, or run-only.
-        let RunArgs {
-            pipeline: _,
-            job: _,
-            build_number: _,
+        // Destructured so that a new flag has to be placed.
+        let WorkerArgs {
             volumes,
             bucket,
             registry,
@@ -451,6 +639,7 @@ impl RunArgs {
             worker: worker.clone(),
             keep_pods: switch(m, "keep_pods", *keep_pods),
             abort_grace: *abort_grace,
+            server: ServerSettings::default(),
         }
     }
 }
@@ -536,13 +725,26 @@ mod tests {
         let Command::Run(run) = &cli.command else {
             panic!("not run")
         };
-        run.settings(m.subcommand_matches("run").expect("run matches"))
+        run.worker
+            .settings(m.subcommand_matches("run").expect("run matches"))
+    }
+
+    /// `jetbridge server ARGS...` as settings.
+    fn server_settings(args: &[&str]) -> Settings {
+        let m = Cli::command()
+            .try_get_matches_from(["jetbridge", "server"].iter().chain(args))
+            .expect("parses");
+        let cli = Cli::from_arg_matches(&m).expect("typed");
+        let Command::Server(server) = &cli.command else {
+            panic!("not server")
+        };
+        server.settings(m.subcommand_matches("server").expect("server matches"))
     }
 
     /// Whether this process has a variable of a `run` argument, which clap would read
     /// (the tests that parse in-process cannot remove it: no `set_var` without unsafe).
     fn caller_sets_run_variables() -> bool {
-        let run = crate::settings::docs::run_command();
+        let run = crate::settings::docs::server_command();
         let set = run
             .get_arguments()
             .filter_map(|a| a.get_env())
@@ -592,16 +794,19 @@ mod tests {
             return;
         }
         let run = crate::settings::docs::run_command();
+        let server = crate::settings::docs::server_command();
         for (key, id) in CONFIG_KEYS {
-            let arg = run
+            let arg = server
                 .get_arguments()
                 .find(|a| a.get_id() == *id)
                 .expect("an argument");
+            let in_run = run.get_arguments().any(|a| a.get_id() == *id);
             let flag = format!("--{}", arg.get_long().expect("long"));
             let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
             let value = match *id {
                 "backend" => "kube",
-                "abort_grace" => "5s",
+                "abort_grace" | "drain_timeout" | "lease_ttl" => "5s",
+                "max_builds" | "max_queued" | "max_body_bytes" => "7",
                 _ => "a=b",
             };
             let args: Vec<&str> = if takes_value {
@@ -609,8 +814,12 @@ mod tests {
             } else {
                 vec![&flag]
             };
-            let s = run_settings(&args);
-            assert_eq!(set_keys(&s), vec![key.to_string()], "{flag}");
+            if in_run {
+                let s = run_settings(&args);
+                assert_eq!(set_keys(&s), vec![key.to_string()], "run {flag}");
+            }
+            let s = server_settings(&args);
+            assert_eq!(set_keys(&s), vec![key.to_string()], "server {flag}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! Exit status: 0 success, 1 build failed, 2 invalid input or configuration, 130 aborted.
 
 mod cli;
+mod client;
 mod output;
 mod settings;
 mod wiring;
@@ -115,7 +116,12 @@ async fn dispatch(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
         .map(|(_, m)| m)
         .context("no subcommand")?;
     match &cli.command {
-        Command::Run(args) => run(args, file.overlay(args.settings(sub)), printer).await,
+        Command::Run(args) => run(args, file.overlay(args.worker.settings(sub)), printer).await,
+        Command::Server(args) => server(file.overlay(args.settings(sub)), printer).await,
+        Command::Submit(args) => client::submit(args, printer).await,
+        Command::Builds(args) => client::builds(args, cli.log_format == LogFormat::Json).await,
+        Command::Logs(args) => client::logs(args, printer).await,
+        Command::Abort(args) => client::abort(args, printer).await,
         Command::Validate(args) => {
             let (pipeline, _) = load_pipeline(&args.pipeline)?;
             let steps: usize = pipeline.jobs.iter().map(|j| j.plan.len()).sum();
@@ -133,7 +139,7 @@ async fn dispatch(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
     }
 }
 
-fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<(Pipeline, Vars)> {
+pub(crate) fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<(Pipeline, Vars)> {
     let path = &args.pipeline;
     let text = std::fs::read_to_string(path)
         .map_err(|e| user(format!("cannot read the pipeline {}: {e}", path.display())))?;
@@ -399,6 +405,201 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
         BuildStatus::Aborted => 130,
         BuildStatus::Failed | BuildStatus::Errored => 1,
     })
+}
+
+/// The tokens of a token file: one per line, `#` comments and blank lines ignored.
+fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        user(format!(
+            "--api-token-file: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        return Err(user(format!(
+            "--api-token-file {}: the file holds no token (one per line)",
+            path.display()
+        )));
+    }
+    if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
+        return Err(user(format!(
+            "--api-token-file {}: a token of {} characters is too easy to guess; use at least 16 \
+             (e.g. `openssl rand -hex 32`)",
+            path.display(),
+            short.len()
+        )));
+    }
+    Ok(tokens)
+}
+
+fn parse_addr(flag: &str, text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    text.parse().map_err(|_| {
+        user(format!(
+            "{flag} {text:?}: give an address as IP:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)"
+        ))
+    })
+}
+
+/// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.
+async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
+    use jetbridge_core::services::{NoEvents, SessionConfig, WorkerSession};
+    use jetbridge_server::{Server, ServerConfig};
+    let srv = settings.server.clone();
+    let listen = parse_addr(
+        "--listen",
+        srv.listen.as_deref().unwrap_or(settings::DEFAULT_LISTEN),
+    )?;
+    let metrics_listen = parse_addr(
+        "--metrics-listen",
+        srv.metrics_listen
+            .as_deref()
+            .unwrap_or(settings::DEFAULT_METRICS_LISTEN),
+    )?;
+    let tokens = match &srv.api_token_file {
+        Some(path) => read_tokens(path)?,
+        None => Vec::new(),
+    };
+    if tokens.is_empty() && !listen.ip().is_loopback() {
+        return Err(user(format!(
+            "--listen {listen} is reachable from other machines, and the API has no token: \
+             give --api-token-file FILE (one token per line), or listen on 127.0.0.1"
+        )));
+    }
+    let max_builds = srv.max_builds.unwrap_or(4);
+    if max_builds == 0 {
+        return Err(user("--max-builds must be at least 1"));
+    }
+    let defaults = ServerConfig::default();
+    let config = ServerConfig {
+        max_builds,
+        max_queued: match srv.max_queued {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => defaults.max_queued,
+        },
+        lease_ttl: srv.lease_ttl.map_or(defaults.lease_ttl, |d| d.0),
+        drain_timeout: srv.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
+        abort_grace: settings.abort_grace(),
+        tokens,
+        max_body_bytes: srv.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        allow_local_resources: srv.allow_local_resources.unwrap_or(false),
+        ..defaults
+    };
+    if config.lease_ttl < std::time::Duration::from_secs(1) {
+        return Err(user("--lease-ttl must be at least 1s"));
+    }
+    let api = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| user(format!("--listen {listen}: cannot listen: {e}")))?;
+    let metrics = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .map_err(|e| {
+            user(format!(
+                "--metrics-listen {metrics_listen}: cannot listen: {e}"
+            ))
+        })?;
+
+    let wired = wiring::wire(&settings).await?;
+    let queue =
+        wiring::open_queue(settings.registry.url(), settings.registry.schema.as_deref()).await?;
+    let rt = wired.runtime.clone();
+    let worker = wired.worker.clone();
+    let keep_pods = settings.keep_pods();
+    let runner = BuildRunner::new(
+        rt.clone(),
+        StepConfig {
+            keep_pods,
+            ..StepConfig::default()
+        },
+        wired.images.clone(),
+        worker.clone(),
+        Arc::new(NoEvents),
+    )
+    .with_abort_grace(settings.abort_grace());
+    let session = WorkerSession::start(
+        rt,
+        runner,
+        SessionConfig::new(worker.clone())
+            .with_reaper(wired.reaper_config())
+            .with_reap_pods_at_end(!keep_pods),
+    )
+    .await
+    .map_err(|e| match e.kind() {
+        jetbridge_core::ErrorKind::AlreadyExists => user(format!("--worker {worker:?}: {e}")),
+        _ => user(format!("--registry: {e}")),
+    })?;
+    // Leftovers of earlier processes whose worker is gone.
+    if let Err(e) = session.reap_now().await {
+        tracing::warn!(error = %e, "the first reaper pass failed; the next retries");
+    }
+    let local_backend = settings.backend() == Backend::Local;
+    let server = Server::start(queue, session, wired.images.clone(), local_backend, config)
+        .context("starting the server")?;
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGINT: {e}"))?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
+        let mut rx = http_stopped.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    let api_task = serve(api, server.router());
+    let metrics_task = serve(metrics, server.metrics_router());
+    printer.info(&format!(
+        "jetbridge server {} (worker {worker}): API on http://{listen}, metrics on http://{metrics_listen}/metrics",
+        env!("CARGO_PKG_VERSION")
+    ));
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    printer.info(&format!(
+        "draining: no new claims; running builds have {} to finish",
+        jetbridge_core::services::fmt_duration(server.shared_drain_timeout())
+    ));
+    let drain = server.clone().drain();
+    tokio::pin!(drain);
+    let drained = tokio::select! {
+        r = &mut drain => r,
+        _ = sigint.recv() => {
+            eprintln!("error: interrupted again: leaving without draining; another replica takes the builds over");
+            return Ok(130);
+        }
+    };
+    // The API stays up during the drain (readiness 503, event streams); open streams
+    // of builds queued elsewhere get a moment to close.
+    stop_http.send_replace(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = api_task.await;
+        let _ = metrics_task.await;
+    })
+    .await;
+    if let Some(dir) = wired.own_volumes_dir()
+        && !keep_pods
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    match drained {
+        Ok(()) => {
+            printer.info("drained; bye");
+            Ok(0)
+        }
+        Err(e) => Err(anyhow::anyhow!("the drain was incomplete: {e}")),
+    }
 }
 
 async fn migrate(args: &MigrateArgs, file: Settings) -> anyhow::Result<u8> {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetbridge_core::ports::{OutputSink, OutputStream};
-use jetbridge_core::services::{BuildEvents, BuildOutcome, BuildStatus, StepSummary, fmt_duration};
+use jetbridge_core::services::{BuildEvents, BuildOutcome, StepSummary, fmt_duration};
+use jetbridge_server::api::{OutcomeView, StepView};
 use serde_json::json;
 
 /// Prints build events to stdout, in text or JSON lines.
@@ -65,7 +66,14 @@ impl Printer {
     }
 
     /// The closing summary.
+    /// The end of a build run here.
     pub fn summary(&self, outcome: &BuildOutcome, total: Duration) {
+        self.summary_view(&OutcomeView::of(outcome, total), total);
+    }
+
+    /// The end of a build, as the server reports it (and as `summary` shows one run
+    /// here: both go through the same view, so they print the same).
+    pub fn summary_view(&self, outcome: &OutcomeView, total: Duration) {
         if self.json {
             let steps: Vec<_> = outcome
                 .steps
@@ -73,24 +81,24 @@ impl Printer {
                 .map(|s| {
                     json!({
                         "step": s.name,
-                        "result": result_text(s),
-                        "ok": s.result.is_ok(),
-                        "duration_ms": s.duration.as_millis() as u64,
+                        "result": s.result,
+                        "ok": s.ok,
+                        "duration_ms": s.duration_ms,
                         "attempt": s.attempts,
                         "artifacts": s.artifacts.iter().map(|a| json!({
                             "name": a.name,
                             "size": a.size,
-                            "digest": a.digest.as_ref().map(|d| d.as_str().to_owned()),
+                            "digest": a.digest,
                         })).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
             self.emit_json(json!({
                 "event": "summary",
-                "status": status_text(outcome.status),
+                "status": outcome.status,
                 "duration_ms": total.as_millis() as u64,
-                "failed_step": outcome.failure.as_ref().map(|(n, _)| n.clone()),
-                "reason": outcome.failure.as_ref().map(|(_, f)| f.to_string()),
+                "failed_step": outcome.failed_step,
+                "reason": outcome.reason,
                 "steps": steps,
             }));
             return;
@@ -103,7 +111,7 @@ impl Printer {
                     .artifacts
                     .iter()
                     .map(|a| {
-                        let d = a.digest.as_ref().map(|d| d.as_str()).unwrap_or("");
+                        let d = a.digest.as_deref().unwrap_or("");
                         let short = d
                             .strip_prefix("sha256:")
                             .map(|h| &h[..12.min(h.len())])
@@ -119,8 +127,8 @@ impl Printer {
                 };
                 [
                     name,
-                    clip(&result_text(s), RESULT_CELL),
-                    fmt_duration(s.duration),
+                    clip(&s.result, RESULT_CELL),
+                    fmt_duration(Duration::from_millis(s.duration_ms)),
                     arts,
                 ]
             })
@@ -156,36 +164,48 @@ impl Printer {
         self.emit_line(&self.paint(DIM, &fmt_row(&header)));
         for (r, s) in rows.iter().zip(&outcome.steps) {
             let line = fmt_row(r);
-            self.emit_line(&if s.result.is_ok() {
-                line
-            } else {
-                self.paint(RED, &line)
-            });
+            self.emit_line(&if s.ok { line } else { self.paint(RED, &line) });
         }
-        let verdict = match (&outcome.status, &outcome.failure) {
-            (BuildStatus::Succeeded, _) => self.paint(
+        let status = outcome.status.as_str();
+        let verdict = match (status, &outcome.failed_step, &outcome.reason) {
+            ("succeeded", _, _) => self.paint(
                 GREEN,
                 &format!("build succeeded in {}", fmt_duration(total)),
             ),
-            (status, Some((step, why))) => self.paint(
+            (status, Some(step), Some(why)) => self.paint(
                 RED,
-                &format!(
-                    "build {} in {}: {step} {why}",
-                    status_text(*status),
-                    fmt_duration(total)
-                ),
+                &format!("build {status} in {}: {step} {why}", fmt_duration(total)),
             ),
-            (status, None) => self.paint(
-                RED,
-                &format!("build {} in {}", status_text(*status), fmt_duration(total)),
-            ),
+            (status, _, _) => {
+                self.paint(RED, &format!("build {status} in {}", fmt_duration(total)))
+            }
         };
         self.emit_line(&verdict);
     }
+
+    /// A step that ended, as the server reports it.
+    pub fn step_finished_view(&self, s: &StepView) {
+        let took = Duration::from_millis(s.duration_ms);
+        if self.json {
+            self.emit_json(json!({
+                "event": "step_finished",
+                "step": s.name,
+                "ok": s.ok,
+                "result": s.result,
+                "duration_ms": s.duration_ms,
+                "attempt": s.attempts,
+            }));
+        } else if s.ok {
+            self.emit_line(&self.paint(GREEN, &format!("✓ {} ({})", s.name, fmt_duration(took))));
+        } else {
+            self.emit_line(&self.paint(
+                RED,
+                &format!("✗ {}: {} ({})", s.name, s.result, fmt_duration(took)),
+            ));
+        }
+    }
 }
 
-/// Widest RESULT cell of the summary table: a long reason would push the other columns
-/// off the screen. The whole reason is printed when the step ends and in the verdict.
 const RESULT_CELL: usize = 72;
 
 /// `s` cut to `max` characters, ending in `…` when cut.
@@ -198,23 +218,6 @@ fn clip(s: &str, max: usize) -> String {
     out
 }
 
-fn status_text(s: BuildStatus) -> &'static str {
-    match s {
-        BuildStatus::Succeeded => "succeeded",
-        BuildStatus::Failed => "failed",
-        BuildStatus::Errored => "errored",
-        BuildStatus::Aborted => "aborted",
-    }
-}
-
-fn result_text(s: &StepSummary) -> String {
-    match &s.result {
-        Ok(()) => "succeeded".to_owned(),
-        Err(f) => f.to_string(),
-    }
-}
-
-/// `1.5 MiB`, `12 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -248,31 +251,7 @@ impl BuildEvents for Printer {
     }
 
     fn step_finished(&self, s: &StepSummary) {
-        if self.json {
-            self.emit_json(json!({
-                "event": "step_finished",
-                "step": s.name,
-                "ok": s.result.is_ok(),
-                "result": result_text(s),
-                "duration_ms": s.duration.as_millis() as u64,
-                "attempt": s.attempts,
-            }));
-        } else if s.result.is_ok() {
-            self.emit_line(&self.paint(
-                GREEN,
-                &format!("✓ {} ({})", s.name, fmt_duration(s.duration)),
-            ));
-        } else {
-            self.emit_line(&self.paint(
-                RED,
-                &format!(
-                    "✗ {}: {} ({})",
-                    s.name,
-                    result_text(s),
-                    fmt_duration(s.duration)
-                ),
-            ));
-        }
+        self.step_finished_view(&StepView::of(s));
     }
 
     fn notice(&self, message: &str) {

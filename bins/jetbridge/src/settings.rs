@@ -34,6 +34,11 @@
 //!   resource-type-images: [git=registry.example.com/git-resource:1] # --resource-type-image
 //!   registry-prefix: registry.example.com/mirror/                   # --registry-prefix
 //!   default-task-image: busybox:1.36                                # --default-task-image
+//! server:                           # `jetbridge server` only
+//!   listen: 0.0.0.0:8080            # --listen
+//!   api-token-file: /etc/jetbridge/tokens # --api-token-file
+//!   max-builds: 8                   # --max-builds
+//!   drain-timeout: 10m              # --drain-timeout
 //! ```
 //!
 //! The full list, with flags and variables, is generated into `docs/configuration.md`
@@ -62,6 +67,59 @@ pub struct Settings {
     pub keep_pods: Option<bool>,
     /// Default [`DEFAULT_ABORT_GRACE`].
     pub abort_grace: Option<GraceDuration>,
+    /// `jetbridge server` only.
+    pub server: ServerSettings,
+}
+
+/// The server's own settings (listeners, auth, queue limits, drain).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerSettings {
+    /// Default [`DEFAULT_LISTEN`].
+    pub listen: Option<String>,
+    /// Default [`DEFAULT_METRICS_LISTEN`].
+    pub metrics_listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    pub max_builds: Option<usize>,
+    /// 0: no limit.
+    pub max_queued: Option<u64>,
+    pub drain_timeout: Option<GraceDuration>,
+    pub lease_ttl: Option<GraceDuration>,
+    pub max_body_bytes: Option<usize>,
+    pub allow_local_resources: Option<bool>,
+}
+
+/// `--listen` when nothing sets it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `--metrics-listen` when nothing sets it.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9391";
+
+impl ServerSettings {
+    fn overlay(self, over: ServerSettings) -> ServerSettings {
+        let ServerSettings {
+            listen,
+            metrics_listen,
+            api_token_file,
+            max_builds,
+            max_queued,
+            drain_timeout,
+            lease_ttl,
+            max_body_bytes,
+            allow_local_resources,
+        } = over;
+        ServerSettings {
+            listen: listen.or(self.listen),
+            metrics_listen: metrics_listen.or(self.metrics_listen),
+            api_token_file: api_token_file.or(self.api_token_file),
+            max_builds: max_builds.or(self.max_builds),
+            max_queued: max_queued.or(self.max_queued),
+            drain_timeout: drain_timeout.or(self.drain_timeout),
+            lease_ttl: lease_ttl.or(self.lease_ttl),
+            max_body_bytes: max_body_bytes.or(self.max_body_bytes),
+            allow_local_resources: allow_local_resources.or(self.allow_local_resources),
+        }
+    }
 }
 
 /// The volume store: a directory or a bucket URL, and the bucket's options.
@@ -181,6 +239,7 @@ impl Settings {
             worker,
             keep_pods,
             abort_grace,
+            server,
         } = over;
         Settings {
             backend: backend.or(self.backend),
@@ -192,6 +251,7 @@ impl Settings {
             worker: worker.or(self.worker),
             keep_pods: keep_pods.or(self.keep_pods),
             abort_grace: abort_grace.or(self.abort_grace),
+            server: self.server.overlay(server),
         }
     }
 
@@ -391,6 +451,15 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("images.resource-type-images", "resource_type_images"),
     ("images.registry-prefix", "registry_prefix"),
     ("images.default-task-image", "default_task_image"),
+    ("server.listen", "listen"),
+    ("server.metrics-listen", "metrics_listen"),
+    ("server.api-token-file", "api_token_file"),
+    ("server.max-builds", "max_builds"),
+    ("server.max-queued", "max_queued"),
+    ("server.drain-timeout", "drain_timeout"),
+    ("server.lease-ttl", "lease_ttl"),
+    ("server.max-body-bytes", "max_body_bytes"),
+    ("server.allow-local-resources", "allow_local_resources"),
 ];
 
 /// Arguments of `run` that are not settings: what one invocation runs, and the output
@@ -434,16 +503,25 @@ pub mod docs {
             .clone()
     }
 
+    /// The `server` command as clap defines it (every `run` setting and its own).
+    pub fn server_command() -> clap::Command {
+        let mut cli = crate::cli::Cli::command();
+        cli.build();
+        cli.find_subcommand("server")
+            .expect("a server subcommand")
+            .clone()
+    }
+
     /// Every config key with what clap knows of the flag that shares its setting.
     pub fn config_keys() -> Vec<ConfigKey> {
-        let run = run_command();
+        let server = server_command();
         super::CONFIG_KEYS
             .iter()
             .map(|&(key, id)| {
-                let arg = run
+                let arg = server
                     .get_arguments()
                     .find(|a| a.get_id() == id)
-                    .unwrap_or_else(|| panic!("CONFIG_KEYS: `run` has no argument {id:?}"));
+                    .unwrap_or_else(|| panic!("CONFIG_KEYS: `server` has no argument {id:?}"));
                 let long = arg.get_long().expect("settings are long flags");
                 let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
                 let flag = if !takes_value {
@@ -591,7 +669,7 @@ mod tests {
             Some((s, l)) => (Some(s), l),
             None => (None, key),
         };
-        for value in ["kube", "5s", "true", "[a=b]", "a=b"] {
+        for value in ["kube", "5s", "true", "7", "[a=b]", "a=b"] {
             let text = match section {
                 Some(s) => format!("{s}:\n  {leaf}: {value}\n"),
                 None => format!("{leaf}: {value}\n"),
@@ -684,18 +762,22 @@ mod tests {
     /// a new flag cannot be added without deciding which.
     #[test]
     fn config_docs_cover_every_run_flag() {
-        let run = docs::run_command();
-        let mapped: Vec<&str> = CONFIG_KEYS.iter().map(|(_, id)| *id).collect();
-        let missing: Vec<String> = run
-            .get_arguments()
-            .map(|a| a.get_id().as_str().to_owned())
-            .filter(|id| !mapped.contains(&id.as_str()) && !RUN_ONLY_ARGS.contains(&id.as_str()))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "`run` arguments without a config key: {missing:?}; add them to CONFIG_KEYS (and \
-             Settings), or to RUN_ONLY_ARGS if they are not settings"
-        );
+        for run in [docs::run_command(), docs::server_command()] {
+            let mapped: Vec<&str> = CONFIG_KEYS.iter().map(|(_, id)| *id).collect();
+            let missing: Vec<String> = run
+                .get_arguments()
+                .map(|a| a.get_id().as_str().to_owned())
+                .filter(|id| {
+                    !mapped.contains(&id.as_str()) && !RUN_ONLY_ARGS.contains(&id.as_str())
+                })
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "`{}` arguments without a config key: {missing:?}; add them to CONFIG_KEYS (and \
+             Settings), or to RUN_ONLY_ARGS if they are not settings",
+                run.get_name()
+            );
+        }
     }
 
     /// The table of keys in docs/configuration.md is the one generated from the clap

@@ -197,6 +197,29 @@ pub async fn open_registry(
     )))
 }
 
+/// The build queue beside the registry: in memory with the memory registry (this
+/// process's alone), else in the same Postgres database (shared by replicas).
+pub async fn open_queue(
+    url: &str,
+    schema: Option<&str>,
+) -> anyhow::Result<Arc<dyn jetbridge_core::ports::BuildQueue>> {
+    if url == "memory" || url == "memory://" {
+        return Ok(Arc::new(jetbridge_memory_registry::MemoryBuildQueue::new()));
+    }
+    let opts = jetbridge_postgres::PgOptions {
+        schema: schema.map(str::to_owned),
+        ..jetbridge_postgres::PgOptions::default()
+    };
+    let queue = jetbridge_postgres::PgBuildQueue::connect(url, opts)
+        .await
+        .map_err(|e| {
+            user(format!(
+                "cannot use the Postgres build queue (check --registry / JETBRIDGE_REGISTRY): {e}"
+            ))
+        })?;
+    Ok(Arc::new(queue))
+}
+
 /// The volume store `spec` names (a directory or a bucket URL); none: `data_dir/volumes`.
 /// `bucket` holds the options of a bucket; `durable`: flush directories on every seal.
 pub async fn open_volumes(
