@@ -13,3 +13,9 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   hash -r; if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 fi
 kubernetes-validate --version >/dev/null
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "installing schemathesis (fuzzes the server's HTTP API against its OpenAPI document, from PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis==4.32.5
+  hash -r; if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+fi
+schemathesis --version >/dev/null

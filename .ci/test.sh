@@ -38,3 +38,6 @@ echo "== cargo deny"
 cargo deny --log-level error check licenses bans sources
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== API fuzz (schemathesis)"
+cargo build -p jetbridge --locked
+./.ci/api-fuzz.sh "$CARGO_TARGET_DIR/debug/jetbridge"

@@ -381,11 +381,12 @@ impl Replay {
             steps: Vec::new(),
             artifacts: Vec::new(),
         });
-        if let Some(reason) = b
-            .reason
-            .as_deref()
-            .filter(|_| outcome.failed_step.is_none())
-        {
+        // The build's own reason, unless the summary's verdict says it already.
+        let said = match (&outcome.failed_step, &outcome.reason) {
+            (Some(step), Some(why)) => Some(format!("{step}: {why}")),
+            _ => None,
+        };
+        if let Some(reason) = b.reason.as_deref().filter(|r| said.as_deref() != Some(*r)) {
             self.printer.info(&format!("build {}: {reason}", b.state));
         }
         self.printer

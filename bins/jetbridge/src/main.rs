@@ -491,6 +491,11 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         allow_local_resources: srv.allow_local_resources.unwrap_or(false),
         ..defaults
     };
+    // A dead replica's builds are taken over about one lease after it died.
+    let config = ServerConfig {
+        reap_lapsed_every: config.reap_lapsed_every.min(config.lease_ttl),
+        ..config
+    };
     if config.lease_ttl < std::time::Duration::from_secs(1) {
         return Err(user("--lease-ttl must be at least 1s"));
     }
@@ -504,6 +509,9 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
                 "--metrics-listen {metrics_listen}: cannot listen: {e}"
             ))
         })?;
+    // The bound addresses (a port of 0 is chosen by the system).
+    let listen = api.local_addr().unwrap_or(listen);
+    let metrics_listen = metrics.local_addr().unwrap_or(metrics_listen);
 
     let wired = wiring::wire(&settings).await?;
     let queue =

@@ -1,0 +1,398 @@
+//! `jetbridge server` and its client commands as a user meets them: real processes,
+//! real HTTP, the local backend; a drain on SIGTERM; and two replicas sharing a real
+//! Postgres, one of them killed mid-build.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JETBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A running `jetbridge server`, killed when dropped.
+struct ServerProc {
+    child: Child,
+    url: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ServerProc {
+    fn start(data: &Path, extra: &[&str]) -> ServerProc {
+        let mut child = bin()
+            .arg("server")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the server starts");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server says where it listens");
+        let url = first
+            .split("API on ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_owned();
+        ServerProc { child, url, lines }
+    }
+
+    fn client(&self, cmd: &str) -> Command {
+        let mut c = bin();
+        c.arg(cmd).args(["--server", &self.url]);
+        c
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal");
+    }
+
+    /// Wait (bounded) for the process to exit.
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait (bounded) until the build's state is `state`.
+    fn wait_state(&self, id: u64, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self
+                .client("builds")
+                .args(["--log-format", "json"])
+                .output()
+                .expect("builds");
+            let found = text(&out.stdout).lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                v["id"] == id && v["state"] == state
+            });
+            if found {
+                return;
+            }
+            assert!(Instant::now() < deadline, "build {id} never got {state}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of a build's output with timings made equal, sorted (parallel steps
+/// interleave differently from run to run).
+fn normalized(out: &str) -> Vec<String> {
+    let mut lines: Vec<String> = out
+        .lines()
+        // The first line names the build differently (a number here, a server there).
+        .skip(1)
+        .map(|l| {
+            let mut o = String::new();
+            let mut chars = l.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c.is_ascii_digit() {
+                    let mut num = String::from(c);
+                    while let Some(&d) = chars.peek() {
+                        if d.is_ascii_digit() || d == '.' {
+                            num.push(d);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    let rest: String = chars.clone().take(2).collect();
+                    if rest.starts_with("ms") || rest.starts_with('s') || rest.starts_with('m') {
+                        // A duration: `12ms`, `1.2s`, `1m05s`.
+                        while chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
+                            chars.next();
+                        }
+                        o.push('T');
+                    } else {
+                        o.push_str(&num);
+                    }
+                } else {
+                    o.push(c);
+                }
+            }
+            // Column widths follow the widest duration cell.
+            o.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn submit_watch_prints_what_run_prints_and_exits_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("server"), &["--allow-local-resources"]);
+    for example in ["hello.yml", "fails.yml", "parallel.yml"] {
+        let file = examples().join(example);
+        let run: Output = bin()
+            .arg("run")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("run"))
+            .output()
+            .unwrap();
+        let submit = server
+            .client("submit")
+            .arg(&file)
+            .arg("--watch")
+            .output()
+            .unwrap();
+        assert_eq!(
+            run.status.code(),
+            submit.status.code(),
+            "{example}: {}",
+            text(&submit.stderr)
+        );
+        assert_eq!(
+            normalized(&text(&run.stdout)),
+            normalized(&text(&submit.stdout)),
+            "{example}"
+        );
+    }
+}
+
+#[test]
+fn client_mistakes_exit_2_and_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    // Off loopback with no token: refused before anything starts.
+    let out = bin()
+        .args(["server", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--api-token-file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# the API's tokens\n0123456789abcdef0123\n").unwrap();
+    let server = ServerProc::start(
+        &dir.path().join("server"),
+        &["--api-token-file", tokens.to_str().unwrap()],
+    );
+    let pipeline = dir.path().join("t.yml");
+    std::fs::write(
+        &pipeline,
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: 'true'}}\n",
+    )
+    .unwrap();
+    // No token: 401, exit 2 naming the flag.
+    let out = server.client("submit").arg(&pipeline).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--token-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // With it: queued, then watched to success.
+    let out = server
+        .client("submit")
+        .arg(&pipeline)
+        .args(["--watch", "--token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // `type: local` without --allow-local-resources: the server's 422, exit 2.
+    let out = server
+        .client("submit")
+        .arg(examples().join("hello.yml"))
+        .args(["--token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--allow-local-resources"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An unknown build: 404, exit 2.
+    let out = server
+        .client("abort")
+        .args(["999", "--token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn sleeper(dir: &Path, secs: u32) -> PathBuf {
+    let p = dir.join("sleep.yml");
+    std::fs::write(
+        &p,
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, 'echo started; sleep {secs}']}}\n    on_abort:\n      task: cleanup\n      config:\n        platform: linux\n        run: {{path: sh, args: [-c, 'echo cleaned up']}}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The id `submit` printed.
+fn submitted_id(out: &Output) -> u64 {
+    let t = text(&out.stdout);
+    t.split("queued build ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no build id in {t:?} / {}", text(&out.stderr)))
+}
+
+#[test]
+fn sigterm_drains_then_aborts_what_outlives_the_timeout_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(&dir.path().join("server"), &["--drain-timeout", "1s"]);
+    let out = server
+        .client("submit")
+        .arg(sleeper(dir.path(), 600))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = submitted_id(&out);
+    server.wait_state(id, "running");
+    // Follow it from another process, as a user would.
+    let follower = server
+        .client("logs")
+        .args([&id.to_string(), "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = server.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0));
+    let logs = follower.wait_with_output().unwrap();
+    let logs = text(&logs.stdout);
+    assert!(logs.contains("[task: t] started"), "{logs}");
+    assert!(
+        logs.contains("[task: cleanup] cleaned up"),
+        "the on_abort hook ran: {logs}"
+    );
+    assert!(logs.contains("server shutting down"), "{logs}");
+    let said: Vec<String> = server.lines.try_iter().collect();
+    assert!(said.iter().any(|l| l.starts_with("draining")), "{said:?}");
+}
+
+fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            jetbridge_conformance::live::unavailable("POSTGRES", "DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_killed_replica_s_running_build_ends_worker_lost_on_the_other() {
+    let Some(url) = database_url() else { return };
+    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_srv").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = |worker: &str| {
+        vec![
+            "--registry".to_owned(),
+            url.clone(),
+            "--registry-schema".to_owned(),
+            schema.name().to_owned(),
+            "--worker".to_owned(),
+            worker.to_owned(),
+            "--lease-ttl".to_owned(),
+            "1s".to_owned(),
+        ]
+    };
+    let args_a = shared("replica-a");
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let mut a = ServerProc::start(&dir.path().join("a"), &args_a);
+    let out = a
+        .client("submit")
+        .arg(sleeper(dir.path(), 20))
+        .output()
+        .unwrap();
+    let id = submitted_id(&out);
+    a.wait_state(id, "running");
+    // Its step has started: a lapse ends it rather than running it twice.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = a.client("logs").arg(id.to_string()).output().unwrap();
+        if text(&out.stdout).contains("started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let args_b = shared("replica-b");
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let b = ServerProc::start(&dir.path().join("b"), &args_b);
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    a.wait(Duration::from_secs(10));
+    // Any replica serves any build's log: B follows it to its end.
+    let logs = b
+        .client("logs")
+        .args([&id.to_string(), "-f"])
+        .output()
+        .unwrap();
+    assert_eq!(logs.status.code(), Some(1), "{}", text(&logs.stderr));
+    let logs = text(&logs.stdout);
+    assert!(logs.contains("[task: t] started"), "{logs}");
+    assert!(logs.contains("worker lost"), "{logs}");
+    // B runs new builds.
+    let out = b
+        .client("submit")
+        .arg(examples().join("fails.yml"))
+        .arg("--watch")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("build failed"),
+        "{}",
+        text(&out.stdout)
+    );
+}
