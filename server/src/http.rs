@@ -281,6 +281,25 @@ async fn submit(
         e.body.location = r.location_view();
         e
     })?;
+    let mut spec = spec;
+    if !spec.vars.is_empty() {
+        match &s.config.vars_key {
+            Some(key) => spec
+                .seal_vars(key)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?,
+            None if s.queue.capabilities().persistent => {
+                s.metrics.submission("invalid");
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    "this server stores builds in a database and has no key to seal their \
+                     variables (start it with --vars-key-file), so it refuses `vars`, which \
+                     are often secrets",
+                ));
+            }
+            None => {}
+        }
+    }
     let stored = serde_json::to_vec(&spec).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

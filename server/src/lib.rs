@@ -9,6 +9,7 @@
 pub mod api;
 mod http;
 pub mod metrics;
+pub mod secret;
 pub mod spec;
 mod worker;
 

@@ -22,8 +22,13 @@ pub struct BuildSpec {
     pub pipeline: String,
     /// The job.
     pub job: String,
-    /// Variables.
+    /// Variables, in clear: only while the build is in this process (a queue that
+    /// stores builds gets [`Self::sealed_vars`] instead).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The variables sealed with the servers' key ([`crate::secret::VarsKey`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_vars: Option<String>,
     /// A plain tar of the `type: local` directories.
     #[serde(default, with = "b64_opt")]
     pub bundle: Option<Vec<u8>>,
@@ -126,12 +131,37 @@ impl BuildSpec {
             pipeline: req.pipeline,
             job: req.job.unwrap_or_default(),
             vars: req.vars,
+            sealed_vars: None,
             bundle,
             inputs,
         };
         let (spec, pipeline) = spec.resolve_job()?;
         spec.check_local_types(&pipeline, policy)?;
         Ok((spec, pipeline))
+    }
+
+    /// Replace the variables in clear by their sealed form.
+    pub fn seal_vars(&mut self, key: &crate::secret::VarsKey) -> Result<(), String> {
+        if self.vars.is_empty() {
+            return Ok(());
+        }
+        let plain = serde_json::to_vec(&self.vars).map_err(|e| e.to_string())?;
+        self.sealed_vars = Some(key.seal(&plain)?);
+        self.vars.clear();
+        Ok(())
+    }
+
+    /// Bring sealed variables back into clear (in this process only).
+    pub fn open_vars(&mut self, key: Option<&crate::secret::VarsKey>) -> Result<(), String> {
+        let Some(sealed) = self.sealed_vars.take() else {
+            return Ok(());
+        };
+        let key = key.ok_or_else(|| {
+            "the build's variables are sealed and this replica has no --vars-key-file".to_owned()
+        })?;
+        self.vars = serde_json::from_slice(&key.open(&sealed)?)
+            .map_err(|e| format!("the sealed variables do not read back: {e}"))?;
+        Ok(())
     }
 
     /// The pipeline, parsed with the spec's variables.
@@ -377,5 +407,26 @@ mod tests {
         let back: BuildSpec = serde_json::from_slice(&stored).unwrap();
         assert_eq!(back.inputs["src"], b"hi");
         assert_eq!(back.job, "a");
+    }
+
+    #[test]
+    fn sealed_vars_are_not_stored_in_clear_and_open_again() {
+        let text = "jobs:\n- name: a\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: 'true'}}\n";
+        let mut r = req(text);
+        r.vars.insert("token".into(), "s3cr3t-value".into());
+        let (mut spec, _) = BuildSpec::accept(r, POLICY).unwrap();
+        let key = crate::secret::VarsKey::from_text("0123456789abcdef0123456789abcdef").unwrap();
+        spec.seal_vars(&key).unwrap();
+        let stored = String::from_utf8(serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert!(!stored.contains("s3cr3t-value"), "{stored}");
+        let mut back: BuildSpec = serde_json::from_str(&stored).unwrap();
+        assert!(
+            back.open_vars(None)
+                .unwrap_err()
+                .contains("--vars-key-file")
+        );
+        let mut back2: BuildSpec = serde_json::from_str(&stored).unwrap();
+        back2.open_vars(Some(&key)).unwrap();
+        assert_eq!(back2.vars["token"], "s3cr3t-value");
     }
 }

@@ -25,8 +25,8 @@ use crate::api::{self, OutcomeView, StepView, kinds};
 use crate::metrics::Metrics;
 use crate::spec::BuildSpec;
 
-/// How a replica runs the queue.
-#[derive(Debug, Clone)]
+/// How a replica runs the queue. `Debug` leaves out the tokens and the key.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Builds this replica runs at once.
     pub max_builds: usize,
@@ -51,6 +51,22 @@ pub struct ServerConfig {
     pub allow_local_resources: bool,
     /// The version shown by `/api/v1/info` and `jetbridge_build_info`.
     pub version: String,
+    /// Seals submitted variables before they are stored; without it, a queue that
+    /// stores builds (a database) refuses submissions with variables.
+    pub vars_key: Option<Arc<crate::secret::VarsKey>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_builds", &self.max_builds)
+            .field("max_queued", &self.max_queued)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("tokens", &self.tokens.len())
+            .field("vars_key", &self.vars_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerConfig {
@@ -67,6 +83,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             allow_local_resources: false,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            vars_key: None,
         }
     }
 }
@@ -488,8 +505,9 @@ async fn run_build(
     abort: Arc<AbortHandle>,
     signal: AbortSignal,
 ) -> Result<BuildOutcome, String> {
-    let spec: BuildSpec = serde_json::from_slice(spec)
+    let mut spec: BuildSpec = serde_json::from_slice(spec)
         .map_err(|e| format!("the build's stored submission cannot be read: {e}"))?;
+    spec.open_vars(s.config.vars_key.as_deref())?;
     let pipeline = spec.parse().map_err(|e| e.message)?;
     let build_id = format!(
         "{}/{}/{}.{}",

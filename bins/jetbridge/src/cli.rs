@@ -142,6 +142,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", env = "JETBRIDGE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
 
+    /// File whose text is the key that seals submitted `vars` before they are stored
+    /// (every replica needs the same; e.g. `openssl rand -hex 32`). Without it, a server
+    /// on a Postgres queue refuses submissions with `vars`.
+    #[arg(long, value_name = "FILE", env = "JETBRIDGE_VARS_KEY_FILE")]
+    pub vars_key_file: Option<PathBuf>,
+
     /// Run `type: local` resource types of submitted pipelines (their scripts run on
     /// this host, from the directories the submission uploads).
     #[arg(long, env = "JETBRIDGE_ALLOW_LOCAL_RESOURCES")]
@@ -161,6 +167,7 @@ impl ServerArgs {
             drain_timeout,
             lease_ttl,
             max_body_bytes,
+            vars_key_file,
             allow_local_resources,
         } = self;
         let mut s = worker.settings(m);
@@ -173,6 +180,7 @@ impl ServerArgs {
             drain_timeout: *drain_timeout,
             lease_ttl: *lease_ttl,
             max_body_bytes: *max_body_bytes,
+            vars_key_file: vars_key_file.clone(),
             allow_local_resources: switch(m, "allow_local_resources", *allow_local_resources),
         };
         s

@@ -471,6 +471,25 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
              give --api-token-file FILE (one token per line), or listen on 127.0.0.1"
         )));
     }
+    let vars_key = match &srv.vars_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                user(format!(
+                    "--vars-key-file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let key = jetbridge_server::secret::VarsKey::from_text(&text).ok_or_else(|| {
+                user(format!(
+                    "--vars-key-file {}: the key must be at least 32 characters \
+                     (e.g. `openssl rand -hex 32`)",
+                    path.display()
+                ))
+            })?;
+            Some(Arc::new(key))
+        }
+        None => None,
+    };
     let max_builds = srv.max_builds.unwrap_or(4);
     if max_builds == 0 {
         return Err(user("--max-builds must be at least 1"));
@@ -489,6 +508,7 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         tokens,
         max_body_bytes: srv.max_body_bytes.unwrap_or(defaults.max_body_bytes),
         allow_local_resources: srv.allow_local_resources.unwrap_or(false),
+        vars_key,
         ..defaults
     };
     // A dead replica's builds are taken over about one lease after it died.

@@ -87,6 +87,7 @@ pub struct ServerSettings {
     pub drain_timeout: Option<GraceDuration>,
     pub lease_ttl: Option<GraceDuration>,
     pub max_body_bytes: Option<usize>,
+    pub vars_key_file: Option<PathBuf>,
     pub allow_local_resources: Option<bool>,
 }
 
@@ -106,6 +107,7 @@ impl ServerSettings {
             drain_timeout,
             lease_ttl,
             max_body_bytes,
+            vars_key_file,
             allow_local_resources,
         } = over;
         ServerSettings {
@@ -117,6 +119,7 @@ impl ServerSettings {
             drain_timeout: drain_timeout.or(self.drain_timeout),
             lease_ttl: lease_ttl.or(self.lease_ttl),
             max_body_bytes: max_body_bytes.or(self.max_body_bytes),
+            vars_key_file: vars_key_file.or(self.vars_key_file),
             allow_local_resources: allow_local_resources.or(self.allow_local_resources),
         }
     }
@@ -459,6 +462,7 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("server.drain-timeout", "drain_timeout"),
     ("server.lease-ttl", "lease_ttl"),
     ("server.max-body-bytes", "max_body_bytes"),
+    ("server.vars-key-file", "vars_key_file"),
     ("server.allow-local-resources", "allow_local_resources"),
 ];
 

@@ -396,3 +396,77 @@ fn a_killed_replica_s_running_build_ends_worker_lost_on_the_other() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn vars_reach_a_postgres_queue_only_sealed() {
+    let Some(url) = database_url() else { return };
+    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_vars").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("v.yml");
+    std::fs::write(
+        &pipeline,
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    params: {TOKEN: ((token))}\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo token of ${#TOKEN} characters']}\n",
+    )
+    .unwrap();
+    let base = [
+        "--registry",
+        url.as_str(),
+        "--registry-schema",
+        schema.name(),
+    ];
+    // No key: the server refuses vars rather than store them in clear.
+    {
+        let mut args = base.to_vec();
+        args.extend(["--worker", "vars-nokey"]);
+        let server = ServerProc::start(&dir.path().join("a"), &args);
+        let out = server
+            .client("submit")
+            .arg(&pipeline)
+            .args(["--var", "token=hunter2-very-secret"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("--vars-key-file"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let key = dir.path().join("key");
+    std::fs::write(&key, "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed\n").unwrap();
+    let mut args = base.to_vec();
+    args.extend([
+        "--worker",
+        "vars-key",
+        "--vars-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let server = ServerProc::start(&dir.path().join("b"), &args);
+    let out = server
+        .client("submit")
+        .arg(&pipeline)
+        .args(["--var", "token=hunter2-very-secret", "--watch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("token of 19 characters"),
+        "{}",
+        text(&out.stdout)
+    );
+    let dump = Command::new("psql")
+        .arg(&url)
+        .args(["-At", "-c"])
+        .arg(format!(
+            "select convert_from(spec, 'UTF8') from {}.builds",
+            schema.name()
+        ))
+        .output()
+        .expect("psql");
+    let dump = text(&dump.stdout);
+    assert!(dump.contains("sealed_vars"), "{dump}");
+    assert!(
+        !dump.contains("hunter2"),
+        "a var in clear in the database: {dump}"
+    );
+}
