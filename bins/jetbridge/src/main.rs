@@ -8,12 +8,11 @@ mod output;
 mod settings;
 mod wiring;
 
-use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::ArgMatches;
@@ -21,8 +20,7 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Pipeline, Vars, parse_pipeline};
 use jetbridge_core::ports::{Runtime, VolumeStore};
 use jetbridge_core::services::{
-    AbortReason, BuildRequest, BuildRunner, BuildStatus, Heartbeat, HeartbeatConfig, Reaper,
-    StepConfig, abort_pair,
+    BuildRequest, BuildRunner, BuildStatus, SessionConfig, StepConfig, WorkerSession, abort_pair,
 };
 
 use crate::cli::{
@@ -30,7 +28,6 @@ use crate::cli::{
 };
 use crate::output::Printer;
 use crate::settings::{Backend, Settings, VolumeSettings};
-use crate::wiring::Wired;
 
 /// An error the user can fix: printed plainly, exit status 2.
 #[derive(Debug)]
@@ -195,83 +192,7 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
         )));
     }
     let wired = wiring::wire(&settings).await?;
-    let worker = wired.worker.clone();
-    // Other workers see this one alive while it runs; refs of a dead one stop protecting.
-    // The name is this process's alone until it signs off or its registration expires.
-    let (heartbeat, _) = Heartbeat::register(
-        wired.runtime.registry.clone(),
-        HeartbeatConfig::new(&worker),
-    )
-    .await
-    .map_err(|e| match e.kind() {
-        jetbridge_core::ErrorKind::AlreadyExists => user(format!("--worker {worker:?}: {e}")),
-        _ => user(format!("--registry: {e}")),
-    })?;
-    let (abort, signal) = abort_pair();
-    let abort = Arc::new(abort);
-    // A registration that cannot be renewed stops the build: what it references would
-    // soon be unprotected.
-    let keep_alive = {
-        let heartbeat = heartbeat.clone();
-        let abort = abort.clone();
-        tokio::spawn(async move {
-            heartbeat
-                .keep_alive(move |why| abort.abort_because(AbortReason::WorkerLost(why)))
-                .await
-        })
-    };
-    let result = registered_run(RegisteredRun {
-        args,
-        settings: &settings,
-        printer,
-        pipeline,
-        vars,
-        job,
-        wired: &wired,
-        abort,
-        signal,
-        keep_alive: &keep_alive,
-    })
-    .await;
-    keep_alive.abort();
-    // Explicitly, on every path: the name is free at once and what this run still
-    // references stops protecting.
-    if let Err(e) = heartbeat.sign_off().await {
-        tracing::warn!(error = %e, "could not sign off the worker");
-    }
-    result
-}
-
-/// What [`registered_run`] needs from `run`.
-struct RegisteredRun<'a> {
-    args: &'a RunArgs,
-    settings: &'a Settings,
-    printer: Printer,
-    pipeline: Pipeline,
-    vars: Vars,
-    job: String,
-    wired: &'a Wired,
-    abort: Arc<jetbridge_core::services::AbortHandle>,
-    signal: jetbridge_core::services::AbortSignal,
-    keep_alive: &'a tokio::task::JoinHandle<()>,
-}
-
-/// The run once the worker is registered; `run` signs off after it, on every path.
-async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
-    let RegisteredRun {
-        args,
-        settings,
-        printer,
-        pipeline,
-        vars,
-        job,
-        wired,
-        abort,
-        signal,
-        keep_alive,
-    } = r;
     let rt = wired.runtime.clone();
-    let registry = rt.registry.clone();
     let worker = wired.worker.clone();
     let keep_pods = settings.keep_pods();
     let abort_grace = settings.abort_grace();
@@ -292,7 +213,6 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
         .images
         .clone()
         .with_base_dir(base_dir.to_string_lossy().into_owned());
-
     let config = StepConfig {
         keep_pods,
         ..StepConfig::default()
@@ -300,22 +220,83 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
     let printer = Arc::new(printer);
     let runner = BuildRunner::new(rt.clone(), config, images, worker.clone(), printer.clone())
         .with_abort_grace(abort_grace);
-
+    // The session registers the worker (other workers see it alive; its references
+    // protect what it runs), stops the build if the registration cannot be renewed,
+    // and at the end makes the last reaper pass and signs off. Kept pods stay for
+    // debugging: the next run reaps them once this process is gone.
+    let session = WorkerSession::start(
+        rt,
+        runner,
+        SessionConfig::new(worker.clone())
+            .with_reaper(wired.reaper_config())
+            .with_reap_every(None)
+            .with_reap_pods_at_end(!keep_pods),
+    )
+    .await
+    .map_err(|e| match e.kind() {
+        jetbridge_core::ErrorKind::AlreadyExists => user(format!("--worker {worker:?}: {e}")),
+        _ => user(format!("--registry: {e}")),
+    })?;
     // Leftovers of earlier runs whose process is gone (same host), or whose heartbeat
     // expired: their pods, and what nothing references any more.
-    let reaper_config = wired.reaper_config();
-    let reaper = Reaper::new(
-        Some(rt.pods.clone()),
-        rt.volumes.clone(),
-        registry.clone(),
-        reaper_config.clone(),
-    );
-    if let Ok(report) = reaper.run_once(&HashSet::new(), SystemTime::now()).await
+    if let Ok(report) = session.reap_now().await
         && !report.pods_deleted.is_empty()
     {
         tracing::info!(pods = ?report.pods_deleted, "removed pods left by an earlier run");
     }
+    let result = session_run(
+        &session,
+        args,
+        pipeline,
+        vars,
+        job,
+        printer.clone(),
+        abort_grace,
+    )
+    .await;
+    // On every path: the last pass, then the name is free at once and what this run
+    // still references stops protecting.
+    match session.shutdown().await {
+        Ok(r) if !r.errors.is_empty() => {
+            tracing::warn!(errors = ?r.errors, "cleanup was incomplete")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cleanup failed; the next run retries it"),
+    }
+    if let Some(dir) = wired.own_volumes_dir()
+        && !keep_pods
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let (outcome, took) = match result? {
+        Ran::Finished(outcome, took) => (outcome, took),
+        Ran::Left => return Ok(130),
+    };
+    printer.summary(&outcome, took);
+    Ok(match outcome.status {
+        BuildStatus::Succeeded => 0,
+        BuildStatus::Aborted => 130,
+        BuildStatus::Failed | BuildStatus::Errored => 1,
+    })
+}
 
+/// How the build of `run` ended.
+enum Ran {
+    Finished(jetbridge_core::services::BuildOutcome, std::time::Duration),
+    /// A third Ctrl-C: leave without cleaning up.
+    Left,
+}
+
+/// The build of `run`, in its session, with Ctrl-C and SIGTERM handled in two stages.
+async fn session_run(
+    session: &WorkerSession,
+    args: &RunArgs,
+    pipeline: Pipeline,
+    vars: Vars,
+    job: String,
+    printer: Arc<Printer>,
+    abort_grace: std::time::Duration,
+) -> anyhow::Result<Ran> {
     let build_id = format!(
         "{}/{}/{}-{}",
         pipeline.name,
@@ -336,11 +317,15 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
     // SIGTERM (a container runtime stopping us) counts as Ctrl-C.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?;
+    let (abort, signal) = abort_pair();
+    let abort = Arc::new(abort);
     let started = Instant::now();
-    let build = runner.run(
+    let build = session.run(
         BuildRequest::new(Arc::new(pipeline), job, args.build_number, build_id)
             .with_vars(vars)
-            .with_abort(signal),
+            .with_abort(signal)
+            .with_events(printer.clone()),
+        abort.clone(),
     );
     tokio::pin!(build);
     let mut interrupts = 0u8;
@@ -369,42 +354,12 @@ async fn registered_run(r: RegisteredRun<'_>) -> anyhow::Result<u8> {
             }
             _ => {
                 eprintln!("error: left without cleaning up; the next run removes what is left");
-                return Ok(130);
+                return Ok(Ran::Left);
             }
         }
     };
     let outcome = outcome.map_err(|e| user(e.to_string()))?;
-
-    // The build released its references; collect what nothing else holds. Kept pods
-    // stay for debugging: the next run reaps them once this process is gone.
-    let end_reaper = Reaper::new(
-        (!keep_pods).then(|| rt.pods.clone()),
-        rt.volumes.clone(),
-        registry.clone(),
-        reaper_config,
-    );
-    keep_alive.abort();
-    match end_reaper
-        .run_once(&runner.active_steps(), SystemTime::now())
-        .await
-    {
-        Ok(r) if !r.errors.is_empty() => {
-            tracing::warn!(errors = ?r.errors, "cleanup was incomplete")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cleanup failed; the next run retries it"),
-    }
-    if let Some(dir) = wired.own_volumes_dir()
-        && !keep_pods
-    {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    printer.summary(&outcome, started.elapsed());
-    Ok(match outcome.status {
-        BuildStatus::Succeeded => 0,
-        BuildStatus::Aborted => 130,
-        BuildStatus::Failed | BuildStatus::Errored => 1,
-    })
+    Ok(Ran::Finished(outcome, started.elapsed()))
 }
 
 /// The tokens of a token file: one per line, `#` comments and blank lines ignored.
@@ -448,7 +403,7 @@ fn parse_addr(flag: &str, text: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.
 async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
-    use jetbridge_core::services::{NoEvents, SessionConfig, WorkerSession};
+    use jetbridge_core::services::NoEvents;
     use jetbridge_server::{Server, ServerConfig};
     let srv = settings.server.clone();
     let listen = parse_addr(
