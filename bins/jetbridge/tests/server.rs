@@ -470,3 +470,106 @@ fn vars_reach_a_postgres_queue_only_sealed() {
         "a var in clear in the database: {dump}"
     );
 }
+
+/// Two replicas on the Kubernetes API simulator, sharing one Postgres database and one
+/// volume directory: builds run in pods; one replica is killed mid-build and the other
+/// ends its build "worker lost", then runs the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_kill() {
+    let Some(url) = database_url() else { return };
+    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_srv_kube").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        work_root: Some(dir.path().join("sim")),
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-server")
+        .expect("kubeconfig");
+    let root = dir.path().to_owned();
+    let schema_name = schema.name().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let replica = |name: &str| {
+            let args: Vec<String> = [
+                "--backend",
+                "kube",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--volumes",
+                root.join("volumes").to_str().unwrap(),
+                "--registry",
+                &url,
+                "--registry-schema",
+                &schema_name,
+                "--worker",
+                name,
+                "--lease-ttl",
+                "1s",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServerProc::start(&root.join(name), &args)
+        };
+        let mut a = replica("kube-a");
+        let ok = a
+            .client("submit")
+            .arg(examples().join("parallel.yml"))
+            .arg("--watch")
+            .output()
+            .unwrap();
+        assert_eq!(ok.status.code(), Some(0), "{}\n{}", text(&ok.stdout), text(&ok.stderr));
+        assert!(
+            text(&ok.stdout).contains("[task: report] unit: 42 passed"),
+            "{}",
+            text(&ok.stdout)
+        );
+        // A step in a pod that runs until the replica dies.
+        let p = root.join("long.yml");
+        std::fs::write(
+            &p,
+            "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 20']}\n",
+        )
+        .unwrap();
+        let out = a.client("submit").arg(&p).output().unwrap();
+        let id = submitted_id(&out);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = a.client("logs").arg(id.to_string()).output().unwrap();
+            if text(&out.stdout).contains("started") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the step never started");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let b = replica("kube-b");
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait(Duration::from_secs(10));
+        let logs = b
+            .client("logs")
+            .args([&id.to_string(), "-f"])
+            .output()
+            .unwrap();
+        assert_eq!(logs.status.code(), Some(1), "{}", text(&logs.stderr));
+        assert!(text(&logs.stdout).contains("worker lost"), "{}", text(&logs.stdout));
+        let failed = b
+            .client("submit")
+            .arg(examples().join("fails.yml"))
+            .arg("--watch")
+            .output()
+            .unwrap();
+        assert_eq!(failed.status.code(), Some(1));
+        assert!(
+            text(&failed.stdout).contains("task: tests exited with status 3"),
+            "{}",
+            text(&failed.stdout)
+        );
+    })
+    .await
+    .expect("the replicas' test");
+    drop(sim);
+    drop(schema);
+}
