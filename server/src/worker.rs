@@ -20,6 +20,7 @@ use jetbridge_core::services::{
     BuildEvents, BuildOutcome, BuildRequest, BuildStatus, StepSummary, WorkerSession, abort_pair,
 };
 use tokio::sync::{Notify, mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::api::{self, OutcomeView, StepView, kinds};
 use crate::metrics::Metrics;
@@ -352,8 +353,30 @@ impl Drop for Slot<'_> {
 }
 
 async fn run_claimed(s: Arc<Shared>, claimed: Claimed) {
+    let span = tracing::info_span!(
+        "build",
+        build = %claimed.build.id,
+        pipeline = %claimed.build.pipeline,
+        job = %claimed.build.job,
+        attempt = claimed.lease.token,
+        trace_id = tracing::field::Empty,
+    );
+    // With traces exported, every log line of the build names its trace.
+    {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let trace = span.context().span().span_context().trace_id();
+        if trace != opentelemetry::trace::TraceId::INVALID {
+            span.record("trace_id", tracing::field::display(trace));
+        }
+    }
+    run_claimed_in_span(s, claimed).instrument(span).await
+}
+
+async fn run_claimed_in_span(s: Arc<Shared>, claimed: Claimed) {
     let Claimed { lease, build } = claimed;
     let id = build.id;
+    tracing::info!(worker = %lease.worker, "build claimed");
     let _slot = Slot { s: &s, id };
     if let Ok(wait) = build
         .started_at

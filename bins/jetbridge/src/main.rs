@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         || (cli.color == Color::Auto
             && std::io::stderr().is_terminal()
             && std::env::var_os("NO_COLOR").is_none());
-    init_tracing(cli.log_format, ansi);
+    let traces = init_tracing(cli.log_format, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,6 +63,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(dispatch(&cli, &matches));
+    drop(runtime);
+    // Send what is still batched before leaving.
+    if let Some(p) = traces
+        && let Err(e) = p.shutdown()
+    {
+        eprintln!("warning: not every trace was exported: {e}");
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -77,17 +84,83 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, ansi: bool) {
+/// Logs to stderr, filtered by `JETBRIDGE_LOG`; and, when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set, traces over OTLP/HTTP (protobuf, or JSON with
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`): a span per build, per step and per phase.
+/// Called before the async runtime exists: the exporter's blocking client makes its own.
+fn init_tracing(
+    format: LogFormat,
+    ansi: bool,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.without_time().init(),
+    let logs = match format {
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt.without_time().with_filter(filter).boxed(),
+    };
+    let (provider, traces) = match otlp_provider() {
+        Ok(Some(p)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            // The build, step and phase spans, whatever the log filter says.
+            let targets = tracing_subscriber::filter::Targets::new()
+                .with_target("jetbridge_server", tracing::Level::INFO)
+                .with_target("jetbridge_core", tracing::Level::INFO);
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("jetbridge"))
+                .with_filter(targets)
+                .boxed();
+            (Some(p), Some(layer))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e}");
+            (None, None)
+        }
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    provider
+}
+
+fn otlp_provider() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+    {
+        return Ok(None);
     }
+    let protocol = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+        Ok("http/json") => opentelemetry_otlp::Protocol::HttpJson,
+        Ok("http/protobuf") | Err(_) => opentelemetry_otlp::Protocol::HttpBinary,
+        Ok(other) => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (http/protobuf or http/json)"
+            ));
+        }
+    };
+    // The endpoint and headers come from the standard OTEL_EXPORTER_OTLP_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("jetbridge")
+        .build();
+    Ok(Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
 }
 
 /// The settings of the config file, if one is given; none set otherwise.

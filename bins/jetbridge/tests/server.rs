@@ -573,3 +573,152 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
     drop(sim);
     drop(schema);
 }
+
+/// A minimal OTLP/HTTP receiver: keeps every request body posted to it.
+fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // One request per connection is enough for a test; keep-alive requests
+                // are read in turn.
+                loop {
+                    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + 4 + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[head_end + 4..head_end + 4 + len].to_vec();
+                    buf.drain(..head_end + 4 + len);
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                    );
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[test]
+fn builds_are_traced_over_otlp_and_their_log_lines_carry_the_trace_id() {
+    let (endpoint, bodies) = otlp_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = bin()
+        .args([
+            "--log-format",
+            "json",
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .env("JETBRIDGE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    let url = v["message"]
+        .as_str()
+        .and_then(|m| m.split("API on ").nth(1))
+        .and_then(|r| r.split(',').next())
+        .expect("the address")
+        .to_owned();
+    let p = dir.path().join("t.yml");
+    std::fs::write(
+        &p,
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config: {platform: linux, run: {path: sh, args: [-c, 'echo traced']}}\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["submit", "--server", &url, "--watch"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A drain flushes the batch.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let spans: Vec<serde_json::Value> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .flat_map(|v| {
+            v["resourceSpans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+                .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+        })
+        .collect();
+    let named = |n: &str| spans.iter().filter(|s| s["name"] == n).collect::<Vec<_>>();
+    let build = named("build");
+    assert_eq!(build.len(), 1, "{spans:?}");
+    let trace = build[0]["traceId"].as_str().unwrap().to_owned();
+    let step = named("step");
+    assert_eq!(step.len(), 1, "{spans:?}");
+    assert_eq!(step[0]["traceId"], trace.as_str());
+    assert_eq!(step[0]["parentSpanId"], build[0]["spanId"]);
+    let phases: Vec<&serde_json::Value> = named("phase");
+    assert!(
+        phases
+            .iter()
+            .all(|p| p["traceId"] == trace.as_str() && p["parentSpanId"] == step[0]["spanId"]),
+        "{phases:?}"
+    );
+    assert!(
+        phases.len() >= 3,
+        "schedule, start, command at least: {phases:?}"
+    );
+    // The build's log lines name the trace.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let claimed = logs
+        .lines()
+        .find(|l| l.contains("build claimed"))
+        .unwrap_or_else(|| panic!("no claim logged: {logs}"));
+    assert!(claimed.contains(&trace), "{claimed}");
+}

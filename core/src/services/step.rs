@@ -10,6 +10,7 @@ use crate::ports::{DeleteOpts, StopOpts, WaitOpts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -249,8 +250,17 @@ impl StepRunner {
         let mut outputs = Vec::new();
         let mut stdout = Vec::new();
         let mut deleted = false;
+        // One span per step (a child of the build's, when there is one); its phases are
+        // children of it.
+        let span = tracing::info_span!(
+            "step",
+            step = %req.identity.step,
+            r#type = %req.identity.step_type,
+            pod = %pod_name
+        );
         let result = self
             .run_inner(&req, &pod_name, &mut outputs, &mut stdout, &mut deleted)
+            .instrument(span)
             .await;
         // On every path, aborts included: the pod (and on Kubernetes the Secret it
         // owns) goes.
@@ -382,8 +392,11 @@ impl StepRunner {
         };
         // An abort interrupts pod creation (between attempts) and every wait, not only
         // the command.
-        self.create_pod(req, &spec).await?;
+        self.create_pod(req, &spec)
+            .instrument(phase("schedule"))
+            .await?;
         self.interruptible(req, self.wait_running(req, pod_name))
+            .instrument(phase("start"))
             .await?;
 
         let transfer_container = if helper {
@@ -392,25 +405,30 @@ impl StepRunner {
             Container::Main
         };
         if let Some(s) = &store {
-            for input in &stream_in {
-                let tar = s.read_tar(&input.artifact.volume).await.map_err(|e| {
-                    StepFailure::from_error(e.context(format!(
-                        "reading input artifact {:?} of build {:?}",
-                        input.artifact.name, req.build_id
-                    )))
-                })?;
-                let exec = ExecRequest::new(pod_name, argv(&["tar", "-x", "-f", "-"]))
-                    .container(transfer_container)
-                    .dir(input.path.clone())
-                    .stdin(tar);
-                self.helper_exec(
-                    req,
-                    pod_name,
-                    exec,
-                    &format!("bringing in input {:?}", input.artifact.name),
-                )
-                .await?;
+            async {
+                for input in &stream_in {
+                    let tar = s.read_tar(&input.artifact.volume).await.map_err(|e| {
+                        StepFailure::from_error(e.context(format!(
+                            "reading input artifact {:?} of build {:?}",
+                            input.artifact.name, req.build_id
+                        )))
+                    })?;
+                    let exec = ExecRequest::new(pod_name, argv(&["tar", "-x", "-f", "-"]))
+                        .container(transfer_container)
+                        .dir(input.path.clone())
+                        .stdin(tar);
+                    self.helper_exec(
+                        req,
+                        pod_name,
+                        exec,
+                        &format!("bringing in input {:?}", input.artifact.name),
+                    )
+                    .await?;
+                }
+                Ok::<(), StepFailure>(())
             }
+            .instrument(phase("inputs"))
+            .await?;
         }
 
         // The command itself.
@@ -427,7 +445,10 @@ impl StepRunner {
         if let Some(stdin) = &req.command.stdin {
             exec.stdin = Some(crate::ports::bytes_stream(stdin.clone()));
         }
-        let code = self.exec_step(req, pod_name, exec, tee.clone()).await;
+        let code = self
+            .exec_step(req, pod_name, exec, tee.clone())
+            .instrument(phase("command"))
+            .await;
         if let Some(buf) = &tee.captured
             && let Ok(b) = buf.lock()
         {
@@ -455,6 +476,7 @@ impl StepRunner {
         for i in &stream_out {
             let (o, v) = &out_volumes[*i];
             self.collect_output(req, pod_name, transfer_container, o, v)
+                .instrument(phase("outputs"))
                 .await?;
         }
         // Outputs written in place are sealed only once nothing of the step can still
@@ -464,7 +486,11 @@ impl StepRunner {
             *deleted = self.stop_writers(pod_name).await?;
         }
         for (_, v) in &out_volumes {
-            let (ready, _) = v.seal().await.map_err(StepFailure::from_error)?;
+            let (ready, _) = v
+                .seal()
+                .instrument(phase("seal"))
+                .await
+                .map_err(StepFailure::from_error)?;
             produced.push(ArtifactRef {
                 id: ready.id.clone(),
                 name: ready.name.clone(),
@@ -789,4 +815,10 @@ fn argv(a: &[&str]) -> Vec<String> {
 
 fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Result<Bytes>>) -> crate::ports::ByteStream {
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).fuse())
+}
+
+/// A span for one phase of a step (`schedule`, `start`, `inputs`, `command`,
+/// `outputs`, `seal`), for traces.
+fn phase(name: &'static str) -> tracing::Span {
+    tracing::info_span!("phase", phase = name)
 }
