@@ -9,8 +9,8 @@ use jetbridge_core::services::{BuildOutcome, BuildStatus, StepSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A build to queue.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// A build to queue. `Debug` shows the names of the variables, never their values.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The pipeline's YAML text.
@@ -33,6 +33,17 @@ pub struct SubmitRequest {
     /// first step (as `fly execute -i`).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SubmitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitRequest")
+            .field("file", &self.file)
+            .field("job", &self.job)
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("inputs", &self.inputs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An artifact a step produced or a build bound.

@@ -17,6 +17,7 @@ use futures::Stream;
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{BuildFilter, BuildId, BuildState, NewBuild};
 use serde::Deserialize;
+use sha2::Digest as _;
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -171,6 +172,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(api)
         .merge(health.with_state(state))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit));
     (router, doc)
 }
@@ -210,6 +212,14 @@ impl Server {
     }
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this route does not take that method (see /api/v1/openapi.json)",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route")
 }
@@ -226,9 +236,13 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    // Digests, so that the comparison takes the same time whatever the lengths.
+    let given_digest = sha2::Sha256::digest(given.as_bytes());
     let mut ok = subtle::Choice::from(0);
     for t in &s.config.tokens {
-        ok |= given.as_bytes().ct_eq(t.as_bytes());
+        ok |= given_digest
+            .as_slice()
+            .ct_eq(sha2::Sha256::digest(t.as_bytes()).as_slice());
     }
     if bool::from(ok) && !given.is_empty() {
         next.run(req).await

@@ -14,7 +14,8 @@ use crate::api::{LocationView, SubmitRequest};
 pub const DEFAULT_FILE: &str = "pipeline.yml";
 
 /// What the queue keeps of a submission: everything a replica needs to run it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` shows the names of the variables, never their values.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct BuildSpec {
     /// The pipeline's name for messages.
     pub file: String,
@@ -35,6 +36,18 @@ pub struct BuildSpec {
     /// Input directories as plain tars, by artifact name.
     #[serde(default, with = "b64_map")]
     pub inputs: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for BuildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildSpec")
+            .field("file", &self.file)
+            .field("job", &self.job)
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("sealed_vars", &self.sealed_vars.is_some())
+            .field("inputs", &self.inputs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a submission was refused.
@@ -106,6 +119,12 @@ impl BuildSpec {
             .clone()
             .filter(|f| !f.is_empty())
             .unwrap_or_else(|| DEFAULT_FILE.to_owned());
+        if file.len() > 255 || file.chars().any(char::is_control) {
+            return Err(Rejected::new(
+                "`file` names the pipeline in messages: at most 255 characters, with no \
+                 control characters",
+            ));
+        }
         let b64 = base64::engine::general_purpose::STANDARD;
         let bundle = match &req.bundle {
             Some(b) => Some(

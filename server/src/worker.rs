@@ -98,6 +98,8 @@ pub const ABORT_REASON: &str = "aborted by request";
 
 /// A build running here: how to stop it and why it was stopped.
 struct Running {
+    /// The attempt (lease token) this entry is for.
+    token: u64,
     abort: Arc<AbortHandle>,
     reason: Arc<Mutex<Option<String>>>,
 }
@@ -112,6 +114,8 @@ pub(crate) struct Shared {
     /// Whether the backend runs steps on this host.
     pub(crate) local_backend: bool,
     draining: AtomicBool,
+    /// Turns true with `draining`: ends the claim loop's waits.
+    drain_signal: watch::Sender<bool>,
     /// Wakes the claim loop (a submission here, a build ended, a drain).
     wake: Notify,
     /// Wakes event streams: something was appended or a build ended here.
@@ -123,6 +127,8 @@ pub(crate) struct Shared {
     scratch: tempfile::TempDir,
     stop: watch::Sender<bool>,
     loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The claim loop, awaited first by a drain so that no claim is in flight.
+    claims: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -194,6 +200,7 @@ impl Server {
             config,
             local_backend,
             draining: AtomicBool::new(false),
+            drain_signal: watch::channel(false).0,
             wake: Notify::new(),
             events_tick: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -201,6 +208,7 @@ impl Server {
             scratch,
             stop,
             loops: Mutex::new(Vec::new()),
+            claims: Mutex::new(None),
         });
         let claims = tokio::spawn(claim_loop(shared.clone()));
         let reaps = tokio::spawn(reap_loop(shared.clone()));
@@ -208,7 +216,8 @@ impl Server {
             .loops
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([claims, reaps]);
+            .push(reaps);
+        *shared.claims.lock().unwrap_or_else(|e| e.into_inner()) = Some(claims);
         Ok(Server { shared })
     }
 
@@ -220,6 +229,12 @@ impl Server {
     /// The metrics, as Prometheus text.
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.encode()
+    }
+
+    /// Resolves once the worker's registration is lost (the session has stopped every
+    /// build): the replica can run nothing more and should drain and exit.
+    pub async fn wait_lost(&self) -> String {
+        self.shared.session.wait_lost().await
     }
 
     /// How long a drain waits before aborting builds.
@@ -239,7 +254,13 @@ impl Server {
     pub async fn drain(self) -> jetbridge_core::Result<()> {
         let s = &self.shared;
         s.draining.store(true, Ordering::SeqCst);
+        s.drain_signal.send_replace(true);
         s.wake.notify_one();
+        // A claim in flight ends first (its build counted), then no more start.
+        let claims = s.claims.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = claims {
+            let _ = c.await;
+        }
         let mut count = s.count.subscribe();
         let idle = |n: &usize| *n == 0;
         if tokio::time::timeout(s.config.drain_timeout, count.wait_for(idle))
@@ -275,6 +296,7 @@ impl Server {
 async fn claim_loop(s: Arc<Shared>) {
     let mut stop = s.stop.subscribe();
     let mut count = s.count.subscribe();
+    let mut drain = s.drain_signal.subscribe();
     let worker = s.session.worker().to_owned();
     loop {
         if s.is_draining() || *stop.borrow() {
@@ -285,6 +307,7 @@ async fn claim_loop(s: Arc<Shared>) {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
+            _ = drain.wait_for(|d| *d) => return,
             r = count.wait_for(|n| *n < max) => if r.is_err() { return },
         }
         if s.is_draining() || s.session.lost().is_some() {
@@ -303,6 +326,7 @@ async fn claim_loop(s: Arc<Shared>) {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
+            _ = drain.wait_for(|d| *d) => return,
             _ = s.wake.notified() => {}
             _ = tokio::time::sleep(s.config.poll_every) => {}
         }
@@ -340,11 +364,23 @@ async fn reap_loop(s: Arc<Shared>) {
 struct Slot<'a> {
     s: &'a Shared,
     id: BuildId,
+    token: u64,
+    /// The lease renewals and the event writer: they end with the build, also when
+    /// its task panics (a renewal left running would keep the build `running`).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.s.running().remove(&self.id);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut running = self.s.running();
+        // Only this attempt's entry: a later attempt of the same build may have its own.
+        if running.get(&self.id).is_some_and(|r| r.token == self.token) {
+            running.remove(&self.id);
+        }
+        drop(running);
         self.s.count.send_modify(|n| *n = n.saturating_sub(1));
         self.s.metrics.builds_running.dec();
         self.s.wake.notify_one();
@@ -377,7 +413,12 @@ async fn run_claimed_in_span(s: Arc<Shared>, claimed: Claimed) {
     let Claimed { lease, build } = claimed;
     let id = build.id;
     tracing::info!(worker = %lease.worker, "build claimed");
-    let _slot = Slot { s: &s, id };
+    let mut slot = Slot {
+        s: &s,
+        id,
+        token: lease.token,
+        tasks: Vec::new(),
+    };
     if let Ok(wait) = build
         .started_at
         .unwrap_or_else(SystemTime::now)
@@ -394,6 +435,7 @@ async fn run_claimed_in_span(s: Arc<Shared>, claimed: Claimed) {
     s.running().insert(
         id,
         Running {
+            token: lease.token,
             abort: abort.clone(),
             reason: reason.clone(),
         },
@@ -407,19 +449,40 @@ async fn run_claimed_in_span(s: Arc<Shared>, claimed: Claimed) {
         lost.clone(),
     ));
     let (tx, rx) = mpsc::unbounded_channel();
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let unwritten = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_events(
         s.clone(),
         lease.clone(),
         rx,
-        abort.clone(),
-        lost.clone(),
+        Writer {
+            abort: abort.clone(),
+            lost: lost.clone(),
+            in_flight: in_flight.clone(),
+            dropped: dropped.clone(),
+            unwritten: unwritten.clone(),
+        },
     ));
+    slot.tasks.push(renewals);
     let started = Instant::now();
-    let events = Arc::new(QueueEvents { tx });
+    let events = Arc::new(QueueEvents {
+        tx,
+        in_flight: in_flight.clone(),
+        dropped: dropped.clone(),
+    });
     let result = run_build(&s, &lease, &build.spec, events, abort.clone(), signal).await;
     // Every event is written before the end, so a stream that sees the end has them all.
     let _ = writer.await;
-    renewals.abort();
+    for t in slot.tasks.drain(..) {
+        t.abort();
+    }
+    let result = match result {
+        Ok(_) if unwritten.load(Ordering::SeqCst) => {
+            Err("some of the build's events could not be written to the queue".to_owned())
+        }
+        r => r,
+    };
     if lost.load(Ordering::SeqCst) {
         tracing::warn!(build = %id, "the build's lease was taken over; not ending it here");
         return;
@@ -648,9 +711,16 @@ enum Ev {
     Notice(String),
 }
 
+/// Output bytes of one build waiting for the writer beyond which output is dropped
+/// (and the drop said in a notice), so a step that writes faster than the queue takes
+/// cannot exhaust the server's memory.
+const MAX_IN_FLIGHT: usize = 16 << 20;
+
 /// The build's sink: events go to the writer task, in order.
 struct QueueEvents {
     tx: mpsc::UnboundedSender<Ev>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BuildEvents for QueueEvents {
@@ -664,6 +734,8 @@ impl BuildEvents for QueueEvents {
     fn step_output(&self, name: &str) -> Arc<dyn OutputSink> {
         Arc::new(QueueOutput {
             tx: self.tx.clone(),
+            in_flight: self.in_flight.clone(),
+            dropped: self.dropped.clone(),
             step: name.to_owned(),
             pending: Mutex::new((Vec::new(), Vec::new())),
         })
@@ -684,6 +756,8 @@ impl BuildEvents for QueueEvents {
 /// until it is whole.
 struct QueueOutput {
     tx: mpsc::UnboundedSender<Ev>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     step: String,
     /// Incomplete UTF-8 tails of stdout and stderr.
     pending: Mutex<(Vec<u8>, Vec<u8>)>,
@@ -696,9 +770,14 @@ impl OutputSink for QueueOutput {
             OutputStream::Stdout => &mut pending.0,
             OutputStream::Stderr => &mut pending.1,
         };
+        if self.in_flight.load(Ordering::SeqCst) + data.len() > MAX_IN_FLIGHT {
+            self.dropped.fetch_add(data.len() as u64, Ordering::SeqCst);
+            return;
+        }
         buf.extend_from_slice(data);
         let text = take_text(buf);
         if !text.is_empty() {
+            self.in_flight.fetch_add(text.len(), Ordering::SeqCst);
             let _ = self.tx.send(Ev::Output {
                 step: self.step.clone(),
                 stream,
@@ -770,14 +849,31 @@ fn stream_name(s: OutputStream) -> &'static str {
 /// Output chunks of one step and stream are merged up to this size per event.
 const MAX_CHUNK: usize = 64 << 10;
 
+/// What the event writer shares with its build.
+struct Writer {
+    abort: Arc<AbortHandle>,
+    lost: Arc<AtomicBool>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when a batch could not be written: the build then ends `errored`.
+    unwritten: Arc<AtomicBool>,
+}
+
 async fn write_events(
     s: Arc<Shared>,
     lease: Lease,
     mut rx: mpsc::UnboundedReceiver<Ev>,
-    abort: Arc<AbortHandle>,
-    lost: Arc<AtomicBool>,
+    w: Writer,
 ) {
+    let Writer {
+        abort,
+        lost,
+        in_flight,
+        dropped,
+        unwritten,
+    } = w;
     let mut marked = false;
+    let mut told_dropped = 0u64;
     let mut batch: Vec<Ev> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -794,24 +890,55 @@ async fn write_events(
         let starts = batch.iter().any(|e| matches!(e, Ev::Started(_)));
         if starts && !marked {
             // Before the step-started event: from here a lapse ends the build instead of
-            // running it twice.
-            match s.queue.mark_started(&lease).await {
-                Ok(()) => marked = true,
-                Err(e) => {
-                    tracing::warn!(build = %lease.build, error = %e, "could not mark the build started");
-                    if e.kind() == ErrorKind::Conflict {
+            // running it twice. Unrecorded, a lapse could run the step again: stop.
+            for attempt in 0..3u32 {
+                match s.queue.mark_started(&lease).await {
+                    Ok(()) => {
+                        marked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Conflict => {
                         lost.store(true, Ordering::SeqCst);
                         abort.abort_because(AbortReason::WorkerLost(
                             "another replica took the build over".into(),
                         ));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(build = %lease.build, error = %e, attempt, "could not mark the build started");
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                     }
                 }
             }
+            if !marked && !lost.load(Ordering::SeqCst) {
+                abort.abort_because(AbortReason::WorkerLost(
+                    "the queue could not record that the build started".into(),
+                ));
+            }
+        }
+        let bytes: usize = batch
+            .iter()
+            .map(|e| match e {
+                Ev::Output { text, .. } => text.len(),
+                _ => 0,
+            })
+            .sum();
+        let now_dropped = dropped.load(Ordering::SeqCst);
+        if now_dropped > told_dropped {
+            batch.push(Ev::Notice(format!(
+                "{} bytes of output were dropped: the step wrote faster than the queue could take",
+                now_dropped - told_dropped
+            )));
+            told_dropped = now_dropped;
         }
         let events = encode(&s, std::mem::take(&mut batch));
+        let mut written = false;
         for attempt in 0..3u32 {
             match s.queue.append(&lease, &events).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    written = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Conflict => {
                     lost.store(true, Ordering::SeqCst);
                     abort.abort_because(AbortReason::WorkerLost(
@@ -824,6 +951,13 @@ async fn write_events(
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
             }
+        }
+        in_flight.fetch_sub(
+            bytes.min(in_flight.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        if !written && !lost.load(Ordering::SeqCst) {
+            unwritten.store(true, Ordering::SeqCst);
         }
         s.events_tick.notify_waiters();
     }

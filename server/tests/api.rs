@@ -238,6 +238,15 @@ async fn bad_input_gets_a_clear_4xx() {
         .submit(json!({"pipeline": task("true"), "job": "nope"}))
         .await;
     assert_eq!(res.status(), 422);
+    let res = h
+        .submit(json!({"pipeline": task("true"), "file": "a\u{0}b.yml"}))
+        .await;
+    assert_eq!(res.status(), 422);
+
+    let res = h.client.delete(&url).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    let body: ErrorBody = res.json().await.unwrap();
+    assert_eq!(body.error, "method-not-allowed");
 
     for path in ["/api/v1/builds/999", "/api/v1/builds/abc", "/nowhere"] {
         let res = h

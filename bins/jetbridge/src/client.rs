@@ -420,12 +420,19 @@ async fn stream_once(
     let mut end = StreamEnd { last, build: None };
     let mut body = res.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.next().await {
+    let mut pending_cr = false;
+    loop {
+        // The server sends a keep-alive every 15 s: silence beyond this is a dead link.
+        let next = match tokio::time::timeout(STREAM_IDLE, body.next()).await {
+            Ok(n) => n,
+            Err(_) => return Ok(end),
+        };
+        let Some(chunk) = next else { break };
         let Ok(chunk) = chunk else {
             // Dropped: the caller resumes from `end.last`.
             return Ok(end);
         };
-        buf.extend_from_slice(&chunk);
+        push_normalized(&mut buf, &chunk, &mut pending_cr);
         while let Some(i) = find_blank_line(&buf) {
             let block: Vec<u8> = buf.drain(..i).collect();
             let text = String::from_utf8_lossy(&block);
@@ -444,6 +451,28 @@ async fn stream_once(
         }
     }
     Ok(end)
+}
+
+/// Longer than this without a byte (keep-alives included), the stream counts as dropped.
+const STREAM_IDLE: Duration = Duration::from_secs(45);
+
+/// Append `chunk` with its line ends made `\n` (SSE allows `\r\n` and `\r`); a `\r`
+/// at the end of a chunk waits for the next one, which may begin with its `\n`.
+fn push_normalized(buf: &mut Vec<u8>, chunk: &[u8], pending_cr: &mut bool) {
+    for &b in chunk {
+        if *pending_cr {
+            *pending_cr = false;
+            buf.push(b'\n');
+            if b == b'\n' {
+                continue;
+            }
+        }
+        if b == b'\r' {
+            *pending_cr = true;
+        } else {
+            buf.push(b);
+        }
+    }
 }
 
 /// The end of the first event block (after its blank line), if one is whole.
@@ -497,7 +526,9 @@ async fn watch(
                             "interrupted: aborting build {id} on the server; its on_abort and ensure hooks run \
                              (press Ctrl-C again to stop watching)"
                         ));
-                        let req = client.request(reqwest::Method::POST, &format!("/api/v1/builds/{id}/abort"));
+                        let req = client
+                        .request(reqwest::Method::POST, &format!("/api/v1/builds/{id}/abort"))
+                        .timeout(Duration::from_secs(10));
                         if let Err(e) = client.send(req).await {
                             eprintln!("error: could not abort the build: {e:#}");
                         }
@@ -505,7 +536,16 @@ async fn watch(
                 }
             }
         };
-        let end = end?;
+        let end = match end {
+            Ok(end) => end,
+            // The caller's mistakes (a wrong token, no such build) are final; anything
+            // else (a restarting server, a 5xx) is retried like a dropped stream.
+            Err(e) if e.downcast_ref::<crate::UserError>().is_some() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the event stream failed; retrying");
+                StreamEnd { last, build: None }
+            }
+        };
         if let Some(b) = end.build {
             replay.end(&b);
             return Ok(match b.state.as_str() {
@@ -542,6 +582,20 @@ mod tests {
         assert_eq!(parse_block(": keep-alive\n"), None);
         let v: Value = serde_json::from_str(&b.2).unwrap();
         assert_eq!(v["a"], 1);
+    }
+
+    #[test]
+    fn crlf_and_cr_line_ends_become_newlines_even_split_across_chunks() {
+        let mut buf = Vec::new();
+        let mut cr = false;
+        push_normalized(&mut buf, b"event: x\r", &mut cr);
+        push_normalized(&mut buf, b"\ndata: 1\r\r", &mut cr);
+        push_normalized(&mut buf, b"event: y\rdata: 2\r", &mut cr);
+        push_normalized(&mut buf, b"\r", &mut cr);
+        // The last `\r` waits: it may be the start of a `\r\n`.
+        assert!(cr);
+        push_normalized(&mut buf, b"event: z", &mut cr);
+        assert_eq!(buf, b"event: x\ndata: 1\n\nevent: y\ndata: 2\n\nevent: z");
     }
 
     #[test]

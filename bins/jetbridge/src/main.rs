@@ -31,7 +31,7 @@ use crate::settings::{Backend, Settings, VolumeSettings};
 
 /// An error the user can fix: printed plainly, exit status 2.
 #[derive(Debug)]
-struct UserError(String);
+pub(crate) struct UserError(String);
 
 impl std::fmt::Display for UserError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -619,9 +619,15 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         "jetbridge server {} (worker {worker}): API on http://{listen}, metrics on http://{metrics_listen}/metrics",
         env!("CARGO_PKG_VERSION")
     ));
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {}
+    let lost = tokio::select! {
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+        // Unregistered, the replica can run nothing: drain what is left and exit, so
+        // that the platform starts a fresh one.
+        why = server.wait_lost() => Some(why),
+    };
+    if let Some(why) = &lost {
+        eprintln!("error: the worker's registration was lost ({why}); draining and exiting");
     }
     printer.info(&format!(
         "draining: no new claims; running builds have {} to finish",
@@ -650,6 +656,7 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         let _ = std::fs::remove_dir_all(dir);
     }
     match drained {
+        Ok(()) if lost.is_some() => Ok(1),
         Ok(()) => {
             printer.info("drained; bye");
             Ok(0)

@@ -91,8 +91,8 @@ impl std::fmt::Display for BuildState {
     }
 }
 
-/// A submission.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A submission. `Debug` shows the spec's size only (it may hold secrets).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NewBuild {
     /// The pipeline's name, for listing and filters.
@@ -125,8 +125,8 @@ impl NewBuild {
     }
 }
 
-/// A build as the queue knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A build as the queue knows it. `Debug` shows the spec's size only.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueuedBuild {
     /// Its number.
@@ -160,6 +160,35 @@ pub struct QueuedBuild {
     pub started_at: Option<SystemTime>,
     /// When it ended.
     pub finished_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for NewBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewBuild")
+            .field("pipeline", &self.pipeline)
+            .field("job", &self.job)
+            .field("spec_bytes", &self.spec.len())
+            .field("max_queued", &self.max_queued)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for QueuedBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedBuild")
+            .field("id", &self.id)
+            .field("pipeline", &self.pipeline)
+            .field("job", &self.job)
+            .field("spec_bytes", &self.spec.len())
+            .field("state", &self.state)
+            .field("position", &self.position)
+            .field("worker", &self.worker)
+            .field("attempt", &self.attempt)
+            .field("steps_started", &self.steps_started)
+            .field("abort_requested", &self.abort_requested)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
 }
 
 impl QueuedBuild {
