@@ -199,6 +199,14 @@ impl Server {
                     if let Ok(d) = s.queue.depth().await {
                         s.metrics.set_depth(d.queued, d.running);
                     }
+                    s.metrics
+                        .heartbeat_age
+                        .set(s.session.heartbeat_age().as_secs_f64());
+                    if let Ok(pods) = s.session.runtime().pods.list(&own_pods(&s)).await {
+                        s.metrics
+                            .pods_owned
+                            .set(i64::try_from(pods.len()).unwrap_or(i64::MAX));
+                    }
                     (
                         [(
                             header::CONTENT_TYPE,
@@ -210,6 +218,20 @@ impl Server {
             }),
         )
     }
+}
+
+/// The selector of this worker's step pods.
+fn own_pods(s: &Shared) -> jetbridge_core::ports::LabelSelector {
+    use jetbridge_core::names::{label, label_value};
+    [
+        (
+            label::MANAGED_BY.to_owned(),
+            label::MANAGED_BY_VALUE.to_owned(),
+        ),
+        (label::WORKER.to_owned(), label_value(s.session.worker())),
+    ]
+    .into_iter()
+    .collect()
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -614,7 +636,8 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// Ready to take builds: the queue is reachable, the worker registered, not draining.
+/// Ready to take builds: the queue, the registry and the backend answer, the worker is
+/// registered, and the replica is not draining.
 #[utoipa::path(
     get, path = "/readyz", tag = "server",
     responses(
@@ -632,6 +655,12 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     }
     if let Err(e) = s.queue.depth().await {
         return unready(format!("queue unreachable: {e}"));
+    }
+    if let Err(e) = s.session.runtime().registry.workers().await {
+        return unready(format!("registry unreachable: {e}"));
+    }
+    if let Err(e) = s.session.runtime().pods.list(&own_pods(&s)).await {
+        return unready(format!("backend unreachable: {e}"));
     }
     (
         StatusCode::OK,

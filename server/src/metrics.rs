@@ -71,6 +71,41 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Builds whose lease lapsed, by what became of them (requeued, errored).",
     ),
     (
+        "jetbridge_step_phase_duration_seconds",
+        "histogram",
+        "Step time by phase (schedule, start, inputs, command, outputs, seal).",
+    ),
+    (
+        "jetbridge_pods_owned",
+        "gauge",
+        "Step pods this replica's worker owns now.",
+    ),
+    (
+        "jetbridge_artifact_bytes_total",
+        "counter",
+        "Artifact bytes through the volume store, by direction (in: written, out: read).",
+    ),
+    (
+        "jetbridge_artifact_verification_failures_total",
+        "counter",
+        "Artifact reads refused because the content did not match its digest.",
+    ),
+    (
+        "jetbridge_reaper_removals_total",
+        "counter",
+        "What the reaper removed, by kind (pods, pod-garbage, artifacts, orphan-volumes).",
+    ),
+    (
+        "jetbridge_heartbeat_age_seconds",
+        "gauge",
+        "Time since the worker's registration was last renewed.",
+    ),
+    (
+        "jetbridge_registry_pool_connections",
+        "gauge",
+        "Connections of the registry's database pool, by state (busy, idle).",
+    ),
+    (
         "jetbridge_process_resident_memory_bytes",
         "gauge",
         "Resident memory of the process.",
@@ -117,13 +152,30 @@ pub(crate) struct Outcome {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Phase {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Direction {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Kind {
+    pub kind: String,
+}
+
+/// Reads the registry pool's (busy, idle) connections at scrape time.
+pub type PoolProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
+
 fn seconds_histogram() -> Histogram {
     // 10 ms to about 3 h.
     Histogram::new(exponential_buckets(0.01, 2.5, 15))
 }
 
 /// The server's metrics.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub(crate) builds: Family<Status, Counter>,
@@ -137,9 +189,23 @@ pub struct Metrics {
     pub(crate) step_failures: Family<Class, Counter>,
     pub(crate) renewals_failed: Counter,
     pub(crate) lapsed: Family<Outcome, Counter>,
+    phases: Family<Phase, Histogram, fn() -> Histogram>,
+    pub(crate) pods_owned: Gauge,
+    artifact_bytes: Family<Direction, Counter>,
+    verification_failures: Counter,
+    reaper_removals: Family<Kind, Counter>,
+    pub(crate) heartbeat_age: Gauge<f64, AtomicU64>,
+    pool: Family<State, Gauge>,
+    pool_probe: std::sync::Mutex<Option<PoolProbe>>,
     rss: Gauge,
     fds: Gauge,
     cpu: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -170,6 +236,14 @@ impl Metrics {
             step_failures: Family::default(),
             renewals_failed: Counter::default(),
             lapsed: Family::default(),
+            phases: Family::new_with_constructor(seconds_histogram),
+            pods_owned: Gauge::default(),
+            artifact_bytes: Family::default(),
+            verification_failures: Counter::default(),
+            reaper_removals: Family::default(),
+            heartbeat_age: Gauge::default(),
+            pool: Family::default(),
+            pool_probe: std::sync::Mutex::new(None),
             rss: Gauge::default(),
             fds: Gauge::default(),
             cpu: Gauge::default(),
@@ -232,6 +306,41 @@ impl Metrics {
             "jetbridge_lapsed_builds",
             help("jetbridge_lapsed_builds_total"),
             m.lapsed.clone(),
+        );
+        r.register(
+            "jetbridge_step_phase_duration_seconds",
+            help("jetbridge_step_phase_duration_seconds"),
+            m.phases.clone(),
+        );
+        r.register(
+            "jetbridge_pods_owned",
+            help("jetbridge_pods_owned"),
+            m.pods_owned.clone(),
+        );
+        r.register(
+            "jetbridge_artifact_bytes",
+            help("jetbridge_artifact_bytes_total"),
+            m.artifact_bytes.clone(),
+        );
+        r.register(
+            "jetbridge_artifact_verification_failures",
+            help("jetbridge_artifact_verification_failures_total"),
+            m.verification_failures.clone(),
+        );
+        r.register(
+            "jetbridge_reaper_removals",
+            help("jetbridge_reaper_removals_total"),
+            m.reaper_removals.clone(),
+        );
+        r.register(
+            "jetbridge_heartbeat_age_seconds",
+            help("jetbridge_heartbeat_age_seconds"),
+            m.heartbeat_age.clone(),
+        );
+        r.register(
+            "jetbridge_registry_pool_connections",
+            help("jetbridge_registry_pool_connections"),
+            m.pool.clone(),
         );
         r.register(
             "jetbridge_process_resident_memory_bytes",
@@ -302,9 +411,68 @@ impl Metrics {
         }
     }
 
+    /// A step phase that took `took`.
+    pub fn phase(&self, phase: &str, took: Duration) {
+        self.phases
+            .get_or_create(&Phase {
+                phase: phase.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Artifact bytes written to (`in`) or read from (`out`) the volume store.
+    pub fn artifact_bytes(&self, direction: &str, n: u64) {
+        self.artifact_bytes
+            .get_or_create(&Direction {
+                direction: direction.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// A read refused because the content did not match its digest.
+    pub fn verification_failed(&self) {
+        self.verification_failures.inc();
+    }
+
+    /// What one reaper pass removed.
+    pub fn reaped(&self, r: &jetbridge_core::services::ReapReport) {
+        for (kind, n) in [
+            ("pods", r.pods_deleted.len()),
+            ("pod-garbage", r.pod_garbage_deleted.len()),
+            ("artifacts", r.artifacts_deleted),
+            ("orphan-volumes", r.orphan_volumes_deleted),
+        ] {
+            self.reaper_removals
+                .get_or_create(&Kind {
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Where the registry pool's connections are read from at scrape time.
+    pub fn set_pool_probe(&self, probe: PoolProbe) {
+        *self.pool_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
     /// The text exposition, with the process figures read now.
     pub fn encode(&self) -> String {
         self.read_process();
+        if let Some((busy, idle)) = self
+            .pool_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|p| p())
+        {
+            for (state, n) in [("busy", busy), ("idle", idle)] {
+                self.pool
+                    .get_or_create(&State {
+                        state: state.to_owned(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -340,6 +508,184 @@ fn page_size() -> i64 {
         .unwrap_or(4096)
 }
 
+/// A volume store that counts the artifact bytes through it and the reads refused as
+/// corrupt, for [`Metrics`]. Wrap the session's store with it.
+pub struct CountingVolumes {
+    inner: std::sync::Arc<dyn jetbridge_core::ports::VolumeStore>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CountingVolumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingVolumes").finish_non_exhaustive()
+    }
+}
+
+impl CountingVolumes {
+    /// `inner`, counted into `metrics`.
+    pub fn new(
+        inner: std::sync::Arc<dyn jetbridge_core::ports::VolumeStore>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        CountingVolumes { inner, metrics }
+    }
+
+    fn counted(
+        &self,
+        s: jetbridge_core::ports::ByteStream,
+        direction: &'static str,
+    ) -> jetbridge_core::ports::ByteStream {
+        use futures::StreamExt as _;
+        let metrics = self.metrics.clone();
+        Box::pin(s.map(move |item| {
+            match &item {
+                Ok(b) => metrics.artifact_bytes(direction, b.len() as u64),
+                Err(e) if e.kind() == jetbridge_core::ErrorKind::Corrupt => {
+                    metrics.verification_failed()
+                }
+                Err(_) => {}
+            }
+            item
+        }))
+    }
+
+    fn check<T>(&self, r: jetbridge_core::Result<T>) -> jetbridge_core::Result<T> {
+        if let Err(e) = &r
+            && e.kind() == jetbridge_core::ErrorKind::Corrupt
+        {
+            self.metrics.verification_failed();
+        }
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl jetbridge_core::ports::VolumeStore for CountingVolumes {
+    fn capabilities(&self) -> jetbridge_core::ports::VolumeCapabilities {
+        self.inner.capabilities()
+    }
+    async fn create(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::VolumeInfo> {
+        self.inner.create(handle).await
+    }
+    async fn write_tar(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+        tar: jetbridge_core::ports::ByteStream,
+    ) -> jetbridge_core::Result<()> {
+        self.inner.write_tar(handle, self.counted(tar, "in")).await
+    }
+    async fn seal(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::VolumeInfo> {
+        self.inner.seal(handle).await
+    }
+    async fn read_tar(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::ByteStream> {
+        let s = self.check(self.inner.read_tar(handle).await)?;
+        Ok(self.counted(s, "out"))
+    }
+    async fn stat(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::VolumeInfo> {
+        self.check(self.inner.stat(handle).await)
+    }
+    async fn delete(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<()> {
+        self.inner.delete(handle).await
+    }
+    async fn list(&self) -> jetbridge_core::Result<Vec<jetbridge_core::ports::VolumeInfo>> {
+        self.inner.list().await
+    }
+    async fn mount(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+        access: jetbridge_core::ports::MountAccess,
+    ) -> jetbridge_core::Result<jetbridge_core::ports::MountInfo> {
+        self.inner.mount(handle, access).await
+    }
+}
+
+/// A tracing layer that times every `phase` span of a step into
+/// `jetbridge_step_phase_duration_seconds`.
+pub struct PhaseLayer {
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl std::fmt::Debug for PhaseLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseLayer").finish_non_exhaustive()
+    }
+}
+
+impl PhaseLayer {
+    /// Phases timed into `metrics`.
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        PhaseLayer { metrics }
+    }
+}
+
+/// The `phase` field of a phase span, and when it began.
+struct PhaseStart {
+    phase: String,
+    at: std::time::Instant,
+}
+
+struct PhaseField(Option<String>);
+
+impl tracing::field::Visit for PhaseField {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "phase" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "phase" {
+            self.0 = Some(format!("{value:?}").trim_matches('"').to_owned());
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for PhaseLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() != "phase" {
+            return;
+        }
+        let mut field = PhaseField(None);
+        attrs.record(&mut field);
+        if let (Some(phase), Some(span)) = (field.0, ctx.span(id)) {
+            span.extensions_mut().insert(PhaseStart {
+                phase,
+                at: std::time::Instant::now(),
+            });
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && let Some(start) = span.extensions().get::<PhaseStart>()
+        {
+            self.metrics.phase(&start.phase, start.at.elapsed());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +700,10 @@ mod tests {
         m.lapsed(true);
         m.set_depth(1, 2);
         m.renewals_failed.inc();
+        m.phase("command", Duration::from_millis(3));
+        m.artifact_bytes("in", 10);
+        m.reaped(&jetbridge_core::services::ReapReport::default());
+        m.set_pool_probe(Box::new(|| Some((1, 2))));
         let text = m.encode();
         let exported: std::collections::BTreeSet<&str> = text
             .lines()

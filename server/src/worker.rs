@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// Seals submitted variables before they are stored; without it, a queue that
     /// stores builds (a database) refuses submissions with variables.
     pub vars_key: Option<Arc<crate::secret::VarsKey>>,
+    /// The metrics to count into (the caller may have wired them into the store, the
+    /// session and the tracing layer already); `None`: new ones.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             allow_local_resources: false,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             vars_key: None,
+            metrics: None,
         }
     }
 }
@@ -110,7 +114,7 @@ pub(crate) struct Shared {
     pub(crate) session: WorkerSession,
     pub(crate) images: ImageResolver,
     pub(crate) config: ServerConfig,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     /// Whether the backend runs steps on this host.
     pub(crate) local_backend: bool,
     draining: AtomicBool,
@@ -193,7 +197,10 @@ impl Server {
         let (count, _) = watch::channel(0);
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            metrics: Metrics::new(&config.version),
+            metrics: config
+                .metrics
+                .clone()
+                .unwrap_or_else(|| Arc::new(Metrics::new(&config.version))),
             queue,
             session,
             images,

@@ -51,7 +51,13 @@ fn main() -> ExitCode {
         || (cli.color == Color::Auto
             && std::io::stderr().is_terminal()
             && std::env::var_os("NO_COLOR").is_none());
-    let traces = init_tracing(cli.log_format, ansi);
+    // Made before the tracing layers, which time the server's step phases into them.
+    let metrics = Arc::new(jetbridge_server::metrics::Metrics::new(env!(
+        "CARGO_PKG_VERSION"
+    )));
+    let phases = matches!(cli.command, Command::Server(_))
+        .then(|| jetbridge_server::metrics::PhaseLayer::new(metrics.clone()));
+    let traces = init_tracing(cli.log_format, ansi, phases);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(dispatch(&cli, &matches));
+    let result = runtime.block_on(dispatch(&cli, &matches, &metrics));
     drop(runtime);
     // Send what is still batched before leaving.
     if let Some(p) = traces
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
 fn init_tracing(
     format: LogFormat,
     ansi: bool,
+    phases: Option<jetbridge_server::metrics::PhaseLayer>,
 ) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -123,9 +130,16 @@ fn init_tracing(
             (None, None)
         }
     };
+    let phases = phases.map(|p| {
+        p.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("jetbridge_core", tracing::Level::INFO),
+        )
+    });
     tracing_subscriber::registry()
         .with(logs)
         .with(traces)
+        .with(phases)
         .init();
     provider
 }
@@ -171,7 +185,11 @@ fn file_settings(cli: &Cli) -> anyhow::Result<Settings> {
     }
 }
 
-async fn dispatch(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
+async fn dispatch(
+    cli: &Cli,
+    matches: &ArgMatches,
+    metrics: &Arc<jetbridge_server::metrics::Metrics>,
+) -> anyhow::Result<u8> {
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -187,7 +205,9 @@ async fn dispatch(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
         .context("no subcommand")?;
     match &cli.command {
         Command::Run(args) => run(args, file.overlay(args.worker.settings(sub)), printer).await,
-        Command::Server(args) => server(file.overlay(args.settings(sub)), printer).await,
+        Command::Server(args) => {
+            server(file.overlay(args.settings(sub)), printer, metrics.clone()).await
+        }
         Command::Submit(args) => client::submit(args, printer).await,
         Command::Builds(args) => client::builds(args, cli.log_format == LogFormat::Json).await,
         Command::Logs(args) => client::logs(args, printer).await,
@@ -475,7 +495,11 @@ fn parse_addr(flag: &str, text: &str) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.
-async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
+async fn server(
+    settings: Settings,
+    printer: Printer,
+    metrics: Arc<jetbridge_server::metrics::Metrics>,
+) -> anyhow::Result<u8> {
     use jetbridge_core::services::NoEvents;
     use jetbridge_server::{Server, ServerConfig};
     let srv = settings.server.clone();
@@ -537,6 +561,7 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         max_body_bytes: srv.max_body_bytes.unwrap_or(defaults.max_body_bytes),
         allow_local_resources: srv.allow_local_resources.unwrap_or(false),
         vars_key,
+        metrics: Some(metrics.clone()),
         ..defaults
     };
     // A dead replica's builds are taken over about one lease after it died.
@@ -550,7 +575,7 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
     let api = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| user(format!("--listen {listen}: cannot listen: {e}")))?;
-    let metrics = tokio::net::TcpListener::bind(metrics_listen)
+    let metrics_socket = tokio::net::TcpListener::bind(metrics_listen)
         .await
         .map_err(|e| {
             user(format!(
@@ -559,12 +584,21 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         })?;
     // The bound addresses (a port of 0 is chosen by the system).
     let listen = api.local_addr().unwrap_or(listen);
-    let metrics_listen = metrics.local_addr().unwrap_or(metrics_listen);
+    let metrics_listen = metrics_socket.local_addr().unwrap_or(metrics_listen);
 
     let wired = wiring::wire(&settings).await?;
-    let queue =
-        wiring::open_queue(settings.registry.url(), settings.registry.schema.as_deref()).await?;
-    let rt = wired.runtime.clone();
+    let queue = wired.queue();
+    if let Some(probe) = wired.pool_probe() {
+        metrics.set_pool_probe(probe);
+    }
+    let mut rt = wired.runtime.clone();
+    // Artifact bytes and refused reads are counted on their way through the store.
+    rt.volumes = rt.volumes.take().map(|v| {
+        Arc::new(jetbridge_server::metrics::CountingVolumes::new(
+            v,
+            metrics.clone(),
+        )) as Arc<dyn jetbridge_core::ports::VolumeStore>
+    });
     let worker = wired.worker.clone();
     let keep_pods = settings.keep_pods();
     let runner = BuildRunner::new(
@@ -583,7 +617,11 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         runner,
         SessionConfig::new(worker.clone())
             .with_reaper(wired.reaper_config())
-            .with_reap_pods_at_end(!keep_pods),
+            .with_reap_pods_at_end(!keep_pods)
+            .with_on_reap({
+                let metrics = metrics.clone();
+                Arc::new(move |r| metrics.reaped(r))
+            }),
     )
     .await
     .map_err(|e| match e.kind() {
@@ -614,7 +652,7 @@ async fn server(settings: Settings, printer: Printer) -> anyhow::Result<u8> {
         })
     };
     let api_task = serve(api, server.router());
-    let metrics_task = serve(metrics, server.metrics_router());
+    let metrics_task = serve(metrics_socket, server.metrics_router());
     printer.info(&format!(
         "jetbridge server {} (worker {worker}): API on http://{listen}, metrics on http://{metrics_listen}/metrics",
         env!("CARGO_PKG_VERSION")

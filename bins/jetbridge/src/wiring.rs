@@ -30,6 +30,8 @@ pub struct Wired {
     /// removed when it ends.
     pub own_volumes: bool,
     runs_dir: PathBuf,
+    /// The Postgres registry, when that is the registry: the queue shares its pool.
+    pg: Option<jetbridge_postgres::PgRegistry>,
     // One live process per worker name on this data directory, whatever the registry
     // (a memory registry cannot see other processes); held while this value lives.
     _name_lock: nix::fcntl::Flock<std::fs::File>,
@@ -98,7 +100,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
         !own_volumes,
     )
     .await?;
-    let registry = open_registry(url, settings.registry.schema.as_deref()).await?;
+    let (registry, pg) = open_registry(url, settings.registry.schema.as_deref()).await?;
     let (pods, exec) = open_backend(settings, &data_dir, &worker).await?;
     let images = image_resolver(&settings.images)?;
     Ok(Wired {
@@ -114,6 +116,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
         shared_registry,
         own_volumes,
         runs_dir,
+        pg,
         _name_lock: name_lock,
     })
 }
@@ -174,9 +177,15 @@ fn default_data_dir() -> PathBuf {
 pub async fn open_registry(
     url: &str,
     schema: Option<&str>,
-) -> anyhow::Result<Arc<dyn ArtifactRegistry>> {
+) -> anyhow::Result<(
+    Arc<dyn ArtifactRegistry>,
+    Option<jetbridge_postgres::PgRegistry>,
+)> {
     if url == "memory" || url == "memory://" {
-        return Ok(Arc::new(jetbridge_memory_registry::MemoryRegistry::new()));
+        return Ok((
+            Arc::new(jetbridge_memory_registry::MemoryRegistry::new()),
+            None,
+        ));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let opts = jetbridge_postgres::PgOptions {
@@ -190,34 +199,32 @@ pub async fn open_registry(
                     "cannot use the Postgres registry (check --registry / JETBRIDGE_REGISTRY): {e}"
                 ))
             })?;
-        return Ok(Arc::new(reg));
+        return Ok((Arc::new(reg.clone()), Some(reg)));
     }
     Err(user(format!(
         "--registry {url:?} is not supported: use `memory` or a postgres:// URL"
     )))
 }
 
-/// The build queue beside the registry: in memory with the memory registry (this
-/// process's alone), else in the same Postgres database (shared by replicas).
-pub async fn open_queue(
-    url: &str,
-    schema: Option<&str>,
-) -> anyhow::Result<Arc<dyn jetbridge_core::ports::BuildQueue>> {
-    if url == "memory" || url == "memory://" {
-        return Ok(Arc::new(jetbridge_memory_registry::MemoryBuildQueue::new()));
+impl Wired {
+    /// The build queue beside the registry: in memory with the memory registry (this
+    /// process's alone), else in the same Postgres database, on the registry's pool
+    /// (shared by replicas).
+    pub fn queue(&self) -> Arc<dyn jetbridge_core::ports::BuildQueue> {
+        match &self.pg {
+            Some(pg) => Arc::new(pg.build_queue()),
+            None => Arc::new(jetbridge_memory_registry::MemoryBuildQueue::new()),
+        }
     }
-    let opts = jetbridge_postgres::PgOptions {
-        schema: schema.map(str::to_owned),
-        ..jetbridge_postgres::PgOptions::default()
-    };
-    let queue = jetbridge_postgres::PgBuildQueue::connect(url, opts)
-        .await
-        .map_err(|e| {
-            user(format!(
-                "cannot use the Postgres build queue (check --registry / JETBRIDGE_REGISTRY): {e}"
-            ))
-        })?;
-    Ok(Arc::new(queue))
+
+    /// The registry pool's (busy, idle) connections, when the registry is Postgres.
+    pub fn pool_probe(&self) -> Option<jetbridge_server::metrics::PoolProbe> {
+        let pg = self.pg.clone()?;
+        Some(Box::new(move || {
+            let (open, idle) = pg.pool_state();
+            Some((u64::from(open.saturating_sub(idle)), u64::from(idle)))
+        }))
+    }
 }
 
 /// The volume store `spec` names (a directory or a bucket URL); none: `data_dir/volumes`.

@@ -86,6 +86,8 @@ pub struct Heartbeat {
     /// When the registering request was sent: the registration lives at least `ttl`
     /// from then.
     registered_at: Instant,
+    /// When the last successful registration or renewal was sent (shared by clones).
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl std::fmt::Debug for Heartbeat {
@@ -114,9 +116,19 @@ impl Heartbeat {
                 registry,
                 config,
                 registered_at,
+                renewed_at: Arc::new(std::sync::Mutex::new(registered_at)),
             },
             worker,
         ))
+    }
+
+    /// How long ago the last successful registration or renewal was sent (for the
+    /// heartbeat-age metric).
+    pub fn age(&self) -> Duration {
+        self.renewed_at
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 
     /// The configuration in use.
@@ -148,6 +160,9 @@ impl Heartbeat {
             let renewal = self.registry.heartbeat(&c.worker, &opts);
             match tokio::time::timeout_at(valid_until, renewal).await {
                 Ok(Ok(_)) => {
+                    if let Ok(mut t) = self.renewed_at.lock() {
+                        *t = started;
+                    }
                     valid_until = started + c.ttl - c.margin;
                     next = started + c.interval;
                     last_error = None;

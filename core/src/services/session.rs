@@ -21,8 +21,11 @@ use crate::services::{
     ReapReport, Reaper, ReaperConfig,
 };
 
+/// Told of every reaper pass of a session (for metrics).
+pub type ReapObserver = Arc<dyn Fn(&ReapReport) + Send + Sync>;
+
 /// How a [`WorkerSession`] behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct SessionConfig {
     /// The worker's registration.
@@ -36,6 +39,20 @@ pub struct SessionConfig {
     /// pods (off to keep them for debugging; a later worker reaps them once this one's
     /// registration is gone).
     pub reap_pods_at_end: bool,
+    /// Told of every reaper pass's report.
+    pub on_reap: Option<ReapObserver>,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("heartbeat", &self.heartbeat)
+            .field("reaper", &self.reaper)
+            .field("reap_every", &self.reap_every)
+            .field("reap_pods_at_end", &self.reap_pods_at_end)
+            .field("on_reap", &self.on_reap.is_some())
+            .finish()
+    }
 }
 
 impl SessionConfig {
@@ -48,7 +65,14 @@ impl SessionConfig {
             reaper: ReaperConfig::new(worker),
             reap_every: Some(Duration::from_secs(60)),
             reap_pods_at_end: true,
+            on_reap: None,
         }
+    }
+
+    /// Tell `observer` of every reaper pass's report.
+    pub fn with_on_reap(mut self, observer: ReapObserver) -> Self {
+        self.on_reap = Some(observer);
+        self
     }
 
     /// With this registration.
@@ -103,9 +127,14 @@ impl Inner {
     }
 
     async fn reap(&self, with_pods: bool) -> Result<ReapReport> {
-        self.reaper(with_pods)
+        let report = self
+            .reaper(with_pods)
             .run_once(&self.runner.active_steps(), SystemTime::now())
-            .await
+            .await;
+        if let (Ok(r), Some(observe)) = (&report, &self.config.on_reap) {
+            observe(r);
+        }
+        report
     }
 }
 
@@ -224,6 +253,11 @@ impl WorkerSession {
     /// The ports.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.rt
+    }
+
+    /// How long ago the registration was last renewed.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.inner.heartbeat.age()
     }
 
     /// Why the registration was lost, once it was. A lost session runs no more builds.
