@@ -106,6 +106,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Connections of the registry's database pool, by state (busy, idle).",
     ),
     (
+        "jetbridge_kube_requests_total",
+        "counter",
+        "Kubernetes API requests, by verb and status code (0: no answer).",
+    ),
+    (
         "jetbridge_process_resident_memory_bytes",
         "gauge",
         "Resident memory of the process.",
@@ -167,6 +172,16 @@ pub(crate) struct Kind {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Request {
+    pub verb: String,
+    pub code: String,
+}
+
+/// Reads the Kubernetes API requests sent so far, as (verb, code, total), at scrape
+/// time.
+pub type RequestProbe = Box<dyn Fn() -> Vec<(String, u16, u64)> + Send + Sync>;
+
 /// Reads the registry pool's (busy, idle) connections at scrape time.
 pub type PoolProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
 
@@ -197,6 +212,8 @@ pub struct Metrics {
     pub(crate) heartbeat_age: Gauge<f64, AtomicU64>,
     pool: Family<State, Gauge>,
     pool_probe: std::sync::Mutex<Option<PoolProbe>>,
+    kube_requests: Family<Request, Counter>,
+    kube_probe: std::sync::Mutex<Option<RequestProbe>>,
     rss: Gauge,
     fds: Gauge,
     cpu: Gauge<f64, AtomicU64>,
@@ -244,6 +261,8 @@ impl Metrics {
             heartbeat_age: Gauge::default(),
             pool: Family::default(),
             pool_probe: std::sync::Mutex::new(None),
+            kube_requests: Family::default(),
+            kube_probe: std::sync::Mutex::new(None),
             rss: Gauge::default(),
             fds: Gauge::default(),
             cpu: Gauge::default(),
@@ -341,6 +360,11 @@ impl Metrics {
             "jetbridge_registry_pool_connections",
             help("jetbridge_registry_pool_connections"),
             m.pool.clone(),
+        );
+        r.register(
+            "jetbridge_kube_requests",
+            help("jetbridge_kube_requests_total"),
+            m.kube_requests.clone(),
         );
         r.register(
             "jetbridge_process_resident_memory_bytes",
@@ -455,9 +479,30 @@ impl Metrics {
         *self.pool_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
     }
 
+    /// Where the Kubernetes API request counts are read from at scrape time.
+    pub fn set_request_probe(&self, probe: RequestProbe) {
+        *self.kube_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
     /// The text exposition, with the process figures read now.
     pub fn encode(&self) -> String {
         self.read_process();
+        if let Some(counts) = self
+            .kube_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p())
+        {
+            for (verb, code, total) in counts {
+                let c = self.kube_requests.get_or_create(&Request {
+                    verb,
+                    code: code.to_string(),
+                });
+                // The probe reports totals; the counter catches up to them.
+                c.inc_by(total.saturating_sub(c.get()));
+            }
+        }
         if let Some((busy, idle)) = self
             .pool_probe
             .lock()
@@ -704,6 +749,7 @@ mod tests {
         m.artifact_bytes("in", 10);
         m.reaped(&jetbridge_core::services::ReapReport::default());
         m.set_pool_probe(Box::new(|| Some((1, 2))));
+        m.set_request_probe(Box::new(|| vec![("create".to_owned(), 201, 3)]));
         let text = m.encode();
         let exported: std::collections::BTreeSet<&str> = text
             .lines()
@@ -730,6 +776,18 @@ mod tests {
         assert!(
             text.contains("jetbridge_queue_depth{state=\"running\"} 2"),
             "{text}"
+        );
+        for want in [
+            "jetbridge_registry_pool_connections{state=\"idle\"} 2",
+            "jetbridge_artifact_bytes_total{direction=\"in\"} 10",
+            "jetbridge_kube_requests_total{verb=\"create\",code=\"201\"} 3",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        // A probe reports totals: a second scrape does not count them again.
+        assert!(
+            m.encode()
+                .contains("jetbridge_kube_requests_total{verb=\"create\",code=\"201\"} 3")
         );
         assert!(
             text.lines().any(

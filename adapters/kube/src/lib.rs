@@ -11,6 +11,7 @@ mod error;
 mod exec;
 mod manifest;
 mod pods;
+mod requests;
 mod retry;
 mod session;
 mod status;
@@ -28,4 +29,5 @@ pub use manifest::{
     pod_manifest, working_dir,
 };
 pub use pods::KubeBackend;
+pub use requests::RequestCounts;
 pub use status::{pod_status, pod_status_as, pod_status_at};

@@ -57,6 +57,8 @@ pub struct KubeBackend {
     /// Per pod, the container's `oom_kill` count last seen (see `crate::exec`), so an
     /// earlier kill is not blamed on a later command.
     pub(crate) oom_seen: Arc<Mutex<HashMap<String, u64>>>,
+    /// Requests sent through a client this backend built ([`Self::new`]).
+    requests: crate::RequestCounts,
 }
 
 /// An exec subprotocol, as far as stdin is concerned (see [`crate::session`]).
@@ -122,9 +124,20 @@ impl KubeBackend {
         {
             kc.proxy_url = None;
         }
-        let client = kube::Client::try_from(kc)
-            .map_err(|e| Error::invalid(format!("building the Kubernetes client: {e}")))?;
-        Ok(Self::from_client(client, config))
+        let counts = crate::RequestCounts::default();
+        let client = kube::client::ClientBuilder::try_from(kc)
+            .map_err(|e| Error::invalid(format!("building the Kubernetes client: {e}")))?
+            .with_layer(&crate::requests::CountLayer(counts.clone()))
+            .build();
+        let mut backend = Self::from_client(client, config);
+        backend.requests = counts;
+        Ok(backend)
+    }
+
+    /// The requests sent so far, by verb and status code (only through a client this
+    /// backend built itself).
+    pub fn requests(&self) -> &crate::RequestCounts {
+        &self.requests
     }
 
     /// Use an existing client. Its namespace is used unless `config` names one. If the
@@ -145,6 +158,7 @@ impl KubeBackend {
             own_deletes: Arc::default(),
             exec_protocol: Arc::default(),
             oom_seen: Arc::default(),
+            requests: crate::RequestCounts::default(),
         }
     }
 

@@ -591,6 +591,15 @@ async fn server(
     if let Some(probe) = wired.pool_probe() {
         metrics.set_pool_probe(probe);
     }
+    if let Some(requests) = wired.kube_requests.clone() {
+        metrics.set_request_probe(Box::new(move || {
+            requests
+                .snapshot()
+                .into_iter()
+                .map(|(verb, code, n)| (verb.to_owned(), code, n))
+                .collect()
+        }));
+    }
     let mut rt = wired.runtime.clone();
     // Artifact bytes and refused reads are counted on their way through the store.
     rt.volumes = rt.volumes.take().map(|v| {
@@ -644,6 +653,12 @@ async fn server(
     let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
         let mut rx = http_stopped.clone();
         tokio::spawn(async move {
+            use axum::serve::ListenerExt as _;
+            // Without it, an event written after a quiet moment waits for the client's
+            // delayed ACK (40 ms on Linux): Nagle's algorithm holds small writes.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;

@@ -32,6 +32,8 @@ pub struct Wired {
     runs_dir: PathBuf,
     /// The Postgres registry, when that is the registry: the queue shares its pool.
     pg: Option<jetbridge_postgres::PgRegistry>,
+    /// The Kubernetes API requests sent, with the kube backend.
+    pub kube_requests: Option<jetbridge_kube::RequestCounts>,
     // One live process per worker name on this data directory, whatever the registry
     // (a memory registry cannot see other processes); held while this value lives.
     _name_lock: nix::fcntl::Flock<std::fs::File>,
@@ -101,7 +103,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
     )
     .await?;
     let (registry, pg) = open_registry(url, settings.registry.schema.as_deref()).await?;
-    let (pods, exec) = open_backend(settings, &data_dir, &worker).await?;
+    let (pods, exec, kube_requests) = open_backend(settings, &data_dir, &worker).await?;
     let images = image_resolver(&settings.images)?;
     Ok(Wired {
         runtime: Runtime {
@@ -117,6 +119,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
         own_volumes,
         runs_dir,
         pg,
+        kube_requests,
         _name_lock: name_lock,
     })
 }
@@ -126,7 +129,11 @@ async fn open_backend(
     settings: &Settings,
     data_dir: &Path,
     worker: &str,
-) -> anyhow::Result<(Arc<dyn Pods>, Arc<dyn Exec>)> {
+) -> anyhow::Result<(
+    Arc<dyn Pods>,
+    Arc<dyn Exec>,
+    Option<jetbridge_kube::RequestCounts>,
+)> {
     match settings.backend() {
         Backend::Local => {
             let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
@@ -139,7 +146,7 @@ async fn open_backend(
                 ))
             })?;
             let backend = Arc::new(backend);
-            Ok((backend.clone(), backend))
+            Ok((backend.clone(), backend, None))
         }
         Backend::Kube => {
             let backend = Arc::new(kube_backend(&settings.kube, worker).await?);
@@ -159,7 +166,8 @@ async fn open_backend(
                     ));
                 }
             }
-            Ok((backend.clone(), backend))
+            let requests = backend.requests().clone();
+            Ok((backend.clone(), backend, Some(requests)))
         }
     }
 }
