@@ -722,3 +722,77 @@ fn builds_are_traced_over_otlp_and_their_log_lines_carry_the_trace_id() {
         .unwrap_or_else(|| panic!("no claim logged: {logs}"));
     assert!(claimed.contains(&trace), "{claimed}");
 }
+
+/// A TCP proxy to `upstream` that cuts its first connection after `cut` bytes of the
+/// answer; later connections pass whole.
+fn cutting_proxy(upstream: String, cut: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut down) = conn else { break };
+            let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                break;
+            };
+            let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down2, &mut up2);
+            });
+            std::thread::spawn(move || {
+                let mut sent = 0usize;
+                let mut buf = [0u8; 64];
+                loop {
+                    let Ok(k) = up.read(&mut buf) else { break };
+                    if k == 0 {
+                        break;
+                    }
+                    let k = if n == 0 {
+                        k.min(cut.saturating_sub(sent))
+                    } else {
+                        k
+                    };
+                    if k == 0 || down.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                let _ = down.shutdown(std::net::Shutdown::Both);
+                let _ = up.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn logs_follow_resumes_after_a_dropped_stream_without_losing_or_repeating_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("server"), &[]);
+    let p = dir.path().join("lines.yml");
+    std::fs::write(
+        &p,
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'for i in $(seq 1 40); do echo line $i; sleep 0.01; done']}\n",
+    )
+    .unwrap();
+    let out = server.client("submit").arg(&p).output().unwrap();
+    let id = submitted_id(&out);
+    // The first connection is cut inside the stream's first events.
+    let proxy = cutting_proxy(server.url.clone(), 700);
+    let logs = bin()
+        .args(["logs", &id.to_string(), "-f", "--server", &proxy])
+        .output()
+        .unwrap();
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs.stderr));
+    let stdout = text(&logs.stdout);
+    for i in 1..=40 {
+        let line = format!("[task: t] line {i}");
+        assert_eq!(
+            stdout.lines().filter(|l| *l == line).count(),
+            1,
+            "{line} once in:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("build succeeded"), "{stdout}");
+}
