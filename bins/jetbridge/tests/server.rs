@@ -31,6 +31,7 @@ fn text(b: &[u8]) -> String {
 struct ServerProc {
     child: Child,
     url: String,
+    metrics_url: String,
     lines: mpsc::Receiver<String>,
 }
 
@@ -64,7 +65,18 @@ impl ServerProc {
             .and_then(|r| r.split(',').next())
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .to_owned();
-        ServerProc { child, url, lines }
+        let metrics_url = first
+            .split("metrics on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
+            .trim()
+            .to_owned();
+        ServerProc {
+            child,
+            url,
+            metrics_url,
+            lines,
+        }
     }
 
     fn client(&self, cmd: &str) -> Command {
@@ -795,4 +807,97 @@ fn logs_follow_resumes_after_a_dropped_stream_without_losing_or_repeating_lines(
         );
     }
     assert!(stdout.contains("build succeeded"), "{stdout}");
+}
+
+/// An evicted step through the server: the build errors with the eviction named, the
+/// failure is counted by class, and the Kubernetes requests are counted by verb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_step_errors_the_build_through_submit_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        work_root: Some(dir.path().join("sim")),
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-evict")
+        .expect("kubeconfig");
+    let root = dir.path().to_owned();
+    let server = tokio::task::spawn_blocking(move || {
+        ServerProc::start(
+            &root.join("data"),
+            &[
+                "--backend",
+                "kube",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let p = dir.path().join("slow.yml");
+    std::fs::write(
+        &p,
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 30']}\n",
+    )
+    .unwrap();
+    let mut watch = server.client("submit");
+    watch.arg(&p).arg("--watch");
+    let watched = tokio::task::spawn_blocking(move || watch.output().unwrap());
+    // The step's pod runs: evict it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pod = loop {
+        if let Some(name) = sim
+            .pods("jb-evict")
+            .iter()
+            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "the step pod never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sim.evict_with_api("jb-evict", &pod);
+    let out = tokio::time::timeout(Duration::from_secs(60), watched)
+        .await
+        .expect("the build ends well before its command would")
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("build errored"), "{stdout}");
+    // Evicted, or (when the pod was gone before its status was read) deleted: a
+    // disruption either way, never the step's own failure.
+    let class = if stdout.contains("evicted") {
+        "evicted"
+    } else {
+        assert!(stdout.contains("pod deleted"), "{stdout}");
+        "pod-deleted"
+    };
+    let url = server.metrics_url.clone();
+    let metrics = tokio::task::spawn_blocking(move || {
+        Command::new("curl").args(["-fsS", &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let metrics = text(&metrics.stdout);
+    assert!(
+        metrics.contains(&format!(
+            "jetbridge_step_failures_total{{class=\"{class}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jetbridge_kube_requests_total{verb=\"create\",code=\"201\"}"),
+        "{metrics}"
+    );
+    drop(server);
+    drop(sim);
 }
