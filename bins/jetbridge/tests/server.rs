@@ -755,8 +755,7 @@ fn cutting_proxy(upstream: String, cut: usize) -> String {
             std::thread::spawn(move || {
                 let mut sent = 0usize;
                 let mut buf = [0u8; 64];
-                loop {
-                    let Ok(k) = up.read(&mut buf) else { break };
+                while let Ok(k) = up.read(&mut buf) {
                     if k == 0 {
                         break;
                     }
