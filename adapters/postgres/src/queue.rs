@@ -170,6 +170,9 @@ impl BuildQueue for PgBuildQueue {
         let mut conn = self.conn(op).await?;
         let res = conn
             .transaction::<_, Fail, _>(async |c| {
+                // Under the limit's lock, every queued build is ahead of the new one: the
+                // count the limit needs is its position too, so it is not counted twice.
+                let mut ahead: Option<i64> = None;
                 if let Some(max) = max {
                     // Limited submitters count and insert one at a time: the count runs
                     // after the previous holder committed (a fresh snapshot per
@@ -191,16 +194,18 @@ impl BuildQueue for PgBuildQueue {
                             "the build queue is full: {queued} build(s) are waiting (the limit is {max})"
                         ))));
                     }
+                    ahead = Some(queued);
                 }
                 let row = diesel::sql_query(format!(
                     "INSERT INTO builds (pipeline, job, spec) VALUES ($1, $2, $3) \
                      RETURNING {BUILD_COLUMNS}, \
-                       (SELECT count(*) FROM builds q \
-                         WHERE q.state = 'queued' AND q.id < builds.id) AS position"
+                       COALESCE($4, (SELECT count(*) FROM builds q \
+                         WHERE q.state = 'queued' AND q.id < builds.id)) AS position"
                 ))
                 .bind::<Text, _>(&new.pipeline)
                 .bind::<Text, _>(&new.job)
                 .bind::<Binary, _>(&new.spec)
+                .bind::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>, _>(ahead)
                 .get_result::<BuildRow>(c)
                 .await?;
                 Ok(row.into_build()?)
