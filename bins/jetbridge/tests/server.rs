@@ -900,3 +900,42 @@ async fn an_evicted_step_errors_the_build_through_submit_watch() {
     drop(server);
     drop(sim);
 }
+
+#[test]
+fn ctrl_c_in_submit_watch_aborts_the_remote_build_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("server"), &[]);
+    let mut watch = server
+        .client("submit")
+        .arg(sleeper(dir.path(), 600))
+        .arg("--watch")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the step's first line, as a person would before pressing Ctrl-C.
+    let mut out = BufReader::new(watch.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("[task: t] started") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the stream ended: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = watch.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("aborting build"), "{rest}");
+    assert!(
+        rest.contains("[task: cleanup] cleaned up"),
+        "the on_abort hook ran: {rest}"
+    );
+    assert!(rest.contains("build aborted"), "{rest}");
+}
