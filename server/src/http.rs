@@ -202,6 +202,7 @@ impl Server {
                     s.metrics
                         .heartbeat_age
                         .set(s.session.heartbeat_age().as_secs_f64());
+                    s.metrics.read_secrets().await;
                     if let Ok(pods) = s.session.runtime().pods.list(&own_pods(&s)).await {
                         s.metrics
                             .pods_owned

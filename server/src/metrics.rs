@@ -81,6 +81,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Step pods this replica's worker owns now.",
     ),
     (
+        "jetbridge_secrets_owned",
+        "gauge",
+        "Env Secrets of this replica's step pods that exist now (Kubernetes).",
+    ),
+    (
         "jetbridge_artifact_bytes_total",
         "counter",
         "Artifact bytes through the volume store, by direction (in: written, out: read).",
@@ -182,6 +187,10 @@ pub(crate) struct Request {
 /// time.
 pub type RequestProbe = Box<dyn Fn() -> Vec<(String, u16, u64)> + Send + Sync>;
 
+/// Counts, at scrape time, what a backend keeps beside its pods (env Secrets).
+pub type SecretsProbe =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Option<u64>> + Send + Sync>;
+
 /// Reads the registry pool's (busy, idle) connections at scrape time.
 pub type PoolProbe = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
 
@@ -206,6 +215,8 @@ pub struct Metrics {
     pub(crate) lapsed: Family<Outcome, Counter>,
     phases: Family<Phase, Histogram, fn() -> Histogram>,
     pub(crate) pods_owned: Gauge,
+    secrets_owned: Gauge,
+    secrets_probe: std::sync::Mutex<Option<std::sync::Arc<SecretsProbe>>>,
     artifact_bytes: Family<Direction, Counter>,
     verification_failures: Counter,
     reaper_removals: Family<Kind, Counter>,
@@ -255,6 +266,8 @@ impl Metrics {
             lapsed: Family::default(),
             phases: Family::new_with_constructor(seconds_histogram),
             pods_owned: Gauge::default(),
+            secrets_owned: Gauge::default(),
+            secrets_probe: std::sync::Mutex::new(None),
             artifact_bytes: Family::default(),
             verification_failures: Counter::default(),
             reaper_removals: Family::default(),
@@ -335,6 +348,11 @@ impl Metrics {
             "jetbridge_pods_owned",
             help("jetbridge_pods_owned"),
             m.pods_owned.clone(),
+        );
+        r.register(
+            "jetbridge_secrets_owned",
+            help("jetbridge_secrets_owned"),
+            m.secrets_owned.clone(),
         );
         r.register(
             "jetbridge_artifact_bytes",
@@ -477,6 +495,26 @@ impl Metrics {
     /// Where the registry pool's connections are read from at scrape time.
     pub fn set_pool_probe(&self, probe: PoolProbe) {
         *self.pool_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
+    /// Where the Secrets a replica owns are counted at scrape time.
+    pub fn set_secrets_probe(&self, probe: SecretsProbe) {
+        *self.secrets_probe.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::sync::Arc::new(probe));
+    }
+
+    /// Read the Secrets probe now (the scrape awaits it before encoding).
+    pub(crate) async fn read_secrets(&self) {
+        let probe = self
+            .secrets_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(p) = probe
+            && let Some(n) = p().await
+        {
+            self.secrets_owned.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Where the Kubernetes API request counts are read from at scrape time.

@@ -140,6 +140,23 @@ impl KubeBackend {
         &self.requests
     }
 
+    /// How many env Secrets carry these labels (with the worker's: the Secrets that
+    /// worker owns now).
+    pub async fn count_secrets(&self, selector: &LabelSelector) -> Result<usize> {
+        let sel = selector
+            .iter()
+            .map(|(k, v)| format!("{}={v}", crate::manifest::kube_label_key(k)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let params = ListParams::default().labels(&sel);
+        let list = self
+            .budget()
+            .run("list secrets", true, || self.secrets.list(&params))
+            .await
+            .map_err(|e| e.into_error("listing env secrets"))?;
+        Ok(list.items.len())
+    }
+
     /// Use an existing client. Its namespace is used unless `config` names one. If the
     /// client was built with kube's default retry layer on, 429/503/504 answers are
     /// also retried below this adapter (up to kube's own limit).

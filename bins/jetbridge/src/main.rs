@@ -591,13 +591,31 @@ async fn server(
     if let Some(probe) = wired.pool_probe() {
         metrics.set_pool_probe(probe);
     }
-    if let Some(requests) = wired.kube_requests.clone() {
+    if let Some(kube) = wired.kube.clone() {
+        let requests = kube.requests().clone();
         metrics.set_request_probe(Box::new(move || {
             requests
                 .snapshot()
                 .into_iter()
                 .map(|(verb, code, n)| (verb.to_owned(), code, n))
                 .collect()
+        }));
+        let selector: jetbridge_core::ports::LabelSelector = [
+            (
+                jetbridge_core::names::label::MANAGED_BY.to_owned(),
+                jetbridge_core::names::label::MANAGED_BY_VALUE.to_owned(),
+            ),
+            (
+                jetbridge_core::names::label::WORKER.to_owned(),
+                jetbridge_core::names::label_value(&wired.worker),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        metrics.set_secrets_probe(Box::new(move || {
+            let kube = kube.clone();
+            let selector = selector.clone();
+            Box::pin(async move { kube.count_secrets(&selector).await.ok().map(|n| n as u64) })
         }));
     }
     let mut rt = wired.runtime.clone();

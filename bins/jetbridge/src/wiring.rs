@@ -32,8 +32,8 @@ pub struct Wired {
     runs_dir: PathBuf,
     /// The Postgres registry, when that is the registry: the queue shares its pool.
     pg: Option<jetbridge_postgres::PgRegistry>,
-    /// The Kubernetes API requests sent, with the kube backend.
-    pub kube_requests: Option<jetbridge_kube::RequestCounts>,
+    /// The kube backend itself, when it is the backend (its request counts, its Secrets).
+    pub kube: Option<Arc<jetbridge_kube::KubeBackend>>,
     // One live process per worker name on this data directory, whatever the registry
     // (a memory registry cannot see other processes); held while this value lives.
     _name_lock: nix::fcntl::Flock<std::fs::File>,
@@ -103,7 +103,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
     )
     .await?;
     let (registry, pg) = open_registry(url, settings.registry.schema.as_deref()).await?;
-    let (pods, exec, kube_requests) = open_backend(settings, &data_dir, &worker).await?;
+    let (pods, exec, kube) = open_backend(settings, &data_dir, &worker).await?;
     let images = image_resolver(&settings.images)?;
     Ok(Wired {
         runtime: Runtime {
@@ -119,7 +119,7 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
         own_volumes,
         runs_dir,
         pg,
-        kube_requests,
+        kube,
         _name_lock: name_lock,
     })
 }
@@ -132,7 +132,7 @@ async fn open_backend(
 ) -> anyhow::Result<(
     Arc<dyn Pods>,
     Arc<dyn Exec>,
-    Option<jetbridge_kube::RequestCounts>,
+    Option<Arc<jetbridge_kube::KubeBackend>>,
 )> {
     match settings.backend() {
         Backend::Local => {
@@ -166,8 +166,7 @@ async fn open_backend(
                     ));
                 }
             }
-            let requests = backend.requests().clone();
-            Ok((backend.clone(), backend, Some(requests)))
+            Ok((backend.clone(), backend.clone(), Some(backend)))
         }
     }
 }

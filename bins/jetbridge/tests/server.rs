@@ -839,7 +839,7 @@ async fn an_evicted_step_errors_the_build_through_submit_watch() {
     let p = dir.path().join("slow.yml");
     std::fs::write(
         &p,
-        "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 30']}\n",
+        "jobs:\n- name: j\n  plan:\n  - task: t\n    params: {TOKEN: s3cr3t}\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 30']}\n",
     )
     .unwrap();
     let mut watch = server.client("submit");
@@ -859,6 +859,19 @@ async fn an_evicted_step_errors_the_build_through_submit_watch() {
         assert!(Instant::now() < deadline, "the step pod never ran");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // While it runs, the replica owns its pod and the pod's env Secret.
+    let url = server.metrics_url.clone();
+    let running = tokio::task::spawn_blocking(move || {
+        Command::new("curl").args(["-fsS", &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let running = text(&running.stdout);
+    assert!(running.contains("\njetbridge_pods_owned 1\n"), "{running}");
+    assert!(
+        running.contains("\njetbridge_secrets_owned 1\n"),
+        "{running}"
+    );
     sim.evict_with_api("jb-evict", &pod);
     let out = tokio::time::timeout(Duration::from_secs(60), watched)
         .await
