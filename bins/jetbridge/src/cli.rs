@@ -349,6 +349,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "JETBRIDGE_WORKER")]
     pub worker: Option<String>,
 
+    /// How long the worker's registration lives without a renewal (renewed every third
+    /// of it). After a crash, other workers reap its pods once it has lapsed. A
+    /// duration: `60s` (the default).
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, env = "JETBRIDGE_WORKER_TTL")]
+    pub worker_ttl: Option<GraceDuration>,
+
     /// Keep step pods (sandboxes) after each step, for debugging; the next run's
     /// reaper removes them once this run's process is gone.
     #[arg(long, env = "JETBRIDGE_KEEP_PODS")]
@@ -608,6 +614,7 @@ impl WorkerArgs {
             images,
             data_dir,
             worker,
+            worker_ttl,
             keep_pods,
             abort_grace,
         } = self;
@@ -645,6 +652,7 @@ impl WorkerArgs {
             },
             data_dir: data_dir.clone(),
             worker: worker.clone(),
+            worker_ttl: *worker_ttl,
             keep_pods: switch(m, "keep_pods", *keep_pods),
             abort_grace: *abort_grace,
             server: ServerSettings::default(),
@@ -813,7 +821,7 @@ mod tests {
             let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
             let value = match *id {
                 "backend" => "kube",
-                "abort_grace" | "drain_timeout" | "lease_ttl" => "5s",
+                "abort_grace" | "drain_timeout" | "lease_ttl" | "worker_ttl" => "5s",
                 "max_builds" | "max_queued" | "max_body_bytes" => "7",
                 _ => "a=b",
             };

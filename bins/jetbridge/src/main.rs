@@ -20,7 +20,8 @@ use jetbridge_core::images::ImageResolver;
 use jetbridge_core::plan::{Pipeline, Vars, parse_pipeline};
 use jetbridge_core::ports::{Runtime, VolumeStore};
 use jetbridge_core::services::{
-    BuildRequest, BuildRunner, BuildStatus, SessionConfig, StepConfig, WorkerSession, abort_pair,
+    BuildRequest, BuildRunner, BuildStatus, HeartbeatConfig, SessionConfig, StepConfig,
+    WorkerSession, abort_pair,
 };
 
 use crate::cli::{
@@ -284,6 +285,7 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
             rt.location, rt.name
         )));
     }
+    check_worker_ttl(&settings)?;
     let wired = wiring::wire(&settings).await?;
     let rt = wired.runtime.clone();
     let worker = wired.worker.clone();
@@ -321,6 +323,10 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
         rt,
         runner,
         SessionConfig::new(worker.clone())
+            .with_heartbeat(HeartbeatConfig::with_ttl(
+                worker.clone(),
+                settings.worker_ttl(),
+            ))
             .with_reaper(wired.reaper_config())
             .with_reap_every(None)
             .with_reap_pods_at_end(!keep_pods),
@@ -455,6 +461,16 @@ async fn session_run(
     Ok(Ran::Finished(outcome, started.elapsed()))
 }
 
+/// A registration renewed every third of its life needs a few seconds of it.
+fn check_worker_ttl(settings: &Settings) -> anyhow::Result<()> {
+    if settings.worker_ttl() < std::time::Duration::from_secs(3) {
+        return Err(user(
+            "--worker-ttl must be at least 3s (the registration is renewed every third of it)",
+        ));
+    }
+    Ok(())
+}
+
 /// The tokens of a token file: one per line, `#` comments and blank lines ignored.
 fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -586,6 +602,7 @@ async fn server(
     let listen = api.local_addr().unwrap_or(listen);
     let metrics_listen = metrics_socket.local_addr().unwrap_or(metrics_listen);
 
+    check_worker_ttl(&settings)?;
     let wired = wiring::wire(&settings).await?;
     let queue = wired.queue();
     if let Some(probe) = wired.pool_probe() {
@@ -643,6 +660,16 @@ async fn server(
         rt,
         runner,
         SessionConfig::new(worker.clone())
+            .with_heartbeat(HeartbeatConfig::with_ttl(
+                worker.clone(),
+                settings.worker_ttl(),
+            ))
+            // A dead worker's pods are reaped within about one registration lifetime.
+            .with_reap_every(Some(
+                settings
+                    .worker_ttl()
+                    .min(std::time::Duration::from_secs(60)),
+            ))
             .with_reaper(wired.reaper_config())
             .with_reap_pods_at_end(!keep_pods)
             .with_on_reap({

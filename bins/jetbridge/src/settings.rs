@@ -64,6 +64,8 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// Worker name; default `<hostname>-<pid>`.
     pub worker: Option<String>,
+    /// The registration's lifetime without renewal; default [`DEFAULT_WORKER_TTL`].
+    pub worker_ttl: Option<GraceDuration>,
     pub keep_pods: Option<bool>,
     /// Default [`DEFAULT_ABORT_GRACE`].
     pub abort_grace: Option<GraceDuration>,
@@ -225,6 +227,8 @@ impl serde::Serialize for GraceDuration {
 
 /// `--abort-grace` when nothing sets it.
 pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(60);
+/// `--worker-ttl` when nothing sets it.
+pub const DEFAULT_WORKER_TTL: Duration = Duration::from_secs(60);
 /// `--registry` when nothing sets it.
 pub const DEFAULT_REGISTRY: &str = "memory";
 
@@ -240,6 +244,7 @@ impl Settings {
             images,
             data_dir,
             worker,
+            worker_ttl,
             keep_pods,
             abort_grace,
             server,
@@ -252,6 +257,7 @@ impl Settings {
             images: self.images.overlay(images),
             data_dir: data_dir.or(self.data_dir),
             worker: worker.or(self.worker),
+            worker_ttl: worker_ttl.or(self.worker_ttl),
             keep_pods: keep_pods.or(self.keep_pods),
             abort_grace: abort_grace.or(self.abort_grace),
             server: self.server.overlay(server),
@@ -264,6 +270,10 @@ impl Settings {
 
     pub fn keep_pods(&self) -> bool {
         self.keep_pods.unwrap_or(false)
+    }
+
+    pub fn worker_ttl(&self) -> Duration {
+        self.worker_ttl.map_or(DEFAULT_WORKER_TTL, |g| g.0)
     }
 
     pub fn abort_grace(&self) -> Duration {
@@ -425,6 +435,7 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("backend", "backend"),
     ("data-dir", "data_dir"),
     ("worker", "worker"),
+    ("worker-ttl", "worker_ttl"),
     ("keep-pods", "keep_pods"),
     ("abort-grace", "abort_grace"),
     ("volumes.path-or-url", "volumes"),

@@ -500,6 +500,9 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig, "jb-server")
         .expect("kubeconfig");
+    // The simulator is served by this runtime; the blocking part reads it too.
+    let sim = std::sync::Arc::new(sim);
+    let sim_seen = sim.clone();
     let root = dir.path().to_owned();
     let schema_name = schema.name().to_owned();
     tokio::task::spawn_blocking(move || {
@@ -519,6 +522,8 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
                 name,
                 "--lease-ttl",
                 "1s",
+                "--worker-ttl",
+                "3s",
             ]
             .iter()
             .map(|s| (*s).to_owned())
@@ -543,7 +548,7 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
         let p = root.join("long.yml");
         std::fs::write(
             &p,
-            "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 20']}\n",
+            "jobs:\n- name: j\n  plan:\n  - task: t\n    params: {TOKEN: s3cr3t}\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: sh, args: [-c, 'echo started; sleep 20']}\n",
         )
         .unwrap();
         let out = a.client("submit").arg(&p).output().unwrap();
@@ -558,8 +563,17 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
             std::thread::sleep(Duration::from_millis(100));
         }
         let b = replica("kube-b");
+        let a_pods = |sim: &jetbridge_kube_sim::Simulator| {
+            sim.pods("jb-server")
+                .iter()
+                .filter(|o| o["metadata"]["labels"]["jetbridge.io/worker"] == "kube-a")
+                .count()
+        };
         a.signal(nix::sys::signal::Signal::SIGKILL);
         a.wait(Duration::from_secs(10));
+        // A died with its step's pod running: nobody may take it while A's
+        // registration lives.
+        assert_eq!(a_pods(&sim_seen), 1);
         let logs = b
             .client("logs")
             .args([&id.to_string(), "-f"])
@@ -567,6 +581,27 @@ async fn two_replicas_on_the_kubernetes_simulator_share_the_queue_and_survive_a_
             .unwrap();
         assert_eq!(logs.status.code(), Some(1), "{}", text(&logs.stderr));
         assert!(text(&logs.stdout).contains("worker lost"), "{}", text(&logs.stdout));
+        // Once A's registration has lapsed, B's reaper removes A's pod, and with it
+        // (its owner) the pod's env Secret.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let of_a = |items: Vec<serde_json::Value>| {
+            items
+                .into_iter()
+                .filter(|o| o["metadata"]["labels"]["jetbridge.io/worker"] == "kube-a")
+                .count()
+        };
+        loop {
+            let (pods, secrets) = (of_a(sim_seen.pods("jb-server")),
+                of_a(sim_seen.secrets("jb-server")),);
+            if pods == 0 && secrets == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "A's {pods} pod(s) and {secrets} Secret(s) were never reaped"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let failed = b
             .client("submit")
             .arg(examples().join("fails.yml"))
