@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::Resource;
 use kube::api::AttachParams;
-use kube::client::Connection;
 use tokio_tungstenite::tungstenite::Message;
 
 const STDIN: u8 = 0;
@@ -37,7 +36,36 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 /// Chunks of a spooled stdin as it is sent.
 const SPOOL_CHUNK: usize = 64 * 1024;
 
-/// Open the exec WebSocket for `argv` in `pod`.
+/// The exec WebSocket's buffers. A session is held for the whole of every running
+/// step's command, so the size counts per running build: tungstenite's default read
+/// buffer alone is 128 KiB, and the frames of an exec session are small.
+const WS_BUFFER: usize = 16 * 1024;
+
+/// The exec subprotocols offered, newest first.
+const PROTOCOLS: &str = "v5.channel.k8s.io, v4.channel.k8s.io";
+
+/// An open exec session and the subprotocol the server chose.
+pub(crate) struct Connection {
+    stream: tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+    v5: bool,
+}
+
+impl Connection {
+    /// v5: stdin can be ended alone.
+    pub(crate) fn supports_stream_close(&self) -> bool {
+        self.v5
+    }
+
+    fn into_stream(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
+        self.stream
+    }
+}
+
+/// Open the exec WebSocket for `argv` in `pod`. The upgrade is made here rather than
+/// by kube's `Client::connect` so that the stream gets small buffers; its errors are
+/// kube's own, so classification is the same.
 pub(crate) async fn connect(
     client: &kube::Client,
     namespace: &str,
@@ -45,12 +73,98 @@ pub(crate) async fn connect(
     argv: &[String],
     params: &AttachParams,
 ) -> kube::Result<Connection> {
+    use http::header::{
+        CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+        SEC_WEBSOCKET_VERSION, UPGRADE,
+    };
+    use http_body_util::BodyExt as _;
+    use kube::client::UpgradeConnectionError as Upgrade;
     let url = Pod::url_path(&(), Some(namespace));
-    let mut req = kube::core::Request::new(url)
+    let req = kube::core::Request::new(url)
         .exec(pod, argv.iter().cloned(), params)
         .map_err(kube::Error::BuildRequest)?;
-    req.extensions_mut().insert("exec");
-    client.connect(req).await
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert("exec");
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let h = &mut parts.headers;
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOLS));
+    h.insert(
+        SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).map_err(|e| kube::Error::HttpError(e.into()))?,
+    );
+    let res = client
+        .send(http::Request::from_parts(
+            parts,
+            kube::client::Body::from(body),
+        ))
+        .await?;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        // As kube reports them: the API's `Status`, or one made from the body's text.
+        let bytes = res.into_body().collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        let st = serde_json::from_str::<kube::core::Status>(&text).unwrap_or_else(|_| {
+            kube::core::Status::failure(text.trim(), "Failed to parse error data")
+                .with_code(status.as_u16())
+        });
+        return Err(kube::Error::Api(st.boxed()));
+    }
+    if status != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(kube::Error::UpgradeConnection(Upgrade::ProtocolSwitch(
+            status,
+        )));
+    }
+    let headers = res.headers();
+    let is = |name: http::header::HeaderName, want: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
+    if !is(UPGRADE, "websocket") {
+        return Err(kube::Error::UpgradeConnection(
+            Upgrade::MissingUpgradeWebSocketHeader,
+        ));
+    }
+    if !is(CONNECTION, "Upgrade") {
+        return Err(kube::Error::UpgradeConnection(
+            Upgrade::MissingConnectionUpgradeHeader,
+        ));
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if headers
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_none_or(|v| v.as_bytes() != accept.as_bytes())
+    {
+        return Err(kube::Error::UpgradeConnection(
+            Upgrade::SecWebSocketAcceptKeyMismatch,
+        ));
+    }
+    let v5 = match headers.get(SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes()) {
+        Some(b"v5.channel.k8s.io") => true,
+        Some(b"v4.channel.k8s.io") => false,
+        _ => {
+            return Err(kube::Error::UpgradeConnection(
+                Upgrade::SecWebSocketProtocolMismatch,
+            ));
+        }
+    };
+    let upgraded = hyper::upgrade::on(res)
+        .await
+        .map_err(|e| kube::Error::UpgradeConnection(Upgrade::GetPendingUpgrade(e)))?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER);
+    let stream = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(config),
+    )
+    .await;
+    Ok(Connection { stream, v5 })
 }
 
 /// How the session ends stdin once its stream is exhausted.
