@@ -987,3 +987,118 @@ fn ctrl_c_in_submit_watch_aborts_the_remote_build_and_exits_130() {
     );
     assert!(rest.contains("build aborted"), "{rest}");
 }
+
+/// Failure modes on the simulator through `submit --watch`, each beside `run` of the
+/// same plan on the same simulator where the failure comes from the plan or the
+/// cluster's setup (the same lines and exit status), and an OOM kill injected mid-step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_modes_on_the_simulator_print_and_exit_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        work_root: Some(dir.path().join("sim")),
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "jb-modes")
+        .expect("kubeconfig");
+    sim.fail_image("no-such-image", "manifest unknown");
+    let sim = std::sync::Arc::new(sim);
+    let root = dir.path().to_owned();
+    let kc = kubeconfig.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        ServerProc::start(
+            &root.join("data"),
+            &["--backend", "kube", "--kubeconfig", kc.to_str().unwrap()],
+        )
+    })
+    .await
+    .unwrap();
+    let task = |image: &str, run: &str, extra: &str| {
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: t\n{extra}    config:\n      platform: linux\n      image_resource: {{type: registry-image, source: {{repository: {image}}}}}\n      run: {{path: sh, args: [-c, {}]}}\n",
+            serde_json::to_string(run).unwrap()
+        )
+    };
+    let cases = [
+        (
+            "image-pull",
+            task("no-such-image", "true", ""),
+            "manifest unknown",
+        ),
+        (
+            "timeout",
+            task("busybox", "echo started; sleep 30", "    timeout: 1s\n"),
+            "timed out",
+        ),
+        (
+            "exit",
+            task("busybox", "echo failing; exit 7", ""),
+            "exited with status 7",
+        ),
+    ];
+    for (name, plan, says) in cases {
+        let p = dir.path().join(format!("{name}.yml"));
+        std::fs::write(&p, plan).unwrap();
+        let (kc, data, p2) = (kubeconfig.clone(), dir.path().join("run"), p.clone());
+        let run = tokio::task::spawn_blocking(move || {
+            bin()
+                .arg("run")
+                .arg(&p2)
+                .args(["--backend", "kube", "--kubeconfig"])
+                .arg(&kc)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .unwrap()
+        });
+        let mut c = server.client("submit");
+        c.arg(&p).arg("--watch");
+        let submit = tokio::task::spawn_blocking(move || c.output().unwrap());
+        let (run, submit) = (run.await.unwrap(), submit.await.unwrap());
+        assert_eq!(run.status.code(), Some(1), "{name}: {}", text(&run.stdout));
+        assert_eq!(submit.status.code(), run.status.code(), "{name}");
+        assert!(
+            text(&submit.stdout).contains(says),
+            "{name}: {}",
+            text(&submit.stdout)
+        );
+        assert_eq!(
+            normalized(&text(&run.stdout)),
+            normalized(&text(&submit.stdout)),
+            "{name}"
+        );
+    }
+    // An OOM kill of the step's container mid-command.
+    let p = dir.path().join("oom.yml");
+    std::fs::write(&p, task("busybox", "echo started; sleep 30", "")).unwrap();
+    let mut c = server.client("submit");
+    c.arg(&p).arg("--watch");
+    let watched = tokio::task::spawn_blocking(move || c.output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pod = loop {
+        if let Some(name) = sim
+            .pods("jb-modes")
+            .iter()
+            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "the step pod never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sim.oom_kill("jb-modes", &pod);
+    let out = tokio::time::timeout(Duration::from_secs(60), watched)
+        .await
+        .expect("ends well before the command would")
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.to_lowercase().contains("oom") || stdout.contains("out of memory"),
+        "{stdout}"
+    );
+    drop(server);
+}
