@@ -575,10 +575,7 @@ async fn renew_loop(
                 }
             }
             Err(e) if e.kind() == ErrorKind::Conflict => {
-                lost.store(true, Ordering::SeqCst);
-                abort.abort_because(AbortReason::WorkerLost(
-                    "another replica took the build over".into(),
-                ));
+                taken_over(&lost, &abort);
                 return;
             }
             Err(e) => {
@@ -898,25 +895,10 @@ async fn write_events(
         if starts && !marked {
             // Before the step-started event: from here a lapse ends the build instead of
             // running it twice. Unrecorded, a lapse could run the step again: stop.
-            for attempt in 0..3u32 {
-                match s.queue.mark_started(&lease).await {
-                    Ok(()) => {
-                        marked = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Conflict => {
-                        lost.store(true, Ordering::SeqCst);
-                        abort.abort_because(AbortReason::WorkerLost(
-                            "another replica took the build over".into(),
-                        ));
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(build = %lease.build, error = %e, attempt, "could not mark the build started");
-                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    }
-                }
-            }
+            marked = thrice("marking the build started", &lease, &lost, &abort, || {
+                s.queue.mark_started(&lease)
+            })
+            .await;
             if !marked && !lost.load(Ordering::SeqCst) {
                 abort.abort_because(AbortReason::WorkerLost(
                     "the queue could not record that the build started".into(),
@@ -939,26 +921,10 @@ async fn write_events(
             told_dropped = now_dropped;
         }
         let events = encode(&s, std::mem::take(&mut batch));
-        let mut written = false;
-        for attempt in 0..3u32 {
-            match s.queue.append(&lease, &events).await {
-                Ok(_) => {
-                    written = true;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Conflict => {
-                    lost.store(true, Ordering::SeqCst);
-                    abort.abort_because(AbortReason::WorkerLost(
-                        "another replica took the build over".into(),
-                    ));
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(build = %lease.build, error = %e, attempt, "writing build events failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
+        let written = thrice("writing build events", &lease, &lost, &abort, || async {
+            s.queue.append(&lease, &events).await.map(|_| ())
+        })
+        .await;
         in_flight.fetch_sub(
             bytes.min(in_flight.load(Ordering::SeqCst)),
             Ordering::SeqCst,
@@ -968,6 +934,43 @@ async fn write_events(
         }
         s.events_tick.notify_waiters();
     }
+}
+
+/// The lease went to another replica: stop the build and write nothing more.
+fn taken_over(lost: &AtomicBool, abort: &AbortHandle) {
+    lost.store(true, Ordering::SeqCst);
+    abort.abort_because(AbortReason::WorkerLost(
+        "another replica took the build over".into(),
+    ));
+}
+
+/// `op` tried up to three times with backoff; whether it succeeded. A refusal of the
+/// lease is final: the build was taken over.
+async fn thrice<F, Fut>(
+    what: &str,
+    lease: &Lease,
+    lost: &AtomicBool,
+    abort: &AbortHandle,
+    mut op: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = jetbridge_core::Result<()>>,
+{
+    for attempt in 0..3u32 {
+        match op().await {
+            Ok(()) => return true,
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                taken_over(lost, abort);
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(build = %lease.build, error = %e, attempt, "{what} failed");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    false
 }
 
 /// The log entries of a batch, adjacent output of one step and stream merged.

@@ -843,20 +843,42 @@ fn logs_follow_resumes_after_a_dropped_stream_without_losing_or_repeating_lines(
     assert!(stdout.contains("build succeeded"), "{stdout}");
 }
 
+/// The Kubernetes API simulator in `dir`, and a kubeconfig for namespace `ns`.
+async fn start_sim(dir: &Path, ns: &str) -> (jetbridge_kube_sim::Simulator, PathBuf) {
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        work_root: Some(dir.join("sim")),
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, ns).expect("kubeconfig");
+    (sim, kubeconfig)
+}
+
+/// Wait (bounded) for a running pod in `ns`; its name.
+async fn running_pod(sim: &jetbridge_kube_sim::Simulator, ns: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(name) = sim
+            .pods(ns)
+            .iter()
+            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        {
+            return name;
+        }
+        assert!(Instant::now() < deadline, "the step pod never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An evicted step through the server: the build errors with the eviction named, the
 /// failure is counted by class, and the Kubernetes requests are counted by verb.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_step_errors_the_build_through_submit_watch() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
-        work_root: Some(dir.path().join("sim")),
-        ..jetbridge_kube_sim::SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "jb-evict")
-        .expect("kubeconfig");
+    let (sim, kubeconfig) = start_sim(dir.path(), "jb-evict").await;
     let root = dir.path().to_owned();
     let server = tokio::task::spawn_blocking(move || {
         ServerProc::start(
@@ -881,19 +903,7 @@ async fn an_evicted_step_errors_the_build_through_submit_watch() {
     watch.arg(&p).arg("--watch");
     let watched = tokio::task::spawn_blocking(move || watch.output().unwrap());
     // The step's pod runs: evict it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pod = loop {
-        if let Some(name) = sim
-            .pods("jb-evict")
-            .iter()
-            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-        {
-            break name;
-        }
-        assert!(Instant::now() < deadline, "the step pod never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pod = running_pod(&sim, "jb-evict").await;
     // While it runs, the replica owns its pod and the pod's env Secret.
     let url = server.metrics_url.clone();
     let running = tokio::task::spawn_blocking(move || {
@@ -994,15 +1004,7 @@ fn ctrl_c_in_submit_watch_aborts_the_remote_build_and_exits_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_modes_on_the_simulator_print_and_exit_as_run_does() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
-        work_root: Some(dir.path().join("sim")),
-        ..jetbridge_kube_sim::SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "jb-modes")
-        .expect("kubeconfig");
+    let (sim, kubeconfig) = start_sim(dir.path(), "jb-modes").await;
     sim.fail_image("no-such-image", "manifest unknown");
     let sim = std::sync::Arc::new(sim);
     let root = dir.path().to_owned();
@@ -1076,19 +1078,7 @@ async fn failure_modes_on_the_simulator_print_and_exit_as_run_does() {
     let mut c = server.client("submit");
     c.arg(&p).arg("--watch");
     let watched = tokio::task::spawn_blocking(move || c.output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pod = loop {
-        if let Some(name) = sim
-            .pods("jb-modes")
-            .iter()
-            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-        {
-            break name;
-        }
-        assert!(Instant::now() < deadline, "the step pod never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pod = running_pod(&sim, "jb-modes").await;
     sim.oom_kill("jb-modes", &pod);
     let out = tokio::time::timeout(Duration::from_secs(60), watched)
         .await
