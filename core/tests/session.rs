@@ -16,7 +16,7 @@ use jetbridge_core::services::{
     abort_pair,
 };
 use jetbridge_memory::{MemoryRuntime, RegistryOp};
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 
 const WORKER: &str = "session-worker";
 
@@ -68,18 +68,29 @@ async fn session(m: &MemoryRuntime, config: SessionConfig) -> WorkerSession {
         .expect("the session starts")
 }
 
-/// A program `name` that says it started, then blocks until killed.
-fn blocking_program(m: &MemoryRuntime, name: &str) -> Arc<Notify> {
-    let started = Arc::new(Notify::new());
+/// A program `name` that says it started, then blocks until killed. One permit per
+/// start: starts that come before anyone waits are all counted (a `Notify` would keep
+/// only one of them).
+fn blocking_program(m: &MemoryRuntime, name: &str) -> Arc<Semaphore> {
+    let started = Arc::new(Semaphore::new(0));
     let told = started.clone();
     m.backend.register_program(name, move |_ctx| {
         let told = told.clone();
         async move {
-            told.notify_one();
+            told.add_permits(1);
             futures::future::pending::<i32>().await
         }
     });
     started
+}
+
+/// Wait (bounded) for one more start of a blocking program.
+async fn one_started(started: &Semaphore) {
+    tokio::time::timeout(Duration::from_secs(30), started.acquire())
+        .await
+        .expect("a command started")
+        .expect("the count stays open")
+        .forget();
 }
 
 fn spawn_build(
@@ -141,9 +152,7 @@ async fn a_second_build_of_the_same_id_is_refused_and_abort_picks_one_build() {
         &s,
         BuildRequest::new(pipeline("one", "block"), "j", 1, "same"),
     );
-    tokio::time::timeout(Duration::from_secs(30), started.notified())
-        .await
-        .expect("the first build's command started");
+    one_started(&started).await;
     let (_, t2) = spawn_build(
         &s,
         BuildRequest::new(pipeline("two", "true"), "j", 2, "same"),
@@ -179,9 +188,7 @@ async fn a_lost_registration_stops_every_build_and_refuses_new_ones() {
         &s,
         BuildRequest::new(pipeline("one", "block"), "j", 1, "b1"),
     );
-    tokio::time::timeout(Duration::from_secs(30), started.notified())
-        .await
-        .expect("the command started");
+    one_started(&started).await;
     m.registry
         .fail_next(RegistryOp::Heartbeat, usize::MAX, ErrorKind::Transient);
     let why = tokio::time::timeout(Duration::from_secs(30), s.wait_lost())
@@ -230,9 +237,7 @@ async fn the_periodic_reaper_spares_every_running_step_and_takes_a_stray_pod() {
         BuildRequest::new(pipeline("two", "block"), "j", 2, "b2"),
     );
     for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(30), started.notified())
-            .await
-            .expect("a command started");
+        one_started(&started).await;
     }
     // Only the periodic pass can take the stray pod: nothing else here reaps.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
