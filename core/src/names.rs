@@ -241,6 +241,18 @@ pub fn check_pod_name(resource: &str, handle: &StepHandle) -> String {
     pod_name_from(&["chk".to_owned(), resource.to_owned()], handle)
 }
 
+/// The labels that select every pod (and what the pod adapter keeps beside it) of
+/// `worker`.
+pub fn worker_selector(worker: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            label::MANAGED_BY.to_owned(),
+            label::MANAGED_BY_VALUE.to_owned(),
+        ),
+        (label::WORKER.to_owned(), label_value(worker)),
+    ])
+}
+
 /// Make `s` a valid label value: at most 63 of `[A-Za-z0-9-_.]`, alphanumeric at both
 /// ends (empty is valid). Other characters become `_`.
 pub fn label_value(s: &str) -> String {

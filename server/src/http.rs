@@ -202,8 +202,21 @@ impl Server {
                     s.metrics
                         .heartbeat_age
                         .set(s.session.heartbeat_age().as_secs_f64());
+                    // Read from what the worker tracks, never kept twice.
+                    s.metrics
+                        .builds_running
+                        .set(i64::try_from(s.running_count()).unwrap_or(i64::MAX));
+                    s.metrics.steps_running.set(
+                        i64::try_from(s.session.runner().active_steps().len()).unwrap_or(i64::MAX),
+                    );
                     s.metrics.read_secrets().await;
-                    if let Ok(pods) = s.session.runtime().pods.list(&own_pods(&s)).await {
+                    if let Ok(pods) = s
+                        .session
+                        .runtime()
+                        .pods
+                        .list(&jetbridge_core::names::worker_selector(s.session.worker()))
+                        .await
+                    {
                         s.metrics
                             .pods_owned
                             .set(i64::try_from(pods.len()).unwrap_or(i64::MAX));
@@ -219,20 +232,6 @@ impl Server {
             }),
         )
     }
-}
-
-/// The selector of this worker's step pods.
-fn own_pods(s: &Shared) -> jetbridge_core::ports::LabelSelector {
-    use jetbridge_core::names::{label, label_value};
-    [
-        (
-            label::MANAGED_BY.to_owned(),
-            label::MANAGED_BY_VALUE.to_owned(),
-        ),
-        (label::WORKER.to_owned(), label_value(s.session.worker())),
-    ]
-    .into_iter()
-    .collect()
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -660,7 +659,13 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     if let Err(e) = s.session.runtime().registry.workers().await {
         return unready(format!("registry unreachable: {e}"));
     }
-    if let Err(e) = s.session.runtime().pods.list(&own_pods(&s)).await {
+    if let Err(e) = s
+        .session
+        .runtime()
+        .pods
+        .list(&jetbridge_core::names::worker_selector(s.session.worker()))
+        .await
+    {
         return unready(format!("backend unreachable: {e}"));
     }
     (

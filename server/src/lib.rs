@@ -11,6 +11,7 @@ mod http;
 pub mod metrics;
 pub mod secret;
 pub mod spec;
+pub mod sse;
 mod worker;
 
 pub use http::ApiError;

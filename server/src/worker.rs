@@ -117,8 +117,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Whether the backend runs steps on this host.
     pub(crate) local_backend: bool,
-    draining: AtomicBool,
-    /// Turns true with `draining`: ends the claim loop's waits.
+    /// True once a drain began: readiness turns 503 and the claim loop's waits end.
     drain_signal: watch::Sender<bool>,
     /// Wakes the claim loop (a submission here, a build ended, a drain).
     wake: Notify,
@@ -141,8 +140,13 @@ impl Shared {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many builds run here now.
+    pub(crate) fn running_count(&self) -> usize {
+        *self.count.borrow()
+    }
+
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.drain_signal.borrow()
     }
 
     pub(crate) fn submitted(&self) {
@@ -206,7 +210,6 @@ impl Server {
             images,
             config,
             local_backend,
-            draining: AtomicBool::new(false),
             drain_signal: watch::channel(false).0,
             wake: Notify::new(),
             events_tick: Notify::new(),
@@ -251,7 +254,7 @@ impl Server {
 
     /// How many builds run here now.
     pub fn running(&self) -> usize {
-        *self.shared.count.borrow()
+        self.shared.running_count()
     }
 
     /// Stop claiming (readiness turns 503), let running builds finish for the drain
@@ -260,7 +263,6 @@ impl Server {
     /// the registration released).
     pub async fn drain(self) -> jetbridge_core::Result<()> {
         let s = &self.shared;
-        s.draining.store(true, Ordering::SeqCst);
         s.drain_signal.send_replace(true);
         s.wake.notify_one();
         // A claim in flight ends first (its build counted), then no more start.
@@ -323,7 +325,6 @@ async fn claim_loop(s: Arc<Shared>) {
         match s.queue.claim(&worker, s.config.lease_ttl).await {
             Ok(Some(c)) => {
                 s.count.send_modify(|n| *n += 1);
-                s.metrics.builds_running.inc();
                 tokio::spawn(run_claimed(s.clone(), c));
                 continue;
             }
@@ -389,7 +390,6 @@ impl Drop for Slot<'_> {
         }
         drop(running);
         self.s.count.send_modify(|n| *n = n.saturating_sub(1));
-        self.s.metrics.builds_running.dec();
         self.s.wake.notify_one();
         self.s.events_tick.notify_waiters();
     }
@@ -799,10 +799,12 @@ impl Drop for QueueOutput {
             (OutputStream::Stderr, &mut pending.1),
         ] {
             if !buf.is_empty() {
+                let text = String::from_utf8_lossy(buf).into_owned();
+                self.in_flight.fetch_add(text.len(), Ordering::SeqCst);
                 let _ = self.tx.send(Ev::Output {
                     step: self.step.clone(),
                     stream,
-                    text: String::from_utf8_lossy(buf).into_owned(),
+                    text,
                 });
             }
         }
@@ -925,10 +927,8 @@ async fn write_events(
             s.queue.append(&lease, &events).await.map(|_| ())
         })
         .await;
-        in_flight.fetch_sub(
-            bytes.min(in_flight.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
+        // Every output byte sent was counted in, so this never goes below zero.
+        in_flight.fetch_sub(bytes, Ordering::SeqCst);
         if !written && !lost.load(Ordering::SeqCst) {
             unwritten.store(true, Ordering::SeqCst);
         }
@@ -1005,12 +1005,10 @@ fn encode(s: &Shared, batch: Vec<Ev>) -> Vec<NewEvent> {
             }
             Ev::Started(e) => {
                 flush(&mut out, &mut open);
-                s.metrics.steps_running.inc();
                 out.push(json_event(kinds::STEP_STARTED, &e));
             }
             Ev::Finished(v, took) => {
                 flush(&mut out, &mut open);
-                s.metrics.steps_running.dec();
                 s.metrics
                     .step_finished(&v.kind, took, v.failure_class.as_deref());
                 out.push(json_event(kinds::STEP_FINISHED, &v));

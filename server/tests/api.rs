@@ -127,28 +127,8 @@ impl Harness {
             .await
             .expect("the stream ends with the build")
             .expect("body");
-        parse_sse(&text)
+        jetbridge_server::sse::parse_all(&text)
     }
-}
-
-fn parse_sse(text: &str) -> Vec<(Option<u64>, String, String)> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let (mut id, mut event, mut data) = (None, String::new(), Vec::new());
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
-            } else if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_owned();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-            }
-        }
-        if !event.is_empty() {
-            out.push((id, event, data.join("\n")));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

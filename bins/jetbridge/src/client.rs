@@ -21,6 +21,7 @@ use jetbridge_server::api::{
 use crate::cli::{AbortArgs, BuildsArgs, ClientArgs, LogsArgs, SubmitArgs};
 use crate::output::Printer;
 use crate::user;
+use jetbridge_server::sse::{find_blank_line, parse_block, push_normalized};
 
 /// The server, with the token if one is given.
 struct Client {
@@ -100,9 +101,8 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
             path.display()
         ))
     })?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
+    crate::token_lines(&text)
+        .next()
         .map(str::to_owned)
         .ok_or_else(|| user(format!("the token file {} holds no token", path.display())))
 }
@@ -456,45 +456,6 @@ async fn stream_once(
 /// Longer than this without a byte (keep-alives included), the stream counts as dropped.
 const STREAM_IDLE: Duration = Duration::from_secs(45);
 
-/// Append `chunk` with its line ends made `\n` (SSE allows `\r\n` and `\r`); a `\r`
-/// at the end of a chunk waits for the next one, which may begin with its `\n`.
-fn push_normalized(buf: &mut Vec<u8>, chunk: &[u8], pending_cr: &mut bool) {
-    for &b in chunk {
-        if *pending_cr {
-            *pending_cr = false;
-            buf.push(b'\n');
-            if b == b'\n' {
-                continue;
-            }
-        }
-        if b == b'\r' {
-            *pending_cr = true;
-        } else {
-            buf.push(b);
-        }
-    }
-}
-
-/// The end of the first event block (after its blank line), if one is whole.
-fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
-}
-
-/// One SSE block: id, event name, data.
-fn parse_block(block: &str) -> Option<(Option<u64>, String, String)> {
-    let (mut id, mut event, mut data) = (None, String::new(), Vec::new());
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("id:") {
-            id = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            event = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-        }
-    }
-    (!event.is_empty()).then(|| (id, event, data.join("\n")))
-}
-
 /// Follow a build to its end, resuming after dropped connections; with
 /// `abort_on_interrupt`, Ctrl-C aborts it on the server (a second leaves at once).
 async fn watch(
@@ -567,40 +528,5 @@ async fn watch(
             drops = 0;
         }
         last = end.last;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    #[test]
-    fn sse_blocks_parse_with_multi_line_data() {
-        let b = parse_block("id: 7\nevent: output\ndata: {\"a\":\ndata: 1}\n").unwrap();
-        assert_eq!(b, (Some(7), "output".to_owned(), "{\"a\":\n1}".to_owned()));
-        assert_eq!(parse_block(": keep-alive\n"), None);
-        let v: Value = serde_json::from_str(&b.2).unwrap();
-        assert_eq!(v["a"], 1);
-    }
-
-    #[test]
-    fn crlf_and_cr_line_ends_become_newlines_even_split_across_chunks() {
-        let mut buf = Vec::new();
-        let mut cr = false;
-        push_normalized(&mut buf, b"event: x\r", &mut cr);
-        push_normalized(&mut buf, b"\ndata: 1\r\r", &mut cr);
-        push_normalized(&mut buf, b"event: y\rdata: 2\r", &mut cr);
-        push_normalized(&mut buf, b"\r", &mut cr);
-        // The last `\r` waits: it may be the start of a `\r\n`.
-        assert!(cr);
-        push_normalized(&mut buf, b"event: z", &mut cr);
-        assert_eq!(buf, b"event: x\ndata: 1\n\nevent: y\ndata: 2\n\nevent: z");
-    }
-
-    #[test]
-    fn a_block_is_whole_only_after_its_blank_line() {
-        assert_eq!(find_blank_line(b"event: x\ndata: 1\n"), None);
-        assert_eq!(find_blank_line(b"event: x\n\nevent: y"), Some(10));
     }
 }

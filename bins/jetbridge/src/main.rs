@@ -472,6 +472,14 @@ fn check_worker_ttl(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The tokens of a token file: one per line, `#` comments and blank lines ignored.
+/// The tokens of a token file's text: one per line, `#` comments and blank lines
+/// ignored (the server's file and the client's read alike).
+pub(crate) fn token_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         user(format!(
@@ -479,12 +487,7 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
             path.display()
         ))
     })?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
+    let tokens: Vec<String> = token_lines(&text).map(str::to_owned).collect();
     if tokens.is_empty() {
         return Err(user(format!(
             "--api-token-file {}: the file holds no token (one per line)",
@@ -617,18 +620,7 @@ async fn server(
                 .map(|(verb, code, n)| (verb.to_owned(), code, n))
                 .collect()
         }));
-        let selector: jetbridge_core::ports::LabelSelector = [
-            (
-                jetbridge_core::names::label::MANAGED_BY.to_owned(),
-                jetbridge_core::names::label::MANAGED_BY_VALUE.to_owned(),
-            ),
-            (
-                jetbridge_core::names::label::WORKER.to_owned(),
-                jetbridge_core::names::label_value(&wired.worker),
-            ),
-        ]
-        .into_iter()
-        .collect();
+        let selector = jetbridge_core::names::worker_selector(&wired.worker);
         metrics.set_secrets_probe(Box::new(move || {
             let kube = kube.clone();
             let selector = selector.clone();
