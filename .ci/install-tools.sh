@@ -19,3 +19,5 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   hash -r; if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 fi
 schemathesis --version >/dev/null
+# helm and promtool, for the chart tests.
+"$(dirname "$0")/install-chart-tools.sh"

@@ -29,6 +29,9 @@ pub(crate) const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
 pub(crate) struct Policy {
     /// `(verb, resource)` pairs RBAC denies, e.g. `("create", "pods/exec")`.
     pub forbidden: BTreeSet<(String, String)>,
+    /// `(verb, resource)` pairs RBAC let through so far: what a Role must grant for the
+    /// requests made (see `Simulator::authorized`).
+    pub authorized: BTreeSet<(String, String)>,
     /// Labels of namespaces (every namespace exists; these are the ones with labels).
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// Per namespace: (quota name, most pods).
@@ -149,7 +152,8 @@ fn rbac_denial(verb: &str, resource: &str, ns: &str, name: &str) -> ApiError {
     e
 }
 
-/// Middleware: deny what RBAC is told to deny, before any handler runs.
+/// Middleware: deny what RBAC is told to deny, before any handler runs, and record
+/// what it lets through.
 pub(crate) async fn authorize(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let info = request_info(
         req.method().as_str(),
@@ -158,10 +162,17 @@ pub(crate) async fn authorize(State(sh): State<Arc<Shared>>, req: Request, next:
     );
     if let Some((verbs, resource, ns, name)) = info {
         let denied = {
-            let p = lock(&sh.policy);
-            verbs
-                .into_iter()
-                .find(|v| p.forbidden.contains(&((*v).to_owned(), resource.clone())))
+            let mut p = lock(&sh.policy);
+            let denied = verbs
+                .iter()
+                .find(|v| p.forbidden.contains(&((**v).to_owned(), resource.clone())));
+            if denied.is_none() {
+                // Every verb checked was needed (both of an exec's), so all are recorded.
+                for v in &verbs {
+                    p.authorized.insert(((*v).to_owned(), resource.clone()));
+                }
+            }
+            denied.copied()
         };
         if let Some(verb) = denied {
             return rbac_denial(verb, &resource, &ns, &name).into_response();

@@ -32,6 +32,7 @@ mod store;
 mod util;
 
 use state::{Flags, Kill, Shared, lock};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -538,6 +539,16 @@ impl Simulator {
     /// Lift every RBAC denial.
     pub fn allow_all(&self) {
         lock(&self.shared.policy).forbidden.clear();
+    }
+
+    /// Every `(verb, resource)` pair RBAC has let through since the start, e.g.
+    /// `("create", "pods")`, `("get", "pods/exec")`: the rules a Role needs for the
+    /// requests made so far. The resource carries its subresource; the verbs are the
+    /// authorizer's (`list` and `watch` for collection GETs, both `get` and `create` for
+    /// a WebSocket exec). Denied requests and non-resource paths (`/version`, `/api`,
+    /// discovery) are not recorded.
+    pub fn authorized(&self) -> BTreeSet<(String, String)> {
+        lock(&self.shared.policy).authorized.clone()
     }
 
     /// Label a namespace. `pod-security.kubernetes.io/enforce=restricted` makes Pod

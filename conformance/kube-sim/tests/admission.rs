@@ -53,6 +53,34 @@ async fn rbac_denials_name_verb_and_resource_and_do_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_rbac_lets_through_is_recorded_and_denials_and_discovery_are_not() {
+    let (sim, client) = start().await;
+    client.apiserver_version().await.expect("/version");
+    let pods = api(&client);
+    pods.create(&PostParams::default(), &pod("p", &["sleep", "infinity"]))
+        .await
+        .expect("created");
+    pods.list(&Default::default()).await.expect("listed");
+    // Authorised, then answered 404 by the handler: what RBAC checks is recorded.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    api_error(secrets.get("none").await.unwrap_err());
+    sim.forbid("delete", "pods");
+    api_error(pods.delete("p", &Default::default()).await.unwrap_err());
+    let pair = |v: &str, r: &str| (v.to_owned(), r.to_owned());
+    assert_eq!(
+        sim.authorized(),
+        [
+            pair("create", "pods"),
+            pair("get", "secrets"),
+            pair("list", "pods")
+        ]
+        .into_iter()
+        .collect()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_service_account_is_forbidden() {
     let (sim, client) = start().await;
     let pods = api(&client);
