@@ -1,0 +1,23 @@
+# The jetbridge image: the server, the CLI (`submit`, `conformance` for `helm test`) and
+# `jetbridge migrate`, as one binary, run as a non-root user.
+#
+#   docker build -t ghcr.io/jetbridge/jetbridge:0.1.0 .
+#
+# The chart (charts/jetbridge) runs it with `--config /etc/jetbridge/config/jetbridge.yml
+# server` as user 65532, read-only root filesystem; a test checks that this file and
+# the chart agree on the user and the entrypoint.
+
+FROM rust:1.88-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p jetbridge \
+    && install -D -m 0755 target/release/jetbridge /out/jetbridge
+
+# glibc, CA certificates (buckets over TLS), tzdata and a nonroot user; no shell.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/jetbridge /usr/local/bin/jetbridge
+USER 65532:65532
+EXPOSE 8080 9391
+ENTRYPOINT ["/usr/local/bin/jetbridge"]
