@@ -152,6 +152,12 @@ pub struct ServerArgs {
     /// this host, from the directories the submission uploads).
     #[arg(long, env = "JETBRIDGE_ALLOW_LOCAL_RESOURCES")]
     pub allow_local_resources: bool,
+
+    /// Check the settings (flags, variables, config file) as the server does at start,
+    /// with no database, cluster or bucket reached and no port bound; print a summary
+    /// and exit 0, or the error the server would give and exit 2.
+    #[arg(long, env = "JETBRIDGE_CHECK_CONFIG")]
+    pub check_config: bool,
 }
 
 impl ServerArgs {
@@ -169,6 +175,8 @@ impl ServerArgs {
             max_body_bytes,
             vars_key_file,
             allow_local_resources,
+            // What to do with the settings, not one of them.
+            check_config: _,
         } = self;
         let mut s = worker.settings(m);
         s.server = ServerSettings {

@@ -207,7 +207,12 @@ async fn dispatch(
     match &cli.command {
         Command::Run(args) => run(args, file.overlay(args.worker.settings(sub)), printer).await,
         Command::Server(args) => {
-            server(file.overlay(args.settings(sub)), printer, metrics.clone()).await
+            let settings = file.overlay(args.settings(sub));
+            if args.check_config {
+                check_config(&settings, &printer)
+            } else {
+                server(settings, printer, metrics.clone()).await
+            }
         }
         Command::Submit(args) => client::submit(args, printer).await,
         Command::Builds(args) => client::builds(args, cli.log_format == LogFormat::Json).await,
@@ -513,15 +518,21 @@ fn parse_addr(flag: &str, text: &str) -> anyhow::Result<std::net::SocketAddr> {
     })
 }
 
-/// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.
-async fn server(
-    settings: Settings,
-    printer: Printer,
-    metrics: Arc<jetbridge_server::metrics::Metrics>,
-) -> anyhow::Result<u8> {
-    use jetbridge_core::services::NoEvents;
-    use jetbridge_server::{Server, ServerConfig};
-    let srv = settings.server.clone();
+/// What `server` makes of its settings before it binds or connects anything: every
+/// check that needs no network. `server` and `server --check-config` both start with
+/// [`plan_server`], so the check cannot pass what the start would refuse.
+#[derive(Debug)]
+struct ServerPlan {
+    listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
+    /// Without its metrics, which the caller adds.
+    config: jetbridge_server::ServerConfig,
+    wiring: wiring::Plan,
+}
+
+fn plan_server(settings: &Settings) -> anyhow::Result<ServerPlan> {
+    use jetbridge_server::ServerConfig;
+    let srv = &settings.server;
     let listen = parse_addr(
         "--listen",
         srv.listen.as_deref().unwrap_or(settings::DEFAULT_LISTEN),
@@ -580,7 +591,6 @@ async fn server(
         max_body_bytes: srv.max_body_bytes.unwrap_or(defaults.max_body_bytes),
         allow_local_resources: srv.allow_local_resources.unwrap_or(false),
         vars_key,
-        metrics: Some(metrics.clone()),
         ..defaults
     };
     // A dead replica's builds are taken over about one lease after it died.
@@ -591,6 +601,66 @@ async fn server(
     if config.lease_ttl < std::time::Duration::from_secs(1) {
         return Err(user("--lease-ttl must be at least 1s"));
     }
+    check_worker_ttl(settings)?;
+    let wiring = wiring::plan(settings)?;
+    Ok(ServerPlan {
+        listen,
+        metrics_listen,
+        config,
+        wiring,
+    })
+}
+
+/// `jetbridge server --check-config`: the checks of [`plan_server`] alone, then one
+/// line of what the server would run with. Secrets (tokens, the vars key, a password
+/// in the registry URL) are counted or named, never printed.
+fn check_config(settings: &Settings, printer: &Printer) -> anyhow::Result<u8> {
+    let plan = plan_server(settings)?;
+    let backend = match &plan.wiring.backend {
+        wiring::BackendPlan::Local => "local".to_owned(),
+        wiring::BackendPlan::Kube(cfg) => match &cfg.namespace {
+            Some(ns) => format!("kube (namespace {ns})"),
+            None => "kube".to_owned(),
+        },
+    };
+    let tokens = match plan.config.tokens.len() {
+        0 => "no API token (loopback only)".to_owned(),
+        1 => "1 API token".to_owned(),
+        n => format!("{n} API tokens"),
+    };
+    let vars_key = if plan.config.vars_key.is_some() {
+        ", vars key set"
+    } else {
+        ""
+    };
+    printer.info(&format!(
+        "config OK: backend {backend}, registry {}, volumes {}, listen {}, metrics {}, {tokens}{vars_key}",
+        plan.wiring.registry.summary(),
+        plan.wiring.volumes.summary(),
+        plan.listen,
+        plan.metrics_listen,
+    ));
+    Ok(0)
+}
+
+/// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.
+async fn server(
+    settings: Settings,
+    printer: Printer,
+    metrics: Arc<jetbridge_server::metrics::Metrics>,
+) -> anyhow::Result<u8> {
+    use jetbridge_core::services::NoEvents;
+    use jetbridge_server::{Server, ServerConfig};
+    let ServerPlan {
+        listen,
+        metrics_listen,
+        config,
+        wiring: plan,
+    } = plan_server(&settings)?;
+    let config = ServerConfig {
+        metrics: Some(metrics.clone()),
+        ..config
+    };
     let api = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| user(format!("--listen {listen}: cannot listen: {e}")))?;
@@ -605,8 +675,7 @@ async fn server(
     let listen = api.local_addr().unwrap_or(listen);
     let metrics_listen = metrics_socket.local_addr().unwrap_or(metrics_listen);
 
-    check_worker_ttl(&settings)?;
-    let wired = wiring::wire(&settings).await?;
+    let wired = wiring::open(plan).await?;
     let queue = wired.queue();
     if let Some(probe) = wired.pool_probe() {
         metrics.set_pool_probe(probe);

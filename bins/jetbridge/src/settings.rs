@@ -477,8 +477,8 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("server.allow-local-resources", "allow_local_resources"),
 ];
 
-/// Arguments of `run` that are not settings: what one invocation runs, and the output
-/// options needed before any file is read.
+/// Arguments of `run` and `server` that are not settings: what one invocation does,
+/// and the output options needed before any file is read.
 #[cfg(test)]
 pub const RUN_ONLY_ARGS: &[&str] = &[
     "pipeline",
@@ -490,6 +490,8 @@ pub const RUN_ONLY_ARGS: &[&str] = &[
     "color",
     "help",
     "version",
+    // A config file that set it would stop the server it configures from starting.
+    "check_config",
 ];
 
 /// The generated part of `docs/configuration.md`'s "Config file" section.

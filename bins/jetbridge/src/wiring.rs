@@ -1,6 +1,7 @@
 //! Settings into adapters: the one place that chooses and opens the backend, the volume
-//! store and the registry. `run` uses it, and so will any other command that runs steps
-//! (a `server`): nothing here knows of a pipeline or a build.
+//! store and the registry. `run` and `server` use it: nothing here knows of a pipeline
+//! or a build. In two halves: [`plan`] parses and checks with no network and no file
+//! written (all that `server --check-config` runs), [`open`] opens and reaches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,30 +62,71 @@ impl Wired {
     }
 }
 
-/// Open everything `settings` name, checking at once what can be checked (a bucket, a
-/// Postgres registry, the Kubernetes API) so that a mistake is a configuration error
-/// (exit 2) before any step, not a step that errors half-way through.
-pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
+/// What the settings name, parsed and checked without touching the network or the
+/// disk: the first half of [`wire`]. `server --check-config` stops after it, so every
+/// check here is one the real start makes too, by the same code.
+#[derive(Debug)]
+pub struct Plan {
+    pub registry: RegistryPlan,
+    pub volumes: VolumesPlan,
+    pub backend: BackendPlan,
+    data_dir: PathBuf,
+    host: String,
+    /// This process's worker name (`--worker`, else `<hostname>-<pid>`).
+    worker: String,
+    /// Whether the volumes are this process's own (see [`Wired::own_volumes`]).
+    own_volumes: bool,
+    images: ImageResolver,
+    runs_dir: PathBuf,
+}
+
+/// The registry a URL names, its options checked; nothing connected yet.
+#[derive(Debug)]
+pub enum RegistryPlan {
+    Memory,
+    Postgres {
+        url: String,
+        options: jetbridge_postgres::PgOptions,
+    },
+}
+
+/// The volume store, parsed; nothing created or reached yet.
+#[derive(Debug)]
+pub enum VolumesPlan {
+    /// A directory (created when opened), and the artifact claim that holds it.
+    Dir {
+        dir: PathBuf,
+        claim: Option<(String, String)>,
+    },
+    /// A bucket: its client is built (the URL and options are valid), not yet used.
+    Bucket {
+        url: String,
+        store: jetbridge_object_store::ObjectStoreVolumes,
+    },
+}
+
+/// Where steps run; for Kubernetes, the configuration built from the settings.
+#[derive(Debug)]
+pub enum BackendPlan {
+    Local,
+    Kube(Box<jetbridge_kube::KubeConfig>),
+}
+
+/// Parse and check what `settings` name, with no network, no file written: a
+/// mistake found here is reported before anything is opened.
+pub fn plan(settings: &Settings) -> anyhow::Result<Plan> {
     let data_dir = settings.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).map_err(|e| {
-        user(format!(
-            "cannot create the data directory {}: {e}",
-            data_dir.display()
-        ))
-    })?;
     let host = hostname();
     let worker = settings
         .worker
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
-    let name_lock = lock_worker_name(&data_dir, &worker)?;
-    let url = settings.registry.url();
-    let shared_registry = url != "memory" && url != "memory://";
+    let registry = plan_registry(settings.registry.url(), settings.registry.schema.as_deref())?;
     // A memory registry sees only this process: give it volumes of its own (unless the
     // user named a store), and never collect "orphans" in a store others may use.
     let runs_dir = data_dir.join("runs");
-    remove_dead_runs(&runs_dir, &host);
-    let own_volumes = settings.volumes.path_or_url.is_none() && !shared_registry;
+    let own_volumes =
+        settings.volumes.path_or_url.is_none() && matches!(registry, RegistryPlan::Memory);
     let volumes_dir = if own_volumes {
         runs_dir
             .join(jetbridge_core::names::label_value(&worker))
@@ -92,19 +134,65 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
     } else {
         data_dir.clone()
     };
-    let volumes = open_volumes(
+    let volumes = plan_volumes(
         settings.volumes.path_or_url.as_deref(),
         &volumes_dir,
         &settings.kube,
         &settings.volumes,
-        // Own volumes die with the process (and a crashed one's are removed by the
-        // next): flushing them to disk on every seal would buy nothing.
-        !own_volumes,
-    )
-    .await?;
-    let (registry, pg) = open_registry(url, settings.registry.schema.as_deref()).await?;
-    let (pods, exec, kube) = open_backend(settings, &data_dir, &worker).await?;
+    )?;
+    let backend = match settings.backend() {
+        Backend::Local => BackendPlan::Local,
+        Backend::Kube => BackendPlan::Kube(Box::new(kube_config(&settings.kube, &worker)?)),
+    };
     let images = image_resolver(&settings.images)?;
+    Ok(Plan {
+        data_dir,
+        host,
+        worker,
+        registry,
+        own_volumes,
+        volumes,
+        backend,
+        images,
+        runs_dir,
+    })
+}
+
+/// Open everything `settings` name, checking at once what can be checked (a bucket, a
+/// Postgres registry, the Kubernetes API) so that a mistake is a configuration error
+/// (exit 2) before any step, not a step that errors half-way through.
+pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
+    open(plan(settings)?).await
+}
+
+/// The second half of [`wire`]: create the working directories, take the worker name,
+/// and open (and reach) the volumes, the registry and the backend of `plan`.
+pub async fn open(plan: Plan) -> anyhow::Result<Wired> {
+    let Plan {
+        data_dir,
+        host,
+        worker,
+        registry,
+        own_volumes,
+        volumes,
+        backend,
+        images,
+        runs_dir,
+    } = plan;
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        user(format!(
+            "cannot create the data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let name_lock = lock_worker_name(&data_dir, &worker)?;
+    remove_dead_runs(&runs_dir, &host);
+    // Own volumes die with the process (and a crashed one's are removed by the next):
+    // flushing them to disk on every seal would buy nothing.
+    let volumes = open_planned_volumes(volumes, !own_volumes).await?;
+    let shared_registry = !matches!(registry, RegistryPlan::Memory);
+    let (registry, pg) = open_planned_registry(registry).await?;
+    let (pods, exec, kube) = open_backend(backend, &data_dir).await?;
     Ok(Wired {
         runtime: Runtime {
             pods,
@@ -126,16 +214,15 @@ pub async fn wire(settings: &Settings) -> anyhow::Result<Wired> {
 
 /// The pods and exec ports of the chosen backend.
 async fn open_backend(
-    settings: &Settings,
+    backend: BackendPlan,
     data_dir: &Path,
-    worker: &str,
 ) -> anyhow::Result<(
     Arc<dyn Pods>,
     Arc<dyn Exec>,
     Option<Arc<jetbridge_kube::KubeBackend>>,
 )> {
-    match settings.backend() {
-        Backend::Local => {
+    match backend {
+        BackendPlan::Local => {
             let backend = jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
                 data_dir.join("local"),
             ))
@@ -148,8 +235,8 @@ async fn open_backend(
             let backend = Arc::new(backend);
             Ok((backend.clone(), backend, None))
         }
-        Backend::Kube => {
-            let backend = Arc::new(kube_backend(&settings.kube, worker).await?);
+        BackendPlan::Kube(cfg) => {
+            let backend = Arc::new(connect_kube(*cfg).await?);
             // Fail now, plainly, rather than at the first step after retries.
             let mut sel = std::collections::BTreeMap::new();
             sel.insert(
@@ -181,36 +268,113 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from(".jetbridge")
 }
 
-pub async fn open_registry(
-    url: &str,
-    schema: Option<&str>,
+/// The registry `url` names, its options checked (`schema`: Postgres only); nothing
+/// connected.
+pub fn plan_registry(url: &str, schema: Option<&str>) -> anyhow::Result<RegistryPlan> {
+    if url == "memory" || url == "memory://" {
+        return Ok(RegistryPlan::Memory);
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = jetbridge_postgres::PgOptions {
+            schema: schema.map(str::to_owned),
+            ..jetbridge_postgres::PgOptions::default()
+        };
+        // `connect` checks them too; here, so that a bad schema needs no database.
+        options.validate().map_err(pg_error)?;
+        return Ok(RegistryPlan::Postgres {
+            url: url.to_owned(),
+            options,
+        });
+    }
+    Err(user(format!(
+        "--registry {:?} is not supported: use `memory` or a postgres:// URL",
+        without_password(url)
+    )))
+}
+
+/// `url` with the password of its user info replaced by `***`: messages end up in logs.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{hosts}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn pg_error(e: jetbridge_core::Error) -> anyhow::Error {
+    user(format!(
+        "cannot use the Postgres registry (check --registry / JETBRIDGE_REGISTRY): {e}"
+    ))
+}
+
+async fn open_planned_registry(
+    plan: RegistryPlan,
 ) -> anyhow::Result<(
     Arc<dyn ArtifactRegistry>,
     Option<jetbridge_postgres::PgRegistry>,
 )> {
-    if url == "memory" || url == "memory://" {
-        return Ok((
+    match plan {
+        RegistryPlan::Memory => Ok((
             Arc::new(jetbridge_memory_registry::MemoryRegistry::new()),
             None,
-        ));
+        )),
+        RegistryPlan::Postgres { url, options } => {
+            let reg = jetbridge_postgres::PgRegistry::connect(&url, options)
+                .await
+                .map_err(pg_error)?;
+            Ok((Arc::new(reg.clone()), Some(reg)))
+        }
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let opts = jetbridge_postgres::PgOptions {
-            schema: schema.map(str::to_owned),
-            ..jetbridge_postgres::PgOptions::default()
+}
+
+impl RegistryPlan {
+    /// For people: the kind, and for Postgres the host and database. Never the
+    /// password, nor the query (where libpq options, a password among them, go).
+    pub fn summary(&self) -> String {
+        let url = match self {
+            RegistryPlan::Memory => return "memory".to_owned(),
+            RegistryPlan::Postgres { url, .. } => url,
         };
-        let reg = jetbridge_postgres::PgRegistry::connect(url, opts)
-            .await
-            .map_err(|e| {
-                user(format!(
-                    "cannot use the Postgres registry (check --registry / JETBRIDGE_REGISTRY): {e}"
-                ))
-            })?;
-        return Ok((Arc::new(reg.clone()), Some(reg)));
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let rest = rest.split('#').next().unwrap_or_default();
+        let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+        // The user info ends at the last `@`; a password in it is never shown.
+        let (userinfo, hosts) = authority
+            .rsplit_once('@')
+            .map_or(("", authority), |(u, h)| (u, h));
+        let params: Vec<(&str, &str)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let host = if !hosts.is_empty() {
+            hosts
+        } else {
+            param("host").unwrap_or("localhost")
+        };
+        let mut out = format!("postgres (host {host}");
+        if !database.is_empty() {
+            out.push_str(&format!(", database {database}"));
+        }
+        if let RegistryPlan::Postgres { options, .. } = self
+            && let Some(schema) = &options.schema
+        {
+            out.push_str(&format!(", schema {schema}"));
+        }
+        if userinfo.contains(':') || param("password").is_some() {
+            out.push_str(", password not shown");
+        }
+        out.push(')');
+        out
     }
-    Err(user(format!(
-        "--registry {url:?} is not supported: use `memory` or a postgres:// URL"
-    )))
 }
 
 impl Wired {
@@ -243,6 +407,17 @@ pub async fn open_volumes(
     bucket: &VolumeSettings,
     durable: bool,
 ) -> anyhow::Result<Arc<dyn VolumeStore>> {
+    open_planned_volumes(plan_volumes(spec, data_dir, kube, bucket)?, durable).await
+}
+
+/// The first half of [`open_volumes`]: parse `spec` and build a bucket's client, with
+/// no request sent and no directory created.
+pub fn plan_volumes(
+    spec: Option<&str>,
+    data_dir: &Path,
+    kube: &KubeSettings,
+    bucket: &VolumeSettings,
+) -> anyhow::Result<VolumesPlan> {
     let dir = match spec {
         None => data_dir.join("volumes"),
         Some(s) if s.contains("://") && !s.starts_with("file://") => {
@@ -263,6 +438,26 @@ pub async fn open_volumes(
             }
             let store = jetbridge_object_store::ObjectStoreVolumes::from_url(s, opts)
                 .map_err(|e| user(format!("--volumes {s:?}: {e}")))?;
+            return Ok(VolumesPlan::Bucket {
+                url: s.to_owned(),
+                store,
+            });
+        }
+        Some(s) => PathBuf::from(s.trim_start_matches("file://")),
+    };
+    let claim = kube
+        .artifact_claim
+        .clone()
+        .map(|c| (c, kube.artifact_claim_prefix().to_owned()));
+    Ok(VolumesPlan::Dir { dir, claim })
+}
+
+async fn open_planned_volumes(
+    plan: VolumesPlan,
+    durable: bool,
+) -> anyhow::Result<Arc<dyn VolumeStore>> {
+    match plan {
+        VolumesPlan::Bucket { url: s, store } => {
             // One request before any step runs: a missing credential or bucket is a
             // configuration error to fix, not a step that errors half-way through.
             if let Err(e) = store.check().await {
@@ -270,16 +465,29 @@ pub async fn open_volumes(
                     "--volumes {s:?}: cannot use the bucket: {e}\n  Credentials come from the provider's usual chain (docs/storage.md): GOOGLE_APPLICATION_CREDENTIALS or Workload Identity for gs://, AWS_* variables or an instance role for s3://, AZURE_* variables for az://. For an emulator or a public bucket add --volumes-anonymous."
                 )));
             }
-            return Ok(Arc::new(store));
+            Ok(Arc::new(store))
         }
-        Some(s) => PathBuf::from(s.trim_start_matches("file://")),
-    };
-    let mut store = jetbridge_fs::FsVolumeStore::new(dir.clone())
-        .map_err(|e| user(format!("--volumes {}: {e}", dir.display())))?;
-    if let Some(claim) = &kube.artifact_claim {
-        store = store.with_shared_volume(claim.clone(), kube.artifact_claim_prefix().to_owned());
+        VolumesPlan::Dir { dir, claim } => {
+            let mut store = jetbridge_fs::FsVolumeStore::new(dir.clone())
+                .map_err(|e| user(format!("--volumes {}: {e}", dir.display())))?;
+            if let Some((claim, prefix)) = claim {
+                store = store.with_shared_volume(claim, prefix);
+            }
+            Ok(Arc::new(store.with_flush(durable)))
+        }
     }
-    Ok(Arc::new(store.with_flush(durable)))
+}
+
+impl VolumesPlan {
+    /// For people: the directory, or the bucket URL without its query.
+    pub fn summary(&self) -> String {
+        match self {
+            VolumesPlan::Dir { dir, .. } => dir.display().to_string(),
+            VolumesPlan::Bucket { url, .. } => {
+                url.split(['?', '#']).next().unwrap_or_default().to_owned()
+            }
+        }
+    }
 }
 
 pub fn image_resolver(images: &ImageSettings) -> anyhow::Result<ImageResolver> {
@@ -396,7 +604,12 @@ pub async fn kube_backend(
     kube: &KubeSettings,
     worker: &str,
 ) -> anyhow::Result<jetbridge_kube::KubeBackend> {
-    let cfg = kube_config(kube, worker)?;
+    connect_kube(kube_config(kube, worker)?).await
+}
+
+async fn connect_kube(
+    cfg: jetbridge_kube::KubeConfig,
+) -> anyhow::Result<jetbridge_kube::KubeBackend> {
     jetbridge_kube::KubeBackend::new(cfg)
         .await
         .map_err(|e| user(format!("cannot reach Kubernetes: {e}")))
@@ -491,6 +704,51 @@ mod tests {
         assert_eq!(parse_memory("1G"), Some(1_000_000_000));
         assert_eq!(parse_memory("1000"), Some(1000));
         assert_eq!(parse_memory("lots"), None);
+    }
+
+    #[test]
+    fn registry_summaries_show_no_password() {
+        let summary =
+            |url: &str, schema: Option<&str>| plan_registry(url, schema).expect("valid").summary();
+        assert_eq!(summary("memory", None), "memory");
+        assert_eq!(
+            summary("postgres://ci:s3cret@db:5432/ci", Some("jetbridge")),
+            "postgres (host db:5432, database ci, schema jetbridge, password not shown)"
+        );
+        assert_eq!(
+            summary(
+                "postgresql://ci@db/ci?password=s3cret&sslmode=disable",
+                None
+            ),
+            "postgres (host db, database ci, password not shown)"
+        );
+        // A user name with `@` in it, percent-encoded or not: the host is after the last.
+        assert_eq!(
+            summary("postgres://a@b:p@ss@db:5432/ci", None),
+            "postgres (host db:5432, database ci, password not shown)"
+        );
+        assert_eq!(
+            summary("postgres:///ci?host=/run/postgresql", None),
+            "postgres (host /run/postgresql, database ci)"
+        );
+        assert_eq!(summary("postgres://db", None), "postgres (host db)");
+    }
+
+    #[test]
+    fn registry_errors_show_no_password() {
+        let err = plan_registry("mysql://ci:s3cret@db:3306/ci", None)
+            .expect_err("not supported")
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("\"mysql://ci:***@db:3306/ci\""), "{err}");
+        let err = plan_registry("postgres://ci@db/ci", Some("Bad-Schema"))
+            .expect_err("bad schema")
+            .to_string();
+        assert!(
+            err.starts_with("cannot use the Postgres registry (check --registry"),
+            "{err}"
+        );
+        assert!(err.contains("Bad-Schema"), "{err}");
     }
 
     #[test]
