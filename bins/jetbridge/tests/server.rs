@@ -332,6 +332,53 @@ fn sigterm_drains_then_aborts_what_outlives_the_timeout_and_exits_0() {
     assert!(said.iter().any(|l| l.starts_with("draining")), "{said:?}");
 }
 
+#[test]
+fn a_draining_replica_is_unready_yet_still_serves_its_metrics() {
+    // The chart scrapes pods with a PodMonitor rather than through a Service because a
+    // draining pod is unready: its metrics must still answer, with the builds it runs.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(&dir.path().join("server"), &["--drain-timeout", "5m"]);
+    let out = server
+        .client("submit")
+        .arg(sleeper(dir.path(), 600))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = submitted_id(&out);
+    server.wait_state(id, "running");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server says it drains");
+        if line.starts_with("draining") {
+            break;
+        }
+    }
+    let ready = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/readyz", server.url))
+        .output()
+        .unwrap();
+    assert_eq!(text(&ready.stdout), "503", "draining is unready");
+    let metrics = Command::new("curl")
+        .args(["-fsS", &server.metrics_url])
+        .output()
+        .unwrap();
+    assert!(metrics.status.success(), "{}", text(&metrics.stderr));
+    assert!(
+        text(&metrics.stdout).contains("\njetbridge_builds_running 1\n"),
+        "{}",
+        text(&metrics.stdout)
+    );
+    // The drain ends when its last build does.
+    let out = server.client("abort").arg(id.to_string()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(server.wait(Duration::from_secs(60)).code(), Some(0));
+}
+
 fn database_url() -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(u) => Some(u),
