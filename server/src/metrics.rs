@@ -101,6 +101,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "What the reaper removed, by kind (pods, pod-garbage, artifacts, orphan-volumes).",
     ),
     (
+        "jetbridge_reaper_passes_total",
+        "counter",
+        "Reaper passes, by result (clean; with-errors: it went on past some; failed: it could not run).",
+    ),
+    (
+        "jetbridge_reaper_last_clean_pass_timestamp_seconds",
+        "gauge",
+        "When the last reaper pass without an error ended (Unix time; 0: none yet).",
+    ),
+    (
         "jetbridge_heartbeat_age_seconds",
         "gauge",
         "Time since the worker's registration was last renewed.",
@@ -220,6 +230,8 @@ pub struct Metrics {
     artifact_bytes: Family<Direction, Counter>,
     verification_failures: Counter,
     reaper_removals: Family<Kind, Counter>,
+    reaper_passes: Family<Result, Counter>,
+    reaper_last_clean: Gauge,
     pub(crate) heartbeat_age: Gauge<f64, AtomicU64>,
     pool: Family<State, Gauge>,
     pool_probe: std::sync::Mutex<Option<PoolProbe>>,
@@ -271,6 +283,8 @@ impl Metrics {
             artifact_bytes: Family::default(),
             verification_failures: Counter::default(),
             reaper_removals: Family::default(),
+            reaper_passes: Family::default(),
+            reaper_last_clean: Gauge::default(),
             heartbeat_age: Gauge::default(),
             pool: Family::default(),
             pool_probe: std::sync::Mutex::new(None),
@@ -369,6 +383,22 @@ impl Metrics {
             help("jetbridge_reaper_removals_total"),
             m.reaper_removals.clone(),
         );
+        r.register(
+            "jetbridge_reaper_passes",
+            help("jetbridge_reaper_passes_total"),
+            m.reaper_passes.clone(),
+        );
+        r.register(
+            "jetbridge_reaper_last_clean_pass_timestamp_seconds",
+            help("jetbridge_reaper_last_clean_pass_timestamp_seconds"),
+            m.reaper_last_clean.clone(),
+        );
+        // Every result from the start, so an alert sees a zero before the first failure.
+        for result in ["clean", "with-errors", "failed"] {
+            drop(m.reaper_passes.get_or_create(&Result {
+                result: result.to_owned(),
+            }));
+        }
         r.register(
             "jetbridge_heartbeat_age_seconds",
             help("jetbridge_heartbeat_age_seconds"),
@@ -476,8 +506,28 @@ impl Metrics {
         self.verification_failures.inc();
     }
 
-    /// What one reaper pass removed.
-    pub fn reaped(&self, r: &jetbridge_core::services::ReapReport) {
+    /// One reaper pass: what it removed, or that it could not run.
+    pub fn reaped(
+        &self,
+        pass: std::result::Result<&jetbridge_core::services::ReapReport, &jetbridge_core::Error>,
+    ) {
+        let r = match pass {
+            Ok(r) => r,
+            Err(_) => {
+                self.reaper_pass("failed");
+                return;
+            }
+        };
+        if r.errors.is_empty() {
+            self.reaper_pass("clean");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.reaper_last_clean
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        } else {
+            self.reaper_pass("with-errors");
+        }
         for (kind, n) in [
             ("pods", r.pods_deleted.len()),
             ("pod-garbage", r.pod_garbage_deleted.len()),
@@ -490,6 +540,14 @@ impl Metrics {
                 })
                 .inc_by(n as u64);
         }
+    }
+
+    fn reaper_pass(&self, result: &str) {
+        self.reaper_passes
+            .get_or_create(&Result {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Where the registry pool's connections are read from at scrape time.
@@ -774,6 +832,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reaper_passes_are_counted_by_result_and_a_clean_one_is_timed() {
+        let m = Metrics::new("0.0.0");
+        let text = m.encode();
+        assert!(
+            text.contains("jetbridge_reaper_passes_total{result=\"failed\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jetbridge_reaper_last_clean_pass_timestamp_seconds 0"),
+            "{text}"
+        );
+        m.reaped(Err(&jetbridge_core::Error::new(
+            jetbridge_core::ErrorKind::Transient,
+            "registry down",
+        )));
+        let with_errors = jetbridge_core::services::ReapReport {
+            errors: vec!["delete pod p: forbidden".to_owned()],
+            ..Default::default()
+        };
+        m.reaped(Ok(&with_errors));
+        m.reaped(Ok(&with_errors));
+        let text = m.encode();
+        assert!(
+            text.contains("jetbridge_reaper_passes_total{result=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jetbridge_reaper_passes_total{result=\"with-errors\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jetbridge_reaper_last_clean_pass_timestamp_seconds 0"),
+            "{text}"
+        );
+        m.reaped(Ok(&jetbridge_core::services::ReapReport::default()));
+        let text = m.encode();
+        assert!(
+            text.contains("jetbridge_reaper_passes_total{result=\"clean\"} 1"),
+            "{text}"
+        );
+        let stamp: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("jetbridge_reaper_last_clean_pass_timestamp_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a timestamp");
+        // After 2020: a real clock reading, not a count.
+        assert!(stamp > 1_577_836_800, "{stamp}");
+    }
+
+    #[test]
     fn every_listed_metric_is_exported_and_every_exported_one_is_listed() {
         let m = Metrics::new("9.9.9");
         // Touch the families so they appear.
@@ -785,7 +893,7 @@ mod tests {
         m.renewals_failed.inc();
         m.phase("command", Duration::from_millis(3));
         m.artifact_bytes("in", 10);
-        m.reaped(&jetbridge_core::services::ReapReport::default());
+        m.reaped(Ok(&jetbridge_core::services::ReapReport::default()));
         m.set_pool_probe(Box::new(|| Some((1, 2))));
         m.set_request_probe(Box::new(|| vec![("create".to_owned(), 201, 3)]));
         let text = m.encode();

@@ -21,8 +21,9 @@ use crate::services::{
     ReapReport, Reaper, ReaperConfig,
 };
 
-/// Told of every reaper pass of a session (for metrics).
-pub type ReapObserver = Arc<dyn Fn(&ReapReport) + Send + Sync>;
+/// Told of every reaper pass of a session (for metrics): what it removed, or why the
+/// pass could not run at all.
+pub type ReapObserver = Arc<dyn Fn(std::result::Result<&ReapReport, &Error>) + Send + Sync>;
 
 /// How a [`WorkerSession`] behaves.
 #[derive(Clone)]
@@ -131,8 +132,8 @@ impl Inner {
             .reaper(with_pods)
             .run_once(&self.runner.active_steps(), SystemTime::now())
             .await;
-        if let (Ok(r), Some(observe)) = (&report, &self.config.on_reap) {
-            observe(r);
+        if let Some(observe) = &self.config.on_reap {
+            observe(report.as_ref());
         }
         report
     }
