@@ -203,14 +203,48 @@ fn each_profile_renders_what_it_promises() {
         "gs://my-jetbridge-artifacts/jetbridge"
     );
 
-    // The operator's kinds only where the cluster has their CRDs.
+    // The operator's kinds only where the cluster has their CRDs; Managed Service for
+    // Prometheus' where it has those.
     let bare = render(&["values-gke.yaml"], &[], &[]);
-    assert!(!has(&bare, "PodMonitor") && !has(&bare, "PrometheusRule"));
+    for k in ["PodMonitor", "PrometheusRule", "PodMonitoring", "Rules"] {
+        assert!(!has(&bare, k), "no {k} without its CRD");
+    }
+    let gmp = render(
+        &["values-gke.yaml"],
+        &[],
+        &[
+            "--api-versions",
+            "monitoring.googleapis.com/v1/PodMonitoring",
+            "--api-versions",
+            "monitoring.googleapis.com/v1/Rules",
+        ],
+    );
+    let rules = find(&gmp, "Rules", "t-jetbridge");
+    let alerts: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart().join("files/alerts.yaml")).expect("alerts.yaml"),
+    )
+    .expect("alerts.yaml is YAML");
+    assert_eq!(rules["spec"]["groups"], alerts["groups"], "the same alerts");
+    assert_eq!(
+        find(&gmp, "PodMonitoring", "t-jetbridge")["spec"]["endpoints"][0]["port"],
+        "metrics"
+    );
+    let operator = render(&["values-gke.yaml"], &[], OPERATOR_APIS);
+    assert_eq!(
+        find(&operator, "PrometheusRule", "t-jetbridge")["spec"]["groups"],
+        alerts["groups"]
+    );
 
     let fuse = render(&["values-gke.yaml", "values-gke-gcsfuse.yaml"], &[], &[]);
     let pv = find(&fuse, "PersistentVolume", "t-jetbridge-artifacts-ci");
     assert_eq!(pv["spec"]["csi"]["driver"], "gcsfuse.csi.storage.gke.io");
     assert_eq!(pv["spec"]["csi"]["volumeHandle"], "my-jetbridge-artifacts");
+    let steps_sa = find(&fuse, "ServiceAccount", "jetbridge-steps");
+    assert_eq!(steps_sa["automountServiceAccountToken"], false);
+    assert_eq!(
+        find(&fuse, "PersistentVolume", "t-jetbridge-artifacts-ci")["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
     let dep = find(&fuse, "Deployment", "t-jetbridge");
     assert_eq!(
         dep["spec"]["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"], "true",
@@ -358,6 +392,10 @@ const BAD_VALUES: &[(&[&str], &str)] = &[
             "apiTokens.existingSecret=tokens",
         ],
         "either apiTokens.tokens or apiTokens.existingSecret (not both)",
+    ),
+    (
+        &["steps.createServiceAccount=true"],
+        "steps.serviceAccountName with steps.createServiceAccount",
     ),
     // Checked by the templates, since they need the release's namespace.
     (

@@ -44,8 +44,7 @@ kube:
   {{- end }}
   {{- $annotations := include "jetbridge.stepPodAnnotations" . }}
   {{- if $annotations }}
-  pod-annotations:
-    {{- $annotations | nindent 4 }}
+  pod-annotations: {{ $annotations }}
   {{- end }}
   default-cpu: {{ .Values.steps.defaultCpu | quote }}
   default-memory: {{ .Values.steps.defaultMemory | quote }}

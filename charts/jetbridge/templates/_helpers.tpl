@@ -120,9 +120,11 @@ app.kubernetes.io/component: server
 {{- range $k, $v := .Values.steps.podAnnotations }}
 {{- $_ := set $a $k $v }}
 {{- end }}
+{{- $list := list }}
 {{- range $k, $v := $a }}
-- {{ printf "%s=%s" $k $v | quote }}
+{{- $list = append $list (printf "%s=%s" $k $v) }}
 {{- end }}
+{{- if $list }}{{ toJson $list }}{{ end }}
 {{- end }}
 
 {{/* A value kept across upgrades: the live Secret's, else a new random one. */}}
