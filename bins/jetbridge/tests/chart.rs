@@ -345,11 +345,11 @@ const BAD_VALUES: &[(&[&str], &str)] = &[
         "a choice between artifacts.bucket.url and artifacts.claim.enabled (set one, not both)",
     ),
     (
-        &["postgresql.enabled=false"],
-        "a database (database.url, database.existingSecret, or postgresql.enabled=true for development)",
+        &["replicaCount=2", "artifacts.bucket.url=gs://b/p"],
+        "a database (database.url, database.existingSecret, or postgresql.enabled=true) for replicaCount above 1",
     ),
     (
-        &["database.url=postgres://db/ci"],
+        &["database.url=postgres://db/ci", "postgresql.enabled=true"],
         "one database only (database.url or postgresql.enabled=true, not both)",
     ),
     (
@@ -420,8 +420,16 @@ fn the_schema_rejects_bad_values_with_a_message_that_says_what_to_change() {
     );
     // And the good combinations pass.
     for sets in [
-        &["artifacts.bucket.url=s3://b/p", "replicaCount=3"][..],
-        &["artifacts.claim.enabled=true", "replicaCount=2"],
+        &[
+            "artifacts.bucket.url=s3://b/p",
+            "replicaCount=3",
+            "postgresql.enabled=true",
+        ][..],
+        &[
+            "artifacts.claim.enabled=true",
+            "replicaCount=2",
+            "database.url=postgres://db/ci",
+        ],
         &["database.existingSecret=db", "postgresql.enabled=false"],
     ] {
         try_render(&[], sets, &[]).unwrap_or_else(|e| panic!("{sets:?} refused: {e}"));
@@ -961,8 +969,10 @@ fn the_notes_name_what_the_release_made_and_commands_the_binary_has() {
         );
     }
     // The database line says which database, and a development one says so.
+    assert!(notes(&[]).contains("none: the queue and the registry are in the server's memory"));
     assert!(
-        notes(&[]).contains("the development Postgres jetbridge-postgresql (not for production)")
+        notes(&["values-kind.yaml"])
+            .contains("the development Postgres jetbridge-postgresql (not for production)")
     );
     assert!(notes(&["values-gke.yaml"]).contains("the URL in Secret jetbridge-database"));
     assert!(notes(&["values-gke.yaml"]).contains("bucket gs://my-jetbridge-artifacts/jetbridge"));

@@ -142,3 +142,8 @@ app.kubernetes.io/name: {{ include "jetbridge.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: postgresql
 {{- end }}
+
+{{/* Whether the server has a database (else its queue and registry are in memory). */}}
+{{- define "jetbridge.hasDatabase" -}}
+{{- if or .Values.database.url .Values.database.existingSecret .Values.postgresql.enabled }}true{{ end }}
+{{- end }}
