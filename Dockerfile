@@ -7,7 +7,8 @@
 # server` as user 65532, read-only root filesystem; a test checks that this file and
 # the chart agree on the user and the entrypoint.
 
-FROM rust:1.88-bookworm AS build
+# The toolchain CI builds with.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
