@@ -29,5 +29,5 @@ pub use manifest::{
     pod_manifest, working_dir,
 };
 pub use pods::KubeBackend;
-pub use requests::RequestCounts;
+pub use requests::{RequestCounts, build_client};
 pub use status::{pod_status, pod_status_as, pod_status_at};

@@ -124,11 +124,8 @@ impl KubeBackend {
         {
             kc.proxy_url = None;
         }
-        let counts = crate::RequestCounts::default();
-        let client = kube::client::ClientBuilder::try_from(kc)
-            .map_err(|e| Error::invalid(format!("building the Kubernetes client: {e}")))?
-            .with_layer(&crate::requests::CountLayer(counts.clone()))
-            .build();
+        let (client, counts) = crate::build_client(kc)
+            .map_err(|e| Error::invalid(format!("building the Kubernetes client: {e}")))?;
         let mut backend = Self::from_client(client, config);
         backend.requests = counts;
         Ok(backend)
@@ -159,7 +156,9 @@ impl KubeBackend {
 
     /// Use an existing client. Its namespace is used unless `config` names one. If the
     /// client was built with kube's default retry layer on, 429/503/504 answers are
-    /// also retried below this adapter (up to kube's own limit).
+    /// also retried below this adapter (up to kube's own limit). Build it with
+    /// [`crate::build_client`], or a `Retry-After` outside a JSON `Status` (API
+    /// Priority and Fairness's 429) is not honoured.
     pub fn from_client(client: kube::Client, mut config: KubeConfig) -> Self {
         let namespace = config
             .namespace

@@ -55,11 +55,14 @@ impl<'a> Budget<'a> {
     }
 
     /// The wait before the next retry after `e`: the exponential backoff, but never less
-    /// than what the server asked for. API Priority and Fairness answers a rejected
-    /// request 429 with `Retry-After` and the same in `details.retryAfterSeconds`
-    /// (apiserver pkg/server/filters/priority-and-fairness.go, `NewTooManyRequests`);
-    /// retrying sooner only spends the budget while the server is still saturated. The
-    /// server's wish is capped at [`MAX_RETRY_AFTER`].
+    /// than what the server asked for, `details.retryAfterSeconds`. API Priority and
+    /// Fairness answers a rejected request 429 with only a `Retry-After` header and a
+    /// plain-text body (k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go,
+    /// `tooManyRequests`); [`crate::requests::RetryAfterLayer`] puts the header's
+    /// seconds there, as client-go does. A handler's JSON `Status` carries them itself
+    /// (k8s.io/apimachinery/pkg/api/errors `NewTooManyRequests`). Retrying sooner only
+    /// spends the budget while the server is still saturated. The server's wish is
+    /// capped at [`MAX_RETRY_AFTER`].
     pub(crate) fn next_delay(&self, e: Option<&kube::Error>) -> Duration {
         let asked = e
             .and_then(|e| match e {

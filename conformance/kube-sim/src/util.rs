@@ -58,6 +58,22 @@ impl ApiError {
         e.details = Some(json!({"name": name, "kind": resource}));
         e
     }
+    /// 429 TooManyRequests as a handler returns it, a JSON `Status`:
+    /// `errors.NewTooManyRequests(message, retryAfterSeconds)`
+    /// (k8s.io/apimachinery/pkg/api/errors/errors.go), whose `details` are always
+    /// present and carry `retryAfterSeconds` when it is positive. The eviction
+    /// subresource refuses an eviction a PodDisruptionBudget forbids this way, with 0
+    /// (pkg/registry/core/pod/storage/eviction.go, "Cannot evict pod as it would
+    /// violate the pod's disruption budget."), so with no `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut e = Self::new(429, "TooManyRequests", message);
+        e.details = Some(if retry_after_secs > 0 {
+            json!({"retryAfterSeconds": retry_after_secs})
+        } else {
+            json!({})
+        });
+        e
+    }
     /// 422 Invalid with one cause per field error, worded as the API server does.
     pub fn invalid_fields(kind: &str, name: &str, errs: &[FieldError]) -> Self {
         let all: Vec<String> = errs.iter().map(FieldError::to_string).collect();
@@ -97,18 +113,25 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(mut self) -> Response {
-        if self.code == 429 {
-            // What API Priority and Fairness answers a rejected request: `Retry-After: 1`
-            // and the same in `details.retryAfterSeconds` (apiserver
-            // pkg/server/filters/priority-and-fairness.go, `NewTooManyRequests`).
-            let mut details = self.details.take().unwrap_or_else(|| json!({}));
-            details["retryAfterSeconds"] = json!(1);
-            self.details = Some(details);
+        if self.code == 429 && self.details.is_none() {
+            // A bare 429 (an injected `FaultAction::Status(429)`) is a handler's
+            // `NewTooManyRequests(message, 1)` (k8s.io/apimachinery/pkg/api/errors).
+            // API Priority and Fairness answers differently, in plain text: that is
+            // `FaultAction::Throttled` (jetbridge-sim-http).
+            self = Self::too_many_requests(self.message, 1);
         }
+        let retry_after = self
+            .details
+            .as_ref()
+            .and_then(|d| d["retryAfterSeconds"].as_u64())
+            .filter(|&s| s > 0);
         let mut resp = json_response(self.code, &self.status());
-        if self.code == 429 {
+        // As `responsewriters.ErrorNegotiated` does for every `Status` it writes
+        // (k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/writers.go): the
+        // header only when `details.retryAfterSeconds` is positive.
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -454,6 +477,31 @@ pub(crate) fn b64_decode(s: &str) -> Result<Vec<u8>, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_429_carries_retry_after_only_when_positive() {
+        let retry_after = |e: ApiError| {
+            let r = e.into_response();
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+            r.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        // An injected Status(429): NewTooManyRequests(message, 1).
+        let bare = ApiError::new(429, "TooManyRequests", "injected fault: 429");
+        assert_eq!(retry_after(bare), Some("1".into()));
+        let five = ApiError::too_many_requests("slow down", 5);
+        assert_eq!(five.status()["details"]["retryAfterSeconds"], 5);
+        assert_eq!(retry_after(five), Some("5".into()));
+        // The PDB refusal of an eviction: details present, no wait asked for.
+        let pdb = ApiError::too_many_requests(
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            0,
+        );
+        assert_eq!(pdb.status()["details"], json!({}));
+        assert_eq!(retry_after(pdb), None);
+    }
 
     #[test]
     fn base64_round_trips_and_rejects_like_go() {

@@ -3,8 +3,9 @@
 
 use crate::server::ConnHandle;
 use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 /// What an injected fault does.
@@ -21,6 +22,42 @@ pub enum FaultAction {
     DropAfterCommit,
     /// Wait, then handle the request normally.
     Delay(Duration),
+    /// Refuse the request as Kubernetes API Priority and Fairness refuses one it has
+    /// no seat or queue room for: 429, `Retry-After: N` and a plain-text body, not a
+    /// `Status` (k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go,
+    /// `tooManyRequests`, which calls Go's `http.Error`; see [`throttled`]). The
+    /// request is not performed. The simulator's own error format is not used: this
+    /// answer comes from a filter in front of every handler.
+    Throttled {
+        /// The `Retry-After` seconds. APF starts each priority level at 1 and doubles
+        /// it, up to 32, while the level keeps dropping requests
+        /// (k8s.io/apiserver/pkg/util/flowcontrol/dropped_requests_tracker.go).
+        retry_after_secs: u32,
+    },
+}
+
+/// The body APF's `tooManyRequests` writes: Go's `http.Error` ends it with a newline.
+pub const THROTTLED_BODY: &str = "Too many requests, please try again later.\n";
+
+/// The answer of [`FaultAction::Throttled`], as Go's `http.Error` writes it for APF:
+/// `Content-Type: text/plain; charset=utf-8`, `X-Content-Type-Options: nosniff`, the
+/// `Retry-After` header set just before, and [`THROTTLED_BODY`]. APF also sends the
+/// UIDs of the FlowSchema and priority level it matched
+/// (`X-Kubernetes-PF-FlowSchema-UID`, `X-Kubernetes-PF-PriorityLevel-UID`); a
+/// simulator has none, and clients only log them.
+pub fn throttled(retry_after_secs: u32) -> Response {
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, THROTTLED_BODY).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    resp
 }
 
 /// An answer [`apply`] asks the simulator to build in its own error format.
@@ -43,6 +80,7 @@ where
     match action {
         None => next.run(req).await,
         Some(FaultAction::Status(code)) => reply(FaultReply::Status(code)),
+        Some(FaultAction::Throttled { retry_after_secs }) => throttled(retry_after_secs),
         Some(FaultAction::Delay(d)) => {
             tokio::time::sleep(d).await;
             next.run(req).await

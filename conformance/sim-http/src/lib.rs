@@ -14,5 +14,5 @@ mod server;
 
 pub use control::{Controls, Fault, RequestLine, SimControls};
 pub use date::{civil_from_days, days_from_civil};
-pub use fault::{FaultAction, FaultReply, apply};
+pub use fault::{FaultAction, FaultReply, THROTTLED_BODY, apply, throttled};
 pub use server::{ConnHandle, bind, serve};

@@ -167,3 +167,34 @@ async fn a_connection_served_elsewhere_cannot_be_dropped() {
     assert_eq!(sim.handled.load(Ordering::SeqCst), 0);
     server.await.unwrap();
 }
+
+/// `Throttled` answers byte for byte as API Priority and Fairness does (Go's
+/// `http.Error` after `Retry-After` is set), whatever the simulator's own error
+/// format, and the request is not performed.
+#[tokio::test]
+async fn throttled_answers_as_priority_and_fairness_does() {
+    let (sim, port, token, task) = start().await;
+    set(
+        &sim,
+        FaultAction::Throttled {
+            retry_after_secs: 7,
+        },
+    );
+    let r = get_root(port).await;
+    let (head, body) = r.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("HTTP/1.1 429 Too Many Requests"), "{r}");
+    let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+    for h in [
+        "content-type: text/plain; charset=utf-8",
+        "x-content-type-options: nosniff",
+        "retry-after: 7",
+    ] {
+        assert!(headers.iter().any(|l| l == h), "{h} in {headers:?}");
+    }
+    assert_eq!(body, "Too many requests, please try again later.\n");
+    assert_eq!(body, jetbridge_sim_http::THROTTLED_BODY);
+    assert_eq!(sim.handled.load(Ordering::SeqCst), 0, "not performed");
+    token.cancel();
+    task.await.unwrap();
+}

@@ -33,7 +33,8 @@ pub fn sim_config() -> KubeConfig {
 }
 
 /// A kube client for the simulator, without kube's own retry layer (so injected
-/// faults reach this adapter's retry loop deterministically) and without a proxy.
+/// faults reach this adapter's retry loop deterministically) and without a proxy, with
+/// the adapter's layers as `KubeBackend::new` has them (`build_client`).
 pub async fn sim_client(sim: &Simulator) -> kube::Client {
     let yaml = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\n\
@@ -47,7 +48,9 @@ pub async fn sim_client(sim: &Simulator) -> kube::Client {
         .expect("a client configuration for the simulator");
     cfg.default_retry = false;
     cfg.proxy_url = None;
-    kube::Client::try_from(cfg).expect("a client for the simulator")
+    jetbridge_kube::build_client(cfg)
+        .expect("a client for the simulator")
+        .0
 }
 
 /// A simulator and a backend on it.
