@@ -500,12 +500,12 @@ fn param_names_must_be_environment_variable_names_on_every_cluster() {
         )
     };
     // Kubernetes 1.29-1.31 refuse these in a pod (422); here they are plan errors.
-    for bad in ["1PASSWORD", "a:b", "with space", "é"] {
+    for bad in ["1PASSWORD", "a:b", "with space", "é", ".", "..", "..x"] {
         let text = task(&format!("{{{bad:?}: v}}"));
         let err = fails_at(&text, 6, 14, &["`params` name", "environment variable"]);
         assert!(hint(&err).contains("letters"), "{bad}");
     }
-    for good in ["API_TOKEN", "_x", "-a.b", "a1"] {
+    for good in ["API_TOKEN", "_x", "-a.b", "a1", ".a", "a..b"] {
         parse_pipeline(&task(&format!("{{{good}: v}}")), "p.yml", &Vars::new())
             .unwrap_or_else(|e| panic!("{good}: {e}"));
     }

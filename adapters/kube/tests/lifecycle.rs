@@ -17,7 +17,7 @@ use jetbridge_core::ports::{
 };
 use jetbridge_kube::{KubeBackend, KubeConfig};
 use jetbridge_kube_sim::SimControls;
-use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, Simulator};
+use jetbridge_kube_sim::{EnvVarNames, Fault, FaultAction, SimConfig, Simulator};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, EvictParams};
 
@@ -110,6 +110,43 @@ async fn an_invalid_pod_leaves_no_secret() {
     let (sim, b) = start_with(sim_config()).await;
     sim.inject(Fault::on("POST", "/pods", 1, FaultAction::Status(422)));
     fails_and_leaves_nothing(&sim, &b, ErrorKind::Invalid).await;
+    sim.shutdown().await;
+}
+
+/// 1.29-1.31 check env names with the strict rule: a name the plan checks would have
+/// refused, reaching the adapter anyway, is the API's 422 with its words, and the env
+/// Secret made before the pod goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_cluster_refuses_a_digit_led_env_name_and_leaves_no_secret() {
+    let (sim, b) = sim_backend(
+        SimConfig {
+            env_var_names: EnvVarNames::Strict,
+            ..SimConfig::default()
+        },
+        sim_config(),
+    )
+    .await;
+    let mut s = spec();
+    s.env.insert("1PASSWORD".into(), "hunter2".into());
+    let e = b.create(&s).await.expect_err("the pod is refused");
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(
+        e.message().contains(
+            "Invalid value: \"1PASSWORD\": a valid environment variable name must consist of alphabetic characters"
+        ),
+        "{e}"
+    );
+    // The Secret was made, so the rollback is what removed it.
+    let posted = |what: &str| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(what))
+            .count()
+    };
+    assert_eq!((posted("/secrets"), posted("/pods")), (1, 1));
+    assert!(secrets(&sim).is_empty(), "left behind: {:?}", secrets(&sim));
+    assert!(sim.pods(NS).is_empty());
+    assert!(collect(&b).await.is_empty());
     sim.shutdown().await;
 }
 

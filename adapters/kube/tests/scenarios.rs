@@ -1015,3 +1015,169 @@ async fn an_image_without_env_is_said_plainly() {
     );
     sim.shutdown().await;
 }
+
+// --- Retry-After under API Priority and Fairness (issue 17, point 11) ---
+
+/// A budget whose own backoff is a few milliseconds, so that any longer wait is the
+/// server's `Retry-After`.
+fn tiny_backoff() -> jetbridge_kube::RequestBudget {
+    jetbridge_kube::RequestBudget {
+        max_requests: 8,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(4),
+    }
+}
+
+fn pod_posts(sim: &Simulator) -> usize {
+    let path = format!("/api/v1/namespaces/{NS}/pods");
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .count()
+}
+
+/// API Priority and Fairness refuses a request with 429, `Retry-After` and a plain-text
+/// body, not a `Status` (k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go,
+/// `tooManyRequests`). The create waits what the server asks each time, however small
+/// its own backoff, instead of spending its requests at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_and_fairness_retry_after_is_honoured() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&path, NS).unwrap();
+    let b = KubeBackend::new(KubeConfig {
+        kubeconfig: Some(path),
+        request_budget: tiny_backoff(),
+        ..sim_config()
+    })
+    .await
+    .unwrap();
+    sim.inject(Fault::on(
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        2,
+        FaultAction::Throttled {
+            retry_after_secs: 1,
+        },
+    ));
+    sim.reset_requests();
+    let s = spec();
+    let t0 = Instant::now();
+    b.create(&s).await.expect("created on the third request");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "two waits of the server's 1 s Retry-After, took {took:?}"
+    );
+    assert_eq!(pod_posts(&sim), 3);
+    let counts = b.requests().snapshot();
+    assert!(counts.contains(&("create", 429, 2)), "{counts:?}");
+    assert!(counts.contains(&("create", 201, 1)), "{counts:?}");
+    assert_eq!(pods_named(&sim, &s.name), 1);
+    sim.shutdown().await;
+}
+
+/// The same through a client the tests build for `KubeBackend::from_client`, with
+/// `jetbridge_kube::build_client` (tests/common).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_through_from_client() {
+    let (sim, b) = sim_backend(
+        SimConfig::default(),
+        KubeConfig {
+            request_budget: tiny_backoff(),
+            ..sim_config()
+        },
+    )
+    .await;
+    sim.inject(Fault::on(
+        "POST",
+        "/pods",
+        1,
+        FaultAction::Throttled {
+            retry_after_secs: 1,
+        },
+    ));
+    sim.reset_requests();
+    let t0 = Instant::now();
+    b.create(&spec())
+        .await
+        .expect("created on the second request");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(1), "took {took:?}");
+    assert_eq!(pod_posts(&sim), 2);
+    sim.shutdown().await;
+}
+
+// --- end of Retry-After under API Priority and Fairness ---
+
+/// A step's `timeout` drops its exec (core `StepRunner::exec_step` wraps it in
+/// `tokio::time::timeout`): the command and what it started in the background are
+/// really killed, where a cluster would let them run on. Deleting the pod then stops a
+/// command still running in it as a cluster does: the pause program exits 0 on TERM at
+/// once (no wait for the grace period), the kernel SIGKILLs what was exec'd beside it,
+/// and its exit, where one is reported, is 137, never 143.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_command_is_really_killed_and_a_deleted_pods_command_ends_137() {
+    let (sim, b) = start().await;
+    let s = spec();
+    running(&b, &s).await;
+    let req = |mark: &str, script: &str| {
+        let env = std::collections::BTreeMap::from([("MARK".to_owned(), mark.to_owned())]);
+        ExecRequest::new(&s.name, argv(&["sh", "-c", script])).env(env)
+    };
+
+    let mark = StepHandle::random().short().to_owned();
+    let out = Arc::new(CaptureOutput::new());
+    let timed = {
+        let (b, r, out) = (
+            b.clone(),
+            req(&mark, "sleep 3600 & echo started; sleep 3600"),
+            out.clone(),
+        );
+        tokio::spawn(
+            async move { tokio::time::timeout(Duration::from_secs(5), b.exec(r, out)).await },
+        )
+    };
+    eventually("the command runs", || out.stdout() == b"started\n").await;
+    assert!(
+        marked_processes(&mark) >= 2,
+        "the command and its background child are seen running"
+    );
+    assert!(
+        timed.await.expect("joins").is_err(),
+        "the exec outlived its timeout"
+    );
+    eventually("the timed-out command and its child are killed", || {
+        marked_processes(&mark) == 0
+    })
+    .await;
+
+    let mark = StepHandle::random().short().to_owned();
+    let out = Arc::new(CaptureOutput::new());
+    let running_cmd = {
+        let (b, r, out) = (
+            b.clone(),
+            req(&mark, "echo started; sleep 3600"),
+            out.clone(),
+        );
+        tokio::spawn(async move { b.exec(r, out).await })
+    };
+    eventually("the second command runs", || out.stdout() == b"started\n").await;
+    let asked = Instant::now();
+    b.delete(&s.name, &DeleteOpts::grace(Duration::from_secs(30)))
+        .await
+        .expect("delete");
+    // Lost, when the adapter's watch of the pod sees it end before the status frame.
+    match running_cmd.await.expect("joins") {
+        Ok(code) => assert_eq!(code, 137, "SIGKILLed with its container"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Lost, "{e}"),
+    }
+    eventually("the pod is removed", || pods_named(&sim, &s.name) == 0).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the pause program ended on TERM, not at the end of the 30 s grace period"
+    );
+    assert_eq!(marked_processes(&mark), 0, "nothing of the command is left");
+    sim.shutdown().await;
+}

@@ -252,3 +252,58 @@ async fn params_reach_the_task_through_a_secret_and_nowhere_else() {
     }
     assert_eq!(sim.secrets("jb-cli"), Vec::<serde_json::Value>::new());
 }
+
+/// A param name 1.29-1.31 refuse in a pod is a plan error with its position, on a
+/// cluster with either rule: nothing is created, so no Secret can be left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_param_name_no_cluster_accepts_is_a_plan_error_on_either_rule() {
+    use jetbridge_kube_sim::EnvVarNames;
+    for rule in [EnvVarNames::Strict, EnvVarNames::Relaxed] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sim = Simulator::start(SimConfig {
+            work_root: Some(dir.path().join("sim")),
+            env_var_names: rule,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator");
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig, "jb-cli")
+            .expect("kubeconfig");
+        let pipeline = dir.path().join("param.yml");
+        std::fs::write(
+            &pipeline,
+            "jobs:\n- name: j\n  plan:\n  - task: t\n    params: {1PASSWORD: x}\n    config:\n      platform: linux\n      image_resource: {type: registry-image, source: {repository: busybox}}\n      run: {path: env}\n",
+        )
+        .expect("pipeline");
+        let mut c = bin();
+        c.arg("run")
+            .arg(&pipeline)
+            .args(["--backend", "kube", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
+        let out = tokio::task::spawn_blocking(move || c.output().expect("runs"))
+            .await
+            .expect("joins");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rule:?}: {stderr}");
+        assert!(
+            stderr.contains("param.yml:5:14") && stderr.contains("`1PASSWORD`"),
+            "{rule:?}: {stderr}"
+        );
+        let posts: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect();
+        assert!(posts.is_empty(), "{rule:?}: {posts:?}");
+        assert!(
+            !sim.authorized().iter().any(|(verb, _)| verb == "create"),
+            "{rule:?}: {:?}",
+            sim.authorized()
+        );
+        assert!(sim.pods("jb-cli").is_empty() && sim.secrets("jb-cli").is_empty());
+        sim.shutdown().await;
+    }
+}

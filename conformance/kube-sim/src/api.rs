@@ -8,7 +8,7 @@ use crate::util::{
     ApiError, Query, config_key_errors, dns_subdomain_errors, is_dns_subdomain, json_response,
     now_rfc3339, reason_for,
 };
-use crate::{RequestRecord, exec, secrets};
+use crate::{EnvVarNames, RequestRecord, exec, secrets};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
@@ -192,18 +192,39 @@ async fn api_resources() -> Response {
 }
 
 async fn get_namespace(State(sh): Sh, Path(ns): Path<String>) -> Response {
-    let mut labels = json!({"kubernetes.io/metadata.name": ns});
-    if let Some(l) = lock(&sh.policy).namespace_labels.get(&ns) {
-        for (k, v) in l {
-            labels[k] = json!(v);
+    let (mut labels, gone) = {
+        let policy = lock(&sh.policy);
+        (
+            policy
+                .namespace_labels
+                .get(&ns)
+                .cloned()
+                .unwrap_or_default(),
+            policy.namespace_gone.get(&ns).copied(),
+        )
+    };
+    // As `Simulator::remove_namespace` / `terminate_namespace` left it: reads agree
+    // with what NamespaceLifecycle admission answers creates.
+    let terminating = match gone {
+        Some(false) => {
+            let mut e = ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"));
+            e.details = Some(json!({"name": ns, "kind": "namespaces"}));
+            return e.into_response();
         }
-    }
-    ok(&json!({
+        Some(true) => true,
+        None => false,
+    };
+    labels.insert("kubernetes.io/metadata.name".into(), ns.clone());
+    let mut obj = json!({
         "kind": "Namespace", "apiVersion": "v1",
         "metadata": {"name": ns, "resourceVersion": "1", "creationTimestamp": "2025-01-01T00:00:00Z", "labels": labels},
         "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
-    }))
+        "status": {"phase": if terminating { "Terminating" } else { "Active" }},
+    });
+    if terminating {
+        obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+    }
+    ok(&obj)
 }
 
 /// The label and field selectors of a request on `kind`.
@@ -477,7 +498,7 @@ async fn create(
     if let Err(e) = crate::admission::service_account(&sh, &ns, &name, &pod) {
         return e.into_response();
     }
-    if let Err(msg) = validate(&name, &pod) {
+    if let Err(msg) = validate(&name, &pod, sh.config.env_var_names) {
         return ApiError::invalid(&name, msg).into_response();
     }
     default_pod(&mut pod, &ns, &name);
@@ -510,7 +531,7 @@ async fn create(
     }
 }
 
-fn validate(name: &str, pod: &Value) -> Result<(), String> {
+fn validate(name: &str, pod: &Value, rule: EnvVarNames) -> Result<(), String> {
     if !is_dns_subdomain(name) {
         return Err(format!(
             "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"
@@ -585,19 +606,49 @@ fn validate(name: &str, pod: &Value) -> Result<(), String> {
                 ));
             }
         }
-        validate_env(cname, c)?;
+        validate_env(cname, c, rule)?;
     }
     Ok(())
 }
 
-/// An environment variable name as 1.33 accepts it: printable ASCII but `=`.
-fn is_env_name(n: &str) -> bool {
-    !n.is_empty() && n.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'=')
+/// Why `n` is not an environment variable name under `rule`, in the words of
+/// apimachinery's `IsEnvVarName` (strict) or `IsRelaxedEnvVarName` (relaxed), which
+/// validation.go `validateEnvVarName` picks by the gate
+/// `RelaxedEnvironmentVariableValidation`; `None` when it is one.
+fn env_name_error(rule: EnvVarNames, n: &str) -> Option<&'static str> {
+    match rule {
+        EnvVarNames::Relaxed => (n.is_empty()
+            || !n.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'='))
+        .then_some(
+            "a valid environment variable name must consist only of printable ASCII characters other than '='",
+        ),
+        EnvVarNames::Strict => {
+            let mut bytes = n.bytes();
+            let ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b"-._".contains(&b))
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                // `RegexError` joins its examples with "', " then " or ", hence the
+                // doubled spaces.
+                Some(
+                    "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')",
+                )
+            } else if n == "." {
+                Some("must not be '.'")
+            } else if n == ".." {
+                Some("must not be '..'")
+            } else if n.starts_with("..") {
+                Some("must not start with '..'")
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// The API server's checks on a container's `env` and `envFrom`.
-fn validate_env(cname: &str, c: &Value) -> Result<(), String> {
-    const ENV_NAME: &str = "a valid environment variable name must consist only of printable ASCII characters other than '='";
+fn validate_env(cname: &str, c: &Value, rule: EnvVarNames) -> Result<(), String> {
     let secret_name = |field: &str, n: &str| match dns_subdomain_errors(n).first() {
         Some(msg) => Err(format!(
             "spec.containers[{cname}].{field}: Invalid value: \"{n}\": {msg}"
@@ -606,9 +657,15 @@ fn validate_env(cname: &str, c: &Value) -> Result<(), String> {
     };
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or("");
-        if !is_env_name(name) {
+        // validation.go `ValidateEnv` checks presence before the rule.
+        if name.is_empty() {
             return Err(format!(
-                "spec.containers[{cname}].env[].name: Invalid value: \"{name}\": {ENV_NAME}"
+                "spec.containers[{cname}].env[].name: Required value"
+            ));
+        }
+        if let Some(msg) = env_name_error(rule, name) {
+            return Err(format!(
+                "spec.containers[{cname}].env[].name: Invalid value: \"{name}\": {msg}"
             ));
         }
         if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
@@ -631,9 +688,9 @@ fn validate_env(cname: &str, c: &Value) -> Result<(), String> {
     }
     for f in c["envFrom"].as_array().into_iter().flatten() {
         let prefix = f["prefix"].as_str().unwrap_or("");
-        if !prefix.is_empty() && !is_env_name(prefix) {
+        if let Some(msg) = env_name_error(rule, prefix).filter(|_| !prefix.is_empty()) {
             return Err(format!(
-                "spec.containers[{cname}].envFrom[].prefix: Invalid value: \"{prefix}\": {ENV_NAME}"
+                "spec.containers[{cname}].envFrom[].prefix: Invalid value: \"{prefix}\": {msg}"
             ));
         }
         let sources = ["configMapRef", "secretRef"]
@@ -882,7 +939,10 @@ async fn delete_collection(
     })())
 }
 
-/// The eviction API's DisruptionTarget condition.
+/// The eviction API's DisruptionTarget condition. pkg/registry/core/pod/storage/
+/// eviction.go `addConditionAndDeletePod` writes it with a status update (reason
+/// `EvictionByEvictionAPI`, message "Eviction API: evicting"), then deletes the pod
+/// gracefully with the Eviction's `deleteOptions`; the kubelet writes the phase later.
 pub(crate) fn eviction_condition(p: &mut Value) {
     set_cond(
         p,

@@ -239,6 +239,9 @@ async fn early_kill(sh: &Shared, rt: &PodRuntime, k: Kill) -> Stop {
     }
 }
 
+/// What the kubelet's eviction manager writes (pkg/kubelet/eviction/
+/// eviction_manager.go `evictPod`): phase Failed, reason `Evicted`, its message, and a
+/// `DisruptionTarget` condition with reason `TerminationByKubelet`.
 fn mark_evicted(p: &mut Value, message: &str) {
     p["status"]["phase"] = json!("Failed");
     p["status"]["reason"] = json!("Evicted");
@@ -519,6 +522,9 @@ async fn life(
     }
 }
 
+/// The phase once every main container has stopped, as pkg/kubelet/kubelet_pods.go
+/// `getPhase` computes it from the exit codes alone, whatever stopped them: all 0 is
+/// Succeeded (so a deleted pause pod, which exits 0 on TERM, is Succeeded), else Failed.
 fn set_final_phase(p: &mut Value, codes: &[i32]) {
     let ok = codes.iter().all(|&c| c == 0);
     p["status"]["phase"] = json!(if ok { "Succeeded" } else { "Failed" });
@@ -850,7 +856,7 @@ fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i3
                         pump_log(e, log.clone()).await;
                     }
                 };
-                let (status, _, _) = tokio::join!(child.wait(), o, e);
+                let (status, _, _) = tokio::join!(process::wait_init(&mut child), o, e);
                 if let Some(id) = id {
                     rt.remove_proc(id);
                 }

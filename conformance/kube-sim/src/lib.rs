@@ -71,6 +71,26 @@ pub struct SimConfig {
     /// when the controller manager is busy. Zero (the default) collects them in the
     /// request that removed the pod.
     pub gc_delay: Duration,
+    /// Which environment variable names the API server accepts; see [`EnvVarNames`].
+    pub env_var_names: EnvVarNames,
+}
+
+/// The rule the API server checks container `env` names and `envFrom` prefixes
+/// against, which depends on its version and a feature gate.
+///
+/// pkg/apis/core/validation/validation.go `validateEnvVarName` applies apimachinery's
+/// `IsRelaxedEnvVarName` when the gate `RelaxedEnvironmentVariableValidation` is on
+/// (alpha and off in 1.30, beta and on from 1.32), `IsEnvVarName` otherwise
+/// (k8s.io/apimachinery/pkg/util/validation/validation.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvVarNames {
+    /// `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`, and not `.`, `..` or `..`-prefixed,
+    /// as 1.29 to 1.31 at their defaults.
+    Strict,
+    /// `IsRelaxedEnvVarName`: any printable ASCII but `=`, as 1.32 and later (the
+    /// default here, a 1.33 cluster).
+    #[default]
+    Relaxed,
 }
 
 /// The exec subprotocols an API server offers, which depends on its version, a feature
@@ -111,6 +131,7 @@ impl Default for SimConfig {
             reclaim_delay: Duration::ZERO,
             exec_protocols: ExecProtocols::default(),
             gc_delay: Duration::ZERO,
+            env_var_names: EnvVarNames::default(),
         }
     }
 }
@@ -381,6 +402,10 @@ impl Simulator {
     /// (reason `EvictionByEvictionAPI`) is added and the pod is deleted
     /// gracefully with its own grace period. Undo the cordon with
     /// [`Simulator::uncordon`].
+    ///
+    /// As staging/src/k8s.io/kubectl/pkg/drain/drain.go and cordon.go do it: cordon
+    /// (`spec.unschedulable`) first, then `DeleteOrEvictPods` evicts each pod through
+    /// the eviction API, never deleting it directly.
     pub fn drain_node(&self) {
         self.shared.update_flags(|f| f.cordoned = true);
         let pods: Vec<(String, String)> = lock(&self.shared.store).pods.keys().cloned().collect();

@@ -5,8 +5,12 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use tokio::process::{Child, Command};
 
-/// Whether argv means "wait until killed": a `pause` binary or `sleep infinity`.
-/// An empty argv (image entrypoint, unknown here) is treated the same way.
+/// Whether argv means "wait until killed": a `pause` binary or `sleep infinity`, with
+/// whether it handles SIGTERM. jetbridge's pause program traps TERM and exits 0 (adapter
+/// manifest.rs `PAUSE_INSTALL_SCRIPT`, like the kubernetes pause image's `sigdown`);
+/// `sleep` has no handler, so as a container's PID 1 it ignores TERM (pid_namespaces(7))
+/// and dies only of the kubelet's SIGKILL at the end of the grace period. An empty argv
+/// (image entrypoint, unknown here) is treated like `sleep infinity`.
 pub(crate) fn is_pause(argv: &[String]) -> Option<bool> {
     match argv {
         [] => Some(false),
@@ -61,6 +65,43 @@ pub(crate) fn command(argv: &[String], cwd: &Path, env: &[(String, String)]) -> 
         .process_group(0)
         .kill_on_drop(true);
     Some(cmd)
+}
+
+/// Whether process `pid` has a handler for SIGTERM: bit 15 (mask bit 14) of `SigCgt` in
+/// `/proc/PID/status` (proc(5)). The kernel drops a signal with the default action sent
+/// to a PID namespace's init from inside the namespace (kernel/signal.c
+/// `sig_task_ignored` with `SIGNAL_UNKILLABLE`; pid_namespaces(7)), and the runtime's
+/// StopContainer TERM is such a signal, so a container's PID 1 without a handler
+/// ignores it. A process that is gone, or unreadable, has none.
+pub(crate) fn catches_term(pid: i32) -> bool {
+    const SIGTERM_BIT: u64 = 1 << (15 - 1);
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & SIGTERM_BIT != 0)
+}
+
+/// Wait for a container's own process, then SIGKILL what it left in its process group:
+/// when a PID namespace's init exits the kernel kills every other process in it
+/// (pid_namespaces(7), `zap_pid_ns_processes`), so a container ends with its PID 1 and
+/// no orphan keeps its output open.
+pub(crate) async fn wait_init(child: &mut Child) -> std::io::Result<ExitStatus> {
+    let group = pgid(child);
+    let status = child.wait().await;
+    if let Some(g) = group {
+        // The group outlives its leader while it has members, so its id cannot be
+        // reused meanwhile; with none left there is nothing to kill.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(g),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    status
 }
 
 /// The process group of a spawned child (its own pid, as we use `process_group(0)`).
@@ -120,6 +161,41 @@ mod tests {
         assert_eq!(is_pause(&v(&["sleep", "infinity"])), Some(false));
         assert_eq!(is_pause(&v(&["sleep", "1"])), None);
         assert_eq!(is_pause(&v(&["sh", "-c", "pause"])), None);
+    }
+
+    #[test]
+    fn a_term_handler_shows_in_sigcgt() {
+        use std::io::BufRead;
+        let spawn = |script: &str| {
+            use std::os::unix::process::CommandExt;
+            let mut c = std::process::Command::new("sh")
+                .args(["-c", script])
+                .process_group(0)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh");
+            // The script says when its trap (or lack of one) is in place.
+            let mut line = String::new();
+            std::io::BufReader::new(c.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("ready");
+            c
+        };
+        let mut trapping = spawn("trap 'exit 0' TERM; echo ready; sleep 30 & wait");
+        let mut plain = spawn("echo ready; sleep 30");
+        let pid = |c: &std::process::Child| i32::try_from(c.id()).expect("pid");
+        assert!(catches_term(pid(&trapping)));
+        assert!(!catches_term(pid(&plain)));
+        for c in [&mut trapping, &mut plain] {
+            // The whole group, so no `sleep` outlives the test.
+            let group = nix::unistd::Pid::from_raw(pid(c));
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+        assert!(
+            !catches_term(pid(&plain)),
+            "a process that is gone has none"
+        );
     }
 
     #[test]

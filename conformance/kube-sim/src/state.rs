@@ -1,7 +1,7 @@
 //! State shared by the API server, the kubelet and the control handle.
 
 use crate::store::Store;
-use crate::{RequestRecord, SimConfig};
+use crate::{RequestRecord, SimConfig, process};
 use jetbridge_sim_http::Controls;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -53,27 +53,40 @@ pub(crate) enum Kill {
 #[derive(Debug, Clone)]
 pub(crate) enum ProcHandle {
     Group(i32),
-    /// Exit code sender; `true` when the command is a pause binary (exits 0 on TERM).
+    /// Exit code sender; `true` when the command is a pause binary (exits 0 on TERM),
+    /// `false` for `sleep infinity` (ignores TERM as PID 1).
     Pause(Arc<watch::Sender<Option<i32>>>, bool),
 }
 
 impl ProcHandle {
+    /// `kill`: SIGKILL the whole group (the end of the grace period, or a command exec'd
+    /// beside PID 1 dying with it). Otherwise the runtime's StopContainer TERM: to the
+    /// container's own process only, not its group (containerd `task.Kill` of the init
+    /// process without `WithKillAll`; runc `kill` without `--all`), and only when that
+    /// process handles TERM, since a PID 1 without a handler ignores it
+    /// ([`process::catches_term`]). Such a container runs on until the kubelet's SIGKILL
+    /// after the grace period (kuberuntime_container.go `killContainer`) and ends with
+    /// 137.
     pub fn signal(&self, kill: bool) {
+        use nix::sys::signal::{Signal, kill as send, killpg};
+        use nix::unistd::Pid;
         match self {
-            ProcHandle::Group(pgid) => {
-                let sig = if kill {
-                    nix::sys::signal::Signal::SIGKILL
-                } else {
-                    nix::sys::signal::Signal::SIGTERM
-                };
-                // The group may already be gone; nothing to do then.
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), sig);
+            // The process or its group may already be gone; nothing to do then.
+            ProcHandle::Group(pgid) if kill => {
+                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
             }
-            ProcHandle::Pause(tx, is_pause) => {
-                let code = match (kill, is_pause) {
+            ProcHandle::Group(pid) => {
+                // The group leader is the process spawned: its pid is the group's id.
+                if process::catches_term(*pid) {
+                    let _ = send(Pid::from_raw(*pid), Signal::SIGTERM);
+                }
+            }
+            ProcHandle::Pause(tx, handles_term) => {
+                let code = match (kill, handles_term) {
                     (true, _) => 137,
                     (false, true) => 0,
-                    (false, false) => 143,
+                    // `sleep infinity` as PID 1: TERM is dropped.
+                    (false, false) => return,
                 };
                 tx.send_if_modified(|c| {
                     if c.is_none() {
@@ -196,9 +209,11 @@ impl PodRuntime {
     }
 
     /// SIGKILL every process of the pod, execs included; or SIGTERM the containers'
-    /// own processes only. The runtime's StopContainer signals a container's init
-    /// process, not what was exec'd beside it (CRI `StopContainer`; runc `kill`
-    /// without `--all`); those die with the container ([`PodRuntime::container_exited`]).
+    /// own processes only, each where it handles TERM ([`ProcHandle::signal`]). The
+    /// runtime's StopContainer signals a container's init process, not its children nor
+    /// what was exec'd beside it (CRI `StopContainer`; runc `kill` without `--all`);
+    /// those die with the container ([`process::wait_init`],
+    /// [`PodRuntime::container_exited`]).
     pub fn signal_all(&self, kill: bool) {
         let procs: Vec<ProcHandle> = lock(&self.procs)
             .values()

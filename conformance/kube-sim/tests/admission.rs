@@ -168,3 +168,62 @@ async fn quota_is_checked_before_the_name_so_a_resent_create_meets_403() {
     assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
     sim.shutdown().await;
 }
+
+/// NamespaceLifecycle: creates in a missing namespace are 404 and in a terminating one
+/// 403 `NamespaceTerminating`; reading the namespace agrees (404, phase `Terminating`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_terminating_namespace_refuses_creates_and_reads_so() {
+    let (sim, client) = start().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let active = namespaces
+        .get(NS)
+        .await
+        .expect("every namespace exists at first");
+    assert_eq!(
+        active.status.and_then(|s| s.phase).as_deref(),
+        Some("Active")
+    );
+
+    sim.remove_namespace(NS);
+    let e = api_error(
+        api(&client)
+            .create(&PostParams::default(), &pod("p", &["true"]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (
+            404,
+            "NotFound",
+            format!("namespaces \"{NS}\" not found").as_str()
+        )
+    );
+    let e = api_error(namespaces.get(NS).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+
+    sim.terminate_namespace(NS);
+    let e = api_error(
+        api(&client)
+            .create(&PostParams::default(), &pod("p", &["true"]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert!(
+        e.message.ends_with("because it is being terminated"),
+        "{}",
+        e.message
+    );
+    let terminating = namespaces
+        .get(NS)
+        .await
+        .expect("still there while terminating");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert!(sim.pods(NS).is_empty());
+    sim.shutdown().await;
+}

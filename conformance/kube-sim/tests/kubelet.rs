@@ -218,7 +218,8 @@ async fn eviction_api_and_drain_delete_pods_with_disruption_target() {
     let mut a = pod("a", &["sh", "-c", "trap '' TERM; sleep 30"]);
     a.spec.as_mut().unwrap().termination_grace_period_seconds = Some(1);
     create(&pods, &a).await;
-    create(&pods, &pod("b", &["sleep", "infinity"])).await;
+    // "b" is a pause program, which exits 0 on TERM (`sleep` as PID 1 would ignore it).
+    create(&pods, &pod("b", &["/tools/pause"])).await;
     wait_phase(&pods, "a", "Running").await;
     wait_phase(&pods, "b", "Running").await;
     let rv0 = pods
@@ -355,6 +356,151 @@ async fn a_drained_pause_pod_ends_succeeded_while_its_exec_dies_with_137() {
     while pods.get_opt("drained").await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "never removed");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.shutdown().await;
+}
+
+/// A simulator that keeps a deleted pod's final status for a while before removing it,
+/// so the container's terminated state can be read.
+async fn start_keeping_deleted() -> (jetbridge_kube_sim::Simulator, kube::Client) {
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        reclaim_delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = client(&sim, true);
+    (sim, client)
+}
+
+/// Wait until the pod's log contains `what` (a command saying it is set up).
+async fn wait_log(pods: &kube::Api<Pod>, name: &str, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = pods
+            .logs(name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if logs.contains(what) {
+            return logs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what:?} in the log of {name}: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Delete `name` with `grace` seconds; returns how long after the delete its main
+/// container was first seen terminated, with its exit code and reason.
+async fn delete_and_time_termination(
+    pods: &kube::Api<Pod>,
+    name: &str,
+    grace: u32,
+) -> (Duration, i32, Option<String>) {
+    let asked = std::time::Instant::now();
+    pods.delete(
+        name,
+        &kube::api::DeleteParams::default().grace_period(grace),
+    )
+    .await
+    .unwrap();
+    let deadline = asked + Duration::from_secs(u64::from(grace) + 10);
+    loop {
+        let p = pods.get(name).await.expect("kept after termination");
+        if let Some(t) = main_state(&p).and_then(|s| s.terminated.clone()) {
+            return (asked.elapsed(), t.exit_code, t.reason);
+        }
+        assert!(std::time::Instant::now() < deadline, "never terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A container's PID 1 without a SIGTERM handler ignores the runtime's TERM (the kernel
+/// drops default-action signals sent to a PID namespace's init, pid_namespaces(7)), so a
+/// deleted pod running `sleep infinity`, or a shell script that does not trap TERM, runs
+/// on until the kubelet SIGKILLs it when the grace period ends: exit code 137, not 143
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_1_without_a_term_handler_runs_until_the_grace_period_ends_then_dies_137() {
+    let (sim, client) = start_keeping_deleted().await;
+    let pods = api(&client);
+    create(&pods, &pod("sleeper", &["sleep", "infinity"])).await;
+    create(&pods, &pod("script", &["sh", "-c", "echo ready; sleep 30"])).await;
+    wait_phase(&pods, "sleeper", "Running").await;
+    wait_log(&pods, "script", "ready").await;
+    let grace = 2;
+    let margin = Duration::from_millis(300);
+    let (a, b) = tokio::join!(
+        delete_and_time_termination(&pods, "sleeper", grace),
+        delete_and_time_termination(&pods, "script", grace),
+    );
+    for (name, (after, code, reason)) in [("sleeper", a), ("script", b)] {
+        assert!(
+            after + margin >= Duration::from_secs(grace.into()),
+            "{name} ended {after:?} after the delete, before its {grace} s grace period"
+        );
+        assert_eq!(
+            (code, reason.as_deref()),
+            (137, Some("Error")),
+            "{name}: SIGKILLed"
+        );
+    }
+    sim.shutdown().await;
+}
+
+/// A container whose PID 1 traps TERM gets it at once and ends with the code it chooses;
+/// what it started in the background dies with it (the kernel kills a PID namespace when
+/// its init exits), as jetbridge's helper idle loop `sleep 3600 & wait $!` relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_1_that_traps_term_exits_promptly_and_takes_its_children_with_it() {
+    let (sim, client) = start_keeping_deleted().await;
+    let pods = api(&client);
+    let trap = r#"trap "exit 0" TERM; echo ready; while :; do sleep 0.1; done"#;
+    create(&pods, &pod("trap", &["sh", "-c", trap])).await;
+    let idle = r#"trap "exit 0" TERM; sleep 3600 & echo "child $!"; wait $!"#;
+    create(&pods, &pod("idle", &["sh", "-c", idle])).await;
+    wait_log(&pods, "trap", "ready").await;
+    let logs = wait_log(&pods, "idle", "child ").await;
+    let child: i32 = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("child pid");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_owned())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    assert!(alive(child), "the background sleep runs");
+    let grace = 30;
+    let (a, b) = tokio::join!(
+        delete_and_time_termination(&pods, "trap", grace),
+        delete_and_time_termination(&pods, "idle", grace),
+    );
+    for (name, (after, code, reason)) in [("trap", a), ("idle", b)] {
+        assert_eq!(
+            (code, reason.as_deref()),
+            (0, Some("Completed")),
+            "{name} exits 0 on TERM"
+        );
+        assert!(
+            after < Duration::from_secs(5),
+            "{name} took {after:?}: TERM was not delivered"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alive(child) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background sleep outlived its container"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sim.shutdown().await;
 }

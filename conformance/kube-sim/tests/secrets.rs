@@ -450,7 +450,8 @@ async fn owned_secrets_go_with_their_pod() {
     let (sim, client) = start().await;
     let api = secrets(&client);
     let pods = common::api(&client);
-    let p = create(&pods, &pod("p", &["sleep", "infinity"])).await;
+    // A pause program exits on TERM; `sleep` as PID 1 would hold p for its 30 s grace.
+    let p = create(&pods, &pod("p", &["/tools/pause"])).await;
     let q = create(&pods, &pod("q", &["sleep", "infinity"])).await;
     wait_phase(&pods, "p", "Running").await;
     let with_owners = |name: &str, owners: Value| -> Secret {
@@ -853,5 +854,86 @@ async fn pod_env_references_are_validated() {
     );
     create(&pods, &ok).await;
     wait_phase(&pods, "relaxed", "Succeeded").await;
+    sim.shutdown().await;
+}
+
+/// `EnvVarNames::Strict` (1.29-1.31) refuses what `Relaxed` (1.32+) lets through, with
+/// `IsEnvVarName`'s words; the pod is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_var_names_follow_the_configured_rule() {
+    use jetbridge_kube_sim::{EnvVarNames, SimConfig, Simulator};
+    const STRICT: &str = "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')";
+    let env_pod = |name: &str, var: &str| {
+        pod_with(
+            name,
+            json!([{"name": "main", "image": "busybox", "command": ["true"],
+                    "env": [{"name": var, "value": "x"}]}]),
+        )
+    };
+
+    let sim = Simulator::start(SimConfig {
+        env_var_names: EnvVarNames::Strict,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = common::client(&sim, false);
+    let pods = common::api(&client);
+    let st = api_error(
+        pods.create(&PostParams::default(), &env_pod("strict", "1PASSWORD"))
+            .await,
+    );
+    assert_eq!((st.code, st.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        st.message,
+        format!(
+            "Pod \"strict\" is invalid: spec.containers[main].env[].name: Invalid value: \"1PASSWORD\": {STRICT}"
+        )
+    );
+    // `IsEnvVarName` also refuses what would change directory; prefixes follow it too.
+    for (var, msg) in [
+        ("a:b", STRICT),
+        ("..x", "must not start with '..'"),
+        (".", "must not be '.'"),
+        ("", "env[].name: Required value"),
+    ] {
+        let st = api_error(
+            pods.create(&PostParams::default(), &env_pod("strict", var))
+                .await,
+        );
+        assert!(st.message.ends_with(msg), "{var}: {}", st.message);
+    }
+    let prefixed = pod_with(
+        "prefixed",
+        json!([{"name": "main", "image": "busybox", "command": ["true"],
+                "envFrom": [{"prefix": "9_", "secretRef": {"name": "s", "optional": true}}]}]),
+    );
+    let st = api_error(pods.create(&PostParams::default(), &prefixed).await);
+    assert!(
+        st.message
+            .contains("envFrom[].prefix: Invalid value: \"9_\""),
+        "{}",
+        st.message
+    );
+    assert!(sim.pods(common::NS).is_empty());
+    sim.shutdown().await;
+
+    // The default, as 1.33: the same names are accepted and reach the process.
+    let (sim, client) = start().await;
+    let pods = common::api(&client);
+    for (i, var) in ["1PASSWORD", "a:b", "..x"].into_iter().enumerate() {
+        let p = pod_with(
+            &format!("relaxed{i}"),
+            json!([{"name": "main", "image": "busybox", "command": ["env"],
+                    "env": [{"name": var, "value": "x"}]}]),
+        );
+        create(&pods, &p).await;
+        wait_phase(&pods, &format!("relaxed{i}"), "Succeeded").await;
+        let log = pods
+            .logs(&format!("relaxed{i}"), &LogParams::default())
+            .await
+            .unwrap();
+        assert!(log.lines().any(|l| l == format!("{var}=x")), "{var}: {log}");
+    }
     sim.shutdown().await;
 }

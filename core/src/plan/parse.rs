@@ -132,13 +132,16 @@ impl<'n> Obj<'n> {
 }
 
 /// Whether `name` is an environment variable name every supported Kubernetes version
-/// accepts.
+/// accepts: apimachinery's `IsEnvVarName`, which also refuses `.`, `..` and a leading
+/// `..` (its `hasChDirPrefix`).
 fn is_env_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name != "."
+        && !name.starts_with("..")
 }
 
 /// Which artifacts exist at a point in a job's plan.
@@ -429,7 +432,7 @@ impl<'f> Cx<'f> {
                             format!("{what} name `{name}` is not a valid environment variable name"),
                         )
                         .with_hint(
-                            "use letters, digits, `_`, `-` and `.`, not starting with a digit (e.g. `API_TOKEN`)",
+                            "use letters, digits, `_`, `-` and `.`, not starting with a digit or `..` (e.g. `API_TOKEN`)",
                         ));
                 }
             }
