@@ -156,7 +156,10 @@ fn materialise(docs: &[Value], pod_spec: &Value, root: &Path) -> Pod {
             )
         } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
             // As long as a Deployment's pod name can be: 63 characters.
-            format!("t-jetbridge-{}-abcde", "7".repeat(63 - "t-jetbridge--abcde".len()))
+            format!(
+                "t-jetbridge-{}-abcde",
+                "7".repeat(63 - "t-jetbridge--abcde".len())
+            )
         } else {
             panic!("env {name}: a source this test does not model: {e}");
         };
