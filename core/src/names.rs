@@ -254,9 +254,11 @@ pub fn worker_selector(worker: &str) -> BTreeMap<String, String> {
 }
 
 /// Make `s` a valid label value: at most 63 of `[A-Za-z0-9-_.]`, alphanumeric at both
-/// ends (empty is valid). Other characters become `_`.
+/// ends (empty is valid). Other characters become `_`. A value too long to fit keeps
+/// its first 54 characters and gets 8 hex digits of its digest: selectors (a worker's
+/// pods, a step's handle) must never match two values that share a long prefix.
 pub fn label_value(s: &str) -> String {
-    let mut v: String = s
+    let v: String = s
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
@@ -266,9 +268,17 @@ pub fn label_value(s: &str) -> String {
             }
         })
         .collect();
-    v.truncate(MAX_LABEL_LEN);
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned()
+    let trimmed = v.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.len() <= MAX_LABEL_LEN {
+        return trimmed.to_owned();
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(s.as_bytes());
+    let suffix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    // The sanitised value is ASCII, so byte and char positions agree.
+    let prefix = trimmed[..MAX_LABEL_LEN - suffix.len() - 1]
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{prefix}-{suffix}")
 }
 
 /// Whether `s` is a valid label value.
@@ -375,6 +385,23 @@ mod tests {
         assert_eq!(label_value("my pipeline/x"), "my_pipeline_x");
         assert_eq!(label_value("-a-"), "a");
         assert!(is_label_value(&label_value(&"x".repeat(80))));
+    }
+
+    #[test]
+    fn long_values_sharing_a_prefix_stay_distinct() {
+        // Two workers on a host with a long name: their first 63 characters agree.
+        let host = "ci-runner-pool-a.europe-west4-b.c.example-ci-project-1234.internal";
+        assert!(host.len() >= MAX_LABEL_LEN, "the two differ only past the cut");
+        let (a, b) = (format!("{host}-101"), format!("{host}-202"));
+        let (la, lb) = (label_value(&a), label_value(&b));
+        assert_ne!(la, lb);
+        assert!(is_label_value(&la) && is_label_value(&lb), "{la} {lb}");
+        assert!(la.len() <= MAX_LABEL_LEN, "{la}");
+        assert!(la.starts_with("ci-runner-pool-a.europe-west4-b"), "{la}");
+        // Stable: the same input, the same label.
+        assert_eq!(label_value(&a), la);
+        // Short values are untouched.
+        assert_eq!(label_value("ci-runner-1"), "ci-runner-1");
     }
 
     #[test]
