@@ -391,7 +391,10 @@ mod tests {
     fn long_values_sharing_a_prefix_stay_distinct() {
         // Two workers on a host with a long name: their first 63 characters agree.
         let host = "ci-runner-pool-a.europe-west4-b.c.example-ci-project-1234.internal";
-        assert!(host.len() >= MAX_LABEL_LEN, "the two differ only past the cut");
+        assert!(
+            host.len() >= MAX_LABEL_LEN,
+            "the two differ only past the cut"
+        );
         let (a, b) = (format!("{host}-101"), format!("{host}-202"));
         let (la, lb) = (label_value(&a), label_value(&b));
         assert_ne!(la, lb);
