@@ -502,6 +502,42 @@ pub async fn failing_step_fails_build(subject: &RuntimeSubject) -> CaseResult {
     Ok(())
 }
 
+/// `try`: a failing step under it does not fail the build, and the steps after it run;
+/// a step under `try` that succeeds hands its outputs on as any step does.
+pub async fn try_masks_a_failure(subject: &RuntimeSubject) -> CaseResult {
+    let under_try = |t: String| format!("try:\n      {}", t.replace('\n', "\n  "));
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - {}\n  - {}\n",
+        under_try(task("boom", &[], &[], "echo about to fail && exit 3")),
+        under_try(task("fine", &[], &["made"], "echo made > made/f")),
+        task("after", &["made"], &["out"], "cp made/f out/f")
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure!(
+        o.failure.is_none(),
+        "a masked failure is reported: {:?}",
+        o.failure
+    );
+    let Some(boom) = o.steps.iter().find(|s| s.name == "task: boom") else {
+        fail!("task: boom did not run: {:?}", o.steps);
+    };
+    ensure!(
+        matches!(boom.result, Err(StepFailure::Exited(3))),
+        "task: boom is still reported as it ended: {:?}",
+        boom.result
+    );
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "out")?, "f").await?
+        )
+        .trim(),
+        "made"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -738,6 +774,7 @@ pub const CASES: &[&str] = &[
     "task_file_from_artifact",
     "nothing_left_after_build",
     "changed_input_fails_corrupt",
+    "try_masks_a_failure",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -757,6 +794,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "task_file_from_artifact" => Box::pin(task_file_from_artifact(subject)).await,
         "nothing_left_after_build" => Box::pin(nothing_left_after_build(subject)).await,
         "changed_input_fails_corrupt" => Box::pin(changed_input_fails_corrupt(subject)).await,
+        "try_masks_a_failure" => Box::pin(try_masks_a_failure(subject)).await,
         _ => return None,
     })
 }
@@ -795,6 +833,7 @@ macro_rules! runtime_suite {
                 task_file_from_artifact,
                 nothing_left_after_build,
                 changed_input_fails_corrupt,
+                try_masks_a_failure,
             ]
         );
     };

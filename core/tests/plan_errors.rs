@@ -400,8 +400,13 @@ fn step_shapes() {
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - attempts: 2\n");
     let err = fails_at(&text, 5, 5, &["no `get`, `put`, `task`"]);
     assert!(hint(&err).contains("`attempts`"));
-    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n      get: r\n");
-    fails_at(&text, 5, 5, &["`try` steps are not supported"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - load_var: v\n    file: r/x\n");
+    fails_at(&text, 5, 5, &["`load_var` steps are not supported"]);
+    // `try` takes one step, checked as any other.
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n    - get: r\n");
+    fails_at(&text, 6, 7, &["a step must be a mapping"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n      task: t\n");
+    fails_at(&text, 6, 7, &["neither `config` nor `file`"]);
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - task: t\n");
     fails_at(&text, 5, 5, &["neither `config` nor `file`"]);
     let text = format!(

@@ -232,6 +232,7 @@ fn collect(step: &Step, names: &mut Vec<String>) {
         StepKind::Task(t) => names.push(t.name.clone()),
         StepKind::InParallel(p) => p.steps.iter().for_each(|s| collect(s, names)),
         StepKind::Do(steps) => steps.iter().for_each(|s| collect(s, names)),
+        StepKind::Try(s) => collect(s, names),
     }
 }
 

@@ -757,3 +757,42 @@ async fn an_abort_during_pod_creation_lets_the_create_finish_then_removes_the_po
     );
     assert_no_pods(&m).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_a_masked_one_is_the_build_s_first() {
+    // `try` hides its step's failure from the build: the one reported is the later,
+    // unmasked failure, not the first that happened.
+    let m = MemoryRuntime::new();
+    let yaml = "jobs:\n- name: j\n  plan:\n  - try:\n      task: masked\n      config:\n        platform: linux\n        run: {path: sh, args: [-c, 'exit 4']}\n  - task: real\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'exit 5']}\n";
+    let o = run(&m, yaml).await;
+    assert_eq!(o.status, BuildStatus::Failed);
+    let (name, f) = o.failure.as_ref().expect("a failure");
+    assert_eq!(name, "task: real");
+    assert!(matches!(f, StepFailure::Exited(5)), "{f:?}");
+    assert_no_pods(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_under_try_runs_its_on_error_and_the_build_goes_on() {
+    // An infrastructure error under `try` still runs the inner step's on_error, and
+    // the build goes on.
+    let m = MemoryRuntime::new();
+    on_pod(&m, |b, p| b.evict(p).expect("evict"));
+    let yaml = "jobs:\n- name: j\n  plan:\n  - try:\n      task: evicted\n      config:\n        platform: linux\n        run: {path: sh, args: [-c, 'echo working; sleep 5']}\n      on_error:\n        task: noticed\n        config:\n          platform: linux\n          run: {path: sh, args: [-c, 'true']}\n  - task: after\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'true']}\n";
+    let o = run(&m, yaml).await;
+    assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
+    let names: Vec<&str> = o.steps.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"task: noticed"), "{names:?}");
+    assert!(names.contains(&"task: after"), "{names:?}");
+    let evicted = o
+        .steps
+        .iter()
+        .find(|s| s.name == "task: evicted")
+        .expect("ran");
+    assert!(
+        matches!(evicted.result, Err(StepFailure::Evicted(_))),
+        "{:?}",
+        evicted.result
+    );
+    assert_no_pods(&m).await;
+}

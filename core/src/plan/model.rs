@@ -144,6 +144,8 @@ pub enum StepKind {
     InParallel(InParallel),
     /// Run steps in order, as one step.
     Do(Vec<Step>),
+    /// Run a step; its failure or error does not fail the build (an abort still aborts).
+    Try(Box<Step>),
 }
 
 /// `get`.

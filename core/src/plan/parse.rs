@@ -58,8 +58,8 @@ const IGNORED_JOB: &[&str] = &[
 const IGNORED_STEP: &[&str] = &["tags"];
 const IGNORED_IMAGE_RESOURCE: &[&str] = &["name", "params"];
 
-const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do"];
-const UNSUPPORTED_STEP_KINDS: &[&str] = &["try", "set_pipeline", "load_var", "across", "aggregate"];
+const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do", "try"];
+const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "load_var", "across", "aggregate"];
 const HOOKS: &[&str] = &["on_success", "on_failure", "on_error", "on_abort", "ensure"];
 const MODIFIERS: &[&str] = &["attempts", "timeout"];
 
@@ -725,7 +725,9 @@ impl<'f> Cx<'f> {
                     node.pos,
                     format!("a step must be a mapping, found {}", node.value.kind()),
                 )
-                .with_hint("start a step with `get:`, `put:`, `task:`, `in_parallel:` or `do:`"));
+                .with_hint(
+                    "start a step with `get:`, `put:`, `task:`, `in_parallel:`, `do:` or `try:`",
+                ));
         };
         let keys: Vec<(&str, Pos)> = entries
             .iter()
@@ -742,12 +744,12 @@ impl<'f> Cx<'f> {
             {
                 return Err(self
                     .err(*pos, format!("`{k}` steps are not supported"))
-                    .with_hint("use `get`, `put`, `task`, `in_parallel` or `do`"));
+                    .with_hint("use `get`, `put`, `task`, `in_parallel`, `do` or `try`"));
             }
             return Err(self
                 .err(
                     node.pos,
-                    "this step has no `get`, `put`, `task`, `in_parallel` or `do`",
+                    "this step has no `get`, `put`, `task`, `in_parallel`, `do` or `try`",
                 )
                 .with_hint(format!(
                     "keys found: {}",
@@ -756,7 +758,7 @@ impl<'f> Cx<'f> {
         };
         if let Some(&(other, pos)) = kinds.next() {
             return Err(self
-                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel` and `do`, but this one is `{kind}` and `{other}`"))
+                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel`, `do` and `try`, but this one is `{kind}` and `{other}`"))
                 .with_hint("split it into two steps"));
         }
         let specific: &[&str] = match kind {
@@ -793,6 +795,13 @@ impl<'f> Cx<'f> {
             "put" => StepKind::Put(self.put_step(&obj, flow)?),
             "task" => StepKind::Task(self.task_step(&obj, flow)?),
             "in_parallel" => StepKind::InParallel(self.in_parallel(&obj, state, flow)?),
+            "try" => {
+                let inner = obj.get("try").ok_or_else(|| {
+                    self.err(obj.key_pos("try"), "`try` has no step")
+                        .with_hint("put one step under `try:`, e.g. `try: {task: ...}`")
+                })?;
+                StepKind::Try(Box::new(self.step(state, inner, flow)?))
+            }
             _ => {
                 let list = obj.get("do").ok_or_else(|| {
                     self.err(obj.key_pos("do"), "`do` has no steps")

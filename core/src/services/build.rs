@@ -479,6 +479,23 @@ impl BuildRunner {
                 self.run_put(ctx, step, p, scope, deadline, attempt, abort)
                     .await
             }
+            StepKind::Try(inner) => {
+                let failure_before = ctx.first_failure.lock().ok().and_then(|f| f.clone());
+                match self.run_step(ctx, inner, scope, deadline, abort).await {
+                    // An abort, or a worker that lost its registration, stops the build
+                    // whatever `try` says.
+                    Err(f) if f.is_abort() || matches!(f, StepFailure::WorkerLost(_)) => Err(f),
+                    Err(f) => {
+                        tracing::info!(failure = %f, "a step under `try` failed; the build goes on");
+                        // Masked: a later failure, not this one, is the build's first.
+                        if let Ok(mut ff) = ctx.first_failure.lock() {
+                            *ff = failure_before;
+                        }
+                        Ok(())
+                    }
+                    Ok(()) => Ok(()),
+                }
+            }
         }
     }
 

@@ -1,0 +1,81 @@
+//! The Concourse-style pipelines under `examples/concourse/`, each run as a user would
+//! (`jetbridge run FILE` on the embedded default) and held to the result its first line
+//! declares: `# expect: succeeded`, `failed` or `errored`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn expected(text: &str) -> Option<&str> {
+    text.lines()
+        .next()?
+        .strip_prefix("# expect: ")
+        .map(str::trim)
+}
+
+#[test]
+fn every_concourse_example_ends_as_it_declares() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/concourse")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no examples in {}", dir.display());
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let want = expected(&text)
+            .unwrap_or_else(|| panic!("{}: no `# expect:` first line", file.display()));
+        let code = match want {
+            "succeeded" => 0,
+            "failed" | "errored" => 1,
+            other => panic!("{}: unknown expectation {other:?}", file.display()),
+        };
+        let data = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
+            .arg("run")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("JETBRIDGE_COLOR", "never")
+            .output()
+            .expect("jetbridge runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}:\n{stdout}\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("build {want}")),
+            "{}: the summary says `build {want}`:\n{stdout}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn try_masks_only_its_own_step_and_the_summary_names_the_real_failure() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse/try-then-fail.yml");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
+        .arg("run")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("JETBRIDGE_COLOR", "never")
+        .output()
+        .expect("jetbridge runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let summary = stdout
+        .lines()
+        .skip_while(|l| !l.contains("build failed"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(summary.contains("task: unit-tests"), "{stdout}");
+    assert!(summary.contains("exited with status 2"), "{stdout}");
+}
