@@ -429,6 +429,7 @@ mod tests {
             name: "notify".into(),
             type_: "nopath".into(),
             source: json!({}),
+            version: None,
             location: Location::default(),
         };
         let err = r.resolve_resource(&p, &res).unwrap_err();

@@ -520,3 +520,24 @@ fn param_names_must_be_environment_variable_names_on_every_cluster() {
     );
     fails_at(&text, 8, 16, &["`9LIVES`"]);
 }
+
+#[test]
+fn a_resource_pins_with_a_version_mapping_only() {
+    let jobs = "jobs:\n- name: j\n  plan:\n  - get: r\n";
+    for bad in ["latest", "every", "\"3\"", "{}", "[a]"] {
+        let text = format!("resources:\n- name: r\n  type: mock\n  version: {bad}\n{jobs}");
+        let err = fails_at(
+            &text,
+            4,
+            12,
+            &["resource `r`: `version` must be a version mapping"],
+        );
+        assert!(hint(&err).contains("go on a `get`"), "{bad}: {err}");
+    }
+    let text = format!("resources:\n- name: r\n  type: mock\n  version: {{ref: abc}}\n{jobs}");
+    let p = parse_pipeline(&text, "ci/p.yml", &Vars::new()).expect("a pinned resource parses");
+    assert_eq!(
+        p.resource("r").and_then(|r| r.version.clone()),
+        Some(serde_json::json!({"ref": "abc"}))
+    );
+}

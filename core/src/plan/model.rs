@@ -69,6 +69,9 @@ pub struct Resource {
     pub type_: String,
     /// `source`, passed to the resource scripts.
     pub source: Value,
+    /// `version`: a pinned version every `get` of it fetches, unless the `get` names its
+    /// own; `None`: the latest.
+    pub version: Option<Value>,
     /// Where it was declared.
     pub location: Location,
 }
@@ -355,6 +358,7 @@ impl std::fmt::Debug for Resource {
             .field("name", &self.name)
             .field("type_", &self.type_)
             .field("source", &RedactedJson(&self.source))
+            .field("version", &self.version)
             .field("location", &self.location)
             .finish()
     }

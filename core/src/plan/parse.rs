@@ -588,7 +588,7 @@ impl<'f> Cx<'f> {
         let obj = self.obj(
             node,
             "a resource",
-            &["name", "type", "source"],
+            &["name", "type", "source", "version"],
             IGNORED_RESOURCE,
         )?;
         let name_node = self.required(&obj, "name", "a resource")?;
@@ -634,10 +634,24 @@ impl<'f> Cx<'f> {
                 s.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
+        // Concourse pins a resource with a version mapping (string values, as a
+        // resource's `check` reports them); `every`/`latest` belong on a `get`.
+        let version = match obj.get("version") {
+            None => None,
+            Some(n) => match &n.value {
+                Value::Map(m) if !m.is_empty() => Some(self.json_map(Some(n), "`version`")?),
+                _ => {
+                    return Err(self
+                        .err(n.pos, format!("resource `{name}`: `version` must be a version mapping"))
+                        .with_hint("pin it with e.g. `version: {ref: abc123}`; `every` and `latest` go on a `get`"));
+                }
+            },
+        };
         Ok(Resource {
             name,
             type_,
             source,
+            version,
             location: self.loc(node.pos),
         })
     }

@@ -632,7 +632,16 @@ impl BuildRunner {
             Ok(x) => x,
             Err(f) => return (Err(f), Vec::new()),
         };
-        let version = match pinned.or_else(|| g.version.clone().filter(Value::is_object)) {
+        // A put's own version, else the get's pin, else the resource's, else the latest.
+        let resource_pin = ctx
+            .req
+            .pipeline
+            .resource(&g.resource)
+            .and_then(|r| r.version.clone());
+        let version = match pinned
+            .or_else(|| g.version.clone().filter(Value::is_object))
+            .or(resource_pin)
+        {
             Some(v) => v,
             None => {
                 // Check for the latest version in a check pod.
