@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::plan::{Pipeline, Resource, TaskConfig};
+use crate::plan::{Job, Pipeline, Resource, Step, StepKind, TaskConfig};
 use crate::{Error, ErrorKind, Result};
 
 /// The base resource types and their images, before any override or prefix.
@@ -196,6 +196,66 @@ impl ImageResolver {
         Err(Error::not_found(format!(
             "resource type `{type_name}` is not declared and is not a base type"
         )))
+    }
+
+    /// The first resource `job` uses (its gets and puts, hooks included) whose scripts
+    /// live in a container image that `runnable` (given the scripts' directory) says
+    /// cannot be run here, with that image. A backend that runs no containers (the
+    /// local one) asks this before any step runs, so such a pipeline is refused up
+    /// front instead of failing as a step's own `exit 127`.
+    pub fn unrunnable_image_resource<'p>(
+        &self,
+        pipeline: &'p Pipeline,
+        job: &Job,
+        runnable: impl Fn(&str) -> bool,
+    ) -> Option<(&'p Resource, String)> {
+        fn walk<'s>(step: &'s Step, out: &mut Vec<&'s str>) {
+            match &step.kind {
+                StepKind::Get(g) => out.push(&g.resource),
+                StepKind::Put(p) => out.push(&p.resource),
+                StepKind::Task(_) => {}
+                StepKind::InParallel(p) => p.steps.iter().for_each(|s| walk(s, out)),
+                StepKind::Do(steps) => steps.iter().for_each(|s| walk(s, out)),
+                StepKind::Try(s) => walk(s, out),
+            }
+            let h = &step.hooks;
+            for hook in [
+                &h.on_success,
+                &h.on_failure,
+                &h.on_error,
+                &h.on_abort,
+                &h.ensure,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                walk(hook, out);
+            }
+        }
+        let mut used = Vec::new();
+        job.plan.iter().for_each(|s| walk(s, &mut used));
+        let h = &job.hooks;
+        for hook in [
+            &h.on_success,
+            &h.on_failure,
+            &h.on_error,
+            &h.on_abort,
+            &h.ensure,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            walk(hook, &mut used);
+        }
+        used.into_iter().find_map(|name| {
+            let resource = pipeline.resource(name)?;
+            match self.resolve_resource(pipeline, resource).ok()? {
+                ResolvedImage::Image { image, scripts_dir } if !runnable(&scripts_dir) => {
+                    Some((resource, image))
+                }
+                _ => None,
+            }
+        })
     }
 
     /// What runs the scripts of `resource` (of its type).

@@ -218,6 +218,23 @@ async fn bad_input_gets_a_clear_4xx() {
         .submit(json!({"pipeline": task("true"), "job": "nope"}))
         .await;
     assert_eq!(res.status(), 422);
+
+    // A resource image on a server whose backend runs host processes: refused with the
+    // resource's place, not queued to fail as `exit 127`.
+    let git = "resources:\n- name: repo\n  type: git\n  source: {uri: x}\njobs:\n- name: j\n  plan:\n  - get: repo\n";
+    let res = h.submit(json!({"pipeline": git, "file": "ci.yml"})).await;
+    assert_eq!(res.status(), 422);
+    let body: ErrorBody = res.json().await.unwrap();
+    let loc = body.location.expect("a location");
+    assert_eq!((loc.file.as_str(), loc.line, loc.column), ("ci.yml", 2, 3));
+    for needle in [
+        "resource \"repo\"",
+        "\"git\"",
+        "concourse/git-resource",
+        "--backend kube",
+    ] {
+        assert!(body.message.contains(needle), "{needle}: {}", body.message);
+    }
     let res = h
         .submit(json!({"pipeline": task("true"), "file": "a\u{0}b.yml"}))
         .await;

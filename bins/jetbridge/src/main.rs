@@ -292,6 +292,21 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
     }
     check_worker_ttl(&settings)?;
     let wired = wiring::wire(&settings).await?;
+    if settings.backend() == Backend::Local
+        && let Some(job) = pipeline.job(&job)
+        && let Some((r, image)) =
+            wired
+                .images
+                .unrunnable_image_resource(&pipeline, job, scripts_on_this_host)
+    {
+        return Err(user(format!(
+            "{}: resource {:?} has type {:?}, whose scripts run in the image {image}; \
+             the local backend runs steps as processes on this machine and cannot run a \
+             resource image: run it with --backend kube, or give it a resource type of \
+             `type: local` whose source.path holds its check, in and out scripts",
+            r.location, r.name, r.type_
+        )));
+    }
     let rt = wired.runtime.clone();
     let worker = wired.worker.clone();
     let keep_pods = settings.keep_pods();
@@ -641,6 +656,12 @@ fn check_config(settings: &Settings, printer: &Printer) -> anyhow::Result<u8> {
         plan.metrics_listen,
     ));
     Ok(0)
+}
+
+/// Whether a resource image's scripts directory exists on this machine, so the local
+/// backend can run them (a simulator's mock scripts, an image's files copied here).
+pub(crate) fn scripts_on_this_host(dir: &str) -> bool {
+    Path::new(dir).join("check").is_file()
 }
 
 /// `jetbridge server`: serve until SIGTERM or Ctrl-C, then drain.

@@ -813,3 +813,36 @@ fn two_runs_given_the_same_worker_on_a_shared_registry_the_second_is_refused() {
     let third = run_example("hello.yml", &dir.path().join("two"), &other_host);
     assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
 }
+
+#[test]
+fn a_resource_image_on_the_local_backend_is_refused_before_any_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("ci.yml");
+    std::fs::write(
+        &pipeline,
+        "resources:\n- name: src\n  type: git\n  source: {uri: https://example.com/r.git}\njobs:\n- name: j\n  plan:\n  - task: first\n    config:\n      platform: linux\n      run: {path: 'true'}\n  - get: src\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "ci.yml:2:3: resource \"src\" has type \"git\"",
+        "the image concourse/git-resource",
+        "--backend kube",
+        "`type: local`",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(
+        !text(&out.stdout).contains("task: first"),
+        "no step ran: {}",
+        text(&out.stdout)
+    );
+}
