@@ -219,7 +219,23 @@ async fn dispatch(
         Command::Logs(args) => client::logs(args, printer).await,
         Command::Abort(args) => client::abort(args, printer).await,
         Command::Validate(args) => {
-            let (pipeline, _) = load_pipeline(&args.pipeline)?;
+            // As `fly validate-pipeline`: the shape is checked without the values; a
+            // variable with none is a warning here (`run` still requires it).
+            let path = &args.pipeline.pipeline;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| user(format!("cannot read the pipeline {}: {e}", path.display())))?;
+            let vars = Vars::from_assignments(args.pipeline.vars.iter())
+                .map_err(|e| user(format!("--var: {e}")))?;
+            let file = path.display().to_string();
+            let missing = jetbridge_core::plan::missing_vars(&text, &file, &vars)
+                .map_err(|e| user(e.to_string()))?;
+            let pipeline = parse_pipeline(&text, &file, &vars.lenient())
+                .map_err(|e| user(with_var_hint(e)))?;
+            for (name, at) in &missing {
+                printer.warning(&format!(
+                    "{at}: variable `{name}` has no value here; `run` needs one (--var {name}=VALUE)"
+                ));
+            }
             let steps: usize = pipeline.jobs.iter().map(|j| j.plan.len()).sum();
             printer.info(&format!(
                 "{}: valid ({} job(s), {} resource(s), {} top-level step(s))",

@@ -65,6 +65,15 @@ impl Printer {
         }
     }
 
+    /// Something the user should know that does not stop the command.
+    pub fn warning(&self, message: &str) {
+        if self.json {
+            self.emit_json(json!({"event": "warning", "message": message}));
+        } else {
+            self.emit_line(&self.paint(YELLOW, &format!("warning: {message}")));
+        }
+    }
+
     /// The closing summary.
     /// The end of a build run here.
     pub fn summary(&self, outcome: &BuildOutcome, total: Duration) {

@@ -181,7 +181,36 @@ fn an_unfilled_var_names_it_and_var_fills_it() {
         "vars.yml",
         "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo ((greeting))']}\n",
     );
+    // As `fly validate-pipeline`: valid, with a warning naming the variable and where.
     let out = bin().arg("validate").arg(&p).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("vars.yml:7:34: variable `greeting` has no value here; `run` needs one (--var greeting=VALUE)"),
+        "{said}"
+    );
+    assert!(said.contains("valid (1 job(s)"), "{said}");
+    // Given, no warning.
+    let out = bin()
+        .arg("validate")
+        .arg(&p)
+        .args(["--var", "greeting=hi"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !text(&out.stdout).contains("warning"),
+        "{}",
+        text(&out.stdout)
+    );
+    // `run` still requires it.
+    let out = bin()
+        .arg("run")
+        .arg(&p)
+        .arg("--data-dir")
+        .arg(dir.path().join("d0"))
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("hint: pass `--var greeting=...`"),

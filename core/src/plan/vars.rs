@@ -20,6 +20,8 @@ use super::node::{Node, Pos, Value as NodeValue};
 #[derive(Clone, Default, PartialEq)]
 pub struct Vars {
     values: BTreeMap<String, Value>,
+    /// A variable without a value reads as its placeholder's text instead of failing.
+    lenient: bool,
 }
 
 impl fmt::Debug for Vars {
@@ -32,6 +34,14 @@ impl Vars {
     /// No variables.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// These values, with every variable that has none read as its placeholder's own
+    /// text (`((name))`) instead of an error: for checking a pipeline's shape without
+    /// its values, as `fly validate-pipeline` does. [`missing_vars`] says which.
+    pub fn lenient(mut self) -> Self {
+        self.lenient = true;
+        self
     }
 
     /// Split `KEY=VALUE` (as the binary's `--var` takes it) into its name and a string value, like
@@ -112,6 +122,7 @@ impl FromIterator<(String, Value)> for Vars {
     fn from_iter<T: IntoIterator<Item = (String, Value)>>(iter: T) -> Self {
         Vars {
             values: iter.into_iter().collect(),
+            lenient: false,
         }
     }
 }
@@ -157,6 +168,42 @@ fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
         from = close + 2;
     }
     found
+}
+
+/// Every variable `text` names that `vars` has no value for, each once, where it is
+/// first used, in file order.
+///
+/// Errors: the text is not YAML.
+pub fn missing_vars(
+    text: &str,
+    file: &str,
+    vars: &Vars,
+) -> Result<Vec<(String, crate::plan::Location)>, PlanError> {
+    fn walk(node: &Node, vars: &Vars, file: &str, out: &mut Vec<(String, crate::plan::Location)>) {
+        match &node.value {
+            NodeValue::Str(s) => {
+                for p in placeholders(s) {
+                    let name = p.inner.trim().split('.').next().unwrap_or_default().trim();
+                    if !name.is_empty()
+                        && vars.get(name).is_none()
+                        && !out.iter().any(|(n, _)| n == name)
+                    {
+                        out.push((name.to_owned(), node.pos.at(file)));
+                    }
+                }
+            }
+            NodeValue::Seq(items) => items.iter().for_each(|n| walk(n, vars, file, out)),
+            NodeValue::Map(entries) => entries.iter().for_each(|(k, v)| {
+                walk(k, vars, file, out);
+                walk(v, vars, file, out);
+            }),
+            _ => {}
+        }
+    }
+    let root = super::node::load(text, file)?;
+    let mut out = Vec::new();
+    walk(&root, vars, file, &mut out);
+    Ok(out)
 }
 
 /// Fill every placeholder in `node` (keys included) from `vars`.
@@ -224,6 +271,9 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
         .with_hint("write `((name))` or `((name.field))`"));
     }
     let Some(mut value) = vars.get(name) else {
+        if vars.lenient {
+            return Ok(Value::String(format!("(({text}))")));
+        }
         return Err(PlanError::new(
             pos.at(file),
             format!("variable `{name}` in `(({inner}))` has no value"),
@@ -259,6 +309,26 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn missing_vars_are_named_once_where_first_used_and_lenient_reads_them_as_text() {
+        let text = "a: ((x))\nb: [((y.field)), ((x))]\nc: \"$((1 + 2)) ((n))\"\n";
+        let mut given = Vars::new();
+        given.insert("n", json!(1));
+        let missing = missing_vars(text, "f.yml", &given).expect("yaml");
+        let names: Vec<(&str, usize, usize)> = missing
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.line, l.column))
+            .collect();
+        assert_eq!(names, [("x", 1, 4), ("y", 2, 5)]);
+        let root = super::super::node::load(text, "f.yml").expect("yaml");
+        assert!(interpolate(&root, &given, "f.yml").is_err());
+        let filled = interpolate(&root, &given.clone().lenient(), "f.yml").expect("lenient");
+        assert_eq!(
+            filled.to_json(),
+            json!({"a": "((x))", "b": ["((y.field))", "((x))"], "c": "$((1 + 2)) 1"})
+        );
+    }
 
     fn node(s: &str) -> Node {
         Node::new(Pos { line: 3, column: 7 }, NodeValue::Str(s.to_owned()))
