@@ -541,3 +541,40 @@ fn a_resource_pins_with_a_version_mapping_only() {
         Some(serde_json::json!({"ref": "abc"}))
     );
 }
+
+#[test]
+fn serial_serial_groups_and_max_in_flight_are_read_and_checked() {
+    let job = |extra: &str| format!("{R}jobs:\n- name: j\n{extra}  plan:\n  - get: r\n");
+    let p = parse_pipeline(
+        &job("  serial: true\n  serial_groups: [deploy, db]\n"),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("parses");
+    let j = p.job("j").expect("job");
+    assert_eq!(j.max_in_flight, Some(1));
+    assert_eq!(j.serial_groups, ["deploy", "db"]);
+    let p = parse_pipeline(&job("  max_in_flight: 3\n"), "ci/p.yml", &Vars::new()).expect("parses");
+    assert_eq!(p.job("j").expect("job").max_in_flight, Some(3));
+    let p = parse_pipeline(&job(""), "ci/p.yml", &Vars::new()).expect("parses");
+    assert_eq!(p.job("j").expect("job").max_in_flight, None);
+    fails_at(
+        &job("  max_in_flight: 0\n"),
+        4,
+        18,
+        &["`max_in_flight` must be at least 1"],
+    );
+    fails_at(&job("  serial: yes\n"), 4, 11, &["`serial`"]);
+    fails_at(
+        &job("  serial: true\n  max_in_flight: 2\n"),
+        5,
+        3,
+        &["`serial: true` runs one build at a time, but `max_in_flight` is 2"],
+    );
+    fails_at(
+        &job("  serial_groups: deploy\n"),
+        4,
+        18,
+        &["`serial_groups`"],
+    );
+}

@@ -98,6 +98,11 @@ pub struct Job {
     pub plan: Vec<Step>,
     /// Job-level hooks.
     pub hooks: Hooks,
+    /// How many of its builds may run at once: `max_in_flight`, or 1 for `serial: true`
+    /// (`None`: no limit). Honoured by a server's queue; a one-off `run` has one build.
+    pub max_in_flight: Option<u32>,
+    /// `serial_groups`: builds of jobs that share a group run one at a time.
+    pub serial_groups: Vec<String>,
     /// Where it was declared.
     pub location: Location,
 }

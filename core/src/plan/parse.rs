@@ -46,9 +46,6 @@ const IGNORED_RESOURCE: &[&str] = &[
 const IGNORED_RESOURCE_TYPE: &[&str] = &["check_every", "tags", "privileged", "params"];
 const IGNORED_JOB: &[&str] = &[
     "public",
-    "serial",
-    "serial_groups",
-    "max_in_flight",
     "build_log_retention",
     "build_logs_to_retain",
     "interruptible",
@@ -657,7 +654,11 @@ impl<'f> Cx<'f> {
     }
 
     fn job(&mut self, node: &Node) -> Result<Job, PlanError> {
-        let known: Vec<&str> = ["name", "plan"].iter().chain(HOOKS).copied().collect();
+        let known: Vec<&str> = ["name", "plan", "serial", "serial_groups", "max_in_flight"]
+            .iter()
+            .chain(HOOKS)
+            .copied()
+            .collect();
         let obj = self.obj(node, "a job", &known, IGNORED_JOB)?;
         let name_node = self.required(&obj, "name", "a job")?;
         let name = self.name(name_node, "job name")?;
@@ -690,10 +691,53 @@ impl<'f> Cx<'f> {
             plan.push(self.step(&mut state, node, &mut flow)?);
         }
         let hooks = self.hooks(&obj, &mut state, &mut flow)?;
+        let serial = match obj.get("serial") {
+            None => false,
+            Some(n) => self.boolean(n, "`serial`")?,
+        };
+        let max_in_flight =
+            match obj.get("max_in_flight") {
+                None => None,
+                Some(n) => {
+                    let m = self.uint(n, "`max_in_flight`")?;
+                    if m < 1 {
+                        return Err(self
+                            .err(n.pos, "`max_in_flight` must be at least 1")
+                            .with_hint("leave it out for no limit"));
+                    }
+                    Some(u32::try_from(m).map_err(|_| {
+                        self.err(n.pos, format!("`max_in_flight` of {m} is too many"))
+                    })?)
+                }
+            };
+        // As Concourse: `serial: true` is `max_in_flight: 1`; both set must agree.
+        let max_in_flight = match (serial, max_in_flight) {
+            (true, Some(m)) if m != 1 => {
+                let pos = obj.key_pos("max_in_flight");
+                return Err(self
+                    .err(
+                        pos,
+                        format!(
+                            "`serial: true` runs one build at a time, but `max_in_flight` is {m}"
+                        ),
+                    )
+                    .with_hint("keep one of the two"));
+            }
+            (true, _) => Some(1),
+            (false, m) => m,
+        };
+        let mut serial_groups = Vec::new();
+        if let Some(n) = obj.get("serial_groups") {
+            for g in self.seq(n, "`serial_groups`")? {
+                serial_groups.push(self.nonempty(g, "a serial group")?);
+            }
+        }
         Ok(Job {
             name,
             plan,
             hooks,
+            max_in_flight,
+            serial_groups,
             location: self.loc(node.pos),
         })
     }
