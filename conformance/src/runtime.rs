@@ -538,6 +538,45 @@ pub async fn try_masks_a_failure(subject: &RuntimeSubject) -> CaseResult {
     leftovers(subject, &build).await
 }
 
+/// `load_var`: a file of an artifact becomes a local var that later steps read as
+/// `((.:name))` (whole values keep their type, fields are read with `.field`), filled
+/// in when each step starts.
+pub async fn load_var_fills_later_steps(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - load_var: version\n    file: meta/version\n  - load_var: meta\n    file: meta/info.json\n  - {}\n",
+        task(
+            "describe",
+            &[],
+            &["meta"],
+            "echo ' 1.2.3 ' > meta/version && echo '{\"tag\": \"v1\", \"n\": 2}' > meta/info.json"
+        ),
+        task(
+            "use",
+            &[],
+            &["out"],
+            "echo \"((.:version)) ((.:meta.tag)) ((.:meta.n))\" > out/line"
+        )
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "out")?, "line").await?
+        )
+        .trim(),
+        "1.2.3 v1 2"
+    );
+    ensure!(
+        o.steps
+            .iter()
+            .any(|s| s.name == "load_var: version" && s.result.is_ok()),
+        "the load_var steps are reported: {:?}",
+        o.steps.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -775,6 +814,7 @@ pub const CASES: &[&str] = &[
     "nothing_left_after_build",
     "changed_input_fails_corrupt",
     "try_masks_a_failure",
+    "load_var_fills_later_steps",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -795,6 +835,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "nothing_left_after_build" => Box::pin(nothing_left_after_build(subject)).await,
         "changed_input_fails_corrupt" => Box::pin(changed_input_fails_corrupt(subject)).await,
         "try_masks_a_failure" => Box::pin(try_masks_a_failure(subject)).await,
+        "load_var_fills_later_steps" => Box::pin(load_var_fills_later_steps(subject)).await,
         _ => return None,
     })
 }
@@ -834,6 +875,7 @@ macro_rules! runtime_suite {
                 nothing_left_after_build,
                 changed_input_fails_corrupt,
                 try_masks_a_failure,
+                load_var_fills_later_steps,
             ]
         );
     };

@@ -400,8 +400,8 @@ fn step_shapes() {
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - attempts: 2\n");
     let err = fails_at(&text, 5, 5, &["no `get`, `put`, `task`"]);
     assert!(hint(&err).contains("`attempts`"));
-    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - load_var: v\n    file: r/x\n");
-    fails_at(&text, 5, 5, &["`load_var` steps are not supported"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - set_pipeline: p\n    file: r/x\n");
+    fails_at(&text, 5, 5, &["`set_pipeline` steps are not supported"]);
     // `try` takes one step, checked as any other.
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n    - get: r\n");
     fails_at(&text, 6, 7, &["a step must be a mapping"]);
@@ -576,5 +576,63 @@ fn serial_serial_groups_and_max_in_flight_are_read_and_checked() {
         4,
         18,
         &["`serial_groups`"],
+    );
+}
+
+#[test]
+fn load_var_reads_a_file_of_an_earlier_artifact() {
+    let plan = |step: &str| format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n{step}");
+    let p = parse_pipeline(
+        &plan("  - load_var: v\n    file: r/meta.json\n    reveal: true\n  - task: t\n    config:\n      platform: linux\n      params: {V: ((.:v.tag))}\n      run: {path: echo, args: [((.:v))]}\n"),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("parses, local vars left for the run");
+    let StepKind::LoadVar(l) = &p.job("j").expect("job").plan[1].kind else {
+        panic!("a load_var step");
+    };
+    assert_eq!(
+        (l.name.as_str(), l.artifact.as_str(), l.path.as_str()),
+        ("v", "r", "meta.json")
+    );
+    assert!(l.reveal && l.format.is_none());
+    let StepKind::Task(t) = &p.job("j").expect("job").plan[2].kind else {
+        panic!("a task");
+    };
+    let TaskSource::Inline(c) = &t.config else {
+        panic!("inline");
+    };
+    assert_eq!(c.params["V"], "((.:v.tag))");
+    assert_eq!(c.run.args, ["((.:v))"]);
+    fails_at(
+        &plan("  - load_var: v\n    file: nope/x\n"),
+        7,
+        11,
+        &["`load_var: v` reads `nope/x`"],
+    );
+    fails_at(
+        &plan("  - load_var: v\n    file: r\n"),
+        7,
+        11,
+        &["does not name an artifact and a path"],
+    );
+    fails_at(
+        &plan("  - load_var: v\n    file: r/../x\n"),
+        7,
+        11,
+        &["leaves the artifact"],
+    );
+    fails_at(
+        &plan("  - load_var: v\n    file: r/x\n    format: toml\n"),
+        8,
+        13,
+        &["`format: toml` is not a format"],
+    );
+    fails_at(&plan("  - load_var: v\n"), 6, 5, &["`file`"]);
+    fails_at(
+        &plan("  - load_var: V\n    file: r/x\n"),
+        6,
+        15,
+        &["not a valid name"],
     );
 }

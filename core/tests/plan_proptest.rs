@@ -233,6 +233,7 @@ fn collect(step: &Step, names: &mut Vec<String>) {
         StepKind::InParallel(p) => p.steps.iter().for_each(|s| collect(s, names)),
         StepKind::Do(steps) => steps.iter().for_each(|s| collect(s, names)),
         StepKind::Try(s) => collect(s, names),
+        StepKind::LoadVar(_) => {}
     }
 }
 

@@ -79,3 +79,32 @@ fn try_masks_only_its_own_step_and_the_summary_names_the_real_failure() {
     assert!(summary.contains("task: unit-tests"), "{stdout}");
     assert!(summary.contains("exited with status 2"), "{stdout}");
 }
+
+#[test]
+fn load_var_shows_only_revealed_values() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse/load_var.yml");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
+        .arg("run")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("JETBRIDGE_COLOR", "never")
+        .output()
+        .expect("jetbridge runs");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("local var \"version\" = \"1.4.0\""), "{all}");
+    assert!(
+        all.contains("deploying registry.example.com/app:1.4.0 with 3 replicas"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("s3cr3t-token-value"),
+        "an unrevealed value was shown: {all}"
+    );
+}

@@ -71,7 +71,7 @@ pub use duration::parse_duration;
 pub use error::PlanError;
 pub use model::*;
 pub use parse::BASE_RESOURCE_TYPES;
-pub use vars::{Vars, missing_vars};
+pub use vars::{LocalVars, Vars, fill_locals, fill_locals_json, missing_vars};
 
 /// Whether `name` is a valid name for a job, resource, resource type, step or artifact
 /// (Concourse rule: lowercase letters, digits, `-`, `_` and `.`, starting with a letter).

@@ -154,6 +154,37 @@ pub enum StepKind {
     Do(Vec<Step>),
     /// Run a step; its failure or error does not fail the build (an abort still aborts).
     Try(Box<Step>),
+    /// Read a file of an artifact into a local var (`((.:name))`).
+    LoadVar(LoadVarStep),
+}
+
+/// `load_var`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadVarStep {
+    /// The local var's name (the `load_var:` value).
+    pub name: String,
+    /// The artifact holding the file.
+    pub artifact: String,
+    /// The file's path inside it.
+    pub path: String,
+    /// How to read it; `None`: by the file's extension (`.json`, `.yml`/`.yaml`, else
+    /// `trim`), as Concourse does.
+    pub format: Option<VarFormat>,
+    /// Whether the value may be shown (the step's line names it; off, only its name).
+    pub reveal: bool,
+}
+
+/// How `load_var` reads a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarFormat {
+    /// The bytes as text, unchanged.
+    Raw,
+    /// The text without leading and trailing whitespace.
+    Trim,
+    /// A JSON value.
+    Json,
+    /// A YAML value.
+    Yaml,
 }
 
 /// `get`.

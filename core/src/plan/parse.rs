@@ -55,8 +55,8 @@ const IGNORED_JOB: &[&str] = &[
 const IGNORED_STEP: &[&str] = &["tags"];
 const IGNORED_IMAGE_RESOURCE: &[&str] = &["name", "params"];
 
-const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do", "try"];
-const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "load_var", "across", "aggregate"];
+const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do", "try", "load_var"];
+const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "across", "aggregate"];
 const HOOKS: &[&str] = &["on_success", "on_failure", "on_error", "on_abort", "ensure"];
 const MODIFIERS: &[&str] = &["attempts", "timeout"];
 
@@ -784,7 +784,7 @@ impl<'f> Cx<'f> {
                     format!("a step must be a mapping, found {}", node.value.kind()),
                 )
                 .with_hint(
-                    "start a step with `get:`, `put:`, `task:`, `in_parallel:`, `do:` or `try:`",
+                    "start a step with `get:`, `put:`, `task:`, `in_parallel:`, `do:`, `try:` or `load_var:`",
                 ));
         };
         let keys: Vec<(&str, Pos)> = entries
@@ -802,12 +802,14 @@ impl<'f> Cx<'f> {
             {
                 return Err(self
                     .err(*pos, format!("`{k}` steps are not supported"))
-                    .with_hint("use `get`, `put`, `task`, `in_parallel`, `do` or `try`"));
+                    .with_hint(
+                        "use `get`, `put`, `task`, `in_parallel`, `do`, `try` or `load_var`",
+                    ));
             }
             return Err(self
                 .err(
                     node.pos,
-                    "this step has no `get`, `put`, `task`, `in_parallel`, `do` or `try`",
+                    "this step has no `get`, `put`, `task`, `in_parallel`, `do`, `try` or `load_var`",
                 )
                 .with_hint(format!(
                     "keys found: {}",
@@ -816,7 +818,7 @@ impl<'f> Cx<'f> {
         };
         if let Some(&(other, pos)) = kinds.next() {
             return Err(self
-                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel`, `do` and `try`, but this one is `{kind}` and `{other}`"))
+                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel`, `do`, `try` and `load_var`, but this one is `{kind}` and `{other}`"))
                 .with_hint("split it into two steps"));
         }
         let specific: &[&str] = match kind {
@@ -829,6 +831,7 @@ impl<'f> Cx<'f> {
                 "inputs",
                 "no_get",
             ],
+            "load_var" => &["load_var", "file", "format", "reveal"],
             "task" => &[
                 "task",
                 "config",
@@ -853,6 +856,7 @@ impl<'f> Cx<'f> {
             "put" => StepKind::Put(self.put_step(&obj, flow)?),
             "task" => StepKind::Task(self.task_step(&obj, flow)?),
             "in_parallel" => StepKind::InParallel(self.in_parallel(&obj, state, flow)?),
+            "load_var" => StepKind::LoadVar(self.load_var_step(&obj, flow)?),
             "try" => {
                 let inner = obj.get("try").ok_or_else(|| {
                     self.err(obj.key_pos("try"), "`try` has no step")
@@ -938,6 +942,61 @@ impl<'f> Cx<'f> {
                 format!("`{step}` of resource `{resource}`, which is not declared"),
             )
             .with_hint(hint))
+    }
+
+    fn load_var_step(&self, obj: &Obj<'_>, flow: &Flow) -> Result<LoadVarStep, PlanError> {
+        let name_node = self.required(obj, "load_var", "a `load_var` step")?;
+        let name = self.name(name_node, "`load_var` name")?;
+        let f = self.required(obj, "file", &format!("`load_var: {name}`"))?;
+        let text = self.nonempty(f, "`file`")?;
+        let (artifact, path) = text.split_once('/').unwrap_or((&text, ""));
+        if path.is_empty() || !valid_name(artifact) {
+            return Err(self
+                .err(
+                    f.pos,
+                    format!("`file: {text}` does not name an artifact and a path"),
+                )
+                .with_hint("write `file: ARTIFACT/path`, e.g. `file: version/number`"));
+        }
+        if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return Err(self
+                .err(f.pos, format!("`file: {text}` leaves the artifact"))
+                .with_hint("use a path inside the artifact without `..` segments"));
+        }
+        if !flow.has(artifact) {
+            return Err(self.missing_input(
+                f.pos,
+                format!("`load_var: {name}` reads `{text}`"),
+                artifact,
+                flow,
+                "fix the artifact name at the start of `file`",
+            ));
+        }
+        let format = match obj.get("format") {
+            None => None,
+            Some(n) => Some(match self.text(n, "`format`")?.as_str() {
+                "raw" => VarFormat::Raw,
+                "trim" => VarFormat::Trim,
+                "json" => VarFormat::Json,
+                "yaml" | "yml" => VarFormat::Yaml,
+                other => {
+                    return Err(self
+                        .err(n.pos, format!("`format: {other}` is not a format"))
+                        .with_hint("use `raw`, `trim`, `json` or `yaml`, or leave it out to go by the file's extension"));
+                }
+            }),
+        };
+        let reveal = match obj.get("reveal") {
+            None => false,
+            Some(n) => self.boolean(n, "`reveal`")?,
+        };
+        Ok(LoadVarStep {
+            name,
+            artifact: artifact.to_owned(),
+            path: path.to_owned(),
+            format,
+            reveal,
+        })
     }
 
     fn get_step(

@@ -182,7 +182,7 @@ pub fn missing_vars(
     fn walk(node: &Node, vars: &Vars, file: &str, out: &mut Vec<(String, crate::plan::Location)>) {
         match &node.value {
             NodeValue::Str(s) => {
-                for p in placeholders(s) {
+                for p in placeholders(s).into_iter().filter(|p| !is_local(p.inner)) {
                     let name = p.inner.trim().split('.').next().unwrap_or_default().trim();
                     if !name.is_empty()
                         && vars.get(name).is_none()
@@ -204,6 +204,91 @@ pub fn missing_vars(
     let mut out = Vec::new();
     walk(&root, vars, file, &mut out);
     Ok(out)
+}
+
+/// Local vars set by `load_var` steps, by name; filled in when a step starts.
+pub type LocalVars = BTreeMap<String, Value>;
+
+/// The value of a local placeholder's text (`.:name` or `.:name.field`).
+fn local_value(inner: &str, locals: &LocalVars) -> std::result::Result<Value, String> {
+    let text = inner.trim().trim_start_matches(".:");
+    let mut parts = text.split('.').map(str::trim);
+    let name = parts.next().unwrap_or_default();
+    let Some(mut value) = locals.get(name) else {
+        return Err(format!(
+            "local var `{name}` in `(({}))` is not set: no earlier `load_var: {name}` step ran in this build",
+            inner.trim()
+        ));
+    };
+    let mut path = name.to_owned();
+    for field in parts {
+        value = match value {
+            Value::Object(map) => map.get(field),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "local var `{path}` has no field `{field}` (in `(({}))`)",
+                inner.trim()
+            )
+        })?;
+        path.push('.');
+        path.push_str(field);
+    }
+    Ok(value.clone())
+}
+
+/// `s` with its local placeholders replaced by their values as text (strings as they
+/// are, anything else as JSON); other text, `((var))` left by a lenient check
+/// included, is kept.
+pub fn fill_locals(s: &str, locals: &LocalVars) -> std::result::Result<String, String> {
+    let found: Vec<Placeholder<'_>> = placeholders(s)
+        .into_iter()
+        .filter(|p| is_local(p.inner))
+        .collect();
+    if found.is_empty() {
+        return Ok(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for p in &found {
+        out.push_str(&s[last..p.start]);
+        match local_value(p.inner, locals)? {
+            Value::String(text) => out.push_str(&text),
+            other => out.push_str(&other.to_string()),
+        }
+        last = p.end;
+    }
+    out.push_str(&s[last..]);
+    Ok(out)
+}
+
+/// [`fill_locals`] through a JSON value; a string that is one whole placeholder takes
+/// the value with its type (a mapping stays a mapping), as `((var))` does.
+pub fn fill_locals_json(v: &Value, locals: &LocalVars) -> std::result::Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => {
+            let found = placeholders(s);
+            match found.as_slice() {
+                [p] if p.start == 0 && p.end == s.len() && is_local(p.inner) => {
+                    local_value(p.inner, locals)?
+                }
+                _ => Value::String(fill_locals(s, locals)?),
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| fill_locals_json(i, locals))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), fill_locals_json(v, locals)?)))
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// Fill every placeholder in `node` (keys included) from `vars`.
@@ -235,8 +320,17 @@ pub(crate) fn interpolate(node: &Node, vars: &Vars, file: &str) -> Result<Node, 
     Ok(Node::new(node.pos, value))
 }
 
+/// Whether a placeholder's text names a local var (`((.:name))`), which a `load_var`
+/// step sets while the build runs: left as it is until the step that uses it starts.
+fn is_local(inner: &str) -> bool {
+    inner.trim().starts_with(".:")
+}
+
 fn interpolate_str(s: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Node, PlanError> {
-    let found = placeholders(s);
+    let found: Vec<Placeholder<'_>> = placeholders(s)
+        .into_iter()
+        .filter(|p| !is_local(p.inner))
+        .collect();
     if found.is_empty() {
         return Ok(Node::new(pos, NodeValue::Str(s.to_owned())));
     }
@@ -309,6 +403,38 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn local_vars_are_left_at_parse_time_and_filled_when_a_step_starts() {
+        let root = super::super::node::load("a: ((.:v))\nb: \"x-((.:m.tag))-((n))\"\n", "f.yml")
+            .expect("yaml");
+        let filled = interpolate(&root, &vars(), "f.yml").expect("globals only");
+        assert_eq!(
+            filled.to_json(),
+            json!({"a": "((.:v))", "b": "x-((.:m.tag))-3"})
+        );
+        assert!(
+            missing_vars("a: ((.:v))\n", "f.yml", &Vars::new())
+                .expect("yaml")
+                .is_empty()
+        );
+        let mut locals = LocalVars::new();
+        locals.insert("v".into(), json!({"k": [1, 2]}));
+        locals.insert("m".into(), json!({"tag": "v1"}));
+        assert_eq!(
+            fill_locals("x-((.:m.tag))-((n))", &locals).unwrap(),
+            "x-v1-((n))"
+        );
+        assert_eq!(fill_locals("((.:v))", &locals).unwrap(), "{\"k\":[1,2]}");
+        assert_eq!(
+            fill_locals_json(&json!({"a": "((.:v))", "b": ["((.:m.tag))!"]}), &locals).unwrap(),
+            json!({"a": {"k": [1, 2]}, "b": ["v1!"]})
+        );
+        let e = fill_locals("((.:nope))", &locals).unwrap_err();
+        assert!(e.contains("no earlier `load_var: nope` step"), "{e}");
+        let e = fill_locals("((.:m.other))", &locals).unwrap_err();
+        assert!(e.contains("has no field `other`"), "{e}");
+    }
 
     #[test]
     fn missing_vars_are_named_once_where_first_used_and_lenient_reads_them_as_text() {

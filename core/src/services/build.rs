@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::images::{ImageResolver, ResolvedImage};
 use crate::names::{StepHandle, StepIdentity};
 use crate::plan::{
-    GetStep, Hooks, Pipeline, PutStep, Step, StepKind, TaskConfig, TaskSource, TaskStep, Vars,
+    GetStep, Hooks, LoadVarStep, Pipeline, PutStep, Step, StepKind, TaskConfig, TaskSource,
+    TaskStep, VarFormat, Vars,
 };
 use crate::ports::{Holder, OutputSink, Resources, Runtime};
 
@@ -218,12 +219,26 @@ struct Ctx {
     summaries: Mutex<Vec<StepSummary>>,
     first_failure: Mutex<Option<(String, StepFailure)>>,
     noticed_images: std::sync::atomic::AtomicBool,
+    /// Local vars (`((.:name))`) set by the build's `load_var` steps so far.
+    locals: Mutex<crate::plan::LocalVars>,
 }
 
 impl Ctx {
     /// The build's own resolver, or the runner's.
     fn images<'a>(&'a self, runner: &'a BuildRunner) -> &'a ImageResolver {
         self.req.images.as_ref().unwrap_or(&runner.images)
+    }
+
+    /// `s` with the local vars filled in, as the step that uses them starts.
+    fn fill(&self, s: &str) -> std::result::Result<String, StepFailure> {
+        let locals = self.locals.lock().map(|l| l.clone()).unwrap_or_default();
+        crate::plan::fill_locals(s, &locals).map_err(StepFailure::Invalid)
+    }
+
+    /// [`Ctx::fill`] through a JSON value (params, a resource's source).
+    fn fill_json(&self, v: &Value) -> std::result::Result<Value, StepFailure> {
+        let locals = self.locals.lock().map(|l| l.clone()).unwrap_or_default();
+        crate::plan::fill_locals_json(v, &locals).map_err(StepFailure::Invalid)
     }
 }
 
@@ -287,6 +302,7 @@ impl BuildRunner {
             summaries: Mutex::new(Vec::new()),
             first_failure: Mutex::new(None),
             noticed_images: std::sync::atomic::AtomicBool::new(false),
+            locals: Mutex::new(Default::default()),
         };
         let mut scope: Scope = ctx.req.inputs.clone();
         let plan = Step {
@@ -479,6 +495,14 @@ impl BuildRunner {
                 self.run_put(ctx, step, p, scope, deadline, attempt, abort)
                     .await
             }
+            StepKind::LoadVar(l) => {
+                let name = format!("load_var: {}", l.name);
+                self.summarised(ctx, &name, "load_var", attempt, step, async {
+                    (self.load_var(ctx, l, scope).await, Vec::new())
+                })
+                .await
+                .0
+            }
             StepKind::Try(inner) => {
                 let failure_before = ctx.first_failure.lock().ok().and_then(|f| f.clone());
                 match self.run_step(ctx, inner, scope, deadline, abort).await {
@@ -632,6 +656,10 @@ impl BuildRunner {
             Ok(x) => x,
             Err(f) => return (Err(f), Vec::new()),
         };
+        let (source, params) = match (ctx.fill_json(&source), ctx.fill_json(&g.params)) {
+            (Ok(s), Ok(p)) => (s, p),
+            (Err(f), _) | (_, Err(f)) => return (Err(f), Vec::new()),
+        };
         // A put's own version, else the get's pin, else the resource's, else the latest.
         let resource_pin = ctx
             .req
@@ -686,7 +714,7 @@ impl BuildRunner {
                 }
             }
         };
-        let stdin = json!({ "source": source, "version": version, "params": g.params });
+        let stdin = json!({ "source": source, "version": version, "params": params });
         let cmd = StepCommand {
             argv: vec![format!("{scripts}/in"), g.name.clone()],
             env: BTreeMap::new(),
@@ -738,7 +766,11 @@ impl BuildRunner {
                     Ok(x) => x,
                     Err(f) => return (Err(f), Vec::new()),
                 };
-                let stdin = json!({ "source": source, "params": p.params });
+                let (source, params) = match (ctx.fill_json(&source), ctx.fill_json(&p.params)) {
+                    (Ok(s), Ok(p)) => (s, p),
+                    (Err(f), _) | (_, Err(f)) => return (Err(f), Vec::new()),
+                };
+                let stdin = json!({ "source": source, "params": params });
                 let cmd = StepCommand {
                     argv: vec![format!("{scripts}/out"), ".".to_owned()],
                     env: BTreeMap::new(),
@@ -842,6 +874,51 @@ impl BuildRunner {
         }
     }
 
+    /// `load_var`: read the file, parse it as its format says, set the local var.
+    async fn load_var(&self, ctx: &Ctx, l: &LoadVarStep, scope: &Scope) -> Status {
+        let a = scope.get(&l.artifact).ok_or_else(|| {
+            StepFailure::Invalid(format!(
+                "load_var {:?}: the artifact {:?} is not available",
+                l.name, l.artifact
+            ))
+        })?;
+        let text = self
+            .read_file_from_artifact(a, &l.path)
+            .await
+            .map_err(|e| {
+                StepFailure::Invalid(format!(
+                    "load_var {:?}: reading {}/{}: {e}",
+                    l.name, l.artifact, l.path
+                ))
+            })?;
+        let format = l.format.unwrap_or_else(|| {
+            let ext = l.path.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+            match ext {
+                "json" => VarFormat::Json,
+                "yml" | "yaml" => VarFormat::Yaml,
+                _ => VarFormat::Trim,
+            }
+        });
+        let where_ = format!("load_var {:?}: {}/{}", l.name, l.artifact, l.path);
+        let value = match format {
+            VarFormat::Raw => Value::String(text),
+            VarFormat::Trim => Value::String(text.trim().to_owned()),
+            VarFormat::Json => serde_json::from_str(&text)
+                .map_err(|e| StepFailure::Invalid(format!("{where_} is not JSON: {e}")))?,
+            VarFormat::Yaml => serde_saphyr::from_str(&text)
+                .map_err(|e| StepFailure::Invalid(format!("{where_} is not YAML: {e}")))?,
+        };
+        // The value may be a secret: only a revealed one is shown.
+        if l.reveal {
+            ctx.events
+                .notice(&format!("local var {:?} = {}", l.name, value));
+        }
+        if let Ok(mut locals) = ctx.locals.lock() {
+            locals.insert(l.name.clone(), value);
+        }
+        Ok(())
+    }
+
     /// Read one file (a task config) out of an artifact's tar stream.
     async fn read_file_from_artifact(&self, a: &ArtifactRef, path: &str) -> Result<String> {
         const LIMIT: usize = 1 << 20;
@@ -910,14 +987,27 @@ impl BuildRunner {
                     Ok(i) => i,
                     Err(e) => return (Err(StepFailure::Invalid(e.to_string())), Vec::new()),
                 };
-                let mut env = config.params.clone();
-                env.extend(t.params.clone());
-                let mut argv = vec![config.run.path.clone()];
-                argv.extend(config.run.args.iter().cloned());
+                // Local vars are filled in now, as the step starts.
+                let filled = (|| -> std::result::Result<_, StepFailure> {
+                    let mut env = BTreeMap::new();
+                    for (k, v) in config.params.iter().chain(t.params.iter()) {
+                        env.insert(k.clone(), ctx.fill(v)?);
+                    }
+                    let mut argv = vec![ctx.fill(&config.run.path)?];
+                    for a in &config.run.args {
+                        argv.push(ctx.fill(a)?);
+                    }
+                    let dir = config.run.dir.as_deref().map(|d| ctx.fill(d)).transpose()?;
+                    Ok((env, argv, dir))
+                })();
+                let (env, argv, dir) = match filled {
+                    Ok(x) => x,
+                    Err(f) => return (Err(f), Vec::new()),
+                };
                 let cmd = StepCommand {
                     argv,
                     env,
-                    dir: config.run.dir.clone(),
+                    dir,
                     user: config.run.user.clone(),
                     stdin: None,
                     capture_stdout: false,
