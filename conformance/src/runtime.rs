@@ -577,6 +577,50 @@ pub async fn load_var_fills_later_steps(subject: &RuntimeSubject) -> CaseResult 
     leftovers(subject, &build).await
 }
 
+/// `across`: the step runs once per combination (the last var fastest), each with its
+/// values as local vars and its outputs its own; values may come from a `load_var`.
+pub async fn across_runs_each_combination(subject: &RuntimeSubject) -> CaseResult {
+    let combo = task(
+        "combo",
+        &[],
+        &["out"],
+        "echo ((.:os))-((.:go)) > out/f && cat out/f",
+    );
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - load_var: gos\n    file: list/gos.json\n  - {combo}\n    across:\n    - var: os\n      values: [linux, darwin]\n    - var: go\n      values: ((.:gos))\n      max_in_flight: all\n",
+        task(
+            "list",
+            &[],
+            &["list"],
+            "echo '[\"1.21\", \"1.22\"]' > list/gos.json"
+        )
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let mut ran: Vec<&str> = o
+        .steps
+        .iter()
+        .filter(|s| s.name.starts_with("task: combo"))
+        .map(|s| s.name.as_str())
+        .collect();
+    ran.sort_unstable();
+    ensure_eq!(
+        ran,
+        vec![
+            "task: combo (os=darwin, go=1.21)",
+            "task: combo (os=darwin, go=1.22)",
+            "task: combo (os=linux, go=1.21)",
+            "task: combo (os=linux, go=1.22)",
+        ]
+    );
+    ensure!(
+        !o.artifacts.contains_key("out"),
+        "an iteration's output escaped its iteration"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -815,6 +859,7 @@ pub const CASES: &[&str] = &[
     "changed_input_fails_corrupt",
     "try_masks_a_failure",
     "load_var_fills_later_steps",
+    "across_runs_each_combination",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -836,6 +881,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "changed_input_fails_corrupt" => Box::pin(changed_input_fails_corrupt(subject)).await,
         "try_masks_a_failure" => Box::pin(try_masks_a_failure(subject)).await,
         "load_var_fills_later_steps" => Box::pin(load_var_fills_later_steps(subject)).await,
+        "across_runs_each_combination" => Box::pin(across_runs_each_combination(subject)).await,
         _ => return None,
     })
 }
@@ -876,6 +922,7 @@ macro_rules! runtime_suite {
                 changed_input_fails_corrupt,
                 try_masks_a_failure,
                 load_var_fills_later_steps,
+                across_runs_each_combination,
             ]
         );
     };

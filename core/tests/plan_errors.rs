@@ -636,3 +636,71 @@ fn load_var_reads_a_file_of_an_earlier_artifact() {
         &["not a valid name"],
     );
 }
+
+#[test]
+fn across_is_checked_and_its_outputs_stay_in_their_iteration() {
+    let plan = |steps: &str| format!("{R}jobs:\n- name: j\n  plan:\n{steps}");
+    let t = |extra: &str| {
+        format!(
+            "  - task: t\n{extra}    config:\n      platform: linux\n      outputs: [{{name: out}}]\n      run: {{path: 'true'}}\n"
+        )
+    };
+    let p = parse_pipeline(
+        &plan(&t("    across:\n    - var: os\n      values: [linux, darwin]\n      max_in_flight: all\n    - var: v\n      values: ((.:vs))\n    fail_fast: true\n")),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("parses");
+    let a = p.job("j").expect("job").plan[0]
+        .across
+        .clone()
+        .expect("across");
+    assert!(a.fail_fast);
+    assert_eq!(a.vars[0].var, "os");
+    assert_eq!(a.vars[0].max_in_flight, None);
+    assert_eq!(a.vars[1].max_in_flight, Some(1), "Concourse's default");
+    assert!(matches!(&a.vars[1].values, AcrossValues::Local(s) if s == "((.:vs))"));
+    // What an iteration makes is not there afterwards.
+    let after = "  - task: u\n    config:\n      platform: linux\n      inputs: [{name: out}]\n      run: {path: 'true'}\n";
+    fails_at(
+        &plan(&format!(
+            "{}{after}",
+            t("    across:\n    - var: os\n      values: [a]\n")
+        )),
+        16,
+        23,
+        &["needs input `out`, but no earlier step produces artifact `out`"],
+    );
+    fails_at(
+        &plan(&t("    across: []\n")),
+        6,
+        13,
+        &["`across` has no vars"],
+    );
+    fails_at(
+        &plan(&t("    across:\n    - var: os\n      values: linux\n")),
+        8,
+        15,
+        &["must be a list"],
+    );
+    fails_at(
+        &plan(&t("    across:\n    - var: os\n      values: []\n")),
+        8,
+        15,
+        &["has no values"],
+    );
+    fails_at(
+        &plan(&t(
+            "    across:\n    - var: os\n      values: [a]\n    - var: os\n      values: [b]\n",
+        )),
+        9,
+        12,
+        &["names the var `os` twice"],
+    );
+    fails_at(
+        &plan(&t("    fail_fast: true\n")),
+        6,
+        5,
+        &["`fail_fast` belongs with `across`"],
+    );
+}

@@ -796,3 +796,27 @@ async fn an_error_under_try_runs_its_on_error_and_the_build_goes_on() {
     );
     assert_no_pods(&m).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_runs_one_value_at_a_time_by_default_and_fail_fast_starts_no_more() {
+    // Sequential by default (Concourse's max_in_flight 1): with fail_fast, the failing
+    // first value stops the second from starting; without it, both run and the build
+    // fails with the first failure.
+    let m = MemoryRuntime::new();
+    let yaml = |fail_fast: bool| {
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: t\n    across:\n    - var: n\n      values: [bad, good]\n    fail_fast: {fail_fast}\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, 'test ((.:n)) = good']}}\n"
+        )
+    };
+    let o = run(&m, &yaml(true)).await;
+    assert_eq!(o.status, BuildStatus::Failed);
+    let names: Vec<&str> = o.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["task: t (n=bad)"], "fail_fast started no more");
+    let (name, _) = o.failure.as_ref().expect("a failure");
+    assert_eq!(name, "task: t (n=bad)");
+    let o = run(&m, &yaml(false)).await;
+    assert_eq!(o.status, BuildStatus::Failed);
+    let names: Vec<&str> = o.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["task: t (n=bad)", "task: t (n=good)"]);
+    assert_no_pods(&m).await;
+}

@@ -118,8 +118,42 @@ pub struct Step {
     pub attempts: u32,
     /// Deadline of each attempt.
     pub timeout: Option<Duration>,
+    /// `across`: run the step once for each combination of these values.
+    pub across: Option<Across>,
     /// Where it was declared.
     pub location: Location,
+}
+
+/// The `across` modifier: the step (with its hooks, attempts and timeout) runs once per
+/// combination of the vars' values, each with the values as local vars (`((.:var))`)
+/// and its outputs its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Across {
+    /// The vars, outermost first: combinations are expanded as Concourse does, the
+    /// last var varying fastest.
+    pub vars: Vec<AcrossVar>,
+    /// `fail_fast`: once an iteration fails, start no more.
+    pub fail_fast: bool,
+}
+
+/// One var of [`Across`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcrossVar {
+    /// The local var's name.
+    pub var: String,
+    /// Its values.
+    pub values: AcrossValues,
+    /// How many of its values run at once (`None`: all); Concourse's default is 1.
+    pub max_in_flight: Option<u32>,
+}
+
+/// Where an [`AcrossVar`]'s values come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcrossValues {
+    /// Given in the pipeline (or by a `((var))`, filled in when it is parsed).
+    List(Vec<Value>),
+    /// A local var (`((.:name))`, set by a `load_var`), read when the step starts.
+    Local(String),
 }
 
 /// Steps run after a step, depending on how it ended.

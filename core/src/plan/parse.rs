@@ -56,9 +56,9 @@ const IGNORED_STEP: &[&str] = &["tags"];
 const IGNORED_IMAGE_RESOURCE: &[&str] = &["name", "params"];
 
 const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do", "try", "load_var"];
-const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "across", "aggregate"];
+const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "aggregate"];
 const HOOKS: &[&str] = &["on_success", "on_failure", "on_error", "on_abort", "ensure"];
-const MODIFIERS: &[&str] = &["attempts", "timeout"];
+const MODIFIERS: &[&str] = &["attempts", "timeout", "across", "fail_fast"];
 
 /// Is `name` a valid Concourse identifier?
 pub(crate) fn valid_name(name: &str) -> bool {
@@ -851,6 +851,10 @@ impl<'f> Cx<'f> {
             .copied()
             .collect();
         let obj = self.obj(node, &format!("a `{kind}` step"), &known, IGNORED_STEP)?;
+        let across = self.across(&obj)?;
+        // What a step under `across` produces stays in its iteration (its hooks see
+        // it); later steps do not.
+        let before_across = across.as_ref().map(|_| flow.available.clone());
         let kind = match kind {
             "get" => StepKind::Get(self.get_step(&obj, state, flow)?),
             "put" => StepKind::Put(self.put_step(&obj, flow)?),
@@ -905,13 +909,103 @@ impl<'f> Cx<'f> {
             }
         };
         let hooks = self.hooks(&obj, state, flow)?;
+        if let Some(available) = before_across {
+            flow.available = available;
+        }
         Ok(Step {
             kind,
             hooks,
             attempts,
             timeout,
+            across,
             location: self.loc(node.pos),
         })
+    }
+
+    fn across(&self, obj: &Obj<'_>) -> Result<Option<Across>, PlanError> {
+        let fail_fast = match obj.get("fail_fast") {
+            None => false,
+            Some(n) => self.boolean(n, "`fail_fast`")?,
+        };
+        let Some(list) = obj.get("across") else {
+            if obj.get("fail_fast").is_some() {
+                return Err(self
+                    .err(
+                        obj.key_pos("fail_fast"),
+                        "`fail_fast` belongs with `across`",
+                    )
+                    .with_hint("add `across:`, or remove `fail_fast`"));
+            }
+            return Ok(None);
+        };
+        let items = self.seq(list, "`across`")?;
+        if items.is_empty() {
+            return Err(self
+                .err(list.pos, "`across` has no vars")
+                .with_hint("list vars, e.g. `across: [{var: os, values: [linux, darwin]}]`"));
+        }
+        let mut vars: Vec<AcrossVar> = Vec::new();
+        for item in items {
+            let o = self.obj(
+                item,
+                "an `across` var",
+                &["var", "values", "max_in_flight"],
+                &[],
+            )?;
+            let var_node = self.required(&o, "var", "an `across` var")?;
+            let var = self.name(var_node, "`across` var")?;
+            if vars.iter().any(|v| v.var == var) {
+                return Err(self
+                    .err(
+                        var_node.pos,
+                        format!("`across` names the var `{var}` twice"),
+                    )
+                    .with_hint("give each var its own name"));
+            }
+            let values_node = self.required(&o, "values", &format!("`across` var `{var}`"))?;
+            let values = match &values_node.value {
+                Value::Seq(_) => match values_node.to_json() {
+                    Json::Array(a) if !a.is_empty() => AcrossValues::List(a),
+                    _ => {
+                        return Err(self
+                            .err(
+                                values_node.pos,
+                                format!("`across` var `{var}` has no values"),
+                            )
+                            .with_hint("list at least one value"));
+                    }
+                },
+                Value::Str(s) if s.trim().starts_with("((.:") && s.trim().ends_with("))") => {
+                    AcrossValues::Local(s.trim().to_owned())
+                }
+                _ => {
+                    return Err(self
+                        .err(values_node.pos, format!("`values` of `across` var `{var}` must be a list"))
+                        .with_hint("a list, a `((var))` holding one, or a local var `((.:name))` a `load_var` set"));
+                }
+            };
+            let max_in_flight = match o.get("max_in_flight") {
+                None => Some(1),
+                Some(n) => match &n.value {
+                    Value::Str(s) if s == "all" => None,
+                    _ => {
+                        let m = self.uint(n, "`max_in_flight`")?;
+                        if m < 1 {
+                            return Err(self
+                                .err(n.pos, "`max_in_flight` must be at least 1")
+                                .with_hint("or `all`"));
+                        }
+                        Some(u32::try_from(m).unwrap_or(u32::MAX))
+                    }
+                },
+            };
+            vars.push(AcrossVar {
+                var,
+                values,
+                max_in_flight,
+            });
+        }
+        Ok(Some(Across { vars, fail_fast }))
     }
 
     /// The resource of a `get`/`put`: `resource:` or else the step name; must exist.

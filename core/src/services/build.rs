@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::images::{ImageResolver, ResolvedImage};
 use crate::names::{StepHandle, StepIdentity};
 use crate::plan::{
-    GetStep, Hooks, LoadVarStep, Pipeline, PutStep, Step, StepKind, TaskConfig, TaskSource,
-    TaskStep, VarFormat, Vars,
+    Across, AcrossValues, GetStep, Hooks, LoadVarStep, Pipeline, PutStep, Step, StepKind,
+    TaskConfig, TaskSource, TaskStep, VarFormat, Vars,
 };
 use crate::ports::{Holder, OutputSink, Resources, Runtime};
 
@@ -229,20 +229,46 @@ impl Ctx {
         self.req.images.as_ref().unwrap_or(&runner.images)
     }
 
+    /// The local vars a step sees now: the build's `load_var`s, then the values of the
+    /// `across` iteration it runs in.
+    fn locals(&self) -> crate::plan::LocalVars {
+        let mut locals = self.locals.lock().map(|l| l.clone()).unwrap_or_default();
+        if let Some(it) = current_iteration() {
+            locals.extend(it.vars);
+        }
+        locals
+    }
+
     /// `s` with the local vars filled in, as the step that uses them starts.
     fn fill(&self, s: &str) -> std::result::Result<String, StepFailure> {
-        let locals = self.locals.lock().map(|l| l.clone()).unwrap_or_default();
-        crate::plan::fill_locals(s, &locals).map_err(StepFailure::Invalid)
+        crate::plan::fill_locals(s, &self.locals()).map_err(StepFailure::Invalid)
     }
 
     /// [`Ctx::fill`] through a JSON value (params, a resource's source).
     fn fill_json(&self, v: &Value) -> std::result::Result<Value, StepFailure> {
-        let locals = self.locals.lock().map(|l| l.clone()).unwrap_or_default();
-        crate::plan::fill_locals_json(v, &locals).map_err(StepFailure::Invalid)
+        crate::plan::fill_locals_json(v, &self.locals()).map_err(StepFailure::Invalid)
     }
 }
 
 type Scope = BTreeMap<String, ArtifactRef>;
+
+/// The `across` iteration a step runs in: its vars' values, and the label its step
+/// lines carry.
+#[derive(Clone, Default)]
+struct Iteration {
+    vars: crate::plan::LocalVars,
+    label: String,
+}
+
+tokio::task_local! {
+    // Set around each `across` iteration's future, so the steps it runs (nested
+    // ones too) read its values, while parallel iterations each read their own.
+    static ITERATION: Iteration;
+}
+
+fn current_iteration() -> Option<Iteration> {
+    ITERATION.try_with(Clone::clone).ok()
+}
 
 /// How one step (with its hooks) ended.
 type Status = std::result::Result<(), StepFailure>;
@@ -310,6 +336,7 @@ impl BuildRunner {
             hooks: job.hooks.clone(),
             attempts: 1,
             timeout: None,
+            across: None,
             location: job.location.clone(),
         };
         let abort = ctx.req.abort.clone();
@@ -356,6 +383,11 @@ impl BuildRunner {
             if abort.is_aborted() {
                 return Err(StepFailure::from_abort(abort.reason().as_ref()));
             }
+            if let Some(across) = &step.across {
+                return self
+                    .run_across(ctx, step, across, scope, outer_deadline, abort)
+                    .await;
+            }
             let mut status: Status = Ok(());
             for attempt in 1..=step.attempts.max(1) {
                 let deadline = match (step.timeout.map(|t| Instant::now() + t), outer_deadline) {
@@ -376,6 +408,128 @@ impl BuildRunner {
             }
             self.run_hooks(ctx, &step.hooks, status, scope, outer_deadline, abort)
                 .await
+        }
+        .boxed()
+    }
+
+    /// `across`: the step once per combination, each in its own [`Iteration`] and with
+    /// its own copy of the scope, so its outputs stay its own.
+    async fn run_across(
+        &self,
+        ctx: &Ctx,
+        step: &Step,
+        across: &Across,
+        scope: &Scope,
+        deadline: Option<Instant>,
+        abort: &AbortSignal,
+    ) -> Status {
+        let mut lists = Vec::with_capacity(across.vars.len());
+        for v in &across.vars {
+            let values = match &v.values {
+                AcrossValues::List(l) => l.clone(),
+                AcrossValues::Local(placeholder) => {
+                    match ctx.fill_json(&Value::String(placeholder.clone()))? {
+                        Value::Array(a) => a,
+                        other => {
+                            return Err(StepFailure::Invalid(format!(
+                                "`across` var {:?}: {placeholder} is not a list but {other}",
+                                v.var
+                            )));
+                        }
+                    }
+                }
+            };
+            lists.push(values);
+        }
+        let inner = Step {
+            across: None,
+            ..step.clone()
+        };
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let base = current_iteration().unwrap_or_default();
+        self.across_level(
+            ctx, &inner, across, &lists, 0, base, scope, deadline, abort, &failed,
+        )
+        .await
+    }
+
+    /// The iterations of var `level` and, within each, those of the vars after it.
+    #[allow(clippy::too_many_arguments)]
+    fn across_level<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        step: &'a Step,
+        across: &'a Across,
+        lists: &'a [Vec<Value>],
+        level: usize,
+        outer: Iteration,
+        scope: &'a Scope,
+        deadline: Option<Instant>,
+        abort: &'a AbortSignal,
+        failed: &'a std::sync::atomic::AtomicBool,
+    ) -> BoxFuture<'a, Status> {
+        async move {
+            let Some(var) = across.vars.get(level) else {
+                let mut local = scope.clone();
+                let r = ITERATION
+                    .scope(outer, self.run_step(ctx, step, &mut local, deadline, abort))
+                    .await;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return r;
+            };
+            let values = &lists[level];
+            let limit = var
+                .max_in_flight
+                .map_or(values.len(), |m| m as usize)
+                .max(1);
+            let futs: Vec<BoxFuture<'_, Status>> = values
+                .iter()
+                .map(|value| {
+                    let mut it = outer.clone();
+                    it.vars.insert(var.var.clone(), value.clone());
+                    let shown = match value {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    it.label = if it.label.is_empty() {
+                        format!("{}={shown}", var.var)
+                    } else {
+                        format!("{}, {}={shown}", it.label, var.var)
+                    };
+                    async move {
+                        if across.fail_fast && failed.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        self.across_level(
+                            ctx,
+                            step,
+                            across,
+                            lists,
+                            level + 1,
+                            it,
+                            scope,
+                            deadline,
+                            abort,
+                            failed,
+                        )
+                        .await
+                    }
+                    .boxed()
+                })
+                .collect();
+            let results: Vec<Status> = futures::stream::iter(futs).buffered(limit).collect().await;
+            // The first failure in the order of the combinations; an abort wins.
+            let mut status = Ok(());
+            for r in results {
+                match (&status, r) {
+                    (_, Err(f)) if f.is_abort() => return Err(f),
+                    (Ok(()), Err(f)) => status = Err(f),
+                    _ => {}
+                }
+            }
+            status
         }
         .boxed()
     }
@@ -533,6 +687,15 @@ impl BuildRunner {
         step: &Step,
         body: impl std::future::Future<Output = (Status, Vec<ArtifactRef>)>,
     ) -> (Status, Vec<ArtifactRef>) {
+        // Each `across` iteration's lines say which values it ran with.
+        let labelled;
+        let name = match current_iteration().filter(|it| !it.label.is_empty()) {
+            Some(it) => {
+                labelled = format!("{name} ({})", it.label);
+                labelled.as_str()
+            }
+            None => name,
+        };
         ctx.events.step_started(name, kind);
         let started = Instant::now();
         let (result, artifacts) = body.await;
