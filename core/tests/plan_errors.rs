@@ -704,3 +704,66 @@ fn across_is_checked_and_its_outputs_stay_in_their_iteration() {
         &["`fail_fast` belongs with `across`"],
     );
 }
+
+#[test]
+fn dummy_var_sources_fill_their_placeholders_and_others_say_what_they_are() {
+    let pipeline = |sources: &str, param: &str| {
+        format!(
+            "var_sources:\n{sources}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      params: {{V: \"{param}\"}}\n      run: {{path: 'true'}}\n"
+        )
+    };
+    let dummy = "- name: inline\n  type: dummy\n  config:\n    vars: {region: eu-west-1, db: {host: pg, port: 5432}}\n- name: vault\n  type: vault\n  config: {url: https://vault}\n";
+    let p = parse_pipeline(
+        &pipeline(
+            dummy,
+            "((inline:region))-((inline:db.host)):((inline:db.port))",
+        ),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("a dummy source fills its vars");
+    let StepKind::Task(t) = &p.job("j").expect("job").plan[0].kind else {
+        panic!("a task");
+    };
+    let TaskSource::Inline(c) = &t.config else {
+        panic!("inline");
+    };
+    assert_eq!(c.params["V"], "eu-west-1-pg:5432");
+    let err = fails_at(
+        &pipeline(dummy, "((vault:token))"),
+        15,
+        19,
+        &[
+            "reads the var source `vault` of type `vault` (declared at ci/p.yml:6:3)",
+            "only `dummy` var sources are supported",
+        ],
+    );
+    assert!(hint(&err).contains("build var"), "{err}");
+    fails_at(
+        &pipeline(dummy, "((nope:x))"),
+        15,
+        19,
+        &["the var source `nope`, which is not declared"],
+    );
+    fails_at(
+        &pipeline(dummy, "((inline:missing))"),
+        15,
+        19,
+        &["has no var `missing`"],
+    );
+    fails_at(
+        &pipeline("- name: a\n  type: dummy\n- name: a\n  type: dummy\n", "x"),
+        4,
+        9,
+        &["var source `a` is declared twice"],
+    );
+    // `validate` sees which placeholders nothing fills.
+    let missing = missing_vars(
+        &pipeline(dummy, "((inline:region)) ((vault:token)) ((plain))"),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("yaml");
+    let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["vault:token", "plain"]);
+}

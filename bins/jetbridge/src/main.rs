@@ -232,9 +232,15 @@ async fn dispatch(
             let pipeline = parse_pipeline(&text, &file, &vars.lenient())
                 .map_err(|e| user(with_var_hint(e)))?;
             for (name, at) in &missing {
-                printer.warning(&format!(
-                    "{at}: variable `{name}` has no value here; `run` needs one (--var {name}=VALUE)"
-                ));
+                printer.warning(&if name.contains(':') {
+                    format!(
+                        "{at}: `(({name}))` reads a var source that cannot fill it (not declared, not `dummy`, or without that var); `run` refuses it"
+                    )
+                } else {
+                    format!(
+                        "{at}: variable `{name}` has no value here; `run` needs one (--var {name}=VALUE)"
+                    )
+                });
             }
             let steps: usize = pipeline.jobs.iter().map(|j| j.plan.len()).sum();
             printer.info(&format!(

@@ -86,8 +86,30 @@ pub fn is_valid_name(name: &str) -> bool {
 /// anywhere in the file; one without a value is an error.
 pub fn parse_pipeline(text: &str, file: &str, vars: &Vars) -> Result<Pipeline, PlanError> {
     let root = node::load(text, file)?;
-    let root = vars::interpolate(&root, vars, file)?;
+    let vars = with_var_sources(&root, vars, file)?;
+    let root = vars::interpolate(&root, &vars, file)?;
     parse::Cx::new(file).pipeline(&root)
+}
+
+/// `vars` with the pipeline's `var_sources`, read first (their own `((vars))` filled
+/// from `vars`), so `((source:name))` placeholders can be filled from them.
+pub(crate) fn with_var_sources(
+    root: &node::Node,
+    vars: &Vars,
+    file: &str,
+) -> Result<Vars, PlanError> {
+    let node::Value::Map(entries) = &root.value else {
+        return Ok(vars.clone());
+    };
+    let Some((_, sources)) = entries
+        .iter()
+        .find(|(k, _)| matches!(&k.value, node::Value::Str(s) if s == "var_sources"))
+    else {
+        return Ok(vars.clone());
+    };
+    let sources = vars::interpolate(sources, vars, file)?;
+    let sources = parse::Cx::new(file).var_sources(&sources)?;
+    Ok(vars.clone().with_sources(sources))
 }
 
 /// [`parse_pipeline`] for a build whose artifacts `bound` exist before its first step
@@ -99,7 +121,8 @@ pub fn parse_pipeline_with_inputs(
     bound: impl IntoIterator<Item = String>,
 ) -> Result<Pipeline, PlanError> {
     let root = node::load(text, file)?;
-    let root = vars::interpolate(&root, vars, file)?;
+    let vars = with_var_sources(&root, vars, file)?;
+    let root = vars::interpolate(&root, &vars, file)?;
     parse::Cx::new(file).with_bound(bound).pipeline(&root)
 }
 

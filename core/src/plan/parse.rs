@@ -453,11 +453,61 @@ impl<'f> Cx<'f> {
 
     // ---- pipeline ----------------------------------------------------------------
 
+    /// The top-level `var_sources`: each `name`, `type` and `config` (a `dummy`
+    /// source's `config.vars` are its values).
+    pub(crate) fn var_sources(
+        &self,
+        node: &Node,
+    ) -> Result<BTreeMap<String, super::vars::VarSource>, PlanError> {
+        let mut out: BTreeMap<String, super::vars::VarSource> = BTreeMap::new();
+        for item in self.seq(node, "`var_sources`")? {
+            let o = self.obj(item, "a var source", &["name", "type", "config"], &[])?;
+            let name_node = self.required(&o, "name", "a var source")?;
+            let name = self.name(name_node, "var source name")?;
+            if let Some(prev) = out.get(&name) {
+                return Err(self
+                    .err(
+                        name_node.pos,
+                        format!(
+                            "var source `{name}` is declared twice (first at line {})",
+                            prev.location.line
+                        ),
+                    )
+                    .with_hint("give every var source its own name"));
+            }
+            let type_node = self.required(&o, "type", &format!("var source `{name}`"))?;
+            let type_ = self.nonempty(type_node, "`type`")?;
+            let config = self.json_map(o.get("config"), "`config`")?;
+            let vars = match config.get("vars") {
+                None => Json::Object(Default::default()),
+                Some(v @ Json::Object(_)) => v.clone(),
+                Some(_) => {
+                    return Err(self
+                        .err(
+                            o.get("config").map_or(item.pos, |c| c.pos),
+                            format!("var source `{name}`: `config.vars` must be a mapping"),
+                        )
+                        .with_hint("e.g. `config: {vars: {region: eu-west-1}}`"));
+                }
+            };
+            out.insert(
+                name,
+                super::vars::VarSource {
+                    type_,
+                    vars,
+                    location: self.loc(item.pos),
+                },
+            );
+        }
+        Ok(out)
+    }
+
     pub(crate) fn pipeline(mut self, root: &Node) -> Result<Pipeline, PlanError> {
         let top = self.obj(
             root,
             "the pipeline",
-            &["resources", "resource_types", "jobs"],
+            // `var_sources` were read (and checked) before the placeholders were filled.
+            &["resources", "resource_types", "jobs", "var_sources"],
             IGNORED_TOP,
         )?;
         let mut defaults: HashMap<String, Json> = HashMap::new();

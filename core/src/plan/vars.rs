@@ -22,6 +22,19 @@ pub struct Vars {
     values: BTreeMap<String, Value>,
     /// A variable without a value reads as its placeholder's text instead of failing.
     lenient: bool,
+    /// The pipeline's `var_sources`, by name, for `((source:name))`.
+    sources: BTreeMap<String, VarSource>,
+}
+
+/// A declared var source.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct VarSource {
+    /// Its type (`dummy`, `vault`, ...).
+    pub type_: String,
+    /// A `dummy` source's `config.vars`.
+    pub vars: Value,
+    /// Where it was declared.
+    pub location: crate::plan::Location,
 }
 
 impl fmt::Debug for Vars {
@@ -34,6 +47,12 @@ impl Vars {
     /// No variables.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// These values, with the pipeline's var sources for `((source:name))`.
+    pub(crate) fn with_sources(mut self, sources: BTreeMap<String, VarSource>) -> Self {
+        self.sources = sources;
+        self
     }
 
     /// These values, with every variable that has none read as its placeholder's own
@@ -123,6 +142,7 @@ impl FromIterator<(String, Value)> for Vars {
         Vars {
             values: iter.into_iter().collect(),
             lenient: false,
+            sources: BTreeMap::new(),
         }
     }
 }
@@ -183,12 +203,23 @@ pub fn missing_vars(
         match &node.value {
             NodeValue::Str(s) => {
                 for p in placeholders(s).into_iter().filter(|p| !is_local(p.inner)) {
-                    let name = p.inner.trim().split('.').next().unwrap_or_default().trim();
-                    if !name.is_empty()
-                        && vars.get(name).is_none()
-                        && !out.iter().any(|(n, _)| n == name)
-                    {
-                        out.push((name.to_owned(), node.pos.at(file)));
+                    let text = p.inner.trim();
+                    let (name, has) = match source_of(text) {
+                        Some((src, rest)) => {
+                            let var = rest.split('.').next().unwrap_or_default().trim();
+                            let has = vars
+                                .sources
+                                .get(src)
+                                .is_some_and(|s| s.type_ == "dummy" && s.vars.get(var).is_some());
+                            (format!("{src}:{var}"), has)
+                        }
+                        None => {
+                            let name = text.split('.').next().unwrap_or_default().trim();
+                            (name.to_owned(), vars.get(name).is_some())
+                        }
+                    };
+                    if !name.is_empty() && !has && !out.iter().any(|(n, _)| *n == name) {
+                        out.push((name, node.pos.at(file)));
                     }
                 }
             }
@@ -201,8 +232,9 @@ pub fn missing_vars(
         }
     }
     let root = super::node::load(text, file)?;
+    let vars = super::with_var_sources(&root, &vars.clone().lenient(), file)?;
     let mut out = Vec::new();
-    walk(&root, vars, file, &mut out);
+    walk(&root, &vars, file, &mut out);
     Ok(out)
 }
 
@@ -353,8 +385,77 @@ fn interpolate_str(s: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Node, P
 }
 
 /// The value of the placeholder text `inner` (`name` or `name.field.field`).
+/// A `((source:path))` placeholder's source and the rest, when it names one.
+fn source_of(text: &str) -> Option<(&str, &str)> {
+    let (src, rest) = text.split_once(':')?;
+    let src = src.trim();
+    (!src.is_empty() && src != "." && !src.contains('.')).then_some((src, rest.trim()))
+}
+
+/// The value `((source:name.field))` reads from the pipeline's var sources.
+fn lookup_source(
+    inner: &str,
+    src: &str,
+    rest: &str,
+    pos: Pos,
+    vars: &Vars,
+    file: &str,
+) -> Result<Value, PlanError> {
+    let text = inner.trim();
+    let Some(source) = vars.sources.get(src) else {
+        if vars.lenient {
+            return Ok(Value::String(format!("(({text}))")));
+        }
+        return Err(PlanError::new(
+            pos.at(file),
+            format!("`(({text}))` reads the var source `{src}`, which is not declared"),
+        )
+        .with_hint(format!(
+            "declare it under `var_sources` (`- name: {src}`), or fix the name"
+        )));
+    };
+    if source.type_ != "dummy" {
+        if vars.lenient {
+            return Ok(Value::String(format!("(({text}))")));
+        }
+        return Err(PlanError::new(
+            pos.at(file),
+            format!(
+                "`(({text}))` reads the var source `{src}` of type `{}` (declared at {}), which jetbridge cannot read: only `dummy` var sources are supported",
+                source.type_, source.location
+            ),
+        )
+        .with_hint("give the value as a build var instead, or in a `dummy` var source"));
+    }
+    let mut parts = rest.split('.').map(str::trim);
+    let name = parts.next().unwrap_or_default();
+    let Some(mut value) = source.vars.get(name) else {
+        return Err(PlanError::new(
+            pos.at(file),
+            format!("the var source `{src}` has no var `{name}` (in `(({text}))`)"),
+        )
+        .with_hint(format!("add `{name}` to its `config.vars`")));
+    };
+    let mut path = format!("{src}:{name}");
+    for field in parts {
+        let Some(next) = value.as_object().and_then(|m| m.get(field)) else {
+            return Err(PlanError::new(
+                pos.at(file),
+                format!("`{path}` has no field `{field}` (in `(({text}))`)"),
+            ));
+        };
+        path.push('.');
+        path.push_str(field);
+        value = next;
+    }
+    Ok(value.clone())
+}
+
 fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanError> {
     let text = inner.trim();
+    if let Some((src, rest)) = source_of(text) {
+        return lookup_source(inner, src, rest, pos, vars, file);
+    }
     let mut parts = text.split('.').map(str::trim);
     let name = parts.next().unwrap_or_default();
     if name.is_empty() {
