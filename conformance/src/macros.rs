@@ -215,6 +215,13 @@ macro_rules! queue_suite {
                 renewed_lease_survives_a_reap,
                 list_filters_and_pages,
                 depth_counts_queued_and_running,
+                max_in_flight_one_holds_the_next_build_until_the_first_ends,
+                max_in_flight_two_runs_two_and_holds_the_third,
+                serial_group_holds_other_jobs_of_the_group,
+                builds_of_other_jobs_are_not_held,
+                a_held_build_is_not_overtaken_by_a_later_one_of_its_job,
+                a_lapsed_lease_frees_its_slot_through_a_reap,
+                concurrent_claims_never_exceed_a_limit,
             ]
         );
     };

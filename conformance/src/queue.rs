@@ -1,4 +1,5 @@
-//! The [`BuildQueue`] suite: submission, FIFO claims, leases and their fencing, aborts,
+//! The [`BuildQueue`] suite: submission, FIFO claims, in-flight limits (a job's
+//! `max_in_flight` or `serial`, its `serial_groups`), leases and their fencing, aborts,
 //! the end of a build, event logs, listing and the reaping of lapsed leases.
 //!
 //! Claims cannot be scoped (a replica claims the oldest build of the whole queue), so
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{
-    BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, Claimed, Lease, NewBuild, NewEvent,
-    QueuedBuild,
+    BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, Claimed, InFlightLimit, Lease,
+    NewBuild, NewEvent, QueuedBuild,
 };
 
 use crate::support::{CaseError, CaseOutcome, CaseResult, outcome, unique_hex};
@@ -41,6 +42,13 @@ pub const CASES: &[&str] = &[
     "renewed_lease_survives_a_reap",
     "list_filters_and_pages",
     "depth_counts_queued_and_running",
+    "max_in_flight_one_holds_the_next_build_until_the_first_ends",
+    "max_in_flight_two_runs_two_and_holds_the_third",
+    "serial_group_holds_other_jobs_of_the_group",
+    "builds_of_other_jobs_are_not_held",
+    "a_held_build_is_not_overtaken_by_a_later_one_of_its_job",
+    "a_lapsed_lease_frees_its_slot_through_a_reap",
+    "concurrent_claims_never_exceed_a_limit",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -70,6 +78,28 @@ pub async fn run_case(subject: &Subject<dyn BuildQueue>, name: &str) -> Option<C
         "renewed_lease_survives_a_reap" => Box::pin(renewed_lease_survives_a_reap(q)).await,
         "list_filters_and_pages" => Box::pin(list_filters_and_pages(q)).await,
         "depth_counts_queued_and_running" => Box::pin(depth_counts_queued_and_running(q)).await,
+        "max_in_flight_one_holds_the_next_build_until_the_first_ends" => {
+            Box::pin(max_in_flight_one_holds_the_next_build_until_the_first_ends(
+                q,
+            ))
+            .await
+        }
+        "max_in_flight_two_runs_two_and_holds_the_third" => {
+            Box::pin(max_in_flight_two_runs_two_and_holds_the_third(q)).await
+        }
+        "serial_group_holds_other_jobs_of_the_group" => {
+            Box::pin(serial_group_holds_other_jobs_of_the_group(q)).await
+        }
+        "builds_of_other_jobs_are_not_held" => Box::pin(builds_of_other_jobs_are_not_held(q)).await,
+        "a_held_build_is_not_overtaken_by_a_later_one_of_its_job" => {
+            Box::pin(a_held_build_is_not_overtaken_by_a_later_one_of_its_job(q)).await
+        }
+        "a_lapsed_lease_frees_its_slot_through_a_reap" => {
+            Box::pin(a_lapsed_lease_frees_its_slot_through_a_reap(q)).await
+        }
+        "concurrent_claims_never_exceed_a_limit" => {
+            Box::pin(concurrent_claims_never_exceed_a_limit(subject.port())).await
+        }
         _ => return None,
     })
 }
@@ -575,5 +605,257 @@ async fn depth_counts_queued_and_running(q: &dyn BuildQueue) -> CaseResult {
     drain(q).await?;
     let d = q.depth().await?;
     ensure_eq!((d.queued, d.running), (0, 0));
+    Ok(())
+}
+
+/// A build of `job` in `pipeline` with these in-flight limits.
+async fn submit_limited(
+    q: &dyn BuildQueue,
+    pipeline: &str,
+    job: &str,
+    limits: &[InFlightLimit],
+) -> Result<QueuedBuild, CaseError> {
+    let spec = format!("spec of {pipeline}/{job}").into_bytes();
+    let new = NewBuild::new(pipeline, job, spec).with_limits(limits.iter().cloned());
+    Ok(q.submit(&new).await?)
+}
+
+/// Nothing is claimable now (the queue holds what is queued).
+async fn nothing_claimable(q: &dyn BuildQueue, why: &str) -> CaseResult {
+    if let Some(c) = q.claim("w-extra", HOUR).await? {
+        fail!("{why}, but build {} was claimed", c.build.id);
+    }
+    Ok(())
+}
+
+async fn succeed(q: &dyn BuildQueue, c: &Claimed) -> CaseResult {
+    q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+        .await?;
+    Ok(())
+}
+
+async fn max_in_flight_one_holds_the_next_build_until_the_first_ends(
+    q: &dyn BuildQueue,
+) -> CaseResult {
+    let p = pipeline("serial");
+    let serial = [InFlightLimit::job(&p, "j", 1)];
+    let a = submit_limited(q, &p, "j", &serial).await?;
+    ensure_eq!(a.limits, serial, "the limits are kept as submitted");
+    ensure_eq!(q.get(a.id).await?.limits, serial);
+    let b = submit_limited(q, &p, "j", &serial).await?;
+    let first = claim(q, "w1", HOUR).await?;
+    ensure_eq!(first.build.id, a.id);
+    nothing_claimable(q, "the job runs one build at a time and one runs").await?;
+    let held = q.get(b.id).await?;
+    ensure_eq!(held.state, BuildState::Queued);
+    ensure_eq!(held.position, Some(0));
+    succeed(q, &first).await?;
+    let second = claim(q, "w2", HOUR).await?;
+    ensure_eq!(
+        second.build.id,
+        b.id,
+        "the held build runs once the first ended"
+    );
+    // A limit that could never be met is refused up front.
+    let zero = NewBuild::new(&p, "j", Vec::new()).with_limits([InFlightLimit::job(&p, "j", 0)]);
+    ensure_kind!(q.submit(&zero).await, ErrorKind::Invalid);
+    drain(q).await
+}
+
+async fn max_in_flight_two_runs_two_and_holds_the_third(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("inflight2");
+    let two = [InFlightLimit::job(&p, "j", 2)];
+    let a = submit_limited(q, &p, "j", &two).await?;
+    let b = submit_limited(q, &p, "j", &two).await?;
+    let c = submit_limited(q, &p, "j", &two).await?;
+    let ca = claim(q, "w1", HOUR).await?;
+    let cb = claim(q, "w2", HOUR).await?;
+    ensure_eq!((ca.build.id, cb.build.id), (a.id, b.id));
+    nothing_claimable(q, "two builds of a job with max_in_flight 2 run").await?;
+    // Either one ending makes room.
+    q.finish(&cb.lease, &BuildEnd::new(BuildState::Failed))
+        .await?;
+    ensure_eq!(claim(q, "w3", HOUR).await?.build.id, c.id);
+    drain(q).await
+}
+
+async fn serial_group_holds_other_jobs_of_the_group(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("group");
+    let group = [InFlightLimit::serial_group(&p, "deploys")];
+    let x = submit_limited(q, &p, "deploy-a", &group).await?;
+    let y = submit_limited(q, &p, "deploy-b", &group).await?;
+    let cx = claim(q, "w1", HOUR).await?;
+    ensure_eq!(cx.build.id, x.id);
+    nothing_claimable(q, "another job of the serial group runs").await?;
+    ensure_eq!(q.get(y.id).await?.state, BuildState::Queued);
+    // A group of the same name in another pipeline is another group.
+    let other = pipeline("group-other");
+    let z = submit_limited(
+        q,
+        &other,
+        "deploy-a",
+        &[InFlightLimit::serial_group(&other, "deploys")],
+    )
+    .await?;
+    ensure_eq!(claim(q, "w2", HOUR).await?.build.id, z.id);
+    succeed(q, &cx).await?;
+    ensure_eq!(claim(q, "w3", HOUR).await?.build.id, y.id);
+    drain(q).await
+}
+
+async fn builds_of_other_jobs_are_not_held(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("others");
+    let serial = [InFlightLimit::job(&p, "slow", 1)];
+    let a = submit_limited(q, &p, "slow", &serial).await?;
+    let b = submit_limited(q, &p, "slow", &serial).await?;
+    let free = submit(q, &p, "free").await?;
+    let limited_other =
+        submit_limited(q, &p, "other", &[InFlightLimit::job(&p, "other", 1)]).await?;
+    ensure_eq!(claim(q, "w1", HOUR).await?.build.id, a.id);
+    // `b` is held; those after it are claimed past it, in order.
+    ensure_eq!(claim(q, "w2", HOUR).await?.build.id, free.id);
+    ensure_eq!(claim(q, "w3", HOUR).await?.build.id, limited_other.id);
+    nothing_claimable(q, "only the held build is queued").await?;
+    ensure_eq!(q.get(b.id).await?.state, BuildState::Queued);
+    ensure_eq!(q.depth().await?.running, 3);
+    drain(q).await
+}
+
+async fn a_held_build_is_not_overtaken_by_a_later_one_of_its_job(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("order");
+    let group = InFlightLimit::serial_group(&p, "g");
+    let job = InFlightLimit::job(&p, "j", 2);
+    let g = submit_limited(q, &p, "other", std::slice::from_ref(&group)).await?;
+    let cg = claim(q, "w1", HOUR).await?;
+    ensure_eq!(cg.build.id, g.id);
+    // The first build of `j` waits for the group; the second (submitted when `j` was no
+    // longer in the group, say) has room under `j`'s own limit, but waits its turn.
+    let first = submit_limited(q, &p, "j", &[job.clone(), group]).await?;
+    let second = submit_limited(q, &p, "j", std::slice::from_ref(&job)).await?;
+    nothing_claimable(q, "the first build of j waits for its group").await?;
+    ensure_eq!(q.get(second.id).await?.state, BuildState::Queued);
+    succeed(q, &cg).await?;
+    ensure_eq!(claim(q, "w2", HOUR).await?.build.id, first.id);
+    ensure_eq!(claim(q, "w3", HOUR).await?.build.id, second.id);
+    drain(q).await
+}
+
+async fn a_lapsed_lease_frees_its_slot_through_a_reap(q: &dyn BuildQueue) -> CaseResult {
+    let p = pipeline("lapse");
+    let serial = [InFlightLimit::job(&p, "j", 1)];
+    // A started build whose holder is lost: it ends errored and frees the job.
+    let a = submit_limited(q, &p, "j", &serial).await?;
+    let b = submit_limited(q, &p, "j", &serial).await?;
+    let ca = claim(q, "dead", LAPSED).await?;
+    ensure_eq!(ca.build.id, a.id);
+    q.mark_started(&ca.lease).await?;
+    // Its time has passed but the lease is held until a reap: it still counts.
+    nothing_claimable(q, "a lapsed lease not yet reaped still holds the slot").await?;
+    let lapsed = q.reap_lapsed("worker lost").await?;
+    ensure_eq!(lapsed.len(), 1);
+    ensure_eq!(q.get(a.id).await?.state, BuildState::Errored);
+    let cb = claim(q, "alive", LAPSED).await?;
+    ensure_eq!(cb.build.id, b.id, "the reap freed the slot");
+    // An unstarted build whose holder is lost goes back in its place: it runs again
+    // before a later build of its job.
+    let c = submit_limited(q, &p, "j", &serial).await?;
+    let lapsed = q.reap_lapsed("worker lost").await?;
+    ensure_eq!(lapsed.len(), 1);
+    ensure!(lapsed[0].requeued);
+    let again = claim(q, "alive", HOUR).await?;
+    ensure_eq!(again.build.id, b.id);
+    ensure_eq!(again.build.attempt, 2);
+    nothing_claimable(q, "the requeued build runs again").await?;
+    succeed(q, &again).await?;
+    ensure_eq!(claim(q, "alive", HOUR).await?.build.id, c.id);
+    drain(q).await
+}
+
+/// Six claimers, each finishing what it claims, over builds of one job with
+/// `max_in_flight` 2 and of a serial group: the in-process count of what they hold
+/// (raised after a claim returns, lowered before its finish, so never above what the
+/// queue has running) never exceeds a limit, and every build runs.
+async fn concurrent_claims_never_exceed_a_limit(q: Arc<dyn BuildQueue>) -> CaseResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let p = pipeline("limits-race");
+    let job = InFlightLimit::job(&p, "j", 2);
+    let group = InFlightLimit::serial_group(&p, "g");
+    let mut submitted = BTreeSet::new();
+    for i in 0..16 {
+        let b = if i % 2 == 0 {
+            submit_limited(&*q, &p, "j", std::slice::from_ref(&job)).await?
+        } else {
+            let name = format!("g{}", i % 3);
+            submit_limited(&*q, &p, &name, std::slice::from_ref(&group)).await?
+        };
+        submitted.insert(b.id);
+    }
+    let total = submitted.len();
+    let running_j = Arc::new(AtomicUsize::new(0));
+    let running_g = Arc::new(AtomicUsize::new(0));
+    let peaks = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let (q, running_j, running_g, peaks, done) = (
+            q.clone(),
+            running_j.clone(),
+            running_g.clone(),
+            peaks.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while done.load(Ordering::SeqCst) < total {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("builds were still held after 60s: {got:?}"));
+                }
+                let Some(c) = q
+                    .claim(&format!("w{t}"), HOUR)
+                    .await
+                    .map_err(|e| e.to_string())?
+                else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let (counter, peak) = if c.build.job == "j" {
+                    (&running_j, &peaks.0)
+                } else {
+                    (&running_g, &peaks.1)
+                };
+                let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // Let the other claimers try while this one holds its slot.
+                tokio::task::yield_now().await;
+                counter.fetch_sub(1, Ordering::SeqCst);
+                q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                done.fetch_add(1, Ordering::SeqCst);
+                got.push(c.build.id);
+            }
+            Ok(got)
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(got)) => claimed.extend(got),
+            Ok(Err(e)) => fail!("a claimer failed: {e}"),
+            Err(e) => fail!("a claiming task panicked: {e}"),
+        }
+    }
+    let peak_j = peaks.0.load(Ordering::SeqCst);
+    let peak_g = peaks.1.load(Ordering::SeqCst);
+    ensure!(
+        peak_j <= 2,
+        "{peak_j} builds of a max_in_flight 2 job ran at once"
+    );
+    ensure!(peak_g <= 1, "{peak_g} builds of a serial group ran at once");
+    let distinct: BTreeSet<_> = claimed.iter().copied().collect();
+    ensure_eq!(distinct.len(), claimed.len(), "a build was claimed twice");
+    ensure_eq!(distinct, submitted);
     Ok(())
 }

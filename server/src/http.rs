@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures::Stream;
 use jetbridge_core::ErrorKind;
-use jetbridge_core::ports::{BuildFilter, BuildId, BuildState, NewBuild};
+use jetbridge_core::ports::{BuildFilter, BuildId, BuildState, InFlightLimit, NewBuild};
 use serde::Deserialize;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq;
@@ -370,8 +370,13 @@ async fn submit(
             format!("encoding the submission: {e}"),
         )
     })?;
+    let limits = pipeline
+        .job(&spec.job)
+        .map(|job| in_flight_limits(&pipeline.name, job))
+        .unwrap_or_default();
     let new = NewBuild::new(pipeline.name.clone(), spec.job.clone(), stored)
-        .with_max_queued(s.config.max_queued);
+        .with_max_queued(s.config.max_queued)
+        .with_limits(limits);
     let build = s.queue.submit(&new).await.map_err(|e| {
         if e.kind() == ErrorKind::Busy {
             s.metrics.submission("busy");
@@ -385,6 +390,26 @@ async fn submit(
         headers.insert(header::LOCATION, v);
     }
     Ok((StatusCode::CREATED, headers, Json(BuildView::of(&build))))
+}
+
+/// What the queue must hold a build of `job` for: its `max_in_flight` among builds of
+/// the job (`serial: true` is a `max_in_flight` of 1), and one at a time in each of its
+/// `serial_groups`. Keys are scoped by the pipeline's name, the name builds are listed
+/// under.
+fn in_flight_limits(pipeline: &str, job: &jetbridge_core::plan::Job) -> Vec<InFlightLimit> {
+    let mut limits: Vec<InFlightLimit> = job
+        .max_in_flight
+        .map(|max| InFlightLimit::job(pipeline, &job.name, max))
+        .into_iter()
+        .collect();
+    for group in &job.serial_groups {
+        let limit = InFlightLimit::serial_group(pipeline, group);
+        // A group named twice is one group.
+        if !limits.contains(&limit) {
+            limits.push(limit);
+        }
+    }
+    limits
 }
 
 /// Filters and cursor of the build list.

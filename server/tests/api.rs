@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jetbridge_core::images::ImageResolver;
-use jetbridge_core::ports::{ArtifactRegistry, BuildQueue, Runtime};
+use jetbridge_core::ports::{ArtifactRegistry, BuildId, BuildQueue, InFlightLimit, Runtime};
 use jetbridge_core::services::{BuildRunner, NoEvents, SessionConfig, StepConfig, WorkerSession};
 use jetbridge_memory_registry::{MemoryBuildQueue, MemoryRegistry};
 use jetbridge_server::api::{BuildList, BuildView, ErrorBody, InfoView};
@@ -526,4 +526,79 @@ async fn a_drain_stops_claiming_and_aborts_what_outlives_its_timeout() {
         .unwrap();
     assert_eq!(left.state.as_str(), "queued");
     assert_eq!(h.server.running(), 0);
+}
+
+/// Polls the build until it is in `state` (bounded: a build that never gets there fails
+/// the test).
+async fn wait_for_state(h: &Harness, id: u64, state: &str) -> BuildView {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = h.get(id).await;
+        if b.state == state {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build {id} never became {state}: {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_job_runs_one_build_at_a_time_and_other_jobs_run_past_it() {
+    let h = harness(ServerConfig::default()).await;
+    let gate = tempfile::tempdir().expect("tempdir");
+    let release = gate.path().join("release");
+    // The first step runs until the test releases it: no timing decides the outcome.
+    let wait = format!(
+        "echo started; while [ ! -e {} ]; do sleep 0.05; done",
+        release.display()
+    );
+    let pipeline = format!(
+        "jobs:\n\
+         - name: slow\n  serial: true\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, {}]}}\n\
+         - name: quick\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n\
+         - name: grouped\n  serial_groups: [deploys, deploys]\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n",
+        serde_json::to_string(&wait).expect("json")
+    );
+    let submit = |job: &str| json!({"pipeline": pipeline, "file": "serial.yml", "job": job});
+    let first = h.submitted(submit("slow")).await;
+    wait_for_state(&h, first.id, "running").await;
+    let second = h.submitted(submit("slow")).await;
+    // Submitted after the second, so a claim loop that claims it has passed over the
+    // second: a build of another job is not held.
+    let quick = h.submitted(submit("quick")).await;
+    wait_for_state(&h, quick.id, "succeeded").await;
+    let held = h.get(second.id).await;
+    assert_eq!(held.state, "queued", "{held:?}");
+    assert_eq!(held.position, Some(0));
+    assert_eq!(h.get(first.id).await.state, "running");
+    // The queue holds it by the job's limit, keyed by the pipeline's name.
+    let stored = h.queue.get(BuildId(second.id)).await.expect("stored");
+    assert_eq!(
+        stored.limits,
+        [InFlightLimit::job(&first.pipeline, "slow", 1)]
+    );
+
+    std::fs::write(&release, "").expect("release the first build");
+    let done = wait_for_state(&h, first.id, "succeeded").await;
+    let after = wait_for_state(&h, second.id, "succeeded").await;
+    let (ended, started) = (
+        done.finished_at_ms.expect("an end"),
+        after.started_at_ms.expect("a start"),
+    );
+    assert!(
+        started >= ended,
+        "the second started at {started}, before the first ended at {ended}"
+    );
+
+    // A job's serial groups become limits of one, a group named twice once.
+    let grouped = h.submitted(submit("grouped")).await;
+    wait_for_state(&h, grouped.id, "succeeded").await;
+    let stored = h.queue.get(BuildId(grouped.id)).await.expect("stored");
+    assert_eq!(
+        stored.limits,
+        [InFlightLimit::serial_group(&first.pipeline, "deploys")]
+    );
 }

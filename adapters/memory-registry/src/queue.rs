@@ -39,6 +39,25 @@ impl State {
             .count() as u64
     }
 
+    /// Whether claiming `b` now keeps to its limits: for each, no queued build with the
+    /// key is ahead of it (builds sharing a key start in submission order) and fewer
+    /// than its cap are running.
+    fn within_limits(&self, b: &QueuedBuild) -> bool {
+        b.limits.iter().all(|l| {
+            let shares = |o: &QueuedBuild| o.limits.iter().any(|ol| ol.key == l.key);
+            let ahead = self
+                .builds
+                .range(..b.id)
+                .any(|(_, e)| e.build.state == BuildState::Queued && shares(&e.build));
+            let running = self
+                .builds
+                .values()
+                .filter(|e| e.build.state == BuildState::Running && shares(&e.build))
+                .count();
+            !ahead && running < l.max_running as usize
+        })
+    }
+
     /// The build with its position filled in.
     fn view(&self, e: &Entry) -> QueuedBuild {
         let mut b = e.build.clone();
@@ -114,6 +133,7 @@ impl BuildQueue for MemoryBuildQueue {
     }
 
     async fn submit(&self, new: &NewBuild) -> Result<QueuedBuild> {
+        new.check_limits()?;
         let now = self.clock.now();
         let mut s = self.lock();
         if let Some(max) = new.max_queued {
@@ -130,7 +150,8 @@ impl BuildQueue for MemoryBuildQueue {
         }
         s.next_id += 1;
         let id = BuildId(s.next_id);
-        let build = QueuedBuild::new(id, &new.pipeline, &new.job, new.spec.clone(), now);
+        let mut build = QueuedBuild::new(id, &new.pipeline, &new.job, new.spec.clone(), now);
+        build.limits = new.limits.clone();
         let entry = Entry {
             build,
             lease_until: None,
@@ -144,11 +165,15 @@ impl BuildQueue for MemoryBuildQueue {
     async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>> {
         let now = self.clock.now();
         let mut s = self.lock();
-        let Some(e) = s
+        let Some(id) = s
             .builds
-            .values_mut()
-            .find(|e| e.build.state == BuildState::Queued)
+            .values()
+            .find(|e| e.build.state == BuildState::Queued && s.within_limits(&e.build))
+            .map(|e| e.build.id)
         else {
+            return Ok(None);
+        };
+        let Some(e) = s.builds.get_mut(&id) else {
             return Ok(None);
         };
         let b = &mut e.build;

@@ -1,6 +1,6 @@
-//! The [`BuildQueue`] port on Postgres: tables `builds` and `build_events` (migration
-//! `2026-12-02-000000_build_queue`), on the same pool machinery and migrations as the
-//! registry.
+//! The [`BuildQueue`] port on Postgres: tables `builds` and `build_events` (migrations
+//! `2026-12-02-000000_build_queue`, and `2026-12-03-000000_build_limits` for in-flight
+//! limits), on the same pool machinery and migrations as the registry.
 //!
 //! A lease is the pair (`worker`, `attempt`) of a `running` row: every write naming a
 //! lease carries `state = 'running' AND worker = $w AND attempt = $token` in its own
@@ -8,9 +8,11 @@
 //! a takeover. `lease_until` is not part of that condition (a lapsed lease is held until
 //! a reap takes it away, as the port says); it is only what the reaper selects by.
 //!
-//! Claims and reaps pick rows with `FOR UPDATE SKIP LOCKED`, so replicas never wait for
-//! each other's picks and never pick the same row. Every time comparison uses the
-//! server's `now()`. Writes whose returned rows are converted to domain values run in a
+//! Claims and reaps pick rows with `FOR UPDATE SKIP LOCKED`, so replicas never pick the
+//! same row. Claims also take one transaction-scoped advisory lock per schema
+//! ([`CLAIM_LOCK`]) so that in-flight limits hold across replicas (the claim says why).
+//! Every time comparison uses the server's clock (`now()`; a claim's own times are its
+//! statement's). Writes whose returned rows are converted to domain values run in a
 //! transaction with the conversion, so a row that does not convert (`Corrupt`) leaves
 //! nothing changed (a build is never claimed and then lost to a conversion error).
 
@@ -41,6 +43,10 @@ const MAX_PAGE: usize = 1000;
 /// (the second is the schema's hash, so queues in different schemas do not wait for each
 /// other). Distinct from the migration lock's key.
 const SUBMIT_LOCK: i32 = 0x6a62_7175; // "jbqu"
+
+/// First key of the transaction-scoped advisory lock every claim takes (the second is the
+/// schema's hash), so that no two claims judge in-flight limits at once.
+const CLAIM_LOCK: i32 = 0x6a62_636c; // "jbcl"
 
 /// The lease condition, over binds `$1` (id), `$2` (worker), `$3` (token).
 const HELD: &str = "id = $1 AND state = 'running' AND worker = $2 AND attempt = $3";
@@ -165,6 +171,17 @@ impl BuildQueue for PgBuildQueue {
         let op = "submit build";
         check_text("pipeline", &new.pipeline)?;
         check_text("job", &new.job)?;
+        new.check_limits()?;
+        let limit_keys: Vec<&str> = new.limits.iter().map(|l| l.key.as_str()).collect();
+        for k in &limit_keys {
+            check_text("in-flight limit key", k)?;
+        }
+        // A cap beyond `integer` is no cap in practice: no queue runs 2^31 builds.
+        let limit_max: Vec<i32> = new
+            .limits
+            .iter()
+            .map(|l| i32::try_from(l.max_running).unwrap_or(i32::MAX))
+            .collect();
         // More than i64::MAX queued builds cannot exist: such a limit is no limit.
         let max = new.max_queued.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let mut conn = self.conn(op).await?;
@@ -197,7 +214,8 @@ impl BuildQueue for PgBuildQueue {
                     ahead = Some(queued);
                 }
                 let row = diesel::sql_query(format!(
-                    "INSERT INTO builds (pipeline, job, spec) VALUES ($1, $2, $3) \
+                    "INSERT INTO builds (pipeline, job, spec, limit_keys, limit_max) \
+                     VALUES ($1, $2, $3, $5, $6) \
                      RETURNING {BUILD_COLUMNS}, \
                        COALESCE($4, (SELECT count(*) FROM builds q \
                          WHERE q.state = 'queued' AND q.id < builds.id)) AS position"
@@ -206,6 +224,8 @@ impl BuildQueue for PgBuildQueue {
                 .bind::<Text, _>(&new.job)
                 .bind::<Binary, _>(&new.spec)
                 .bind::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>, _>(ahead)
+                .bind::<Array<Text>, _>(&limit_keys)
+                .bind::<Array<Integer>, _>(&limit_max)
                 .get_result::<BuildRow>(c)
                 .await?;
                 Ok(row.into_build()?)
@@ -221,15 +241,49 @@ impl BuildQueue for PgBuildQueue {
         let mut conn = self.conn(op).await?;
         let res = conn
             .transaction::<_, Fail, _>(async |c| {
-                // The oldest queued row nobody else is claiming or changing right now; a
-                // row that stopped being queued since the snapshot is re-checked under
-                // its lock and passed over.
+                // In-flight limits are a check over other rows (how many builds with a
+                // key run, whether one is queued ahead), which row locks cannot make
+                // atomic: two claims could each see a slot free and both take it (the
+                // FIFO rule below alone narrows this to builds whose submissions commit
+                // out of id order, but does not close it). So claims take turns under
+                // this lock. Only a claim makes a build `running`, so under it the running
+                // count of every key can only fall (an end, a reap) before this
+                // transaction commits: the count below is exact or high, never low, and
+                // no limit is exceeded whatever the replicas do. The lock is released at
+                // commit, after the claim is visible (read committed: the next holder's
+                // statement takes a fresh snapshot that includes it). A claim is one
+                // short statement, so the turns are brief.
+                diesel::sql_query(
+                    "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
+                )
+                .bind::<Integer, _>(CLAIM_LOCK)
+                .execute(c)
+                .await?;
+                // The oldest queued row no limit holds and nobody else is changing right
+                // now; a row that stopped being queued since the snapshot is re-checked
+                // under its lock and passed over. A limit holds a build while a queued
+                // build with its key is ahead of it (builds sharing a key start in
+                // order; judged on the snapshot, so a row skipped for its lock still
+                // counts as ahead) or its cap of builds with the key is running.
+                // Times are the statement's, not the transaction's (`now()`), which began
+                // before the wait for the lock: a build of a serial job then never seems
+                // to start before the one ahead of it ended.
                 let row = diesel::sql_query(format!(
                     "UPDATE builds SET state = 'running', worker = $1, attempt = attempt + 1, \
-                       steps_started = false, started_at = now(), \
-                       lease_until = now() + $2 * interval '1 microsecond' \
-                     WHERE id = (SELECT id FROM builds WHERE state = 'queued' \
-                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                       steps_started = false, started_at = statement_timestamp(), \
+                       lease_until = statement_timestamp() + $2 * interval '1 microsecond' \
+                     WHERE id = (SELECT b.id FROM builds b WHERE b.state = 'queued' \
+                                   AND NOT EXISTS ( \
+                                     SELECT 1 FROM unnest(b.limit_keys, b.limit_max) \
+                                                   AS l(key, cap) \
+                                      WHERE EXISTS (SELECT 1 FROM builds o \
+                                                     WHERE o.state = 'queued' \
+                                                       AND o.id < b.id \
+                                                       AND o.limit_keys @> ARRAY[l.key]) \
+                                         OR (SELECT count(*) FROM builds o \
+                                              WHERE o.state = 'running' \
+                                                AND o.limit_keys @> ARRAY[l.key]) >= l.cap) \
+                                 ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED) \
                      RETURNING {BUILD_COLUMNS}, NULL::bigint AS position"
                 ))
                 .bind::<Text, _>(worker)

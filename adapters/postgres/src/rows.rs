@@ -7,11 +7,14 @@ use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Timestamp, Timestamptz};
+use diesel::sql_types::{
+    Array, BigInt, Binary, Bool, Integer, Nullable, Text, Timestamp, Timestamptz,
+};
 use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
-    Artifact, ArtifactState, BuildEvent, BuildId, BuildState, LapsedBuild, QueuedBuild, Worker,
+    Artifact, ArtifactState, BuildEvent, BuildId, BuildState, InFlightLimit, LapsedBuild,
+    QueuedBuild, Worker,
 };
 use jetbridge_core::{Error, Result};
 
@@ -181,7 +184,8 @@ pub(crate) struct SessionRow {
 /// The columns every build query selects, in [`BuildRow`] order, except `position`,
 /// which each query computes (or sets `NULL`) itself.
 pub(crate) const BUILD_COLUMNS: &str = "id, pipeline, job, spec, state, worker, attempt, \
-     steps_started, abort_requested, reason, outcome, submitted_at, started_at, finished_at";
+     steps_started, abort_requested, reason, outcome, submitted_at, started_at, finished_at, \
+     limit_keys, limit_max";
 
 /// One row of `builds`, plus the build's place in the queue.
 #[derive(Debug, QueryableByName)]
@@ -214,6 +218,11 @@ pub(crate) struct BuildRow {
     started_at: Option<Ts>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     finished_at: Option<Ts>,
+    /// The in-flight limits' keys, and at the same index their caps.
+    #[diesel(sql_type = Array<Text>)]
+    limit_keys: Vec<String>,
+    #[diesel(sql_type = Array<Integer>)]
+    limit_max: Vec<i32>,
     /// Queued builds ahead of this one; `NULL` unless it is queued.
     #[diesel(sql_type = Nullable<BigInt>)]
     position: Option<i64>,
@@ -259,6 +268,18 @@ impl BuildRow {
         b.outcome = self.outcome;
         b.started_at = self.started_at.map(|t| t.0);
         b.finished_at = self.finished_at.map(|t| t.0);
+        if self.limit_keys.len() != self.limit_max.len() {
+            return Err(corrupt_build("in-flight limits", id));
+        }
+        b.limits = self
+            .limit_keys
+            .into_iter()
+            .zip(self.limit_max)
+            .map(|(key, max)| match u32::try_from(max) {
+                Ok(max_running) if max_running > 0 => Ok(InFlightLimit { key, max_running }),
+                _ => Err(corrupt_build("in-flight limit", id)),
+            })
+            .collect::<Result<_>>()?;
         Ok(b)
     }
 }

@@ -13,7 +13,8 @@ use diesel_async::SimpleAsyncConnection;
 use jetbridge_conformance::Subject;
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{
-    ArtifactRegistry, BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, NewBuild, NewEvent,
+    ArtifactRegistry, BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, InFlightLimit,
+    NewBuild, NewEvent,
 };
 use jetbridge_postgres::scratch::ScratchSchema;
 use jetbridge_postgres::{PgBuildQueue, PgOptions, PgRegistry};
@@ -378,4 +379,111 @@ async fn nul_in_text_is_invalid() {
         .expect_err("NUL in event data");
     assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
     assert!(q.events(b.id, 0, 10).await.expect("events").is_empty());
+}
+
+/// Two replicas, each with its own pool, claiming builds of one `serial` job in eight
+/// tasks: never two at once. Each task holds what it claimed in an in-process count
+/// (raised after the claim returns, lowered before the finish, so never above what the
+/// database has running) while the others try to claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_never_run_two_builds_of_a_serial_job() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let Some((url, schema)) = scratch() else {
+        return;
+    };
+    let replicas = [
+        Arc::new(queue(&url, &schema, 4).await),
+        Arc::new(queue(&url, &schema, 4).await),
+    ];
+    let serial = InFlightLimit::job("p", "serial", 1);
+    let total = 12;
+    for i in 0..total {
+        replicas[i % 2]
+            .submit(&build("serial").with_limits([serial.clone()]))
+            .await
+            .expect("submit");
+    }
+    let holding = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let q = Arc::clone(&replicas[t % 2]);
+            let (holding, peak, done) = (holding.clone(), peak.clone(), done.clone());
+            tokio::spawn(async move {
+                let worker = format!("replica{}-task{t}", t % 2);
+                let mut order = Vec::new();
+                while done.load(Ordering::SeqCst) < total {
+                    assert!(Instant::now() < deadline, "builds still held after 60s");
+                    let Some(c) = q.claim(&worker, HOUR).await.expect("claim") else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    holding.fetch_sub(1, Ordering::SeqCst);
+                    q.finish(&c.lease, &BuildEnd::new(BuildState::Succeeded))
+                        .await
+                        .expect("finish");
+                    done.fetch_add(1, Ordering::SeqCst);
+                    order.push(c.build.id);
+                }
+                order
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.expect("task"));
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "a serial job ran twice at once"
+    );
+    assert_eq!(claimed.len(), total);
+    let mut c = raw(&url, schema.name()).await;
+    // One at a time, and in submission order: each started after the one before ended.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) AS n FROM builds a JOIN builds b ON b.id > a.id \
+             WHERE b.started_at < a.finished_at"
+        )
+        .await,
+        0
+    );
+}
+
+/// A build stored before limits existed has none, and the migration's check refuses a
+/// cap of 0 written behind the queue's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_are_stored_with_the_build_and_checked_by_the_table() {
+    let Some((url, schema)) = scratch() else {
+        return;
+    };
+    let q = queue(&url, &schema, 2).await;
+    let limits = [
+        InFlightLimit::job("p", "j", 3),
+        InFlightLimit::serial_group("p", "g"),
+    ];
+    let b = q
+        .submit(&build("j").with_limits(limits.clone()))
+        .await
+        .expect("submit");
+    let plain = q.submit(&build("k")).await.expect("submit");
+    assert_eq!(q.get(b.id).await.expect("get").limits, limits);
+    assert!(q.get(plain.id).await.expect("get").limits.is_empty());
+    let mut c = raw(&url, schema.name()).await;
+    let e = c
+        .batch_execute(&format!(
+            "UPDATE builds SET limit_max = '{{0, 1}}' WHERE id = {}",
+            b.id
+        ))
+        .await
+        .expect_err("a cap of 0");
+    assert!(e.to_string().contains("builds_limits_check"), "{e}");
 }

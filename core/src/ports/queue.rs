@@ -91,6 +91,50 @@ impl std::fmt::Display for BuildState {
     }
 }
 
+/// A cap on how many builds sharing a key run at once: a job's `max_in_flight` (or
+/// `serial: true`, a cap of 1) or one of its `serial_groups` (always 1).
+///
+/// A queued build is claimed only when, for each of its limits, no queued build with
+/// the same key is ahead of it and fewer than `max_running` builds with the key are
+/// running. So the cap holds, and builds sharing a key start in the order they were
+/// submitted: a later build never overtakes an earlier one it shares a key with, even
+/// when the earlier one waits on another of its keys (as Concourse starts a job's
+/// pending builds in order). The oldest queued build waits only for running builds, so
+/// the queue always moves once they end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InFlightLimit {
+    /// What the builds share, compared as an opaque string: [`Self::job`] and
+    /// [`Self::serial_group`] encode the pipeline so that names from different pipelines
+    /// (or a job and a group of the same name) never collide.
+    pub key: String,
+    /// How many builds with this key may run at once (at least 1).
+    pub max_running: u32,
+}
+
+impl InFlightLimit {
+    /// At most `max_running` builds of `job` of `pipeline` at once.
+    pub fn job(pipeline: &str, job: &str, max_running: u32) -> Self {
+        InFlightLimit {
+            key: Self::encode("job", pipeline, job),
+            max_running,
+        }
+    }
+
+    /// One build at a time among the jobs of `pipeline` in `group`.
+    pub fn serial_group(pipeline: &str, group: &str) -> Self {
+        InFlightLimit {
+            key: Self::encode("group", pipeline, group),
+            max_running: 1,
+        }
+    }
+
+    /// `KIND:LEN:PIPELINE:NAME`: the pipeline's length makes the split unambiguous
+    /// whatever characters the names hold, and the text stays readable in a database.
+    fn encode(kind: &str, pipeline: &str, name: &str) -> String {
+        format!("{kind}:{}:{pipeline}:{name}", pipeline.len())
+    }
+}
+
 /// A submission. `Debug` shows the spec's size only (it may hold secrets).
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,6 +149,9 @@ pub struct NewBuild {
     /// Submissions beyond this many queued builds are refused with `Busy`; `None`: no
     /// limit.
     pub max_queued: Option<u64>,
+    /// Caps on how many builds sharing a key run at once (empty: none). A limit whose
+    /// `max_running` is 0 is `Invalid`: the build could never run.
+    pub limits: Vec<InFlightLimit>,
 }
 
 impl NewBuild {
@@ -115,6 +162,7 @@ impl NewBuild {
             job: job.into(),
             spec,
             max_queued: None,
+            limits: Vec::new(),
         }
     }
 
@@ -122,6 +170,23 @@ impl NewBuild {
     pub fn with_max_queued(mut self, max: Option<u64>) -> Self {
         self.max_queued = max;
         self
+    }
+
+    /// Hold the build while claiming it would break one of `limits`.
+    pub fn with_limits(mut self, limits: impl IntoIterator<Item = InFlightLimit>) -> Self {
+        self.limits = limits.into_iter().collect();
+        self
+    }
+
+    /// `Invalid` when a limit could never be met (0 builds at once).
+    pub fn check_limits(&self) -> Result<()> {
+        match self.limits.iter().find(|l| l.max_running == 0) {
+            Some(l) => Err(crate::Error::invalid(format!(
+                "in-flight limit {:?}: at most 0 builds at once would never run one",
+                l.key
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -139,7 +204,8 @@ pub struct QueuedBuild {
     pub spec: Vec<u8>,
     /// Where it is in its life.
     pub state: BuildState,
-    /// While queued: how many queued builds are ahead of it (0: it is claimed next).
+    /// While queued: how many queued builds are ahead of it (0: none). A build at 0 may
+    /// still wait for one of its [`Self::limits`].
     pub position: Option<u64>,
     /// The worker holding (or that last held) its lease.
     pub worker: Option<String>,
@@ -160,6 +226,8 @@ pub struct QueuedBuild {
     pub started_at: Option<SystemTime>,
     /// When it ended.
     pub finished_at: Option<SystemTime>,
+    /// Its in-flight limits, as submitted.
+    pub limits: Vec<InFlightLimit>,
 }
 
 impl std::fmt::Debug for NewBuild {
@@ -169,6 +237,7 @@ impl std::fmt::Debug for NewBuild {
             .field("job", &self.job)
             .field("spec_bytes", &self.spec.len())
             .field("max_queued", &self.max_queued)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -187,6 +256,7 @@ impl std::fmt::Debug for QueuedBuild {
             .field("steps_started", &self.steps_started)
             .field("abort_requested", &self.abort_requested)
             .field("reason", &self.reason)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +287,7 @@ impl QueuedBuild {
             submitted_at,
             started_at: None,
             finished_at: None,
+            limits: Vec::new(),
         }
     }
 }
@@ -437,7 +508,11 @@ impl QueueCapabilities {
 /// The build queue.
 ///
 /// Claims are FIFO by [`BuildId`] (a build put back by [`Self::reap_lapsed`] keeps its
-/// place) and exclusive: two concurrent claims never return the same build. Lease times
+/// place) and exclusive: two concurrent claims never return the same build. A build
+/// that one of its [`InFlightLimit`]s holds is passed over for the next one; concurrent
+/// claims, on any replica, never run more builds of a key than its limit. A running
+/// build counts against its limits until it ends or a reap puts it back in the queue
+/// (a lapsed lease frees its slots only through [`Self::reap_lapsed`]). Lease times
 /// are judged on the queue's own clock (the database's `now()`). A lease is held while
 /// its build is `Running` with the lease's token, whether or not its time has passed;
 /// only a reap takes it away. Writes naming a lease that is no longer held fail with
@@ -447,11 +522,12 @@ pub trait BuildQueue: Send + Sync {
     /// What this queue can do.
     fn capabilities(&self) -> QueueCapabilities;
 
-    /// Queue a build. `Busy` when `new.max_queued` builds are queued already.
+    /// Queue a build. `Busy` when `new.max_queued` builds are queued already; `Invalid`
+    /// for a limit of 0 ([`NewBuild::check_limits`]).
     async fn submit(&self, new: &NewBuild) -> Result<QueuedBuild>;
 
-    /// Claim the oldest queued build for `worker`, with a lease of `ttl`; `None` when
-    /// none is queued.
+    /// Claim the oldest queued build that no in-flight limit holds for `worker`, with a
+    /// lease of `ttl`; `None` when there is none.
     async fn claim(&self, worker: &str, ttl: Duration) -> Result<Option<Claimed>>;
 
     /// Extend a held lease to `ttl` from now and learn whether an abort was asked for.
@@ -561,6 +637,29 @@ mod tests {
             .filter(|s| !s.is_final())
             .collect();
         assert_eq!(live, [BuildState::Queued, BuildState::Running]);
+    }
+
+    #[test]
+    fn limit_keys_never_collide_across_kinds_pipelines_or_names() {
+        let keys = [
+            InFlightLimit::job("a:1", "b", 1).key,
+            InFlightLimit::job("a", "1:b", 1).key,
+            InFlightLimit::serial_group("a:1", "b").key,
+            InFlightLimit::job("p", "x", 1).key,
+            InFlightLimit::serial_group("p", "x").key,
+        ];
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert_eq!(InFlightLimit::serial_group("p", "g").max_running, 1);
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_invalid() {
+        let ok = NewBuild::new("p", "j", vec![]).with_limits([InFlightLimit::job("p", "j", 1)]);
+        assert!(ok.check_limits().is_ok());
+        let zero = NewBuild::new("p", "j", vec![]).with_limits([InFlightLimit::job("p", "j", 0)]);
+        let e = zero.check_limits().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Invalid);
     }
 
     #[test]
