@@ -621,6 +621,36 @@ pub async fn across_runs_each_combination(subject: &RuntimeSubject) -> CaseResul
     leftovers(subject, &build).await
 }
 
+/// A task's `image:` names an artifact an earlier step fetched (as a `registry-image`
+/// get writes it: `repository` and `digest`): a backend with images runs the task in
+/// `repository@digest`, one without runs it on the host; the task runs either way.
+pub async fn task_image_from_an_artifact(subject: &RuntimeSubject) -> CaseResult {
+    let fetch = task(
+        "fetch",
+        &[],
+        &["tools"],
+        &format!(
+            "echo busybox > tools/repository && echo sha256:{} > tools/digest",
+            "0".repeat(64)
+        ),
+    );
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {fetch}\n  - {}\n    image: tools\n",
+        task("use", &[], &["out"], "echo ran > out/f")
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "out")?, "f").await?
+        )
+        .trim(),
+        "ran"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -860,6 +890,7 @@ pub const CASES: &[&str] = &[
     "try_masks_a_failure",
     "load_var_fills_later_steps",
     "across_runs_each_combination",
+    "task_image_from_an_artifact",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -882,6 +913,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "try_masks_a_failure" => Box::pin(try_masks_a_failure(subject)).await,
         "load_var_fills_later_steps" => Box::pin(load_var_fills_later_steps(subject)).await,
         "across_runs_each_combination" => Box::pin(across_runs_each_combination(subject)).await,
+        "task_image_from_an_artifact" => Box::pin(task_image_from_an_artifact(subject)).await,
         _ => return None,
     })
 }
@@ -923,6 +955,7 @@ macro_rules! runtime_suite {
                 try_masks_a_failure,
                 load_var_fills_later_steps,
                 across_runs_each_combination,
+                task_image_from_an_artifact,
             ]
         );
     };

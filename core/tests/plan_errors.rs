@@ -767,3 +767,20 @@ fn dummy_var_sources_fill_their_placeholders_and_others_say_what_they_are() {
     let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["vault:token", "plain"]);
 }
+
+#[test]
+fn a_task_image_names_an_earlier_artifact() {
+    let plan = |steps: &str| format!("{R}jobs:\n- name: j\n  plan:\n{steps}");
+    let use_ = "  - task: t\n    image: r\n    config:\n      platform: linux\n      run: {path: 'true'}\n";
+    let p = parse_pipeline(
+        &plan(&format!("  - get: r\n{use_}")),
+        "ci/p.yml",
+        &Vars::new(),
+    )
+    .expect("parses");
+    let StepKind::Task(t) = &p.job("j").expect("job").plan[1].kind else {
+        panic!("a task");
+    };
+    assert_eq!(t.image.as_deref(), Some("r"));
+    fails_at(&plan(use_), 6, 12, &["task `t` runs in the image `r`"]);
+}

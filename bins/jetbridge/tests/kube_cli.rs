@@ -307,3 +307,78 @@ async fn a_param_name_no_cluster_accepts_is_a_plan_error_on_either_rule() {
         sim.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_in_the_image_an_earlier_get_fetched_by_digest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, kubeconfig) = sim(dir.path()).await;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pipeline = |files: &str| {
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: fetch\n    config:\n      platform: linux\n      outputs: [{{name: tools}}]\n      run: {{path: sh, args: [-c, \"{files}\"]}}\n  - task: use\n    image: tools\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n"
+        )
+    };
+    let run = |name: &str, text: String, keep: bool| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        let mut c = bin();
+        c.arg("run")
+            .arg(&p)
+            .args(["--backend", "kube", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{name}")));
+        if keep {
+            c.arg("--keep-pods");
+        }
+        async move {
+            tokio::task::spawn_blocking(move || c.output().expect("runs"))
+                .await
+                .expect("joins")
+        }
+    };
+    let out = run(
+        "image.yml",
+        pipeline(&format!(
+            "echo registry.example.com/tools > tools/repository && echo {digest} > tools/digest"
+        )),
+        true,
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let images: Vec<String> = sim
+        .pods("jb-cli")
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["jetbridge.io/step"] == "use")
+        .filter_map(|p| {
+            p["spec"]["containers"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == "main")
+                .and_then(|c| c["image"].as_str().map(str::to_owned))
+        })
+        .collect();
+    assert_eq!(images, [format!("registry.example.com/tools@{digest}")]);
+
+    // An artifact that names no image is refused, saying what `image:` needs.
+    let out = run(
+        "not-image.yml",
+        pipeline("echo hello > tools/readme"),
+        false,
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("the artifact \\\"tools\\\" is not an image this backend can run")
+            || stdout.contains("the artifact \"tools\" is not an image this backend can run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`registry-image` get"), "{stdout}");
+}

@@ -273,6 +273,9 @@ pub struct TaskStep {
     pub privileged: bool,
     /// `vars` for `((var))` in a task file.
     pub vars: BTreeMap<String, Value>,
+    /// `image`: an artifact of the build (a `registry-image` get) to run the task in,
+    /// overriding the config's `image_resource`.
+    pub image: Option<String>,
 }
 
 /// Where a task's config comes from.
@@ -481,6 +484,7 @@ impl std::fmt::Debug for TaskStep {
             .field("output_mapping", &self.output_mapping)
             .field("privileged", &self.privileged)
             .field("vars", &RedactedMap(&self.vars))
+            .field("image", &self.image)
             .finish()
     }
 }

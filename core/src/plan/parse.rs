@@ -891,6 +891,7 @@ impl<'f> Cx<'f> {
                 "output_mapping",
                 "privileged",
                 "vars",
+                "image",
             ],
             _ => &[kind],
         };
@@ -1306,6 +1307,22 @@ impl<'f> Cx<'f> {
             Some(n) => self.boolean(n, "`privileged`")?,
             None => false,
         };
+        let image = match obj.get("image") {
+            None => None,
+            Some(n) => {
+                let artifact = self.name(n, "`image` artifact")?;
+                if !flow.has(&artifact) {
+                    return Err(self.missing_input(
+                        n.pos,
+                        format!("task `{name}` runs in the image `{artifact}`"),
+                        &artifact,
+                        flow,
+                        "fetch the image earlier in the plan (e.g. `get: {artifact}` of a registry-image resource)",
+                    ));
+                }
+                Some(artifact)
+            }
+        };
         let mut vars = BTreeMap::new();
         if let Some(n) = obj.get("vars") {
             for (k, v) in self.mapping(n, "`vars`")? {
@@ -1416,6 +1433,7 @@ impl<'f> Cx<'f> {
                 .collect(),
             privileged,
             vars,
+            image,
         })
     }
 

@@ -1037,6 +1037,53 @@ impl BuildRunner {
         }
     }
 
+    /// The image a `registry-image` get fetched: `repository@digest` from the files it
+    /// writes, so the pod runs exactly what the build fetched.
+    async fn image_of_artifact(
+        &self,
+        t: &TaskStep,
+        artifact: &str,
+        scope: &Scope,
+    ) -> std::result::Result<String, StepFailure> {
+        let a = scope.get(artifact).ok_or_else(|| {
+            StepFailure::Invalid(format!(
+                "task {:?}: its image {artifact:?} is not available",
+                t.name
+            ))
+        })?;
+        let not_an_image = |why: String| {
+            StepFailure::Invalid(format!(
+                "task {:?}: the artifact {artifact:?} is not an image this backend can run ({why}); \
+                 a task's `image:` must name a `registry-image` get, whose `repository` and \
+                 `digest` files say what to pull",
+                t.name
+            ))
+        };
+        let read = |file: &'static str| {
+            let a = a.clone();
+            async move {
+                self.read_file_from_artifact(&a, file)
+                    .await
+                    .map(|s| s.trim().to_owned())
+            }
+        };
+        let repository = read("repository")
+            .await
+            .map_err(|e| not_an_image(format!("no `repository` file: {e}")))?;
+        let digest = read("digest")
+            .await
+            .map_err(|e| not_an_image(format!("no `digest` file: {e}")))?;
+        let valid_digest = digest.split_once(':').is_some_and(|(alg, hex)| {
+            !alg.is_empty() && !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if repository.is_empty() || repository.contains(char::is_whitespace) || !valid_digest {
+            return Err(not_an_image(format!(
+                "`repository` {repository:?} and `digest` {digest:?} do not name an image"
+            )));
+        }
+        Ok(format!("{repository}@{digest}"))
+    }
+
     /// `load_var`: read the file, parse it as its format says, set the local var.
     async fn load_var(&self, ctx: &Ctx, l: &LoadVarStep, scope: &Scope) -> Status {
         let a = scope.get(&l.artifact).ok_or_else(|| {
@@ -1138,17 +1185,23 @@ impl BuildRunner {
                 };
                 let caps = self.steps.runtime().pods.capabilities();
                 if !caps.images
-                    && config.image_resource.is_some()
+                    && (config.image_resource.is_some() || t.image.is_some())
                     && !ctx.noticed_images.swap(true, std::sync::atomic::Ordering::SeqCst)
                 {
                     ctx.events.notice(
-                        "this backend runs tasks on the host: image_resource is not honoured, \
-                         so tasks use the host's tools",
+                        "this backend runs tasks on the host: image_resource and a task's image \
+                         are not honoured, so tasks use the host's tools",
                     );
                 }
-                let image = match ctx.images(self).task_image(&config) {
-                    Ok(i) => i,
-                    Err(e) => return (Err(StepFailure::Invalid(e.to_string())), Vec::new()),
+                let image = match (&t.image, caps.images) {
+                    (Some(artifact), true) => match self.image_of_artifact(t, artifact, &snapshot).await {
+                        Ok(i) => i,
+                        Err(f) => return (Err(f), Vec::new()),
+                    },
+                    _ => match ctx.images(self).task_image(&config) {
+                        Ok(i) => i,
+                        Err(e) => return (Err(StepFailure::Invalid(e.to_string())), Vec::new()),
+                    },
                 };
                 // Local vars are filled in now, as the step starts.
                 let filled = (|| -> std::result::Result<_, StepFailure> {
