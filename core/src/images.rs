@@ -213,7 +213,7 @@ impl ImageResolver {
             match &step.kind {
                 StepKind::Get(g) => out.push(&g.resource),
                 StepKind::Put(p) => out.push(&p.resource),
-                StepKind::Task(_) | StepKind::LoadVar(_) => {}
+                StepKind::Task(_) | StepKind::LoadVar(_) | StepKind::SetPipeline(_) => {}
                 StepKind::InParallel(p) => p.steps.iter().for_each(|s| walk(s, out)),
                 StepKind::Do(steps) => steps.iter().for_each(|s| walk(s, out)),
                 StepKind::Try(s) => walk(s, out),

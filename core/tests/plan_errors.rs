@@ -784,3 +784,42 @@ fn a_task_image_names_an_earlier_artifact() {
     assert_eq!(t.image.as_deref(), Some("r"));
     fails_at(&plan(use_), 6, 12, &["task `t` runs in the image `r`"]);
 }
+
+#[test]
+fn set_pipeline_is_read_and_checked() {
+    let plan = |step: &str| format!("{R}jobs:\n- name: j\n  plan:\n  - get: r\n{step}");
+    let p = parse_pipeline(
+        &plan("  - set_pipeline: self\n    file: r/ci/pipeline.yml\n    var_files: [r/ci/vars.yml]\n    vars: {token: ((t))}\n    instance_vars: {branch: main}\n"),
+        "ci/p.yml",
+        &Vars::from_assignments(["t=x"]).expect("vars"),
+    )
+    .expect("parses");
+    let job = p.job("j").expect("job");
+    let StepKind::SetPipeline(sp) = &job.plan[1].kind else {
+        panic!("a set_pipeline step");
+    };
+    assert_eq!(
+        (sp.name.as_str(), sp.artifact.as_str(), sp.path.as_str()),
+        ("self", "r", "ci/pipeline.yml")
+    );
+    assert_eq!(sp.var_files, ["r/ci/vars.yml"]);
+    assert_eq!(sp.instance_vars, serde_json::json!({"branch": "main"}));
+    assert!(
+        !format!("{sp:?}").contains("\"x\""),
+        "vars are redacted in Debug"
+    );
+    assert_eq!(job.steps().len(), 2);
+    fails_at(
+        &plan("  - set_pipeline: p\n    file: nope/p.yml\n"),
+        7,
+        11,
+        &["`set_pipeline: p` reads `nope/p.yml`"],
+    );
+    fails_at(
+        &plan("  - set_pipeline: Bad\n    file: r/p.yml\n"),
+        6,
+        19,
+        &["pipeline name `Bad`"],
+    );
+    fails_at(&plan("  - set_pipeline: p\n"), 6, 5, &["`file`"]);
+}

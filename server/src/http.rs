@@ -317,6 +317,30 @@ async fn submit(
         e.body.location = r.location_view();
         e
     })?;
+    // This server records no pipelines yet: a `set_pipeline` step is refused with its
+    // place rather than run as a step that does nothing.
+    if let Some(sp) = pipeline.job(&spec.job).and_then(|j| {
+        j.steps()
+            .into_iter()
+            .find(|s| matches!(s.kind, jetbridge_core::plan::StepKind::SetPipeline(_)))
+    }) {
+        s.metrics.submission("invalid");
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "{}: `set_pipeline` stores a pipeline, and this server does not record \
+                 pipelines yet; leave the step out",
+                sp.location
+            ),
+        );
+        e.body.location = (sp.location.line > 0).then(|| crate::api::LocationView {
+            file: sp.location.file.clone(),
+            line: sp.location.line as u64,
+            column: sp.location.column as u64,
+        });
+        return Err(e);
+    }
     // A backend that runs steps as host processes cannot run a resource image: say so
     // now, with the resource's place, rather than as a step's `exit 127` later.
     if s.local_backend

@@ -219,6 +219,19 @@ async fn bad_input_gets_a_clear_4xx() {
         .await;
     assert_eq!(res.status(), 422);
 
+    // `set_pipeline`: this server records no pipelines yet, and says so with the place.
+    let sp = "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{name: ci}]\n      run: {path: 'true'}\n  - set_pipeline: other\n    file: ci/p.yml\n";
+    let res = h.submit(json!({"pipeline": sp, "file": "ci.yml"})).await;
+    assert_eq!(res.status(), 422);
+    let body: ErrorBody = res.json().await.unwrap();
+    let loc = body.location.expect("a location");
+    assert_eq!((loc.line, loc.column), (9, 5));
+    assert!(
+        body.message.contains("does not record pipelines yet"),
+        "{}",
+        body.message
+    );
+
     // A resource image on a server whose backend runs host processes: refused with the
     // resource's place, not queued to fail as `exit 127`.
     let git = "resources:\n- name: repo\n  type: git\n  source: {uri: x}\njobs:\n- name: j\n  plan:\n  - get: repo\n";

@@ -303,6 +303,19 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
         },
     };
 
+    // A one-off run stores no pipeline: say so before anything runs.
+    if let Some(sp) = pipeline.job(&job).and_then(|j| {
+        j.steps()
+            .into_iter()
+            .find(|s| matches!(s.kind, jetbridge_core::plan::StepKind::SetPipeline(_)))
+    }) {
+        return Err(user(format!(
+            "{}: `set_pipeline` stores a pipeline, and `jetbridge run` runs one job once and \
+             stores none; run the job on a server (`jetbridge submit`) once it records \
+             pipelines, or leave the step out here",
+            sp.location
+        )));
+    }
     if settings.backend() == Backend::Kube
         && let Some(rt) = pipeline.resource_types.iter().find(|t| t.type_ == "local")
     {

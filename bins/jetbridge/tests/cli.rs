@@ -875,3 +875,28 @@ fn a_resource_image_on_the_local_backend_is_refused_before_any_step_runs() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn set_pipeline_is_refused_by_run_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("ci.yml");
+    std::fs::write(
+        &pipeline,
+        "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{name: ci}]\n      run: {path: sh, args: [-c, 'echo jobs: > ci/p.yml']}\n  - set_pipeline: other\n    file: ci/p.yml\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ci.yml:9:5: `set_pipeline` stores a pipeline, and `jetbridge run` runs one job once and stores none"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("task: make"), "no step ran");
+}

@@ -107,6 +107,50 @@ pub struct Job {
     pub location: Location,
 }
 
+impl Job {
+    /// Every step of the job, hooks and nested steps included, in plan order.
+    pub fn steps(&self) -> Vec<&Step> {
+        fn walk<'s>(step: &'s Step, out: &mut Vec<&'s Step>) {
+            out.push(step);
+            match &step.kind {
+                StepKind::InParallel(p) => p.steps.iter().for_each(|s| walk(s, out)),
+                StepKind::Do(steps) => steps.iter().for_each(|s| walk(s, out)),
+                StepKind::Try(s) => walk(s, out),
+                _ => {}
+            }
+            let h = &step.hooks;
+            for hook in [
+                &h.on_success,
+                &h.on_failure,
+                &h.on_error,
+                &h.on_abort,
+                &h.ensure,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                walk(hook, out);
+            }
+        }
+        let mut out = Vec::new();
+        self.plan.iter().for_each(|s| walk(s, &mut out));
+        let h = &self.hooks;
+        for hook in [
+            &h.on_success,
+            &h.on_failure,
+            &h.on_error,
+            &h.on_abort,
+            &h.ensure,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            walk(hook, &mut out);
+        }
+        out
+    }
+}
+
 /// A step with its modifiers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -190,6 +234,42 @@ pub enum StepKind {
     Try(Box<Step>),
     /// Read a file of an artifact into a local var (`((.:name))`).
     LoadVar(LoadVarStep),
+    /// Set (store) a pipeline from a file of an artifact: checked when read, refused
+    /// where pipelines are not stored.
+    SetPipeline(SetPipelineStep),
+}
+
+/// `set_pipeline`.
+#[derive(Clone, PartialEq)]
+pub struct SetPipelineStep {
+    /// The pipeline's name (`self`: this one).
+    pub name: String,
+    /// The artifact holding the pipeline file.
+    pub artifact: String,
+    /// The file's path inside it.
+    pub path: String,
+    /// `vars` for the pipeline's `((vars))` (values may be secrets).
+    pub vars: Value,
+    /// `var_files`: files of artifacts with more vars.
+    pub var_files: Vec<String>,
+    /// `instance_vars`: what makes this an instance of a pipeline group.
+    pub instance_vars: Value,
+    /// `team` (Concourse's; recorded only).
+    pub team: Option<String>,
+}
+
+impl std::fmt::Debug for SetPipelineStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetPipelineStep")
+            .field("name", &self.name)
+            .field("artifact", &self.artifact)
+            .field("path", &self.path)
+            .field("vars", &RedactedJson(&self.vars))
+            .field("var_files", &self.var_files)
+            .field("instance_vars", &self.instance_vars)
+            .field("team", &self.team)
+            .finish()
+    }
 }
 
 /// `load_var`.

@@ -55,8 +55,17 @@ const IGNORED_JOB: &[&str] = &[
 const IGNORED_STEP: &[&str] = &["tags"];
 const IGNORED_IMAGE_RESOURCE: &[&str] = &["name", "params"];
 
-const STEP_KINDS: &[&str] = &["get", "put", "task", "in_parallel", "do", "try", "load_var"];
-const UNSUPPORTED_STEP_KINDS: &[&str] = &["set_pipeline", "aggregate"];
+const STEP_KINDS: &[&str] = &[
+    "get",
+    "put",
+    "task",
+    "in_parallel",
+    "do",
+    "try",
+    "load_var",
+    "set_pipeline",
+];
+const UNSUPPORTED_STEP_KINDS: &[&str] = &["aggregate"];
 const HOOKS: &[&str] = &["on_success", "on_failure", "on_error", "on_abort", "ensure"];
 const MODIFIERS: &[&str] = &["attempts", "timeout", "across", "fail_fast"];
 
@@ -834,7 +843,7 @@ impl<'f> Cx<'f> {
                     format!("a step must be a mapping, found {}", node.value.kind()),
                 )
                 .with_hint(
-                    "start a step with `get:`, `put:`, `task:`, `in_parallel:`, `do:`, `try:` or `load_var:`",
+                    "start a step with `get:`, `put:`, `task:`, `in_parallel:`, `do:`, `try:`, `load_var:` or `set_pipeline:`",
                 ));
         };
         let keys: Vec<(&str, Pos)> = entries
@@ -853,13 +862,13 @@ impl<'f> Cx<'f> {
                 return Err(self
                     .err(*pos, format!("`{k}` steps are not supported"))
                     .with_hint(
-                        "use `get`, `put`, `task`, `in_parallel`, `do`, `try` or `load_var`",
+                        "use `get`, `put`, `task`, `in_parallel`, `do`, `try`, `load_var` or `set_pipeline`",
                     ));
             }
             return Err(self
                 .err(
                     node.pos,
-                    "this step has no `get`, `put`, `task`, `in_parallel`, `do`, `try` or `load_var`",
+                    "this step has no `get`, `put`, `task`, `in_parallel`, `do`, `try`, `load_var` or `set_pipeline`",
                 )
                 .with_hint(format!(
                     "keys found: {}",
@@ -868,7 +877,7 @@ impl<'f> Cx<'f> {
         };
         if let Some(&(other, pos)) = kinds.next() {
             return Err(self
-                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel`, `do`, `try` and `load_var`, but this one is `{kind}` and `{other}`"))
+                .err(pos, format!("a step can be only one of `get`, `put`, `task`, `in_parallel`, `do`, `try`, `load_var` and `set_pipeline`, but this one is `{kind}` and `{other}`"))
                 .with_hint("split it into two steps"));
         }
         let specific: &[&str] = match kind {
@@ -882,6 +891,14 @@ impl<'f> Cx<'f> {
                 "no_get",
             ],
             "load_var" => &["load_var", "file", "format", "reveal"],
+            "set_pipeline" => &[
+                "set_pipeline",
+                "file",
+                "vars",
+                "var_files",
+                "instance_vars",
+                "team",
+            ],
             "task" => &[
                 "task",
                 "config",
@@ -912,6 +929,7 @@ impl<'f> Cx<'f> {
             "task" => StepKind::Task(self.task_step(&obj, flow)?),
             "in_parallel" => StepKind::InParallel(self.in_parallel(&obj, state, flow)?),
             "load_var" => StepKind::LoadVar(self.load_var_step(&obj, flow)?),
+            "set_pipeline" => StepKind::SetPipeline(self.set_pipeline_step(&obj, flow)?),
             "try" => {
                 let inner = obj.get("try").ok_or_else(|| {
                     self.err(obj.key_pos("try"), "`try` has no step")
@@ -1087,6 +1105,76 @@ impl<'f> Cx<'f> {
                 format!("`{step}` of resource `{resource}`, which is not declared"),
             )
             .with_hint(hint))
+    }
+
+    /// `ARTIFACT/path` of a file an earlier step produced, for `what`.
+    fn artifact_file(
+        &self,
+        f: &Node,
+        what: &str,
+        flow: &Flow,
+    ) -> Result<(String, String), PlanError> {
+        let text = self.nonempty(f, "`file`")?;
+        let (artifact, path) = text.split_once('/').unwrap_or((&text, ""));
+        if path.is_empty() || !valid_name(artifact) {
+            return Err(self
+                .err(
+                    f.pos,
+                    format!("`{text}` does not name an artifact and a path"),
+                )
+                .with_hint("write `ARTIFACT/path`, e.g. `repo/ci/pipeline.yml`"));
+        }
+        if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return Err(self
+                .err(f.pos, format!("`{text}` leaves the artifact"))
+                .with_hint("use a path inside the artifact without `..` segments"));
+        }
+        if !flow.has(artifact) {
+            return Err(self.missing_input(
+                f.pos,
+                format!("{what} reads `{text}`"),
+                artifact,
+                flow,
+                "fix the artifact name at the start of the path",
+            ));
+        }
+        Ok((artifact.to_owned(), path.to_owned()))
+    }
+
+    fn set_pipeline_step(&self, obj: &Obj<'_>, flow: &Flow) -> Result<SetPipelineStep, PlanError> {
+        let name_node = self.required(obj, "set_pipeline", "a `set_pipeline` step")?;
+        let name = self.text(name_node, "`set_pipeline` name")?;
+        if name != "self" && !valid_name(&name) {
+            return Err(self
+                .err(
+                    name_node.pos,
+                    format!("pipeline name `{name}` is not a valid name"),
+                )
+                .with_hint(NAME_RULE));
+        }
+        let what = format!("`set_pipeline: {name}`");
+        let f = self.required(obj, "file", &what)?;
+        let (artifact, path) = self.artifact_file(f, &what, flow)?;
+        let mut var_files = Vec::new();
+        if let Some(n) = obj.get("var_files") {
+            for v in self.seq(n, "`var_files`")? {
+                let (a, p) = self.artifact_file(v, &what, flow)?;
+                var_files.push(format!("{a}/{p}"));
+            }
+        }
+        let team = obj
+            .get("team")
+            .map(|n| self.nonempty(n, "`team`"))
+            .transpose()?;
+        Ok(SetPipelineStep {
+            name,
+            artifact,
+            path,
+            vars: self.json_map(obj.get("vars"), "`vars`")?,
+            var_files,
+            instance_vars: self.json_map(obj.get("instance_vars"), "`instance_vars`")?,
+            team,
+        })
     }
 
     fn load_var_step(&self, obj: &Obj<'_>, flow: &Flow) -> Result<LoadVarStep, PlanError> {

@@ -649,6 +649,21 @@ impl BuildRunner {
                 self.run_put(ctx, step, p, scope, deadline, attempt, abort)
                     .await
             }
+            // Refused before a build starts where pipelines are not stored; should one
+            // reach the runner all the same, it says so rather than doing nothing.
+            StepKind::SetPipeline(sp) => {
+                let name = format!("set_pipeline: {}", sp.name);
+                self.summarised(ctx, &name, "set_pipeline", attempt, step, async {
+                    (
+                        Err(StepFailure::Invalid(
+                            "set_pipeline: this runner does not store pipelines".to_owned(),
+                        )),
+                        Vec::new(),
+                    )
+                })
+                .await
+                .0
+            }
             StepKind::LoadVar(l) => {
                 let name = format!("load_var: {}", l.name);
                 self.summarised(ctx, &name, "load_var", attempt, step, async {
