@@ -823,3 +823,14 @@ fn set_pipeline_is_read_and_checked() {
     );
     fails_at(&plan("  - set_pipeline: p\n"), 6, 5, &["`file`"]);
 }
+
+#[test]
+fn hermetic_true_is_refused_and_false_accepted() {
+    let task = |v: &str| {
+        format!(
+            "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    hermetic: {v}\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n"
+        )
+    };
+    fails_at(&task("true"), 6, 15, &["`hermetic: true` is not supported"]);
+    parse_pipeline(&task("false"), "ci/p.yml", &Vars::new()).expect("false is the default");
+}

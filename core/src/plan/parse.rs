@@ -909,6 +909,7 @@ impl<'f> Cx<'f> {
                 "privileged",
                 "vars",
                 "image",
+                "hermetic",
             ],
             _ => &[kind],
         };
@@ -1395,6 +1396,15 @@ impl<'f> Cx<'f> {
             Some(n) => self.boolean(n, "`privileged`")?,
             None => false,
         };
+        // Concourse honours `hermetic` only on some runtimes; no backend here can cut a
+        // step's network off yet, so `true` is refused rather than silently ignored.
+        if let Some(n) = obj.get("hermetic")
+            && self.boolean(n, "`hermetic`")?
+        {
+            return Err(self
+                .err(n.pos, format!("task `{name}`: `hermetic: true` is not supported: no backend here can cut a step's network off yet"))
+                .with_hint("remove it (or set it to false) to run the task with the network"));
+        }
         let image = match obj.get("image") {
             None => None,
             Some(n) => {
