@@ -15,10 +15,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p jetbridge \
     && install -D -m 0755 target/release/jetbridge /out/jetbridge
+# The built-in `mock` resource: the binary acts as it when started as `check`, `in` or
+# `out`, and as the `env` the Kubernetes backend execs step commands through, so these
+# links are all this image needs to serve as the `mock` type's image (`--mock-image`).
+# Made here: the final image has no shell to make them.
+RUN mkdir -p /out/root/opt/resource /out/root/usr/bin \
+    && for s in check in out; do ln -s /usr/local/bin/jetbridge "/out/root/opt/resource/$s"; done \
+    && ln -s /usr/local/bin/jetbridge /out/root/usr/bin/env
 
 # glibc, CA certificates (buckets over TLS), tzdata and a nonroot user; no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/jetbridge /usr/local/bin/jetbridge
+# A directory's contents, so the links stay links.
+COPY --from=build /out/root/ /
 USER 65532:65532
 EXPOSE 8080 9391
 ENTRYPOINT ["/usr/local/bin/jetbridge"]

@@ -14,7 +14,13 @@
 //!   scripts `DIR/check`, `DIR/in` and `DIR/out` on the host; a relative `DIR` is taken
 //!   from the pipeline file's directory ([`ImageResolver::with_base_dir`]).
 //! - A task runs in its `image_resource`'s `repository[:tag]`, or in the default task
-//!   image (`busybox:1.36` unless configured).
+//!   image (`busybox:1.36` unless configured). An `image_resource` of type `mock` runs
+//!   in the image of the `mock` type (Concourse's mock resource mirrors itself as an
+//!   image): an override of `mock`, else `concourse/mock-resource`.
+//! - A type the binary implements itself on the host ([`ImageResolver::with_local_type`],
+//!   the built-in `mock` on the local backend) runs there, unless the pipeline declares
+//!   a type of that name. A built-in type without an image on this backend
+//!   ([`ImageResolver::with_missing_mock_image`]) is an error naming the setting to give.
 //!
 //! A registry prefix (e.g. `registry.example.com/mirror/`) is put in front of every
 //! image derived from the pipeline or the defaults (base types, declared types, task
@@ -23,7 +29,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::plan::{Job, Pipeline, Resource, Step, StepKind, TaskConfig};
+use crate::plan::{Job, Pipeline, Resource, StepKind, TaskConfig, TaskSource};
 use crate::{Error, ErrorKind, Result};
 
 /// The base resource types and their images, before any override or prefix.
@@ -40,6 +46,9 @@ pub const BASE_IMAGES: &[(&str, &str)] = &[
 
 /// Where the resource scripts live inside a resource image.
 pub const RESOURCE_SCRIPTS_DIR: &str = "/opt/resource";
+
+/// The built-in test resource type, also usable as a task's `image_resource` type.
+pub const MOCK_TYPE: &str = "mock";
 
 /// The task image used when a task has no `image_resource`, unless configured.
 pub const DEFAULT_TASK_IMAGE: &str = "busybox:1.36";
@@ -69,6 +78,8 @@ pub struct ImageResolver {
     default_task_image: String,
     base_dir: String,
     scripts_dir: String,
+    local_types: BTreeMap<String, String>,
+    mock_missing: Option<String>,
 }
 
 impl Default for ImageResolver {
@@ -86,7 +97,42 @@ impl ImageResolver {
             default_task_image: DEFAULT_TASK_IMAGE.to_owned(),
             base_dir: ".".to_owned(),
             scripts_dir: RESOURCE_SCRIPTS_DIR.to_owned(),
+            local_types: BTreeMap::new(),
+            mock_missing: None,
         }
+    }
+
+    /// Run resource type `type_` from the host directory `dir` (its `check`, `in` and
+    /// `out`), before any override or base image: for types the binary implements
+    /// itself where steps are host processes. A type declared in the pipeline wins.
+    pub fn with_local_type(mut self, type_: impl Into<String>, dir: impl Into<String>) -> Self {
+        self.local_types.insert(type_.into(), dir.into());
+        self
+    }
+
+    /// The `mock` type and `mock` task images run in `image`, used as given.
+    pub fn with_mock_image(self, image: impl Into<String>) -> Self {
+        self.with_override(MOCK_TYPE, image)
+    }
+
+    /// On a backend that needs a real image for `mock` and was given none: resolving
+    /// the `mock` type or a `mock` task image is an [`ErrorKind::Invalid`] error ending
+    /// with `hint` (which names the setting), instead of a pull of an image that is
+    /// not jetbridge's own mock. An override or a declared type still wins.
+    pub fn with_missing_mock_image(mut self, hint: impl Into<String>) -> Self {
+        self.mock_missing = Some(hint.into());
+        self
+    }
+
+    fn missing_mock(&self, what: &str) -> Option<Error> {
+        let hint = self.mock_missing.as_ref()?;
+        if self.overrides.contains_key(MOCK_TYPE) || self.local_types.contains_key(MOCK_TYPE) {
+            return None;
+        }
+        Some(Error::new(
+            ErrorKind::Invalid,
+            format!("{what} needs an image: {hint}"),
+        ))
     }
 
     /// Run resource type `type_` (a base type or a new one) in `image`, used as given.
@@ -187,8 +233,16 @@ impl ImageResolver {
                 ))),
             };
         }
+        if let Some(dir) = self.local_types.get(type_name) {
+            return Ok(ResolvedImage::Local { dir: dir.clone() });
+        }
         if let Some(image) = self.overrides.get(type_name) {
             return Ok(self.in_image(image.clone()));
+        }
+        if type_name == MOCK_TYPE
+            && let Some(e) = self.missing_mock("resource type `mock`")
+        {
+            return Err(e);
         }
         if let Some((_, image)) = BASE_IMAGES.iter().find(|(t, _)| *t == type_name) {
             return Ok(self.in_image(self.prefixed(image)));
@@ -209,45 +263,7 @@ impl ImageResolver {
         job: &Job,
         runnable: impl Fn(&str) -> bool,
     ) -> Option<(&'p Resource, String)> {
-        fn walk<'s>(step: &'s Step, out: &mut Vec<&'s str>) {
-            match &step.kind {
-                StepKind::Get(g) => out.push(&g.resource),
-                StepKind::Put(p) => out.push(&p.resource),
-                StepKind::Task(_) | StepKind::LoadVar(_) | StepKind::SetPipeline(_) => {}
-                StepKind::InParallel(p) => p.steps.iter().for_each(|s| walk(s, out)),
-                StepKind::Do(steps) => steps.iter().for_each(|s| walk(s, out)),
-                StepKind::Try(s) => walk(s, out),
-            }
-            let h = &step.hooks;
-            for hook in [
-                &h.on_success,
-                &h.on_failure,
-                &h.on_error,
-                &h.on_abort,
-                &h.ensure,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                walk(hook, out);
-            }
-        }
-        let mut used = Vec::new();
-        job.plan.iter().for_each(|s| walk(s, &mut used));
-        let h = &job.hooks;
-        for hook in [
-            &h.on_success,
-            &h.on_failure,
-            &h.on_error,
-            &h.on_abort,
-            &h.ensure,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            walk(hook, &mut used);
-        }
-        used.into_iter().find_map(|name| {
+        used_resources(job).into_iter().find_map(|name| {
             let resource = pipeline.resource(name)?;
             match self.resolve_resource(pipeline, resource).ok()? {
                 ResolvedImage::Image { image, scripts_dir } if !runnable(&scripts_dir) => {
@@ -255,6 +271,32 @@ impl ImageResolver {
                 }
                 _ => None,
             }
+        })
+    }
+
+    /// The first image `job` needs that cannot be resolved (a resource's type, or an
+    /// inline task's image), as its error. Asked before any step runs, so a missing
+    /// setting (such as the `mock` image on Kubernetes) is reported up front rather
+    /// than as the error of a step half-way through. Task configs read from files are
+    /// only known when their step runs.
+    pub fn unresolvable_image(&self, pipeline: &Pipeline, job: &Job) -> Option<Error> {
+        let resources = used_resources(job).into_iter().find_map(|name| {
+            let resource = pipeline.resource(name)?;
+            self.resolve_resource(pipeline, resource)
+                .err()
+                .map(|e| e.context(&resource.location))
+        });
+        resources.or_else(|| {
+            job.steps().into_iter().find_map(|step| match &step.kind {
+                StepKind::Task(t) => match &t.config {
+                    TaskSource::Inline(c) => self
+                        .task_image(c)
+                        .err()
+                        .map(|e| e.context(format_args!("task `{}`", t.name))),
+                    TaskSource::File { .. } => None,
+                },
+                _ => None,
+            })
         })
     }
 
@@ -269,10 +311,25 @@ impl ImageResolver {
     }
 
     /// The image `config` runs in: its `image_resource` (`repository[:tag]`), or the
-    /// default task image.
+    /// default task image. An `image_resource` of type `mock` runs in the `mock`
+    /// type's image (an override, else `concourse/mock-resource`, as Concourse's
+    /// `mirror_self` would give); a backend that runs tasks on the host ignores it.
     pub fn task_image(&self, config: &TaskConfig) -> Result<String> {
         match &config.image_resource {
             None => Ok(self.prefixed(&self.default_task_image)),
+            Some(ir) if ir.type_ == MOCK_TYPE => {
+                if let Some(image) = self.overrides.get(MOCK_TYPE) {
+                    return Ok(image.clone());
+                }
+                if let Some(e) = self.missing_mock("an `image_resource` of type `mock`") {
+                    return Err(e.context(format_args!("{}", config.location)));
+                }
+                let base = BASE_IMAGES
+                    .iter()
+                    .find(|(t, _)| *t == MOCK_TYPE)
+                    .map_or("concourse/mock-resource", |(_, i)| i);
+                Ok(self.prefixed(base))
+            }
             Some(ir) => {
                 let repo = ir
                     .source
@@ -296,6 +353,18 @@ impl ImageResolver {
             }
         }
     }
+}
+
+/// The resources `job`'s gets and puts name, in plan order.
+fn used_resources(job: &Job) -> Vec<&str> {
+    job.steps()
+        .into_iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Get(g) => Some(g.resource.as_str()),
+            StepKind::Put(p) => Some(p.resource.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A tag as text: YAML may have read `tag: 1.36` as a number.
@@ -520,6 +589,102 @@ mod tests {
         );
         let err = r.task_image(&task(Some(ir(json!({}))))).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn mock_runs_on_the_host_where_a_local_type_is_given() {
+        let r = ImageResolver::new().with_local_type("mock", "/data/mock");
+        let p = pipeline(vec![]);
+        assert_eq!(
+            r.resolve_type(&p, "mock").unwrap(),
+            ResolvedImage::Local {
+                dir: "/data/mock".into()
+            }
+        );
+        // A pipeline's own `mock` type is the pipeline's choice.
+        let own = pipeline(vec![rt(
+            "mock",
+            "registry-image",
+            json!({"repository": "my/mock"}),
+        )]);
+        assert_eq!(r.resolve_type(&own, "mock").unwrap(), image("my/mock"));
+        // The local backend never refuses it up front.
+        let job: Job = mock_job();
+        let p = mock_pipeline();
+        assert!(r.unrunnable_image_resource(&p, &job, |_| false).is_none());
+        assert!(r.unresolvable_image(&p, &job).is_none());
+    }
+
+    fn mock_pipeline() -> Pipeline {
+        Pipeline {
+            resources: vec![Resource {
+                name: "m".into(),
+                type_: "mock".into(),
+                source: json!({}),
+                version: None,
+                location: Location {
+                    file: "p.yml".into(),
+                    line: 2,
+                    column: 3,
+                },
+            }],
+            ..pipeline(vec![])
+        }
+    }
+
+    fn mock_job() -> Job {
+        let text = "resources: [{name: m, type: mock}]\njobs:\n- name: j\n  plan:\n  - get: m\n";
+        let p = crate::plan::parse_pipeline(text, "p.yml", &Default::default()).unwrap();
+        p.jobs[0].clone()
+    }
+
+    #[test]
+    fn a_missing_mock_image_is_an_error_naming_the_setting() {
+        let r = ImageResolver::new().with_missing_mock_image("set --mock-image");
+        let p = pipeline(vec![]);
+        let err = r.resolve_type(&p, "mock").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert!(err.message().contains("--mock-image"), "{}", err.message());
+        // Other base types are unaffected.
+        assert!(r.resolve_type(&p, "git").is_ok());
+        let mock_task = task(Some(ImageResource {
+            type_: "mock".into(),
+            source: json!({"mirror_self": true}),
+        }));
+        let err = r.task_image(&mock_task).unwrap_err();
+        assert!(err.message().contains("--mock-image"), "{}", err.message());
+        // Refused before any step: the job's first unresolvable image.
+        let err = r.unresolvable_image(&mock_pipeline(), &mock_job()).unwrap();
+        assert!(
+            err.message().starts_with("p.yml:2:3: resource `m`"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("--mock-image"), "{}", err.message());
+
+        // Given an image, the type and task images run in it, used as given.
+        let given = r
+            .clone()
+            .with_registry_prefix("mirror/")
+            .with_mock_image("ghcr.io/jb/jetbridge:1");
+        assert_eq!(
+            given.resolve_type(&p, "mock").unwrap(),
+            image("ghcr.io/jb/jetbridge:1")
+        );
+        assert_eq!(
+            given.task_image(&mock_task).unwrap(),
+            "ghcr.io/jb/jetbridge:1"
+        );
+        assert!(
+            given
+                .unresolvable_image(&mock_pipeline(), &mock_job())
+                .is_none()
+        );
+        // Without either, Concourse's own image, as for any base type.
+        assert_eq!(
+            ImageResolver::new().task_image(&mock_task).unwrap(),
+            "concourse/mock-resource"
+        );
     }
 
     #[test]

@@ -400,8 +400,8 @@ fn step_shapes() {
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - attempts: 2\n");
     let err = fails_at(&text, 5, 5, &["no `get`, `put`, `task`"]);
     assert!(hint(&err).contains("`attempts`"));
-    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - set_pipeline: p\n    file: r/x\n");
-    fails_at(&text, 5, 5, &["`set_pipeline` steps are not supported"]);
+    let text = format!("{R}jobs:\n- name: j\n  plan:\n  - aggregate: []\n");
+    fails_at(&text, 5, 5, &["`aggregate` steps are not supported"]);
     // `try` takes one step, checked as any other.
     let text = format!("{R}jobs:\n- name: j\n  plan:\n  - try:\n    - get: r\n");
     fails_at(&text, 6, 7, &["a step must be a mapping"]);
@@ -833,4 +833,22 @@ fn hermetic_true_is_refused_and_false_accepted() {
     };
     fails_at(&task("true"), 6, 15, &["`hermetic: true` is not supported"]);
     parse_pipeline(&task("false"), "ci/p.yml", &Vars::new()).expect("false is the default");
+}
+
+#[test]
+fn a_mock_image_resource_needs_no_repository() {
+    let text = format!(
+        "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      image_resource: {{type: mock, source: {{mirror_self: true}}}}\n      run: {{path: 'true'}}\n"
+    );
+    let p = parse_pipeline(&text, "ci/p.yml", &Vars::new()).expect("a mock image parses");
+    let StepKind::Task(t) = &p.job("j").expect("job").plan[0].kind else {
+        panic!("a task");
+    };
+    let TaskSource::Inline(c) = &t.config else {
+        panic!("inline");
+    };
+    assert_eq!(
+        c.image_resource.as_ref().map(|i| i.type_.as_str()),
+        Some("mock")
+    );
 }

@@ -233,7 +233,7 @@ fn collect(step: &Step, names: &mut Vec<String>) {
         StepKind::InParallel(p) => p.steps.iter().for_each(|s| collect(s, names)),
         StepKind::Do(steps) => steps.iter().for_each(|s| collect(s, names)),
         StepKind::Try(s) => collect(s, names),
-        StepKind::LoadVar(_) => {}
+        StepKind::LoadVar(_) | StepKind::SetPipeline(_) => {}
     }
 }
 

@@ -459,6 +459,12 @@ pub struct ImageArgs {
     /// Image of tasks that name none.
     #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_DEFAULT_TASK_IMAGE")]
     pub default_task_image: Option<String>,
+
+    /// Image of the built-in `mock` resource type and `mock` task images on Kubernetes:
+    /// the jetbridge image (its `/opt/resource` links to the binary). Locally the mock
+    /// runs on the host and this is not used.
+    #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_MOCK_IMAGE")]
+    pub mock_image: Option<String>,
 }
 
 /// Kubernetes settings (used with `--backend kube` and by `conformance`).
@@ -637,6 +643,7 @@ impl WorkerArgs {
             resource_type_images,
             registry_prefix,
             default_task_image,
+            mock_image,
         } = images;
         Settings {
             backend: backend.map(Into::into),
@@ -657,6 +664,7 @@ impl WorkerArgs {
                 resource_type_images: resource_type_images.clone(),
                 registry_prefix: registry_prefix.clone(),
                 default_task_image: default_task_image.clone(),
+                mock_image: mock_image.clone(),
             },
             data_dir: data_dir.clone(),
             worker: worker.clone(),

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod mock;
 mod output;
 mod settings;
 mod wiring;
@@ -47,6 +48,10 @@ fn user(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
+    // Started through a `check`, `in` or `out` link: this process is the mock resource.
+    if let Some(code) = mock::run_if_invoked_as_script() {
+        return code;
+    }
     let (cli, matches) = cli::parse();
     let ansi = cli.color == Color::Always
         || (cli.color == Color::Auto
@@ -324,6 +329,15 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
              give it a `registry-image` type with the image of the resource to run it on Kubernetes",
             rt.location, rt.name
         )));
+    }
+    // Before reaching the cluster: an image only the settings can give (the built-in
+    // `mock`'s) is a configuration error, not a step that errors half-way through.
+    if settings.backend() == Backend::Kube
+        && let Some(j) = pipeline.job(&job)
+        && let Some(e) = wiring::image_resolver(&settings.images, Backend::Kube)?
+            .unresolvable_image(&pipeline, j)
+    {
+        return Err(user(e.message()));
     }
     check_worker_ttl(&settings)?;
     let wired = wiring::wire(&settings).await?;

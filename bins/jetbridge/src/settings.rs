@@ -186,6 +186,8 @@ pub struct ImageSettings {
     pub resource_type_images: Option<Vec<String>>,
     pub registry_prefix: Option<String>,
     pub default_task_image: Option<String>,
+    /// The image of the built-in `mock` on Kubernetes (the jetbridge image).
+    pub mock_image: Option<String>,
 }
 
 /// Where steps run.
@@ -369,11 +371,13 @@ impl ImageSettings {
             resource_type_images,
             registry_prefix,
             default_task_image,
+            mock_image,
         } = over;
         ImageSettings {
             resource_type_images: resource_type_images.or(self.resource_type_images),
             registry_prefix: registry_prefix.or(self.registry_prefix),
             default_task_image: default_task_image.or(self.default_task_image),
+            mock_image: mock_image.or(self.mock_image),
         }
     }
 }
@@ -465,6 +469,7 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("images.resource-type-images", "resource_type_images"),
     ("images.registry-prefix", "registry_prefix"),
     ("images.default-task-image", "default_task_image"),
+    ("images.mock-image", "mock_image"),
     ("server.listen", "listen"),
     ("server.metrics-listen", "metrics_listen"),
     ("server.api-token-file", "api_token_file"),

@@ -144,7 +144,7 @@ pub fn plan(settings: &Settings) -> anyhow::Result<Plan> {
         Backend::Local => BackendPlan::Local,
         Backend::Kube => BackendPlan::Kube(Box::new(kube_config(&settings.kube, &worker)?)),
     };
-    let images = image_resolver(&settings.images)?;
+    let images = image_resolver(&settings.images, settings.backend())?;
     Ok(Plan {
         data_dir,
         host,
@@ -187,6 +187,13 @@ pub async fn open(plan: Plan) -> anyhow::Result<Wired> {
     })?;
     let name_lock = lock_worker_name(&data_dir, &worker)?;
     remove_dead_runs(&runs_dir, &host);
+    let images = match backend {
+        BackendPlan::Local => images.with_local_type(
+            jetbridge_core::images::MOCK_TYPE,
+            local_mock_dir(&data_dir)?.to_string_lossy().into_owned(),
+        ),
+        BackendPlan::Kube(_) => images,
+    };
     // Own volumes die with the process (and a crashed one's are removed by the next):
     // flushing them to disk on every seal would buy nothing.
     let volumes = open_planned_volumes(volumes, !own_volumes).await?;
@@ -490,8 +497,48 @@ impl VolumesPlan {
     }
 }
 
-pub fn image_resolver(images: &ImageSettings) -> anyhow::Result<ImageResolver> {
+/// The links `check`, `in` and `out` to this binary (the built-in `mock`, see
+/// [`crate::mock`]) for the local backend, in a directory of `data_dir` per binary, so
+/// that processes of different builds sharing the data directory each run their own.
+fn local_mock_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let exe = std::env::current_exe().map_err(|e| {
+        user(format!(
+            "cannot find this binary for the mock resource: {e}"
+        ))
+    })?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    exe.hash(&mut h);
+    let dir = data_dir.join("mock").join(format!("{:016x}", h.finish()));
+    crate::mock::install_scripts(&dir, &exe).map_err(|e| {
+        user(format!(
+            "cannot set up the mock resource in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(dir)
+}
+
+/// What the built-in `mock` needs when none is configured on Kubernetes.
+const MOCK_IMAGE_HINT: &str = "on Kubernetes the built-in mock runs in the image that \
+     --mock-image IMAGE names (config `images.mock-image`, JETBRIDGE_MOCK_IMAGE), and none \
+     is set: use the jetbridge image, whose /opt/resource/{check,in,out} are jetbridge's \
+     mock (the Helm chart sets it to its own image)";
+
+/// The images `images` name. On Kubernetes the built-in `mock` runs in
+/// `--mock-image`; without it (and without `--resource-type-image mock=...`) a pipeline
+/// using it is refused, naming the setting. Locally [`open`] adds the host's mock.
+pub fn image_resolver(images: &ImageSettings, backend: Backend) -> anyhow::Result<ImageResolver> {
     let mut r = ImageResolver::new();
+    // An empty value (a chart or environment left blank) is no image.
+    match (
+        images.mock_image.as_deref().filter(|i| !i.is_empty()),
+        backend,
+    ) {
+        (Some(i), _) => r = r.with_mock_image(i),
+        (None, Backend::Kube) => r = r.with_missing_mock_image(MOCK_IMAGE_HINT),
+        (None, Backend::Local) => {}
+    }
     for o in images.resource_type_images.iter().flatten() {
         let (t, image) = o
             .split_once('=')
@@ -693,6 +740,41 @@ fn remove_dead_runs(runs: &Path, host: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mock_image_is_required_on_kubernetes_only_and_blank_is_none() {
+        let text = "resources: [{name: m, type: mock}]\njobs:\n- name: j\n  plan:\n  - get: m\n";
+        let p = jetbridge_core::plan::parse_pipeline(text, "p.yml", &Default::default()).unwrap();
+        let with = |mock: Option<&str>, extra: Option<&str>, backend| {
+            let images = ImageSettings {
+                mock_image: mock.map(str::to_owned),
+                resource_type_images: extra.map(|e| vec![e.to_owned()]),
+                ..ImageSettings::default()
+            };
+            image_resolver(&images, backend)
+                .unwrap()
+                .resolve_type(&p, "mock")
+        };
+        let err = with(None, None, Backend::Kube).unwrap_err();
+        assert!(err.message().contains("--mock-image"), "{err}");
+        let err = with(Some(""), None, Backend::Kube).unwrap_err();
+        assert!(err.message().contains("--mock-image"), "{err}");
+        let image = |i: &str| jetbridge_core::images::ResolvedImage::Image {
+            image: i.into(),
+            scripts_dir: "/opt/resource".into(),
+        };
+        assert_eq!(
+            with(Some("jb:1"), None, Backend::Kube).unwrap(),
+            image("jb:1")
+        );
+        // An explicit override of the type serves too.
+        assert_eq!(
+            with(None, Some("mock=my/mock"), Backend::Kube).unwrap(),
+            image("my/mock")
+        );
+        // Locally nothing is required: `open` adds the host's mock.
+        assert!(with(None, None, Backend::Local).is_ok());
+    }
 
     #[test]
     fn quantities_parse() {

@@ -60,8 +60,9 @@ kube:
   {{- if .Values.cache.claim.enabled }}
   cache-claim: {{ include "jetbridge.cacheClaim" . | quote }}
   {{- end }}
-{{- if or .Values.images.registryPrefix .Values.images.defaultTaskImage .Values.images.resourceTypeImages }}
 images:
+  {{- /* The built-in `mock` runs in an image on Kubernetes: this chart's own. */}}
+  mock-image: {{ default (include "jetbridge.image" .) .Values.images.mockImage | quote }}
   {{- with .Values.images.registryPrefix }}
   registry-prefix: {{ . | quote }}
   {{- end }}
@@ -74,7 +75,6 @@ images:
     - {{ printf "%s=%s" $k $v | quote }}
     {{- end }}
   {{- end }}
-{{- end }}
 server:
   listen: {{ printf "0.0.0.0:%d" (int .Values.service.port) | quote }}
   metrics-listen: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}

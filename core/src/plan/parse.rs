@@ -1722,6 +1722,12 @@ impl<'f> Cx<'f> {
         )?;
         let type_node = self.required(&o, "type", "`image_resource`")?;
         let type_ = self.text(type_node, "`type`")?;
+        // The built-in mock is an image too (Concourse's tests run tasks in it): any
+        // `source` (`mirror_self`, ...), no repository.
+        if type_ == "mock" {
+            let source = self.json_map(o.get("source"), "`source`")?;
+            return Ok(ImageResource { type_, source });
+        }
         if type_ != "registry-image" && type_ != "docker-image" {
             return Err(self
                 .err(
@@ -1729,7 +1735,7 @@ impl<'f> Cx<'f> {
                     format!("`image_resource` of type `{type_}` is not supported"),
                 )
                 .with_hint(
-                    "use `type: registry-image` with `source: {repository: ..., tag: ...}`",
+                    "use `type: registry-image` with `source: {repository: ..., tag: ...}`, or `type: mock`",
                 ));
         }
         let source_node = self.required(&o, "source", "`image_resource`")?;

@@ -1203,10 +1203,13 @@ impl BuildRunner {
                     && (config.image_resource.is_some() || t.image.is_some())
                     && !ctx.noticed_images.swap(true, std::sync::atomic::Ordering::SeqCst)
                 {
-                    ctx.events.notice(
-                        "this backend runs tasks on the host: image_resource and a task's image \
-                         are not honoured, so tasks use the host's tools",
-                    );
+                    ctx.events.notice(if config.image_resource.is_some() {
+                        "this backend runs tasks on the host: image_resource is not honoured, \
+                         so tasks use the host's tools"
+                    } else {
+                        "this backend runs tasks on the host: a task's image is not honoured, \
+                         so tasks use the host's tools"
+                    });
                 }
                 let image = match (&t.image, caps.images) {
                     (Some(artifact), true) => match self.image_of_artifact(t, artifact, &snapshot).await {
