@@ -29,6 +29,8 @@ fn every_concourse_example_ends_as_it_declares() {
         let code = match want {
             "succeeded" => 0,
             "failed" | "errored" => 1,
+            // Refused before any step runs, with the place in the file.
+            "invalid" => 2,
             other => panic!("{}: unknown expectation {other:?}", file.display()),
         };
         let data = tempfile::tempdir().expect("tempdir");
@@ -48,11 +50,24 @@ fn every_concourse_example_ends_as_it_declares() {
             file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            stdout.contains(&format!("build {want}")),
-            "{}: the summary says `build {want}`:\n{stdout}",
-            file.display()
-        );
+        if want == "invalid" {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            assert!(
+                stderr.contains(&format!("{name}:")) && !stdout.contains('▶'),
+                "{}: refused with its place, before any step:\n{stdout}{stderr}",
+                file.display()
+            );
+        } else {
+            assert!(
+                stdout.contains(&format!("build {want}")),
+                "{}: the summary says `build {want}`:\n{stdout}",
+                file.display()
+            );
+        }
     }
 }
 
