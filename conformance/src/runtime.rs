@@ -22,7 +22,7 @@ use jetbridge_core::services::{
     ReaperConfig, StepConfig, StepFailure, StepSummary,
 };
 
-use crate::{CaseError, CaseOutcome, CaseResult, ensure, ensure_eq, fail};
+use crate::{CaseError, CaseOutcome, CaseResult, ensure, ensure_eq, fail, skip};
 
 type Guard = Box<dyn std::any::Any + Send + Sync>;
 
@@ -651,6 +651,59 @@ pub async fn task_image_from_an_artifact(subject: &RuntimeSubject) -> CaseResult
     leftovers(subject, &build).await
 }
 
+/// The built-in `mock` resource, with no resource type declared: a get with
+/// `create_files` hands the files to a task, a put with `params.version` creates that
+/// version and its implicit get fetches it. Skipped where the subject's resolver runs
+/// the base image instead (a backend that cannot run the built-in here).
+pub async fn builtin_mock_round_trip(subject: &RuntimeSubject) -> CaseResult {
+    let yaml = "resources:\n- name: config\n  type: mock\n  source: {initial_version: v1, create_files: {greeting.txt: hello}}\n- name: release\n  type: mock\n  source: {no_initial_version: true}\njobs:\n- name: main\n  plan:\n  - get: config\n  - task: read\n    config:\n      platform: linux\n      inputs: [{name: config}]\n      outputs: [{name: out}]\n      run: {path: sh, args: [-c, \"cp config/greeting.txt out/g && cp config/version out/v\"]}\n  - put: release\n    params: {version: v7}\n";
+    let pipeline = parse_pipeline(yaml, "mock.yml", &Vars::new())
+        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
+    if !matches!(
+        subject.images.resolve_type(&pipeline, "mock"),
+        Ok(jetbridge_core::images::ResolvedImage::Local { .. })
+    ) {
+        skip!("the built-in mock runs in an image here, which this subject cannot run");
+    }
+    let runner = BuildRunner::new(
+        subject.runtime.clone(),
+        quick(),
+        subject.images.clone(),
+        WORKER,
+        Arc::new(RecordedEvents::default()),
+    );
+    let build = format!("conf-{}", uuid_like());
+    let o = runner
+        .run(BuildRequest::new(
+            Arc::new(pipeline),
+            "main".to_owned(),
+            1,
+            build.clone(),
+        ))
+        .await
+        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let out = artifact(&o, "out")?;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).trim().to_owned();
+    ensure_eq!(
+        text(read_artifact_file(&subject.runtime, out, "g").await?),
+        "hello"
+    );
+    ensure_eq!(
+        text(read_artifact_file(&subject.runtime, out, "v").await?),
+        "v1"
+    );
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "release")?, "version").await?
+        )
+        .trim(),
+        "v7"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -891,6 +944,7 @@ pub const CASES: &[&str] = &[
     "load_var_fills_later_steps",
     "across_runs_each_combination",
     "task_image_from_an_artifact",
+    "builtin_mock_round_trip",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -914,6 +968,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "load_var_fills_later_steps" => Box::pin(load_var_fills_later_steps(subject)).await,
         "across_runs_each_combination" => Box::pin(across_runs_each_combination(subject)).await,
         "task_image_from_an_artifact" => Box::pin(task_image_from_an_artifact(subject)).await,
+        "builtin_mock_round_trip" => Box::pin(builtin_mock_round_trip(subject)).await,
         _ => return None,
     })
 }
@@ -956,6 +1011,7 @@ macro_rules! runtime_suite {
                 load_var_fills_later_steps,
                 across_runs_each_combination,
                 task_image_from_an_artifact,
+                builtin_mock_round_trip,
             ]
         );
     };
