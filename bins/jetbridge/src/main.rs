@@ -316,8 +316,7 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
     }) {
         return Err(user(format!(
             "{}: `set_pipeline` stores a pipeline, and `jetbridge run` runs one job once and \
-             stores none; run the job on a server (`jetbridge submit`) once it records \
-             pipelines, or leave the step out here",
+             stores none (nor does a server yet); leave the step out to run the rest of the job",
             sp.location
         )));
     }
