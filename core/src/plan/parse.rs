@@ -1108,35 +1108,47 @@ impl<'f> Cx<'f> {
             .with_hint(hint))
     }
 
-    /// `ARTIFACT/path` of a file an earlier step produced, for `what`.
+    /// `ARTIFACT/path` of a file an earlier step produced. Its errors quote it as
+    /// `key: text` (or bare, for an item of a list), show `usage` as the way to write
+    /// one, and say what `reads` it.
     fn artifact_file(
         &self,
         f: &Node,
-        what: &str,
+        key: Option<&str>,
+        usage: &str,
+        reads: &str,
         flow: &Flow,
     ) -> Result<(String, String), PlanError> {
         let text = self.nonempty(f, "`file`")?;
+        let shown = match key {
+            Some(k) => format!("`{k}: {text}`"),
+            None => format!("`{text}`"),
+        };
         let (artifact, path) = text.split_once('/').unwrap_or((&text, ""));
         if path.is_empty() || !valid_name(artifact) {
             return Err(self
                 .err(
                     f.pos,
-                    format!("`{text}` does not name an artifact and a path"),
+                    format!("{shown} does not name an artifact and a path"),
                 )
-                .with_hint("write `ARTIFACT/path`, e.g. `repo/ci/pipeline.yml`"));
+                .with_hint(usage));
         }
         if path.starts_with('/') || path.split('/').any(|p| p == "..") {
             return Err(self
-                .err(f.pos, format!("`{text}` leaves the artifact"))
+                .err(f.pos, format!("{shown} leaves the artifact"))
                 .with_hint("use a path inside the artifact without `..` segments"));
         }
         if !flow.has(artifact) {
+            let fix = match key {
+                Some(k) => format!("fix the artifact name at the start of `{k}`"),
+                None => "fix the artifact name at the start of the path".to_owned(),
+            };
             return Err(self.missing_input(
                 f.pos,
-                format!("{what} reads `{text}`"),
+                format!("{reads} `{text}`"),
                 artifact,
                 flow,
-                "fix the artifact name at the start of the path",
+                &fix,
             ));
         }
         Ok((artifact.to_owned(), path.to_owned()))
@@ -1155,11 +1167,13 @@ impl<'f> Cx<'f> {
         }
         let what = format!("`set_pipeline: {name}`");
         let f = self.required(obj, "file", &what)?;
-        let (artifact, path) = self.artifact_file(f, &what, flow)?;
+        let usage = "write `ARTIFACT/path`, e.g. `repo/ci/pipeline.yml`";
+        let reads = format!("{what} reads");
+        let (artifact, path) = self.artifact_file(f, None, usage, &reads, flow)?;
         let mut var_files = Vec::new();
         if let Some(n) = obj.get("var_files") {
             for v in self.seq(n, "`var_files`")? {
-                let (a, p) = self.artifact_file(v, &what, flow)?;
+                let (a, p) = self.artifact_file(v, None, usage, &reads, flow)?;
                 var_files.push(format!("{a}/{p}"));
             }
         }
@@ -1182,30 +1196,13 @@ impl<'f> Cx<'f> {
         let name_node = self.required(obj, "load_var", "a `load_var` step")?;
         let name = self.name(name_node, "`load_var` name")?;
         let f = self.required(obj, "file", &format!("`load_var: {name}`"))?;
-        let text = self.nonempty(f, "`file`")?;
-        let (artifact, path) = text.split_once('/').unwrap_or((&text, ""));
-        if path.is_empty() || !valid_name(artifact) {
-            return Err(self
-                .err(
-                    f.pos,
-                    format!("`file: {text}` does not name an artifact and a path"),
-                )
-                .with_hint("write `file: ARTIFACT/path`, e.g. `file: version/number`"));
-        }
-        if path.starts_with('/') || path.split('/').any(|p| p == "..") {
-            return Err(self
-                .err(f.pos, format!("`file: {text}` leaves the artifact"))
-                .with_hint("use a path inside the artifact without `..` segments"));
-        }
-        if !flow.has(artifact) {
-            return Err(self.missing_input(
-                f.pos,
-                format!("`load_var: {name}` reads `{text}`"),
-                artifact,
-                flow,
-                "fix the artifact name at the start of `file`",
-            ));
-        }
+        let (artifact, path) = self.artifact_file(
+            f,
+            Some("file"),
+            "write `file: ARTIFACT/path`, e.g. `file: version/number`",
+            &format!("`load_var: {name}` reads"),
+            flow,
+        )?;
         let format = match obj.get("format") {
             None => None,
             Some(n) => Some(match self.text(n, "`format`")?.as_str() {
@@ -1226,8 +1223,8 @@ impl<'f> Cx<'f> {
         };
         Ok(LoadVarStep {
             name,
-            artifact: artifact.to_owned(),
-            path: path.to_owned(),
+            artifact,
+            path,
             format,
             reveal,
         })
@@ -1479,27 +1476,13 @@ impl<'f> Cx<'f> {
                 TaskSource::Inline(config)
             }
             (None, Some(f)) => {
-                let text = self.nonempty(f, "`file`")?;
-                let (artifact, path) = text.split_once('/').unwrap_or((&text, ""));
-                if path.is_empty() || !valid_name(artifact) {
-                    return Err(self
-                        .err(f.pos, format!("`file: {text}` does not name an artifact and a path"))
-                        .with_hint("write `file: ARTIFACT/path/to/task.yml`, e.g. `file: repo/ci/test.yml`"));
-                }
-                if path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                    return Err(self
-                        .err(f.pos, format!("`file: {text}` leaves the artifact"))
-                        .with_hint("use a path inside the artifact without `..` segments"));
-                }
-                if !flow.has(artifact) {
-                    return Err(self.missing_input(
-                        f.pos,
-                        format!("task `{name}` loads its config from `{text}`"),
-                        artifact,
-                        flow,
-                        "fix the artifact name at the start of `file`",
-                    ));
-                }
+                let (artifact, path) = self.artifact_file(
+                    f,
+                    Some("file"),
+                    "write `file: ARTIFACT/path/to/task.yml`, e.g. `file: repo/ci/test.yml`",
+                    &format!("task `{name}` loads its config from"),
+                    flow,
+                )?;
                 // The outputs are only known once the file is loaded.
                 let mut bound: BTreeMap<&str, &str> = BTreeMap::new();
                 for (output, (artifact, at)) in &output_mapping {
@@ -1511,10 +1494,7 @@ impl<'f> Cx<'f> {
                 }
                 flow.available.extend(bound.keys().map(|a| (*a).to_owned()));
                 flow.open = true;
-                TaskSource::File {
-                    artifact: artifact.to_owned(),
-                    path: path.to_owned(),
-                }
+                TaskSource::File { artifact, path }
             }
         };
         Ok(TaskStep {
