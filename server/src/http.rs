@@ -319,11 +319,7 @@ async fn submit(
     })?;
     // This server records no pipelines yet: a `set_pipeline` step is refused with its
     // place rather than run as a step that does nothing.
-    if let Some(sp) = pipeline.job(&spec.job).and_then(|j| {
-        j.steps()
-            .into_iter()
-            .find(|s| matches!(s.kind, jetbridge_core::plan::StepKind::SetPipeline(_)))
-    }) {
+    if let Some(sp) = pipeline.job(&spec.job).and_then(|j| j.set_pipeline_step()) {
         s.metrics.submission("invalid");
         let mut e = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -309,11 +309,7 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
     };
 
     // A one-off run stores no pipeline: say so before anything runs.
-    if let Some(sp) = pipeline.job(&job).and_then(|j| {
-        j.steps()
-            .into_iter()
-            .find(|s| matches!(s.kind, jetbridge_core::plan::StepKind::SetPipeline(_)))
-    }) {
+    if let Some(sp) = pipeline.job(&job).and_then(|j| j.set_pipeline_step()) {
         return Err(user(format!(
             "{}: `set_pipeline` stores a pipeline, and `jetbridge run` runs one job once and \
              stores none (nor does a server yet); leave the step out to run the rest of the job",

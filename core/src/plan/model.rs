@@ -118,36 +118,20 @@ impl Job {
                 StepKind::Try(s) => walk(s, out),
                 _ => {}
             }
-            let h = &step.hooks;
-            for hook in [
-                &h.on_success,
-                &h.on_failure,
-                &h.on_error,
-                &h.on_abort,
-                &h.ensure,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                walk(hook, out);
-            }
+            step.hooks.iter().for_each(|h| walk(h, out));
         }
         let mut out = Vec::new();
         self.plan.iter().for_each(|s| walk(s, &mut out));
-        let h = &self.hooks;
-        for hook in [
-            &h.on_success,
-            &h.on_failure,
-            &h.on_error,
-            &h.on_abort,
-            &h.ensure,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            walk(hook, &mut out);
-        }
+        self.hooks.iter().for_each(|h| walk(h, &mut out));
         out
+    }
+
+    /// The job's first `set_pipeline` step, which runners that store no pipelines
+    /// refuse before the job starts.
+    pub fn set_pipeline_step(&self) -> Option<&Step> {
+        self.steps()
+            .into_iter()
+            .find(|s| matches!(s.kind, StepKind::SetPipeline(_)))
     }
 }
 
@@ -213,6 +197,22 @@ pub struct Hooks {
     pub on_abort: Option<Box<Step>>,
     /// Always.
     pub ensure: Option<Box<Step>>,
+}
+
+impl Hooks {
+    /// The hooks that are set, in the order they are declared above.
+    pub fn iter(&self) -> impl Iterator<Item = &Step> {
+        [
+            &self.on_success,
+            &self.on_failure,
+            &self.on_error,
+            &self.on_abort,
+            &self.ensure,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| &**b)
+    }
 }
 
 /// The kinds of step.

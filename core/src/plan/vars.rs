@@ -246,28 +246,39 @@ fn local_value(inner: &str, locals: &LocalVars) -> std::result::Result<Value, St
     let text = inner.trim().trim_start_matches(".:");
     let mut parts = text.split('.').map(str::trim);
     let name = parts.next().unwrap_or_default();
-    let Some(mut value) = locals.get(name) else {
+    let Some(value) = locals.get(name) else {
         return Err(format!(
             "local var `{name}` in `(({}))` is not set: no earlier `load_var: {name}` step ran in this build",
             inner.trim()
         ));
     };
-    let mut path = name.to_owned();
-    for field in parts {
-        value = match value {
-            Value::Object(map) => map.get(field),
-            _ => None,
-        }
-        .ok_or_else(|| {
+    follow(value, name, parts)
+        .cloned()
+        .map_err(|(path, field)| {
             format!(
                 "local var `{path}` has no field `{field}` (in `(({}))`)",
                 inner.trim()
             )
-        })?;
+        })
+}
+
+/// `value`'s field at `fields`, one mapping after another; or, where one is missing,
+/// the path read so far (from `path`) and the field it lacks.
+fn follow<'v, 'f>(
+    mut value: &'v Value,
+    path: &str,
+    fields: impl Iterator<Item = &'f str>,
+) -> std::result::Result<&'v Value, (String, &'f str)> {
+    let mut path = path.to_owned();
+    for field in fields {
+        value = value
+            .as_object()
+            .and_then(|m| m.get(field))
+            .ok_or_else(|| (path.clone(), field))?;
         path.push('.');
         path.push_str(field);
     }
-    Ok(value.clone())
+    Ok(value)
 }
 
 /// `s` with its local placeholders replaced by their values as text (strings as they
@@ -429,26 +440,21 @@ fn lookup_source(
     }
     let mut parts = rest.split('.').map(str::trim);
     let name = parts.next().unwrap_or_default();
-    let Some(mut value) = source.vars.get(name) else {
+    let Some(value) = source.vars.get(name) else {
         return Err(PlanError::new(
             pos.at(file),
             format!("the var source `{src}` has no var `{name}` (in `(({text}))`)"),
         )
         .with_hint(format!("add `{name}` to its `config.vars`")));
     };
-    let mut path = format!("{src}:{name}");
-    for field in parts {
-        let Some(next) = value.as_object().and_then(|m| m.get(field)) else {
-            return Err(PlanError::new(
+    follow(value, &format!("{src}:{name}"), parts)
+        .cloned()
+        .map_err(|(path, field)| {
+            PlanError::new(
                 pos.at(file),
                 format!("`{path}` has no field `{field}` (in `(({text}))`)"),
-            ));
-        };
-        path.push('.');
-        path.push_str(field);
-        value = next;
-    }
-    Ok(value.clone())
+            )
+        })
 }
 
 fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanError> {
@@ -465,7 +471,7 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
         )
         .with_hint("write `((name))` or `((name.field))`"));
     }
-    let Some(mut value) = vars.get(name) else {
+    let Some(value) = vars.get(name) else {
         if vars.lenient {
             return Ok(Value::String(format!("(({text}))")));
         }
@@ -478,26 +484,17 @@ fn lookup(inner: &str, pos: Pos, vars: &Vars, file: &str) -> Result<Value, PlanE
         ))
         .with_unfilled(name));
     };
-    let mut path = name.to_owned();
-    for field in parts {
-        let next = match value {
-            Value::Object(map) => map.get(field),
-            _ => None,
-        };
-        let Some(next) = next else {
-            return Err(PlanError::new(
+    follow(value, name, parts)
+        .cloned()
+        .map_err(|(path, field)| {
+            PlanError::new(
                 pos.at(file),
                 format!("variable `{path}` has no field `{field}` (in `(({inner}))`)"),
             )
             .with_hint(format!(
                 "give `{name}` a mapping value with a `{field}` field, or fix the placeholder"
-            )));
-        };
-        path.push('.');
-        path.push_str(field);
-        value = next;
-    }
-    Ok(value.clone())
+            ))
+        })
 }
 
 #[cfg(test)]
