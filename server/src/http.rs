@@ -307,7 +307,7 @@ async fn submit(
         allow_local_resources: s.config.allow_local_resources,
         local_backend: s.local_backend,
     };
-    let (spec, pipeline) = BuildSpec::accept(req, policy).map_err(|r| {
+    let rejected = |r: crate::spec::Rejected| {
         s.metrics.submission("invalid");
         let mut e = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -316,54 +316,10 @@ async fn submit(
         );
         e.body.location = r.location_view();
         e
-    })?;
-    // This server records no pipelines yet: a `set_pipeline` step is refused with its
-    // place rather than run as a step that does nothing.
-    if let Some(sp) = pipeline.job(&spec.job).and_then(|j| j.set_pipeline_step()) {
-        s.metrics.submission("invalid");
-        let mut e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!(
-                "{}: `set_pipeline` stores a pipeline, and this server does not record \
-                 pipelines yet; leave the step out",
-                sp.location
-            ),
-        );
-        e.body.location = (sp.location.line > 0).then(|| crate::api::LocationView {
-            file: sp.location.file.clone(),
-            line: sp.location.line as u64,
-            column: sp.location.column as u64,
-        });
-        return Err(e);
-    }
-    // A backend that runs steps as host processes cannot run a resource image: say so
-    // now, with the resource's place, rather than as a step's `exit 127` later.
-    if s.local_backend
-        && let Some(job) = pipeline.job(&spec.job)
-        && let Some((r, image)) = s.images.unrunnable_image_resource(&pipeline, job, |dir| {
-            std::path::Path::new(dir).join("check").is_file()
-        })
-    {
-        s.metrics.submission("invalid");
-        let mut e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!(
-                "{}: resource {:?} has type {:?}, whose scripts run in the image {image}; \
-                 this server's backend runs steps as processes on its host and cannot run \
-                 a resource image: run the server with --backend kube, or give the resource \
-                 a resource type of `type: local` whose source.path holds its scripts",
-                r.location, r.name, r.type_
-            ),
-        );
-        e.body.location = (r.location.line > 0).then(|| crate::api::LocationView {
-            file: r.location.file.clone(),
-            line: r.location.line as u64,
-            column: r.location.column as u64,
-        });
-        return Err(e);
-    }
+    };
+    let (spec, pipeline) = BuildSpec::accept(req, policy).map_err(rejected)?;
+    spec.check_runnable(&pipeline, s.local_backend, &s.images)
+        .map_err(rejected)?;
     let mut spec = spec;
     if !spec.vars.is_empty() {
         match &s.config.vars_key {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
 use base64::Engine as _;
-use jetbridge_core::plan::{Pipeline, PlanError, Vars, parse_pipeline_with_inputs};
+use jetbridge_core::images::ImageResolver;
+use jetbridge_core::plan::{Location, Pipeline, PlanError, Vars, parse_pipeline_with_inputs};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{LocationView, SubmitRequest};
@@ -68,24 +69,22 @@ impl Rejected {
         }
     }
 
+    /// Refused for what stands at `at` in the pipeline (a known place, when it has one).
+    fn at(at: &Location, message: String) -> Self {
+        Rejected {
+            message,
+            location: (at.line > 0).then(|| (at.file.clone(), at.line as u64, at.column as u64)),
+        }
+    }
+
     fn plan(e: PlanError) -> Self {
-        let location = (e.location.line > 0).then(|| {
-            (
-                e.location.file.clone(),
-                e.location.line as u64,
-                e.location.column as u64,
-            )
-        });
         let mut e = e;
         if let Some(name) = e.unfilled.clone() {
             e.hint = Some(format!(
                 "give it in the submission's `vars` (`jetbridge submit --var {name}=...`)"
             ));
         }
-        Rejected {
-            message: e.to_string(),
-            location,
-        }
+        Rejected::at(&e.location, e.to_string())
     }
 
     /// The location as the API shows it.
@@ -229,6 +228,47 @@ impl BuildSpec {
         Ok((self, pipeline))
     }
 
+    /// What this server cannot run, refused with its place before the build is queued
+    /// rather than failing later as a step: a `set_pipeline` step (no pipelines are
+    /// recorded yet), and on a backend of host processes, a resource image.
+    pub fn check_runnable(
+        &self,
+        pipeline: &Pipeline,
+        local_backend: bool,
+        images: &ImageResolver,
+    ) -> Result<(), Rejected> {
+        let Some(job) = pipeline.job(&self.job) else {
+            return Ok(());
+        };
+        if let Some(sp) = job.set_pipeline_step() {
+            return Err(Rejected::at(
+                &sp.location,
+                format!(
+                    "{}: `set_pipeline` stores a pipeline, and this server does not record \
+                     pipelines yet; leave the step out",
+                    sp.location
+                ),
+            ));
+        }
+        if local_backend
+            && let Some((r, image)) = images.unrunnable_image_resource(pipeline, job, |dir| {
+                std::path::Path::new(dir).join("check").is_file()
+            })
+        {
+            return Err(Rejected::at(
+                &r.location,
+                format!(
+                    "{}: resource {:?} has type {:?}, whose scripts run in the image {image}; \
+                     this server's backend runs steps as processes on its host and cannot run \
+                     a resource image: run the server with --backend kube, or give the resource \
+                     a resource type of `type: local` whose source.path holds its scripts",
+                    r.location, r.name, r.type_
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `type: local` paths must stay inside the upload, and run only when allowed.
     fn check_local_types(&self, pipeline: &Pipeline, policy: Policy) -> Result<(), Rejected> {
         for rt in pipeline
@@ -236,15 +276,11 @@ impl BuildSpec {
             .iter()
             .filter(|t| t.type_ == "local")
         {
-            let at = |msg: String| Rejected {
-                message: format!("{}: resource type {:?} {msg}", rt.location, rt.name),
-                location: (rt.location.line > 0).then(|| {
-                    (
-                        rt.location.file.clone(),
-                        rt.location.line as u64,
-                        rt.location.column as u64,
-                    )
-                }),
+            let at = |msg: String| {
+                Rejected::at(
+                    &rt.location,
+                    format!("{}: resource type {:?} {msg}", rt.location, rt.name),
+                )
             };
             if !policy.local_backend {
                 return Err(at(
