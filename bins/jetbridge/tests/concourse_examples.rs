@@ -1,9 +1,27 @@
 //! The Concourse-style pipelines under `examples/concourse/`, each run as a user would
 //! (`jetbridge run FILE` on the embedded default) and held to the result its first line
-//! declares: `# expect: succeeded`, `failed` or `errored`.
+//! declares: `# expect: succeeded`, `failed`, `errored`, or `invalid` (refused before any
+//! step runs).
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse")
+}
+
+/// `jetbridge run FILE` on the embedded default, in a data directory of its own.
+fn run(file: &Path) -> Output {
+    let data = tempfile::tempdir().expect("tempdir");
+    Command::new(env!("CARGO_BIN_EXE_jetbridge"))
+        .arg("run")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("JETBRIDGE_COLOR", "never")
+        .output()
+        .expect("jetbridge runs")
+}
 
 fn expected(text: &str) -> Option<&str> {
     text.lines()
@@ -14,7 +32,7 @@ fn expected(text: &str) -> Option<&str> {
 
 #[test]
 fn every_concourse_example_ends_as_it_declares() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse");
+    let dir = examples();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("examples/concourse")
         .map(|e| e.expect("entry").path())
@@ -33,15 +51,7 @@ fn every_concourse_example_ends_as_it_declares() {
             "invalid" => 2,
             other => panic!("{}: unknown expectation {other:?}", file.display()),
         };
-        let data = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
-            .arg("run")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("JETBRIDGE_COLOR", "never")
-            .output()
-            .expect("jetbridge runs");
+        let out = run(&file);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),
@@ -73,17 +83,7 @@ fn every_concourse_example_ends_as_it_declares() {
 
 #[test]
 fn try_masks_only_its_own_step_and_the_summary_names_the_real_failure() {
-    let file =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse/try-then-fail.yml");
-    let data = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
-        .arg("run")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("JETBRIDGE_COLOR", "never")
-        .output()
-        .expect("jetbridge runs");
+    let out = run(&examples().join("try-then-fail.yml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let summary = stdout
@@ -97,16 +97,7 @@ fn try_masks_only_its_own_step_and_the_summary_names_the_real_failure() {
 
 #[test]
 fn load_var_shows_only_revealed_values() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/concourse/load_var.yml");
-    let data = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_jetbridge"))
-        .arg("run")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("JETBRIDGE_COLOR", "never")
-        .output()
-        .expect("jetbridge runs");
+    let out = run(&examples().join("load_var.yml"));
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
