@@ -1,14 +1,16 @@
 //! The server end to end on the local backend, an on-disk store and the in-memory
 //! registry and queue: real HTTP over loopback, real processes for steps.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use jetbridge_core::images::ImageResolver;
-use jetbridge_core::ports::{ArtifactRegistry, BuildId, BuildQueue, InFlightLimit, Runtime};
+use jetbridge_core::ports::{BuildId, BuildQueue, InFlightLimit};
 use jetbridge_core::services::{BuildRunner, NoEvents, SessionConfig, StepConfig, WorkerSession};
-use jetbridge_memory_registry::{MemoryBuildQueue, MemoryRegistry};
+use jetbridge_memory_registry::MemoryBuildQueue;
 use jetbridge_server::api::{BuildList, BuildView, ErrorBody, InfoView};
 use jetbridge_server::{Server, ServerConfig};
 use serde_json::{Value, json};
@@ -27,21 +29,7 @@ async fn harness(config: ServerConfig) -> Harness {
 
 async fn harness_with(config: ServerConfig, queue: Arc<MemoryBuildQueue>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = Arc::new(
-        jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
-            dir.path().join("local"),
-        ))
-        .expect("local backend"),
-    );
-    let volumes =
-        Arc::new(jetbridge_fs::FsVolumeStore::new(dir.path().join("volumes")).expect("store"));
-    let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
-    let rt = Runtime {
-        pods: backend.clone(),
-        exec: backend,
-        volumes: Some(volumes),
-        registry,
-    };
+    let rt = common::local_runtime(dir.path(), |store| store);
     let worker = "server-test";
     let runner = BuildRunner::new(
         rt.clone(),

@@ -7,6 +7,8 @@
 //!
 //! promtool comes from Debian's `prometheus` package: `.ci/install-tools.sh` installs it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -15,9 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use jetbridge_core::images::ImageResolver;
-use jetbridge_core::ports::{ArtifactRegistry, Runtime, VolumeStore};
 use jetbridge_core::services::{BuildRunner, NoEvents, SessionConfig, StepConfig, WorkerSession};
-use jetbridge_memory_registry::{MemoryBuildQueue, MemoryRegistry, RegistryClock};
+use jetbridge_memory_registry::{MemoryBuildQueue, RegistryClock};
 use jetbridge_server::metrics::{CountingVolumes, METRICS, Metrics, PhaseLayer};
 use jetbridge_server::{Server, ServerConfig};
 use serde::Deserialize;
@@ -894,22 +895,9 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_exported() {
     metrics.set_request_probe(Box::new(|| vec![("create".to_owned(), 201, 2)]));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = Arc::new(
-        jetbridge_local::LocalBackend::new(jetbridge_local::LocalConfig::new(
-            dir.path().join("local"),
-        ))
-        .expect("local backend"),
-    );
-    let store =
-        Arc::new(jetbridge_fs::FsVolumeStore::new(dir.path().join("volumes")).expect("store"));
-    let volumes: Arc<dyn VolumeStore> = Arc::new(CountingVolumes::new(store, metrics.clone()));
-    let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
-    let rt = Runtime {
-        pods: backend.clone(),
-        exec: backend,
-        volumes: Some(volumes),
-        registry,
-    };
+    let rt = common::local_runtime(dir.path(), |store| {
+        Arc::new(CountingVolumes::new(store, metrics.clone()))
+    });
     let worker = "monitoring-test";
     let runner = BuildRunner::new(
         rt.clone(),
