@@ -105,6 +105,15 @@ impl ServerProc {
         }
     }
 
+    /// Submit `pipeline` and wait (bounded) until its build runs; its id.
+    fn submit_running(&self, pipeline: &Path) -> u64 {
+        let out = self.client("submit").arg(pipeline).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let id = submitted_id(&out);
+        self.wait_state(id, "running");
+        id
+    }
+
     /// Wait (bounded) until the build's state is `state`.
     fn wait_state(&self, id: u64, state: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -302,14 +311,7 @@ fn submitted_id(out: &Output) -> u64 {
 fn sigterm_drains_then_aborts_what_outlives_the_timeout_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(&dir.path().join("server"), &["--drain-timeout", "1s"]);
-    let out = server
-        .client("submit")
-        .arg(sleeper(dir.path(), 600))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let id = submitted_id(&out);
-    server.wait_state(id, "running");
+    let id = server.submit_running(&sleeper(dir.path(), 600));
     // Follow it from another process, as a user would.
     let follower = server
         .client("logs")
@@ -338,14 +340,7 @@ fn a_draining_replica_is_unready_yet_still_serves_its_metrics() {
     // draining pod is unready: its metrics must still answer, with the builds it runs.
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(&dir.path().join("server"), &["--drain-timeout", "5m"]);
-    let out = server
-        .client("submit")
-        .arg(sleeper(dir.path(), 600))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let id = submitted_id(&out);
-    server.wait_state(id, "running");
+    let id = server.submit_running(&sleeper(dir.path(), 600));
     server.signal(nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -409,13 +404,7 @@ fn a_killed_replica_s_running_build_ends_worker_lost_on_the_other() {
     let args_a = shared("replica-a");
     let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
     let mut a = ServerProc::start(&dir.path().join("a"), &args_a);
-    let out = a
-        .client("submit")
-        .arg(sleeper(dir.path(), 20))
-        .output()
-        .unwrap();
-    let id = submitted_id(&out);
-    a.wait_state(id, "running");
+    let id = a.submit_running(&sleeper(dir.path(), 20));
     // Its step has started: a lapse ends it rather than running it twice.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
