@@ -23,9 +23,13 @@ fn examples() -> PathBuf {
 }
 
 fn run_example(name: &str, data: &Path, extra: &[&str]) -> Output {
+    run_file(&examples().join(name), data, extra)
+}
+
+fn run_file(pipeline: &Path, data: &Path, extra: &[&str]) -> Output {
     bin()
         .arg("run")
-        .arg(examples().join(name))
+        .arg(pipeline)
         .arg("--data-dir")
         .arg(data)
         .args(extra)
@@ -846,19 +850,12 @@ fn two_runs_given_the_same_worker_on_a_shared_registry_the_second_is_refused() {
 #[test]
 fn a_resource_image_on_the_local_backend_is_refused_before_any_step_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("ci.yml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = write(
+        dir.path(),
+        "ci.yml",
         "resources:\n- name: src\n  type: git\n  source: {uri: https://example.com/r.git}\njobs:\n- name: j\n  plan:\n  - task: first\n    config:\n      platform: linux\n      run: {path: 'true'}\n  - get: src\n",
-    )
-    .unwrap();
-    let out = bin()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
+    );
+    let out = run_file(&pipeline, &dir.path().join("data"), &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     for needle in [
@@ -879,19 +876,12 @@ fn a_resource_image_on_the_local_backend_is_refused_before_any_step_runs() {
 #[test]
 fn set_pipeline_is_refused_by_run_before_any_step() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("ci.yml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = write(
+        dir.path(),
+        "ci.yml",
         "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{name: ci}]\n      run: {path: sh, args: [-c, 'echo jobs: > ci/p.yml']}\n  - set_pipeline: other\n    file: ci/p.yml\n",
-    )
-    .unwrap();
-    let out = bin()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
+    );
+    let out = run_file(&pipeline, &dir.path().join("data"), &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
