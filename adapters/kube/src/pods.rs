@@ -140,12 +140,7 @@ impl KubeBackend {
     /// How many env Secrets carry these labels (with the worker's: the Secrets that
     /// worker owns now).
     pub async fn count_secrets(&self, selector: &LabelSelector) -> Result<usize> {
-        let sel = selector
-            .iter()
-            .map(|(k, v)| format!("{}={v}", crate::manifest::kube_label_key(k)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let params = ListParams::default().labels(&sel);
+        let params = ListParams::default().labels(&label_selector(selector));
         let list = self
             .budget()
             .run("list secrets", true, || self.secrets.list(&params))
@@ -720,12 +715,7 @@ impl Pods for KubeBackend {
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<PodStatus>> {
         let budget = self.budget();
-        let sel = selector
-            .iter()
-            .map(|(k, v)| format!("{}={v}", crate::manifest::kube_label_key(k)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let params = ListParams::default().labels(&sel);
+        let params = ListParams::default().labels(&label_selector(selector));
         let list = budget
             .run("list pods", true, || self.api.list(&params))
             .await
@@ -825,4 +815,13 @@ impl Pods for KubeBackend {
             Err(e) => Err(e.into_error(&format!("deleting pod {name}"))),
         }
     }
+}
+
+/// A core label selector in Kubernetes' `key=value,...` form, keys as written on objects.
+fn label_selector(selector: &LabelSelector) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{}={v}", crate::manifest::kube_label_key(k)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
