@@ -23,7 +23,9 @@
 mod admission;
 mod api;
 mod exec;
+mod images;
 mod kubelet;
+mod networkpolicies;
 mod process;
 mod secrets;
 mod selector;

@@ -1,0 +1,1 @@
+//! What images hold, for the simulator's host processes (filled in below).

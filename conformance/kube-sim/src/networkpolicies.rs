@@ -1,0 +1,1 @@
+//! NetworkPolicies (networking.k8s.io/v1), stored and served.
