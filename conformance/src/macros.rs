@@ -222,6 +222,9 @@ macro_rules! queue_suite {
                 a_held_build_is_not_overtaken_by_a_later_one_of_its_job,
                 a_lapsed_lease_frees_its_slot_through_a_reap,
                 concurrent_claims_never_exceed_a_limit,
+                set_pipeline_records_then_versions_changes,
+                pipelines_are_keyed_by_team_name_and_instance_vars,
+                set_pipeline_needs_the_lease,
             ]
         );
     };

@@ -15,7 +15,7 @@ use std::time::Duration;
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{
     BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, Claimed, InFlightLimit, Lease,
-    NewBuild, NewEvent, QueuedBuild,
+    NewBuild, NewEvent, NewPipeline, QueuedBuild,
 };
 
 use crate::support::{CaseError, CaseOutcome, CaseResult, outcome, unique_hex};
@@ -49,6 +49,9 @@ pub const CASES: &[&str] = &[
     "a_held_build_is_not_overtaken_by_a_later_one_of_its_job",
     "a_lapsed_lease_frees_its_slot_through_a_reap",
     "concurrent_claims_never_exceed_a_limit",
+    "set_pipeline_records_then_versions_changes",
+    "pipelines_are_keyed_by_team_name_and_instance_vars",
+    "set_pipeline_needs_the_lease",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -100,6 +103,13 @@ pub async fn run_case(subject: &Subject<dyn BuildQueue>, name: &str) -> Option<C
         "concurrent_claims_never_exceed_a_limit" => {
             Box::pin(concurrent_claims_never_exceed_a_limit(subject.port())).await
         }
+        "set_pipeline_records_then_versions_changes" => {
+            Box::pin(set_pipeline_records_then_versions_changes(q)).await
+        }
+        "pipelines_are_keyed_by_team_name_and_instance_vars" => {
+            Box::pin(pipelines_are_keyed_by_team_name_and_instance_vars(q)).await
+        }
+        "set_pipeline_needs_the_lease" => Box::pin(set_pipeline_needs_the_lease(q)).await,
         _ => return None,
     })
 }
@@ -858,4 +868,119 @@ async fn concurrent_claims_never_exceed_a_limit(q: Arc<dyn BuildQueue>) -> CaseR
     ensure_eq!(distinct.len(), claimed.len(), "a build was claimed twice");
     ensure_eq!(distinct, submitted);
     Ok(())
+}
+
+/// A pipeline as a `set_pipeline` step records it (its vars as sealed bytes).
+fn new_pipeline(team: &str, name: &str, config: &str) -> NewPipeline {
+    NewPipeline::new(team, name, config, "repo/ci/pipeline.yml").with_vars(b"sealed".to_vec())
+}
+
+async fn set_pipeline_records_then_versions_changes(q: &dyn BuildQueue) -> CaseResult {
+    let team = pipeline("team");
+    let name = "deploy";
+    let b = submit(q, &team, "set").await?;
+    let c = claim(q, "w", HOUR).await?;
+    let first = new_pipeline(&team, name, "jobs: []\n");
+    let set = q.set_pipeline(&c.lease, &first).await?;
+    ensure!(set.changed, "a first set changes something");
+    ensure_eq!(set.stored.version, 1);
+    ensure_eq!(set.stored.set_by, b.id);
+    ensure_eq!(set.stored.pipeline, first);
+    ensure!(set.stored.created_at == set.stored.updated_at);
+    // The same again: nothing changes, not even the time.
+    let again = q.set_pipeline(&c.lease, &first).await?;
+    ensure!(!again.changed, "setting the same pipeline again changed it");
+    ensure_eq!(again.stored, set.stored);
+    // A new config, then new vars: a version each, set by the build that changed it.
+    succeed(q, &c).await?;
+    let b2 = submit(q, &team, "set").await?;
+    let c2 = claim(q, "w", HOUR).await?;
+    let second = new_pipeline(&team, name, "jobs: [{name: j, plan: []}]\n");
+    let set2 = q.set_pipeline(&c2.lease, &second).await?;
+    ensure!(set2.changed);
+    ensure_eq!(set2.stored.version, 2);
+    ensure_eq!(set2.stored.set_by, b2.id);
+    ensure_eq!(set2.stored.created_at, set.stored.created_at);
+    ensure_eq!(set2.stored.pipeline.config, second.config);
+    let third = second.clone().with_vars(b"sealed-other".to_vec());
+    let set3 = q.set_pipeline(&c2.lease, &third).await?;
+    ensure!(set3.changed && set3.stored.version == 3);
+    ensure_eq!(
+        q.pipelines(Some(&team), Some(name)).await?,
+        vec![set3.stored.clone()]
+    );
+    succeed(q, &c2).await?;
+    drain(q).await
+}
+
+async fn pipelines_are_keyed_by_team_name_and_instance_vars(q: &dyn BuildQueue) -> CaseResult {
+    let team = pipeline("team");
+    let other_team = pipeline("other");
+    submit(q, &team, "set").await?;
+    let c = claim(q, "w", HOUR).await?;
+    let a: serde_json::Value = serde_json::json!({"branch": "main", "env": {"r": 1, "q": 2}});
+    // The same instance vars written in another key order are the same instance.
+    let a_reordered: serde_json::Value =
+        serde_json::from_str(r#"{"env": {"q": 2, "r": 1}, "branch": "main"}"#)
+            .map_err(|e| CaseError::here(e.to_string()))?;
+    let b: serde_json::Value = serde_json::json!({"branch": "release"});
+    let set = |team: &str, name: &str, iv: &serde_json::Value| {
+        new_pipeline(team, name, "jobs: []\n").with_instance_vars(iv)
+    };
+    q.set_pipeline(&c.lease, &set(&team, "svc", &a)).await?;
+    let same = q
+        .set_pipeline(&c.lease, &set(&team, "svc", &a_reordered))
+        .await?;
+    ensure!(
+        !same.changed,
+        "reordered instance vars made a second instance"
+    );
+    q.set_pipeline(&c.lease, &set(&team, "svc", &b)).await?;
+    q.set_pipeline(&c.lease, &set(&team, "web", &serde_json::Value::Null))
+        .await?;
+    q.set_pipeline(&c.lease, &set(&other_team, "svc", &a))
+        .await?;
+    let keys = |ps: Vec<jetbridge_core::ports::StoredPipeline>| {
+        ps.into_iter()
+            .map(|p| (p.pipeline.name, p.pipeline.instance_vars, p.version))
+            .collect::<Vec<_>>()
+    };
+    let ia = jetbridge_core::ports::canonical_json(&a);
+    let ib = jetbridge_core::ports::canonical_json(&b);
+    ensure_eq!(
+        keys(q.pipelines(Some(&team), None).await?),
+        vec![
+            ("svc".to_owned(), ia.clone(), 1),
+            ("svc".to_owned(), ib.clone(), 1),
+            ("web".to_owned(), "{}".to_owned(), 1),
+        ]
+    );
+    ensure_eq!(keys(q.pipelines(Some(&team), Some("svc")).await?).len(), 2);
+    ensure_eq!(
+        keys(q.pipelines(Some(&other_team), Some("svc")).await?),
+        vec![("svc".to_owned(), ia, 1)]
+    );
+    ensure!(q.pipelines(Some(&team), Some("nope")).await?.is_empty());
+    succeed(q, &c).await?;
+    drain(q).await
+}
+
+async fn set_pipeline_needs_the_lease(q: &dyn BuildQueue) -> CaseResult {
+    let team = pipeline("team");
+    submit(q, &team, "set").await?;
+    let c = claim(q, "w", HOUR).await?;
+    let stale = Lease {
+        token: c.lease.token + 1,
+        ..c.lease.clone()
+    };
+    let p = new_pipeline(&team, "svc", "jobs: []\n");
+    ensure_kind!(q.set_pipeline(&stale, &p).await, ErrorKind::Conflict);
+    succeed(q, &c).await?;
+    // The build has ended: its lease sets nothing any more.
+    ensure_kind!(q.set_pipeline(&c.lease, &p).await, ErrorKind::Conflict);
+    ensure!(
+        q.pipelines(Some(&team), None).await?.is_empty(),
+        "a refused set recorded a pipeline"
+    );
+    drain(q).await
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use jetbridge_core::ports::{
     BuildEnd, BuildEvent, BuildFilter, BuildId, BuildPage, BuildQueue, BuildState, Claimed,
-    LapsedBuild, Lease, LeaseStatus, NewBuild, NewEvent, QueueCapabilities, QueueDepth,
-    QueuedBuild,
+    LapsedBuild, Lease, LeaseStatus, NewBuild, NewEvent, NewPipeline, PipelineSet,
+    QueueCapabilities, QueueDepth, QueuedBuild, StoredPipeline,
 };
 use jetbridge_core::{Error, Result};
 
@@ -25,10 +25,14 @@ struct Entry {
     events: Vec<BuildEvent>,
 }
 
+/// A pipeline's key: team, name, canonical instance vars.
+type PipelineKey = (String, String, String);
+
 #[derive(Debug, Default)]
 struct State {
     builds: BTreeMap<BuildId, Entry>,
     next_id: u64,
+    pipelines: BTreeMap<PipelineKey, StoredPipeline>,
 }
 
 impl State {
@@ -341,6 +345,46 @@ impl BuildQueue for MemoryBuildQueue {
             }
         }
         Ok(d)
+    }
+
+    async fn set_pipeline(&self, lease: &Lease, p: &NewPipeline) -> Result<PipelineSet> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        s.held(lease)?;
+        let key = (p.team.clone(), p.name.clone(), p.instance_vars.clone());
+        let (stored, changed) = match s.pipelines.get(&key) {
+            Some(old) if old.pipeline.config == p.config && old.pipeline.vars == p.vars => {
+                (old.clone(), false)
+            }
+            Some(old) => (
+                StoredPipeline::new(p.clone(), old.version + 1, lease.build, old.created_at, now),
+                true,
+            ),
+            None => (
+                StoredPipeline::new(p.clone(), 1, lease.build, now, now),
+                true,
+            ),
+        };
+        if changed {
+            s.pipelines.insert(key, stored.clone());
+        }
+        Ok(PipelineSet { stored, changed })
+    }
+
+    async fn pipelines(
+        &self,
+        team: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<StoredPipeline>> {
+        let s = self.lock();
+        Ok(s.pipelines
+            .iter()
+            .filter(|((t, n, _), _)| {
+                team.is_none_or(|want| want == t) && name.is_none_or(|want| want == n)
+            })
+            .map(|(_, p)| p.clone())
+            .take(1000)
+            .collect())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The [`BuildQueue`] port on Postgres: tables `builds` and `build_events` (migrations
 //! `2026-12-02-000000_build_queue`, and `2026-12-03-000000_build_limits` for in-flight
-//! limits), on the same pool machinery and migrations as the registry.
+//! limits), and `pipelines` (`2026-12-04-000000_pipelines`), on the same pool machinery and migrations as the registry.
 //!
 //! A lease is the pair (`worker`, `attempt`) of a `running` row: every write naming a
 //! lease carries `state = 'running' AND worker = $w AND attempt = $token` in its own
@@ -26,13 +26,15 @@ use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use jetbridge_core::ports::{
     BuildEnd, BuildEvent, BuildFilter, BuildId, BuildPage, BuildQueue, Claimed, LapsedBuild, Lease,
-    LeaseStatus, NewBuild, NewEvent, QueueCapabilities, QueueDepth, QueuedBuild,
+    LeaseStatus, NewBuild, NewEvent, NewPipeline, PipelineSet, QueueCapabilities, QueueDepth,
+    QueuedBuild, StoredPipeline,
 };
 use jetbridge_core::{Error, Result};
 
 use crate::error::{self, Fail};
 use crate::rows::{
     AbortRow, BUILD_COLUMNS, BuildRow, BuildStateRow, CountRow, DepthRow, EventRow, LapsedRow,
+    PIPELINE_COLUMNS, PipelineRow,
 };
 use crate::{PgOptions, PgRegistry, micros, open_pool};
 
@@ -680,6 +682,104 @@ impl BuildQueue for PgBuildQueue {
             queued: u64::try_from(row.queued).unwrap_or(0),
             running: u64::try_from(row.running).unwrap_or(0),
         })
+    }
+
+    async fn set_pipeline(&self, lease: &Lease, p: &NewPipeline) -> Result<PipelineSet> {
+        let op = "set pipeline";
+        check_text("worker", &lease.worker)?;
+        for (what, v) in [
+            ("team", &p.team),
+            ("pipeline name", &p.name),
+            ("instance vars", &p.instance_vars),
+            ("pipeline config", &p.config),
+            ("pipeline file", &p.file),
+        ] {
+            check_text(what, v)?;
+        }
+        let mut conn = self.conn(op).await?;
+        let res = conn
+            .transaction::<_, Fail, _>(async |c| {
+                // The build row's lock holds off a takeover until the commit, so a
+                // replica that lost the build cannot set a pipeline after the new holder.
+                let held = diesel::sql_query(format!(
+                    "SELECT id FROM builds WHERE {HELD} FOR NO KEY UPDATE"
+                ))
+                .bind::<BigInt, _>(db_id(lease.build))
+                .bind::<Text, _>(&lease.worker)
+                .bind::<BigInt, _>(db_token(lease.token))
+                .execute(c)
+                .await?;
+                if held == 0 {
+                    return Err(refused(c, lease).await);
+                }
+                // The update's WHERE leaves an unchanged pipeline as it was (version,
+                // time and setter), and then nothing is returned.
+                let changed = diesel::sql_query(format!(
+                    "INSERT INTO pipelines (team, name, instance_vars, config, vars, file, set_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (team, name, instance_vars) DO UPDATE \
+                        SET config = EXCLUDED.config, vars = EXCLUDED.vars, file = EXCLUDED.file, \
+                            set_by = EXCLUDED.set_by, version = pipelines.version + 1, \
+                            updated_at = now() \
+                      WHERE pipelines.config <> EXCLUDED.config OR pipelines.vars <> EXCLUDED.vars \
+                     RETURNING {PIPELINE_COLUMNS}"
+                ))
+                .bind::<Text, _>(&p.team)
+                .bind::<Text, _>(&p.name)
+                .bind::<Text, _>(&p.instance_vars)
+                .bind::<Text, _>(&p.config)
+                .bind::<Binary, _>(&p.vars)
+                .bind::<Text, _>(&p.file)
+                .bind::<BigInt, _>(db_id(lease.build))
+                .get_result::<PipelineRow>(c)
+                .await
+                .optional()?;
+                let (row, changed) = match changed {
+                    Some(row) => (row, true),
+                    None => (
+                        diesel::sql_query(format!(
+                            "SELECT {PIPELINE_COLUMNS} FROM pipelines \
+                              WHERE team = $1 AND name = $2 AND instance_vars = $3"
+                        ))
+                        .bind::<Text, _>(&p.team)
+                        .bind::<Text, _>(&p.name)
+                        .bind::<Text, _>(&p.instance_vars)
+                        .get_result::<PipelineRow>(c)
+                        .await?,
+                        false,
+                    ),
+                };
+                Ok(PipelineSet {
+                    stored: row.into_pipeline().map_err(Fail::Port)?,
+                    changed,
+                })
+            })
+            .await;
+        error::settle(&mut conn, res, op).await
+    }
+
+    async fn pipelines(
+        &self,
+        team: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<StoredPipeline>> {
+        let op = "list pipelines";
+        for v in [team, name].into_iter().flatten() {
+            check_text("pipeline filter", v)?;
+        }
+        let mut conn = self.conn(op).await?;
+        let res = diesel::sql_query(format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines \
+              WHERE ($1::text IS NULL OR team = $1) AND ($2::text IS NULL OR name = $2) \
+              ORDER BY team COLLATE \"C\", name COLLATE \"C\", instance_vars COLLATE \"C\" LIMIT 1000"
+        ))
+        .bind::<Nullable<Text>, _>(team)
+        .bind::<Nullable<Text>, _>(name)
+        .load::<PipelineRow>(&mut conn)
+        .await
+        .map_err(Fail::from);
+        let rows = error::settle(&mut conn, res, op).await?;
+        rows.into_iter().map(PipelineRow::into_pipeline).collect()
     }
 }
 

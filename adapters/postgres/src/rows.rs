@@ -14,7 +14,7 @@ use jetbridge_core::digest::Digest;
 use jetbridge_core::names::{ArtifactId, VolumeHandle};
 use jetbridge_core::ports::{
     Artifact, ArtifactState, BuildEvent, BuildId, BuildState, InFlightLimit, LapsedBuild,
-    QueuedBuild, Worker,
+    NewPipeline, QueuedBuild, StoredPipeline, Worker,
 };
 use jetbridge_core::{Error, Result};
 
@@ -179,6 +179,61 @@ pub(crate) struct SessionRow {
     /// How long the registration still runs, in whole seconds (rounded up).
     #[diesel(sql_type = BigInt)]
     pub(crate) remaining_secs: i64,
+}
+
+/// The columns every pipeline query selects, in [`PipelineRow`] order.
+pub(crate) const PIPELINE_COLUMNS: &str =
+    "team, name, instance_vars, config, vars, file, version, set_by, created_at, updated_at";
+
+/// One row of `pipelines`.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct PipelineRow {
+    #[diesel(sql_type = Text)]
+    team: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    instance_vars: String,
+    #[diesel(sql_type = Text)]
+    config: String,
+    #[diesel(sql_type = Binary)]
+    vars: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    file: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = BigInt)]
+    set_by: i64,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: Ts,
+    #[diesel(sql_type = Timestamptz)]
+    updated_at: Ts,
+}
+
+impl PipelineRow {
+    /// The domain record; `Corrupt` if a stored number is out of range.
+    pub(crate) fn into_pipeline(self) -> Result<StoredPipeline> {
+        let corrupt = |what: &str| {
+            Error::corrupt(format!(
+                "postgres build queue: pipeline {}/{} has an invalid {what}",
+                self.team, self.name
+            ))
+        };
+        let version = u64::try_from(self.version).map_err(|_| corrupt("version"))?;
+        let set_by = u64::try_from(self.set_by)
+            .map(BuildId)
+            .map_err(|_| corrupt("set_by"))?;
+        let mut p = NewPipeline::new(self.team, self.name, self.config, self.file);
+        p.instance_vars = self.instance_vars;
+        p.vars = self.vars;
+        Ok(StoredPipeline::new(
+            p,
+            version,
+            set_by,
+            self.created_at.0,
+            self.updated_at.0,
+        ))
+    }
 }
 
 /// The columns every build query selects, in [`BuildRow`] order, except `position`,

@@ -386,6 +386,150 @@ pub struct BuildEvent {
     pub data: String,
 }
 
+/// A pipeline a build's `set_pipeline` step records. Pipelines are keyed by
+/// (`team`, `name`, `instance_vars`): setting the same key again replaces it.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewPipeline {
+    /// The team (Concourse's; `main` unless the step names one).
+    pub team: String,
+    /// The pipeline's name.
+    pub name: String,
+    /// `instance_vars` as canonical JSON ([`canonical_json`]; `{}` for none): what
+    /// makes this an instance of a pipeline group.
+    pub instance_vars: String,
+    /// The pipeline file's text, as read (its `((vars))` not filled in).
+    pub config: String,
+    /// The step's `vars` and `var_files`, opaque to the queue: the server seals them,
+    /// as values may be secrets.
+    pub vars: Vec<u8>,
+    /// Where the file came from (`artifact/path`).
+    pub file: String,
+}
+
+impl NewPipeline {
+    /// A pipeline `team`/`name` with no instance vars and no vars.
+    pub fn new(
+        team: impl Into<String>,
+        name: impl Into<String>,
+        config: impl Into<String>,
+        file: impl Into<String>,
+    ) -> Self {
+        NewPipeline {
+            team: team.into(),
+            name: name.into(),
+            instance_vars: "{}".to_owned(),
+            config: config.into(),
+            vars: Vec::new(),
+            file: file.into(),
+        }
+    }
+
+    /// With instance vars (stored in canonical form).
+    pub fn with_instance_vars(mut self, v: &serde_json::Value) -> Self {
+        self.instance_vars = canonical_json(v);
+        self
+    }
+
+    /// With the sealed vars.
+    pub fn with_vars(mut self, vars: Vec<u8>) -> Self {
+        self.vars = vars;
+        self
+    }
+}
+
+impl std::fmt::Debug for NewPipeline {
+    // The vars are sealed, but their size is all anyone debugging needs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPipeline")
+            .field("team", &self.team)
+            .field("name", &self.name)
+            .field("instance_vars", &self.instance_vars)
+            .field("config_bytes", &self.config.len())
+            .field("vars_bytes", &self.vars.len())
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// A recorded pipeline.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredPipeline {
+    /// Team, name, instance vars, config, sealed vars and file, as last set.
+    pub pipeline: NewPipeline,
+    /// 1 when first set; one more each time a set changed its config or vars.
+    pub version: u64,
+    /// The build whose step last changed it.
+    pub set_by: BuildId,
+    /// When it was first set (the queue's clock).
+    pub created_at: SystemTime,
+    /// When it last changed (the queue's clock).
+    pub updated_at: SystemTime,
+}
+
+impl StoredPipeline {
+    /// A stored pipeline (for adapters).
+    pub fn new(
+        pipeline: NewPipeline,
+        version: u64,
+        set_by: BuildId,
+        created_at: SystemTime,
+        updated_at: SystemTime,
+    ) -> Self {
+        StoredPipeline {
+            pipeline,
+            version,
+            set_by,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPipeline")
+            .field("pipeline", &self.pipeline)
+            .field("version", &self.version)
+            .field("set_by", &self.set_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`BuildQueue::set_pipeline`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineSet {
+    /// The pipeline as stored now.
+    pub stored: StoredPipeline,
+    /// Whether this set changed anything (a first set, or a new config or vars).
+    pub changed: bool,
+}
+
+/// `v` as JSON with every object's keys in order, so that equal values have one text
+/// (instance vars are part of a pipeline's key).
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                serde_json::Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&m[k])))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    match v {
+        serde_json::Value::Null => "{}".to_owned(),
+        v => sorted(v).to_string(),
+    }
+}
+
 /// Which builds [`BuildQueue::list`] returns: newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -565,6 +709,20 @@ pub trait BuildQueue: Send + Sync {
 
     /// How many builds are queued and running.
     async fn depth(&self) -> Result<QueueDepth>;
+
+    /// Record `pipeline` for the build `lease` holds, replacing the one with the same
+    /// (team, name, instance vars): the version goes up when the config or the vars
+    /// differ, and nothing changes when they are the same. `Conflict` when the lease
+    /// is no longer held (a replica that lost its build sets nothing).
+    async fn set_pipeline(&self, lease: &Lease, pipeline: &NewPipeline) -> Result<PipelineSet>;
+
+    /// The recorded pipelines, ordered by team, name and instance vars; only those of
+    /// `team` and `name` when given. At most 1,000.
+    async fn pipelines(
+        &self,
+        team: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<StoredPipeline>>;
 }
 
 macro_rules! forward_queue {
@@ -615,6 +773,20 @@ macro_rules! forward_queue {
             async fn depth(&self) -> Result<QueueDepth> {
                 (**self).depth().await
             }
+            async fn set_pipeline(
+                &self,
+                lease: &Lease,
+                pipeline: &NewPipeline,
+            ) -> Result<PipelineSet> {
+                (**self).set_pipeline(lease, pipeline).await
+            }
+            async fn pipelines(
+                &self,
+                team: Option<&str>,
+                name: Option<&str>,
+            ) -> Result<Vec<StoredPipeline>> {
+                (**self).pipelines(team, name).await
+            }
         }
     };
 }
@@ -637,6 +809,17 @@ mod tests {
             .filter(|s| !s.is_final())
             .collect();
         assert_eq!(live, [BuildState::Queued, BuildState::Running]);
+    }
+
+    #[test]
+    fn canonical_json_orders_keys_at_every_depth() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"y": [{"q": 1, "p": 2}], "x": null}}"#).unwrap();
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[{"p":2,"q":1}]},"b":1}"#
+        );
+        assert_eq!(canonical_json(&serde_json::Value::Null), "{}");
     }
 
     #[test]
