@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::abort::{AbortReason, AbortSignal};
 use super::failure::StepFailure;
+use super::pipelines::PipelineToSet;
 use super::step::{
     ArtifactRef, StepCommand, StepConfig, StepInput, StepOutput, StepRequest, StepRunner,
 };
@@ -24,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::images::{ImageResolver, ResolvedImage};
 use crate::names::{StepHandle, StepIdentity};
 use crate::plan::{
-    Across, AcrossValues, GetStep, Hooks, LoadVarStep, Pipeline, PutStep, Step, StepKind,
-    TaskConfig, TaskSource, TaskStep, VarFormat, Vars,
+    Across, AcrossValues, GetStep, Hooks, LoadVarStep, Pipeline, PutStep, SetPipelineStep, Step,
+    StepKind, TaskConfig, TaskSource, TaskStep, VarFormat, Vars,
 };
 use crate::ports::{Holder, OutputSink, Resources, Runtime};
 
@@ -124,6 +125,9 @@ pub struct BuildRequest {
     /// server gives each build its own, so `type: local` paths resolve inside what
     /// that build's submitter uploaded.
     pub images: Option<ImageResolver>,
+    /// Where `set_pipeline` steps record pipelines; `None`: nowhere, and the step
+    /// fails saying so.
+    pub pipelines: Option<Arc<dyn super::pipelines::PipelineSink>>,
 }
 
 impl BuildRequest {
@@ -144,7 +148,14 @@ impl BuildRequest {
             events: None,
             inputs: BTreeMap::new(),
             images: None,
+            pipelines: None,
         }
+    }
+
+    /// Record this build's `set_pipeline` steps in `sink`.
+    pub fn with_pipelines(mut self, sink: Arc<dyn super::pipelines::PipelineSink>) -> Self {
+        self.pipelines = Some(sink);
+        self
     }
 
     /// Resolve this build's images with `images` instead of the runner's resolver.
@@ -649,17 +660,10 @@ impl BuildRunner {
                 self.run_put(ctx, step, p, scope, deadline, attempt, abort)
                     .await
             }
-            // Refused before a build starts where pipelines are not stored; should one
-            // reach the runner all the same, it says so rather than doing nothing.
             StepKind::SetPipeline(sp) => {
                 let name = format!("set_pipeline: {}", sp.name);
                 self.summarised(ctx, &name, "set_pipeline", attempt, step, async {
-                    (
-                        Err(StepFailure::Invalid(
-                            "set_pipeline: this runner does not store pipelines".to_owned(),
-                        )),
-                        Vec::new(),
-                    )
+                    (self.set_pipeline(ctx, sp, scope).await, Vec::new())
                 })
                 .await
                 .0
@@ -1141,6 +1145,88 @@ impl BuildRunner {
         if let Ok(mut locals) = ctx.locals.lock() {
             locals.insert(l.name.clone(), value);
         }
+        Ok(())
+    }
+
+    /// `set_pipeline`: read the file and its var files, check the pipeline as
+    /// `fly set-pipeline` would (vars not given are left for when it runs), and record
+    /// it. Where nothing records pipelines (refused before such a build starts; should
+    /// one reach the runner all the same) the step says so rather than doing nothing.
+    async fn set_pipeline(&self, ctx: &Ctx, sp: &SetPipelineStep, scope: &Scope) -> Status {
+        let Some(sink) = ctx.req.pipelines.clone() else {
+            return Err(StepFailure::Invalid(
+                "set_pipeline: this runner does not store pipelines".to_owned(),
+            ));
+        };
+        let name = match sp.name.as_str() {
+            "self" => ctx.req.pipeline.name.clone(),
+            n => ctx.fill(n)?,
+        };
+        let invalid = |what: String| StepFailure::Invalid(format!("set_pipeline {name:?}: {what}"));
+        let read = async |artifact: &str, path: &str| {
+            let a = scope
+                .get(artifact)
+                .ok_or_else(|| invalid(format!("the artifact {artifact:?} is not available")))?;
+            self.read_file_from_artifact(a, path)
+                .await
+                .map_err(|e| invalid(format!("reading {artifact}/{path}: {e}")))
+        };
+        let config = read(&sp.artifact, &sp.path).await?;
+        let mut vars = serde_json::Map::new();
+        // Later var files win over earlier ones, and `vars` over them all, as Concourse
+        // merges them.
+        for vf in &sp.var_files {
+            let (artifact, path) = vf.split_once('/').unwrap_or((vf.as_str(), ""));
+            let text = read(artifact, path).await?;
+            match serde_saphyr::from_str::<Value>(&text) {
+                Ok(Value::Object(m)) => vars.extend(m),
+                Ok(Value::Null) => {}
+                Ok(_) => return Err(invalid(format!("{vf} is not a map of vars"))),
+                Err(e) => return Err(invalid(format!("{vf} is not YAML: {e}"))),
+            }
+        }
+        match ctx.fill_json(&sp.vars)? {
+            Value::Object(m) => vars.extend(m),
+            Value::Null => {}
+            _ => return Err(invalid("`vars` is not a map".to_owned())),
+        }
+        let instance_vars = match ctx.fill_json(&sp.instance_vars)? {
+            v @ (Value::Object(_) | Value::Null) => v,
+            _ => return Err(invalid("`instance_vars` is not a map".to_owned())),
+        };
+        let file = format!("{}/{}", sp.artifact, sp.path);
+        let mut given = Vars::new();
+        for (k, v) in &vars {
+            given.insert(k.clone(), v.clone());
+        }
+        crate::plan::parse_pipeline(&config, &file, &given.lenient())
+            .map_err(|e| invalid(format!("the pipeline is not valid: {e}")))?;
+        let team = sp.team.clone().unwrap_or_else(|| "main".to_owned());
+        let recorded = sink
+            .set_pipeline(PipelineToSet {
+                team: team.clone(),
+                name: name.clone(),
+                instance_vars,
+                config,
+                vars,
+                file,
+            })
+            .await
+            .map_err(|e| match e.kind() {
+                // The build was taken over: this runner must stop, whatever `try` says.
+                crate::error::ErrorKind::Conflict => {
+                    StepFailure::WorkerLost(e.message().to_owned())
+                }
+                _ => StepFailure::from_error(e),
+            })?;
+        ctx.events.notice(&if recorded.changed {
+            format!("pipeline {team}/{name} set: version {}", recorded.version)
+        } else {
+            format!(
+                "pipeline {team}/{name} unchanged: version {}",
+                recorded.version
+            )
+        });
         Ok(())
     }
 
