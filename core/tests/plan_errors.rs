@@ -832,7 +832,14 @@ fn hermetic_true_is_refused_and_false_accepted() {
         )
     };
     fails_at(&task("true"), 6, 15, &["`hermetic: true` is not supported"]);
-    parse_pipeline(&task("false"), "ci/p.yml", &Vars::new()).expect("false is the default");
+    fails_at(&task("[yes]"), 6, 15, &["`hermetic` must be true or false"]);
+    let p = parse_pipeline(&task("false"), "ci/p.yml", &Vars::new()).expect("false is accepted");
+    let job = p.job("j").expect("job");
+    let StepKind::Task(t) = &job.plan[0].kind else {
+        panic!("a task");
+    };
+    assert!(!t.hermetic);
+    assert!(job.hermetic_step().is_none(), "nothing to refuse");
 }
 
 #[test]

@@ -254,6 +254,16 @@ impl Pods for LocalBackend {
                 "the local backend has no helper container",
             ));
         }
+        // Its commands are processes of this host, with its network: a step that must
+        // have none is refused, never run with it (runners refuse the job up front
+        // from the capability; this is the last line).
+        if spec.hermetic {
+            return Err(Error::unsupported(format!(
+                "pod {name} must run without network (`hermetic: true`), and the local backend \
+                 runs steps as processes of this host, which it cannot cut off the network: \
+                 run it on the Kubernetes backend, or set `hermetic: false`"
+            )));
+        }
         let mounts = plan_mounts(spec)?;
         if spec.privileged {
             tracing::warn!(

@@ -217,6 +217,37 @@ async fn capabilities_are_reported() {
     assert!(e.stdin && e.working_dir && !e.user);
 }
 
+/// Host processes share the host's network: a pod that must have none is refused before
+/// anything of it exists, never run with the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hermetic_pod_is_refused_and_nothing_is_made() {
+    let t = TempDir::new().unwrap();
+    let b = backend(&t);
+    assert!(!Pods::capabilities(&b).hermetic);
+    let e = b
+        .create(&spec("pod-sealed", "h").with_hermetic(true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pod-sealed")
+            && msg.contains("hermetic: true")
+            && msg.contains("Kubernetes backend"),
+        "{msg}"
+    );
+    assert_eq!(
+        b.get("pod-sealed").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let mut all = BTreeMap::new();
+    all.insert(
+        label::MANAGED_BY.to_owned(),
+        label::MANAGED_BY_VALUE.to_owned(),
+    );
+    assert!(b.list(&all).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_reports_deletion_and_times_out() {
     let t = TempDir::new().unwrap();

@@ -91,6 +91,8 @@ pub(crate) struct State {
     pub(crate) pods: BTreeMap<String, PodEntry>,
     caches: HashMap<String, (Node, Vec<(String, Node)>)>,
     created: u64,
+    /// Pods created with [`PodSpec::hermetic`], in order, kept after they are gone.
+    hermetic: Vec<String>,
     unschedulable: bool,
     unpullable: HashMap<String, String>,
     delay: Duration,
@@ -163,6 +165,7 @@ impl MemoryBackend {
                     pods: BTreeMap::new(),
                     caches: HashMap::new(),
                     created: 0,
+                    hermetic: Vec::new(),
                     unschedulable: false,
                     unpullable: HashMap::new(),
                     delay: Duration::ZERO,
@@ -265,6 +268,12 @@ impl MemoryBackend {
     /// How many pods were created (adoptions of an existing pod not counted).
     pub fn created_pods(&self) -> u64 {
         self.shared.lock().created
+    }
+
+    /// The pods created with [`PodSpec::hermetic`] set, in order of creation, including
+    /// those deleted since: what a test asserts reached the port.
+    pub fn hermetic_pods(&self) -> Vec<String> {
+        self.shared.lock().hermetic.clone()
     }
 
     /// How many times `exec` was called (including calls failed by injected faults).
@@ -561,7 +570,10 @@ fn vanished(mut last: PodStatus) -> PodStatus {
 #[async_trait]
 impl Pods for MemoryBackend {
     fn capabilities(&self) -> PodCapabilities {
-        PodCapabilities::none().with_images(true)
+        // Its `sh` interpreter has no network to cut: a hermetic pod is honoured as is.
+        PodCapabilities::none()
+            .with_images(true)
+            .with_hermetic(true)
     }
 
     async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
@@ -709,6 +721,9 @@ impl MemoryBackend {
         entry.status_tx.send_replace(entry.status(&spec.name));
         s.pods.insert(spec.name.clone(), entry);
         s.created += 1;
+        if spec.hermetic {
+            s.hermetic.push(spec.name.clone());
+        }
         self.start(&mut s, spec.name.clone(), generation);
         s.pods
             .get(&spec.name)

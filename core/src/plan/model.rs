@@ -133,6 +133,16 @@ impl Job {
             .into_iter()
             .find(|s| matches!(s.kind, StepKind::SetPipeline(_)))
     }
+
+    /// The job's first task that asks for `hermetic: true`, which a runner whose
+    /// backend cannot cut a pod off the network refuses before the job starts
+    /// (Concourse too honours `hermetic` only on some runtimes; here it is never
+    /// silently ignored).
+    pub fn hermetic_step(&self) -> Option<&Step> {
+        self.steps()
+            .into_iter()
+            .find(|s| matches!(&s.kind, StepKind::Task(t) if t.hermetic))
+    }
 }
 
 /// A step with its modifiers.
@@ -356,6 +366,10 @@ pub struct TaskStep {
     /// `image`: an artifact of the build (a `registry-image` get) to run the task in,
     /// overriding the config's `image_resource`.
     pub image: Option<String>,
+    /// `hermetic`: run the task without network. Only a backend that can cut a pod off
+    /// the network runs it (Kubernetes, with a NetworkPolicy); the others refuse the
+    /// job before it starts ([`Job::hermetic_step`]).
+    pub hermetic: bool,
 }
 
 /// Where a task's config comes from.
@@ -565,6 +579,7 @@ impl std::fmt::Debug for TaskStep {
             .field("privileged", &self.privileged)
             .field("vars", &RedactedMap(&self.vars))
             .field("image", &self.image)
+            .field("hermetic", &self.hermetic)
             .finish()
     }
 }

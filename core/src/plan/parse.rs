@@ -1393,11 +1393,14 @@ impl<'f> Cx<'f> {
             Some(n) => self.boolean(n, "`privileged`")?,
             None => false,
         };
-        // Concourse honours `hermetic` only on some runtimes; no backend here can cut a
-        // step's network off yet, so `true` is refused rather than silently ignored.
-        if let Some(n) = obj.get("hermetic")
-            && self.boolean(n, "`hermetic`")?
-        {
+        let hermetic = match obj.get("hermetic") {
+            Some(n) => self.boolean(n, "`hermetic`")?,
+            None => false,
+        };
+        // Refused until the build runner passes `hermetic` on to the step's pod and the
+        // runners refuse it where the backend cannot cut a pod off the network
+        // (`Job::hermetic_step`): accepted before then, it would be silently ignored.
+        if hermetic && let Some(n) = obj.get("hermetic") {
             return Err(self
                 .err(n.pos, format!("task `{name}`: `hermetic: true` is not supported: no backend here can cut a step's network off yet"))
                 .with_hint("remove it (or set it to false) to run the task with the network"));
@@ -1512,6 +1515,7 @@ impl<'f> Cx<'f> {
             privileged,
             vars,
             image,
+            hermetic,
         })
     }
 

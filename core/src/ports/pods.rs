@@ -20,6 +20,9 @@ pub struct PodCapabilities {
     pub transfer_container: bool,
     /// The adapter honours container images (a local backend does not).
     pub images: bool,
+    /// The adapter can run a pod without network ([`PodSpec::hermetic`]); one that
+    /// cannot refuses such a pod rather than run it with the network.
+    pub hermetic: bool,
 }
 
 impl PodCapabilities {
@@ -45,6 +48,11 @@ impl PodCapabilities {
     /// Set [`Self::images`].
     pub fn with_images(mut self, v: bool) -> Self {
         self.images = v;
+        self
+    }
+    /// Set [`Self::hermetic`].
+    pub fn with_hermetic(mut self, v: bool) -> Self {
+        self.hermetic = v;
         self
     }
     /// Whether pods can mount `m` directly.
@@ -191,6 +199,10 @@ pub struct PodSpec {
     /// Whether the pod needs the transfer container ([`Container::Transfer`](super::Container::Transfer)) for tar
     /// streaming.
     pub transfer: bool,
+    /// Cut the pod off the network before its command runs (a task's `hermetic: true`).
+    /// An adapter without [`PodCapabilities::hermetic`] refuses such a pod
+    /// (`Unsupported`); it never runs it with the network.
+    pub hermetic: bool,
 }
 
 impl PodSpec {
@@ -205,6 +217,7 @@ impl PodSpec {
             resources: Resources::default(),
             privileged: false,
             transfer: false,
+            hermetic: false,
         }
     }
 
@@ -241,6 +254,12 @@ impl PodSpec {
     /// Ask for the transfer container.
     pub fn with_transfer(mut self, transfer: bool) -> Self {
         self.transfer = transfer;
+        self
+    }
+
+    /// Cut the pod off the network ([`Self::hermetic`]).
+    pub fn with_hermetic(mut self, hermetic: bool) -> Self {
+        self.hermetic = hermetic;
         self
     }
 

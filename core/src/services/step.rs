@@ -389,6 +389,9 @@ impl StepRunner {
             resources: req.resources.clone(),
             privileged: req.privileged,
             transfer: helper,
+            // The build runner does not pass a task's `hermetic` yet (the parser refuses
+            // `hermetic: true` until it does).
+            hermetic: false,
         };
         // An abort interrupts pod creation (between attempts) and every wait, not only
         // the command.
