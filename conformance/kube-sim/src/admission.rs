@@ -80,16 +80,22 @@ pub(crate) fn namespace_lifecycle(
     }
 }
 
-/// The RBAC verbs a request needs, its resource, namespace and name, as the request
-/// info resolver derives them (k8s.io/apiserver/pkg/endpoints/request/requestinfo.go):
-/// the verb from the method and whether a name is given, the resource with its
-/// subresource (`pods/exec`).
-fn request_info(
-    method: &str,
-    path: &str,
-    query: &str,
-) -> Option<(Vec<&'static str>, String, String, String)> {
-    let rest = path.strip_prefix("/api/v1/")?;
+/// The RBAC verbs a request needs, its API group, resource, namespace and name, as the
+/// request info resolver derives them (k8s.io/apiserver/pkg/endpoints/request/
+/// requestinfo.go): the group from the path (`/api/v1/...` is the core group `""`,
+/// `/apis/GROUP/VERSION/...` a named one), the verb from the method and whether a name
+/// is given, the resource with its subresource (`pods/exec`).
+fn request_info(method: &str, path: &str, query: &str) -> Option<RequestInfo> {
+    let (group, rest) = match path.strip_prefix("/api/v1/") {
+        Some(rest) => ("", rest),
+        None => {
+            let rest = path.strip_prefix("/apis/")?;
+            let mut parts = rest.splitn(3, '/');
+            let group = parts.next()?;
+            let _version = parts.next()?;
+            (group, parts.next()?)
+        }
+    };
     let parts: Vec<&str> = rest.split('/').collect();
     let (ns, tail) = match parts.as_slice() {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => ((*ns).to_owned(), tail),
@@ -124,17 +130,53 @@ fn request_info(
         Some(s) => format!("{resource}/{s}"),
         None => resource.to_owned(),
     };
-    Some((verbs, full, ns, name.to_owned()))
+    Some(RequestInfo {
+        verbs,
+        group: group.to_owned(),
+        resource: full,
+        ns,
+        name: name.to_owned(),
+    })
+}
+
+/// What RBAC decides on (see [`request_info`]).
+#[derive(Debug, PartialEq, Eq)]
+struct RequestInfo {
+    verbs: Vec<&'static str>,
+    group: String,
+    resource: String,
+    ns: String,
+    name: String,
+}
+
+impl RequestInfo {
+    /// The resource as `forbid` and `authorized` name it: `pods/exec` in the core
+    /// group, `resource.group` in a named one (`networkpolicies.networking.k8s.io`, as
+    /// `kubectl auth can-i` writes it).
+    fn rbac_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
 }
 
 /// The authorizer's denial, worded as k8s.io/apiserver/pkg/endpoints/handlers/
-/// responsewriters/errors.go `forbiddenMessage` and answered as `NewForbidden`.
-fn rbac_denial(verb: &str, resource: &str, ns: &str, name: &str) -> ApiError {
+/// responsewriters/errors.go `forbiddenMessage` and answered as `NewForbidden` (whose
+/// qualified resource is `resource.group` outside the core group).
+fn rbac_denial(verb: &str, info: &RequestInfo) -> ApiError {
+    let (resource, ns, name) = (&info.resource, &info.ns, &info.name);
     let base = resource.split('/').next().unwrap_or(resource);
-    let subject = if name.is_empty() {
+    let qualified = if info.group.is_empty() {
         base.to_owned()
     } else {
-        format!("{base} \"{name}\"")
+        format!("{base}.{}", info.group)
+    };
+    let subject = if name.is_empty() {
+        qualified
+    } else {
+        format!("{qualified} \"{name}\"")
     };
     let scope = if ns.is_empty() {
         " at the cluster scope".to_owned()
@@ -145,10 +187,15 @@ fn rbac_denial(verb: &str, resource: &str, ns: &str, name: &str) -> ApiError {
         403,
         "Forbidden",
         format!(
-            "{subject} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"\"{scope}"
+            "{subject} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"{}\"{scope}",
+            info.group
         ),
     );
-    e.details = Some(json!({"name": name, "kind": base}));
+    let mut details = json!({"name": name, "kind": base});
+    if !info.group.is_empty() {
+        details["group"] = json!(info.group);
+    }
+    e.details = Some(details);
     e
 }
 
@@ -160,22 +207,24 @@ pub(crate) async fn authorize(State(sh): State<Arc<Shared>>, req: Request, next:
         req.uri().path(),
         req.uri().query().unwrap_or(""),
     );
-    if let Some((verbs, resource, ns, name)) = info {
+    if let Some(info) = info {
+        let resource = info.rbac_resource();
         let denied = {
             let mut p = lock(&sh.policy);
-            let denied = verbs
+            let denied = info
+                .verbs
                 .iter()
                 .find(|v| p.forbidden.contains(&((**v).to_owned(), resource.clone())));
             if denied.is_none() {
                 // Every verb checked was needed (both of an exec's), so all are recorded.
-                for v in &verbs {
+                for v in &info.verbs {
                     p.authorized.insert(((*v).to_owned(), resource.clone()));
                 }
             }
             denied.copied()
         };
         if let Some(verb) = denied {
-            return rbac_denial(verb, &resource, &ns, &name).into_response();
+            return rbac_denial(verb, &info).into_response();
         }
     }
     next.run(req).await
@@ -492,11 +541,20 @@ mod tests {
     #[test]
     fn request_info_matches_the_resolver() {
         let i = request_info;
+        let info = |verbs: Vec<&'static str>, group: &str, resource: &str, ns: &str, name: &str| {
+            Some(RequestInfo {
+                verbs,
+                group: group.into(),
+                resource: resource.into(),
+                ns: ns.into(),
+                name: name.into(),
+            })
+        };
         assert_eq!(
             i("POST", "/api/v1/namespaces/ci/pods", ""),
-            Some((vec!["create"], "pods".into(), "ci".into(), String::new()))
+            info(vec!["create"], "", "pods", "ci", "")
         );
-        let verbs = |m, p, q| i(m, p, q).unwrap().0;
+        let verbs = |m, p, q| i(m, p, q).unwrap().verbs;
         assert_eq!(
             verbs("GET", "/api/v1/namespaces/ci/pods", "watch=true&x=1"),
             ["watch"]
@@ -504,13 +562,8 @@ mod tests {
         assert_eq!(verbs("GET", "/api/v1/namespaces/ci/pods", ""), ["list"]);
         assert_eq!(verbs("GET", "/api/v1/namespaces/ci/pods/p", ""), ["get"]);
         assert_eq!(
-            i("GET", "/api/v1/namespaces/ci/pods/p/exec", "command=ls").unwrap(),
-            (
-                vec!["get", "create"],
-                "pods/exec".into(),
-                "ci".into(),
-                "p".into()
-            )
+            i("GET", "/api/v1/namespaces/ci/pods/p/exec", "command=ls"),
+            info(vec!["get", "create"], "", "pods/exec", "ci", "p")
         );
         assert_eq!(
             verbs("POST", "/api/v1/namespaces/ci/pods/p/exec", ""),
@@ -520,8 +573,47 @@ mod tests {
             verbs("DELETE", "/api/v1/namespaces/ci/secrets", ""),
             ["deletecollection"]
         );
+        let np = i(
+            "DELETE",
+            "/apis/networking.k8s.io/v1/namespaces/ci/networkpolicies/p-hermetic",
+            "",
+        );
+        assert_eq!(
+            np,
+            info(
+                vec!["delete"],
+                "networking.k8s.io",
+                "networkpolicies",
+                "ci",
+                "p-hermetic"
+            )
+        );
+        assert_eq!(
+            np.unwrap().rbac_resource(),
+            "networkpolicies.networking.k8s.io"
+        );
         assert_eq!(i("GET", "/version", ""), None);
+        assert_eq!(i("GET", "/apis/networking.k8s.io/v1", ""), None);
         assert_eq!(i("GET", "/api/v1/namespaces/ci", ""), None);
+    }
+
+    #[test]
+    fn a_denial_names_the_api_group() {
+        let core = request_info("POST", "/api/v1/namespaces/ci/pods", "").unwrap();
+        assert_eq!(
+            rbac_denial("create", &core).message,
+            "pods is forbidden: User \"kube-sim\" cannot create resource \"pods\" in API group \"\" in the namespace \"ci\""
+        );
+        let np = request_info(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/ci/networkpolicies",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            rbac_denial("create", &np).message,
+            "networkpolicies.networking.k8s.io is forbidden: User \"kube-sim\" cannot create resource \"networkpolicies\" in API group \"networking.k8s.io\" in the namespace \"ci\""
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The HTTP API: routes, handlers, watches and fault injection.
 
 use crate::kubelet::{self, set_cond};
-use crate::selector::{FieldSelector, LabelSelector, POD_FIELDS, SECRET_FIELDS, Selectors};
+use crate::selector::{
+    FieldSelector, LabelSelector, NETWORK_POLICY_FIELDS, POD_FIELDS, SECRET_FIELDS, Selectors,
+};
 use crate::state::{Kill, Shared, lock};
 use crate::store::Kind;
 use crate::util::{
     ApiError, Query, config_key_errors, dns_subdomain_errors, is_dns_subdomain, json_response,
     now_rfc3339, reason_for,
 };
-use crate::{EnvVarNames, RequestRecord, exec, secrets};
+use crate::{EnvVarNames, RequestRecord, exec, networkpolicies, secrets};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, Request, State};
@@ -55,6 +57,23 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/api/v1/secrets", get(secrets::list_all))
         .route("/api/v1/namespaces/{ns}/secrets", secret_collection())
         .route("/api/v1/namespaces/{ns}/secrets/{name}", secret_object())
+        .route("/apis/networking.k8s.io", get(networkpolicies::api_group))
+        .route(
+            "/apis/networking.k8s.io/v1",
+            get(networkpolicies::api_resources),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+            get(networkpolicies::list)
+                .post(networkpolicies::create)
+                .delete(networkpolicies::delete_collection),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
+            get(networkpolicies::get)
+                .delete(networkpolicies::delete)
+                .patch(networkpolicies::patch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inner: RBAC runs after faults are recorded and applied, before any handler.
@@ -161,7 +180,7 @@ async fn api_versions(State(sh): Sh) -> Response {
 }
 
 async fn api_groups() -> Response {
-    ok(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+    ok(&json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [networkpolicies::group()]}))
 }
 
 async fn api_resources() -> Response {
@@ -234,6 +253,7 @@ pub(crate) fn selectors(q: &Query, kind: Kind) -> Result<Selectors, ApiError> {
     let supported = match kind {
         Kind::Pod => POD_FIELDS,
         Kind::Secret => SECRET_FIELDS,
+        Kind::NetworkPolicy => NETWORK_POLICY_FIELDS,
     };
     let fields = FieldSelector::parse_for(q.get("fieldSelector").unwrap_or(""), supported)
         .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;

@@ -1,7 +1,8 @@
 //! A simulator of the Kubernetes pod API, good enough for kube-rs to talk to
 //! unmodified: create/get/list/watch/delete pods, the eviction and log
 //! subresources, WebSocket exec (`v5.channel.k8s.io` and `v4.channel.k8s.io`),
-//! secrets (with garbage collection of those a pod owns), and a local
+//! secrets and NetworkPolicies (stored, not enforced; garbage-collected with the pod
+//! that owns them), and a local
 //! "kubelet" that runs each container's command as a host process, its
 //! environment taken from secrets where the spec says so.
 //!
@@ -554,9 +555,11 @@ impl Simulator {
     }
 
     /// RBAC denies `verb` on `resource` (`"create"`, `"pods/exec"`; `"get"`,
-    /// `"secrets"`): such requests answer 403 `Forbidden` with the authorizer's words,
-    /// `pods "p" is forbidden: User "kube-sim" cannot create resource "pods/exec" in API
-    /// group "" in the namespace "ns"`, before anything is done.
+    /// `"secrets"`; outside the core group `resource.group`, as `kubectl auth can-i`
+    /// writes it: `"create"`, `"networkpolicies.networking.k8s.io"`): such requests
+    /// answer 403 `Forbidden` with the authorizer's words, `pods "p" is forbidden: User
+    /// "kube-sim" cannot create resource "pods/exec" in API group "" in the namespace
+    /// "ns"`, before anything is done.
     pub fn forbid(&self, verb: &str, resource: &str) {
         lock(&self.shared.policy)
             .forbidden
@@ -569,8 +572,10 @@ impl Simulator {
     }
 
     /// Every `(verb, resource)` pair RBAC has let through since the start, e.g.
-    /// `("create", "pods")`, `("get", "pods/exec")`: the rules a Role needs for the
-    /// requests made so far. The resource carries its subresource; the verbs are the
+    /// `("create", "pods")`, `("get", "pods/exec")`,
+    /// `("create", "networkpolicies.networking.k8s.io")`: the rules a Role needs for the
+    /// requests made so far. The resource carries its subresource, and its group when
+    /// that is not the core group (as [`Simulator::forbid`] names it); the verbs are the
     /// authorizer's (`list` and `watch` for collection GETs, both `get` and `create` for
     /// a WebSocket exec). Denied requests and non-resource paths (`/version`, `/api`,
     /// discovery) are not recorded.
@@ -641,6 +646,12 @@ impl Simulator {
     /// values in base64).
     pub fn secrets(&self, namespace: &str) -> Vec<serde_json::Value> {
         secrets::list(&self.shared, namespace)
+    }
+
+    /// Current NetworkPolicies of a namespace, as the API would return them. They are
+    /// stored, not enforced: the simulated kubelet's processes keep the host's network.
+    pub fn network_policies(&self, namespace: &str) -> Vec<serde_json::Value> {
+        networkpolicies::list_in(&self.shared, namespace)
     }
 
     /// The latest resourceVersion handed out.

@@ -255,7 +255,7 @@ fn validate(name: &str, obj: &Value) -> Vec<FieldError> {
 
 /// `ValidateOwnerReferences`: every reference names an apiVersion, kind,
 /// name and uid; at most one is the controller.
-fn validate_owner_refs(obj: &Value) -> Vec<FieldError> {
+pub(crate) fn validate_owner_refs(obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let refs = match obj.pointer("/metadata/ownerReferences") {
         None | Some(Value::Null) => return errs,
@@ -517,7 +517,7 @@ pub(crate) async fn patch(
 }
 
 /// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     let Some(p) = patch.as_object() else {
         *target = patch.clone();
         return;
@@ -637,7 +637,7 @@ fn merge_list_by(target: &mut Value, items: &[Value], key: &str) {
 }
 
 /// Delete options of a request (body, then `dryRun` from the query).
-fn delete_options(q: &Query, body: &[u8]) -> Result<(Value, bool), ApiError> {
+pub(crate) fn delete_options(q: &Query, body: &[u8]) -> Result<(Value, bool), ApiError> {
     let opts = parse_body(body)?;
     if !opts.is_object() {
         return Err(ApiError::bad_request(

@@ -170,6 +170,12 @@ pub(crate) const SECRET_FIELDS: &[(&str, &str)] = &[
     ("type", "/type"),
 ];
 
+/// The field labels NetworkPolicies support (the generic object fields only).
+pub(crate) const NETWORK_POLICY_FIELDS: &[(&str, &str)] = &[
+    ("metadata.name", "/metadata/name"),
+    ("metadata.namespace", "/metadata/namespace"),
+];
+
 impl FieldSelector {
     /// Parse the `fieldSelector` query syntax with pod fields.
     #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The object store: pods and secrets, the global resourceVersion counter, the
-//! event history, and the garbage collection of secrets owned by pods.
+//! The object store: pods, secrets and NetworkPolicies, the global resourceVersion
+//! counter, the event history, and the garbage collection of the secrets and
+//! NetworkPolicies owned by pods.
 
 use crate::selector::Selectors;
 use serde_json::{Value, json};
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 pub(crate) enum Kind {
     Pod,
     Secret,
+    NetworkPolicy,
 }
 
 impl Kind {
@@ -18,6 +20,7 @@ impl Kind {
         match self {
             Kind::Pod => "Pod",
             Kind::Secret => "Secret",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 }
@@ -78,6 +81,7 @@ impl Event {
 pub(crate) struct Store {
     pub pods: BTreeMap<(String, String), Value>,
     pub secrets: BTreeMap<(String, String), Value>,
+    pub network_policies: BTreeMap<(String, String), Value>,
     /// The last resourceVersion handed out.
     pub rv: u64,
     /// Events in increasing rv order, all with rv > `floor`.
@@ -128,6 +132,7 @@ impl Store {
         match kind {
             Kind::Pod => &self.pods,
             Kind::Secret => &self.secrets,
+            Kind::NetworkPolicy => &self.network_policies,
         }
     }
 
@@ -135,6 +140,7 @@ impl Store {
         match kind {
             Kind::Pod => &mut self.pods,
             Kind::Secret => &mut self.secrets,
+            Kind::NetworkPolicy => &mut self.network_policies,
         }
     }
 
@@ -252,29 +258,43 @@ impl Store {
             .any(|((pns, _), p)| pns == ns && uid_of(p) == uid)
     }
 
-    /// The garbage collector, after the pod `uid` of `ns` is gone: every secret
-    /// of the namespace that names it as an owner is looked at again.
-    pub fn collect_dependents(&mut self, ns: &str, uid: &str) {
-        let names: Vec<String> = self
-            .secrets
+    /// The kinds the garbage collector looks at for owners (pkg/controller/
+    /// garbagecollector: any namespaced object may name a pod as its owner).
+    const DEPENDENTS: [Kind; 2] = [Kind::Secret, Kind::NetworkPolicy];
+
+    /// Names of the objects of `kind` in `ns` that name pod `uid` as an owner.
+    fn dependents_of(&self, kind: Kind, ns: &str, uid: &str) -> Vec<String> {
+        self.objects(kind)
             .iter()
-            .filter(|((sns, _), s)| sns == ns && owner_refs(s).any(|r| is_pod_ref(r, uid)))
+            .filter(|((ons, _), o)| ons == ns && owner_refs(o).any(|r| is_pod_ref(r, uid)))
             .map(|((_, n), _)| n.clone())
-            .collect();
-        for name in names {
-            self.sweep_secret(ns, &name);
+            .collect()
+    }
+
+    /// The garbage collector, after the pod `uid` of `ns` is gone: every secret and
+    /// NetworkPolicy of the namespace that names it as an owner is looked at again.
+    pub fn collect_dependents(&mut self, ns: &str, uid: &str) {
+        for kind in Self::DEPENDENTS {
+            for name in self.dependents_of(kind, ns, uid) {
+                self.sweep(kind, ns, &name);
+            }
         }
     }
 
-    /// What the garbage collector does with one secret: when every owner is a
-    /// pod that no longer exists (by uid), the secret is deleted; when some
+    /// [`Store::sweep`] for a secret.
+    pub fn sweep_secret(&mut self, ns: &str, name: &str) {
+        self.sweep(Kind::Secret, ns, name);
+    }
+
+    /// What the garbage collector does with one dependent: when every owner is a
+    /// pod that no longer exists (by uid), the object is deleted; when some
     /// owners are gone but others remain (or are of kinds not simulated, taken
     /// to exist), the references to the missing pods are removed.
-    pub fn sweep_secret(&mut self, ns: &str, name: &str) {
-        let Some(secret) = self.get_kind(Kind::Secret, ns, name) else {
+    pub fn sweep(&mut self, kind: Kind, ns: &str, name: &str) {
+        let Some(obj) = self.get_kind(kind, ns, name) else {
             return;
         };
-        let refs: Vec<Value> = owner_refs(secret).cloned().collect();
+        let refs: Vec<Value> = owner_refs(obj).cloned().collect();
         if refs.is_empty() {
             return;
         }
@@ -286,11 +306,11 @@ impl Store {
             return;
         }
         if kept.is_empty() {
-            self.remove_kind(Kind::Secret, ns, name);
+            self.remove_kind(kind, ns, name);
             return;
         }
         let kept: Vec<Value> = kept.into_iter().cloned().collect();
-        self.update_kind(Kind::Secret, ns, name, |s| {
+        self.update_kind(kind, ns, name, |s| {
             s["metadata"]["ownerReferences"] = Value::Array(kept);
         });
     }
@@ -298,25 +318,21 @@ impl Store {
     /// Deletion with `propagationPolicy: Orphan`: the references to the pod are
     /// removed from its dependents, which stay.
     pub fn orphan_dependents(&mut self, ns: &str, uid: &str) {
-        let names: Vec<String> = self
-            .secrets
-            .iter()
-            .filter(|((sns, _), s)| sns == ns && owner_refs(s).any(|r| is_pod_ref(r, uid)))
-            .map(|((_, n), _)| n.clone())
-            .collect();
-        for name in names {
-            self.update_kind(Kind::Secret, ns, &name, |s| {
-                let refs: Vec<Value> = owner_refs(s)
-                    .filter(|r| !is_pod_ref(r, uid))
-                    .cloned()
-                    .collect();
-                match s["metadata"].as_object_mut() {
-                    Some(m) if refs.is_empty() => {
-                        m.remove("ownerReferences");
+        for kind in Self::DEPENDENTS {
+            for name in self.dependents_of(kind, ns, uid) {
+                self.update_kind(kind, ns, &name, |s| {
+                    let refs: Vec<Value> = owner_refs(s)
+                        .filter(|r| !is_pod_ref(r, uid))
+                        .cloned()
+                        .collect();
+                    match s["metadata"].as_object_mut() {
+                        Some(m) if refs.is_empty() => {
+                            m.remove("ownerReferences");
+                        }
+                        _ => s["metadata"]["ownerReferences"] = Value::Array(refs),
                     }
-                    _ => s["metadata"]["ownerReferences"] = Value::Array(refs),
-                }
-            });
+                });
+            }
         }
     }
 
