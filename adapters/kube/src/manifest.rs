@@ -15,8 +15,9 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Volume,
     VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::config::{DEFAULT_NON_ROOT_UID, KubeConfig, TOOLS_DIR};
 
@@ -408,6 +409,59 @@ pub fn env_secret_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Option<Secret> {
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     })
+}
+
+/// The NetworkPolicy that cuts pod `pod` off the network.
+pub fn network_policy_name(pod: &str) -> String {
+    format!("{pod}-hermetic")
+}
+
+/// For a hermetic spec, the NetworkPolicy that denies its pod all egress and ingress
+/// (`None` when the spec is not hermetic), labelled like the pod. Like the env Secret it
+/// is made before the pod (so the command never runs with the network) and then owned
+/// by it, so the garbage collector deletes it only once the pod is gone: deleting it
+/// with the request to delete the pod would give the network back during the grace
+/// period, while the command may still run.
+///
+/// It selects the pod by its handle label, which no other step's pod carries. Ingress
+/// is denied too: policies are stateful, so a connection opened into the pod would
+/// carry data out in its replies, and nothing of a step comes over the pod network
+/// (exec goes through the API server and the kubelet, the helper shares the pod).
+/// Policy semantics: <https://kubernetes.io/docs/concepts/services-networking/network-policies/>
+/// (a policy type listed with no rules allows nothing of that direction).
+///
+/// Fails with `Invalid` when the spec has no handle label to select its pod by.
+pub fn network_policy_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Option<NetworkPolicy>> {
+    if !spec.hermetic {
+        return Ok(None);
+    }
+    let handle = spec.handle().ok_or_else(|| {
+        Error::invalid(format!(
+            "pod {} must run without network, but has no {} label to select it by",
+            spec.name,
+            label::HANDLE
+        ))
+    })?;
+    Ok(Some(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(network_policy_name(&spec.name)),
+            namespace: cfg.namespace.clone(),
+            labels: Some(pod_labels(spec, cfg)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    label::HANDLE.to_owned(),
+                    handle.to_owned(),
+                )])),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: Some(Vec::new()),
+            egress: Some(Vec::new()),
+        }),
+    }))
 }
 
 /// Kubernetes' recommended label for the tool that manages an object. Core's neutral

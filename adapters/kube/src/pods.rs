@@ -13,6 +13,7 @@ use jetbridge_core::ports::{
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
@@ -23,7 +24,10 @@ use tokio::time::Instant;
 
 use crate::config::KubeConfig;
 use crate::error::{api_code, to_error};
-use crate::manifest::{env_secret_manifest, env_secret_name, pod_manifest};
+use crate::manifest::{
+    env_secret_manifest, env_secret_name, network_policy_manifest, network_policy_name,
+    pod_manifest,
+};
 use crate::retry::Budget;
 use crate::status::pod_status_at;
 
@@ -36,6 +40,61 @@ fn has_handle(
     matches!((ours, theirs), (Some(o), Some(t)) if o == t)
 }
 
+/// What is made before a pod and owned by it: the env Secret, the NetworkPolicy of a
+/// hermetic pod. The names are the operations the retry budget reports.
+trait Dependent:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + k8s_openapi::serde::Serialize
+    + k8s_openapi::serde::de::DeserializeOwned
+{
+    const NOUN: &'static str;
+    const CREATE: &'static str;
+    const GET: &'static str;
+    const DELETE: &'static str;
+    const OWN: &'static str;
+}
+
+impl Dependent for Secret {
+    const NOUN: &'static str = "secret";
+    const CREATE: &'static str = "create secret";
+    const GET: &'static str = "get secret";
+    const DELETE: &'static str = "delete secret";
+    const OWN: &'static str = "own secret";
+}
+
+impl Dependent for NetworkPolicy {
+    const NOUN: &'static str = "networkpolicy";
+    const CREATE: &'static str = "create networkpolicy";
+    const GET: &'static str = "get networkpolicy";
+    const DELETE: &'static str = "delete networkpolicy";
+    const OWN: &'static str = "own networkpolicy";
+}
+
+/// What a create made before its pod (name, uid when known), to remove on failure.
+enum Made {
+    Secret(String, Option<String>),
+    Policy(String, Option<String>),
+}
+
+/// The chart value that grants what a hermetic pod's NetworkPolicy needs.
+pub const HERMETIC_CHART_VALUE: &str = "rbac.hermetic";
+
+/// A failure on the NetworkPolicy of a hermetic pod; RBAC's 403 says what to grant.
+fn hermetic_error(e: Error, spec: &PodSpec) -> Error {
+    if e.kind() != ErrorKind::PermissionDenied {
+        return e;
+    }
+    Error::permission_denied(format!(
+        "{e}: pod {} must run without network (`hermetic: true`), which takes a \
+         NetworkPolicy, and the ServiceAccount may not manage them: it needs create, get, \
+         patch, list and delete on networkpolicies in the API group networking.k8s.io \
+         (the Helm chart grants them with {HERMETIC_CHART_VALUE}=true, the default)",
+        spec.name
+    ))
+}
+
 /// Longest single watch request; the API server caps watches at about five minutes.
 const MAX_WATCH_SECS: u64 = 290;
 
@@ -46,6 +105,7 @@ pub struct KubeBackend {
     pub(crate) client: kube::Client,
     pub(crate) api: Api<Pod>,
     secrets: Api<Secret>,
+    policies: Api<NetworkPolicy>,
     pub(crate) config: KubeConfig,
     namespace: String,
     /// Pods this backend asked to delete, and when: a deletion seen on any other pod
@@ -163,6 +223,7 @@ impl KubeBackend {
         KubeBackend {
             api: Api::namespaced(client.clone(), &namespace),
             secrets: Api::namespaced(client.clone(), &namespace),
+            policies: Api::namespaced(client.clone(), &namespace),
             client,
             config,
             namespace,
@@ -284,59 +345,55 @@ impl KubeBackend {
         }
     }
 
-    /// Create the env Secret, adopting one with our handle (an earlier attempt whose
-    /// answer was lost). Returns its uid, so that only this Secret is ever deleted.
+    /// Create an object made before the pod and owned by it (the env Secret, the
+    /// NetworkPolicy of a hermetic pod), adopting one with our handle (an earlier
+    /// attempt whose answer was lost). Returns its uid, so that only this object is
+    /// ever deleted.
     ///
-    /// On an error the Secret may still exist (a lost answer, or a create that failed
+    /// On an error the object may still exist (a lost answer, or a create that failed
     /// after taking effect); it carries our labels, so [`Pods::collect_garbage`] finds it.
-    async fn create_env_secret(
+    async fn create_dependent<K: Dependent>(
         &self,
+        api: &Api<K>,
         budget: &Budget<'_>,
         spec: &PodSpec,
-        secret: &Secret,
+        obj: &K,
     ) -> Result<Option<String>> {
-        let name = env_secret_name(&spec.name);
-        let what = format!("creating secret {name}");
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let noun = K::NOUN;
+        let what = format!("creating {noun} {name}");
         let post = PostParams::default();
-        match budget
-            .run("create secret", true, || self.secrets.create(&post, secret))
-            .await
-        {
-            Ok(s) => return Ok(s.metadata.uid),
+        match budget.run(K::CREATE, true, || api.create(&post, obj)).await {
+            Ok(s) => return Ok(s.meta().uid.clone()),
             Err(e) if e.kube().and_then(api_code) == Some(409) => {}
             Err(e) => return Err(e.into_error(&what)),
         }
         let existing = budget
-            .run("get secret", true, || self.secrets.get(&name))
+            .run(K::GET, true, || api.get(&name))
             .await
             .map_err(|e| e.into_error(&what))?;
-        if !has_handle(&existing.metadata, spec.handle()) {
+        if !has_handle(existing.meta(), spec.handle()) {
             return Err(Error::already_exists(format!(
-                "secret {name} exists and belongs to another step handle"
+                "{noun} {name} exists and belongs to another step handle"
             )));
         }
-        if !self
-            .secret_owner_gone(budget, &existing, &spec.name)
-            .await?
-        {
-            return Ok(existing.metadata.uid);
+        if !self.owner_gone(budget, existing.meta(), &spec.name).await? {
+            return Ok(existing.meta().uid.clone());
         }
         // Ours, but owned by a pod of this name that is gone: the garbage collector
         // deletes it some time after the pod went (asynchronously, on a cluster), and
-        // adopting it would leave the new pod naming a Secret that may vanish before the
-        // pod owns it. Replace it.
-        tracing::debug!(secret = %name, "replacing an env secret still being collected");
+        // adopting it would leave the new pod relying on an object that may vanish
+        // before the pod owns it. Replace it.
+        tracing::debug!(%name, noun, "replacing a dependent still being collected");
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: existing.metadata.uid.clone(),
+                uid: existing.meta().uid.clone(),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
         match budget
-            .run("delete secret", true, || {
-                self.secrets.delete(&name, &params)
-            })
+            .run(K::DELETE, true, || api.delete(&name, &params))
             .await
         {
             Ok(_) => {}
@@ -344,23 +401,22 @@ impl KubeBackend {
             Err(e) => return Err(e.into_error(&what)),
         }
         budget
-            .run("create secret", true, || self.secrets.create(&post, secret))
+            .run(K::CREATE, true, || api.create(&post, obj))
             .await
-            .map(|s| s.metadata.uid)
+            .map(|s| s.meta().uid.clone())
             .map_err(|e| e.into_error(&what))
     }
 
-    /// Whether `secret` names an owner pod that no longer exists: a pod called `pod`
-    /// with another uid, or none at all. A Secret without owners is not "gone": a
+    /// Whether `meta` names an owner pod that no longer exists: a pod called `pod`
+    /// with another uid, or none at all. An object without owners is not "gone": a
     /// create whose answer was lost made it, and the pod does not exist yet.
-    async fn secret_owner_gone(
+    async fn owner_gone(
         &self,
         budget: &Budget<'_>,
-        secret: &Secret,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         pod: &str,
     ) -> Result<bool> {
-        let owners: Vec<&str> = secret
-            .metadata
+        let owners: Vec<&str> = meta
             .owner_references
             .iter()
             .flatten()
@@ -377,12 +433,12 @@ impl KubeBackend {
         }
     }
 
-    /// Delete the env Secret of a pod whose creation failed, with a budget of its own
-    /// (the create's may be spent). Only the Secret with `uid` (ours), when known. A
+    /// Delete an object made for a pod whose creation failed, with a budget of its own
+    /// (the create's may be spent). Only the object with `uid` (ours), when known. A
     /// failure is logged, not returned: the create's error is the one that matters, and
     /// the reaper collects what is left.
-    async fn remove_env_secret(&self, pod: &str, uid: Option<String>) {
-        let name = env_secret_name(pod);
+    async fn remove_dependent<K: Dependent>(&self, api: &Api<K>, name: &str, uid: Option<String>) {
+        let noun = K::NOUN;
         let mut params = DeleteParams::default();
         if uid.is_some() {
             params.preconditions = Some(Preconditions {
@@ -392,58 +448,159 @@ impl KubeBackend {
         }
         let budget = self.budget();
         match budget
-            .run("delete secret", true, || {
-                self.secrets.delete(&name, &params)
-            })
+            .run(K::DELETE, true, || api.delete(name, &params))
             .await
         {
-            Ok(_) => tracing::debug!(secret = %name, "removed the env secret of a failed create"),
+            Ok(_) => tracing::debug!(%name, noun, "removed what a failed create made"),
             Err(e) if e.kube().and_then(api_code) == Some(404) => {}
             Err(e) => {
-                let e = e.into_error(&format!("deleting secret {name}"));
-                tracing::warn!(secret = %name, error = %e, "env secret left for the reaper");
+                let e = e.into_error(&format!("deleting {noun} {name}"));
+                tracing::warn!(%name, noun, error = %e, "left for the reaper");
             }
         }
     }
 
-    /// Make the env Secret owned by its pod, so the cluster deletes it with the pod.
-    async fn own_env_secret(&self, budget: &Budget<'_>, pod: &Pod) -> Result<()> {
+    /// Make `name` owned by its pod, so the cluster deletes it once the pod is gone.
+    async fn own_dependent<K: Dependent>(
+        &self,
+        api: &Api<K>,
+        budget: &Budget<'_>,
+        pod: &Pod,
+        name: &str,
+    ) -> Result<()> {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod
             .metadata
             .uid
             .clone()
             .ok_or_else(|| Error::other(format!("pod {pod_name} has no uid")))?;
-        let name = env_secret_name(&pod_name);
         let owner = OwnerReference {
             api_version: "v1".to_owned(),
             kind: "Pod".to_owned(),
-            name: pod_name,
+            name: pod_name.clone(),
             uid,
             controller: None,
             block_owner_deletion: None,
         };
-        let patch = Secret {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                owner_references: Some(vec![owner]),
-                ..Default::default()
-            },
-            ..Secret::default()
-        };
+        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
         let params = PatchParams::default();
         let patch = Patch::Merge(&patch);
         budget
-            .run("own secret", true, || {
-                self.secrets.patch(&name, &params, &patch)
-            })
+            .run(K::OWN, true, || api.patch(name, &params, &patch))
             .await
             .map(|_| ())
-            .map_err(|e| {
-                e.into_error(&format!(
-                    "making pod {} own secret {name}",
-                    pod.metadata.name.as_deref().unwrap_or_default()
-                ))
-            })
+            .map_err(|e| e.into_error(&format!("making pod {pod_name} own {} {name}", K::NOUN)))
+    }
+
+    /// Delete one leftover the garbage pass found, by uid (one made again meanwhile has
+    /// another), into `report`.
+    async fn collect_one<K: Dependent>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        uid: Option<String>,
+        report: &mut GarbageReport,
+    ) {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let budget = self.budget();
+        match budget
+            .run(K::DELETE, true, || api.delete(name, &params))
+            .await
+        {
+            Ok(_) => report
+                .deleted
+                .push(format!("{} {}/{name}", K::NOUN, self.namespace)),
+            // Gone or made again: another reaper, or the garbage collector, was first.
+            Err(e) if matches!(e.kube().and_then(api_code), Some(404 | 409)) => {}
+            Err(e) => report.errors.push(
+                e.into_error(&format!("deleting {} {name}", K::NOUN))
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// Create the pod with what it needs made first: its NetworkPolicy (a hermetic
+    /// pod), then its env Secret. Until the pod owns them they would outlive any
+    /// failure, so every error removes what was made (a retry of the create makes it
+    /// again).
+    async fn create_with_dependents(
+        &self,
+        budget: &Budget<'_>,
+        spec: &PodSpec,
+        manifest: &Pod,
+        policy: Option<NetworkPolicy>,
+        secret: Option<Secret>,
+    ) -> Result<Pod> {
+        let mut made: Vec<Made> = Vec::new();
+        let result = async {
+            if let Some(policy) = &policy {
+                let name = network_policy_name(&spec.name);
+                match self
+                    .create_dependent(&self.policies, budget, spec, policy)
+                    .await
+                {
+                    Ok(uid) => made.push(Made::Policy(name, uid)),
+                    Err(e) => {
+                        // A lost answer may have created it; not another handle's, though.
+                        if e.kind() != ErrorKind::AlreadyExists {
+                            made.push(Made::Policy(name, None));
+                        }
+                        return Err(hermetic_error(e, spec));
+                    }
+                }
+            }
+            if let Some(secret) = &secret {
+                let name = env_secret_name(&spec.name);
+                match self
+                    .create_dependent(&self.secrets, budget, spec, secret)
+                    .await
+                {
+                    Ok(uid) => made.push(Made::Secret(name, uid)),
+                    Err(e) => {
+                        if e.kind() != ErrorKind::AlreadyExists {
+                            made.push(Made::Secret(name, None));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            let pod = self.create_pod(budget, spec, manifest).await?;
+            if secret.is_some() {
+                self.own_dependent(&self.secrets, budget, &pod, &env_secret_name(&spec.name))
+                    .await?;
+            }
+            if policy.is_some() {
+                self.own_dependent(
+                    &self.policies,
+                    budget,
+                    &pod,
+                    &network_policy_name(&spec.name),
+                )
+                .await
+                .map_err(|e| hermetic_error(e, spec))?;
+            }
+            Ok::<_, Error>(pod)
+        }
+        .await;
+        if result.is_err() {
+            for m in made {
+                match m {
+                    Made::Secret(name, uid) => {
+                        self.remove_dependent(&self.secrets, &name, uid).await;
+                    }
+                    Made::Policy(name, uid) => {
+                        self.remove_dependent(&self.policies, &name, uid).await;
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// The domain status of `pod`, knowing which deletions were ours.
@@ -642,41 +799,20 @@ impl Pods for KubeBackend {
             .with_transfer_container(true)
             .with_images(true)
             .with_host_path_mounts(false)
+            .with_hermetic(true)
     }
 
     async fn create(&self, spec: &PodSpec) -> Result<PodStatus> {
         let manifest = pod_manifest(spec, &self.config)?;
-        let budget = self.budget();
+        let policy = network_policy_manifest(spec, &self.config)?;
         // Environment values (task params, possibly secrets) go in a Secret made
         // before the pod, never in the pod spec or an exec URL.
-        let Some(secret) = env_secret_manifest(spec, &self.config) else {
-            let pod = self.create_pod(&budget, spec, &manifest).await?;
-            return Ok(self.status_of(&pod));
-        };
-        let uid = match self.create_env_secret(&budget, spec, &secret).await {
-            Ok(uid) => uid,
-            Err(e) => {
-                // A lost answer may have created it; not another handle's, though.
-                if e.kind() != ErrorKind::AlreadyExists {
-                    self.remove_env_secret(&spec.name, None).await;
-                }
-                return Err(e);
-            }
-        };
-        // Until the pod owns it, the Secret would outlive any failure: every error
-        // from here removes it (a retry of the create makes it again).
-        let owned = async {
-            let pod = self.create_pod(&budget, spec, &manifest).await?;
-            self.own_env_secret(&budget, &pod).await?;
-            Ok::<_, Error>(pod)
-        };
-        match owned.await {
-            Ok(pod) => Ok(self.status_of(&pod)),
-            Err(e) => {
-                self.remove_env_secret(&spec.name, uid).await;
-                Err(e)
-            }
-        }
+        let secret = env_secret_manifest(spec, &self.config);
+        let budget = self.budget();
+        let pod = self
+            .create_with_dependents(&budget, spec, &manifest, policy, secret)
+            .await?;
+        Ok(self.status_of(&pod))
     }
 
     async fn get(&self, name: &str) -> Result<PodStatus> {
@@ -723,8 +859,9 @@ impl Pods for KubeBackend {
         Ok(list.items.iter().map(|p| self.status_of(p)).collect())
     }
 
-    /// Env Secrets whose pod is gone: made by a create that failed or crashed before
-    /// the pod owned them (the cluster's garbage collector deletes owned ones).
+    /// Env Secrets and NetworkPolicies whose pod is gone: made by a create that failed
+    /// or crashed before the pod owned them (the cluster's garbage collector deletes
+    /// owned ones).
     async fn collect_garbage(&self, opts: &GarbageOpts) -> Result<GarbageReport> {
         let sel = format!(
             "{}={}",
@@ -733,11 +870,24 @@ impl Pods for KubeBackend {
         );
         let params = ListParams::default().labels(&sel);
         let budget = self.budget();
-        // Secrets first: a pod created after this listing is in the next one.
+        // Dependents first: a pod created after this listing is in the next one.
         let secrets = budget
             .run("list secrets", true, || self.secrets.list(&params))
             .await
             .map_err(|e| e.into_error("listing env secrets"))?;
+        // Without the grant for NetworkPolicies (the chart's `rbac.hermetic` off) no
+        // hermetic pod can have made one, so there is nothing to collect.
+        let policies = match budget
+            .run("list networkpolicies", true, || self.policies.list(&params))
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) if e.kube().and_then(api_code) == Some(403) => {
+                tracing::debug!("networkpolicies may not be listed: none to collect");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into_error("listing networkpolicies")),
+        };
         let pods: std::collections::HashSet<String> = budget
             .run("list pods", true, || self.api.list(&params))
             .await
@@ -747,43 +897,27 @@ impl Pods for KubeBackend {
             .filter_map(|p| p.metadata.name)
             .collect();
         let mut report = GarbageReport::default();
-        for secret in secrets.items {
-            let meta = secret.metadata;
-            let Some(name) = meta.name else { continue };
-            let Some(pod) = name.strip_suffix("-env") else {
-                continue;
-            };
+        let left = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+                    suffix: &str| {
+            let name = meta.name.as_deref()?;
+            let pod = name.strip_suffix(suffix)?;
             let young = meta
                 .creation_timestamp
                 .as_ref()
                 .and_then(|t| opts.now.duration_since(SystemTime::from(t.0)).ok())
                 .is_some_and(|age| age < opts.grace);
-            if young || pods.contains(pod) {
-                continue;
+            (!young && !pods.contains(pod)).then(|| (name.to_owned(), meta.uid.clone()))
+        };
+        for s in &secrets.items {
+            if let Some((name, uid)) = left(&s.metadata, "-env") {
+                self.collect_one(&self.secrets, &name, uid, &mut report)
+                    .await;
             }
-            // Only the Secret listed: one made again meanwhile has another uid.
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: meta.uid,
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            let budget = self.budget();
-            match budget
-                .run("delete secret", true, || {
-                    self.secrets.delete(&name, &params)
-                })
-                .await
-            {
-                Ok(_) => report
-                    .deleted
-                    .push(format!("secret {}/{name}", self.namespace)),
-                // Gone or made again: another reaper, or the garbage collector, was first.
-                Err(e) if matches!(e.kube().and_then(api_code), Some(404 | 409)) => {}
-                Err(e) => report
-                    .errors
-                    .push(e.into_error(&format!("deleting secret {name}")).to_string()),
+        }
+        for p in &policies {
+            if let Some((name, uid)) = left(&p.metadata, "-hermetic") {
+                self.collect_one(&self.policies, &name, uid, &mut report)
+                    .await;
             }
         }
         Ok(report)
