@@ -214,6 +214,41 @@ impl BuildView {
     }
 }
 
+/// A pipeline a build's `set_pipeline` step recorded. Its vars' values are never
+/// shown: they may be secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PipelineView {
+    /// The team (`main` unless the step named one).
+    pub team: String,
+    /// The pipeline's name.
+    pub name: String,
+    /// What makes this an instance of a pipeline group (`{}` for none).
+    #[schema(value_type = Object)]
+    pub instance_vars: serde_json::Value,
+    /// The pipeline file's text, its `((vars))` not filled in.
+    pub config: String,
+    /// Where the file came from: `artifact/path`.
+    pub file: String,
+    /// 1 when first set; one more each time a set changed its config or vars.
+    pub version: u64,
+    /// The build whose step last changed it.
+    pub set_by_build: u64,
+    /// The names of the vars it was set with (`vars` and `var_files`); `null` when this
+    /// replica cannot open them (no vars key, or another one).
+    pub var_names: Option<Vec<String>>,
+    /// When it was first set (milliseconds since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it last changed.
+    pub updated_at_ms: u64,
+}
+
+/// Recorded pipelines, by team, name and instance vars.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PipelineList {
+    /// The pipelines.
+    pub pipelines: Vec<PipelineView>,
+}
+
 /// One page of builds, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuildList {

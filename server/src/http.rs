@@ -24,7 +24,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::{
-    BuildList, BuildView, EndEvent, ErrorBody, Health, InfoView, SubmitRequest, kinds,
+    BuildList, BuildView, EndEvent, ErrorBody, Health, InfoView, PipelineList, PipelineView,
+    SubmitRequest, epoch_ms, kinds,
 };
 use crate::spec::{BuildSpec, Policy};
 use crate::worker::{ABORT_REASON, Server, Shared};
@@ -153,6 +154,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(get_build))
         .routes(routes!(events))
         .routes(routes!(abort))
+        .routes(routes!(pipelines))
         .routes(routes!(info))
         .routes(routes!(openapi_json))
         .split_for_parts();
@@ -456,6 +458,60 @@ async fn list(
     Ok(Json(BuildList {
         builds: page.builds.iter().map(BuildView::of).collect(),
         next: page.next.map(|id| id.0),
+    }))
+}
+
+/// Filters of the pipeline list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PipelinesQuery {
+    /// Only pipelines of this team.
+    team: Option<String>,
+    /// Only pipelines of this name (every instance of it).
+    name: Option<String>,
+}
+
+/// The pipelines builds' `set_pipeline` steps recorded (at most 1,000), ordered by team,
+/// name and instance vars. They are recorded, not triggered.
+#[utoipa::path(
+    get, path = "/api/v1/pipelines", tag = "pipelines",
+    params(PipelinesQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The pipelines", body = PipelineList),
+        (status = 400, description = "A malformed filter", body = ErrorBody),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 422, description = "A filter the queue cannot hold", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable", body = ErrorBody),
+    )
+)]
+async fn pipelines(
+    State(s): State<AppState>,
+    q: Result<Query<PipelinesQuery>, QueryRejection>,
+) -> ApiResult<Json<PipelineList>> {
+    let Query(q) = q?;
+    let stored = s
+        .queue
+        .pipelines(q.team.as_deref(), q.name.as_deref())
+        .await
+        .map_err(ApiError::port)?;
+    let key = s.config.vars_key.as_deref();
+    Ok(Json(PipelineList {
+        pipelines: stored
+            .into_iter()
+            .map(|p| PipelineView {
+                var_names: crate::pipelines::var_names(&p.pipeline.vars, key),
+                instance_vars: serde_json::from_str(&p.pipeline.instance_vars).unwrap_or_default(),
+                team: p.pipeline.team,
+                name: p.pipeline.name,
+                config: p.pipeline.config,
+                file: p.pipeline.file,
+                version: p.version,
+                set_by_build: p.set_by.0,
+                created_at_ms: epoch_ms(p.created_at),
+                updated_at_ms: epoch_ms(p.updated_at),
+            })
+            .collect(),
     }))
 }
 

@@ -9,6 +9,7 @@
 pub mod api;
 mod http;
 pub mod metrics;
+mod pipelines;
 pub mod secret;
 pub mod spec;
 pub mod sse;

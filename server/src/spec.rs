@@ -229,8 +229,8 @@ impl BuildSpec {
     }
 
     /// What this server cannot run, refused with its place before the build is queued
-    /// rather than failing later as a step: a `set_pipeline` step (no pipelines are
-    /// recorded yet), and on a backend of host processes, a resource image.
+    /// rather than failing later as a step: on a backend of host processes, a resource
+    /// image. (`set_pipeline` steps are run: the server records their pipelines.)
     pub fn check_runnable(
         &self,
         pipeline: &Pipeline,
@@ -240,16 +240,6 @@ impl BuildSpec {
         let Some(job) = pipeline.job(&self.job) else {
             return Ok(());
         };
-        if let Some(sp) = job.set_pipeline_step() {
-            return Err(Rejected::at(
-                &sp.location,
-                format!(
-                    "{}: `set_pipeline` stores a pipeline, and this server does not record \
-                     pipelines yet; leave the step out",
-                    sp.location
-                ),
-            ));
-        }
         if local_backend
             && let Some((r, image)) = images.unrunnable_image_resource(pipeline, job, |dir| {
                 std::path::Path::new(dir).join("check").is_file()

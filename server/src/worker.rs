@@ -625,7 +625,12 @@ async fn run_build(
         .with_vars(vars)
         .with_abort(signal)
         .with_events(events)
-        .with_images(images);
+        .with_images(images)
+        .with_pipelines(Arc::new(crate::pipelines::QueuePipelines {
+            queue: s.queue.clone(),
+            lease: lease.clone(),
+            key: s.config.vars_key.clone(),
+        }));
         let holder = Holder::new(s.session.worker(), build_id.clone());
         for (name, tar) in &spec.inputs {
             let artifact = upload_input(s, &holder, &build_id, name, tar).await?;

@@ -207,19 +207,6 @@ async fn bad_input_gets_a_clear_4xx() {
         .await;
     assert_eq!(res.status(), 422);
 
-    // `set_pipeline`: this server records no pipelines yet, and says so with the place.
-    let sp = "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{name: ci}]\n      run: {path: 'true'}\n  - set_pipeline: other\n    file: ci/p.yml\n";
-    let res = h.submit(json!({"pipeline": sp, "file": "ci.yml"})).await;
-    assert_eq!(res.status(), 422);
-    let body: ErrorBody = res.json().await.unwrap();
-    let loc = body.location.expect("a location");
-    assert_eq!((loc.line, loc.column), (9, 5));
-    assert!(
-        body.message.contains("does not record pipelines yet"),
-        "{}",
-        body.message
-    );
-
     // A resource image on a server whose backend runs host processes: refused with the
     // resource's place, not queued to fail as `exit 127`.
     let git = "resources:\n- name: repo\n  type: git\n  source: {uri: x}\njobs:\n- name: j\n  plan:\n  - get: repo\n";
@@ -601,5 +588,79 @@ async fn a_serial_job_runs_one_build_at_a_time_and_other_jobs_run_past_it() {
     assert_eq!(
         stored.limits,
         [InFlightLimit::serial_group(&first.pipeline, "deploys")]
+    );
+}
+
+/// A job whose task writes a pipeline file with `jobs` of `job_name`, then sets it.
+fn setter(job_name: &str) -> String {
+    let script = format!(
+        "printf '%s\\n' 'jobs:' '- name: {job_name}' '  plan:' '  - task: t' '    config: {{platform: linux, run: {{path: \"true\"}}}}' > ci/p.yml"
+    );
+    format!(
+        "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{{name: ci}}]\n      run: {{path: sh, args: [-c, {}]}}\n  - set_pipeline: svc\n    file: ci/p.yml\n    vars: {{token: ((token))}}\n    instance_vars: {{branch: main}}\n",
+        serde_json::to_string(&script).expect("json")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pipeline_records_the_pipeline_and_the_api_lists_it_without_its_vars() {
+    let h = harness(ServerConfig::default()).await;
+    let run = async |job_name: &str| {
+        let b = h
+            .submitted(json!({"pipeline": setter(job_name), "vars": {"token": "s3cr3t-token"}}))
+            .await;
+        h.events(b.id, None).await;
+        let done = h.get(b.id).await;
+        assert_eq!(done.state, "succeeded", "{:?}", done.reason);
+        b.id
+    };
+    let list = async |query: &str| -> Value {
+        let res = h
+            .client
+            .get(format!("{}/api/v1/pipelines{query}", h.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("json")
+    };
+    let first = run("build").await;
+    let body = list("").await;
+    let ps = body["pipelines"].as_array().expect("pipelines");
+    assert_eq!(ps.len(), 1, "{body}");
+    let p = &ps[0];
+    assert_eq!(p["team"], "main");
+    assert_eq!(p["name"], "svc");
+    assert_eq!(p["instance_vars"], json!({"branch": "main"}));
+    assert_eq!(p["version"], 1);
+    assert_eq!(p["set_by_build"], first);
+    assert_eq!(p["file"], "ci/p.yml");
+    assert!(
+        p["config"].as_str().unwrap().contains("- name: build"),
+        "{p}"
+    );
+    assert_eq!(p["var_names"], json!(["token"]));
+    assert!(
+        !body.to_string().contains("s3cr3t-token"),
+        "a var's value reached the API: {body}"
+    );
+    // The same pipeline again changes nothing; a new file is a new version.
+    run("build").await;
+    assert_eq!(list("").await["pipelines"][0]["version"], 1);
+    let third = run("deploy").await;
+    let p = list("?team=main&name=svc").await["pipelines"][0].clone();
+    assert_eq!(
+        (p["version"].clone(), p["set_by_build"].clone()),
+        (json!(2), json!(third))
+    );
+    assert_eq!(list("?name=other").await["pipelines"], json!([]));
+    // The step's line in the build's events says what happened.
+    let events = h.events(third, None).await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, kind, data)| kind == "notice"
+                && data.contains("pipeline main/svc set: version 2")),
+        "{events:?}"
     );
 }

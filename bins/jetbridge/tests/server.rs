@@ -519,6 +519,90 @@ fn vars_reach_a_postgres_queue_only_sealed() {
     );
 }
 
+/// A pipeline whose task writes a child pipeline and sets it with a var `token`.
+fn pipeline_setter(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("setter.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "jobs:\n- name: j\n  plan:\n  - task: make\n    config:\n      platform: linux\n      outputs: [{{name: ci}}]\n      run: {{path: sh, args: [-c, \"echo 'jobs: [{{name: child, plan: [{{task: t, config: {{platform: linux, run: {{path: x}}}}}}]}}]' > ci/p.yml\"]}}\n  - set_pipeline: child\n    file: ci/p.yml\n    vars: {{token: {token}}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn pipelines_reach_a_postgres_queue_with_their_vars_only_sealed() {
+    let Some(url) = database_url() else { return };
+    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_pipes").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = pipeline_setter(dir.path(), "hunter2-pipeline-secret");
+    let base = [
+        "--registry",
+        url.as_str(),
+        "--registry-schema",
+        schema.name(),
+    ];
+    // No key: the step refuses to store the vars in clear, and says what to do.
+    {
+        let mut args = base.to_vec();
+        args.extend(["--worker", "pipes-nokey"]);
+        let server = ServerProc::start(&dir.path().join("a"), &args);
+        let out = server
+            .client("submit")
+            .arg(&pipeline)
+            .arg("--watch")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let said = text(&out.stdout);
+        assert!(said.contains("set_pipeline: child"), "{said}");
+        assert!(said.contains("--vars-key-file"), "{said}");
+    }
+    let key = dir.path().join("key");
+    std::fs::write(&key, "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed\n").unwrap();
+    let mut args = base.to_vec();
+    args.extend([
+        "--worker",
+        "pipes-key",
+        "--vars-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let server = ServerProc::start(&dir.path().join("b"), &args);
+    let out = server
+        .client("submit")
+        .arg(&pipeline)
+        .arg("--watch")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("pipeline main/child set: version 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let dump = Command::new("psql")
+        .arg(&url)
+        .args(["-At", "-c"])
+        .arg(format!(
+            "select team, name, version, config, convert_from(vars, 'UTF8') from {}.pipelines",
+            schema.name()
+        ))
+        .output()
+        .expect("psql");
+    let dump = text(&dump.stdout);
+    assert!(
+        dump.starts_with("main|child|1|jobs: [{name: child"),
+        "{dump}"
+    );
+    assert!(dump.contains("sealed"), "{dump}");
+    assert!(
+        !dump.contains("hunter2"),
+        "a pipeline var in clear in the database: {dump}"
+    );
+}
+
 /// Two replicas on the Kubernetes API simulator, sharing one Postgres database and one
 /// volume directory: builds run in pods; one replica is killed mid-build and the other
 /// ends its build "worker lost", then runs the next.

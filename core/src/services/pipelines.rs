@@ -29,6 +29,25 @@ pub struct PipelineToSet {
     pub file: String,
 }
 
+impl PipelineToSet {
+    /// `team`/`name` from `file`, with no instance vars and no vars.
+    pub fn new(
+        team: impl Into<String>,
+        name: impl Into<String>,
+        config: impl Into<String>,
+        file: impl Into<String>,
+    ) -> Self {
+        PipelineToSet {
+            team: team.into(),
+            name: name.into(),
+            instance_vars: Value::Null,
+            config: config.into(),
+            vars: serde_json::Map::new(),
+            file: file.into(),
+        }
+    }
+}
+
 impl std::fmt::Debug for PipelineToSet {
     // Vars may be secrets: only their names are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
