@@ -27,6 +27,8 @@ eval "$(./.ci/emulators.sh start)"
 trap './.ci/emulators.sh stop >/dev/null 2>&1 || true' EXIT
 export JETBRIDGE_REQUIRE_S3=1
 export JETBRIDGE_REQUIRE_GCS=1
+# CI runs as root: the real full-filesystem tests (a 1 MiB tmpfs) must run, not skip.
+export JETBRIDGE_REQUIRE_MOUNT=1
 # Rendered pod manifests are checked against the Kubernetes schema, never skipped.
 export JETBRIDGE_REQUIRE_KUBERNETES_VALIDATE=1
 
