@@ -12,8 +12,15 @@
 //! - the env Secret's rare paths: a lost answer to its create (409, then `get` and
 //!   adopt), a pod create refused by quota (the Secret deleted at once), and one whose
 //!   Secret could not be deleted then;
-//! - a reaper pass (pods of this worker listed and deleted, Secrets listed and the
-//!   orphan deleted) and the server's metrics probe of the worker's Secrets.
+//! - a hermetic step's NetworkPolicy on the same paths: a lost answer to its create
+//!   (409, `get`, adopt, then owned by the pod) and a pod refused by quota (the policy
+//!   deleted at once);
+//! - a reaper pass (pods of this worker listed and deleted, Secrets and NetworkPolicies
+//!   listed and the orphan Secret deleted) and the server's metrics probe of the
+//!   worker's Secrets.
+//!
+//! Resources outside the core group are compared as `resource.group`
+//! (`networkpolicies.networking.k8s.io`), as the simulator records them.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -118,8 +125,13 @@ async fn the_chart_role_grants_exactly_what_the_kubernetes_adapter_is_authorised
         .requests()
         .into_iter()
         .filter(|r| {
-            r.path.starts_with("/api/v1/")
-                && !r.path.starts_with(&format!("/api/v1/namespaces/{NS}/"))
+            let core = r.path.starts_with("/api/v1/")
+                && !r.path.starts_with(&format!("/api/v1/namespaces/{NS}/"));
+            let grouped = r.path.starts_with("/apis/networking.k8s.io/v1/")
+                && !r
+                    .path
+                    .starts_with(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/"));
+            core || grouped
         })
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
@@ -272,6 +284,8 @@ async fn env_secret_failure_paths(sim: &Simulator, b: &Arc<KubeBackend>) {
     let orphan = format!("{}-env", orphaned.name);
     assert!(secret_names(sim).contains(&orphan), "{orphan} was deleted");
 
+    hermetic_paths(sim, b).await;
+
     let pods: Arc<dyn Pods> = b.clone();
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
     let reaper = Reaper::new(
@@ -299,14 +313,61 @@ async fn env_secret_failure_paths(sim: &Simulator, b: &Arc<KubeBackend>) {
         .expect("secrets counted");
 }
 
+/// A hermetic step's NetworkPolicy on the paths of the env Secret above: made, adopted
+/// after a lost answer, owned by the pod, and deleted when the pod is refused.
+async fn hermetic_paths(sim: &Simulator, b: &Arc<KubeBackend>) {
+    let policies = |sim: &Simulator| -> Vec<String> {
+        sim.network_policies(NS)
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    sim.inject(Fault::on(
+        "POST",
+        "/networkpolicies",
+        1,
+        FaultAction::DropAfterCommit,
+    ));
+    let adopted = spec().with_hermetic(true);
+    b.create(&adopted)
+        .await
+        .expect("created, the NetworkPolicy adopted");
+    b.wait(
+        &adopted.name,
+        &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+    )
+    .await
+    .expect("running");
+    assert_eq!(policies(sim), [format!("{}-hermetic", adopted.name)]);
+    b.delete(&adopted.name, &DeleteOpts::grace(Duration::from_secs(1)))
+        .await
+        .expect("deleted");
+
+    sim.set_pod_quota(NS, "steps", Some(0));
+    let refused = spec().with_hermetic(true);
+    let e = b.create(&refused).await.expect_err("over quota");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    let leftover = format!("{}-hermetic", refused.name);
+    assert!(!policies(sim).contains(&leftover), "{leftover} left");
+    sim.set_pod_quota(NS, "steps", None);
+}
+
 /// `(verb, resource)` pairs of the Role `helm template` renders with the chart's
-/// default values. Its rules must name the core group only, no wildcards, and nothing
-/// this comparison cannot see (resource names, non-resource URLs).
+/// default values.
 fn role_grants() -> Pairs {
-    let out = match Command::new("helm")
-        .args(["template", "t", CHART, "--show-only", "templates/role.yaml"])
-        .output()
-    {
+    role_grants_with(&[])
+}
+
+/// [`role_grants`] with `--set` values. The rules must name the core group or
+/// `networking.k8s.io` only, no wildcards, and nothing this comparison cannot see
+/// (resource names, non-resource URLs); a resource of a named group is paired as
+/// `resource.group`.
+fn role_grants_with(sets: &[&str]) -> Pairs {
+    let mut args = vec!["template", "t", CHART, "--show-only", "templates/role.yaml"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = match Command::new("helm").args(&args).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             panic!("helm is not installed: run .ci/install-tools.sh")
@@ -354,18 +415,38 @@ fn role_grants() -> Pairs {
                 .all(|k| matches!(*k, "apiGroups" | "resources" | "verbs")),
             "only apiGroups, resources and verbs are compared: {rule}"
         );
-        assert_eq!(
-            strings(rule, "apiGroups"),
-            [""],
-            "the adapter uses the core group only: {rule}"
+        let groups = strings(rule, "apiGroups");
+        assert!(
+            groups.len() == 1 && matches!(groups[0].as_str(), "" | "networking.k8s.io"),
+            "the adapter uses the core group and networking.k8s.io only, one a rule: {rule}"
         );
         for resource in strings(rule, "resources") {
+            let resource = if groups[0].is_empty() {
+                resource
+            } else {
+                format!("{resource}.{}", groups[0])
+            };
             for verb in strings(rule, "verbs") {
                 pairs.insert((verb, resource.clone()));
             }
         }
     }
     pairs
+}
+
+/// `rbac.hermetic=false` takes the NetworkPolicy grant away and nothing else.
+#[test]
+fn turning_hermetic_off_removes_the_networkpolicy_grant() {
+    let on = role_grants();
+    let off = role_grants_with(&["rbac.hermetic=false"]);
+    let policies: Pairs = on
+        .iter()
+        .filter(|(_, r)| r == "networkpolicies.networking.k8s.io")
+        .cloned()
+        .collect();
+    assert!(!policies.is_empty(), "granted by default: {}", show(&on));
+    let rest: Pairs = on.difference(&policies).cloned().collect();
+    assert_eq!(off, rest, "off: {}", show(&off));
 }
 
 fn show(pairs: &Pairs) -> String {
