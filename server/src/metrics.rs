@@ -753,6 +753,12 @@ impl jetbridge_core::ports::VolumeStore for CountingVolumes {
     ) -> jetbridge_core::Result<jetbridge_core::ports::MountInfo> {
         self.inner.mount(handle, access).await
     }
+    async fn free_bytes(
+        &self,
+        handle: &jetbridge_core::names::VolumeHandle,
+    ) -> jetbridge_core::Result<Option<u64>> {
+        self.inner.free_bytes(handle).await
+    }
 }
 
 /// A tracing layer that times every `phase` span of a step into

@@ -559,4 +559,23 @@ impl VolumeStore for FsVolumeStore {
         let h = handle.clone();
         blocking(move || this.mount_blocking(&h, access)).await
     }
+
+    async fn free_bytes(&self, handle: &VolumeHandle) -> Result<Option<u64>> {
+        // The volume's own directory, else the store's root (what holds it): both are
+        // on the filesystem the step wrote to.
+        let data = self.volume_data_path(handle);
+        let root = self.root().to_path_buf();
+        blocking(move || {
+            let at = if data.exists() { data } else { root };
+            let st = nix::sys::statvfs::statvfs(&at).map_err(|e| {
+                crate::error::io_err(std::io::Error::from(e), format!("statvfs {}", at.display()))
+            })?;
+            // Available to an unprivileged writer; a root writer may use the reserved
+            // blocks too, but once those are gone this is 0 as well.
+            Ok(Some(
+                st.blocks_available().saturating_mul(st.fragment_size()),
+            ))
+        })
+        .await
+    }
 }

@@ -104,6 +104,12 @@ impl MemoryVolumeStore {
         self.lock().capacity = bytes;
     }
 
+    /// Bytes left under the capacity (`None` without one).
+    fn free(&self) -> Option<u64> {
+        let cap = self.lock().capacity?;
+        Some(cap.saturating_sub(self.used_bytes()))
+    }
+
     /// Bytes of regular files stored across all volumes.
     pub fn used_bytes(&self) -> u64 {
         self.lock()
@@ -280,6 +286,10 @@ impl VolumeStore for MemoryVolumeStore {
         self.guarded(VolumeOp::List, |s| {
             Ok(s.volumes.iter().map(|(h, v)| v.info(h)).collect())
         })
+    }
+
+    async fn free_bytes(&self, _handle: &VolumeHandle) -> Result<Option<u64>> {
+        Ok(self.free())
     }
 
     async fn mount(&self, handle: &VolumeHandle, access: MountAccess) -> Result<MountInfo> {

@@ -126,6 +126,15 @@ pub trait VolumeStore: Send + Sync {
     /// [`VolumeCapabilities::mount`]; `Write` needs a `Creating` volume, `Read` a
     /// sealed one (`Conflict` otherwise).
     async fn mount(&self, handle: &VolumeHandle, access: MountAccess) -> Result<MountInfo>;
+
+    /// Bytes still free where `handle`'s data is written, where the store can tell (a
+    /// filesystem); `None` where it cannot (a bucket). The step runner asks when a
+    /// command that wrote outputs in place failed, so that a full store is reported as
+    /// `StorageFull` rather than as the command's own failure.
+    async fn free_bytes(&self, handle: &VolumeHandle) -> Result<Option<u64>> {
+        let _ = handle;
+        Ok(None)
+    }
 }
 
 macro_rules! forward_volumes {
@@ -155,6 +164,9 @@ macro_rules! forward_volumes {
             }
             async fn list(&self) -> Result<Vec<VolumeInfo>> {
                 (**self).list().await
+            }
+            async fn free_bytes(&self, handle: &VolumeHandle) -> Result<Option<u64>> {
+                (**self).free_bytes(handle).await
             }
             async fn mount(&self, handle: &VolumeHandle, access: MountAccess) -> Result<MountInfo> {
                 (**self).mount(handle, access).await

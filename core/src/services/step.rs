@@ -475,6 +475,15 @@ impl StepRunner {
             Err(e) => return Err(StepFailure::from_error(e)),
         }
 
+        // A command that failed while writing outputs in place may have failed because
+        // the store filled up: that is the platform's failure, not the step's, and what
+        // it wrote is partial, so nothing of it is sealed.
+        if code != 0
+            && stream_out.len() < out_volumes.len()
+            && let Some(why) = self.full_store(&out_volumes, code).await
+        {
+            return Err(StepFailure::StorageFull(why));
+        }
         // Outputs are kept after a failed command too: hooks (on_failure) read them.
         for i in &stream_out {
             let (o, v) = &out_volumes[*i];
@@ -507,6 +516,31 @@ impl StepRunner {
         } else {
             Err(StepFailure::Exited(code))
         }
+    }
+
+    /// Why the store counts as full for these outputs (under [`FULL_BELOW`] bytes free
+    /// where one of them is written), if it does.
+    async fn full_store(
+        &self,
+        outputs: &[(StepOutput, ArtifactVolume)],
+        code: i32,
+    ) -> Option<String> {
+        let store = self.artifacts.store().ok()?;
+        for (o, v) in outputs {
+            match store.free_bytes(v.handle()).await {
+                Ok(Some(free)) if free < FULL_BELOW => {
+                    return Some(format!(
+                        "the command exited with status {code} with {free} bytes free in the \
+                         volume store where output {:?} is written: the store is full; nothing \
+                         of this step's outputs is kept",
+                        o.name
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot tell the store's free space"),
+            }
+        }
+        None
     }
 
     /// How this step ends because its build was stopped.
@@ -811,6 +845,11 @@ impl StepRunner {
 /// How long past its grace period a deleted pod may take to stop before its outputs
 /// are given up on.
 const STOP_MARGIN: Duration = Duration::from_secs(60);
+
+/// A filesystem with less free than this is full: a write that failed for room leaves
+/// at most a partial block or two (ext4 keeps its reserve for root, which a root writer
+/// uses up too).
+pub const FULL_BELOW: u64 = 64 * 1024;
 
 fn argv(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
