@@ -664,3 +664,64 @@ async fn set_pipeline_records_the_pipeline_and_the_api_lists_it_without_its_vars
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_groups_and_max_in_flight_hold_builds_until_a_slot_frees() {
+    let h = harness(ServerConfig::default()).await;
+    let gate = tempfile::tempdir().expect("tempdir");
+    let release = gate.path().join("release");
+    // Every step runs until the test releases it: no timing decides the outcome.
+    let wait = serde_json::to_string(&format!(
+        "while [ ! -e {} ]; do sleep 0.05; done",
+        release.display()
+    ))
+    .expect("json");
+    let job = |name: &str, extra: &str| {
+        format!(
+            "- name: {name}\n{extra}  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {{path: sh, args: [-c, {wait}]}}\n"
+        )
+    };
+    let pipeline = format!(
+        "jobs:\n{}{}{}",
+        job("deploy-a", "  serial_groups: [deploys]\n"),
+        job("deploy-b", "  serial_groups: [deploys]\n"),
+        job("tests", "  max_in_flight: 2\n"),
+    );
+    let submit = |job: &str| json!({"pipeline": pipeline, "file": "limits.yml", "job": job});
+    // A build of one job of a group holds a build of another job of that group.
+    let a = h.submitted(submit("deploy-a")).await;
+    wait_for_state(&h, a.id, "running").await;
+    let b = h.submitted(submit("deploy-b")).await;
+    // Two of `tests` run at once, the third waits; all were submitted after `b`, so
+    // the claim loop has passed over `b` by the time the second of them runs.
+    let t: Vec<BuildView> = [
+        h.submitted(submit("tests")).await,
+        h.submitted(submit("tests")).await,
+        h.submitted(submit("tests")).await,
+    ]
+    .into();
+    wait_for_state(&h, t[0].id, "running").await;
+    wait_for_state(&h, t[1].id, "running").await;
+    assert_eq!(
+        h.get(b.id).await.state,
+        "queued",
+        "the group holds deploy-b"
+    );
+    assert_eq!(
+        h.get(t[2].id).await.state,
+        "queued",
+        "max_in_flight: 2 holds the third"
+    );
+    std::fs::write(&release, "").expect("release");
+    for id in [a.id, b.id, t[0].id, t[1].id, t[2].id] {
+        wait_for_state(&h, id, "succeeded").await;
+    }
+    let (a_end, b_start) = (
+        h.get(a.id).await.finished_at_ms.expect("an end"),
+        h.get(b.id).await.started_at_ms.expect("a start"),
+    );
+    assert!(
+        b_start >= a_end,
+        "deploy-b started at {b_start}, before deploy-a ended at {a_end}"
+    );
+}
