@@ -704,6 +704,189 @@ pub async fn builtin_mock_round_trip(subject: &RuntimeSubject) -> CaseResult {
     leftovers(subject, &build).await
 }
 
+/// Records the pipelines a build's `set_pipeline` steps hand it.
+#[derive(Default)]
+struct RecordedPipelines(std::sync::Mutex<Vec<jetbridge_core::services::PipelineToSet>>);
+
+#[async_trait::async_trait]
+impl jetbridge_core::services::PipelineSink for RecordedPipelines {
+    async fn set_pipeline(
+        &self,
+        p: jetbridge_core::services::PipelineToSet,
+    ) -> jetbridge_core::Result<jetbridge_core::services::PipelineRecorded> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(p);
+        Ok(jetbridge_core::services::PipelineRecorded {
+            version: all.len() as u64,
+            changed: true,
+        })
+    }
+}
+
+/// `set_pipeline` reads its file and var files out of an earlier step's output, wherever
+/// that step ran, and hands the checked pipeline to the build's sink.
+pub async fn set_pipeline_reads_its_files_from_artifacts(subject: &RuntimeSubject) -> CaseResult {
+    let write = task(
+        "write",
+        &[],
+        &["ci"],
+        "echo 'jobs: [{name: child, plan: [{task: t, config: {platform: linux, run: {path: x}}}]}]' > ci/p.yml && echo 'region: eu' > ci/vars.yml",
+    );
+    let yaml = format!(
+        "jobs:\n- name: main\n  plan:\n  - {write}\n  - set_pipeline: child\n    file: ci/p.yml\n    var_files: [ci/vars.yml]\n    vars: {{tier: gold}}\n"
+    );
+    let pipeline = parse_pipeline(&yaml, "setter.yml", &Vars::new())
+        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
+    let runner = BuildRunner::new(
+        subject.runtime.clone(),
+        quick(),
+        subject.images.clone(),
+        WORKER,
+        Arc::new(RecordedEvents::default()),
+    );
+    let sink = Arc::new(RecordedPipelines::default());
+    let build = format!("conf-{}", uuid_like());
+    let o = runner
+        .run(
+            BuildRequest::new(Arc::new(pipeline), "main".to_owned(), 1, build.clone())
+                .with_pipelines(sink.clone()),
+        )
+        .await
+        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let set = sink.0.lock().map(|s| s.clone()).unwrap_or_default();
+    ensure_eq!(set.len(), 1, "pipelines recorded: {set:?}");
+    ensure_eq!(set[0].name, "child");
+    ensure!(
+        set[0].config.contains("name: child"),
+        "config: {:?}",
+        set[0].config
+    );
+    ensure_eq!(
+        serde_json::Value::Object(set[0].vars.clone()),
+        serde_json::json!({"region": "eu", "tier": "gold"})
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// What `get`'s `version:` gives the resource's `in`, as Concourse passes it: a pinned
+/// version as is (no check), `latest` and `every` the last version `check` lists (a
+/// one-off build has no history to walk), and without one the resource's own pin.
+pub async fn get_versions_reach_in(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - get: repo\n  - get: pinned\n  - get: at\n    resource: repo\n    version: {{version: v5}}\n  - get: each\n    resource: repo\n    version: every\n  - get: newest\n    resource: repo\n    version: latest\n  - {}\n",
+        task(
+            "read",
+            &["repo", "pinned", "at", "each", "newest"],
+            &["out"],
+            "cp repo/version out/repo && cp pinned/version out/pinned && cp at/version out/at && cp each/version out/each && cp newest/version out/newest"
+        )
+    );
+    let yaml = format!(
+        "resource_types:\n- {}\nresources:\n- name: repo\n  type: jb-mock\n  source: {{initial_version: v1}}\n- name: pinned\n  type: jb-mock\n  source: {{initial_version: v1}}\n  version: {{version: p9}}\njobs:\n{jobs}",
+        subject.mock_type
+    );
+    let (o, runner, build) = run_yaml(subject, &yaml, "main").await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let out = artifact(&o, "out")?;
+    let mut got = Vec::new();
+    for name in ["repo", "pinned", "at", "each", "newest"] {
+        let v = read_artifact_file(&subject.runtime, out, name).await?;
+        got.push(String::from_utf8_lossy(&v).trim().to_owned());
+    }
+    ensure_eq!(got, ["v1", "p9", "v5", "v1", "v1"]);
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// `load_var`'s formats: `raw` keeps the file as it is, `.yml` reads as YAML by its
+/// extension, an explicit `format: json` reads a file with no extension; a file that is
+/// not what its format says fails the step, and nothing after it runs.
+pub async fn load_var_formats(subject: &RuntimeSubject) -> CaseResult {
+    let write = task(
+        "write",
+        &[],
+        &["meta"],
+        "echo '  padded  ' > meta/raw.txt && echo 'zone: b' > meta/conf.yml && echo '{\"n\": 7}' > meta/data && echo '{not json' > meta/bad.json",
+    );
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {write}\n  - load_var: raw\n    file: meta/raw.txt\n    format: raw\n  - load_var: conf\n    file: meta/conf.yml\n  - load_var: data\n    file: meta/data\n    format: json\n  - {}\n- name: bad\n  plan:\n  - {write}\n  - load_var: bad\n    file: meta/bad.json\n  - {}\n",
+        task_with_params(
+            "use",
+            "{RAW: ((.:raw)), ZONE: ((.:conf.zone)), N: ((.:data.n))}",
+            "echo \"[$RAW]|$ZONE|$N\" > out/line"
+        ),
+        task("never", &[], &[], "echo ran")
+    );
+    let (o, runner, build) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "out")?, "line").await?
+        )
+        .trim_end(),
+        // `raw` keeps the spaces and the newline `trim` would drop.
+        "[  padded  \n]|b|7"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await?;
+    let (o, runner, build) = run_jobs(subject, &jobs, "bad", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Failed, "failure: {:?}", o.failure);
+    let (step, failure) = o
+        .failure
+        .as_ref()
+        .ok_or_else(|| CaseError::here("no failure reported"))?;
+    ensure_eq!(step.as_str(), "load_var: bad");
+    ensure!(
+        failure.to_string().contains("is not JSON"),
+        "failure: {failure}"
+    );
+    ensure!(
+        !o.steps.iter().any(|s| s.name == "task: never"),
+        "a step ran after the failed load_var"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// Run `job` of `yaml` (which declares its own resource types) on the subject.
+async fn run_yaml(
+    subject: &RuntimeSubject,
+    yaml: &str,
+    job: &str,
+) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
+    let pipeline = parse_pipeline(yaml, "conformance.yml", &Vars::new())
+        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
+    let runner = BuildRunner::new(
+        subject.runtime.clone(),
+        quick(),
+        subject.images.clone(),
+        WORKER,
+        Arc::new(RecordedEvents::default()),
+    );
+    let build = format!("conf-{}", uuid_like());
+    let o = runner
+        .run(BuildRequest::new(
+            Arc::new(pipeline),
+            job.to_owned(),
+            1,
+            build.clone(),
+        ))
+        .await
+        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    Ok((o, runner, build))
+}
+
+/// [`task`] with `params` (a YAML flow mapping) and one output, `out`.
+fn task_with_params(name: &str, params: &str, script: &str) -> String {
+    task(name, &[], &["out"], script).replacen(
+        "    config:\n",
+        &format!("    params: {params}\n    config:\n"),
+        1,
+    )
+}
+
 /// on_failure sees the outputs of the step that failed; ensure always runs.
 pub async fn hooks_see_outputs_of_failed_step(subject: &RuntimeSubject) -> CaseResult {
     let jobs = format!(
@@ -945,6 +1128,9 @@ pub const CASES: &[&str] = &[
     "across_runs_each_combination",
     "task_image_from_an_artifact",
     "builtin_mock_round_trip",
+    "set_pipeline_reads_its_files_from_artifacts",
+    "get_versions_reach_in",
+    "load_var_formats",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -969,6 +1155,11 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "across_runs_each_combination" => Box::pin(across_runs_each_combination(subject)).await,
         "task_image_from_an_artifact" => Box::pin(task_image_from_an_artifact(subject)).await,
         "builtin_mock_round_trip" => Box::pin(builtin_mock_round_trip(subject)).await,
+        "set_pipeline_reads_its_files_from_artifacts" => {
+            Box::pin(set_pipeline_reads_its_files_from_artifacts(subject)).await
+        }
+        "get_versions_reach_in" => Box::pin(get_versions_reach_in(subject)).await,
+        "load_var_formats" => Box::pin(load_var_formats(subject)).await,
         _ => return None,
     })
 }
@@ -1012,6 +1203,9 @@ macro_rules! runtime_suite {
                 across_runs_each_combination,
                 task_image_from_an_artifact,
                 builtin_mock_round_trip,
+                set_pipeline_reads_its_files_from_artifacts,
+                get_versions_reach_in,
+                load_var_formats,
             ]
         );
     };
