@@ -770,6 +770,7 @@ impl BuildRunner {
             holder: ctx.holder.clone(),
             image,
             privileged: false,
+            hermetic: false,
             resources: Resources::default(),
             inputs: Vec::new(),
             outputs: Vec::new(),
@@ -1336,6 +1337,7 @@ impl BuildRunner {
                 let mut req =
                     self.request(ctx, id, &display, image, cmd, deadline, step.timeout, abort);
                 req.privileged = t.privileged;
+                req.hermetic = t.hermetic;
                 req.resources = Resources::new(config.container_limits.cpu_millis, config.container_limits.memory_bytes);
                 for input in &config.inputs {
                     let name = t.input_mapping.get(&input.name).unwrap_or(&input.name);

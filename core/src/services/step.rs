@@ -128,6 +128,10 @@ pub struct StepRequest {
     pub image: String,
     /// Privileged.
     pub privileged: bool,
+    /// Without network (a task's `hermetic: true`): only on a backend whose pods
+    /// can be cut off ([`crate::ports::PodCapabilities::hermetic`]); elsewhere pod
+    /// creation refuses it.
+    pub hermetic: bool,
     /// Resources.
     pub resources: Resources,
     /// Inputs.
@@ -389,9 +393,7 @@ impl StepRunner {
             resources: req.resources.clone(),
             privileged: req.privileged,
             transfer: helper,
-            // The build runner does not pass a task's `hermetic` yet (the parser refuses
-            // `hermetic: true` until it does).
-            hermetic: false,
+            hermetic: req.hermetic,
         };
         // An abort interrupts pod creation (between attempts) and every wait, not only
         // the command.
