@@ -96,6 +96,11 @@ pub enum Command {
     Logs(LogsArgs),
     /// Abort a build on a server.
     Abort(AbortArgs),
+    /// Load-test a server: submit builds (a pipeline, or a built-in mix) at a
+    /// concurrency or a rate, sample the server while they run, then give latencies and
+    /// a leak verdict. Exit status: 0 when every build ended as expected and nothing
+    /// leaked, 1 otherwise (naming what failed), 2 for bad input.
+    Load(LoadArgs),
 }
 
 /// `jetbridge server`.
@@ -281,6 +286,176 @@ pub struct AbortArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `jetbridge load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// A replica's API URL; repeatable (submissions go round-robin). Every replica must
+    /// share one queue.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ',',
+        env = "JETBRIDGE_SERVER"
+    )]
+    pub servers: Vec<String>,
+
+    /// File holding the API token (its first non-comment line).
+    #[arg(long, value_name = "FILE", env = "JETBRIDGE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// A replica's metrics URL (`http://HOST:9391/metrics`); repeatable, one per
+    /// replica. Sampled during the run; the leak verdict waits for each one's reaper.
+    #[arg(
+        long = "metrics",
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "JETBRIDGE_LOAD_METRICS"
+    )]
+    pub metrics: Vec<String>,
+
+    /// Builds to submit in all. Default: 20, or no limit with --duration.
+    #[arg(long, value_name = "N", env = "JETBRIDGE_LOAD_BUILDS")]
+    pub builds: Option<u64>,
+
+    /// Builds in flight at once (submitted and not ended). Default: 10.
+    #[arg(long, value_name = "C", env = "JETBRIDGE_LOAD_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+
+    /// Submit at this rate (`5`, `5/s`, `0.5/s`), whatever is in flight; --concurrency,
+    /// if given, still caps the builds in flight.
+    #[arg(long, value_name = "R/s", env = "JETBRIDGE_LOAD_RATE")]
+    pub rate: Option<String>,
+
+    /// A soak: keep submitting for this long (`2m`, `24h`), then wait for the builds in
+    /// flight to end.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, env = "JETBRIDGE_LOAD_DURATION")]
+    pub duration: Option<GraceDuration>,
+
+    /// Submit this pipeline (every build the same); its builds must end --expect.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "mix",
+        env = "JETBRIDGE_LOAD_PIPELINE"
+    )]
+    pub pipeline: Option<PathBuf>,
+
+    /// The job of --pipeline; may be left out when it has one job.
+    #[arg(long, requires = "pipeline", env = "JETBRIDGE_JOB")]
+    pub job: Option<String>,
+
+    /// Fill `((KEY))` placeholders of --pipeline; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", requires = "pipeline")]
+    pub vars: Vec<String>,
+
+    /// How --pipeline's builds are expected to end: succeeded, failed, errored or
+    /// aborted. Default: succeeded.
+    #[arg(
+        long,
+        value_name = "STATE",
+        requires = "pipeline",
+        env = "JETBRIDGE_LOAD_EXPECT"
+    )]
+    pub expect: Option<String>,
+
+    /// Submit the built-in mix (the default without --pipeline): get -> task -> put,
+    /// in_parallel fan-out, a large artifact, many small files, a cache, and builds that
+    /// fail, time out, are aborted or retry on purpose, each with the end it expects.
+    #[arg(long)]
+    pub mix: bool,
+
+    /// Image of the mix's tasks (it needs `sh`, `head`, `find`, `wc`, `cmp`).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        default_value = "busybox:1.36",
+        env = "JETBRIDGE_LOAD_MIX_IMAGE"
+    )]
+    pub mix_image: String,
+
+    /// Size of the mix's large artifact, in MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 16,
+        env = "JETBRIDGE_LOAD_LARGE_MIB"
+    )]
+    pub large_artifact_mib: u64,
+
+    /// Write report.json, report.md and PNG plots into this directory.
+    #[arg(long, value_name = "DIR", env = "JETBRIDGE_LOAD_REPORT")]
+    pub report: Option<PathBuf>,
+
+    /// How often to sample the metrics, the pods, the store and the registry.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, default_value = "2s", env = "JETBRIDGE_LOAD_SAMPLE_EVERY")]
+    pub sample_every: GraceDuration,
+
+    /// A build not ended this long after its submission is aborted and counted as an
+    /// unexpected outcome.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, default_value = "10m", env = "JETBRIDGE_LOAD_BUILD_TIMEOUT")]
+    pub build_timeout: GraceDuration,
+
+    /// After the last build, how long to wait for every replica's reaper to make a
+    /// whole pass before the leak verdict.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, default_value = "5m", env = "JETBRIDGE_LOAD_REAP_TIMEOUT")]
+    pub reap_timeout: GraceDuration,
+
+    /// Over a soak's steady state, the most the fitted RSS of a replica may grow, in
+    /// percent of its fitted start.
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = 10.0,
+        env = "JETBRIDGE_LOAD_MAX_RSS_GROWTH"
+    )]
+    pub max_rss_growth: f64,
+
+    /// Over a soak's steady state, the most the fitted open fds of a replica may grow.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16.0,
+        env = "JETBRIDGE_LOAD_MAX_FD_GROWTH"
+    )]
+    pub max_fd_growth: f64,
+
+    /// Kubeconfig of the cluster the servers run steps on: its pods and env Secrets are
+    /// counted (those labelled `app.kubernetes.io/managed-by=jetbridge`).
+    #[arg(long, value_name = "PATH", env = "JETBRIDGE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context; default: the current one.
+    #[arg(long, requires = "kubeconfig", env = "JETBRIDGE_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Namespace of the step pods; default: the kubeconfig's.
+    #[arg(long, requires = "kubeconfig", env = "JETBRIDGE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The servers' volume store (their --volumes: a directory or a bucket URL), read
+    /// to sample its usage (bytes, volumes) and to find volumes left at the end.
+    #[arg(long, value_name = "PATH_OR_URL", env = "JETBRIDGE_VOLUMES")]
+    pub volumes: Option<String>,
+
+    #[command(flatten)]
+    pub bucket: BucketArgs,
+
+    /// The servers' Postgres registry (their --registry), read (never migrated) to
+    /// count its artifact and worker rows and find references left at the end.
+    #[arg(long, value_name = "URL", env = "JETBRIDGE_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Postgres schema of the registry's tables.
+    #[arg(
+        long,
+        value_name = "SCHEMA",
+        requires = "registry",
+        env = "JETBRIDGE_REGISTRY_SCHEMA"
+    )]
+    pub registry_schema: Option<String>,
 }
 
 /// Pipeline and variables, shared by `run` and `validate`.

@@ -1,6 +1,9 @@
 //! The client commands: `submit`, `builds`, `logs`, `abort`, over the server's API.
 //! `submit --watch` replays the build's events into the same [`Printer`] that `run`
 //! prints with, so both show the same lines and summary.
+//!
+//! [`Client`], [`Submission`] and [`follow`] are also what `jetbridge load` submits and
+//! follows its builds with: the load harness has no private path to the server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,25 +21,50 @@ use jetbridge_server::api::{
     StepView, kinds,
 };
 
-use crate::cli::{AbortArgs, BuildsArgs, ClientArgs, LogsArgs, SubmitArgs};
+use crate::cli::{AbortArgs, BuildsArgs, ClientArgs, LogsArgs, PipelineArgs, SubmitArgs};
 use crate::output::Printer;
 use crate::user;
 use jetbridge_server::sse::{find_blank_line, parse_block, push_normalized};
 
 /// The server, with the token if one is given.
-struct Client {
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
 }
 
+/// The server's queue is full (429): back-pressure, to retry after `retry_after`
+/// seconds.
+#[derive(Debug)]
+pub(crate) struct QueueFull {
+    /// The server's `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.retry_after {
+            Some(s) => write!(f, "the server's queue is full; try again in {s} s"),
+            None => f.write_str("the server's queue is full; try again in a few s"),
+        }
+    }
+}
+
+impl std::error::Error for QueueFull {}
+
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let token = match &args.token_file {
+        Self::connect(&args.server, args.token_file.as_deref())
+    }
+
+    /// A client of the server at `server`, with the token of `token_file` if given.
+    pub(crate) fn connect(server: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+        let token = match token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
-        let base = args.server.trim_end_matches('/').to_owned();
+        let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(user(format!(
                 "--server {base:?}: give the server's URL, e.g. http://127.0.0.1:8080"
@@ -47,6 +75,47 @@ impl Client {
             .build()
             .context("setting up the HTTP client")?;
         Ok(Client { base, http, token })
+    }
+
+    /// The server's URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Queue a build; the build as queued.
+    pub(crate) async fn submit(&self, body: &serde_json::Value) -> anyhow::Result<BuildView> {
+        let res = self
+            .send(
+                self.request(reqwest::Method::POST, "/api/v1/builds")
+                    .json(body),
+            )
+            .await?;
+        res.json().await.context("reading the server's answer")
+    }
+
+    /// Ask the server to abort a build.
+    pub(crate) async fn abort(&self, id: u64) -> anyhow::Result<BuildView> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/api/v1/builds/{id}/abort"))
+            .timeout(Duration::from_secs(10));
+        let res = self.send(req).await?;
+        res.json().await.context("reading the server's answer")
+    }
+
+    /// One page of builds, newest first, in `states` (comma-separated; empty: all).
+    pub(crate) async fn list(&self, states: &str, limit: usize) -> anyhow::Result<BuildList> {
+        let mut req = self
+            .request(reqwest::Method::GET, "/api/v1/builds")
+            .query(&[("limit", limit.to_string())])
+            .timeout(Duration::from_secs(30));
+        if !states.is_empty() {
+            req = req.query(&[("state", states)]);
+        }
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .context("reading the server's answer")
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -83,10 +152,9 @@ impl Client {
             401 => user(format!(
                 "the server refused the token: {message}\n  give --token-file FILE (or JETBRIDGE_TOKEN_FILE) with one of the server's --api-token-file tokens"
             )),
-            429 => anyhow::anyhow!(
-                "the server's queue is full; try again in {} s",
-                retry.as_deref().unwrap_or("a few")
-            ),
+            429 => anyhow::Error::new(QueueFull {
+                retry_after: retry.as_deref().and_then(|r| r.trim().parse().ok()),
+            }),
             400..=499 => user(message),
             _ => anyhow::anyhow!("the server failed ({status}): {message}"),
         })
@@ -121,13 +189,17 @@ fn tar_dir(dir: &Path, prefix: &str) -> anyhow::Result<Vec<u8>> {
     b.into_inner().context("packing")
 }
 
-/// `jetbridge submit`.
-pub async fn submit(args: &SubmitArgs, printer: Printer) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client)?;
+/// The body of a submission of `args`' pipeline (checked here first, as `run` checks
+/// it), with its `type: local` directories bundled and `inputs` (`NAME=DIR`) packed.
+pub(crate) fn submission(
+    args: &PipelineArgs,
+    job: Option<&str>,
+    inputs: &[String],
+) -> anyhow::Result<serde_json::Value> {
     // Parsed here too: a mistake is reported as `run` reports it, before any upload,
     // and the `type: local` directories to upload are known.
-    let (pipeline, _) = crate::load_pipeline(&args.pipeline)?;
-    let path = &args.pipeline.pipeline;
+    let (pipeline, _) = crate::load_pipeline(args)?;
+    let path = &args.pipeline;
     let text = std::fs::read_to_string(path)
         .map_err(|e| user(format!("cannot read the pipeline {}: {e}", path.display())))?;
     let base_dir = path
@@ -171,35 +243,34 @@ pub async fn submit(args: &SubmitArgs, printer: Printer) -> anyhow::Result<u8> {
         Some(b) => Some(b64.encode(b.into_inner().context("packing")?)),
         None => None,
     };
-    let mut inputs = BTreeMap::new();
-    for spec in &args.inputs {
+    let mut packed = BTreeMap::new();
+    for spec in inputs {
         let Some((name, dir)) = spec.split_once('=') else {
             return Err(user(format!("--input {spec:?}: give NAME=DIR")));
         };
         let tar = tar_dir(Path::new(dir), ".").map_err(|e| user(format!("--input {name}: {e}")))?;
-        inputs.insert(name.to_owned(), b64.encode(tar));
+        packed.insert(name.to_owned(), b64.encode(tar));
     }
     let mut vars = serde_json::Map::new();
-    for a in &args.pipeline.vars {
+    for a in &args.vars {
         let (k, v) = Vars::parse_assignment(a).map_err(|e| user(format!("--var: {e}")))?;
         vars.insert(k, v);
     }
-    let body = serde_json::json!({
+    Ok(serde_json::json!({
         "pipeline": text,
         "file": path.display().to_string(),
-        "job": args.job,
+        "job": job,
         "vars": vars,
         "bundle": bundle,
-        "inputs": inputs,
-    });
-    let res = client
-        .send(
-            client
-                .request(reqwest::Method::POST, "/api/v1/builds")
-                .json(&body),
-        )
-        .await?;
-    let build: BuildView = res.json().await.context("reading the server's answer")?;
+        "inputs": packed,
+    }))
+}
+
+/// `jetbridge submit`.
+pub async fn submit(args: &SubmitArgs, printer: Printer) -> anyhow::Result<u8> {
+    let client = Client::new(&args.client)?;
+    let body = submission(&args.pipeline, args.job.as_deref(), &args.inputs)?;
+    let build = client.submit(&body).await?;
     if !args.watch {
         printer.info(&format!(
             "queued build {} (job {} of pipeline {}); follow it with `jetbridge logs {} -f`",
@@ -231,13 +302,7 @@ pub async fn logs(args: &LogsArgs, printer: Printer) -> anyhow::Result<u8> {
 /// `jetbridge abort`.
 pub async fn abort(args: &AbortArgs, printer: Printer) -> anyhow::Result<u8> {
     let client = Client::new(&args.client)?;
-    let res = client
-        .send(client.request(
-            reqwest::Method::POST,
-            &format!("/api/v1/builds/{}/abort", args.id),
-        ))
-        .await?;
-    let b: BuildView = res.json().await.context("reading the server's answer")?;
+    let b = client.abort(args.id).await?;
     printer.info(&if b.is_final() {
         format!("build {}: {}", b.id, b.state)
     } else {
@@ -329,7 +394,15 @@ impl Replay {
             sinks: HashMap::new(),
         }
     }
+}
 
+/// Where a build's events go as they are read from its stream, in order.
+pub(crate) trait EventSink {
+    /// One event: its kind (`step-started`, `output`, ...) and its JSON data.
+    fn event(&mut self, kind: &str, data: &str);
+}
+
+impl EventSink for Replay {
     fn event(&mut self, kind: &str, data: &str) {
         match kind {
             kinds::STEP_STARTED => {
@@ -366,7 +439,9 @@ impl Replay {
             _ => {}
         }
     }
+}
 
+impl Replay {
     /// The summary of an ended build.
     fn end(&mut self, b: &BuildView) {
         self.sinks.clear();
@@ -408,7 +483,7 @@ async fn stream_once(
     id: u64,
     last: u64,
     follow: bool,
-    replay: &mut Replay,
+    replay: &mut (dyn EventSink + Send),
 ) -> anyhow::Result<StreamEnd> {
     let mut req = client
         .request(reqwest::Method::GET, &format!("/api/v1/builds/{id}/events"))
@@ -521,6 +596,51 @@ async fn watch(
             if drops > 30 {
                 return Err(anyhow::anyhow!(
                     "lost the server's event stream of build {id}; `jetbridge logs {id} -f` resumes it"
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            drops = 0;
+        }
+        last = end.last;
+    }
+}
+
+/// Follow build `id`'s events into `sink` until it ends, resuming after dropped
+/// connections (from the last event seen, so none is lost or repeated), as `submit
+/// --watch` does; the build as it ended. Gives up at `deadline`, or after 30 drops in a
+/// row that brought no event.
+pub(crate) async fn follow(
+    client: &Client,
+    id: u64,
+    sink: &mut (dyn EventSink + Send),
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<BuildView> {
+    let mut last = 0;
+    let mut drops = 0u32;
+    loop {
+        let once = tokio::time::timeout_at(deadline, stream_once(client, id, last, true, sink));
+        let end = match once.await {
+            Err(_) => {
+                return Err(anyhow::anyhow!(
+                    "build {id} did not end in time (its event stream is still open)"
+                ));
+            }
+            Ok(Ok(end)) => end,
+            Ok(Err(e)) if e.downcast_ref::<crate::UserError>().is_some() => return Err(e),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %format!("{e:#}"), "the event stream failed; retrying");
+                StreamEnd { last, build: None }
+            }
+        };
+        if let Some(b) = end.build {
+            return Ok(b);
+        }
+        if end.last == last {
+            drops += 1;
+            if drops > 30 {
+                return Err(anyhow::anyhow!(
+                    "lost the server's event stream of build {id} 30 times in a row"
                 ));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

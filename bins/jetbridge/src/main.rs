@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod load;
 mod mock;
 mod output;
 mod settings;
@@ -223,6 +224,7 @@ async fn dispatch(
         Command::Builds(args) => client::builds(args, cli.log_format == LogFormat::Json).await,
         Command::Logs(args) => client::logs(args, printer).await,
         Command::Abort(args) => client::abort(args, printer).await,
+        Command::Load(args) => load::run(args).await,
         Command::Validate(args) => {
             // As `fly validate-pipeline`: the shape is checked without the values; a
             // variable with none is a warning here (`run` still requires it).
