@@ -14,10 +14,28 @@ use jetbridge_kube::{KubeBackend, KubeConfig};
 use jetbridge_kube_sim::{ExecProtocols, SimConfig, Simulator};
 use jetbridge_memory::{MemoryRegistry, MemoryVolumeStore};
 
-/// The mock resource's scripts run on the host (the simulator runs container commands
-/// as local processes), from the directory the image resolver is told about.
+/// The suite's `jb-mock` type, in Concourse's image; the simulator runs its
+/// `/opt/resource` scripts from the shell scripts the suite writes.
 const MOCK_TYPE: &str =
     "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}";
+
+/// The image of the built-in `mock`, as the chart names its own (`ghcr.io/jetbridge/
+/// jetbridge:TAG`, `images.mock-image`): the jetbridge image, whose `/opt/resource/{check,
+/// in,out}` are links to the binary (the Dockerfile makes them).
+const MOCK_IMAGE: &str = "ghcr.io/jetbridge/jetbridge:test";
+
+/// What the two resource images hold on the simulator, which runs container commands as
+/// host processes: Concourse's mock resource holds the suite's scripts, the jetbridge
+/// image the binary under test, as `check`, `in` and `out`.
+fn image_files(sim: &Simulator, scripts: &std::path::Path) {
+    for name in ["check", "in", "out"] {
+        let in_image = format!("/opt/resource/{name}");
+        sim.image_file("concourse/mock-resource", &in_image, scripts.join(name))
+            .expect("mock-resource file");
+        sim.image_file(MOCK_IMAGE, &in_image, env!("CARGO_BIN_EXE_jetbridge"))
+            .expect("jetbridge image file");
+    }
+}
 
 async fn subject(pvc: bool) -> Option<RuntimeSubject> {
     subject_on(pvc, ExecProtocols::default()).await
@@ -59,6 +77,7 @@ async fn subject_on(pvc: bool, exec_protocols: ExecProtocols) -> Option<RuntimeS
     );
     let mock = dir.path().join("mock-resource");
     write_mock_resource(&mock).expect("mock resource");
+    image_files(&sim, &mock);
     let registry: Arc<dyn ArtifactRegistry> = Arc::new(MemoryRegistry::new());
     let rt = Runtime {
         pods: backend.clone(),
@@ -66,7 +85,7 @@ async fn subject_on(pvc: bool, exec_protocols: ExecProtocols) -> Option<RuntimeS
         volumes: Some(volumes),
         registry,
     };
-    let images = ImageResolver::new().with_scripts_dir(mock.to_string_lossy().into_owned());
+    let images = ImageResolver::new().with_mock_image(MOCK_IMAGE);
     let mut s = RuntimeSubject::new(rt, MOCK_TYPE, images)
         .with_guard(sim)
         .with_guard(dir);

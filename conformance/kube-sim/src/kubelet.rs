@@ -805,7 +805,7 @@ pub(crate) async fn pump_log(mut r: impl AsyncRead + Unpin, log: Arc<LogBuf>) {
 /// Name of jetbridge's init container that installs the pause program.
 const PAUSE_INSTALLER: &str = "jetbridge-pause";
 
-fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i32>> {
+fn start_container(sh: &Shared, rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i32>> {
     let name = cname(c);
     let log = LogBuf::new();
     lock(&rt.logs).insert(name.clone(), log.clone());
@@ -825,6 +825,11 @@ fn start_container(rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i3
         return rx;
     }
     let argv = container_argv(c, &cenv.env);
+    let argv = crate::images::host_argv(
+        &lock(&sh.flags),
+        c["image"].as_str().unwrap_or_default(),
+        argv,
+    );
     if let Some(is_pause_binary) = is_pause(&argv) {
         let tx = Arc::new(tx);
         let id = rt.add_proc(ProcHandle::Pause(tx.clone(), is_pause_binary), &name, false);
@@ -912,7 +917,7 @@ async fn start_ready(
         }
         match configure(sh, rt, pod, c) {
             Ok(()) => {
-                launched.push((i, start_container(rt, c)));
+                launched.push((i, start_container(sh, rt, c)));
                 slots[i] = Slot {
                     started: Some(now_rfc3339()),
                     blocked: None,

@@ -32,7 +32,18 @@ pub(crate) struct Flags {
     /// (image substring, executables the image does not have), see
     /// `Simulator::image_lacks`.
     pub image_lacks: Vec<(String, Vec<String>)>,
+    /// Files images hold, in the order given (see `Simulator::image_file`).
+    pub image_files: Vec<ImageFile>,
     pub drop_exec: usize,
+}
+
+/// A file an image holds: images whose reference contains `image` have `path`, which
+/// runs on the host as `link` (named as `path` is, pointing at the host file).
+#[derive(Debug, Clone)]
+pub(crate) struct ImageFile {
+    pub image: String,
+    pub path: String,
+    pub link: PathBuf,
 }
 
 /// Why the kubelet must stop a pod's containers.
