@@ -148,6 +148,14 @@ pub(crate) async fn handler(
     let (Some(rt), Some(cenv)) = (rt, cenv) else {
         return not_running(&sh, &headers, ws, &container);
     };
+    // The kubelet finds the container through the runtime's list of running containers
+    // (pkg/kubelet/kubelet_pods.go `GetExec` -> `findContainer` -> the runtime's
+    // `GetPods(ctx, false)`, a CRI ListContainers of running ones), not through
+    // the status it last wrote: a container that has just ended is not found, however
+    // long its status takes to reach the API.
+    if rt.has_exited(&container) {
+        return not_running(&sh, &headers, ws, &container);
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => return ApiError::bad_request("Upgrade request required").into_response(),

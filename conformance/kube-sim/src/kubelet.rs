@@ -34,6 +34,19 @@ enum Stop {
     Terminal,
 }
 
+impl crate::Simulator {
+    /// How long the end of a container takes to reach the API: its terminated state
+    /// (and the phase that follows from it) is written `lag` after its process ended,
+    /// while the runtime knows at once (an exec into it is refused as `container not
+    /// found`, and the commands exec'd in it have already ended with 137). On a node
+    /// the kubelet's PLEG relists containers every second and the status manager then
+    /// patches the pod, so a second or two is usual, more on a busy node. Zero (at
+    /// once) until set; the setting holds for every pod from then on.
+    pub fn status_lag(&self, lag: Duration) {
+        self.shared.update_flags(|f| f.status_lag = lag);
+    }
+}
+
 /// Register the kubelet's runtime for a new pod. Call before the pod is stored,
 /// then [`start`] once it is.
 pub(crate) fn register(shared: &Shared, pod: &Value) -> Arc<PodRuntime> {
@@ -1023,6 +1036,8 @@ async fn run_set(
             }
         }
     };
+    // The main container the OOM killer took, its end still to be reported.
+    let mut oom_killed: Option<usize> = None;
     loop {
         let waiting = slots.iter().any(|s| s.started.is_none());
         if waits.is_empty() && !waiting {
@@ -1032,7 +1047,22 @@ async fn run_set(
             Some((i, code)) = waits.next(), if !waits.is_empty() => {
                 codes[i] = Some(code);
                 let at = slots[i].started.clone().unwrap_or_default();
-                write(sh, rt, report(&codes, i, code, exit_reason(code), &at)).await;
+                // What the runtime reports for a container whose cgroup met its limit
+                // (containerd's `Reason: OOMKilled` from the task's OOM event; kubelet
+                // pkg/kubelet/kuberuntime/kuberuntime_container.go `toKubeContainerStatus`).
+                let reason = if oom_killed == Some(i) {
+                    "OOMKilled"
+                } else {
+                    exit_reason(code)
+                };
+                // The kubelet hears of a container's end from its PLEG relist (every
+                // second, pkg/kubelet/kubelet.go `genericPlegRelistPeriod`) and the status
+                // manager then patches the pod: the API learns of it late.
+                let lag = lock(&sh.flags).status_lag;
+                if !lag.is_zero() {
+                    tokio::time::sleep(lag).await;
+                }
+                write(sh, rt, report(&codes, i, code, reason, &at)).await;
             }
             () = tokio::time::sleep(CONFIG_RETRY), if waiting => {
                 for (i, rx) in start_ready(sh, rt, pod, specs, init, &mut slots, &codes).await {
@@ -1040,6 +1070,22 @@ async fn run_set(
                 }
             }
             k = next_kill(kill_rx) => {
+                if matches!(k, Kill::Oom) && !init {
+                    // cgroup v2 with `memory.oom.group`, which the kubelet sets from 1.28
+                    // unless `singleProcessOOMKill` (1.32+) says otherwise
+                    // (pkg/kubelet/kuberuntime/kuberuntime_container_linux.go): the kernel
+                    // kills every process of the first main container's cgroup, its execs
+                    // included, and nothing of the pod's other containers. With restartPolicy Never
+                    // the container stays terminated, and while another container runs
+                    // the pod stays Running (pkg/kubelet/kubelet_pods.go `getPhase`:
+                    // Running while any container runs); it fails once all have ended.
+                    let running = slots.first().is_some_and(|s| s.started.is_some());
+                    if running && codes[0].is_none() {
+                        oom_killed = Some(0);
+                        rt.kill_container(&cname(&specs[0]));
+                    }
+                    continue;
+                }
                 match &k {
                     Kill::Shutdown => {
                         rt.signal_all(true);

@@ -4,10 +4,11 @@ use crate::store::Store;
 use crate::{RequestRecord, SimConfig, process};
 use jetbridge_sim_http::Controls;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,8 @@ pub(crate) struct Flags {
     /// Files images hold, in the order given (see `Simulator::image_file`).
     pub image_files: Vec<ImageFile>,
     pub drop_exec: usize,
+    /// How long a container's end takes to reach the API (see `Simulator::status_lag`).
+    pub status_lag: Duration,
 }
 
 /// A file an image holds: images whose reference contains `image` have `path`, which
@@ -175,6 +178,9 @@ pub(crate) struct PodRuntime {
     pub containers: Mutex<HashMap<String, ContainerEnv>>,
     pub logs: Mutex<HashMap<String, Arc<LogBuf>>>,
     pub procs: Mutex<HashMap<u64, Proc>>,
+    /// Containers whose own process has ended, as the runtime knows at once (the API
+    /// hears of it later, see `Simulator::status_lag`).
+    pub exited: Mutex<HashSet<String>>,
     next_proc: AtomicU64,
     pub pod_dir: Mutex<Option<PathBuf>>,
 }
@@ -189,6 +195,7 @@ impl PodRuntime {
             containers: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             procs: Mutex::new(HashMap::new()),
+            exited: Mutex::default(),
             next_proc: AtomicU64::new(0),
             pod_dir: Mutex::new(None),
         })
@@ -240,12 +247,32 @@ impl PodRuntime {
     /// kernel kills a PID namespace's processes when its init exits
     /// (pid_namespaces(7)), so those commands end with 137.
     pub fn container_exited(&self, container: &str) {
+        lock(&self.exited).insert(container.to_owned());
         let execs: Vec<ProcHandle> = lock(&self.procs)
             .values()
             .filter(|p| p.exec && p.container == container)
             .map(|p| p.handle.clone())
             .collect();
         for p in execs {
+            p.signal(true);
+        }
+    }
+
+    /// Whether `container`'s own process has ended (the runtime's view, not the API's).
+    pub fn has_exited(&self, container: &str) -> bool {
+        lock(&self.exited).contains(container)
+    }
+
+    /// SIGKILL every process of `container`, its own and those exec'd in it, and
+    /// nothing of the pod's other containers: what the kernel does to a cgroup with
+    /// `memory.oom.group` set when it runs out of memory.
+    pub fn kill_container(&self, container: &str) {
+        let procs: Vec<ProcHandle> = lock(&self.procs)
+            .values()
+            .filter(|p| p.container == container)
+            .map(|p| p.handle.clone())
+            .collect();
+        for p in procs {
             p.signal(true);
         }
     }
