@@ -38,6 +38,13 @@ const POD_WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(7 * 
 /// How long a cancellation may take to reach the container.
 const KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How long the status of a container that ended under its command may take to reach
+/// the API. The kubelet's PLEG relists containers every second and the status manager
+/// then patches the pod (pkg/kubelet/kubelet.go `genericPlegRelistPeriod`,
+/// pkg/kubelet/status/status_manager.go): seconds on a healthy node. Beyond this the
+/// command is given up as lost, never taken for its exit status.
+const CONTAINER_END_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The script that hands a command exactly `$1` bytes of stdin and then its end, for
 /// sessions that cannot end stdin (`v4.channel.k8s.io`, see [`crate::session`]); the
 /// command and its arguments follow. `head -c` stops reading at the count, so the
@@ -303,10 +310,14 @@ impl Exec for KubeBackend {
             Some(s) => {
                 guard.disarm();
                 let code = exit_code(&s)?;
-                if code == 137
-                    && let Some(oom) = self.oom_killed(&pod, req.container).await
-                {
-                    return Err(oom);
+                if code == 137 {
+                    match self.oom_killed(&pod, req.container).await {
+                        Killed::ByOom(e) => return Err(e),
+                        // The container went with the command (cgroup v2's group OOM
+                        // kill, an eviction, a deletion), and its status may lag.
+                        Killed::WithContainer => self.container_end(&pod, container).await?,
+                        Killed::Alone => {}
+                    }
                 }
                 Ok(code)
             }
@@ -321,15 +332,28 @@ impl Exec for KubeBackend {
     }
 }
 
+/// What killed a command that died by SIGKILL (exit 137).
+enum Killed {
+    /// The out-of-memory killer, the command alone: the error to report.
+    ByOom(Error),
+    /// Its container stopped with it: the container's status says why.
+    WithContainer,
+    /// Nothing the container shows: a SIGKILL of the command's own making.
+    Alone,
+}
+
 impl KubeBackend {
-    /// Whether a command that died by SIGKILL was the out-of-memory killer's doing,
-    /// though nothing in the pod says so: with cgroup v1, or `singleProcessOOMKill:
-    /// true` (1.32+), the kernel kills only the largest process (the command) and the
-    /// container carries on without an `OOMKilled` status. The container's cgroup
-    /// counts it in `oom_kill` (`memory.events`, `memory.oom_control`), which one more
-    /// exec reads; a count above the last one seen in this pod is this command's. `None`
-    /// when the count did not rise or cannot be read (no `sh` or `cat` in the image).
-    async fn oom_killed(&self, pod: &str, container: Container) -> Option<Error> {
+    /// What killed a command that died by SIGKILL, though nothing in the pod may say so
+    /// yet. With cgroup v1, or `singleProcessOOMKill: true` (1.32+), the kernel kills
+    /// only the largest process (the command) and the container carries on without an
+    /// `OOMKilled` status; the container's cgroup counts it in `oom_kill`
+    /// (`memory.events`, `memory.oom_control`), which one more exec reads, and a count
+    /// above the last one seen in this pod is this command's. That exec refused with
+    /// `container not found` means the container went with the command: the runtime
+    /// knows at once, while its status can take a while to reach the API. `Alone` when
+    /// the count did not rise or cannot be read (no `sh` or `cat` in the image: the
+    /// runtime still started the exec, so the container runs).
+    async fn oom_killed(&self, pod: &str, container: Container) -> Killed {
         const READ_FIRST: &str =
             "for f in \"$@\"; do cat \"$f\" 2>/dev/null && exit 0; done; exit 1";
         let mut argv = vec![
@@ -342,23 +366,97 @@ impl KubeBackend {
         let mut req = ExecRequest::new(pod, argv);
         req.container = container;
         let out = Arc::new(jetbridge_core::ports::CaptureOutput::new());
-        let read = self.exec(req, out.clone()).await;
-        if !matches!(read, Ok(0)) {
-            return None;
+        match self.exec(req, out.clone()).await {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::Conflict => return Killed::WithContainer,
+            _ => return Killed::Alone,
         }
         let text = String::from_utf8_lossy(&out.stdout()).into_owned();
-        let count = text
+        let Some(count) = text
             .lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse::<u64>().ok())?;
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        else {
+            return Killed::Alone;
+        };
         let mut seen = self.oom_seen.lock().unwrap_or_else(|e| e.into_inner());
         let before = seen.insert(pod.to_owned(), count).unwrap_or(0);
-        (count > before).then(|| {
-            Error::out_of_memory(format!(
-                "the command was killed by the out-of-memory killer (exit 137; the container's \
-                 oom_kill count went from {before} to {count}); raise the step's memory limit"
+        if count <= before {
+            return Killed::Alone;
+        }
+        Killed::ByOom(Error::out_of_memory(format!(
+            "the command was killed by the out-of-memory killer (exit 137; the container's \
+             oom_kill count went from {before} to {count}); raise the step's memory limit"
+        )))
+    }
+
+    /// Wait for the status of `container`, which stopped with a command, to say why:
+    /// `OutOfMemory` when it was OOM-killed (the pod itself may stay Running, its other
+    /// containers running on), `Ok` when it ended otherwise (the caller asks the pod,
+    /// where an eviction or a deletion shows), `Lost` when nothing says so within
+    /// [`CONTAINER_END_WAIT`] or the pod goes. The pod is listed, then watched from the
+    /// list's version, within one request budget.
+    async fn container_end(&self, pod: &str, container: &str) -> Result<()> {
+        use futures::StreamExt;
+        use kube::api::{ListParams, WatchEvent, WatchParams};
+        let budget = crate::retry::Budget::new(&self.config.request_budget);
+        let deadline = tokio::time::Instant::now() + CONTAINER_END_WAIT;
+        let fields = format!("metadata.name={pod}");
+        let lost = |why: &str| {
+            Error::lost(format!(
+                "container {container} of pod {pod} stopped with the command (exit 137) \
+                 and {why}"
             ))
-        })
+        };
+        let verdict = |end: crate::status::ContainerEnd| match end {
+            crate::status::ContainerEnd::OomKilled(m) => Err(Error::out_of_memory(format!(
+                "the command was killed by the out-of-memory killer with its container \
+                 ({m}); raise the step's memory limit"
+            ))),
+            crate::status::ContainerEnd::Other(_) => Ok(()),
+        };
+        loop {
+            let params = ListParams::default().fields(&fields);
+            let list = budget
+                .run("get pod", true, || self.api.list(&params))
+                .await
+                .map_err(|e| e.into_error(&format!("getting pod {pod}")))?;
+            let version = list.metadata.resource_version.clone().unwrap_or_default();
+            let Some(now) = list.items.into_iter().next() else {
+                return Err(lost("the pod is gone"));
+            };
+            if let Some(end) = crate::status::container_end(&now, container) {
+                return verdict(end);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(lost(&format!(
+                    "its status did not say why within {}s",
+                    CONTAINER_END_WAIT.as_secs()
+                )));
+            }
+            let secs = u32::try_from(left.as_secs().clamp(1, 290)).unwrap_or(290);
+            let watch = WatchParams::default().fields(&fields).timeout(secs);
+            let Ok(stream) = self.api.watch(&watch, &version).await else {
+                // A failed watch costs a request of the budget; a list starts again.
+                budget.take("watch pod")?;
+                continue;
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
+                match event {
+                    Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
+                        if let Some(end) = crate::status::container_end(&p, container) {
+                            return verdict(end);
+                        }
+                    }
+                    Ok(WatchEvent::Deleted(_)) => return Err(lost("the pod was deleted")),
+                    Ok(WatchEvent::Bookmark(_)) => {}
+                    // Expired history or a broken stream: list again.
+                    Ok(WatchEvent::Error(_)) | Err(_) => break,
+                }
+            }
+        }
     }
 }
 

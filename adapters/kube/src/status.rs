@@ -242,6 +242,60 @@ fn main_terminated(pod: &Pod) -> Option<(String, i32, Option<String>)> {
     ))
 }
 
+/// How a container ended, as its status says once the kubelet has written it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContainerEnd {
+    /// Terminated `OOMKilled`, now or before a restart: the description.
+    OomKilled(String),
+    /// Terminated otherwise, or the pod ended: the description.
+    Other(String),
+}
+
+/// How container `name` of `pod` ended, or `None` while its status still says it runs.
+///
+/// The kernel kills a whole container for memory where the kubelet sets
+/// `memory.oom.group` (cgroup v2, 1.28+, unless `singleProcessOOMKill`; pkg/kubelet/
+/// kuberuntime/kuberuntime_container_linux.go), and the runtime reports reason
+/// `OOMKilled`: in `state.terminated` under restartPolicy Never, in
+/// `lastState.terminated` once a container that may restart has (pkg/kubelet/
+/// kubelet_pods.go `convertToAPIContainerStatuses`). The pod's other containers run
+/// on, so the phase can stay `Running` (`getPhase`); only the container says it.
+pub(crate) fn container_end(pod: &Pod, name: &str) -> Option<ContainerEnd> {
+    let status = pod.status.as_ref()?;
+    let cs = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name);
+    let terminated = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+        s.and_then(|s| s.terminated.clone())
+    };
+    let now = cs.and_then(|c| terminated(c.state.as_ref()));
+    let before = cs.and_then(|c| terminated(c.last_state.as_ref()));
+    let describe = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| {
+        let reason = t.reason.as_deref().unwrap_or_default();
+        let base = format!(
+            "container {name} terminated: {reason} (exit code {})",
+            t.exit_code
+        );
+        match non_empty(t.message.as_ref()) {
+            Some(m) => format!("{base}: {m}"),
+            None => base,
+        }
+    };
+    for t in now.iter().chain(before.iter()) {
+        if t.reason.as_deref() == Some("OOMKilled") {
+            return Some(ContainerEnd::OomKilled(describe(t)));
+        }
+    }
+    if let Some(t) = &now {
+        return Some(ContainerEnd::Other(describe(t)));
+    }
+    matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        .then(|| ContainerEnd::Other(format!("the pod ended ({:?})", status.phase)))
+}
+
 fn termination_message(reason: &str, code: i32, msg: Option<String>) -> String {
     let base = if reason.is_empty() {
         format!("container {MAIN_CONTAINER} terminated (exit code {code})")
@@ -297,14 +351,10 @@ fn pod_state(pod: &Pod, deletion_requested: bool) -> (PodState, Option<String>) 
     }
 
     // The step's container ran out of memory: that is the step's limit, and it wins
-    // over an eviction that followed.
-    if let Some((reason, code, msg)) = main_terminated(pod)
-        && reason == "OOMKilled"
-    {
-        return (
-            PodState::Failed(PodFailure::OomKilled),
-            Some(termination_message(&reason, code, msg)),
-        );
+    // over an eviction that followed. The pod may still be Running (see
+    // `container_end`), and a container that restarted says it in `lastState`.
+    if let Some(ContainerEnd::OomKilled(msg)) = container_end(pod, MAIN_CONTAINER) {
+        return (PodState::Failed(PodFailure::OomKilled), Some(msg));
     }
     // Disrupted or deleted under us, in whatever phase (see `pod_status_as`).
     if let Some((failure, msg)) = disruption(pod) {
@@ -680,6 +730,45 @@ mod tests {
             assert_eq!(s.state, PodState::Failed(PodFailure::OomKilled), "{phase}");
             assert!(s.message.unwrap().contains("137"));
         }
+    }
+
+    #[test]
+    fn an_oom_kill_before_a_restart_and_a_helper_left_running() {
+        // The main container restarted after the kill: `lastState` says it.
+        let restarted = pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 1, "state": {"running": {}},
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}));
+        assert_eq!(
+            pod_status(&restarted).state,
+            PodState::Failed(PodFailure::OomKilled)
+        );
+        // The helper runs on after main's kill: the pod is Running, main says why.
+        let helper_on = pod(json!({"phase": "Running",
+            "containerStatuses": [
+                {"name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+                {"name": "helper", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {}}}]}));
+        match container_end(&helper_on, "main") {
+            Some(ContainerEnd::OomKilled(m)) => {
+                assert!(m.contains("OOMKilled (exit code 137)"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(container_end(&helper_on, "helper"), None, "still running");
+        let exited = pod(json!({"phase": "Running",
+            "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"reason": "Error", "exitCode": 137}}}]}));
+        assert!(matches!(
+            container_end(&exited, "main"),
+            Some(ContainerEnd::Other(_))
+        ));
+        let ended = pod(json!({"phase": "Failed"}));
+        assert!(matches!(
+            container_end(&ended, "main"),
+            Some(ContainerEnd::Other(_))
+        ));
     }
 
     #[test]
