@@ -26,15 +26,19 @@ const MOCK_IMAGE: &str = "ghcr.io/jetbridge/jetbridge:test";
 
 /// What the two resource images hold on the simulator, which runs container commands as
 /// host processes: Concourse's mock resource holds the suite's scripts, the jetbridge
-/// image the binary under test, as `check`, `in` and `out`.
+/// image the binary under test, as `check`, `in` and `out` and as itself (the
+/// Dockerfile's `/usr/local/bin/jetbridge`).
 fn image_files(sim: &Simulator, scripts: &std::path::Path) {
+    let binary = env!("CARGO_BIN_EXE_jetbridge");
     for name in ["check", "in", "out"] {
         let in_image = format!("/opt/resource/{name}");
         sim.image_file("concourse/mock-resource", &in_image, scripts.join(name))
             .expect("mock-resource file");
-        sim.image_file(MOCK_IMAGE, &in_image, env!("CARGO_BIN_EXE_jetbridge"))
+        sim.image_file(MOCK_IMAGE, &in_image, binary)
             .expect("jetbridge image file");
     }
+    sim.image_file(MOCK_IMAGE, "/usr/local/bin/jetbridge", binary)
+        .expect("jetbridge image file");
 }
 
 async fn subject(pvc: bool) -> Option<RuntimeSubject> {
@@ -146,4 +150,40 @@ async fn kube_with_object_store() -> Option<RuntimeSubject> {
 mod object_store {
     use super::*;
     jetbridge_conformance::runtime_suite!(kube_with_object_store);
+}
+
+/// A task whose `image_resource` is the built-in `mock` runs in the mock image (the
+/// jetbridge image) and so can run that image's own program, which no other image here
+/// holds: the binary at `/usr/local/bin/jetbridge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_in_the_mock_image_runs_that_images_program() {
+    use jetbridge_conformance::runtime::RecordedEvents;
+    use jetbridge_core::plan::{Vars, parse_pipeline};
+    use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, StepConfig};
+    let s = kube_streamed().await.expect("subject");
+    let yaml = "jobs:\n- name: main\n  plan:\n  - task: smoke\n    config:\n      platform: linux\n      image_resource: {type: mock, source: {mirror_self: true}}\n      run: {path: /usr/local/bin/jetbridge, args: [--version]}\n";
+    let pipeline = parse_pipeline(yaml, "mock-image.yml", &Vars::new()).expect("pipeline");
+    let events = Arc::new(RecordedEvents::default());
+    let runner = BuildRunner::new(
+        s.runtime.clone(),
+        StepConfig::default(),
+        s.images.clone(),
+        "mock-image-worker",
+        events.clone(),
+    );
+    let o = runner
+        .run(BuildRequest::new(
+            Arc::new(pipeline),
+            "main".to_owned(),
+            1,
+            "mock-image-1".to_owned(),
+        ))
+        .await
+        .expect("the build runs");
+    assert_eq!(o.status, BuildStatus::Succeeded, "{:?}", o.failure);
+    let printed = events.output_of("task: smoke");
+    assert!(
+        printed.contains(&format!("jetbridge {}", env!("CARGO_PKG_VERSION"))),
+        "{printed}"
+    );
 }
