@@ -5,20 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jetbridge_core::images::ImageResolver;
-use jetbridge_core::plan::{StepKind, Vars, parse_pipeline};
+use jetbridge_core::plan::{Vars, parse_pipeline};
 use jetbridge_core::services::{BuildRequest, BuildRunner, BuildStatus, NoEvents, StepConfig};
 use jetbridge_memory::MemoryRuntime;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hermetic_reaches_the_pod_of_that_task_alone() {
-    // `hermetic: true` is set on the model: the parser refuses it until every runner
-    // refuses it up front on backends that cannot cut a pod off the network.
-    let yaml = "jobs:\n- name: j\n  plan:\n  - task: open\n    config: {platform: linux, run: {path: 'true'}}\n  - task: sealed\n    config: {platform: linux, run: {path: 'true'}}\n";
-    let mut pipeline = parse_pipeline(yaml, "test.yml", &Vars::new()).expect("pipeline parses");
-    let StepKind::Task(t) = &mut pipeline.jobs[0].plan[1].kind else {
-        panic!("a task");
-    };
-    t.hermetic = true;
+    let yaml = "jobs:\n- name: j\n  plan:\n  - task: open\n    config: {platform: linux, run: {path: 'true'}}\n  - task: sealed\n    hermetic: true\n    config: {platform: linux, run: {path: 'true'}}\n";
+    let pipeline = parse_pipeline(yaml, "test.yml", &Vars::new()).expect("pipeline parses");
     let m = MemoryRuntime::new();
     let runner = BuildRunner::new(
         m.runtime(),

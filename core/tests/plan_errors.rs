@@ -825,13 +825,22 @@ fn set_pipeline_is_read_and_checked() {
 }
 
 #[test]
-fn hermetic_true_is_refused_and_false_accepted() {
+fn hermetic_is_a_boolean_in_the_model() {
     let task = |v: &str| {
         format!(
             "{R}jobs:\n- name: j\n  plan:\n  - task: t\n    hermetic: {v}\n    config:\n      platform: linux\n      run: {{path: 'true'}}\n"
         )
     };
-    fails_at(&task("true"), 6, 15, &["`hermetic: true` is not supported"]);
+    let p = parse_pipeline(&task("true"), "ci/p.yml", &Vars::new()).expect("true is accepted");
+    let job = p.job("j").expect("job");
+    let StepKind::Task(t) = &job.plan[0].kind else {
+        panic!("a task");
+    };
+    assert!(t.hermetic);
+    let step = job
+        .hermetic_step()
+        .expect("the step runners refuse where they must");
+    assert_eq!((step.location.line, step.location.column), (5, 5));
     fails_at(&task("[yes]"), 6, 15, &["`hermetic` must be true or false"]);
     let p = parse_pipeline(&task("false"), "ci/p.yml", &Vars::new()).expect("false is accepted");
     let job = p.job("j").expect("job");

@@ -230,7 +230,8 @@ impl BuildSpec {
 
     /// What this server cannot run, refused with its place before the build is queued
     /// rather than failing later as a step: on a backend of host processes, a resource
-    /// image. (`set_pipeline` steps are run: the server records their pipelines.)
+    /// image and a `hermetic` task. (`set_pipeline` steps are run: the server records
+    /// their pipelines.)
     pub fn check_runnable(
         &self,
         pipeline: &Pipeline,
@@ -253,6 +254,21 @@ impl BuildSpec {
                      a resource image: run the server with --backend kube, or give the resource \
                      a resource type of `type: local` whose source.path holds its scripts",
                     r.location, r.name, r.type_
+                ),
+            ));
+        }
+        if local_backend
+            && let Some(step) = job.hermetic_step()
+            && let jetbridge_core::plan::StepKind::Task(t) = &step.kind
+        {
+            return Err(Rejected::at(
+                &step.location,
+                format!(
+                    "{}: task {:?} asks for `hermetic: true` (no network), and this server's \
+                     backend runs steps as processes on its host, which it cannot cut off the \
+                     network: run the server with --backend kube (each hermetic task's pod gets \
+                     a NetworkPolicy that denies it all traffic), or set `hermetic: false`",
+                    step.location, t.name
                 ),
             ));
         }

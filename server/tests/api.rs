@@ -207,6 +207,20 @@ async fn bad_input_gets_a_clear_4xx() {
         .await;
     assert_eq!(res.status(), 422);
 
+    // A hermetic task on a server whose backend runs host processes: refused with the
+    // task's place, never run with the network.
+    let hermetic = "jobs:\n- name: j\n  plan:\n  - task: offline\n    hermetic: true\n    config:\n      platform: linux\n      run: {path: 'true'}\n";
+    let res = h
+        .submit(json!({"pipeline": hermetic, "file": "ci.yml"}))
+        .await;
+    assert_eq!(res.status(), 422);
+    let body: ErrorBody = res.json().await.unwrap();
+    let loc = body.location.expect("a location");
+    assert_eq!((loc.file.as_str(), loc.line, loc.column), ("ci.yml", 4, 5));
+    for needle in ["\"offline\"", "hermetic: true", "--backend kube"] {
+        assert!(body.message.contains(needle), "{needle}: {}", body.message);
+    }
+
     // A resource image on a server whose backend runs host processes: refused with the
     // resource's place, not queued to fail as `exit 127`.
     let git = "resources:\n- name: repo\n  type: git\n  source: {uri: x}\njobs:\n- name: j\n  plan:\n  - get: repo\n";

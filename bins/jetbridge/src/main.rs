@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::ArgMatches;
-use jetbridge_core::images::ImageResolver;
-use jetbridge_core::plan::{Pipeline, Vars, parse_pipeline};
+use jetbridge_core::plan::{Pipeline, StepKind, Vars, parse_pipeline};
 use jetbridge_core::ports::{Runtime, VolumeStore};
 use jetbridge_core::services::{
     BuildRequest, BuildRunner, BuildStatus, HeartbeatConfig, SessionConfig, StepConfig,
@@ -351,6 +350,19 @@ async fn run(args: &RunArgs, settings: Settings, printer: Printer) -> anyhow::Re
              resource image: run it with --backend kube, or give it a resource type of \
              `type: local` whose source.path holds its check, in and out scripts",
             r.location, r.name, r.type_
+        )));
+    }
+    // Concourse honours `hermetic` only on some runtimes; here it is never ignored.
+    if !wired.runtime.pods.capabilities().hermetic
+        && let Some(step) = pipeline.job(&job).and_then(|j| j.hermetic_step())
+        && let StepKind::Task(t) = &step.kind
+    {
+        return Err(user(format!(
+            "{}: task {:?} asks for `hermetic: true` (no network), and the local backend runs \
+             steps as processes on this machine, which it cannot cut off the network: run it \
+             with --backend kube (each hermetic task's pod gets a NetworkPolicy that denies it \
+             all traffic), or set `hermetic: false`",
+            step.location, t.name
         )));
     }
     let rt = wired.runtime.clone();
@@ -968,12 +980,17 @@ async fn conformance(
                             .await?
                     }
                 };
-                let mut images = ImageResolver::new();
+                // The built-in `mock` runs in the image the settings name
+                // (`images.mock-image`: the chart sets its own), as `run` runs it;
+                // without one its case fails, naming the setting.
+                let images = wiring::image_resolver(&file.images, Backend::Kube)?;
                 if let Some(dir) = &args.mock_resource_dir {
+                    // The suite's `jb-mock` scripts, for a simulator that serves them as
+                    // the `/opt/resource` of Concourse's mock image
+                    // (`Simulator::image_file`).
                     jetbridge_conformance::runtime::write_mock_resource(dir).with_context(
                         || format!("writing the mock resource to {}", dir.display()),
                     )?;
-                    images = images.with_scripts_dir(dir.to_string_lossy().into_owned());
                 }
                 let rt = Runtime {
                     pods: backend.clone(),

@@ -109,12 +109,35 @@ async fn local_resource_types_are_refused_on_kubernetes() {
 async fn conformance_command_reports_on_the_simulator() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (sim, kubeconfig) = sim(dir.path()).await;
+    // What the two resource images hold on the simulator: the suite's scripts (the
+    // command writes them) in Concourse's mock image, this binary in the jetbridge image
+    // the configuration names for the built-in `mock`.
+    let scripts = dir.path().join("mock");
+    for name in ["check", "in", "out"] {
+        let in_image = format!("/opt/resource/{name}");
+        sim.image_file("concourse/mock-resource", &in_image, scripts.join(name))
+            .expect("mock-resource file");
+        sim.image_file(
+            "ghcr.io/jetbridge/jetbridge",
+            &in_image,
+            env!("CARGO_BIN_EXE_jetbridge"),
+        )
+        .expect("jetbridge image file");
+    }
+    let config = dir.path().join("jetbridge.yml");
+    std::fs::write(
+        &config,
+        "images:\n  mock-image: ghcr.io/jetbridge/jetbridge:test\n",
+    )
+    .expect("config");
     let mut c = bin();
-    c.arg("conformance")
+    c.arg("--config")
+        .arg(&config)
+        .arg("conformance")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--namespace", "jb-conf", "--mock-resource-dir"])
-        .arg(dir.path().join("mock"));
+        .arg(&scripts);
     let out = tokio::task::spawn_blocking(move || c.output().expect("runs"))
         .await
         .expect("joins");

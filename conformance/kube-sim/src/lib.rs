@@ -367,9 +367,11 @@ impl Simulator {
         }
     }
 
-    /// The pod's first main container is OOM-killed: terminated reason
-    /// `OOMKilled`, exit code 137; every process of the pod, running execs
-    /// included, is killed (those execs end with exit code 137); phase Failed.
+    /// The pod's first main container is OOM-killed as cgroup v2's group OOM kill does
+    /// (`memory.oom.group`): that container's process and its running execs die (the
+    /// execs with exit code 137), and it ends terminated, reason `OOMKilled`, exit code
+    /// 137. Its other containers keep running, so the pod stays `Running` while one
+    /// does (kubelet `getPhase`); it ends `Failed` once none does.
     pub fn oom_kill(&self, namespace: &str, pod: &str) {
         if let Some(rt) = self.shared.runtime_of(namespace, pod) {
             rt.request_kill(Kill::Oom);
@@ -686,20 +688,40 @@ fn serve(
 
 fn usage() -> &'static str {
     "usage: kube-sim --kubeconfig-out FILE [--namespace NS] [--port P]\n\
-     Runs a Kubernetes pod API simulator on 127.0.0.1 until Ctrl-C."
+     \x20      [--image-file IMAGE=PATH_IN_IMAGE=HOST_FILE ...]\n\
+     Runs a Kubernetes pod API simulator on 127.0.0.1 until Ctrl-C. Each --image-file\n\
+     says that images whose reference contains IMAGE hold PATH_IN_IMAGE, run from\n\
+     HOST_FILE (Simulator::image_file)."
 }
 
 /// Command line entry point:
-/// `--kubeconfig-out FILE [--namespace NS] [--port P]`. Prints the URL, writes
-/// the kubeconfig and runs until Ctrl-C.
+/// `--kubeconfig-out FILE [--namespace NS] [--port P] [--image-file I=P=H ...]`.
+/// Prints the URL, writes the kubeconfig and runs until Ctrl-C.
 pub fn run_cli() -> std::process::ExitCode {
     use std::process::ExitCode;
     let mut args = std::env::args().skip(1);
     let mut kubeconfig: Option<PathBuf> = None;
     let mut config = SimConfig::default();
     let mut namespace = None;
+    let mut image_files: Vec<(String, String, PathBuf)> = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--image-file" => {
+                let spec = args.next().unwrap_or_default();
+                let mut parts = spec.splitn(3, '=');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(i), Some(p), Some(h)) if !i.is_empty() && !h.is_empty() => {
+                        image_files.push((i.to_owned(), p.to_owned(), PathBuf::from(h)));
+                    }
+                    _ => {
+                        eprintln!(
+                            "--image-file needs IMAGE=PATH_IN_IMAGE=HOST_FILE, got {spec:?}\n{}",
+                            usage()
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             "--kubeconfig-out" => kubeconfig = args.next().map(PathBuf::from),
             "--namespace" => namespace = args.next(),
             "--port" => match args.next().and_then(|p| p.parse().ok()) {
@@ -742,6 +764,13 @@ pub fn run_cli() -> std::process::ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        for (image, path, host) in &image_files {
+            if let Err(e) = sim.image_file(image, path, host) {
+                eprintln!("--image-file {image}={path}={}: {e}", host.display());
+                sim.shutdown().await;
+                return ExitCode::from(2);
+            }
+        }
         if let Err(e) = sim.write_kubeconfig(&kubeconfig, &namespace) {
             eprintln!("cannot write {}: {e}", kubeconfig.display());
             sim.shutdown().await;

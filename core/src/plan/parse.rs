@@ -1397,14 +1397,9 @@ impl<'f> Cx<'f> {
             Some(n) => self.boolean(n, "`hermetic`")?,
             None => false,
         };
-        // Refused until the build runner passes `hermetic` on to the step's pod and the
-        // runners refuse it where the backend cannot cut a pod off the network
-        // (`Job::hermetic_step`): accepted before then, it would be silently ignored.
-        if hermetic && let Some(n) = obj.get("hermetic") {
-            return Err(self
-                .err(n.pos, format!("task `{name}`: `hermetic: true` is not supported: no backend here can cut a step's network off yet"))
-                .with_hint("remove it (or set it to false) to run the task with the network"));
-        }
+        // Concourse honours `hermetic` only on its containerd runtime; here a backend
+        // that cannot cut a pod off the network refuses the job up front
+        // (`Job::hermetic_step`), and its pods (`PodSpec::hermetic`) as the last line.
         let image = match obj.get("image") {
             None => None,
             Some(n) => {
