@@ -851,7 +851,17 @@ async fn run_yaml(
     yaml: &str,
     job: &str,
 ) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
-    let pipeline = parse_pipeline(yaml, "conformance.yml", &Vars::new())
+    run_yaml_with(subject, yaml, job, &Vars::new()).await
+}
+
+/// [`run_yaml`] with pipeline vars.
+async fn run_yaml_with(
+    subject: &RuntimeSubject,
+    yaml: &str,
+    job: &str,
+    vars: &Vars,
+) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
+    let pipeline = parse_pipeline(yaml, "conformance.yml", vars)
         .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
     let runner = BuildRunner::new(
         subject.runtime.clone(),
@@ -880,6 +890,69 @@ fn task_with_params(name: &str, params: &str, script: &str) -> String {
         &format!("    params: {params}\n    config:\n"),
         1,
     )
+}
+
+/// `across` with `fail_fast` and values from a pipeline `((var))`: one value at a time
+/// (the default `max_in_flight` of 1), in order; once one fails no more start, and the
+/// build fails with it.
+pub async fn across_fail_fast_starts_no_more(subject: &RuntimeSubject) -> CaseResult {
+    let shard = task(
+        "shard",
+        &[],
+        &[],
+        "echo shard ((.:n)) && test ((.:n)) != two",
+    );
+    let yaml = pipeline_yaml(
+        subject,
+        &format!(
+            "- name: main\n  plan:\n  - {shard}\n    across:\n    - var: n\n      values: ((shards))\n    fail_fast: true\n"
+        ),
+    );
+    let mut vars = Vars::new();
+    vars.insert("shards", serde_json::json!(["one", "two", "three"]));
+    let (o, runner, build) = run_yaml_with(subject, &yaml, "main", &vars).await?;
+    ensure_eq!(o.status, BuildStatus::Failed, "failure: {:?}", o.failure);
+    ensure_eq!(
+        o.failure.as_ref().map(|(s, _)| s.as_str()),
+        Some("task: shard (n=two)")
+    );
+    let ran: Vec<&str> = o
+        .steps
+        .iter()
+        .filter(|s| s.name.starts_with("task: shard"))
+        .map(|s| s.name.as_str())
+        .collect();
+    ensure_eq!(ran, vec!["task: shard (n=one)", "task: shard (n=two)"]);
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
+}
+
+/// A `dummy` var source's values, `((source:name))` and `((source:name.field))`, reach
+/// a task's params wherever it runs.
+pub async fn var_sources_fill_a_task_s_params(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n",
+        task_with_params(
+            "show",
+            "{REGION: ((env:region)), HOST: ((env:db.host))}",
+            "echo \"$REGION $HOST\" > out/line"
+        )
+    );
+    let yaml = format!(
+        "var_sources:\n- name: env\n  type: dummy\n  config:\n    vars:\n      region: eu-west-1\n      db: {{host: db.internal}}\n{}",
+        pipeline_yaml(subject, &jobs)
+    );
+    let (o, runner, build) = run_yaml(subject, &yaml, "main").await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    ensure_eq!(
+        String::from_utf8_lossy(
+            &read_artifact_file(&subject.runtime, artifact(&o, "out")?, "line").await?
+        )
+        .trim(),
+        "eu-west-1 db.internal"
+    );
+    reap(subject, &runner).await?;
+    leftovers(subject, &build).await
 }
 
 /// on_failure sees the outputs of the step that failed; ensure always runs.
@@ -1126,6 +1199,8 @@ pub const CASES: &[&str] = &[
     "set_pipeline_reads_its_files_from_artifacts",
     "get_versions_reach_in",
     "load_var_formats",
+    "across_fail_fast_starts_no_more",
+    "var_sources_fill_a_task_s_params",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -1155,6 +1230,12 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         }
         "get_versions_reach_in" => Box::pin(get_versions_reach_in(subject)).await,
         "load_var_formats" => Box::pin(load_var_formats(subject)).await,
+        "across_fail_fast_starts_no_more" => {
+            Box::pin(across_fail_fast_starts_no_more(subject)).await
+        }
+        "var_sources_fill_a_task_s_params" => {
+            Box::pin(var_sources_fill_a_task_s_params(subject)).await
+        }
         _ => return None,
     })
 }
@@ -1201,6 +1282,8 @@ macro_rules! runtime_suite {
                 set_pipeline_reads_its_files_from_artifacts,
                 get_versions_reach_in,
                 load_var_formats,
+                across_fail_fast_starts_no_more,
+                var_sources_fill_a_task_s_params,
             ]
         );
     };
