@@ -121,10 +121,25 @@ impl Reaper {
         }
     }
 
-    /// One pass. `active` holds the step handles this worker is running now. `now` (the
+    /// One pass over a fixed set of running steps: `active` holds the step handles this
+    /// worker runs, and none may start during the pass (a one-off run after its build).
+    /// A worker whose steps go on starting uses [`Reaper::run_once_live`]. `now` (the
     /// host's clock) only ages unregistered volumes; whether a worker is alive and what
     /// is reapable the registry decides on its own clock.
     pub async fn run_once(&self, active: &HashSet<String>, now: SystemTime) -> Result<ReapReport> {
+        self.run_once_live(&|| active.clone(), now).await
+    }
+
+    /// One pass while steps go on starting: `active` gives the step handles running
+    /// now, and is asked after the worker's pods are listed. A step's handle is active
+    /// before its pod is created, so every pod the listing saw whose step runs is in
+    /// the set read after it; a set read before the listing would miss a step that
+    /// started in between, and its new pod would be deleted under it.
+    pub async fn run_once_live(
+        &self,
+        active: &(dyn Fn() -> HashSet<String> + Sync),
+        now: SystemTime,
+    ) -> Result<ReapReport> {
         let mut report = ReapReport::default();
         if let Some(pods) = &self.pods {
             self.reap_pods(pods.as_ref(), active, &mut report).await?;
@@ -148,7 +163,7 @@ impl Reaper {
     async fn reap_pods(
         &self,
         pods: &dyn Pods,
-        active: &HashSet<String>,
+        active: &(dyn Fn() -> HashSet<String> + Sync),
         report: &mut ReapReport,
     ) -> Result<()> {
         let mut selector = BTreeMap::new();
@@ -157,6 +172,8 @@ impl Reaper {
             label::MANAGED_BY_VALUE.to_owned(),
         );
         let listed = pods.list(&selector).await?;
+        // After the listing, never before (see `run_once_live`).
+        let active = active();
         let workers = self.registry.workers().await?;
         for pod in listed {
             let owner = pod

@@ -130,7 +130,7 @@ impl Inner {
     async fn reap(&self, with_pods: bool) -> Result<ReapReport> {
         let report = self
             .reaper(with_pods)
-            .run_once(&self.runner.active_steps(), SystemTime::now())
+            .run_once_live(&|| self.runner.active_steps(), SystemTime::now())
             .await;
         if let Some(observe) = &self.config.on_reap {
             observe(report.as_ref());
