@@ -28,6 +28,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod sim_images;
+use sim_images::{MOCK_IMAGE, MOCK_TYPE, image_files};
+
 use jetbridge_conformance::runtime::{flip_a_byte_under, write_mock_resource};
 use jetbridge_conformance::{BackendSubject, CaseOutcome, RuntimeSubject, Status};
 use jetbridge_core::ErrorKind;
@@ -47,9 +50,6 @@ const NS: &str = "jb-rbac";
 const WORKER: &str = "rbac-worker";
 const IMAGE: &str = "busybox:1.36";
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/jetbridge");
-/// As `jetbridge conformance` declares it; the simulator runs the scripts on the host.
-const MOCK_TYPE: &str =
-    "{name: jb-mock, type: registry-image, source: {repository: concourse/mock-resource}}";
 
 type Pairs = BTreeSet<(String, String)>;
 
@@ -85,7 +85,8 @@ async fn the_chart_role_grants_exactly_what_the_kubernetes_adapter_is_authorised
 
     let mock = dir.path().join("mock-resource");
     write_mock_resource(&mock).expect("mock resource");
-    let images = ImageResolver::new().with_scripts_dir(mock.to_string_lossy().into_owned());
+    image_files(&sim, &mock);
+    let images = ImageResolver::new().with_mock_image(MOCK_IMAGE);
     // Outputs written in place on the claim, inputs copied by an init container.
     let store = FsVolumeStore::new(pvc_root.join("artifacts"))
         .expect("store")
