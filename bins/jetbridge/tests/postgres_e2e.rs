@@ -64,9 +64,18 @@ async fn local_fs_postgres() -> Option<RuntimeSubject> {
         "{{name: jb-mock, type: local, source: {{path: {}}}}}",
         serde_json::to_string(&mock.to_string_lossy()).expect("json")
     );
+    // The built-in `mock`, as `run` wires it: links named check, in and out to the
+    // binary, which answers the resource protocol under those names.
+    let builtin = dir.path().join("builtin-mock");
+    std::fs::create_dir_all(&builtin).expect("mkdir");
+    for name in ["check", "in", "out"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_jetbridge"), builtin.join(name))
+            .expect("link");
+    }
+    let images = ImageResolver::new().with_local_type("mock", builtin.to_string_lossy());
     // The registry (and its pool) is dropped before the schema guard.
     Some(
-        RuntimeSubject::new(rt, mock_type, ImageResolver::new())
+        RuntimeSubject::new(rt, mock_type, images)
             .with_guard(schema)
             .with_guard(dir),
     )
