@@ -267,7 +267,21 @@ pub async fn run_jobs_with(
     events: Arc<dyn BuildEvents>,
 ) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
     let yaml = pipeline_yaml(subject, jobs);
-    let pipeline = parse_pipeline(&yaml, "conformance.yml", &Vars::new())
+    run_pipeline(subject, &yaml, &Vars::new(), job, config, events, None).await
+}
+
+/// Parse `yaml` with `vars` and run `job` of it on the subject, its `set_pipeline`
+/// steps recorded in `pipelines` when given: the one place every case's build runs.
+async fn run_pipeline(
+    subject: &RuntimeSubject,
+    yaml: &str,
+    vars: &Vars,
+    job: &str,
+    config: StepConfig,
+    events: Arc<dyn BuildEvents>,
+    pipelines: Option<Arc<dyn jetbridge_core::services::PipelineSink>>,
+) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
+    let pipeline = parse_pipeline(yaml, "conformance.yml", vars)
         .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}\n{yaml}")))?;
     let runner = BuildRunner::new(
         subject.runtime.clone(),
@@ -277,13 +291,12 @@ pub async fn run_jobs_with(
         events,
     );
     let build_id = format!("conf-{}", uuid_like());
+    let mut req = BuildRequest::new(Arc::new(pipeline), job.to_owned(), 1, build_id.clone());
+    if let Some(sink) = pipelines {
+        req = req.with_pipelines(sink);
+    }
     let outcome = runner
-        .run(BuildRequest::new(
-            Arc::new(pipeline),
-            job.to_owned(),
-            1,
-            build_id.clone(),
-        ))
+        .run(req)
         .await
         .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
     Ok((outcome, runner, build_id))
@@ -658,25 +671,7 @@ pub async fn task_image_from_an_artifact(subject: &RuntimeSubject) -> CaseResult
 /// they run in images.
 pub async fn builtin_mock_round_trip(subject: &RuntimeSubject) -> CaseResult {
     let yaml = "resources:\n- name: config\n  type: mock\n  source: {initial_version: v1, create_files: {greeting.txt: hello}}\n- name: release\n  type: mock\n  source: {no_initial_version: true}\njobs:\n- name: main\n  plan:\n  - get: config\n  - task: read\n    config:\n      platform: linux\n      inputs: [{name: config}]\n      outputs: [{name: out}]\n      run: {path: sh, args: [-c, \"cp config/greeting.txt out/g && cp config/version out/v\"]}\n  - put: release\n    params: {version: v7}\n";
-    let pipeline = parse_pipeline(yaml, "mock.yml", &Vars::new())
-        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
-    let runner = BuildRunner::new(
-        subject.runtime.clone(),
-        quick(),
-        subject.images.clone(),
-        WORKER,
-        Arc::new(RecordedEvents::default()),
-    );
-    let build = format!("conf-{}", uuid_like());
-    let o = runner
-        .run(BuildRequest::new(
-            Arc::new(pipeline),
-            "main".to_owned(),
-            1,
-            build.clone(),
-        ))
-        .await
-        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    let (o, runner, build) = run_yaml(subject, yaml, "main").await?;
     ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
     let out = artifact(&o, "out")?;
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).trim().to_owned();
@@ -730,24 +725,18 @@ pub async fn set_pipeline_reads_its_files_from_artifacts(subject: &RuntimeSubjec
     let yaml = format!(
         "jobs:\n- name: main\n  plan:\n  - {write}\n  - set_pipeline: child\n    file: ci/p.yml\n    var_files: [ci/vars.yml]\n    vars: {{tier: gold}}\n"
     );
-    let pipeline = parse_pipeline(&yaml, "setter.yml", &Vars::new())
-        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
-    let runner = BuildRunner::new(
-        subject.runtime.clone(),
-        quick(),
-        subject.images.clone(),
-        WORKER,
-        Arc::new(RecordedEvents::default()),
-    );
     let sink = Arc::new(RecordedPipelines::default());
-    let build = format!("conf-{}", uuid_like());
-    let o = runner
-        .run(
-            BuildRequest::new(Arc::new(pipeline), "main".to_owned(), 1, build.clone())
-                .with_pipelines(sink.clone()),
-        )
-        .await
-        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
+    let events = Arc::new(RecordedEvents::default());
+    let (o, runner, build) = run_pipeline(
+        subject,
+        &yaml,
+        &Vars::new(),
+        "main",
+        quick(),
+        events,
+        Some(sink.clone()),
+    )
+    .await?;
     ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
     let set = sink.0.lock().map(|s| s.clone()).unwrap_or_default();
     ensure_eq!(set.len(), 1, "pipelines recorded: {set:?}");
@@ -861,26 +850,8 @@ async fn run_yaml_with(
     job: &str,
     vars: &Vars,
 ) -> Result<(BuildOutcome, BuildRunner, String), CaseError> {
-    let pipeline = parse_pipeline(yaml, "conformance.yml", vars)
-        .map_err(|e| CaseError::here(format!("pipeline did not parse: {e}")))?;
-    let runner = BuildRunner::new(
-        subject.runtime.clone(),
-        quick(),
-        subject.images.clone(),
-        WORKER,
-        Arc::new(RecordedEvents::default()),
-    );
-    let build = format!("conf-{}", uuid_like());
-    let o = runner
-        .run(BuildRequest::new(
-            Arc::new(pipeline),
-            job.to_owned(),
-            1,
-            build.clone(),
-        ))
-        .await
-        .map_err(|e| CaseError::here(format!("build did not run: {e}")))?;
-    Ok((o, runner, build))
+    let events = Arc::new(RecordedEvents::default());
+    run_pipeline(subject, yaml, vars, job, quick(), events, None).await
 }
 
 /// [`task`] with `params` (a YAML flow mapping) and one output, `out`.
