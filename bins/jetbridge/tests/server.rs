@@ -445,6 +445,46 @@ fn a_killed_replica_s_running_build_ends_worker_lost_on_the_other() {
     );
 }
 
+/// A replica on the Postgres queue in `schema`, started in `dir`, sealing vars with `key`
+/// when given.
+fn postgres_replica(
+    url: &str,
+    schema: &str,
+    dir: &Path,
+    worker: &str,
+    key: Option<&Path>,
+) -> ServerProc {
+    let mut args = vec![
+        "--registry",
+        url,
+        "--registry-schema",
+        schema,
+        "--worker",
+        worker,
+    ];
+    if let Some(key) = key {
+        args.extend(["--vars-key-file", key.to_str().unwrap()]);
+    }
+    ServerProc::start(dir, &args)
+}
+
+/// A vars key file in `dir`.
+fn vars_key(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    std::fs::write(&key, "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed\n").unwrap();
+    key
+}
+
+/// What `sql` selects, one row a line (`psql -At`).
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-At", "-c", sql])
+        .output()
+        .expect("psql");
+    text(&out.stdout)
+}
+
 #[test]
 fn vars_reach_a_postgres_queue_only_sealed() {
     let Some(url) = database_url() else { return };
@@ -456,17 +496,15 @@ fn vars_reach_a_postgres_queue_only_sealed() {
         "jobs:\n- name: j\n  plan:\n  - task: t\n    params: {TOKEN: ((token))}\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo token of ${#TOKEN} characters']}\n",
     )
     .unwrap();
-    let base = [
-        "--registry",
-        url.as_str(),
-        "--registry-schema",
-        schema.name(),
-    ];
     // No key: the server refuses vars rather than store them in clear.
     {
-        let mut args = base.to_vec();
-        args.extend(["--worker", "vars-nokey"]);
-        let server = ServerProc::start(&dir.path().join("a"), &args);
+        let server = postgres_replica(
+            &url,
+            schema.name(),
+            &dir.path().join("a"),
+            "vars-nokey",
+            None,
+        );
         let out = server
             .client("submit")
             .arg(&pipeline)
@@ -480,16 +518,14 @@ fn vars_reach_a_postgres_queue_only_sealed() {
             text(&out.stderr)
         );
     }
-    let key = dir.path().join("key");
-    std::fs::write(&key, "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed\n").unwrap();
-    let mut args = base.to_vec();
-    args.extend([
-        "--worker",
+    let key = vars_key(dir.path());
+    let server = postgres_replica(
+        &url,
+        schema.name(),
+        &dir.path().join("b"),
         "vars-key",
-        "--vars-key-file",
-        key.to_str().unwrap(),
-    ]);
-    let server = ServerProc::start(&dir.path().join("b"), &args);
+        Some(&key),
+    );
     let out = server
         .client("submit")
         .arg(&pipeline)
@@ -502,16 +538,13 @@ fn vars_reach_a_postgres_queue_only_sealed() {
         "{}",
         text(&out.stdout)
     );
-    let dump = Command::new("psql")
-        .arg(&url)
-        .args(["-At", "-c"])
-        .arg(format!(
+    let dump = psql(
+        &url,
+        &format!(
             "select convert_from(spec, 'UTF8') from {}.builds",
             schema.name()
-        ))
-        .output()
-        .expect("psql");
-    let dump = text(&dump.stdout);
+        ),
+    );
     assert!(dump.contains("sealed_vars"), "{dump}");
     assert!(
         !dump.contains("hunter2"),
@@ -538,17 +571,15 @@ fn pipelines_reach_a_postgres_queue_with_their_vars_only_sealed() {
     let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_pipes").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pipeline = pipeline_setter(dir.path(), "hunter2-pipeline-secret");
-    let base = [
-        "--registry",
-        url.as_str(),
-        "--registry-schema",
-        schema.name(),
-    ];
     // No key: the step refuses to store the vars in clear, and says what to do.
     {
-        let mut args = base.to_vec();
-        args.extend(["--worker", "pipes-nokey"]);
-        let server = ServerProc::start(&dir.path().join("a"), &args);
+        let server = postgres_replica(
+            &url,
+            schema.name(),
+            &dir.path().join("a"),
+            "pipes-nokey",
+            None,
+        );
         let out = server
             .client("submit")
             .arg(&pipeline)
@@ -560,16 +591,14 @@ fn pipelines_reach_a_postgres_queue_with_their_vars_only_sealed() {
         assert!(said.contains("set_pipeline: child"), "{said}");
         assert!(said.contains("--vars-key-file"), "{said}");
     }
-    let key = dir.path().join("key");
-    std::fs::write(&key, "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed\n").unwrap();
-    let mut args = base.to_vec();
-    args.extend([
-        "--worker",
+    let key = vars_key(dir.path());
+    let server = postgres_replica(
+        &url,
+        schema.name(),
+        &dir.path().join("b"),
         "pipes-key",
-        "--vars-key-file",
-        key.to_str().unwrap(),
-    ]);
-    let server = ServerProc::start(&dir.path().join("b"), &args);
+        Some(&key),
+    );
     let out = server
         .client("submit")
         .arg(&pipeline)
@@ -582,16 +611,13 @@ fn pipelines_reach_a_postgres_queue_with_their_vars_only_sealed() {
         "{}",
         text(&out.stdout)
     );
-    let dump = Command::new("psql")
-        .arg(&url)
-        .args(["-At", "-c"])
-        .arg(format!(
+    let dump = psql(
+        &url,
+        &format!(
             "select team, name, version, config, convert_from(vars, 'UTF8') from {}.pipelines",
             schema.name()
-        ))
-        .output()
-        .expect("psql");
-    let dump = text(&dump.stdout);
+        ),
+    );
     assert!(
         dump.starts_with("main|child|1|jobs: [{name: child"),
         "{dump}"
