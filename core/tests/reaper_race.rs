@@ -2,13 +2,18 @@
 //! the pods are listed, so a pod whose step started in between is never deleted under
 //! it. (A set read before the listing misses that step and deletes its new pod: the
 //! step then fails "pod deleted while the step ran".)
+//!
+//! The same holds for volumes: a step's volume exists a moment before its artifact is
+//! registered, and a pass that began before it was made must not take it for an
+//! orphan of unknown age (the build then fails "volume ... does not exist").
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use jetbridge_core::names::VolumeHandle;
 use jetbridge_core::names::label;
-use jetbridge_core::ports::{PodSpec, Pods};
+use jetbridge_core::ports::{PodSpec, Pods, VolumeStore};
 use jetbridge_core::services::{Reaper, ReaperConfig};
 use jetbridge_memory::MemoryRuntime;
 
@@ -80,4 +85,40 @@ async fn a_step_that_starts_during_a_pass_keeps_its_pod() {
         .await
         .expect("a pass");
     assert_eq!(report.pods_deleted, vec!["p-new".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_made_after_the_pass_began_and_not_yet_registered_is_kept() {
+    let m = MemoryRuntime::new();
+    let rt = m.runtime();
+    let volumes = rt.volumes.clone().expect("a store");
+    let reaper = Reaper::new(
+        Some(rt.pods.clone()),
+        Some(volumes.clone()),
+        rt.registry.clone(),
+        ReaperConfig::new(WORKER),
+    );
+    // The pass's clock was read, then a step made its volume; its registration has
+    // not committed yet.
+    let pass_began = SystemTime::now() - Duration::from_secs(2);
+    let young = VolumeHandle::random();
+    volumes.create(&young).await.expect("the step's volume");
+    let report = reaper
+        .run_once(&HashSet::new(), pass_began)
+        .await
+        .expect("a pass");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.orphan_volumes_deleted, 0, "{report:?}");
+    volumes
+        .stat(&young)
+        .await
+        .expect("the new step's volume is still there");
+    // Once it is older than the grace and still unregistered, it is an orphan.
+    let later = SystemTime::now() + ReaperConfig::new(WORKER).orphan_volume_grace;
+    let report = reaper
+        .run_once(&HashSet::new(), later)
+        .await
+        .expect("a pass");
+    assert_eq!(report.orphan_volumes_deleted, 1, "{report:?}");
+    assert!(volumes.stat(&young).await.is_err());
 }

@@ -901,11 +901,14 @@ impl Pods for KubeBackend {
                     suffix: &str| {
             let name = meta.name.as_deref()?;
             let pod = name.strip_suffix(suffix)?;
-            let young = meta
-                .creation_timestamp
-                .as_ref()
-                .and_then(|t| opts.now.duration_since(SystemTime::from(t.0)).ok())
-                .is_some_and(|age| age < opts.grace);
+            // A timestamp after `now` (the API server's clock ahead of ours, or made
+            // since the pass began) is young: its pod may be being created.
+            let young = meta.creation_timestamp.as_ref().is_some_and(|t| {
+                opts.now
+                    .duration_since(SystemTime::from(t.0))
+                    .unwrap_or_default()
+                    < opts.grace
+            });
             (!young && !pods.contains(pod)).then(|| (name.to_owned(), meta.uid.clone()))
         };
         for s in &secrets.items {

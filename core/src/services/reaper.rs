@@ -263,10 +263,15 @@ impl Reaper {
         let all = volumes.list().await?;
         let old: Vec<_> = all
             .into_iter()
-            .filter(|v| {
-                v.created_at
-                    .and_then(|c| now.duration_since(c).ok())
-                    .is_none_or(|age| age >= self.config.orphan_volume_grace)
+            .filter(|v| match v.created_at {
+                // Made after `now` (the pass started before the listing, and a step's
+                // volume exists a moment before its registration commits): young, not
+                // of unknown age.
+                Some(c) => {
+                    now.duration_since(c).unwrap_or_default() >= self.config.orphan_volume_grace
+                }
+                // A store that cannot tell a volume's age: only the registry decides.
+                None => true,
             })
             .map(|v| v.handle)
             .collect();
