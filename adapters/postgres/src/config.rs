@@ -13,6 +13,11 @@ use crate::{quote_ident, quote_literal, validate_schema};
 pub struct PgOptions {
     /// Most connections the pool opens (default 10).
     pub pool_size: u32,
+    /// Most connections of the second, small pool that only worker heartbeats,
+    /// sign-offs and lease renewals use (default 2), so that a main pool used up by
+    /// event streams or a burst of steps never starves what keeps a worker and its
+    /// builds alive.
+    pub liveness_pool_size: u32,
     /// Idle connections the pool keeps open (default: none; connections open on demand).
     pub min_idle: Option<u32>,
     /// Schema holding the tables; every pooled connection sets `search_path` to it and
@@ -38,6 +43,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             pool_size: 10,
+            liveness_pool_size: 2,
             min_idle: None,
             schema: None,
             connection_timeout: Duration::from_secs(10),
@@ -56,6 +62,11 @@ impl PgOptions {
         if self.pool_size == 0 {
             return Err(Error::invalid(
                 "postgres registry: pool_size must be at least 1",
+            ));
+        }
+        if self.liveness_pool_size == 0 {
+            return Err(Error::invalid(
+                "postgres registry: liveness_pool_size must be at least 1",
             ));
         }
         if let Some(min) = self.min_idle

@@ -98,46 +98,68 @@ pub(crate) async fn establish(url: &str, setup: &str, op: &str) -> Result<AsyncP
     Ok(conn)
 }
 
+/// The two pools every type of this crate works through: `main` for everything, and
+/// `liveness`, small, for what keeps a worker and its builds alive (heartbeats,
+/// sign-offs, lease renewals). A main pool used up (hundreds of event streams, a burst
+/// of steps) makes those wait behind it, a registration lapses, and another replica's
+/// reaper collects the artifacts of builds still running.
+#[derive(Clone)]
+pub(crate) struct Pools {
+    pub(crate) main: Pool<AsyncPgConnection>,
+    pub(crate) liveness: Pool<AsyncPgConnection>,
+}
+
 /// Validate `options`, apply pending migrations (unless `options.migrate` is false) and
-/// build the pool every type of this crate works through ([`PgRegistry::connect`],
+/// build the pools every type of this crate works through ([`PgRegistry::connect`],
 /// [`PgBuildQueue::connect`]).
-async fn open_pool(url: &str, options: &PgOptions) -> Result<Pool<AsyncPgConnection>> {
+async fn open_pool(url: &str, options: &PgOptions) -> Result<Pools> {
     options.validate()?;
     if options.migrate {
         migrate_with(url, options).await?;
     }
     let setup: Arc<str> = Arc::from(options.session_setup());
-    let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    config.custom_setup = Box::new(move |url: &str| {
+    let manager = || {
         let setup = Arc::clone(&setup);
-        let url = url.to_owned();
-        async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
-            conn.batch_execute(&setup)
-                .await
-                .map_err(ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
-        }
-        .boxed()
-    });
-    let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        config.custom_setup = Box::new(move |url: &str| {
+            let setup = Arc::clone(&setup);
+            let url = url.to_owned();
+            async move {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+        AsyncDieselConnectionManager::new_with_config(url, config)
+    };
     // `build_unchecked`: connections open on first use, so a registry can be built
     // while the server is briefly away; the first call then reports `Transient`.
-    let pool = Pool::builder()
+    let main = Pool::builder()
         .max_size(options.pool_size)
         .min_idle(options.min_idle)
         .connection_timeout(options.connection_timeout)
         .idle_timeout(options.idle_timeout)
         .max_lifetime(options.max_lifetime)
         .test_on_check_out(true)
-        .build_unchecked(manager);
+        .build_unchecked(manager());
+    // Its connection opens at the first heartbeat and, renewed every few seconds, stays.
+    let liveness = Pool::builder()
+        .max_size(options.liveness_pool_size)
+        .connection_timeout(options.connection_timeout)
+        .idle_timeout(options.idle_timeout)
+        .max_lifetime(options.max_lifetime)
+        .test_on_check_out(true)
+        .build_unchecked(manager());
     // Fail fast on a wrong URL or password instead of on the first call.
     drop(
-        pool.get()
+        main.get()
             .await
             .map_err(|e| error::from_pool(e, "connect"))?,
     );
-    Ok(pool)
+    Ok(Pools { main, liveness })
 }
 
 /// The [`ArtifactRegistry`](jetbridge_core::ports::ArtifactRegistry) on Postgres.
@@ -146,6 +168,7 @@ async fn open_pool(url: &str, options: &PgOptions) -> Result<Pool<AsyncPgConnect
 #[derive(Clone)]
 pub struct PgRegistry {
     pool: Pool<AsyncPgConnection>,
+    liveness: Pool<AsyncPgConnection>,
     schema: Option<String>,
 }
 
@@ -169,9 +192,10 @@ impl PgRegistry {
     /// reached, `Other` when it refuses (authentication, unknown database) or a migration
     /// fails.
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgRegistry> {
-        let pool = open_pool(url, &options).await?;
+        let pools = open_pool(url, &options).await?;
         Ok(PgRegistry {
-            pool,
+            pool: pools.main,
+            liveness: pools.liveness,
             schema: options.schema,
         })
     }
@@ -184,6 +208,13 @@ impl PgRegistry {
     /// Connections open and idle in the pool.
     pub fn pool_state(&self) -> (u32, u32) {
         let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
+    /// Connections open and idle in the liveness pool (heartbeats, sign-offs, lease
+    /// renewals).
+    pub fn liveness_pool_state(&self) -> (u32, u32) {
+        let s = self.liveness.state();
         (s.connections, s.idle_connections)
     }
 }

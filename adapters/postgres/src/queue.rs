@@ -89,6 +89,8 @@ type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
 #[derive(Clone)]
 pub struct PgBuildQueue {
     pool: Pool<AsyncPgConnection>,
+    /// Lease renewals only (see `Pools`).
+    liveness: Pool<AsyncPgConnection>,
     schema: Option<String>,
 }
 
@@ -111,6 +113,7 @@ impl PgRegistry {
     pub fn build_queue(&self) -> PgBuildQueue {
         PgBuildQueue {
             pool: self.pool.clone(),
+            liveness: self.liveness.clone(),
             schema: self.schema.clone(),
         }
     }
@@ -120,9 +123,10 @@ impl PgBuildQueue {
     /// Connect to `url` with a pool of its own, as [`PgRegistry::connect`] does (same
     /// options, same migrations, same errors).
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgBuildQueue> {
-        let pool = open_pool(url, &options).await?;
+        let pools = open_pool(url, &options).await?;
         Ok(PgBuildQueue {
-            pool,
+            pool: pools.main,
+            liveness: pools.liveness,
             schema: options.schema,
         })
     }
@@ -140,6 +144,14 @@ impl PgBuildQueue {
 
     async fn conn(&self, op: &str) -> Result<Conn<'_>> {
         self.pool.get().await.map_err(|e| error::from_pool(e, op))
+    }
+
+    /// A connection of the liveness pool: for lease renewals only.
+    async fn liveness_conn(&self, op: &str) -> Result<Conn<'_>> {
+        self.liveness
+            .get()
+            .await
+            .map_err(|e| error::from_pool(e, op))
     }
 }
 
@@ -312,7 +324,7 @@ impl BuildQueue for PgBuildQueue {
         let op = "renew lease";
         check_text("worker", &lease.worker)?;
         let ttl = micros(ttl);
-        let mut conn = self.conn(op).await?;
+        let mut conn = self.liveness_conn(op).await?;
         let res = async {
             let row = diesel::sql_query(format!(
                 "UPDATE builds SET lease_until = now() + $4 * interval '1 microsecond' \

@@ -58,6 +58,14 @@ impl PgRegistry {
     pub(crate) async fn conn(&self, op: &str) -> Result<Conn<'_>> {
         self.pool.get().await.map_err(|e| error::from_pool(e, op))
     }
+
+    /// A connection of the liveness pool: for heartbeats and sign-offs only.
+    async fn liveness_conn(&self, op: &str) -> Result<Conn<'_>> {
+        self.liveness
+            .get()
+            .await
+            .map_err(|e| error::from_pool(e, op))
+    }
 }
 
 /// Lock one artifact row for a change of its state or references.
@@ -534,7 +542,7 @@ impl ArtifactRegistry for PgRegistry {
             ));
         }
         let ttl = micros(opts.ttl);
-        let mut conn = self.conn(op).await?;
+        let mut conn = self.liveness_conn(op).await?;
         let res = conn
             .transaction::<_, Fail, _>(async |c| {
                 // Lock the name (or learn it is new) so that two registrations of one
@@ -597,7 +605,7 @@ impl ArtifactRegistry for PgRegistry {
 
     async fn sign_off(&self, worker: &str, session: &str) -> Result<()> {
         let op = "sign_off";
-        let mut conn = self.conn(op).await?;
+        let mut conn = self.liveness_conn(op).await?;
         let res = diesel::sql_query(
             "UPDATE workers SET expires_at = now() \
              WHERE name = $1 AND session = $2 AND expires_at > now()",

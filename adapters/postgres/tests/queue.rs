@@ -13,8 +13,8 @@ use diesel_async::SimpleAsyncConnection;
 use jetbridge_conformance::Subject;
 use jetbridge_core::ErrorKind;
 use jetbridge_core::ports::{
-    ArtifactRegistry, BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, InFlightLimit,
-    NewBuild, NewEvent,
+    ArtifactRegistry, BuildEnd, BuildFilter, BuildId, BuildQueue, BuildState, HeartbeatMode,
+    HeartbeatOpts, InFlightLimit, NewBuild, NewEvent,
 };
 use jetbridge_postgres::scratch::ScratchSchema;
 use jetbridge_postgres::{PgBuildQueue, PgOptions, PgRegistry};
@@ -231,6 +231,108 @@ async fn registry_and_its_build_queue_share_one_pool() {
         .workers()
         .await
         .expect("the connection is back in the pool");
+}
+
+/// What keeps a worker and its builds alive has a pool of its own: while every
+/// connection of the main pool waits on a lock (hundreds of event streams or a burst of
+/// steps do the same to it), heartbeats, lease renewals and the sign-off still get
+/// through at once. Sharing the main pool, they timed out, the registration lapsed and
+/// another replica's reaper collected the artifacts of builds still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_and_lease_renewals_get_through_a_used_up_pool() {
+    let Some((url, schema)) = scratch() else {
+        return;
+    };
+    let registry = PgRegistry::connect(
+        &url,
+        PgOptions {
+            connection_timeout: Duration::from_millis(300),
+            ..options(&schema, 2)
+        },
+    )
+    .await
+    .expect("connect");
+    let q = registry.build_queue();
+    let session = "s-liveness";
+    let opts = |mode| HeartbeatOpts::new(session, HOUR, mode);
+    registry
+        .heartbeat("w1", &opts(HeartbeatMode::Register))
+        .await
+        .expect("register the worker");
+    q.submit(&build("unit")).await.expect("submit");
+    let lease = q
+        .claim("w1", HOUR)
+        .await
+        .expect("claim")
+        .expect("one")
+        .lease;
+
+    // Both main connections wait on a lock the test holds.
+    let blocker = q.submit(&build("blocked")).await.expect("submit");
+    let mut locker = raw(&url, schema.name()).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM builds WHERE id = {} FOR UPDATE",
+            blocker.id
+        ))
+        .await
+        .expect("lock the build row");
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.request_abort(blocker.id, "not wanted").await })
+        })
+        .collect();
+    let mut watcher = raw(&url, schema.name()).await;
+    let waiting = format!(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE application_name = '{}' AND wait_event_type = 'Lock'",
+        schema.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut watcher, &waiting).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two calls never waited for the row lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(registry.pool_state(), (2, 0));
+    let starved = registry
+        .workers()
+        .await
+        .expect_err("the main pool is used up");
+    assert_eq!(starved.kind(), ErrorKind::Transient, "{starved}");
+
+    let renewed = registry
+        .heartbeat("w1", &opts(HeartbeatMode::Renew))
+        .await
+        .expect("the heartbeat does not wait for the main pool");
+    assert!(renewed.alive);
+    q.renew(&lease, HOUR)
+        .await
+        .expect("the lease renewal does not wait for the main pool");
+    registry
+        .sign_off("w1", session)
+        .await
+        .expect("the sign-off does not wait for the main pool");
+    assert_eq!(
+        registry.liveness_pool_state().0,
+        1,
+        "one liveness connection served all three"
+    );
+
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    // The first abort ends the build; the second finds it ended.
+    let ended: Vec<_> = futures::future::join_all(waiters)
+        .await
+        .into_iter()
+        .map(|w| w.expect("task").map(|b| b.state))
+        .collect();
+    assert!(
+        ended.iter().any(|e| matches!(e, Ok(BuildState::Aborted))),
+        "{ended:?}"
+    );
 }
 
 /// A build's log and lease live in the database: a second process (a fresh pool) reads
