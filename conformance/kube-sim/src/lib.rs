@@ -24,6 +24,7 @@
 mod admission;
 mod api;
 mod exec;
+mod faults_extra;
 mod images;
 mod kubelet;
 mod networkpolicies;
