@@ -81,6 +81,8 @@ async fn run_pod(sh: Arc<Shared>, rt: Arc<PodRuntime>, mut kill_rx: watch::Recei
         Stop::Killed(k) => Some(k),
         Stop::Terminal => None,
     };
+    // Terminal or killed: the scheduler no longer counts it on its node.
+    sh.release_node(&rt);
     loop {
         let k = match pending.take() {
             Some(k) => k,
@@ -295,13 +297,27 @@ async fn life(
             let f = lock(&sh.flags);
             (f.unschedulable, f.cordoned)
         };
+        let full;
         if !unsched && !cordoned {
-            break;
+            match sh.bind_node() {
+                Some(i) => {
+                    *lock(&rt.node) = Some(i);
+                    break;
+                }
+                None => {
+                    let n = sh.config.nodes.max(1);
+                    full = format!("0/{n} nodes are available: {n} Too many pods.");
+                }
+            }
+        } else {
+            full = String::new();
         }
         let msg = if unsched {
             UNSCHEDULABLE_MSG
-        } else {
+        } else if cordoned {
             CORDONED_MSG
+        } else {
+            full.as_str()
         };
         guard!(
             sh,
@@ -317,12 +333,13 @@ async fn life(
         );
         guard!(sh, rt, kill_rx, flags_rx.changed()).ok();
     }
+    let node_name = sh.node_name(lock(&rt.node).unwrap_or(0));
     guard!(
         sh,
         rt,
         kill_rx,
         write(sh, rt, |p| {
-            p["spec"]["nodeName"] = json!(NODE_NAME);
+            p["spec"]["nodeName"] = json!(node_name);
             set_cond(p, "PodScheduled", true, None, None);
         })
     );
@@ -767,7 +784,7 @@ fn field_ref(pod: &Value, path: &str) -> Option<String> {
         "metadata.name" => s("/metadata/name"),
         "metadata.namespace" => s("/metadata/namespace"),
         "metadata.uid" => s("/metadata/uid"),
-        "spec.nodeName" => Some(NODE_NAME.into()),
+        "spec.nodeName" => s("/spec/nodeName").or(Some(NODE_NAME.into())),
         "spec.serviceAccountName" => s("/spec/serviceAccountName").or(Some("default".into())),
         "status.podIP" | "status.hostIP" => Some("127.0.0.1".into()),
         p => {

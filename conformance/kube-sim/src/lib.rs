@@ -77,6 +77,17 @@ pub struct SimConfig {
     pub gc_delay: Duration,
     /// Which environment variable names the API server accepts; see [`EnvVarNames`].
     pub env_var_names: EnvVarNames,
+    /// Nodes pods are bound to (default 1, named `sim-node`; with more, `sim-node-0`,
+    /// `sim-node-1`, ...). Each pod goes to the node running the fewest, as the
+    /// scheduler's spreading would put it. Cordons, node loss and the other node
+    /// faults act on every node at once.
+    pub nodes: usize,
+    /// Pods each node runs at once (the kubelet's `maxPods`); `None` (the default):
+    /// no limit. A pod that finds every node full stays Pending with `PodScheduled`
+    /// false (`Unschedulable`, `0/N nodes are available: N Too many pods.`) and is
+    /// bound as soon as a pod ends somewhere: terminal pods hold no slot, as the
+    /// scheduler does not count them.
+    pub max_pods_per_node: Option<usize>,
 }
 
 /// The rule the API server checks container `env` names and `envFrom` prefixes
@@ -136,6 +147,8 @@ impl Default for SimConfig {
             exec_protocols: ExecProtocols::default(),
             gc_delay: Duration::ZERO,
             env_var_names: EnvVarNames::default(),
+            nodes: 1,
+            max_pods_per_node: None,
         }
     }
 }
@@ -689,14 +702,17 @@ fn serve(
 
 fn usage() -> &'static str {
     "usage: kube-sim --kubeconfig-out FILE [--namespace NS] [--port P]\n\
+     \x20      [--nodes N] [--max-pods-per-node M]\n\
      \x20      [--image-file IMAGE=PATH_IN_IMAGE=HOST_FILE ...]\n\
      Runs a Kubernetes pod API simulator on 127.0.0.1 until Ctrl-C. Each --image-file\n\
      says that images whose reference contains IMAGE hold PATH_IN_IMAGE, run from\n\
-     HOST_FILE (Simulator::image_file)."
+     HOST_FILE (Simulator::image_file). --nodes spreads pods over N nodes, each\n\
+     running at most M at once (SimConfig::nodes, max_pods_per_node)."
 }
 
 /// Command line entry point:
-/// `--kubeconfig-out FILE [--namespace NS] [--port P] [--image-file I=P=H ...]`.
+/// `--kubeconfig-out FILE [--namespace NS] [--port P] [--nodes N] [--max-pods-per-node M]
+/// [--image-file I=P=H ...]`.
 /// Prints the URL, writes the kubeconfig and runs until Ctrl-C.
 pub fn run_cli() -> std::process::ExitCode {
     use std::process::ExitCode;
@@ -729,6 +745,23 @@ pub fn run_cli() -> std::process::ExitCode {
                 Some(p) => config.port = p,
                 None => {
                     eprintln!("--port needs a number\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "--nodes" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n >= 1 => config.nodes = n,
+                _ => {
+                    eprintln!("--nodes needs a number of at least 1\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "--max-pods-per-node" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n >= 1 => config.max_pods_per_node = Some(n),
+                _ => {
+                    eprintln!(
+                        "--max-pods-per-node needs a number of at least 1\n{}",
+                        usage()
+                    );
                     return ExitCode::from(2);
                 }
             },

@@ -38,6 +38,9 @@ pub(crate) struct Flags {
     pub drop_exec: usize,
     /// How long a container's end takes to reach the API (see `Simulator::status_lag`).
     pub status_lag: Duration,
+    /// Pods bound to each node and not yet terminal (`SimConfig::nodes`); grown to the
+    /// node count on first use.
+    pub node_load: Vec<usize>,
 }
 
 /// A file an image holds: images whose reference contains `image` have `path`, which
@@ -183,6 +186,8 @@ pub(crate) struct PodRuntime {
     pub exited: Mutex<HashSet<String>>,
     next_proc: AtomicU64,
     pub pod_dir: Mutex<Option<PathBuf>>,
+    /// The node (index) the pod holds a slot on, until it is terminal or gone.
+    pub node: Mutex<Option<usize>>,
 }
 
 impl PodRuntime {
@@ -198,6 +203,7 @@ impl PodRuntime {
             exited: Mutex::default(),
             next_proc: AtomicU64::new(0),
             pod_dir: Mutex::new(None),
+            node: Mutex::new(None),
         })
     }
 
@@ -384,6 +390,45 @@ impl Shared {
 
     pub fn get_pod(&self, ns: &str, name: &str) -> Option<Value> {
         lock(&self.store).get(ns, name).cloned()
+    }
+
+    /// The name of node `i` (`SimConfig::nodes`).
+    pub fn node_name(&self, i: usize) -> String {
+        if self.config.nodes <= 1 {
+            crate::kubelet::NODE_NAME.to_owned()
+        } else {
+            format!("{}-{i}", crate::kubelet::NODE_NAME)
+        }
+    }
+
+    /// Take a slot on the least loaded node with room: its index, or `None` when every
+    /// node is full.
+    pub fn bind_node(&self) -> Option<usize> {
+        let nodes = self.config.nodes.max(1);
+        let mut f = lock(&self.flags);
+        f.node_load.resize(nodes, 0);
+        let (i, load) = f
+            .node_load
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|&(i, load)| (load, i))?;
+        if self.config.max_pods_per_node.is_some_and(|max| load >= max) {
+            return None;
+        }
+        f.node_load[i] += 1;
+        Some(i)
+    }
+
+    /// Give back the slot `rt` holds, if any, and wake pods waiting for one.
+    pub fn release_node(&self, rt: &PodRuntime) {
+        if let Some(i) = lock(&rt.node).take() {
+            self.update_flags(|f| {
+                if let Some(n) = f.node_load.get_mut(i) {
+                    *n = n.saturating_sub(1);
+                }
+            });
+        }
     }
 
     pub fn update_flags(&self, f: impl FnOnce(&mut Flags)) {

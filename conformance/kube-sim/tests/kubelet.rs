@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use futures::StreamExt;
+use jetbridge_kube_sim::{SimConfig, Simulator};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{AttachParams, EvictParams, LogParams, WatchEvent, WatchParams};
 use serde_json::json;
@@ -117,6 +118,59 @@ async fn unschedulable_pods_stay_pending_until_allowed() {
     assert_eq!(phase(&pods.get("u").await.unwrap()), "Pending");
     sim.set_unschedulable(false);
     wait_phase(&pods, "u", "Running").await;
+    sim.shutdown().await;
+}
+
+/// Several nodes, each with room for one pod: pods spread over them, the one that finds
+/// every node full waits Pending (as the scheduler's `Too many pods`), and is bound to
+/// the node a pod left as soon as that pod ends. A terminal pod holds no slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_spread_over_nodes_and_wait_for_room() {
+    let sim = Simulator::start(SimConfig {
+        nodes: 2,
+        max_pods_per_node: Some(1),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start simulator");
+    let client = client(&sim, true);
+    let pods = api(&client);
+    create(&pods, &pod("a", &["sleep", "infinity"])).await;
+    create(&pods, &pod("b", &["sleep", "infinity"])).await;
+    let node = |p: &Pod| p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let a = node(&wait_phase(&pods, "a", "Running").await);
+    let b = node(&wait_phase(&pods, "b", "Running").await);
+    let mut both = [a.clone(), b];
+    both.sort();
+    assert_eq!(both, ["sim-node-0", "sim-node-1"]);
+
+    create(&pods, &pod("c", &["sleep", "infinity"])).await;
+    let p = wait_for(&pods, "c", "Unschedulable", |p| {
+        condition(p, "PodScheduled").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = condition(&p, "PodScheduled").unwrap();
+    assert_eq!(c.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(
+        c.message.as_deref(),
+        Some("0/2 nodes are available: 2 Too many pods.")
+    );
+    assert_eq!(phase(&p), "Pending");
+
+    // `a` ends (its pod stays, terminal): `c` takes its node.
+    pods.delete("a", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete a");
+    let c = node(&wait_phase(&pods, "c", "Running").await);
+    assert_eq!(c, a);
+    // A pod that ran to its end keeps no slot although it is still there.
+    pods.delete("c", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete c");
+    create(&pods, &pod("done", &["true"])).await;
+    wait_phase(&pods, "done", "Succeeded").await;
+    create(&pods, &pod("d", &["sleep", "infinity"])).await;
+    assert_eq!(node(&wait_phase(&pods, "d", "Running").await), a);
     sim.shutdown().await;
 }
 
