@@ -1,10 +1,11 @@
 //! Failure scenarios through a `jetbridge server` process on the Kubernetes API
 //! simulator, with a Postgres registry and queue in a scratch schema: a node drain, a
 //! kubelet eviction, an OOM kill, an API server restart while a pod is created, and a
-//! network partition between the server and the API server. Each test checks that the
-//! build ends, that the platform's failure is `errored` (never `succeeded`, never
-//! `failed`), the exact message the user reads, and that one reaper pass after the end
-//! leaves no pod, env Secret, volume or registry row. Each prints its recovery time
+//! network partition between the server and the API server (connections reset, or
+//! stalled). Each test checks that the build ends, that the platform's failure is
+//! `errored` (never `succeeded`, never `failed`; a fault that loses nothing lets the
+//! build succeed), the exact message the user reads, and that one reaper pass after the
+//! end leaves no pod, env Secret, volume or registry row. Each prints its recovery time
 //! (fault to terminal state) for docs/failure-scenarios.md. They fail, never skip,
 //! without Postgres (`source .ci/postgres-env.sh`).
 
@@ -566,8 +567,21 @@ struct Partition {
     cut: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
+/// How a cut network behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CutMode {
+    /// Every open connection is closed, new ones are closed as soon as they are
+    /// accepted: what a client sees behind a firewall that rejects, or a proxy or NAT
+    /// that lost its state.
+    Reset,
+    /// Nothing goes through and nothing is closed: open connections stall, new ones
+    /// wait unanswered; once healed, everything goes on where it stopped (packets
+    /// dropped, then retransmitted).
+    Blackhole,
+}
+
 impl Partition {
-    async fn start(upstream: String) -> Partition {
+    async fn start(upstream: String, mode: CutMode) -> Partition {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -577,7 +591,7 @@ impl Partition {
         let state = cut.clone();
         tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
-                if *state.borrow() {
+                if mode == CutMode::Reset && *state.borrow() {
                     // Partitioned: the connection goes nowhere.
                     drop(down);
                     continue;
@@ -585,13 +599,28 @@ impl Partition {
                 let mut rx = state.subscribe();
                 let up_addr = up_addr.clone();
                 tokio::spawn(async move {
+                    if mode == CutMode::Blackhole && rx.wait_for(|c| !*c).await.is_err() {
+                        return;
+                    }
                     let Ok(mut up) = tokio::net::TcpStream::connect(&up_addr).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        // Dropping both ends closes them: the partition cuts it.
-                        _ = rx.wait_for(|c| *c) => {}
+                    match mode {
+                        CutMode::Reset => {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                                // Dropping both ends closes them: the partition cuts it.
+                                _ = rx.wait_for(|c| *c) => {}
+                            }
+                        }
+                        CutMode::Blackhole => {
+                            let (dr, dw) = down.into_split();
+                            let (ur, uw) = up.into_split();
+                            tokio::join!(
+                                stalling_copy(dr, uw, rx.clone()),
+                                stalling_copy(ur, dw, rx)
+                            );
+                        }
                     }
                 });
             }
@@ -602,6 +631,26 @@ impl Partition {
     fn set_cut(&self, on: bool) {
         self.cut.send_replace(on);
     }
+}
+
+/// Copy `from` to `to`, holding each chunk while the network is cut.
+async fn stalling_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if cut.wait_for(|c| !*c).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// How long the network between the server and the API server stays cut.
@@ -617,7 +666,7 @@ const PARTITION: Duration = Duration::from_secs(35);
 async fn a_partition_from_the_api_server_longer_than_the_worker_ttl_errors_the_build_and_heals() {
     let _turn = TURN.lock().await;
     let mut w = World::new("jb-partition", Duration::ZERO).await;
-    let proxy = Partition::start(w.sim.url()).await;
+    let proxy = Partition::start(w.sim.url(), CutMode::Reset).await;
     w.start_replica(&proxy.url, "6s").await;
     let id = w.submit(&slow_task(60)).await;
     w.wait_output(id, "started").await;
@@ -709,3 +758,51 @@ async fn a_partition_from_the_api_server_longer_than_the_worker_ttl_errors_the_b
     );
     w.assert_nothing_left_after_a_reaper_pass().await;
 }
+
+/// 8b. The same partition as packets dropped rather than connections reset: open
+///     connections stall and new ones wait, for longer than the worker's
+///     registration lives; the step's command ends meanwhile. Once healed, nothing
+///     was lost: the command's status arrives and the build succeeds on its one pod,
+///     and a reaper pass leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_partition_that_heals_loses_nothing() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("jb-blackhole", Duration::ZERO).await;
+    let proxy = Partition::start(w.sim.url(), CutMode::Blackhole).await;
+    w.start_replica(&proxy.url, "6s").await;
+    let id = w.submit(&slow_task(3)).await;
+    w.wait_output(id, "started").await;
+    let fault = now_ms();
+    proxy.set_cut(true);
+    // Longer than the registration and the command: the fault's length.
+    tokio::time::sleep(BLACKHOLE).await;
+    eprintln!(
+        "blackhole: the build is {} after {BLACKHOLE:?}",
+        w.build(id).await["state"]
+    );
+    proxy.set_cut(false);
+    let healed = now_ms();
+    let b = w.terminal(id, Duration::from_secs(120)).await;
+    recovery("blackholed partition", fault, &b);
+    eprintln!(
+        "recovery: blackholed partition: the build ended {:?} after healing",
+        Duration::from_millis(
+            b["finished_at_ms"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(healed)
+        )
+    );
+    // The command exited 0 during the cut, and its status was held, not lost: a
+    // success here is the truth, reported once it is known.
+    let logs = w.logs(id).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{logs}");
+    assert!(logs.contains("[task: t] started"), "{logs}");
+    assert!(logs.contains("✓ task: t"), "{logs}");
+    assert!(logs.contains("build succeeded"), "{logs}");
+    assert_eq!(w.sim.pods_created(w.ns).len(), 1, "one pod for the step");
+    w.assert_nothing_left_after_a_reaper_pass().await;
+}
+
+/// How long the blackholed network stays cut.
+const BLACKHOLE: Duration = Duration::from_secs(15);
