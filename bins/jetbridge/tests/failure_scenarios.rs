@@ -505,20 +505,76 @@ async fn an_oom_kill_mid_step_errors_the_build_and_leaves_nothing() {
     w.assert_nothing_left_after_a_reaper_pass().await;
 }
 
-/// 3. The API server restarts while the step's pod is created, and the create's answer
-///    is lost though the pod was made: the resent create adopts that pod (one pod for
-///    the step), and the step runs to its end.
+/// 2c. The kubelet evicts the pod after the command has exited 0, while its output is
+///     streamed out (`tar -c` through exec): the step is never reported as
+///     succeeded, and nothing of its output is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_eviction_while_outputs_stream_out_errors_and_keeps_nothing() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("jb-outputs", Duration::ZERO).await;
+    w.start_replica(&w.sim.url(), "3s").await;
+    // The output's exec waits, so the eviction lands while it is under way.
+    w.sim.inject(Fault {
+        method: None,
+        path_contains: Some("/exec".to_owned()),
+        query_contains: Some("command=tar".to_owned()),
+        times: 1,
+        action: FaultAction::Delay(Duration::from_secs(2)),
+    });
+    w.sim.reset_requests();
+    let id = w.submit(&slow_task(0)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w
+        .sim
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/exec") && r.query.contains("command=tar"))
+    {
+        assert!(Instant::now() < deadline, "the output was never streamed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pod = w.running_pod().await;
+    let fault = now_ms();
+    w.sim.evict(w.ns, &pod);
+    let b = w.terminal(id, Duration::from_secs(60)).await;
+    recovery("kubelet eviction while outputs stream out", fault, &b);
+    const KUBELET: &str = "evicted: The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
+    assert_errored(
+        &w,
+        id,
+        &b,
+        "evicted",
+        &format!("task: t: {KUBELET}"),
+        &[&format!("✗ task: t: {KUBELET}")],
+    )
+    .await;
+    // The output the command wrote was never sealed nor bound.
+    assert_eq!(b["outcome"]["artifacts"], serde_json::json!([]), "{b}");
+    assert_eq!(
+        b["outcome"]["steps"][0]["artifacts"],
+        serde_json::json!([]),
+        "{b}"
+    );
+    w.assert_nothing_left_after_a_reaper_pass().await;
+}
+
+/// 3. The API server restarts while the step's pod is created, and the answers of the
+///    env Secret's create and of the pod's are lost though both were made: the resent
+///    creates adopt them (one Secret and one pod for the step), and the step runs to
+///    its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_restart_during_pod_creation_makes_one_pod_and_the_build_ends() {
     let _turn = TURN.lock().await;
     let mut w = World::new("jb-restart", Duration::ZERO).await;
     w.start_replica(&w.sim.url(), "3s").await;
-    w.sim.inject(Fault::on(
-        "POST",
-        &format!("/namespaces/{}/pods", w.ns),
-        1,
-        FaultAction::DropAfterCommit,
-    ));
+    for what in ["secrets", "pods"] {
+        w.sim.inject(Fault::on(
+            "POST",
+            &format!("/namespaces/{}/{what}", w.ns),
+            1,
+            FaultAction::DropAfterCommit,
+        ));
+    }
     w.sim.reset_requests();
     let id = w.submit(&slow_task(1)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -555,6 +611,16 @@ async fn an_api_server_restart_during_pod_creation_makes_one_pod_and_the_build_e
         creates >= 2,
         "the lost answer made the create be sent again"
     );
+    let secrets = w.sim.secrets_created(w.ns).len();
+    let secret_creates = w
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/secrets"))
+        .count();
+    eprintln!("Secrets created: {secrets}; creates sent: {secret_creates}");
+    assert_eq!(secrets, 1, "one env Secret for the step");
+    assert!(secret_creates >= 2, "the Secret's create was sent again");
     assert_eq!(b["state"], "succeeded", "{b}\n{logs}");
     assert!(logs.contains("✓ task: t"), "{logs}");
     w.assert_nothing_left_after_a_reaper_pass().await;
