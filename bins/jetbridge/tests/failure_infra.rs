@@ -3,7 +3,8 @@
 //! registry's and queue's Postgres restarted mid-build, and the bucket that holds the
 //! artifacts answering 5xx to the object uploads of a step's output. Each test checks
 //! how every build ends, with what message, that no artifact is lost or half-visible,
-//! and that one reaper pass leaves nothing behind. Both fail, never skip, without what
+//! and that one reaper pass leaves nothing behind. An ignored test shows a failed
+//! upload left in the bucket when its abort meets a reset connection. Both fail, never skip, without what
 //! they need (`source .ci/postgres-env.sh` for the shared Postgres of the bucket test;
 //! root and the Postgres binaries for the private cluster of the restart test).
 
@@ -149,10 +150,9 @@ impl Api {
         }
     }
 
-    /// The output the build's events hold so far, step by step: `(step, text)`.
-    async fn output(&self, id: u64) -> Vec<(String, String)> {
-        let sse = self
-            .http
+    /// The build's events stored so far, as the event stream sends them.
+    async fn events(&self, id: u64) -> String {
+        self.http
             .get(format!(
                 "{}/api/v1/builds/{id}/events?follow=false",
                 self.url
@@ -162,7 +162,12 @@ impl Api {
             .expect("the API answers")
             .text()
             .await
-            .expect("the events");
+            .expect("the events")
+    }
+
+    /// The output the build's events hold so far, step by step: `(step, text)`.
+    async fn output(&self, id: u64) -> Vec<(String, String)> {
+        let sse = self.events(id).await;
         let mut out = Vec::new();
         let mut event = String::new();
         for line in sse.lines() {
@@ -478,6 +483,7 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
         "select name || ' ' || state || ' ' || ref_count from artifacts order by name",
     );
     assert_eq!(before, "a ready 1\nb creating 1", "{before}");
+    let digest_a = psql(&url, "select digest from artifacts where name = 'a'");
 
     let t0 = Instant::now();
     pg.ctl(&["-m", "fast", "-w", "restart"]);
@@ -541,6 +547,12 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
     for a in outcome["artifacts"].as_array().unwrap() {
         assert!(a["digest"].as_str().unwrap().starts_with("sha256:"), "{b}");
     }
+    // The artifact sealed before the restart is the one the build ended with.
+    assert_eq!(
+        outcome["steps"][0]["artifacts"][0]["digest"],
+        digest_a.as_str(),
+        "{b}"
+    );
     // The artifacts made before and during the restart were read by the last step.
     let output = api.output(held).await;
     let of = |step: &str| -> String {
@@ -569,6 +581,7 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
     api.one_full_reaper_pass().await;
     assert_eq!(cluster_leftovers(&sim, ns), (0, 0));
     assert_eq!(entries(&volumes.join("volumes")), Vec::<String>::new());
+    assert_eq!(entries(&volumes.join("trash")), Vec::<String>::new());
     assert_eq!(
         psql(
             &url,
@@ -655,6 +668,120 @@ fn part2_puts(sim: &jetbridge_gcs_sim::Simulator) -> usize {
         .count()
 }
 
+/// A server on the Kubernetes simulator whose volume store is a bucket of the GCS
+/// simulator, with its registry and queue in a scratch schema of the shared Postgres.
+struct BucketRig {
+    api: Api,
+    server: Option<ServerProc>,
+    gcs: jetbridge_gcs_sim::Simulator,
+    kube: jetbridge_kube_sim::Simulator,
+    ns: &'static str,
+    url: String,
+    schema: jetbridge_postgres::scratch::ScratchSchema,
+    dir: tempfile::TempDir,
+}
+
+impl BucketRig {
+    async fn start(ns: &'static str) -> BucketRig {
+        let url = database_url();
+        let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_bucket").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (kube, kubeconfig) = start_kube_sim(dir.path(), ns).await;
+        let gcs = jetbridge_gcs_sim::Simulator::start(
+            jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-fail"),
+        )
+        .await
+        .expect("gcs simulator");
+        let server_args = args(&[
+            "--backend",
+            "kube",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--volumes",
+            "gs://jb-fail/ci",
+            "--volumes-endpoint",
+            &gcs.url(),
+            "--volumes-allow-http",
+            "--volumes-anonymous",
+            "--registry",
+            &url,
+            "--registry-schema",
+            schema.name(),
+            "--worker",
+            ns,
+            // A reaper pass every 6 s.
+            "--worker-ttl",
+            "6s",
+        ]);
+        let data = dir.path().join("data");
+        let server = tokio::task::spawn_blocking(move || ServerProc::start(&data, &server_args))
+            .await
+            .unwrap();
+        BucketRig {
+            api: Api::of(&server),
+            server: Some(server),
+            gcs,
+            kube,
+            ns,
+            url,
+            schema,
+            dir,
+        }
+    }
+
+    /// A query on the registry's tables.
+    fn registry(&self, sql: &str) -> String {
+        psql_in(&self.url, Some(self.schema.name()), sql)
+    }
+
+    /// The names of the objects of `volume`, sorted.
+    fn objects_of(&self, volume: &str) -> Vec<String> {
+        let prefix = format!("ci/volumes/{volume}/");
+        let mut names: Vec<String> = self
+            .gcs
+            .objects("jb-fail")
+            .into_iter()
+            .filter_map(|o| o.name.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The registry's volume of artifact `name` of build `id`.
+    fn volume_of(&self, id: u64, name: &str) -> String {
+        self.registry(&format!(
+            "select volume from artifacts where build like 'upload/j/{id}.%' and name = '{name}'"
+        ))
+    }
+
+    /// After one reaper pass: no pod, no Secret, no volume object, no unfinished
+    /// upload, no artifact record or reference.
+    async fn assert_nothing_left(&self) {
+        self.api.one_full_reaper_pass().await;
+        assert_eq!(cluster_leftovers(&self.kube, self.ns), (0, 0));
+        let left: Vec<String> = self
+            .gcs
+            .objects("jb-fail")
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| n.starts_with("ci/volumes/"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new());
+        assert_eq!(self.gcs.in_progress_uploads(), []);
+        assert_eq!(
+            self.registry(
+                "select (select count(*) from artifacts) || ' ' || (select count(*) from artifact_refs)"
+            ),
+            "0 0"
+        );
+    }
+
+    async fn stop(mut self) {
+        drop(self.server.take());
+        self.gcs.clone().shutdown().await;
+    }
+}
+
 /// The volume store is a bucket (the GCS simulator). (a) Two 5xx answers to the
 /// second part of a step output's upload are retried and the build succeeds with the
 /// artifact intact. (b) With every answer to it a 503, the step ends `errored` with a
@@ -662,54 +789,21 @@ fn part2_puts(sim: &jetbridge_gcs_sim::Simulator) -> usize {
 /// artifact stays readable, and one reaper pass leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_errors_mid_upload_are_retried_or_error_the_step_leaving_nothing_partial() {
-    let url = database_url();
-    let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_bucket").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = "jb-bucket";
-    let (kube, kubeconfig) = start_kube_sim(dir.path(), ns).await;
-    let gcs = jetbridge_gcs_sim::Simulator::start(
-        jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-fail"),
-    )
-    .await
-    .expect("gcs simulator");
-    let server_args = args(&[
-        "--backend",
-        "kube",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--volumes",
-        "gs://jb-fail/ci",
-        "--volumes-endpoint",
-        &gcs.url(),
-        "--volumes-allow-http",
-        "--volumes-anonymous",
-        "--registry",
-        &url,
-        "--registry-schema",
-        schema.name(),
-        "--worker",
-        "bucket-faults",
-        "--worker-ttl",
-        "6s",
-    ]);
-    let data = dir.path().join("data");
-    let server = tokio::task::spawn_blocking(move || ServerProc::start(&data, &server_args))
-        .await
-        .unwrap();
-    let api = Api::of(&server);
-    let registry = |sql: &str| psql_in(&url, Some(schema.name()), sql);
+    let rig = BucketRig::start("jb-bucket").await;
+    let (gcs, api, dir) = (&rig.gcs, &rig.api, rig.dir.path());
+    let registry = |sql: &str| rig.registry(sql);
 
     // (a) A 500, then a 503, on the second part: the client retries them.
     gcs.inject(Fault::on("PUT", "/data-", 1, FaultAction::Status(500)).with_query("partNumber=2"));
     gcs.inject(Fault::on("PUT", "/data-", 1, FaultAction::Status(503)).with_query("partNumber=2"));
-    let (ready, go) = (dir.path().join("ready-a"), dir.path().join("go-a"));
+    let (ready, go) = (dir.join("ready-a"), dir.join("go-a"));
     let first = api
         .submit("upload.yml", &upload_pipeline(&ready, &go))
         .await;
     let b = api.ended(first, Duration::from_secs(90)).await;
     let first_build = b.clone();
     assert_eq!(b["state"], "succeeded", "{b}");
-    assert_eq!(part2_puts(&gcs), 3, "two refused, then the part");
+    assert_eq!(part2_puts(gcs), 3, "two refused, then the part");
     assert!(!ready.exists(), "the on_error hook ran: {b}");
     let output = api.output(first).await;
     let check: String = output
@@ -732,7 +826,7 @@ async fn bucket_errors_mid_upload_are_retried_or_error_the_step_leaving_nothing_
     gcs.inject(
         Fault::on("PUT", "/data-", usize::MAX, FaultAction::Status(503)).with_query("partNumber=2"),
     );
-    let (ready, go) = (dir.path().join("ready-b"), dir.path().join("go-b"));
+    let (ready, go) = (dir.join("ready-b"), dir.join("go-b"));
     let second = api
         .submit("upload.yml", &upload_pipeline(&ready, &go))
         .await;
@@ -742,53 +836,22 @@ async fn bucket_errors_mid_upload_are_retried_or_error_the_step_leaving_nothing_
         "select name || ' ' || state from artifacts where build like 'upload/j/{second}.%' order by name"
     ));
     assert_eq!(rows, "big creating\nsmall ready", "{rows}");
-    let big_volume = registry(&format!(
-        "select volume from artifacts where build like 'upload/j/{second}.%' and name = 'big'"
-    ));
-    let under = |volume: &str| -> Vec<String> {
-        let prefix = format!("ci/volumes/{volume}/");
-        let mut names: Vec<String> = gcs
-            .objects("jb-fail")
-            .into_iter()
-            .filter_map(|o| o.name.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
-        names.sort();
-        names
-    };
+    let big_volume = rig.volume_of(second, "big");
     // Nothing of the failed output is visible: no data object, no seal; and its
     // upload was aborted.
-    assert_eq!(under(&big_volume), ["creating.json"]);
-    assert!(
-        gcs.in_progress_uploads().is_empty(),
-        "{:?}\nrequests on the volume: {:#?}\nevents: {}",
+    assert_eq!(rig.objects_of(&big_volume), ["creating.json"]);
+    assert_eq!(
         gcs.in_progress_uploads(),
-        gcs.requests()
-            .iter()
-            .filter(|r| r
-                .object
-                .as_deref()
-                .is_some_and(|o| o.contains(big_volume.as_str())))
-            .map(|r| format!("{} {}", r.method, r.query))
-            .collect::<Vec<_>>(),
-        api.http
-            .get(format!(
-                "{}/api/v1/builds/{second}/events?follow=false",
-                api.url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        [],
+        "{}",
+        api.events(second).await
     );
-    let small_volume = registry(&format!(
-        "select volume from artifacts where build like 'upload/j/{second}.%' and name = 'small'"
-    ));
+    let small_volume = rig.volume_of(second, "small");
     assert!(
-        under(&small_volume).contains(&"manifest.json".to_owned()),
+        rig.objects_of(&small_volume)
+            .contains(&"manifest.json".to_owned()),
         "{:?}",
-        under(&small_volume)
+        rig.objects_of(&small_volume)
     );
     std::fs::write(&go, "").unwrap();
     let b = api.ended(second, Duration::from_secs(90)).await;
@@ -890,24 +953,99 @@ async fn bucket_errors_mid_upload_are_retried_or_error_the_step_leaving_nothing_
         "the earlier artifact was readable after the failure"
     );
 
-    api.one_full_reaper_pass().await;
-    assert_eq!(cluster_leftovers(&kube, ns), (0, 0));
-    let left: Vec<String> = gcs
-        .objects("jb-fail")
-        .into_iter()
-        .map(|o| o.name)
-        .filter(|n| n.starts_with("ci/volumes/"))
-        .collect();
-    assert_eq!(left, Vec::<String>::new());
-    assert!(gcs.in_progress_uploads().is_empty());
-    assert_eq!(
-        registry(
-            "select (select count(*) from artifacts) || ' ' || (select count(*) from artifact_refs)"
-        ),
-        "0 0"
+    rig.assert_nothing_left().await;
+    rig.stop().await;
+}
+
+/// The abort of an output's failed upload is cut off before it is answered (the
+/// connection dropped, nothing done): the client sends it again, the upload is
+/// aborted, and the step names the part the bucket refused, not the abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_abort_is_sent_again_and_the_step_names_the_refused_part() {
+    let rig = BucketRig::start("jb-bucket-abort").await;
+    let (gcs, api, dir) = (&rig.gcs, &rig.api, rig.dir.path());
+    gcs.inject(
+        Fault::on("PUT", "/data-", usize::MAX, FaultAction::Status(503)).with_query("partNumber=2"),
     );
-    drop(server);
-    gcs.shutdown().await;
-    drop(kube);
-    drop(schema);
+    gcs.inject(
+        Fault::on("DELETE", "/data-", 1, FaultAction::DropConnection).with_query("uploadId"),
+    );
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let id = api
+        .submit("upload.yml", &upload_pipeline(&ready, &go))
+        .await;
+    appears(&ready, "the on_error hook's start").await;
+    let big_volume = rig.volume_of(id, "big");
+    assert_eq!(rig.objects_of(&big_volume), ["creating.json"]);
+    let left = gcs.in_progress_uploads();
+    std::fs::write(&go, "").unwrap();
+    let b = api.ended(id, Duration::from_secs(90)).await;
+    gcs.clear_faults();
+    assert_eq!(b["state"], "errored", "{b}");
+    assert_eq!(left, [], "the failed upload was left in the bucket: {b}");
+    let deletes = gcs
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.query.starts_with("uploadId="))
+        .count();
+    assert_eq!(deletes, 2, "the dropped abort, then the abort");
+    let reason = b["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("task: big: errored: transient: storing output \"big\": ")
+            && reason.contains("?partNumber=2&uploadId=")
+            && reason.contains("503 Service Unavailable")
+            && !reason.contains("DELETE"),
+        "{reason}"
+    );
+    rig.assert_nothing_left().await;
+    rig.stop().await;
+}
+
+/// A step whose one output is 8 MiB plus `LAST_PART` random bytes: a data object of
+/// two parts, the last one big enough that the bucket's early 503 (sent before the
+/// part's body is read, as the simulator does and HTTP servers may) can leave a reset
+/// connection in the client's pool.
+const LAST_PART: usize = 512 << 10;
+
+fn one_big_output() -> String {
+    format!(
+        "jobs:\n- name: j\n  plan:\n  - task: big\n    config:\n      platform: linux\n      outputs: [{{name: big}}]\n      run: {{path: sh, args: [-c, 'head -c {} /dev/urandom > big/blob']}}\n",
+        (8 << 20) + LAST_PART
+    )
+}
+
+/// Persistent 503s on the last part of an output's upload, build after build: every
+/// failed upload must be aborted and every step must name the refused part. About one
+/// build in ten (on a 2-core machine) sends the abort (`DELETE ?uploadId=`) on a pooled
+/// connection the bucket has reset: the client gives up at once ("error sending
+/// request", no retry: object_store retries a transport error of a request it does not
+/// know to be idempotent, as this DELETE, only when nothing was sent), `WriteMultipart::finish`
+/// returns the abort's error in place of the part's, and the upload with its 8 MiB
+/// part stays in the bucket, billed until a lifecycle rule removes it. Up to 30 builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a failed multipart upload whose abort meets a reset connection is left in the bucket, and the step reports the failed DELETE instead of the refused part (adapters/object-store/src/write.rs upload(): the abort is left to object_store's WriteMultipart::finish, which does not retry it and returns its error); fails in about 1 build of 10"]
+async fn every_failed_upload_is_aborted_and_names_the_refused_part() {
+    let rig = BucketRig::start("jb-bucket-leak").await;
+    let (gcs, api) = (&rig.gcs, &rig.api);
+    gcs.inject(
+        Fault::on("PUT", "/data-", usize::MAX, FaultAction::Status(503)).with_query("partNumber=2"),
+    );
+    for n in 1..=30 {
+        let id = api.submit("leak.yml", &one_big_output()).await;
+        let b = api.ended(id, Duration::from_secs(90)).await;
+        assert_eq!(b["state"], "errored", "build {n}: {b}");
+        let reason = b["reason"].as_str().unwrap();
+        assert_eq!(
+            gcs.in_progress_uploads(),
+            [],
+            "build {n} left its upload in the bucket: {reason}"
+        );
+        assert!(
+            reason.contains("?partNumber=2&uploadId=") && !reason.contains("DELETE"),
+            "build {n} names the abort, not the refused part: {reason}"
+        );
+    }
+    gcs.clear_faults();
+    rig.assert_nothing_left().await;
+    rig.stop().await;
 }
