@@ -4,9 +4,10 @@
 //! artifacts answering 5xx to the object uploads of a step's output. Each test checks
 //! how every build ends, with what message, that no artifact is lost or half-visible,
 //! and that one reaper pass leaves nothing behind. An ignored test shows a failed
-//! upload left in the bucket when its abort meets a reset connection. Both fail, never skip, without what
-//! they need (`source .ci/postgres-env.sh` for the shared Postgres of the bucket test;
-//! root and the Postgres binaries for the private cluster of the restart test).
+//! upload left in the bucket when its abort meets a reset connection. The tests fail,
+//! never skip, without what they need (`source .ci/postgres-env.sh` for the shared
+//! Postgres of the bucket tests; root and the Postgres binaries for the private
+//! cluster of the restart test).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
