@@ -19,6 +19,7 @@
 mod checksum;
 mod config;
 mod error;
+mod multipart;
 mod pipe;
 mod read;
 mod tar_tree;

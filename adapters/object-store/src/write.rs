@@ -16,12 +16,13 @@ use bytes::Bytes;
 use jetbridge_core::ports::ByteStream;
 use jetbridge_core::{Error, Result};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt};
 use tar::{EntryType, Header};
 use tokio::sync::mpsc;
 
 use crate::config::Compression;
 use crate::error::{Backend, store_err};
+use crate::multipart::Parts;
 use crate::pipe::{CHANNEL_DEPTH, ChannelReader, ChannelWriter, Chunk, OUT_CHUNK, forward};
 use crate::tar_tree::{EntrySink, FailSlot, Hashing, HashingReader, Summary, VTree, ingest};
 use sha2::{Digest as _, Sha256};
@@ -294,37 +295,6 @@ fn process(
 
 /// A multipart upload that is aborted in the background if it is dropped unfinished
 /// (the caller gave up on `write_tar`).
-struct UploadGuard(Option<WriteMultipart>);
-
-impl UploadGuard {
-    fn get(&mut self) -> Result<&mut WriteMultipart> {
-        self.0
-            .as_mut()
-            .ok_or_else(|| Error::other("the upload is already finished"))
-    }
-    async fn abort(&mut self) {
-        if let Some(w) = self.0.take()
-            && let Err(e) = w.abort().await
-        {
-            tracing::warn!(error = %e, "could not abort a multipart upload; the bucket's lifecycle rule has to");
-        }
-    }
-}
-
-impl Drop for UploadGuard {
-    fn drop(&mut self) {
-        if let Some(w) = self.0.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                if let Err(e) = w.abort().await {
-                    tracing::warn!(error = %e, "could not abort an abandoned multipart upload");
-                }
-            });
-        }
-    }
-}
-
 /// Upload `input` (a plain tar) to `path`. On error nothing is visible at `path`.
 pub(crate) async fn upload(
     store: Arc<dyn ObjectStore>,
@@ -338,7 +308,8 @@ pub(crate) async fn upload(
         .put_multipart(path)
         .await
         .map_err(|e| store_err(e, backend, format_args!("starting the upload of {path}")))?;
-    let mut up = UploadGuard(Some(WriteMultipart::new_with_chunk_size(mp, p.part_size)));
+    // Aborted (the abort retried) on every failure, and on drop if cut short.
+    let mut up = Parts::new(mp, p.part_size);
     let (in_tx, in_rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let failed = FailSlot::default();
@@ -357,9 +328,8 @@ pub(crate) async fn upload(
             () = &mut fwd, if !forwarded => forwarded = true,
             chunk = out_rx.recv(), if out_open => match chunk {
                 Some(b) => {
-                    let w = up.get()?;
-                    w.put(b);
-                    if let Err(e) = w.wait_for_capacity(in_flight).await {
+                    up.put(b);
+                    if let Err(e) = up.wait_for_capacity(in_flight).await {
                         // Stops the worker: its next send fails.
                         drop(out_rx);
                         up.abort().await;
@@ -373,11 +343,13 @@ pub(crate) async fn upload(
     };
     match result {
         Ok(done) => {
-            let w =
-                up.0.take()
-                    .ok_or_else(|| Error::other("the upload is already finished"))?;
+            // The last part's failure is an upload's, not the completion's.
+            if let Err(e) = up.flush().await {
+                up.abort().await;
+                return Err(part_err(e));
+            }
             // A failed completion leaves at most an incomplete upload, never an object.
-            w.finish().await.map_err(|e| {
+            up.finish().await.map_err(|e| {
                 store_err(e, backend, format_args!("completing the upload of {path}"))
             })?;
             Ok(done)

@@ -910,7 +910,7 @@ async fn bucket_errors_mid_upload_are_retried_or_error_the_step_leaving_nothing_
     let object = refused[0].object.clone().unwrap();
     let request = format!("{}{}?{}", gcs.url(), refused[0].path, refused[0].query);
     let result = format!(
-        "errored: transient: storing output \"big\": completing the upload of {object}: Generic GCS error: \
+        "errored: transient: storing output \"big\": uploading {object}: Generic GCS error: \
          Error performing PUT {request} in T, after 5 retries, max_retries: 5, retry_timeout: 60s  - \
          Server returned non-2xx status code: 503 Service Unavailable: <?xml version='1.0' encoding='UTF-8'?>\
          <Error><Code>ServiceUnavailable</Code><Message>Service unavailable. Please try again.</Message>\
@@ -1094,14 +1094,13 @@ fn resetting_proxy(upstream: u16, method: &'static str, text: &'static str) -> S
 /// meets a reset connection, deterministically: the one `DELETE ?uploadId=` is reset
 /// by a proxy. The upload must still be aborted (storage.md: any failure aborts the
 /// upload; connection errors are retried) and the step must name the refused part.
-/// What happens: the abort is not retried, the upload stays in the bucket with its
-/// 8 MiB part (billed until a lifecycle rule removes it), and the step's message is
-/// the failed DELETE's ("error sending request"). The same happens with no proxy, in
-/// about 1 build of 15 here, when the last part is big (512 KiB to 2 MiB): the
-/// simulator answers its 503 before reading the body, and the reset connection that
-/// leaves in the client's pool is the one the abort is sent on.
+/// Before the fix, the abort was not retried (object_store's `WriteMultipart` consumes
+/// itself in its abort, and a GCS DELETE is not marked safe to repeat): the upload
+/// stayed in the bucket with its 8 MiB part and the step named the failed DELETE. The
+/// same happened with no proxy in about 1 build of 15, when the simulator answered a
+/// big last part's 503 before reading its body and left a reset connection in the
+/// client's pool. `multipart.rs` now sends the abort again and keeps the part's error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the abort of a failed multipart upload is not retried when its connection is reset; the upload stays in the bucket and the step reports the DELETE instead of the refused part (adapters/object-store/src/write.rs upload(), via object_store's WriteMultipart::finish)"]
 async fn a_reset_abort_still_aborts_the_upload_and_the_step_names_the_refused_part() {
     let rig = BucketRig::start_with("jb-bucket-reset", Some(("DELETE ", "uploadId="))).await;
     let (gcs, api) = (&rig.gcs, &rig.api);
