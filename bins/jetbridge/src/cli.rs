@@ -403,6 +403,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_grace, default_value = "5m", env = "JETBRIDGE_LOAD_REAP_TIMEOUT")]
     pub reap_timeout: GraceDuration,
 
+    /// How long after the first submission a soak's steady state begins (where the RSS
+    /// and fd slopes are judged): the allocator and the thread pools grow to their
+    /// working size first. Default: a quarter of the submitting.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace, env = "JETBRIDGE_LOAD_WARM_UP")]
+    pub warm_up: Option<GraceDuration>,
+
     /// Over a soak's steady state, the most the fitted RSS of a replica may grow, in
     /// percent of its fitted start.
     #[arg(

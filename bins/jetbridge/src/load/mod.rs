@@ -58,6 +58,20 @@ fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
     if args.duration.is_some_and(|d| d.0.is_zero()) {
         return Err(user("--duration must be longer than 0s (e.g. 10m, 24h)"));
     }
+    match (&args.warm_up, &args.duration) {
+        (Some(_), None) => {
+            return Err(user(
+                "--warm-up goes with --duration: only a soak has a steady state to judge",
+            ));
+        }
+        (Some(w), Some(d)) if w.0 >= d.0 => {
+            return Err(user(format!(
+                "--warm-up {:?} must be shorter than --duration {:?}, or no steady state is left",
+                w.0, d.0
+            )));
+        }
+        _ => {}
+    }
     if args.sample_every.0 < Duration::from_millis(100) {
         return Err(user("--sample-every must be at least 100ms"));
     }

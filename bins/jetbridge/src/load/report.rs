@@ -209,12 +209,17 @@ impl Report {
         let span = ctx.all_ended_s - ctx.first_submit_s;
         let builds_per_minute = (span > 0.0 && ended > 0).then(|| ended as f64 * 60.0 / span);
 
-        // The steady state: after the first quarter of the submitting, to the last
-        // submission.
-        let window = (ctx.soak && ctx.last_submit_s > ctx.first_submit_s).then(|| {
-            let w0 = ctx.first_submit_s + 0.25 * (ctx.last_submit_s - ctx.first_submit_s);
-            (w0, ctx.last_submit_s)
-        });
+        // The steady state: after the warm-up (by default the first quarter of the
+        // submitting), to the last submission.
+        let window = (ctx.soak && ctx.last_submit_s > ctx.first_submit_s)
+            .then(|| {
+                let warm = match &args.warm_up {
+                    Some(d) => d.0.as_secs_f64(),
+                    None => 0.25 * (ctx.last_submit_s - ctx.first_submit_s),
+                };
+                (ctx.first_submit_s + warm, ctx.last_submit_s)
+            })
+            .filter(|(a, b)| a < b);
         let mut replicas = Vec::new();
         for (i, url) in args.metrics.iter().enumerate() {
             let series = |f: &dyn Fn(&super::scrape::Figures) -> f64| -> Vec<(f64, f64)> {
