@@ -9,87 +9,17 @@
 //! Postgres of the bucket tests; root and the Postgres binaries for the private
 //! cluster of the restart test).
 
-use std::io::{BufRead, BufReader};
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::{ServerProc, database_url, scrape, text};
 use jetbridge_gcs_sim::{Fault, FaultAction, SimControls};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JETBRIDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1");
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A running `jetbridge server`, killed when dropped.
-struct ServerProc {
-    child: Child,
-    url: String,
-    metrics_url: String,
-}
-
-impl ServerProc {
-    /// Start one (blocking: it waits for the line saying where it listens).
-    fn start(data: &Path, extra: &[String]) -> ServerProc {
-        let mut child = bin()
-            .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the server starts");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server says where it listens");
-        let url = first
-            .split("API on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        let metrics_url = first
-            .split("metrics on ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
-            .trim()
-            .to_owned();
-        ServerProc {
-            child,
-            url,
-            metrics_url,
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a server may take to say where it listens.
+const STARTUP: Duration = Duration::from_secs(120);
 
 /// The API of one server, as a client sees it.
 struct Api {
@@ -188,14 +118,7 @@ impl Api {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(&self.metrics_url)
-            .send()
-            .await
-            .expect("the metrics answer")
-            .text()
-            .await
-            .expect("metrics text")
+        scrape(&self.http, &self.metrics_url).await
     }
 
     /// The value of the sample named exactly `name` (labels included).
@@ -469,9 +392,10 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
         "6s",
     ]);
     let data = dir.path().join("data");
-    let server = tokio::task::spawn_blocking(move || ServerProc::start(&data, &server_args))
-        .await
-        .unwrap();
+    let server =
+        tokio::task::spawn_blocking(move || ServerProc::start_within(&data, &server_args, STARTUP))
+            .await
+            .unwrap();
     let api = Api::of(&server);
 
     let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
@@ -599,16 +523,6 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
 // 7. Bucket errors mid-upload
 // ---------------------------------------------------------------------------------
 
-/// The Postgres the bucket test keeps its registry and queue in: it fails, never
-/// skips, without it.
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: this test needs Postgres (run `source .ci/postgres-env.sh` first)"
-        )
-    })
-}
-
 /// 8 MiB and 1 KiB of random bytes (so they do not compress): a data object of two
 /// parts, a full 8 MiB one and a small last one, which the faults hit. Small, so the
 /// bucket's early 503 reaches the client whole rather than cutting off its body.
@@ -728,9 +642,11 @@ impl BucketRig {
             "6s",
         ]);
         let data = dir.path().join("data");
-        let server = tokio::task::spawn_blocking(move || ServerProc::start(&data, &server_args))
-            .await
-            .unwrap();
+        let server = tokio::task::spawn_blocking(move || {
+            ServerProc::start_within(&data, &server_args, STARTUP)
+        })
+        .await
+        .unwrap();
         BucketRig {
             api: Api::of(&server),
             server: Some(server),

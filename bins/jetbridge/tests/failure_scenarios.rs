@@ -9,40 +9,18 @@
 //! (fault to terminal state) for docs/failure-scenarios.md. They fail, never skip,
 //! without Postgres (`source .ci/postgres-env.sh`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod harness;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use harness::{ServerProc as Replica, bin, database_url, scrape, text};
 use jetbridge_core::ports::VolumeStore;
 use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, SimControls, Simulator};
 use jetbridge_postgres::scratch::ScratchSchema;
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JETBRIDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1");
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: these tests need Postgres (run `source .ci/postgres-env.sh` first)"
-        )
-    })
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -58,64 +36,6 @@ const RECLAIM: Duration = Duration::from_secs(1);
 /// The scenarios take turns: each starts a simulator and a replica, and on a 2-core
 /// machine two at once starve each other's heartbeats.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A running `jetbridge server`, killed when dropped.
-struct Replica {
-    child: Child,
-    url: String,
-    metrics_url: String,
-}
-
-impl Replica {
-    fn start(data: &Path, extra: &[String]) -> Replica {
-        let mut child = bin()
-            .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the server starts");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server says where it listens");
-        let url = first
-            .split("API on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        let metrics_url = first
-            .split("metrics on ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
-            .trim()
-            .to_owned();
-        Replica {
-            child,
-            url,
-            metrics_url,
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A step that prints, then runs for `secs` unless something stops it.
 fn slow_task(secs: u32) -> String {
@@ -284,14 +204,7 @@ impl World {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(&self.replica().metrics_url)
-            .send()
-            .await
-            .expect("the metrics answer")
-            .text()
-            .await
-            .expect("text")
+        scrape(&self.http, &self.replica().metrics_url).await
     }
 
     /// The replica's reaper passes so far, whatever their result.

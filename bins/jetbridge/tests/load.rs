@@ -4,98 +4,21 @@
 //! verdict; and bad input refused with exit 2. The suites that need Postgres fail,
 //! never skip, without `DATABASE_URL` (`source .ci/postgres-env.sh`).
 
-use std::io::{BufRead, BufReader};
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Output;
 use std::time::Duration;
 
+use harness::{ServerProc as Replica, bin, database_url, text};
 use jetbridge_kube_sim::{SimConfig, Simulator};
 
 /// The image of the built-in `mock` resource on Kubernetes, as the chart names its own;
 /// the simulator runs its `/opt/resource/{check,in,out}` as the binary under test.
 const MOCK_IMAGE: &str = "ghcr.io/jetbridge/jetbridge:test";
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JETBRIDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1");
-    c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: these load tests need Postgres (run `source .ci/postgres-env.sh` first)"
-        )
-    })
-}
-
-/// A running `jetbridge server`, killed when dropped.
-struct Replica {
-    child: Child,
-    url: String,
-    metrics_url: String,
-}
-
-impl Replica {
-    fn start(data: &Path, extra: &[String]) -> Replica {
-        let mut child = bin()
-            .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the server starts");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server says where it listens");
-        let url = first
-            .split("API on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        let metrics_url = first
-            .split("metrics on ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
-            .trim()
-            .to_owned();
-        Replica {
-            child,
-            url,
-            metrics_url,
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a replica may take to say where it listens.
+const STARTUP: Duration = Duration::from_secs(120);
 
 /// The simulator, its kubeconfig for `ns`, and the jetbridge image's mock scripts.
 async fn simulator(dir: &Path, ns: &str) -> (Simulator, PathBuf) {
@@ -234,13 +157,15 @@ async fn fifty_concurrent_builds_of_the_mix_through_two_replicas_end_as_expected
         let volumes = root.join("volumes");
         std::fs::create_dir_all(&volumes).unwrap();
         let reg = Some((url.as_str(), schema_name.as_str()));
-        let a = Replica::start(
+        let a = Replica::start_within(
             &root.join("a"),
             &replica_args(&kubeconfig, &volumes, "load-a", reg),
+            STARTUP,
         );
-        let b = Replica::start(
+        let b = Replica::start_within(
             &root.join("b"),
             &replica_args(&kubeconfig, &volumes, "load-b", reg),
+            STARTUP,
         );
         let report = root.join("report");
         let out = load(
@@ -338,13 +263,15 @@ async fn a_compressed_soak_leaves_nothing_and_keeps_rss_and_fds_flat() {
         let volumes = root.join("volumes");
         std::fs::create_dir_all(&volumes).unwrap();
         let reg = Some((url.as_str(), schema_name.as_str()));
-        let a = Replica::start(
+        let a = Replica::start_within(
             &root.join("a"),
             &replica_args(&kubeconfig, &volumes, "soak-a", reg),
+            STARTUP,
         );
-        let b = Replica::start(
+        let b = Replica::start_within(
             &root.join("b"),
             &replica_args(&kubeconfig, &volumes, "soak-b", reg),
+            STARTUP,
         );
         let report = root.join("report");
         let out = load(
@@ -437,9 +364,10 @@ async fn a_secret_left_in_the_cluster_fails_the_verdict_with_exit_1() {
     let (out, report) = tokio::task::spawn_blocking(move || {
         let volumes = root.join("volumes");
         std::fs::create_dir_all(&volumes).unwrap();
-        let a = Replica::start(
+        let a = Replica::start_within(
             &root.join("a"),
             &replica_args(&kubeconfig, &volumes, "leak-a", None),
+            STARTUP,
         );
         let report = root.join("report");
         let out = load(

@@ -2,109 +2,21 @@
 //! real HTTP, the local backend; a drain on SIGTERM; and two replicas sharing a real
 //! Postgres, one of them killed mid-build.
 
+mod harness;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_jetbridge"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JETBRIDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1");
-    c
-}
+use harness::{NO_ARGS, ServerProc, bin, database_url, text};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A running `jetbridge server`, killed when dropped.
-struct ServerProc {
-    child: Child,
-    url: String,
-    metrics_url: String,
-    lines: mpsc::Receiver<String>,
-}
-
+/// What the tests here do through a server.
 impl ServerProc {
-    fn start(data: &Path, extra: &[&str]) -> ServerProc {
-        let mut child = bin()
-            .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the server starts");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server says where it listens");
-        let url = first
-            .split("API on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_owned();
-        let metrics_url = first
-            .split("metrics on ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no metrics address in {first:?}"))
-            .trim()
-            .to_owned();
-        ServerProc {
-            child,
-            url,
-            metrics_url,
-            lines,
-        }
-    }
-
-    fn client(&self, cmd: &str) -> Command {
-        let mut c = bin();
-        c.arg(cmd).args(["--server", &self.url]);
-        c
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, sig).expect("signal");
-    }
-
-    /// Wait (bounded) for the process to exit.
-    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Submit `pipeline` and wait (bounded) until its build runs; its id.
     fn submit_running(&self, pipeline: &Path) -> u64 {
         let out = self.client("submit").arg(pipeline).output().unwrap();
@@ -133,13 +45,6 @@ impl ServerProc {
             assert!(Instant::now() < deadline, "build {id} never got {state}");
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -372,15 +277,6 @@ fn a_draining_replica_is_unready_yet_still_serves_its_metrics() {
     let out = server.client("abort").arg(id.to_string()).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(server.wait(Duration::from_secs(60)).code(), Some(0));
-}
-
-/// The Postgres these tests need: they fail, never skip, without it.
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: these tests need Postgres (run `source .ci/postgres-env.sh` first)"
-        )
-    })
 }
 
 #[test]
@@ -960,7 +856,7 @@ fn cutting_proxy(upstream: String, cut: usize) -> String {
 #[test]
 fn logs_follow_resumes_after_a_dropped_stream_without_losing_or_repeating_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&dir.path().join("server"), &[]);
+    let server = ServerProc::start(&dir.path().join("server"), NO_ARGS);
     let p = dir.path().join("lines.yml");
     std::fs::write(
         &p,
@@ -1107,7 +1003,7 @@ async fn an_evicted_step_errors_the_build_through_submit_watch() {
 #[test]
 fn ctrl_c_in_submit_watch_aborts_the_remote_build_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&dir.path().join("server"), &[]);
+    let server = ServerProc::start(&dir.path().join("server"), NO_ARGS);
     let mut watch = server
         .client("submit")
         .arg(sleeper(dir.path(), 600))
