@@ -162,6 +162,49 @@ async fn concurrent_limited_submissions_stop_at_the_limit() {
     assert_eq!(count(&mut c, "SELECT count(*) AS n FROM builds").await, 5);
 }
 
+/// Hold `n` of `q`'s pooled connections: `n` aborts of build `id` wait on a row lock
+/// that the returned connection holds (`COMMIT` on it lets them go). Returns once all
+/// `n` wait in Postgres, i.e. hold their connections.
+async fn hold_connections(
+    q: &PgBuildQueue,
+    url: &str,
+    schema: &ScratchSchema,
+    id: BuildId,
+    n: i64,
+) -> (
+    diesel_async::AsyncPgConnection,
+    Vec<tokio::task::JoinHandle<jetbridge_core::Result<jetbridge_core::ports::QueuedBuild>>>,
+) {
+    let mut locker = raw(url, schema.name()).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM builds WHERE id = {id} FOR UPDATE"
+        ))
+        .await
+        .expect("lock the build row");
+    let waiters = (0..n)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.request_abort(id, "not wanted").await })
+        })
+        .collect();
+    let mut watcher = raw(url, schema.name()).await;
+    let waiting = format!(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE application_name = '{}' AND wait_event_type = 'Lock'",
+        schema.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut watcher, &waiting).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} abort(s) never waited for the row lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    (locker, waiters)
+}
+
 /// `PgRegistry::build_queue` works through the registry's own pool: while a queue call
 /// holds the pool's only connection (blocked on a row lock), a registry call cannot get
 /// one.
@@ -189,33 +232,9 @@ async fn registry_and_its_build_queue_share_one_pool() {
         .await
         .expect("the registry works beside it");
 
-    let mut locker = raw(&url, schema.name()).await;
-    locker
-        .batch_execute(&format!(
-            "BEGIN; SELECT id FROM builds WHERE id = {} FOR UPDATE",
-            b.id
-        ))
-        .await
-        .expect("lock the build row");
-    let abort = {
-        let q = q.clone();
-        tokio::spawn(async move { q.request_abort(b.id, "not wanted").await })
-    };
-    // Wait until the abort's statement waits for the lock, i.e. holds the connection.
-    let mut watcher = raw(&url, schema.name()).await;
-    let waiting = format!(
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE application_name = '{}' AND wait_event_type = 'Lock'",
-        schema.name()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&mut watcher, &waiting).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the abort never waited for the row lock"
-        );
-        tokio::task::yield_now().await;
-    }
+    // The abort's statement waits for the lock, i.e. holds the only connection.
+    let (mut locker, mut aborts) = hold_connections(&q, &url, &schema, b.id, 1).await;
+    let abort = aborts.remove(0);
     assert_eq!(registry.pool_state(), (1, 0));
     assert_eq!(q.pool_state(), (1, 0));
     let starved = registry
@@ -269,34 +288,7 @@ async fn heartbeats_and_lease_renewals_get_through_a_used_up_pool() {
 
     // Both main connections wait on a lock the test holds.
     let blocker = q.submit(&build("blocked")).await.expect("submit");
-    let mut locker = raw(&url, schema.name()).await;
-    locker
-        .batch_execute(&format!(
-            "BEGIN; SELECT id FROM builds WHERE id = {} FOR UPDATE",
-            blocker.id
-        ))
-        .await
-        .expect("lock the build row");
-    let waiters: Vec<_> = (0..2)
-        .map(|_| {
-            let q = q.clone();
-            tokio::spawn(async move { q.request_abort(blocker.id, "not wanted").await })
-        })
-        .collect();
-    let mut watcher = raw(&url, schema.name()).await;
-    let waiting = format!(
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE application_name = '{}' AND wait_event_type = 'Lock'",
-        schema.name()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&mut watcher, &waiting).await < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the two calls never waited for the row lock"
-        );
-        tokio::task::yield_now().await;
-    }
+    let (mut locker, waiters) = hold_connections(&q, &url, &schema, blocker.id, 2).await;
     assert_eq!(registry.pool_state(), (2, 0));
     let starved = registry
         .workers()
