@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{ServerProc, database_url, scrape, text};
+use harness::{ServerProc, database_url, scrape, start_sim, text};
 use jetbridge_gcs_sim::{Fault, FaultAction, SimControls};
 
 /// How long a server may take to say where it listens.
@@ -153,19 +153,6 @@ async fn appears(path: &Path, what: &str) {
         assert!(Instant::now() < deadline, "{what} never happened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The Kubernetes API simulator in `dir`, and a kubeconfig for namespace `ns`.
-async fn start_kube_sim(dir: &Path, ns: &str) -> (jetbridge_kube_sim::Simulator, PathBuf) {
-    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
-        work_root: Some(dir.join("kube-sim")),
-        ..jetbridge_kube_sim::SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, ns).expect("kubeconfig");
-    (sim, kubeconfig)
 }
 
 /// `psql URL -tA -c SQL`, its output; the query must succeed.
@@ -370,7 +357,7 @@ async fn a_postgres_restart_mid_build_loses_no_build_reference_or_log_line() {
     let url = pg.url();
     let dir = tempfile::tempdir().unwrap();
     let ns = "jb-pg-restart";
-    let (sim, kubeconfig) = start_kube_sim(dir.path(), ns).await;
+    let (sim, kubeconfig) = start_sim(dir.path(), ns).await;
     let volumes = dir.path().join("volumes");
     let server_args = args(&[
         "--backend",
@@ -610,7 +597,7 @@ impl BucketRig {
         let url = database_url();
         let schema = jetbridge_postgres::scratch::ScratchSchema::new(&url, "jb_bucket").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (kube, kubeconfig) = start_kube_sim(dir.path(), ns).await;
+        let (kube, kubeconfig) = start_sim(dir.path(), ns).await;
         let gcs = jetbridge_gcs_sim::Simulator::start(
             jetbridge_gcs_sim::SimConfig::default().with_bucket("jb-fail"),
         )

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::{ServerProc as Replica, bin, database_url, scrape, text};
+use harness::{ServerProc as Replica, bin, database_url, running_pod, scrape, text};
 use jetbridge_core::ports::VolumeStore;
 use jetbridge_kube_sim::{Fault, FaultAction, SimConfig, SimControls, Simulator};
 use jetbridge_postgres::scratch::ScratchSchema;
@@ -252,21 +252,27 @@ impl World {
     }
 
     /// The first running pod of the namespace (bounded wait); its name.
+    /// A replica, a 60 s step that has started, then `fault` (given the simulator,
+    /// the namespace and the step's pod); the build once it has ended, and the time
+    /// from the fault to its end printed as `scenario`'s recovery.
+    async fn fault_mid_step(
+        &mut self,
+        scenario: &str,
+        fault: impl FnOnce(&Simulator, &str, &str),
+    ) -> (u64, Value) {
+        self.start_replica(&self.sim.url(), "3s").await;
+        let id = self.submit(&slow_task(60)).await;
+        self.wait_output(id, "started").await;
+        let pod = self.running_pod().await;
+        let at = now_ms();
+        fault(&self.sim, self.ns, &pod);
+        let b = self.terminal(id, Duration::from_secs(60)).await;
+        recovery(scenario, at, &b);
+        (id, b)
+    }
+
     async fn running_pod(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(name) = self
-                .sim
-                .pods(self.ns)
-                .iter()
-                .find(|p| p["status"]["phase"].as_str() == Some("Running"))
-                .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-            {
-                return name;
-            }
-            assert!(Instant::now() < deadline, "the step pod never ran");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        running_pod(&self.sim, self.ns).await
     }
 }
 
@@ -336,13 +342,9 @@ async fn assert_errored(
 async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
     let mut w = World::new("jb-drain", RECLAIM).await;
-    w.start_replica(&w.sim.url(), "3s").await;
-    let id = w.submit(&slow_task(60)).await;
-    w.wait_output(id, "started").await;
-    let fault = now_ms();
-    w.sim.drain_node();
-    let b = w.terminal(id, Duration::from_secs(60)).await;
-    recovery("node drain", fault, &b);
+    let (id, b) = w
+        .fault_mid_step("node drain", |sim, _, _| sim.drain_node())
+        .await;
     assert_errored(
         &w,
         id,
@@ -366,14 +368,11 @@ async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
 async fn a_kubelet_eviction_under_memory_pressure_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
     let mut w = World::new("jb-pressure", Duration::ZERO).await;
-    w.start_replica(&w.sim.url(), "3s").await;
-    let id = w.submit(&slow_task(60)).await;
-    w.wait_output(id, "started").await;
-    let pod = w.running_pod().await;
-    let fault = now_ms();
-    w.sim.evict(w.ns, &pod);
-    let b = w.terminal(id, Duration::from_secs(60)).await;
-    recovery("kubelet eviction (memory pressure)", fault, &b);
+    let (id, b) = w
+        .fault_mid_step("kubelet eviction (memory pressure)", |sim, ns, pod| {
+            sim.evict(ns, pod)
+        })
+        .await;
     const KUBELET: &str = "evicted: The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
     assert_errored(
         &w,
@@ -393,14 +392,9 @@ async fn a_kubelet_eviction_under_memory_pressure_errors_the_build_and_leaves_no
 async fn an_oom_kill_mid_step_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
     let mut w = World::new("jb-oom", Duration::ZERO).await;
-    w.start_replica(&w.sim.url(), "3s").await;
-    let id = w.submit(&slow_task(60)).await;
-    w.wait_output(id, "started").await;
-    let pod = w.running_pod().await;
-    let fault = now_ms();
-    w.sim.oom_kill(w.ns, &pod);
-    let b = w.terminal(id, Duration::from_secs(60)).await;
-    recovery("OOM kill", fault, &b);
+    let (id, b) = w
+        .fault_mid_step("OOM kill", |sim, ns, pod| sim.oom_kill(ns, pod))
+        .await;
     const OOM: &str = "OOM-killed (exit 137): container main terminated: OOMKilled (exit code 137)";
     assert_errored(
         &w,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{NO_ARGS, ServerProc, bin, database_url, text};
+use harness::{NO_ARGS, ServerProc, bin, database_url, running_pod, start_sim, text};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -882,36 +882,6 @@ fn logs_follow_resumes_after_a_dropped_stream_without_losing_or_repeating_lines(
         );
     }
     assert!(stdout.contains("build succeeded"), "{stdout}");
-}
-
-/// The Kubernetes API simulator in `dir`, and a kubeconfig for namespace `ns`.
-async fn start_sim(dir: &Path, ns: &str) -> (jetbridge_kube_sim::Simulator, PathBuf) {
-    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
-        work_root: Some(dir.join("sim")),
-        ..jetbridge_kube_sim::SimConfig::default()
-    })
-    .await
-    .expect("simulator");
-    let kubeconfig = dir.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, ns).expect("kubeconfig");
-    (sim, kubeconfig)
-}
-
-/// Wait (bounded) for a running pod in `ns`; its name.
-async fn running_pod(sim: &jetbridge_kube_sim::Simulator, ns: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(name) = sim
-            .pods(ns)
-            .iter()
-            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
-            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-        {
-            return name;
-        }
-        assert!(Instant::now() < deadline, "the step pod never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An evicted step through the server: the build errors with the eviction named, the

@@ -1,6 +1,7 @@
 //! What the tests that run `jetbridge server` as a process share: the binary with a
 //! clean environment, a running server (its API and metrics addresses, its further
-//! stdout lines, killed when dropped), and the Postgres they fail without.
+//! stdout lines, killed when dropped), the Postgres they fail without, and the
+//! Kubernetes API simulator they run steps on.
 //!
 //! Each test binary that declares `mod harness;` compiles all of it, and none uses all
 //! of it.
@@ -8,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -144,5 +145,36 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The Kubernetes API simulator, working in `dir/sim`, and a kubeconfig for namespace
+/// `ns` beside it.
+pub async fn start_sim(dir: &Path, ns: &str) -> (jetbridge_kube_sim::Simulator, PathBuf) {
+    let sim = jetbridge_kube_sim::Simulator::start(jetbridge_kube_sim::SimConfig {
+        work_root: Some(dir.join("sim")),
+        ..jetbridge_kube_sim::SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, ns).expect("kubeconfig");
+    (sim, kubeconfig)
+}
+
+/// Wait (bounded) for a running pod in `ns`; its name.
+pub async fn running_pod(sim: &jetbridge_kube_sim::Simulator, ns: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(name) = sim
+            .pods(ns)
+            .iter()
+            .find(|p| p["status"]["phase"].as_str() == Some("Running"))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        {
+            return name;
+        }
+        assert!(Instant::now() < deadline, "the step pod never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
