@@ -1,0 +1,516 @@
+//! The helper's subcommands, run as the real binary.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_jetbridge-helper");
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn helper() -> Command {
+    Command::new(HELPER)
+}
+
+fn run(args: &[&str]) -> Output {
+    helper()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helper")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `child` until it exits, or panics after [`DEADLINE`].
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "process {} still running after {DEADLINE:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` until it holds, or panics with `what` after [`DEADLINE`].
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+#[test]
+fn version_and_help() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o),
+        format!("jetbridge-helper {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("exec [--dir D]"), "{}", stdout(&o));
+}
+
+#[test]
+fn bad_usage_exits_125() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["exec", "A=1", "/bin/true"],
+        &["exec", "--"],
+        &["exec", "--nope", "--", "/bin/true"],
+        &["exec", "--stdin-len", "x", "--", "/bin/true"],
+        &["exec", "=v", "--", "/bin/true"],
+        &["kill", ""],
+        &["kill"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {o:?}");
+        assert!(stderr(&o).contains("usage:"), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn exec_sets_vars_and_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let o = helper()
+        .current_dir(dir.path())
+        .env("KEEP", "inherited")
+        .env("A", "old")
+        .args([
+            "exec",
+            "--dir",
+            "sub",
+            "A=x=1",
+            "B=",
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"echo "$A:$B:$KEEP:$(pwd)""#,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let want = format!(
+        "x=1::inherited:{}\n",
+        dir.path().join("sub").canonicalize().unwrap().display()
+    );
+    assert_eq!(stdout(&o), want);
+}
+
+#[test]
+fn exec_bad_dir_exits_125() {
+    let o = run(&["exec", "--dir", "/no/such/dir", "--", "/bin/true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).starts_with("jetbridge-helper: cannot enter directory \"/no/such/dir\": "),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn exec_searches_path_of_the_new_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hello-prog");
+    std::fs::write(&script, "#!/bin/sh\necho \"hi $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", dir.path().join("my-sh")).unwrap();
+    let path = format!("PATH={}", dir.path().display());
+    let o = run(&["exec", &path, "--", "hello-prog", "x y"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "hi x y\n");
+    // argv[0] is PROG as given, like env(1).
+    let o = run(&["exec", &path, "--", "my-sh", "-c", "echo $0"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "my-sh\n");
+}
+
+#[test]
+fn exec_replaces_the_helper() {
+    let child = helper()
+        .args(["exec", "--", "/bin/sh", "-c", "echo $$"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), pid.to_string());
+}
+
+#[test]
+fn exec_exit_codes() {
+    let o = run(&["exec", "--", "/bin/sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    // Replaced by the command: its death by signal is the process's own.
+    let o = run(&["exec", "--", "/bin/sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.signal(), Some(9));
+    // With --stdin-len the helper waits and reports the status as a code.
+    let o = run(&["exec", "--stdin-len", "0", "--", "/bin/sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    let o = run(&[
+        "exec",
+        "--stdin-len",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
+        "kill -9 $$",
+    ]);
+    assert_eq!(o.status.code(), Some(137));
+}
+
+#[test]
+fn exec_not_found_127() {
+    for args in [
+        &["exec", "--", "no-such-program-jb"][..],
+        &["exec", "--stdin-len", "0", "--", "no-such-program-jb"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(127), "{o:?}");
+        assert_eq!(
+            stderr(&o),
+            "jetbridge-helper: exec \"no-such-program-jb\": executable file not found in $PATH\n"
+        );
+    }
+    let o = run(&["exec", "--", "/no/such/prog"]);
+    assert_eq!(o.status.code(), Some(127), "{o:?}");
+}
+
+#[test]
+fn exec_permission_denied_126() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("noexec");
+    std::fs::write(&file, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = format!("PATH={}", dir.path().display());
+    let by_path = file.to_str().unwrap();
+    for args in [
+        &["exec", "--", by_path][..],
+        &["exec", "--stdin-len", "0", "--", by_path],
+        &["exec", &path, "--", "noexec"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(126), "{args:?}: {o:?}");
+        assert!(
+            stderr(&o).ends_with("\": permission denied\n"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn stdin_len_copies_exactly_n_bytes() {
+    let mut child = helper()
+        .args(["exec", "--stdin-len", "5", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"helloEXTRA")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, b"hello");
+}
+
+#[test]
+fn stdin_len_reads_no_byte_past_n() {
+    // The helper's stdin shares one open file (one offset) with ours: whatever it does
+    // not read is still there for us afterwards.
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(b"helloEXTRA").unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    let o = helper()
+        .args(["exec", "--stdin-len", "5", "--", "cat"])
+        .stdin(file.try_clone().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, b"hello");
+    let mut rest = String::new();
+    file.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "EXTRA");
+}
+
+#[test]
+fn stdin_len_does_not_wait_for_our_stdin_to_close() {
+    let mut child = helper()
+        .args(["exec", "--stdin-len", "5", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep our end open for the whole test: the command must end regardless.
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"hello").unwrap();
+    input.flush().unwrap();
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"hello");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(err, "");
+    drop(input);
+}
+
+#[test]
+fn stdin_len_short_input_warns_and_keeps_the_code() {
+    let mut child = helper()
+        .args([
+            "exec",
+            "--stdin-len",
+            "10",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"abc").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.stdout, b"abc");
+    assert_eq!(
+        stderr(&o),
+        "jetbridge-helper: stdin ended after 3 of 10 bytes\n"
+    );
+}
+
+#[test]
+fn stdin_len_command_that_stops_reading() {
+    let mut child = helper()
+        .args([
+            "exec",
+            "--stdin-len",
+            "4000000",
+            "--",
+            "/bin/sh",
+            "-c",
+            "exit 4",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // Fails with EPIPE once the helper is gone; that is expected.
+        let _ = input.write_all(&vec![b'x'; 4_000_000]);
+    });
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(4));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(err, "");
+    writer.join().unwrap();
+}
+
+fn spawn_marked(id: &str) -> Child {
+    helper()
+        .args([
+            "exec",
+            &format!("JETBRIDGE_EXEC_ID={id}"),
+            "--",
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn environ_has(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|e| e.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+}
+
+#[test]
+fn kill_by_marker() {
+    let id = unique("abc");
+    let other = format!("{id}d");
+    let mut a = spawn_marked(&id);
+    let mut b = spawn_marked(&id);
+    let mut c = spawn_marked(&other);
+    // The helper has exec'd into sleep once the marker is in the environment.
+    for (p, want) in [(&a, &id), (&b, &id), (&c, &other)] {
+        let entry = format!("JETBRIDGE_EXEC_ID={want}");
+        eventually("the marker in the environment", || {
+            environ_has(p.id(), &entry)
+        });
+    }
+    let o = run(&["kill", &id]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    assert_eq!(wait_exit(&mut a).signal(), Some(9));
+    assert_eq!(wait_exit(&mut b).signal(), Some(9));
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the other marker's process died"
+    );
+    c.kill().unwrap();
+    c.wait().unwrap();
+    // Nothing carries the marker any more: still exit 0.
+    assert!(run(&["kill", &id]).status.success());
+}
+
+#[test]
+fn read_first_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("memory.events");
+    std::fs::write(&file, "low 0\noom_kill 2\n").unwrap();
+    let missing = dir.path().join("nope");
+    let o = run(&["read-first", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let o = run(&[
+        "read-first",
+        missing.to_str().unwrap(),
+        file.to_str().unwrap(),
+        "/etc/hostname",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "low 0\noom_kill 2\n");
+    // A directory cannot be read as a file.
+    let o = run(&["read-first", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn install_copies_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = helper()
+        .current_dir(dir.path())
+        .args(["install", "."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let installed = dir.path().join("jetbridge-helper");
+    let meta = std::fs::metadata(&installed).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o555);
+    assert_eq!(meta.len(), std::fs::metadata(HELPER).unwrap().len());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["jetbridge-helper"], "a temporary file was left");
+    let o = Command::new(&installed).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("jetbridge-helper "));
+    // Installing again replaces the read-only file.
+    let o = helper().args(["install"]).arg(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // An unusable directory is an error.
+    let o = run(&["install", "/no/such/dir"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("jetbridge-helper: "),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn sig_caught(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .expect("SigCgt line");
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn pause_catches_term_and_exits_zero() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut child = helper().arg("pause").spawn().unwrap();
+        let pid = child.id();
+        eventually("SIGTERM caught", || sig_caught(pid) & (1 << 14) != 0);
+        assert!(sig_caught(pid) & (1 << 1) != 0, "SIGINT not caught");
+        assert!(child.try_wait().unwrap().is_none());
+        kill(Pid::from_raw(pid as i32), sig).unwrap();
+        let status = wait_exit(&mut child);
+        assert_eq!(status.code(), Some(0), "{sig}: {status:?}");
+    }
+}
+
+#[test]
+fn pause_reaps_zombies() {
+    // sh starts a child, then becomes the helper (same process): the helper inherits
+    // a child it never spawned, as a PID 1 inherits orphans.
+    let mut paused = Command::new("/bin/sh")
+        .args(["-c", r#"sleep 1000 & echo $!; exec "$0" pause"#, HELPER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let helper_pid = paused.id();
+    let mut line = String::new();
+    BufReader::new(paused.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sleeper: u32 = line.trim().parse().unwrap();
+    let proc_dir = format!("/proc/{sleeper}");
+    eventually("the helper running", || {
+        std::fs::read_link(format!("/proc/{helper_pid}/exe"))
+            .is_ok_and(|exe| exe == Path::new(HELPER).canonicalize().unwrap())
+            && sig_caught(helper_pid) & (1 << 14) != 0
+    });
+    kill(Pid::from_raw(sleeper as i32), Signal::SIGKILL).unwrap();
+    // Reaped: the entry goes away rather than staying as a zombie.
+    eventually("the zombie reaped", || !Path::new(&proc_dir).exists());
+    kill(Pid::from_raw(helper_pid as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(&mut paused).code(), Some(0));
+}
