@@ -20,6 +20,14 @@ pub const DEFAULT_NON_ROOT_UID: i64 = 65532;
 /// Where the default pause program is installed inside the main container.
 pub const TOOLS_DIR: &str = "/.jetbridge";
 
+/// Where [`KubeConfig::step_helper_image`] holds the static step-pod helper
+/// (`bins/jetbridge-helper`; the jetbridge image's Dockerfile puts it there).
+pub const STEP_HELPER_PATH: &str = "/usr/local/bin/jetbridge-helper";
+
+/// The step-pod helper as its init container installs it in the main container, in the
+/// tools volume at [`TOOLS_DIR`].
+pub const INSTALLED_HELPER: &str = "/.jetbridge/jetbridge-helper";
+
 /// How long a pod may be marked not ready by the node lifecycle controller before its
 /// node is taken as lost (see [`crate::pod_status_at`]).
 pub const DEFAULT_NODE_LOST_AFTER: Duration = Duration::from_secs(60);
@@ -88,6 +96,18 @@ pub struct KubeConfig {
     /// ones without a shell. `Some(argv)`: run `argv` instead (e.g.
     /// `["sleep", "infinity"]` for images known to have `sleep`), with no init container.
     pub pause_command: Option<Vec<String>>,
+    /// The image that holds the static step-pod helper at [`STEP_HELPER_PATH`]: the
+    /// jetbridge image of the same version (the chart sets its own image here).
+    ///
+    /// `Some` (with `pause_command` unset): an init container of this image copies the
+    /// helper into the tools volume, the main container's PID 1 is `jetbridge-helper
+    /// pause`, and every command of the main container is exec'd through `jetbridge-helper
+    /// exec`, which sets its environment, working directory and stdin itself. The step
+    /// image then needs no program of its own beyond the command it runs: no `sh`,
+    /// `env`, `cat` or `kill`, so distroless and scratch images work. `None` (the
+    /// library's default, for operators without the jetbridge image): the busybox pause
+    /// of `helper_image`, and commands through the image's `env` and `sh`.
+    pub step_helper_image: Option<String>,
     /// Apply the Pod Security "restricted" profile to the main container (non-root,
     /// no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
     /// The helper containers are always restricted; "baseline" always holds.
@@ -145,6 +165,7 @@ impl Default for KubeConfig {
             default_resources: Resources::default(),
             helper_image: DEFAULT_HELPER_IMAGE.to_owned(),
             pause_command: None,
+            step_helper_image: None,
             restricted: false,
             run_as_user: None,
             fs_group: None,

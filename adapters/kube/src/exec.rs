@@ -10,6 +10,7 @@ use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
 
+use crate::config::INSTALLED_HELPER;
 use crate::manifest::{HELPER_CONTAINER, MAIN_CONTAINER};
 use crate::pods::{KubeBackend, Protocol};
 
@@ -51,20 +52,47 @@ const CONTAINER_END_WAIT: std::time::Duration = std::time::Duration::from_secs(6
 /// session's stdin can stay open.
 pub const BOUNDED_STDIN_SCRIPT: &str = "n=$1; shift; head -c \"$n\" | \"$@\"";
 
+/// How a container's commands are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// Through the image's own `env`, and `sh` for a working directory or bounded stdin.
+    Env,
+    /// Through the static step-pod helper installed at [`INSTALLED_HELPER`]
+    /// (`KubeConfig::step_helper_image`): the image needs none of its programs.
+    Helper,
+}
+
 /// The argv actually exec'd for `req`: `env JETBRIDGE_EXEC_ID=<id> K=V ...`, then
 /// `sh -c CD_SCRIPT sh DIR ...` when it has a directory, then its own argv.
 pub fn wrap_argv(req: &ExecRequest, exec_id: &str) -> Result<Vec<String>> {
-    wrap(req, exec_id, None)
+    wrap(req, exec_id, Launcher::Env, None)
 }
 
 /// [`wrap_argv`] for a command whose stdin is `len` bytes that the session cannot end:
 /// `sh -c BOUNDED_STDIN_SCRIPT sh LEN` comes after `env`, so every process carries the
 /// exec's marker.
 pub fn wrap_argv_bounded(req: &ExecRequest, exec_id: &str, len: u64) -> Result<Vec<String>> {
-    wrap(req, exec_id, Some(len))
+    wrap(req, exec_id, Launcher::Env, Some(len))
 }
 
-fn wrap(req: &ExecRequest, exec_id: &str, stdin_len: Option<u64>) -> Result<Vec<String>> {
+/// The argv exec'd for `req` when `launcher` starts it, with `stdin_len` for stdin the
+/// session cannot end. Through the helper: `jetbridge-helper exec [--dir DIR]
+/// [--stdin-len LEN] JETBRIDGE_EXEC_ID=<id> K=V ... -- ARGV`.
+pub fn wrap_argv_with(
+    req: &ExecRequest,
+    exec_id: &str,
+    launcher: Launcher,
+    stdin_len: Option<u64>,
+) -> Result<Vec<String>> {
+    wrap(req, exec_id, launcher, stdin_len)
+}
+
+fn wrap(
+    req: &ExecRequest,
+    exec_id: &str,
+    launcher: Launcher,
+    stdin_len: Option<u64>,
+) -> Result<Vec<String>> {
     if req.argv.is_empty() {
         return Err(Error::invalid("exec needs a command: argv is empty"));
     }
@@ -73,25 +101,19 @@ fn wrap(req: &ExecRequest, exec_id: &str, stdin_len: Option<u64>) -> Result<Vec<
             "running commands as another user is not supported on Kubernetes",
         ));
     }
-    let mut out = vec!["env".to_owned(), format!("{EXEC_ID_VAR}={exec_id}")];
-    {
-        for (k, v) in &req.env {
-            if k.is_empty()
-                || k.contains('=')
-                || k.contains('\0')
-                || v.contains('\0')
-                || k == EXEC_ID_VAR
-            {
-                return Err(Error::invalid(format!(
-                    "environment variable name {k:?} is not valid"
-                )));
-            }
-            out.push(format!("{k}={v}"));
+    let mut vars = vec![format!("{EXEC_ID_VAR}={exec_id}")];
+    for (k, v) in &req.env {
+        if k.is_empty()
+            || k.contains('=')
+            || k.contains('\0')
+            || v.contains('\0')
+            || k == EXEC_ID_VAR
+        {
+            return Err(Error::invalid(format!(
+                "environment variable name {k:?} is not valid"
+            )));
         }
-    }
-    if let Some(n) = stdin_len {
-        out.extend(["sh", "-c", BOUNDED_STDIN_SCRIPT, "sh"].map(str::to_owned));
-        out.push(n.to_string());
+        vars.push(format!("{k}={v}"));
     }
     let dir = req
         .dir
@@ -106,14 +128,44 @@ fn wrap(req: &ExecRequest, exec_id: &str, stdin_len: Option<u64>) -> Result<Vec<
                 "exec dir {dir:?} must be relative to the pod's working directory, without '..'"
             )));
         }
-        out.extend(
-            ["sh", "-c", CD_SCRIPT, "sh", dir]
-                .into_iter()
-                .map(str::to_owned),
-        );
+    }
+    let mut out = Vec::new();
+    match launcher {
+        Launcher::Helper => {
+            out.extend([INSTALLED_HELPER, "exec"].map(str::to_owned));
+            if let Some(dir) = dir {
+                out.extend(["--dir".to_owned(), dir.to_owned()]);
+            }
+            if let Some(n) = stdin_len {
+                out.extend(["--stdin-len".to_owned(), n.to_string()]);
+            }
+            out.extend(vars);
+            out.push("--".to_owned());
+        }
+        Launcher::Env => {
+            out.push("env".to_owned());
+            out.extend(vars);
+            if let Some(n) = stdin_len {
+                out.extend(["sh", "-c", BOUNDED_STDIN_SCRIPT, "sh"].map(str::to_owned));
+                out.push(n.to_string());
+            }
+            if let Some(dir) = dir {
+                out.extend(["sh", "-c", CD_SCRIPT, "sh", dir].map(str::to_owned));
+            }
+        }
     }
     out.extend(req.argv.iter().cloned());
     Ok(out)
+}
+
+/// The argv that stops every process of the exec marked `exec_id`.
+fn kill_argv(launcher: Launcher, exec_id: &str) -> Vec<String> {
+    match launcher {
+        Launcher::Helper => vec![INSTALLED_HELPER.into(), "kill".into(), exec_id.into()],
+        Launcher::Env => ["sh", "-c", KILL_SCRIPT, "sh", exec_id]
+            .map(str::to_owned)
+            .to_vec(),
+    }
 }
 
 /// The exit code in an exec status: `Success` is 0, `NonZeroExitCode` carries the code;
@@ -137,11 +189,14 @@ pub fn exit_code(status: &Status) -> Result<i32> {
     let message = status.message.as_deref().unwrap_or("no message");
     if message.contains("executable file not found") {
         // The runtime could not start the exec'd program at all: the image lacks it.
-        // Every command is run through `env` (and `sh` for a working directory).
+        // Without the step-pod helper every command is run through `env` (and `sh` for
+        // a working directory); with it, only the helper itself is exec'd.
         return Err(Error::invalid(format!(
             "the step image lacks a program jetbridge runs commands with: {message}. \
-             Commands are exec'd through `env`, and `sh` when they have a working \
-             directory; images without them (distroless, scratch) cannot run steps yet"
+             Without a step helper image, commands are exec'd through `env`, and `sh` \
+             when they have a working directory; for images without them (distroless, \
+             scratch) set the step helper image (`--step-helper-image`, the jetbridge \
+             image), whose static helper runs the command directly"
         )));
     }
     if crate::error::container_not_found(message) {
@@ -161,7 +216,8 @@ struct KillOnDrop {
     api: Option<kube::Api<k8s_openapi::api::core::v1::Pod>>,
     pod: String,
     container: &'static str,
-    exec_id: String,
+    /// What stops the exec's processes in that container.
+    kill: Vec<String>,
 }
 
 impl KillOnDrop {
@@ -179,14 +235,13 @@ impl Drop for KillOnDrop {
             return;
         };
         let pod = std::mem::take(&mut self.pod);
-        let id = std::mem::take(&mut self.exec_id);
+        let argv = std::mem::take(&mut self.kill);
         let params = AttachParams::default()
             .container(self.container)
             .stdin(false)
             .stdout(false)
             .stderr(true);
         rt.spawn(async move {
-            let argv = ["sh", "-c", KILL_SCRIPT, "sh", id.as_str()];
             let run = async {
                 let mut p = api.exec(&pod, argv, &params).await?;
                 if let Some(status) = p.take_status() {
@@ -211,8 +266,9 @@ impl Exec for KubeBackend {
 
     async fn exec(&self, mut req: ExecRequest, output: Arc<dyn OutputSink>) -> Result<i32> {
         let exec_id = hex::encode(&uuid_bytes()[..8]);
+        let launcher = self.launcher(req.container);
         // Checked before anything is sent or spooled.
-        wrap_argv(&req, &exec_id)?;
+        wrap(&req, &exec_id, launcher, None)?;
         let container = match req.container {
             Container::Main => MAIN_CONTAINER,
             Container::Transfer => HELPER_CONTAINER,
@@ -243,10 +299,7 @@ impl Exec for KubeBackend {
                 stdin = Some(spooled.into_stream()?);
             }
         }
-        let argv = match bounded {
-            Some(len) => wrap_argv_bounded(&req, &exec_id, len)?,
-            None => wrap_argv(&req, &exec_id)?,
-        };
+        let argv = wrap(&req, &exec_id, launcher, bounded)?;
         let budget = crate::retry::Budget::new(&self.config.request_budget);
         // Only failures that prove the command never started are retried: a command is
         // never run twice.
@@ -273,7 +326,7 @@ impl Exec for KubeBackend {
             api: Some(self.api.clone()),
             pod: pod.clone(),
             container,
-            exec_id,
+            kill: kill_argv(launcher, &exec_id),
         };
         let end = match (stdin.is_some(), v5, bounded.is_some()) {
             (_, true, _) => crate::session::StdinEnd::Signal,
@@ -343,6 +396,20 @@ enum Killed {
 }
 
 impl KubeBackend {
+    /// How commands of `container` are started: the main container's through the
+    /// step-pod helper when the pods have it, the transfer container's (busybox) and a
+    /// main container with an operator's own pause command through `env`.
+    pub(crate) fn launcher(&self, container: Container) -> Launcher {
+        let helper = self.config.step_helper_image.is_some()
+            && self.config.pause_command.is_none()
+            && container == Container::Main;
+        if helper {
+            Launcher::Helper
+        } else {
+            Launcher::Env
+        }
+    }
+
     /// What killed a command that died by SIGKILL, though nothing in the pod may say so
     /// yet. With cgroup v1, or `singleProcessOOMKill: true` (1.32+), the kernel kills
     /// only the largest process (the command) and the container carries on without an
@@ -354,14 +421,19 @@ impl KubeBackend {
     /// the count did not rise or cannot be read (no `sh` or `cat` in the image: the
     /// runtime still started the exec, so the container runs).
     async fn oom_killed(&self, pod: &str, container: Container) -> Killed {
+        // Through the helper the counter is read by the helper itself, so no `sh` or
+        // `cat` is needed.
         const READ_FIRST: &str =
             "for f in \"$@\"; do cat \"$f\" 2>/dev/null && exit 0; done; exit 1";
-        let mut argv = vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            READ_FIRST.to_owned(),
-            "sh".to_owned(),
-        ];
+        let mut argv = match self.launcher(container) {
+            Launcher::Helper => vec![INSTALLED_HELPER.to_owned(), "read-first".to_owned()],
+            Launcher::Env => vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                READ_FIRST.to_owned(),
+                "sh".to_owned(),
+            ],
+        };
         argv.extend(self.config.oom_counter_files.iter().cloned());
         let mut req = ExecRequest::new(pod, argv);
         req.container = container;
@@ -538,6 +610,48 @@ mod tests {
                 "-f",
                 "-"
             ])
+        );
+    }
+
+    #[test]
+    fn through_the_helper_no_program_of_the_image_wraps_the_command() {
+        let env = BTreeMap::from([("A".to_owned(), "1 2".to_owned())]);
+        let req = ExecRequest::new("p", v(&["/app/run", "--x=$(y)"]))
+            .dir("my dir")
+            .env(env);
+        assert_eq!(
+            wrap_argv_with(&req, "id1", Launcher::Helper, Some(7)).unwrap(),
+            v(&[
+                INSTALLED_HELPER,
+                "exec",
+                "--dir",
+                "my dir",
+                "--stdin-len",
+                "7",
+                "JETBRIDGE_EXEC_ID=id1",
+                "A=1 2",
+                "--",
+                "/app/run",
+                "--x=$(y)"
+            ])
+        );
+        let bare = ExecRequest::new("p", v(&["true"]));
+        assert_eq!(
+            wrap_argv_with(&bare, "id2", Launcher::Helper, None).unwrap(),
+            v(&[
+                INSTALLED_HELPER,
+                "exec",
+                "JETBRIDGE_EXEC_ID=id2",
+                "--",
+                "true"
+            ])
+        );
+        // The same refusals as through `env`.
+        let bad = ExecRequest::new("p", v(&["true"])).dir("../up");
+        assert!(wrap_argv_with(&bad, "i", Launcher::Helper, None).is_err());
+        assert_eq!(
+            kill_argv(Launcher::Helper, "id1"),
+            v(&[INSTALLED_HELPER, "kill", "id1"])
         );
     }
 

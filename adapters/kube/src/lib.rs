@@ -18,11 +18,11 @@ mod status;
 
 pub use config::{
     DEFAULT_EXEC_POD_WATCH_AFTER, DEFAULT_HELPER_IMAGE, DEFAULT_NODE_LOST_AFTER,
-    DEFAULT_NON_ROOT_UID, KubeConfig, RequestBudget, TOOLS_DIR,
+    DEFAULT_NON_ROOT_UID, INSTALLED_HELPER, KubeConfig, RequestBudget, STEP_HELPER_PATH, TOOLS_DIR,
 };
 pub use exec::{
-    BOUNDED_STDIN_SCRIPT, CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, exit_code, wrap_argv,
-    wrap_argv_bounded,
+    BOUNDED_STDIN_SCRIPT, CD_SCRIPT, EXEC_ID_VAR, KILL_SCRIPT, Launcher, exit_code, wrap_argv,
+    wrap_argv_bounded, wrap_argv_with,
 };
 pub use manifest::{
     HELPER_CONTAINER, MAIN_CONTAINER, PAUSE_INIT_CONTAINER, WORK_ROOT, cache_sub_path,

@@ -19,7 +19,9 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::config::{DEFAULT_NON_ROOT_UID, KubeConfig, TOOLS_DIR};
+use crate::config::{
+    DEFAULT_NON_ROOT_UID, INSTALLED_HELPER, KubeConfig, STEP_HELPER_PATH, TOOLS_DIR,
+};
 
 /// Name of the step's container.
 pub const MAIN_CONTAINER: &str = "main";
@@ -546,16 +548,30 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
         None => {
             volumes.push(empty_dir(TOOLS_VOLUME));
             main_mounts.push(mount(TOOLS_VOLUME, TOOLS_DIR.to_owned(), None, true));
+            // The static step-pod helper when its image is known (it is PID 1 and runs
+            // every command, so the step image needs no shell); else busybox's.
+            let (image, install, pause) = match &cfg.step_helper_image {
+                Some(image) => (
+                    image.clone(),
+                    vec![STEP_HELPER_PATH.to_owned(), "install".into(), ".".into()],
+                    vec![INSTALLED_HELPER.to_owned(), "pause".into()],
+                ),
+                None => (
+                    cfg.helper_image.clone(),
+                    vec!["sh".into(), "-c".into(), PAUSE_INSTALL_SCRIPT.into()],
+                    vec![format!("{TOOLS_DIR}/pause")],
+                ),
+            };
             init_containers.push(Container {
                 name: PAUSE_INIT_CONTAINER.to_owned(),
-                image: Some(cfg.helper_image.clone()),
-                command: Some(vec!["sh".into(), "-c".into(), PAUSE_INSTALL_SCRIPT.into()]),
+                image: Some(image),
+                command: Some(install),
                 working_dir: Some(TOOLS_DIR.to_owned()),
                 volume_mounts: Some(vec![mount(TOOLS_VOLUME, TOOLS_DIR.to_owned(), None, false)]),
                 security_context: Some(restricted_context(DEFAULT_NON_ROOT_UID)),
                 ..Container::default()
             });
-            vec![format!("{TOOLS_DIR}/pause")]
+            pause
         }
     };
     volumes.extend(mounts.volumes);
@@ -1213,6 +1229,42 @@ mod tests {
             pod_manifest(&s, &with_claim()).unwrap_err().kind(),
             ErrorKind::Invalid
         );
+    }
+
+    #[test]
+    fn the_step_helper_image_installs_the_helper_as_pid_1() {
+        let cfg = KubeConfig {
+            step_helper_image: Some("ghcr.io/jetbridge/jetbridge:0.1.0".into()),
+            ..KubeConfig::default()
+        };
+        let pod = pod_manifest(&spec(), &cfg).unwrap();
+        let spec = pod.spec.unwrap();
+        let init = spec
+            .init_containers
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.name == PAUSE_INIT_CONTAINER))
+            .expect("the helper's init container");
+        assert_eq!(
+            init.image.as_deref(),
+            Some("ghcr.io/jetbridge/jetbridge:0.1.0")
+        );
+        // No shell: the jetbridge image has none.
+        assert_eq!(
+            init.command.as_deref(),
+            Some(&[STEP_HELPER_PATH, "install", "."].map(String::from)[..])
+        );
+        assert_eq!(init.working_dir.as_deref(), Some(TOOLS_DIR));
+        let main = spec
+            .containers
+            .iter()
+            .find(|c| c.name == MAIN_CONTAINER)
+            .unwrap();
+        assert_eq!(
+            main.command.as_deref(),
+            Some(&[INSTALLED_HELPER, "pause"].map(String::from)[..])
+        );
+        assert!(INSTALLED_HELPER.starts_with(&format!("{TOOLS_DIR}/")));
+        assert_eq!(mount_at(main, TOOLS_DIR).read_only, Some(true));
     }
 
     #[test]

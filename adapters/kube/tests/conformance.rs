@@ -15,3 +15,18 @@ mod v4_only {
 
     jetbridge_conformance::exec_suite!(make_v4_backend);
 }
+
+/// The pods and exec suites with the step-pod helper installed by its init container,
+/// as PID 1 and running every command.
+mod step_helper {
+    use super::common::make_helper_backend;
+
+    jetbridge_conformance::pods_suite!(make_helper_backend);
+    jetbridge_conformance::exec_suite!(make_helper_backend);
+
+    mod v4_only {
+        use super::super::common::make_helper_v4_backend;
+
+        jetbridge_conformance::exec_suite!(make_helper_v4_backend);
+    }
+}

@@ -18,10 +18,16 @@ mod sim_images;
 use sim_images::{MOCK_IMAGE, MOCK_TYPE, image_files};
 
 async fn subject(pvc: bool) -> Option<RuntimeSubject> {
-    subject_on(pvc, ExecProtocols::default()).await
+    subject_on(pvc, ExecProtocols::default(), false).await
 }
 
-async fn subject_on(pvc: bool, exec_protocols: ExecProtocols) -> Option<RuntimeSubject> {
+/// `step_helper`: step pods get the static step-pod helper from the jetbridge image
+/// (`--step-helper-image`), run for real from its build.
+async fn subject_on(
+    pvc: bool,
+    exec_protocols: ExecProtocols,
+    step_helper: bool,
+) -> Option<RuntimeSubject> {
     let dir = tempfile::tempdir().expect("tempdir");
     let pvc_root = dir.path().join("pvc");
     let sim = Simulator::start(SimConfig {
@@ -50,6 +56,7 @@ async fn subject_on(pvc: bool, exec_protocols: ExecProtocols) -> Option<RuntimeS
             namespace: Some("jb-runtime".into()),
             artifact_claim: pvc.then(|| "artifacts".to_owned()),
             cache_claim: Some("caches".into()),
+            step_helper_image: step_helper.then(|| MOCK_IMAGE.to_owned()),
             ..KubeConfig::default()
         })
         .await
@@ -98,7 +105,7 @@ mod streamed {
 /// Streamed artifacts on an API server that offers only `v4.channel.k8s.io` exec
 /// (1.29 at its defaults, or a v4-only proxy), where stdin cannot end on its own.
 async fn kube_streamed_v4() -> Option<RuntimeSubject> {
-    subject_on(false, ExecProtocols::V4Only).await
+    subject_on(false, ExecProtocols::V4Only, false).await
 }
 
 mod streamed_v4 {
@@ -162,4 +169,39 @@ async fn a_task_in_the_mock_image_runs_that_images_program() {
         printed.contains(&format!("jetbridge {}", env!("CARGO_PKG_VERSION"))),
         "{printed}"
     );
+}
+
+/// The suites again with the step-pod helper as every step pod's PID 1 and the runner of
+/// every command: on the claim, streamed, and streamed on a v4-only server (where the
+/// helper, not `sh` and `head`, bounds stdin).
+mod step_helper {
+    use super::*;
+
+    async fn claim() -> Option<RuntimeSubject> {
+        subject_on(true, ExecProtocols::default(), true).await
+    }
+
+    async fn streamed() -> Option<RuntimeSubject> {
+        subject_on(false, ExecProtocols::default(), true).await
+    }
+
+    async fn streamed_v4() -> Option<RuntimeSubject> {
+        subject_on(false, ExecProtocols::V4Only, true).await
+    }
+
+    mod on_claim {
+        use super::*;
+        jetbridge_conformance::runtime_suite!(claim);
+        jetbridge_conformance::lifecycle_suite!(claim);
+    }
+
+    mod streamed {
+        use super::*;
+        jetbridge_conformance::runtime_suite!(streamed);
+    }
+
+    mod streamed_v4 {
+        use super::*;
+        jetbridge_conformance::runtime_suite!(streamed_v4);
+    }
 }

@@ -87,6 +87,33 @@ impl Simulator {
     }
 }
 
+/// The built step-pod helper (`bins/jetbridge-helper`), for a test to give an image with
+/// [`Simulator::image_file`]: `JETBRIDGE_HELPER_BIN` when set (CI sets the static build),
+/// else the workspace's build beside the running test binary
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/jetbridge-helper`), which `cargo
+/// test --workspace` makes before any test runs.
+///
+/// Panics, saying how to build it, when there is none: a test that needs the helper must
+/// fail without it, never pass.
+pub fn built_step_helper() -> PathBuf {
+    if let Some(p) = std::env::var_os("JETBRIDGE_HELPER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("jetbridge-helper"))
+        .expect("the build directory of the test binary");
+    assert!(
+        path.is_file(),
+        "the step-pod helper is not built at {}: run `cargo build -p jetbridge-helper` \
+         (`cargo test --workspace` builds it) or set JETBRIDGE_HELPER_BIN",
+        path.display()
+    );
+    path
+}
+
 /// `argv` as it runs on the host for a container of `image`: every element that is the
 /// path of a file the image holds becomes that file's host link.
 pub(crate) fn host_argv(flags: &Flags, image: &str, argv: Vec<String>) -> Vec<String> {

@@ -613,6 +613,10 @@ fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
         std::fs::create_dir_all(&root)?;
         let mut mounts: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
         mounts.sort_by_key(|m| m["mountPath"].as_str().map(str::len).unwrap_or(0));
+        let mount_paths = mounts
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
+            .collect();
         for m in mounts {
             let vol = m["name"].as_str().unwrap_or("");
             let Some((_, vdir)) = volumes.iter().find(|(n, _)| n == vol) else {
@@ -643,6 +647,7 @@ fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
                 root,
                 cwd,
                 env: Vec::new(),
+                mounts: mount_paths,
             },
         );
     }
@@ -846,20 +851,24 @@ fn start_container(sh: &Shared, rt: &Arc<PodRuntime>, c: &Value) -> watch::Recei
         let _ = tx.send(Some(128));
         return rx;
     };
-    // jetbridge's pause installer copies a static busybox out of the helper image; the
-    // host has no such image, so the simulator stands in for it: it completes at once
-    // and the main container's `.../pause` is then simulated like any pause binary.
-    if name == PAUSE_INSTALLER {
+    let argv = container_argv(c, &cenv.env);
+    // jetbridge's busybox pause installer (`sh -c ...`, no step-pod helper) copies a
+    // static busybox out of the helper image; the host has no such image, so the
+    // simulator stands in for it: it completes at once and the main container's
+    // `.../pause` is then simulated like any pause binary. The step-pod helper's
+    // installer (`jetbridge-helper install .`) runs for real, from the file the test
+    // says the image holds (`Simulator::image_file`), as does the helper it installs.
+    if name == PAUSE_INSTALLER && argv.first().is_some_and(|p| p == "sh") {
         log.finish();
         let _ = tx.send(Some(0));
         return rx;
     }
-    let argv = container_argv(c, &cenv.env);
     let argv = crate::images::host_argv(
         &lock(&sh.flags),
         c["image"].as_str().unwrap_or_default(),
         argv,
     );
+    let argv = cenv.resolve_program(argv);
     if let Some(is_pause_binary) = is_pause(&argv) {
         let tx = Arc::new(tx);
         let id = rt.add_proc(ProcHandle::Pause(tx.clone(), is_pause_binary), &name, false);

@@ -166,6 +166,7 @@ pub struct RequestRecord {
 
 /// Injected faults and the test controls. Here `FaultAction::Status(code)` answers a
 /// Kubernetes `Status` with the reason the API uses for that code.
+pub use images::built_step_helper;
 pub use jetbridge_sim_http::{Fault, FaultAction, SimControls};
 
 /// Handle to a running simulator; cheap to clone.

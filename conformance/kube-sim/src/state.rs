@@ -137,6 +137,38 @@ pub(crate) struct ContainerEnv {
     pub cwd: PathBuf,
     /// Resolved when the container starts (secrets are read then).
     pub env: Vec<(String, String)>,
+    /// The container's mount paths (absolute, as in its spec), each present under
+    /// `root` at its relative form.
+    pub mounts: Vec<String>,
+}
+
+impl ContainerEnv {
+    /// `argv` with paths resolved as the container sees them: an element that is an
+    /// absolute path inside one of the container's volumes (the step-pod helper that an
+    /// init container installed in a shared `emptyDir`, as the program or as the
+    /// command the helper runs) is that volume's file; anything else is left alone, so
+    /// other programs are the host's, as before. Like image files
+    /// ([`crate::images::host_argv`]), a path inside a script string is not seen.
+    pub fn resolve_program(&self, argv: Vec<String>) -> Vec<String> {
+        argv.into_iter()
+            .map(|a| {
+                let inside = a.starts_with('/')
+                    && !crate::process::has_dotdot(&a)
+                    && self.mounts.iter().any(|m| {
+                        let m = m.trim_end_matches('/');
+                        !m.is_empty() && a.strip_prefix(m).is_some_and(|r| r.starts_with('/'))
+                    });
+                if inside {
+                    self.root
+                        .join(crate::process::relative(&a))
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    a
+                }
+            })
+            .collect()
+    }
 }
 
 /// A container's combined stdout and stderr.

@@ -97,3 +97,47 @@ pub async fn make_v4_backend() -> Option<BackendSubject> {
     let (sim, backend) = sim_backend(config, sim_config()).await;
     Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
 }
+
+/// The image that holds the step-pod helper in [`helper_config`].
+pub const HELPER_IMAGE: &str = "ghcr.io/jetbridge/jetbridge:test";
+
+/// [`sim_config`] with the step-pod helper: the default pause installer of
+/// [`HELPER_IMAGE`] and commands through the helper.
+pub fn helper_config() -> KubeConfig {
+    KubeConfig {
+        pause_command: None,
+        step_helper_image: Some(HELPER_IMAGE.into()),
+        ..sim_config()
+    }
+}
+
+/// A simulator whose [`HELPER_IMAGE`] holds the built helper, and a backend on it with
+/// [`helper_config`]: the init container installs the helper for real, and it is the
+/// main container's PID 1 and runs every command.
+pub async fn sim_helper_backend(config: SimConfig) -> (Simulator, Arc<KubeBackend>) {
+    let (sim, backend) = sim_backend(config, helper_config()).await;
+    sim.image_file(
+        HELPER_IMAGE,
+        jetbridge_kube::STEP_HELPER_PATH,
+        jetbridge_kube_sim::built_step_helper(),
+    )
+    .expect("the helper image's file");
+    (sim, backend)
+}
+
+/// The conformance factory with the step-pod helper, on the simulator.
+pub async fn make_helper_backend() -> Option<BackendSubject> {
+    let (sim, backend) = sim_helper_backend(SimConfig::default()).await;
+    Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
+}
+
+/// [`make_helper_backend`] on a server that offers only `v4.channel.k8s.io`: the helper
+/// bounds stdin itself.
+pub async fn make_helper_v4_backend() -> Option<BackendSubject> {
+    let config = SimConfig {
+        exec_protocols: ExecProtocols::V4Only,
+        ..SimConfig::default()
+    };
+    let (sim, backend) = sim_helper_backend(config).await;
+    Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
+}

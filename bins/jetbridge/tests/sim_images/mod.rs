@@ -28,4 +28,10 @@ pub fn image_files(sim: &Simulator, scripts: &std::path::Path) {
     }
     sim.image_file(MOCK_IMAGE, "/usr/local/bin/jetbridge", binary)
         .expect("jetbridge image file");
+    sim.image_file(
+        MOCK_IMAGE,
+        jetbridge_kube::STEP_HELPER_PATH,
+        jetbridge_kube_sim::built_step_helper(),
+    )
+    .expect("jetbridge image file");
 }
