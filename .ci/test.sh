@@ -38,6 +38,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo deny"
 cargo deny --log-level error check licenses bans sources
+echo "== static step-pod helper"
+# The static build is tested as itself (no interpreter, no libraries, runs in an empty
+# root), and the simulator's pods run that very file as their helper.
+JETBRIDGE_STATIC_HELPER="$(./.ci/build-helper.sh)"
+export JETBRIDGE_STATIC_HELPER
+export JETBRIDGE_HELPER_BIN="$JETBRIDGE_STATIC_HELPER"
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== API fuzz (schemathesis)"

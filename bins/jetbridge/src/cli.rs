@@ -716,6 +716,12 @@ pub struct KubeArgs {
     #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_HELPER_IMAGE")]
     pub helper_image: Option<String>,
 
+    /// Image holding the static step-pod helper at `/usr/local/bin/jetbridge-helper`
+    /// (the jetbridge image; the chart sets its own). With it, the helper is each step
+    /// pod's PID 1 and runs every command, so step images need no shell or `env`.
+    #[arg(long, value_name = "IMAGE", env = "JETBRIDGE_STEP_HELPER_IMAGE")]
+    pub step_helper_image: Option<String>,
+
     /// Apply the Pod Security "restricted" profile to step containers.
     #[arg(long, env = "JETBRIDGE_RESTRICTED")]
     pub restricted: bool,
@@ -873,6 +879,7 @@ impl KubeArgs {
             default_cpu,
             default_memory,
             helper_image,
+            step_helper_image,
             restricted,
             allow_privileged,
             artifact_claim,
@@ -891,6 +898,7 @@ impl KubeArgs {
             default_cpu: default_cpu.clone(),
             default_memory: default_memory.clone(),
             helper_image: helper_image.clone(),
+            step_helper_image: step_helper_image.clone(),
             restricted: switch(m, "restricted", *restricted),
             allow_privileged: switch(m, "allow_privileged", *allow_privileged),
             artifact_claim: artifact_claim.clone(),

@@ -605,6 +605,13 @@ fn kube_config(kube: &KubeSettings, worker: &str) -> anyhow::Result<jetbridge_ku
     if let Some(h) = &kube.helper_image {
         cfg.helper_image = h.clone();
     }
+    // Blank is none, so a chart or config can switch the helper off.
+    cfg.step_helper_image = kube
+        .step_helper_image
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned);
     for kv in kube.node_selector.iter().flatten() {
         let (k, v) = kv
             .split_once('=')

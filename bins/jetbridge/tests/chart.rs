@@ -977,3 +977,39 @@ fn the_notes_name_what_the_release_made_and_commands_the_binary_has() {
     assert!(notes(&["values-gke.yaml"]).contains("the URL in Secret jetbridge-database"));
     assert!(notes(&["values-gke.yaml"]).contains("bucket gs://my-jetbridge-artifacts/jetbridge"));
 }
+
+/// The step-pod helper comes from the chart's own image, which the Dockerfile gives it
+/// at the path the Kubernetes backend copies it from; `steps.stepHelper: false` turns it
+/// off (blank, which the binary reads as none).
+#[test]
+fn step_pods_get_the_static_helper_of_the_charts_own_image() {
+    let config = |sets: &[&str]| -> Value {
+        let docs = render(&[], sets, &[]);
+        let cm = find(&docs, "ConfigMap", "t-jetbridge");
+        serde_saphyr::from_str(cm["data"]["jetbridge.yml"].as_str().expect("config")).expect("yaml")
+    };
+    let on = config(&[]);
+    let image = on["images"]["mock-image"]
+        .as_str()
+        .expect("the chart's image");
+    assert!(image.contains("jetbridge"), "{image}");
+    assert_eq!(on["kube"]["step-helper-image"], image);
+    let off = config(&["steps.stepHelper=false"]);
+    assert_eq!(off["kube"]["step-helper-image"], "");
+
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Dockerfile"))
+            .expect("Dockerfile");
+    let copy = format!(
+        "COPY --from=build /out/jetbridge-helper {}",
+        jetbridge_kube::STEP_HELPER_PATH
+    );
+    assert!(
+        dockerfile.lines().any(|l| l.trim() == copy),
+        "the image holds the helper: {copy}"
+    );
+    assert!(
+        dockerfile.contains(".ci/build-helper.sh"),
+        "the image's helper is the static build"
+    );
+}

@@ -51,6 +51,8 @@ kube:
   {{- with .Values.steps.helperImage }}
   helper-image: {{ . | quote }}
   {{- end }}
+  {{- /* The static step-pod helper comes from this chart's own image. */}}
+  step-helper-image: {{ ternary (include "jetbridge.image" .) "" .Values.steps.stepHelper | quote }}
   restricted: {{ .Values.steps.restricted }}
   allow-privileged: {{ .Values.steps.allowPrivileged }}
   {{- if .Values.artifacts.claim.enabled }}
