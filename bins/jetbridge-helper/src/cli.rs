@@ -8,7 +8,8 @@ pub const USAGE: &str = "\
 usage:
   jetbridge-helper install DIR
   jetbridge-helper pause
-  jetbridge-helper exec [--dir D] [--stdin-len N] [NAME=VALUE]... -- PROG [ARG]...
+  jetbridge-helper exec [--dir D] [--stdin-len N] [--record DIR] [NAME=VALUE]... -- PROG [ARG]...
+  jetbridge-helper attach DIR OUT ERR
   jetbridge-helper kill ID
   jetbridge-helper read-first FILE...
   jetbridge-helper --version
@@ -26,6 +27,13 @@ pub enum Cmd {
     Pause,
     /// Run a command like `env NAME=VALUE... PROG ARG...`.
     Exec(ExecSpec),
+    /// Replay a recorded command's output past `out`/`err` bytes, follow it, and exit
+    /// with its status.
+    Attach {
+        dir: OsString,
+        out: u64,
+        err: u64,
+    },
     /// SIGKILL every process whose environment holds `JETBRIDGE_EXEC_ID=ID`.
     Kill {
         id: OsString,
@@ -45,6 +53,9 @@ pub struct ExecSpec {
     pub dir: Option<OsString>,
     /// `--stdin-len N`: copy exactly N bytes of stdin to the command.
     pub stdin_len: Option<u64>,
+    /// `--record DIR`: run the command as a child, keeping its output and status in DIR
+    /// (created; if it exists, attach to the earlier run instead of starting again).
+    pub record: Option<OsString>,
     /// `NAME=VALUE` pairs, split at the first `=`, in order.
     pub env: Vec<(OsString, OsString)>,
     /// The command's first word, as given.
@@ -92,6 +103,24 @@ pub fn parse(args: &[OsString]) -> Result<Cmd, UsageError> {
             }
         }
         b"exec" => parse_exec(rest).map(Cmd::Exec),
+        b"attach" => match rest {
+            [dir, out, err] if !dir.is_empty() => {
+                let n = |s: &OsString| {
+                    parse_u64(s).ok_or_else(|| {
+                        usage(format!(
+                            "attach: not a decimal byte count: {}",
+                            s.to_string_lossy()
+                        ))
+                    })
+                };
+                Ok(Cmd::Attach {
+                    dir: dir.clone(),
+                    out: n(out)?,
+                    err: n(err)?,
+                })
+            }
+            _ => Err(usage("attach takes DIR OUT ERR")),
+        },
         _ => Err(usage(format!(
             "unknown subcommand or arguments: {}",
             String::from_utf8_lossy(sub)
@@ -102,6 +131,7 @@ pub fn parse(args: &[OsString]) -> Result<Cmd, UsageError> {
 fn parse_exec(args: &[OsString]) -> Result<ExecSpec, UsageError> {
     let mut dir = None;
     let mut stdin_len = None;
+    let mut record = None;
     let mut env = Vec::new();
     let mut it = args.iter().enumerate();
     while let Some((i, arg)) = it.next() {
@@ -118,6 +148,7 @@ fn parse_exec(args: &[OsString]) -> Result<ExecSpec, UsageError> {
                 return Ok(ExecSpec {
                     dir,
                     stdin_len,
+                    record,
                     env,
                     prog: prog.clone(),
                     args: rest.to_vec(),
@@ -134,6 +165,18 @@ fn parse_exec(args: &[OsString]) -> Result<ExecSpec, UsageError> {
                     return Err(usage("exec: --dir needs a non-empty value"));
                 }
                 dir = Some(d.clone());
+            }
+            b"--record" => {
+                let Some((_, d)) = it.next() else {
+                    return Err(usage("exec: --record needs a value"));
+                };
+                if record.is_some() {
+                    return Err(usage("exec: --record given twice"));
+                }
+                if d.is_empty() {
+                    return Err(usage("exec: --record needs a non-empty value"));
+                }
+                record = Some(d.clone());
             }
             b"--stdin-len" => {
                 let Some((_, n)) = it.next() else {
@@ -217,6 +260,18 @@ mod tests {
             Ok(Cmd::Kill { id: "x1".into() })
         );
         assert_eq!(
+            parse(&os(&["attach", "/r/1", "4", "0"])),
+            Ok(Cmd::Attach {
+                dir: "/r/1".into(),
+                out: 4,
+                err: 0
+            })
+        );
+        assert_eq!(
+            exec(&["exec", "--record", "/r/2", "--", "p"]).unwrap().record,
+            Some("/r/2".into())
+        );
+        assert_eq!(
             parse(&os(&["read-first", "a", "b"])),
             Ok(Cmd::ReadFirst {
                 files: os(&["a", "b"])
@@ -253,6 +308,11 @@ mod tests {
             &["exec", "--dir"],
             &["exec", "--dir", "", "--", "true"],
             &["exec", "--dir", "a", "--dir", "b", "--", "true"],
+            &["exec", "--record", "", "--", "true"],
+            &["exec", "--record", "a", "--record", "b", "--", "true"],
+            &["attach", "d", "1"],
+            &["attach", "d", "1", "-2"],
+            &["attach", "", "0", "0"],
         ] {
             assert!(parse(&os(bad)).is_err(), "{bad:?} parsed");
         }

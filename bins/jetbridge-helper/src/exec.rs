@@ -41,6 +41,13 @@ pub fn exec(spec: ExecSpec) -> ExitCode {
     for (name, value) in &spec.env {
         cmd.env(name, value);
     }
+    if let Some(dir) = &spec.record {
+        let stdin = spec.stdin_len.map(|n| {
+            Box::new(move |mut to: ChildStdin| copy_exact(n, &mut to))
+                as Box<dyn FnOnce(ChildStdin) -> Copied + Send>
+        });
+        return crate::record::run_recorded(cmd, &spec.prog, Path::new(dir), stdin);
+    }
     match spec.stdin_len {
         None => {
             // Only returns on failure; on success the command has our PID.
@@ -107,12 +114,23 @@ fn denied_exit(prog: &OsStr) -> ExitCode {
 
 /// The exit for an `execve`/spawn failure.
 fn launch_failed(prog: &OsStr, err: &io::Error) -> ExitCode {
+    ExitCode::from(launch_failed_code(prog, err))
+}
+
+/// [`launch_failed`]'s code, after saying why.
+pub(crate) fn launch_failed_code(prog: &OsStr, err: &io::Error) -> u8 {
     match err.kind() {
-        ErrorKind::NotFound => not_found_exit(prog),
-        ErrorKind::PermissionDenied => denied_exit(prog),
+        ErrorKind::NotFound => {
+            let _ = not_found_exit(prog);
+            EXIT_NOT_FOUND
+        }
+        ErrorKind::PermissionDenied => {
+            let _ = denied_exit(prog);
+            EXIT_CANNOT_RUN
+        }
         _ => {
             complain(format_args!("exec \"{}\": {err}", prog.to_string_lossy()));
-            ExitCode::from(EXIT_CANNOT_RUN)
+            EXIT_CANNOT_RUN
         }
     }
 }
@@ -153,7 +171,7 @@ fn run_with_stdin(mut cmd: Command, prog: &OsStr, n: u64) -> ExitCode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Copied {
+pub(crate) enum Copied {
     /// All N bytes, or the command closed its stdin first (it needs no more).
     Done,
     /// Our stdin ended (or failed) after this many bytes.

@@ -10,6 +10,7 @@ mod exec;
 mod files;
 mod kill;
 mod pause;
+mod record;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -50,5 +51,6 @@ fn main() -> ExitCode {
         Cmd::Pause => pause::pause(),
         Cmd::Kill { id } => kill::kill(&id),
         Cmd::Exec(spec) => exec::exec(spec),
+        Cmd::Attach { dir, out, err } => record::attach(std::path::Path::new(&dir), out, err),
     }
 }

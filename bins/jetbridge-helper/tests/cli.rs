@@ -514,3 +514,158 @@ fn pause_reaps_zombies() {
     kill(Pid::from_raw(helper_pid as i32), Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(&mut paused).code(), Some(0));
 }
+
+// ---- exec --record and attach: a command that outlives its exec stream ----
+
+fn record_dir(tmp: &tempfile::TempDir) -> String {
+    tmp.path().join("run").to_string_lossy().into_owned()
+}
+
+#[test]
+fn record_keeps_the_output_and_status_and_attach_resumes_at_a_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let script = "echo one; echo two >&2; echo three; exit 3";
+    let o = run(&["exec", "--record", &dir, "--", "/bin/sh", "-c", script]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "one\nthree\n");
+    assert_eq!(stderr(&o), "two\n");
+    // From nothing seen: all of it; past the first line of stdout: the rest.
+    let all = run(&["attach", &dir, "0", "0"]);
+    assert_eq!(all.status.code(), Some(3));
+    assert_eq!(
+        (stdout(&all), stderr(&all)),
+        ("one\nthree\n".into(), "two\n".into())
+    );
+    let rest = run(&["attach", &dir, "4", "0"]);
+    assert_eq!(rest.status.code(), Some(3));
+    assert_eq!(
+        (stdout(&rest), stderr(&rest)),
+        ("three\n".into(), "two\n".into())
+    );
+    // Mid-chunk: two bytes into "three\n".
+    let mid = run(&["attach", &dir, "6", "4"]);
+    assert_eq!(
+        (stdout(&mid), stderr(&mid)),
+        ("ree\n".into(), String::new())
+    );
+    // Past what was recorded: said, not silently empty.
+    let past = run(&["attach", &dir, "100", "0"]);
+    assert_eq!(past.status.code(), Some(125));
+    assert!(
+        stderr(&past).contains("only 10/4 were recorded"),
+        "{}",
+        stderr(&past)
+    );
+}
+
+#[test]
+fn a_second_start_with_the_same_record_attaches_and_never_runs_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let counter = tmp.path().join("runs");
+    let script = format!("echo run >> '{}'; echo out; exit 5", counter.display());
+    for _ in 0..3 {
+        let o = run(&["exec", "--record", &dir, "--", "/bin/sh", "-c", &script]);
+        assert_eq!(o.status.code(), Some(5));
+        assert_eq!(stdout(&o), "out\n");
+    }
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "run\n");
+}
+
+#[test]
+fn attach_follows_a_running_command_to_its_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let go = tmp.path().join("go");
+    let script = format!(
+        "echo a; while [ ! -e '{}' ]; do sleep 0.01; done; echo b; exit 4",
+        go.display()
+    );
+    let mut first = helper()
+        .args(["exec", "--record", &dir, "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the first output is recorded", || {
+        std::fs::metadata(Path::new(&dir).join("output")).is_ok_and(|m| m.len() > 0)
+    });
+    let attached = helper()
+        .args(["attach", &dir, "0", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = attached.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
+    assert_eq!(wait_exit(&mut first).code(), Some(4));
+}
+
+/// The exec stream goes away (our stdout is closed): the command runs on, all of its
+/// output is still recorded, and the true status with it.
+#[test]
+fn a_closed_stream_does_not_stop_the_command_or_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let mut child = helper()
+        .args([
+            "exec",
+            "--record",
+            &dir,
+            "--",
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done; exit 9",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(9));
+    let o = run(&["attach", &dir, "0", "0"]);
+    assert_eq!(o.status.code(), Some(9));
+    let want: String = (0..2000).map(|i| format!("line{i}\n")).collect();
+    assert!(stdout(&o) == want, "the record lost output");
+}
+
+#[test]
+fn record_with_short_stdin_never_reports_the_commands_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let mut child = helper()
+        .args([
+            "exec",
+            "--record",
+            &dir,
+            "--stdin-len",
+            "10",
+            "--",
+            "/bin/cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"abc").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stdin ended after 3 bytes"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn attach_to_nothing_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&["attach", &record_dir(&tmp), "0", "0"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("no recorded command"), "{}", stderr(&o));
+}
