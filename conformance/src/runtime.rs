@@ -1150,6 +1150,91 @@ pub async fn changed_input_fails_corrupt(subject: &RuntimeSubject) -> CaseResult
     leftovers(subject, &build).await
 }
 
+/// A task's inputs are real directories, as a cluster's volume mounts are: a command
+/// that walks a tree without following a symbolic link given on its command line (`cp
+/// -r`, `find`, `tar`) sees every file of the input, nested ones included. A backend
+/// that put an input in place as a link to its volume would have the copy come out a
+/// link. `cp -r` stands for the walkers because every backend's shell has it.
+pub async fn inputs_are_real_directories(subject: &RuntimeSubject) -> CaseResult {
+    let jobs = format!(
+        "- name: main\n  plan:\n  - {}\n  - {}\n",
+        task(
+            "write-tree",
+            &[],
+            &["tree"],
+            "mkdir -p tree/a/b && echo deep > tree/a/b/c.txt && echo top > tree/top.txt"
+        ),
+        task("walk", &["tree"], &["seen"], "cp -r tree seen/copy")
+    );
+    let (o, _r, _) = run_jobs(subject, &jobs, "main", quick()).await?;
+    ensure_eq!(o.status, BuildStatus::Succeeded, "failure: {:?}", o.failure);
+    let entries = artifact_entries(&subject.runtime, artifact(&o, "seen")?).await?;
+    let under_copy: Vec<(String, char)> = entries
+        .iter()
+        .cloned()
+        .filter_map(|(p, kind)| {
+            let rel = p.strip_prefix("copy")?;
+            let rel = rel.trim_start_matches('/').trim_end_matches('/');
+            (!rel.is_empty()).then(|| (rel.to_owned(), kind))
+        })
+        .collect();
+    ensure_eq!(
+        under_copy,
+        vec![
+            ("a".to_owned(), 'd'),
+            ("a/b".to_owned(), 'd'),
+            ("a/b/c.txt".to_owned(), 'f'),
+            ("top.txt".to_owned(), 'f'),
+        ],
+        "the walk of the input saw every file, as files, under real directories; the \
+         output holds {entries:?}"
+    );
+    let seen = artifact(&o, "seen")?;
+    let deep = read_artifact_file(&subject.runtime, seen, "copy/a/b/c.txt").await?;
+    ensure_eq!(String::from_utf8_lossy(&deep).trim(), "deep");
+    let top = read_artifact_file(&subject.runtime, seen, "copy/top.txt").await?;
+    ensure_eq!(String::from_utf8_lossy(&top).trim(), "top");
+    Ok(())
+}
+
+/// Every entry of an artifact: its path (without a leading `./`) and kind (`f` regular
+/// file, `d` directory, `l` symbolic link, `?` anything else), sorted by path.
+async fn artifact_entries(rt: &Runtime, a: &ArtifactRef) -> Result<Vec<(String, char)>, CaseError> {
+    let store = rt
+        .volumes
+        .as_ref()
+        .ok_or_else(|| CaseError::here("no volume store"))?;
+    let tar = store
+        .read_tar(&a.volume)
+        .await
+        .map_err(|e| CaseError::here(format!("read_tar {}: {e}", a.name)))?;
+    let data = collect_stream(tar)
+        .await
+        .map_err(|e| CaseError::here(format!("reading {}: {e}", a.name)))?;
+    let mut ar = tar::Archive::new(std::io::Cursor::new(data));
+    let entries = ar.entries().map_err(|e| CaseError::here(e.to_string()))?;
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| CaseError::here(e.to_string()))?;
+        let p = e
+            .path()
+            .map_err(|e| CaseError::here(e.to_string()))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        let kind = match e.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => 'f',
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            _ => '?',
+        };
+        out.push((p, kind));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Every case of the runtime suite, by name.
 pub const CASES: &[&str] = &[
     "get_task_put",
@@ -1172,6 +1257,7 @@ pub const CASES: &[&str] = &[
     "load_var_formats",
     "across_fail_fast_starts_no_more",
     "var_sources_fill_a_task_s_params",
+    "inputs_are_real_directories",
 ];
 
 /// Run the case called `name` against `subject`; `None` if there is no such case.
@@ -1207,6 +1293,7 @@ pub async fn run_case(subject: &RuntimeSubject, name: &str) -> Option<CaseResult
         "var_sources_fill_a_task_s_params" => {
             Box::pin(var_sources_fill_a_task_s_params(subject)).await
         }
+        "inputs_are_real_directories" => Box::pin(inputs_are_real_directories(subject)).await,
         _ => return None,
     })
 }
@@ -1255,6 +1342,7 @@ macro_rules! runtime_suite {
                 load_var_formats,
                 across_fail_fast_starts_no_more,
                 var_sources_fill_a_task_s_params,
+                inputs_are_real_directories,
             ]
         );
     };

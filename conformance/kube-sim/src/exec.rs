@@ -208,7 +208,8 @@ pub(crate) async fn handler(
     // The image's own files, where the test said what they are (`Simulator::image_file`).
     let argv = crate::images::host_argv(&lock(&sh.flags), &image, argv);
     let argv = cenv.resolve_program(argv);
-    let spawned = process::command(&argv, &cenv.cwd, &cenv.env)
+    let spawned = cenv
+        .command(&argv)
         .ok_or_else(|| std::io::Error::other("empty command"))
         .and_then(|mut cmd| {
             let io = |on: bool| if on { Stdio::piped() } else { Stdio::null() };

@@ -2,7 +2,7 @@
 //! and running each container's command as a local process.
 
 use crate::process::{self, is_pause};
-use crate::state::{ContainerEnv, Kill, LogBuf, PodRuntime, ProcHandle, Shared, lock};
+use crate::state::{ContainerEnv, Kill, LogBuf, Mount, PodRuntime, ProcHandle, Shared, lock};
 use crate::store::{Kind, Store, uid_of};
 use crate::util::{b64_decode, now_rfc3339};
 use futures::StreamExt;
@@ -607,49 +607,74 @@ fn prepare(sh: &Shared, rt: &PodRuntime, pod: &Value) -> std::io::Result<()> {
         .into_iter()
         .chain(container_specs(pod, false))
         .collect();
+    let bind = process::bind_mounts_available();
     for c in &all {
         let name = cname(c);
         let root = pod_dir.join("containers").join(&name);
         std::fs::create_dir_all(&root)?;
-        let mut mounts: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
-        mounts.sort_by_key(|m| m["mountPath"].as_str().map(str::len).unwrap_or(0));
-        let mount_paths = mounts
-            .iter()
-            .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
-            .collect();
-        for m in mounts {
+        let mut specs: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
+        specs.sort_by_key(|m| m["mountPath"].as_str().map(str::len).unwrap_or(0));
+        let mut mounts: Vec<Mount> = Vec::new();
+        for m in specs {
             let vol = m["name"].as_str().unwrap_or("");
             let Some((_, vdir)) = volumes.iter().find(|(n, _)| n == vol) else {
                 continue;
             };
-            let mut target = vdir.clone();
-            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
-                target = target.join(process::relative(sub));
-                std::fs::create_dir_all(&target)?;
-            }
-            let link = root.join(process::relative(m["mountPath"].as_str().unwrap_or("")));
-            if link == root || link.symlink_metadata().is_ok() {
+            let path = m["mountPath"].as_str().unwrap_or("").to_owned();
+            let point = root.join(process::relative(&path));
+            if point == root
+                || mounts
+                    .iter()
+                    .any(|o| process::relative(&o.path) == process::relative(&path))
+            {
                 continue;
             }
-            if let Some(parent) = link.parent() {
+            let mut source = vdir.clone();
+            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                source = source.join(process::relative(sub));
+                if !source.is_file() {
+                    std::fs::create_dir_all(&source)?;
+                }
+            }
+            if let Some(parent) = point.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::os::unix::fs::symlink(&target, &link)?;
+            if !bind {
+                // No mount namespaces here: a link to the volume stands in for the mount.
+                if point.symlink_metadata().is_err() {
+                    std::os::unix::fs::symlink(&source, &point)?;
+                }
+            } else if source.is_file() {
+                // A file bound onto a file; inside a parent mount the container's own
+                // process makes it (`process::mount_script`).
+                if point.symlink_metadata().is_err() {
+                    std::fs::File::create(&point)?;
+                }
+            } else {
+                std::fs::create_dir_all(&point)?;
+            }
+            mounts.push(Mount {
+                path,
+                source,
+                read_only: m["readOnly"] == true,
+            });
         }
         let cwd = match c["workingDir"].as_str().filter(|s| !s.is_empty()) {
             Some(wd) => root.join(process::relative(wd)),
             None => root.clone(),
         };
-        std::fs::create_dir_all(&cwd)?;
-        lock(&rt.containers).insert(
-            name,
-            ContainerEnv {
-                root,
-                cwd,
-                env: Vec::new(),
-                mounts: mount_paths,
-            },
-        );
+        let env = ContainerEnv {
+            root,
+            cwd,
+            env: Vec::new(),
+            mounts,
+            bind,
+        };
+        // The working directory, made where the container will see it (inside the
+        // volume mounted there, if any), as the runtime makes a missing one.
+        std::fs::create_dir_all(&env.cwd)?;
+        std::fs::create_dir_all(env.host_path(&env.cwd))?;
+        lock(&rt.containers).insert(name, env);
     }
     Ok(())
 }
@@ -839,8 +864,15 @@ pub(crate) async fn pump_log(mut r: impl AsyncRead + Unpin, log: Arc<LogBuf>) {
 /// Start one container; returns a receiver that yields its exit code.
 /// Name of jetbridge's init container that installs the pause program.
 const PAUSE_INSTALLER: &str = "jetbridge-pause";
+/// How long a container's process may take to make its mounts and exec its command
+/// before the container is reported running anyway.
+const EXEC_WAIT: Duration = Duration::from_secs(2);
 
-fn start_container(sh: &Shared, rt: &Arc<PodRuntime>, c: &Value) -> watch::Receiver<Option<i32>> {
+async fn start_container(
+    sh: &Shared,
+    rt: &Arc<PodRuntime>,
+    c: &Value,
+) -> watch::Receiver<Option<i32>> {
     let name = cname(c);
     let log = LogBuf::new();
     lock(&rt.logs).insert(name.clone(), log.clone());
@@ -882,7 +914,14 @@ fn start_container(sh: &Shared, rt: &Arc<PodRuntime>, c: &Value) -> watch::Recei
         });
         return rx;
     }
-    let spawned = process::command(&argv, &cenv.cwd, &cenv.env).map(|mut cmd| cmd.spawn());
+    let spawned = cenv.command(&argv).map(|mut cmd| cmd.spawn());
+    if cenv.bind
+        && let Some(Ok(child)) = &spawned
+        && let Some(pid) = process::pgid(child)
+    {
+        // Running once the command runs, its mounts made (see `process::await_exec`).
+        process::await_exec(pid, &argv, &cenv.cwd, EXEC_WAIT).await;
+    }
     match spawned {
         Some(Ok(mut child)) => {
             let id = process::pgid(&child).map(|g| rt.add_proc(ProcHandle::Group(g), &name, false));
@@ -956,7 +995,7 @@ async fn start_ready(
         }
         match configure(sh, rt, pod, c) {
             Ok(()) => {
-                launched.push((i, start_container(sh, rt, c)));
+                launched.push((i, start_container(sh, rt, c).await));
                 slots[i] = Slot {
                     started: Some(now_rfc3339()),
                     blocked: None,

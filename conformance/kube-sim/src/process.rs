@@ -49,12 +49,7 @@ pub(crate) fn has_dotdot(path: &str) -> bool {
 /// program path with a slash is resolved against the cwd.
 pub(crate) fn command(argv: &[String], cwd: &Path, env: &[(String, String)]) -> Option<Command> {
     let (prog, args) = argv.split_first()?;
-    let program = if prog.contains('/') && !prog.starts_with('/') {
-        cwd.join(prog)
-    } else {
-        PathBuf::from(prog)
-    };
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(program_path(prog, cwd));
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()
@@ -65,6 +60,189 @@ pub(crate) fn command(argv: &[String], cwd: &Path, env: &[(String, String)]) -> 
         .process_group(0)
         .kill_on_drop(true);
     Some(cmd)
+}
+
+/// `unshare(1)`, which makes the private mount namespace of a container's process.
+const UNSHARE: &str = "/usr/bin/unshare";
+/// The shell that makes a container's mounts in that namespace, then execs the command.
+const SH: &str = "/bin/sh";
+
+/// One bind mount of a container's process: `source` (a volume's host directory, or a
+/// file for a `subPath` naming one) onto `target`, a path under the container's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+    /// `source` is a file: a file is bound onto a file.
+    pub file: bool,
+}
+
+/// A string as one single-quoted shell word.
+fn quote(s: &std::ffi::OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// The script that makes `binds` (parents before children, as given), then enters
+/// `cwd` and execs `"$@"`, as a container runtime makes a container's mounts before its
+/// process starts. A mount point below another mount is made inside the volume bound
+/// there, as runc does; read-only mounts are made read-only once every bind is in place,
+/// so a mount point below one can still be made. A mount that cannot be made ends the
+/// process with 125 (what `docker run` answers when the runtime fails). `"$@"` is the
+/// container's environment as `NAME=VALUE` words, then the command: `env -i` sets it
+/// exactly, since a shell would drop the variables whose names are not identifiers,
+/// which a kubelet passes through (so a program whose name has a `=` cannot be run).
+pub(crate) fn mount_script(binds: &[Bind], cwd: &Path) -> String {
+    let mut script = String::new();
+    let fail = |what: &str, dst: &str| {
+        format!(" || {{ printf 'kube-sim: cannot {what} at %s\\n' {dst} >&2; exit 125; }}\n")
+    };
+    for b in binds {
+        let (src, dst) = (quote(b.source.as_os_str()), quote(b.target.as_os_str()));
+        if b.file {
+            let parent = b.target.parent().unwrap_or(Path::new("/"));
+            script.push_str(&format!(
+                "/bin/mkdir -p {} && {{ [ -e {dst} ] || : > {dst}; }} && /bin/mount --bind {src} {dst}",
+                quote(parent.as_os_str())
+            ));
+        } else {
+            script.push_str(&format!(
+                "/bin/mkdir -p {dst} && /bin/mount --bind {src} {dst}"
+            ));
+        }
+        script.push_str(&fail("bind-mount a volume", &dst));
+    }
+    for b in binds.iter().filter(|b| b.read_only) {
+        let dst = quote(b.target.as_os_str());
+        script.push_str(&format!("/bin/mount -o remount,bind,ro {dst}"));
+        script.push_str(&fail("make read-only the mount", &dst));
+    }
+    let cwd = quote(cwd.as_os_str());
+    script.push_str(&format!("cd {cwd}"));
+    script.push_str(&fail("enter the working directory", &cwd));
+    script.push_str("exec /usr/bin/env -i -- \"$@\"\n");
+    script
+}
+
+/// [`command`] in a private mount namespace of its own where `binds` are made, so the
+/// container's mount points are real directories with the volumes' files in them. The
+/// process keeps the pid (and process group) spawned: `unshare` execs the shell, which
+/// execs `env`, which execs the command. `host_cwd` is where the spawn itself starts, on
+/// the host.
+pub(crate) fn namespaced_command(
+    argv: &[String],
+    cwd: &Path,
+    host_cwd: &Path,
+    env: &[(String, String)],
+    binds: &[Bind],
+) -> Option<Command> {
+    let (prog, args) = argv.split_first()?;
+    let program = program_path(prog, cwd);
+    let mut cmd = Command::new(UNSHARE);
+    cmd.args(["--mount", "--propagation", "private", "--", SH, "-c"])
+        .arg(mount_script(binds, cwd))
+        .arg("sh")
+        .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+        .arg(program)
+        .args(args)
+        .current_dir(host_cwd)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    Some(cmd)
+}
+
+/// The program a command runs: a relative path with a slash is from `cwd`.
+fn program_path(prog: &str, cwd: &Path) -> PathBuf {
+    if prog.contains('/') && !prog.starts_with('/') {
+        cwd.join(prog)
+    } else {
+        PathBuf::from(prog)
+    }
+}
+
+/// Wait until process `pid`, spawned by [`namespaced_command`] for `argv` in `cwd`, has
+/// made its mounts and execed the command itself (its `/proc/PID/cmdline` is the
+/// command's), as a container runtime reports a container started only once its process
+/// runs: until then its pid is the wrapper's, whose TERM handling is not the command's.
+/// Also returns when the process is gone, or after `limit`.
+pub(crate) async fn await_exec(pid: i32, argv: &[String], cwd: &Path, limit: std::time::Duration) {
+    use std::os::unix::ffi::OsStrExt;
+    let Some((prog, args)) = argv.split_first() else {
+        return;
+    };
+    let mut want = program_path(prog, cwd).into_os_string().as_bytes().to_vec();
+    want.push(0);
+    for a in args {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            // An empty command line: a zombie; an error: gone.
+            Ok(c) if c == want || c.is_empty() => return,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether container processes can have mount namespaces with bind mounts here (root,
+/// `unshare` and `mount` at hand): found out once, by binding one directory onto
+/// another in a namespace of their own. Without them the kubelet falls back to symbolic
+/// links at the mount points, and says so once.
+pub(crate) fn bind_mounts_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let probe = || -> Result<(), String> {
+            let dir = tempfile::Builder::new()
+                .prefix("kube-sim-probe-")
+                .tempdir()
+                .map_err(|e| e.to_string())?;
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            std::fs::create_dir(&a).map_err(|e| e.to_string())?;
+            std::fs::create_dir(&b).map_err(|e| e.to_string())?;
+            let out = std::process::Command::new(UNSHARE)
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/mount",
+                    "--bind",
+                ])
+                .arg(&a)
+                .arg(&b)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("{UNSHARE}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        };
+        match probe() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "no mount namespaces with bind mounts here (they need root): container \
+                     mount points are symbolic links to the volumes instead"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// Whether process `pid` has a handler for SIGTERM: bit 15 (mask bit 14) of `SigCgt` in
@@ -202,6 +380,32 @@ mod tests {
     fn expansion() {
         let env = vec![("A".to_string(), "x".to_string())];
         assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn mount_scripts_quote_paths_and_bind_parents_first() {
+        let bind = |src: &str, dst: &str, read_only| Bind {
+            source: src.into(),
+            target: dst.into(),
+            read_only,
+            file: false,
+        };
+        let script = mount_script(
+            &[
+                bind("/v/a", "/r/w", false),
+                bind("/v/it's", "/r/w/in", true),
+            ],
+            Path::new("/r/w"),
+        );
+        let lines: Vec<&str> = script.lines().collect();
+        assert!(lines[0].starts_with("/bin/mkdir -p '/r/w' && /bin/mount --bind '/v/a' '/r/w' ||"));
+        assert!(
+            lines[1].contains("--bind '/v/it'\\''s' '/r/w/in'"),
+            "{script}"
+        );
+        assert!(lines[2].starts_with("/bin/mount -o remount,bind,ro '/r/w/in' ||"));
+        assert!(lines[3].starts_with("cd '/r/w' ||") && lines[3].contains("exit 125"));
+        assert_eq!(lines[4], "exec /usr/bin/env -i -- \"$@\"");
     }
 
     #[test]

@@ -129,33 +129,95 @@ pub(crate) struct Proc {
     pub exec: bool,
 }
 
+/// One volume mount of a container.
+#[derive(Debug, Clone)]
+pub(crate) struct Mount {
+    /// Where the container sees it: absolute, as in its spec.
+    pub path: String,
+    /// What is mounted there, on the host: the volume's directory (joined with the
+    /// mount's `subPath`), or a file for a `subPath` naming one.
+    pub source: PathBuf,
+    pub read_only: bool,
+}
+
 /// Where a container's processes run.
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerEnv {
     /// The container's root directory.
     pub root: PathBuf,
+    /// The working directory as the container's processes see it (under `root`): on
+    /// the host, where it is a mount point, it can be an empty directory (see
+    /// [`ContainerEnv::host_path`]).
     pub cwd: PathBuf,
     /// Resolved when the container starts (secrets are read then).
     pub env: Vec<(String, String)>,
-    /// The container's mount paths (absolute, as in its spec), each present under
-    /// `root` at its relative form.
-    pub mounts: Vec<String>,
+    /// The container's mounts, parents before children (shortest path first), each at
+    /// `root` joined with its relative form.
+    pub mounts: Vec<Mount>,
+    /// Its processes run in mount namespaces of their own where each mount is a bind
+    /// mount onto a real directory ([`process::bind_mounts_available`]); otherwise the
+    /// mount points are symbolic links to the volumes.
+    pub bind: bool,
 }
 
 impl ContainerEnv {
+    /// The host path of `path`, a path under `root` as the container's processes see
+    /// it: inside a mount (the innermost one holding it), the same place in the
+    /// mount's source; anywhere else `path` itself. What the simulator reads or writes
+    /// on a container's behalf goes through this, since on the host a mount point is
+    /// only an empty directory.
+    pub fn host_path(&self, path: &std::path::Path) -> PathBuf {
+        self.mounts
+            .iter()
+            .rev()
+            .find_map(|m| {
+                let rest = path
+                    .strip_prefix(self.root.join(process::relative(&m.path)))
+                    .ok()?;
+                Some(if rest.as_os_str().is_empty() {
+                    m.source.clone()
+                } else {
+                    m.source.join(rest)
+                })
+            })
+            .unwrap_or_else(|| path.to_path_buf())
+    }
+
+    /// A command of this container, `argv` already resolved ([`Self::resolve_program`]):
+    /// in a mount namespace of its own with the container's mounts made, in the
+    /// working directory, or, without bind mounts, a plain process there.
+    pub fn command(&self, argv: &[String]) -> Option<tokio::process::Command> {
+        if !self.bind {
+            return process::command(argv, &self.cwd, &self.env);
+        }
+        let binds: Vec<process::Bind> = self
+            .mounts
+            .iter()
+            .map(|m| process::Bind {
+                source: m.source.clone(),
+                target: self.root.join(process::relative(&m.path)),
+                read_only: m.read_only,
+                file: m.source.is_file(),
+            })
+            .collect();
+        process::namespaced_command(argv, &self.cwd, &self.root, &self.env, &binds)
+    }
+
     /// `argv` with paths resolved as the container sees them: an element that is an
     /// absolute path inside one of the container's volumes (the step-pod helper that an
     /// init container installed in a shared `emptyDir`, as the program or as the
-    /// command the helper runs) is that volume's file; anything else is left alone, so
-    /// other programs are the host's, as before. Like image files
-    /// ([`crate::images::host_argv`]), a path inside a script string is not seen.
+    /// command the helper runs) is that volume's file, at its place under the
+    /// container's root (where the container's processes have the volume mounted);
+    /// anything else is left alone, so other programs are the host's, as before. Like
+    /// image files ([`crate::images::host_argv`]), a path inside a script string is not
+    /// seen.
     pub fn resolve_program(&self, argv: Vec<String>) -> Vec<String> {
         argv.into_iter()
             .map(|a| {
                 let inside = a.starts_with('/')
                     && !crate::process::has_dotdot(&a)
                     && self.mounts.iter().any(|m| {
-                        let m = m.trim_end_matches('/');
+                        let m = m.path.trim_end_matches('/');
                         !m.is_empty() && a.strip_prefix(m).is_some_and(|r| r.starts_with('/'))
                     });
                 if inside {
@@ -318,7 +380,8 @@ impl PodRuntime {
     /// The OOM killer takes the processes exec'd in `container` and nothing else, as
     /// with cgroup v1 or `singleProcessOOMKill: true` (1.32+): SIGKILL, no status
     /// change. The container's `memory.events` counter (a file `memory.events` in its
-    /// working directory here, `oom_kill N`) goes up by one.
+    /// working directory here, `oom_kill N`, written on the host into the volume
+    /// mounted there) goes up by one.
     pub fn oom_kill_execs(&self, container: &str) -> std::io::Result<()> {
         let execs: Vec<ProcHandle> = lock(&self.procs)
             .values()
@@ -326,7 +389,7 @@ impl PodRuntime {
             .map(|p| p.handle.clone())
             .collect();
         if let Some(env) = lock(&self.containers).get(container) {
-            let file = env.cwd.join("memory.events");
+            let file = env.host_path(&env.cwd).join("memory.events");
             let before = std::fs::read_to_string(&file)
                 .ok()
                 .and_then(|t| {
