@@ -28,6 +28,11 @@ pub const STEP_HELPER_PATH: &str = "/usr/local/bin/jetbridge-helper";
 /// tools volume at [`TOOLS_DIR`].
 pub const INSTALLED_HELPER: &str = "/.jetbridge/jetbridge-helper";
 
+/// Where the step-pod helper records each command's output and exit status (one
+/// directory per exec, in an `emptyDir` of the pod), so that a dropped exec stream is
+/// re-attached instead of the command being lost or run again.
+pub const RUNS_DIR: &str = "/.jetbridge-runs";
+
 /// How long a pod may be marked not ready by the node lifecycle controller before its
 /// node is taken as lost (see [`crate::pod_status_at`]).
 pub const DEFAULT_NODE_LOST_AFTER: Duration = Duration::from_secs(60);

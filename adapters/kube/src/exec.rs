@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use jetbridge_core::ports::{
-    Container, Exec, ExecCapabilities, ExecRequest, OutputSink, Pods, WaitFor, WaitOpts,
+    Container, Exec, ExecCapabilities, ExecRequest, OutputSink, OutputStream, Pods, WaitFor,
+    WaitOpts,
 };
 use jetbridge_core::{Error, ErrorKind, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
 
-use crate::config::INSTALLED_HELPER;
+use crate::config::{INSTALLED_HELPER, RUNS_DIR};
 use crate::manifest::{HELPER_CONTAINER, MAIN_CONTAINER};
 use crate::pods::{KubeBackend, Protocol};
 
@@ -132,7 +133,8 @@ fn wrap(
     let mut out = Vec::new();
     match launcher {
         Launcher::Helper => {
-            out.extend([INSTALLED_HELPER, "exec"].map(str::to_owned));
+            out.extend([INSTALLED_HELPER, "exec", "--record"].map(str::to_owned));
+            out.push(run_dir(exec_id));
             if let Some(dir) = dir {
                 out.extend(["--dir".to_owned(), dir.to_owned()]);
             }
@@ -156,6 +158,49 @@ fn wrap(
     }
     out.extend(req.argv.iter().cloned());
     Ok(out)
+}
+
+/// Where the step-pod helper records the command of exec `exec_id`.
+fn run_dir(exec_id: &str) -> String {
+    format!("{RUNS_DIR}/{exec_id}")
+}
+
+/// How many times a dropped exec stream of a recorded command is re-attached before the
+/// command is given up as lost.
+const REATTACH_ATTEMPTS: u32 = 5;
+
+/// An [`OutputSink`] that counts what passes, per stream: where a re-attach resumes.
+struct Counted {
+    inner: Arc<dyn OutputSink>,
+    stdout: std::sync::atomic::AtomicU64,
+    stderr: std::sync::atomic::AtomicU64,
+}
+
+impl Counted {
+    fn new(inner: Arc<dyn OutputSink>) -> Self {
+        Counted {
+            inner,
+            stdout: 0.into(),
+            stderr: 0.into(),
+        }
+    }
+
+    fn seen(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.stdout.load(Relaxed), self.stderr.load(Relaxed))
+    }
+}
+
+impl OutputSink for Counted {
+    fn write(&self, stream: OutputStream, data: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = data.len() as u64;
+        match stream {
+            OutputStream::Stdout => self.stdout.fetch_add(n, Relaxed),
+            OutputStream::Stderr => self.stderr.fetch_add(n, Relaxed),
+        };
+        self.inner.write(stream, data);
+    }
 }
 
 /// The argv that stops every process of the exec marked `exec_id`.
@@ -351,12 +396,65 @@ impl Exec for KubeBackend {
                 _ => std::future::pending().await,
             }
         };
-        let status = tokio::select! {
-            r = crate::session::run(conn, stdin, end, &*output) => r?,
-            why = pod_gone => {
-                return Err(Error::lost(format!(
-                    "pod {pod} stopped while its command ran ({why})"
-                )));
+        // A recorded command (through the helper, without stdin, which cannot be sent
+        // twice) whose stream drops is re-attached: the helper replays its output from
+        // the bytes already seen and ends with its true status. It never runs twice.
+        let reattach = launcher == Launcher::Helper && stdin.is_none();
+        let counted = Counted::new(output.clone());
+        tokio::pin!(pod_gone);
+        let mut conn = Some(conn);
+        let mut stdin = stdin;
+        let mut end = end;
+        let mut attempts = 0;
+        let status = loop {
+            let Some(c) = conn.take() else { break None };
+            let status = tokio::select! {
+                r = crate::session::run(c, stdin.take(), end, &counted) => r?,
+                why = &mut pod_gone => {
+                    return Err(Error::lost(format!(
+                        "pod {pod} stopped while its command ran ({why})"
+                    )));
+                }
+            };
+            if status.is_some() || !reattach || attempts >= REATTACH_ATTEMPTS {
+                break status;
+            }
+            attempts += 1;
+            let (out, err) = counted.seen();
+            tracing::info!(
+                pod,
+                attempt = attempts,
+                stdout = out,
+                stderr = err,
+                "the exec stream dropped; re-attaching to the command"
+            );
+            let argv = vec![
+                INSTALLED_HELPER.to_owned(),
+                "attach".to_owned(),
+                run_dir(&exec_id),
+                out.to_string(),
+                err.to_string(),
+            ];
+            let params = AttachParams::default()
+                .container(container)
+                .stdin(false)
+                .stdout(true)
+                .stderr(true);
+            let budget = crate::retry::Budget::new(&self.config.request_budget);
+            let again = budget
+                .run("exec", false, || {
+                    crate::session::connect(&self.client, self.namespace(), &pod, &argv, &params)
+                })
+                .await;
+            match again {
+                Ok(c) => {
+                    end = crate::session::StdinEnd::Bounded;
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    tracing::debug!(pod, error = %e.into_error("re-attach"), "could not re-attach");
+                    break None;
+                }
             }
         };
         match status {
@@ -624,6 +722,8 @@ mod tests {
             v(&[
                 INSTALLED_HELPER,
                 "exec",
+                "--record",
+                "/.jetbridge-runs/id1",
                 "--dir",
                 "my dir",
                 "--stdin-len",
@@ -641,6 +741,8 @@ mod tests {
             v(&[
                 INSTALLED_HELPER,
                 "exec",
+                "--record",
+                "/.jetbridge-runs/id2",
                 "JETBRIDGE_EXEC_ID=id2",
                 "--",
                 "true"

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::config::{
-    DEFAULT_NON_ROOT_UID, INSTALLED_HELPER, KubeConfig, STEP_HELPER_PATH, TOOLS_DIR,
+    DEFAULT_NON_ROOT_UID, INSTALLED_HELPER, KubeConfig, RUNS_DIR, STEP_HELPER_PATH, TOOLS_DIR,
 };
 
 /// Name of the step's container.
@@ -34,6 +34,8 @@ pub const WORK_ROOT: &str = "/tmp/build";
 
 const WORKDIR_VOLUME: &str = "workdir";
 const TOOLS_VOLUME: &str = "jetbridge-tools";
+/// The `emptyDir` of the step-pod helper's command records, at [`RUNS_DIR`].
+const RUNS_VOLUME: &str = "jetbridge-runs";
 const CACHE_VOLUME: &str = "cache";
 /// Where a copy init container sees its source and destination (relative paths inside
 /// its working directory, so nothing depends on the helper image's layout).
@@ -550,6 +552,10 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
             main_mounts.push(mount(TOOLS_VOLUME, TOOLS_DIR.to_owned(), None, true));
             // The static step-pod helper when its image is known (it is PID 1 and runs
             // every command, so the step image needs no shell); else busybox's.
+            if cfg.step_helper_image.is_some() {
+                volumes.push(empty_dir(RUNS_VOLUME));
+                main_mounts.push(mount(RUNS_VOLUME, RUNS_DIR.to_owned(), None, false));
+            }
             let (image, install, pause) = match &cfg.step_helper_image {
                 Some(image) => (
                     image.clone(),
@@ -1265,6 +1271,8 @@ mod tests {
         );
         assert!(INSTALLED_HELPER.starts_with(&format!("{TOOLS_DIR}/")));
         assert_eq!(mount_at(main, TOOLS_DIR).read_only, Some(true));
+        // The command records are the helper's to write.
+        assert_ne!(mount_at(main, RUNS_DIR).read_only, Some(true));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use jetbridge_core::ports::{
     CaptureOutput, Exec, ExecRequest, PodSpec, PodState, Pods, WaitFor, WaitOpts, bytes_stream,
 };
 use jetbridge_kube::KubeBackend;
-use jetbridge_kube_sim::{ExecProtocols, SimConfig, Simulator};
+use jetbridge_kube_sim::{ExecProtocols, SimConfig, SimControls, Simulator};
 
 /// A distroless-like image: none of the programs a shell-based wrapper needs.
 const SHELL_LESS: &str = "gcr.io/distroless/static:nonroot";
@@ -190,10 +190,12 @@ fn helper_pauses(root: &std::path::Path) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                // The simulator runs it from the pod's tools volume, under its root.
                 args.len() >= 2
+                    && args[0].starts_with(root.as_os_str().as_encoded_bytes())
                     && args[0].ends_with(b"/.jetbridge/jetbridge-helper")
                     && args[1] == b"pause"
-            }) && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d.starts_with(root))
+            })
         })
         .collect()
 }
@@ -277,5 +279,45 @@ async fn the_helper_kills_abandoned_commands_and_reads_the_oom_counter() {
         .expect("joins")
         .expect_err("an OOM kill is not an exit status");
     assert_eq!(err.kind(), ErrorKind::OutOfMemory, "{err}");
+    sim.shutdown().await;
+}
+
+/// A dropped exec stream no longer loses the command: the helper recorded it, the
+/// adapter re-attaches from the bytes it had seen, and gets the rest of the output, in
+/// order and once, and the true exit status. A counter file proves the command ran
+/// once; the requests show one start and the re-attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_exec_stream_is_reattached_and_the_command_runs_once() {
+    let (sim, b) = sim_helper_backend(SimConfig::default()).await;
+    let mut s = spec();
+    s.image = common::IMAGE.into();
+    running(&b, &s).await;
+    sim.reset_requests();
+    // The stream drops after the first output, twice: two re-attaches.
+    sim.drop_exec_streams(2);
+    let script = "echo run >> runs.txt; echo one; sleep 0.2; echo two >&2; sleep 0.2; \
+                  echo three; exit 3";
+    let out = Arc::new(CaptureOutput::new());
+    let code = b
+        .exec(
+            ExecRequest::new(&s.name, argv(&["sh", "-c", script])),
+            out.clone(),
+        )
+        .await
+        .expect("re-attached to its exit status");
+    assert_eq!(code, 3);
+    assert_eq!(out.stdout(), b"one\nthree\n");
+    assert_eq!(out.stderr(), b"two\n");
+    let (_, runs, _) = run(&b, ExecRequest::new(&s.name, argv(&["cat", "runs.txt"]))).await;
+    assert_eq!(runs, b"run\n", "the command ran once");
+    let execs: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/exec"))
+        .map(|r| r.query.clone())
+        .collect();
+    let starts = execs.iter().filter(|q| q.contains("echo+run")).count();
+    let attaches = execs.iter().filter(|q| q.contains("attach")).count();
+    assert_eq!((starts, attaches), (1, 2), "{execs:#?}");
     sim.shutdown().await;
 }
