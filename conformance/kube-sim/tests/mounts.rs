@@ -3,7 +3,8 @@
 //! follow symbolic links (`find`) see every file, as on a cluster.
 //!
 //! The bind mounts need root; without it the simulator falls back to symbolic links and
-//! these tests say so and return (CI runs them as root).
+//! these tests say so and return, except where `JETBRIDGE_REQUIRE_MOUNT` is set (CI, which
+//! runs them as root), where that is a failure.
 
 mod common;
 
@@ -30,8 +31,15 @@ fn as_root() -> bool {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1))
         == Some("0");
+    // CI requires the real mounts (`JETBRIDGE_REQUIRE_MOUNT=1`, set by `.ci/test.sh`):
+    // there a missing root is a failure, never a pass.
+    assert!(
+        root || std::env::var_os("JETBRIDGE_REQUIRE_MOUNT").is_none(),
+        "JETBRIDGE_REQUIRE_MOUNT is set but the tests do not run as root: the simulator's \
+         mounts would be symbolic links"
+    );
     if !root {
-        eprintln!("not root: the simulator's mounts are symbolic links here; skipped");
+        eprintln!("not root: the simulator's mounts are symbolic links here; not run");
     }
     root
 }
