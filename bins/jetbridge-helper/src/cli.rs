@@ -268,7 +268,9 @@ mod tests {
             })
         );
         assert_eq!(
-            exec(&["exec", "--record", "/r/2", "--", "p"]).unwrap().record,
+            exec(&["exec", "--record", "/r/2", "--", "p"])
+                .unwrap()
+                .record,
             Some("/r/2".into())
         );
         assert_eq!(
