@@ -233,6 +233,7 @@ pub(crate) async fn handler(
         let sh = sh.clone();
         async move { sh.wait_node_down().await }
     };
+    let counts = sh.exec_bytes.clone();
     ws.protocols([proto]).on_upgrade(move |socket| async move {
         session(
             socket,
@@ -241,6 +242,7 @@ pub(crate) async fn handler(
             drop_stream,
             generation_token,
             node_gone,
+            counts,
         )
         .await;
         // What the command left running in the background stays in the container until
@@ -347,7 +349,9 @@ async fn session(
     drop_stream: bool,
     generation_token: CancellationToken,
     node_gone: impl std::future::Future<Output = ()>,
+    counts: Arc<crate::state::ExecByteCounts>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     tokio::pin!(node_gone);
     let (mut sink, mut stream) = socket.split();
     let mut child = match spawned {
@@ -392,12 +396,14 @@ async fn session(
     // stdin, which is why a client must not use it to.
     let client_gone = CancellationToken::new();
     let gone = client_gone.clone();
+    let stdin_counts = counts.clone();
     let reader = tokio::spawn(async move {
         let mut in_tx = Some(in_tx);
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(Message::Binary(b)) => match b.first() {
                     Some(&STDIN) => {
+                        stdin_counts.stdin.fetch_add(b.len() as u64 - 1, Relaxed);
                         if let Some(tx) = &in_tx
                             && tx.send(b.slice(1..)).await.is_err()
                         {
@@ -435,8 +441,11 @@ async fn session(
             }
             frame = out_rx.recv() => match frame {
                 Some(f) => {
+                    let payload = f.len().saturating_sub(1) as u64;
                     if sink_ok && sink.send(Message::Binary(f.into())).await.is_err() {
                         sink_ok = false;
+                    } else if sink_ok {
+                        counts.output.fetch_add(payload, Relaxed);
                     }
                     if drop_stream {
                         // A clean close without a status frame.

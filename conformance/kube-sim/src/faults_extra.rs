@@ -3,6 +3,22 @@
 //! object) from one that made a second.
 
 use crate::Simulator;
+
+/// Exec payload bytes through the API server ([`Simulator::exec_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecBytes {
+    /// Sent by clients to commands' stdin.
+    pub stdin: u64,
+    /// Sent by commands' stdout and stderr to clients.
+    pub output: u64,
+}
+
+impl ExecBytes {
+    /// Both ways.
+    pub fn total(&self) -> u64 {
+        self.stdin + self.output
+    }
+}
 use crate::state::lock;
 use crate::store::EventType;
 
@@ -18,6 +34,27 @@ impl Simulator {
     /// they were sent, in base64).
     pub fn secrets_created(&self, namespace: &str) -> Vec<serde_json::Value> {
         self.created(namespace, "Secret")
+    }
+
+    /// The payload bytes that have crossed this API server in exec sessions since the
+    /// start (or the last [`Simulator::reset_exec_bytes`]): what clients sent to
+    /// commands' stdin, and what commands' stdout and stderr sent back. Frame headers
+    /// and status frames are not counted. On a cluster every such byte also crosses the
+    /// kubelet and the node's network: this is the cost of moving artifacts through
+    /// exec.
+    pub fn exec_bytes(&self) -> ExecBytes {
+        use std::sync::atomic::Ordering::Relaxed;
+        ExecBytes {
+            stdin: self.shared.exec_bytes.stdin.load(Relaxed),
+            output: self.shared.exec_bytes.output.load(Relaxed),
+        }
+    }
+
+    /// Start [`Simulator::exec_bytes`] again from zero.
+    pub fn reset_exec_bytes(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared.exec_bytes.stdin.store(0, Relaxed);
+        self.shared.exec_bytes.output.store(0, Relaxed);
     }
 
     fn created(&self, namespace: &str, kind: &str) -> Vec<serde_json::Value> {

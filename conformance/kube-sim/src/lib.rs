@@ -166,6 +166,7 @@ pub struct RequestRecord {
 
 /// Injected faults and the test controls. Here `FaultAction::Status(code)` answers a
 /// Kubernetes `Status` with the reason the API uses for that code.
+pub use faults_extra::ExecBytes;
 pub use images::built_step_helper;
 pub use jetbridge_sim_http::{Fault, FaultAction, SimControls};
 
@@ -225,6 +226,7 @@ impl Simulator {
             port,
             generation: Mutex::new(generation_token.clone()),
             shutdown: CancellationToken::new(),
+            exec_bytes: Arc::default(),
         });
         // The garbage collector, when it runs late: each removed pod's dependents are
         // swept `gc_delay` after the removal.

@@ -458,6 +458,15 @@ pub(crate) struct Shared {
     /// Cancelled when the current listener generation ends (restart/shutdown).
     pub generation: Mutex<CancellationToken>,
     pub shutdown: CancellationToken,
+    /// Payload bytes that crossed the API server in exec sessions.
+    pub exec_bytes: Arc<ExecByteCounts>,
+}
+
+/// Exec payload counters ([`crate::Simulator::exec_bytes`]).
+#[derive(Debug, Default)]
+pub(crate) struct ExecByteCounts {
+    pub stdin: std::sync::atomic::AtomicU64,
+    pub output: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -71,9 +71,14 @@ async fn exec_stdin_ends_with_shutdown() {
         stdin.write_all(payload.as_bytes()).await.unwrap();
         stdin.shutdown().await.unwrap();
     };
+    sim.reset_exec_bytes();
     let (_, out) = tokio::join!(writer, read_all(stdout));
     assert_eq!(out.len(), payload.len());
     assert_eq!(status.await.unwrap().status.as_deref(), Some("Success"));
+    // Every byte in and every byte out crossed the API server once: the counters see
+    // the payloads, not the frame headers or the status.
+    let bytes = sim.exec_bytes();
+    assert_eq!((bytes.stdin, bytes.output), (200_000, 200_000), "{bytes:?}");
     sim.shutdown().await;
 }
 
