@@ -55,8 +55,13 @@ struct World {
     db: String,
     ns: &'static str,
     http: reqwest::Client,
+    /// Whether step pods get the step-pod helper (the chart's default).
+    step_helper: bool,
     dir: tempfile::TempDir,
 }
+
+/// The image the helper comes from in these scenarios.
+const HELPER_IMAGE: &str = "ghcr.io/jetbridge/jetbridge:test";
 
 impl World {
     /// The simulator and a scratch schema; no replica yet.
@@ -79,8 +84,23 @@ impl World {
             db,
             ns,
             http: reqwest::Client::new(),
+            step_helper: false,
             dir,
         }
+    }
+
+    /// Step pods get the step-pod helper, from the build the simulator's kubelet runs,
+    /// as the chart deploys them.
+    fn with_step_helper(mut self) -> World {
+        self.sim
+            .image_file(
+                HELPER_IMAGE,
+                jetbridge_kube::STEP_HELPER_PATH,
+                jetbridge_kube_sim::built_step_helper(),
+            )
+            .expect("the helper image's file");
+        self.step_helper = true;
+        self
     }
 
     fn volumes(&self) -> PathBuf {
@@ -99,7 +119,7 @@ impl World {
             ),
         )
         .expect("kubeconfig");
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--backend",
             "kube",
             "--kubeconfig",
@@ -118,6 +138,9 @@ impl World {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if self.step_helper {
+            args.extend(["--step-helper-image".to_owned(), HELPER_IMAGE.to_owned()]);
+        }
         let data = self.dir.path().join("data");
         self.replica = Some(
             tokio::task::spawn_blocking(move || Replica::start(&data, &args))
@@ -779,3 +802,78 @@ async fn a_blackholed_partition_that_heals_loses_nothing() {
 
 /// How long the blackholed network stays cut.
 const BLACKHOLE: Duration = Duration::from_secs(15);
+
+/// Drain, kubelet eviction and OOM again with the step-pod helper as PID 1, the chart's
+/// default: the helper exits 0 on the kubelet's TERM, so a drained pod ends `Succeeded`
+/// while its command dies with 137, and the step must still read as evicted, never as
+/// the command's failure.
+mod with_the_step_helper {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
+        let _turn = TURN.lock().await;
+        let mut w = World::new("jb-drain-h", RECLAIM).await.with_step_helper();
+        let (id, b) = w
+            .fault_mid_step("node drain, helper", |sim, _, _| sim.drain_node())
+            .await;
+        assert_errored(
+            &w,
+            id,
+            &b,
+            "evicted",
+            "task: t: evicted: Eviction API: evicting",
+            &["✗ task: t: evicted: Eviction API: evicting"],
+        )
+        .await;
+        w.sim.uncordon();
+        w.assert_nothing_left_after_a_reaper_pass().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kubelet_eviction_errors_the_build_and_leaves_nothing() {
+        let _turn = TURN.lock().await;
+        let mut w = World::new("jb-pressure-h", Duration::ZERO)
+            .await
+            .with_step_helper();
+        let (id, b) = w
+            .fault_mid_step("kubelet eviction, helper", |sim, ns, pod| {
+                sim.evict(ns, pod)
+            })
+            .await;
+        const KUBELET: &str = "evicted: The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
+        assert_errored(
+            &w,
+            id,
+            &b,
+            "evicted",
+            &format!("task: t: {KUBELET}"),
+            &[&format!("✗ task: t: {KUBELET}")],
+        )
+        .await;
+        w.assert_nothing_left_after_a_reaper_pass().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oom_kill_mid_step_errors_the_build_and_leaves_nothing() {
+        let _turn = TURN.lock().await;
+        let mut w = World::new("jb-oom-h", Duration::ZERO)
+            .await
+            .with_step_helper();
+        let (id, b) = w
+            .fault_mid_step("OOM kill, helper", |sim, ns, pod| sim.oom_kill(ns, pod))
+            .await;
+        const OOM: &str =
+            "OOM-killed (exit 137): container main terminated: OOMKilled (exit code 137)";
+        assert_errored(
+            &w,
+            id,
+            &b,
+            "oom-killed",
+            &format!("task: t: {OOM}"),
+            &[&format!("✗ task: t: {OOM}")],
+        )
+        .await;
+        w.assert_nothing_left_after_a_reaper_pass().await;
+    }
+}
