@@ -330,11 +330,16 @@ impl Exec for KubeBackend {
             max_stderr_buf_size: None,
         };
         // Stdin on a server that cannot end it alone (v4) goes to a file first, so the
-        // command can be told its length.
+        // command can be told its length. Through the helper it always does: a command
+        // told its input's length is never taken to have succeeded on part of it, so a
+        // dropped stream can be re-attached (main-container stdin is a resource
+        // script's request: small).
         let mut stdin = req.stdin.take();
         let mut bounded = None;
         if let Some(input) = stdin.take() {
-            if self.exec_protocol(&pod, container).await == Protocol::V5 {
+            if launcher == Launcher::Env
+                && self.exec_protocol(&pod, container).await == Protocol::V5
+            {
                 stdin = Some(input);
             } else {
                 let spooled = crate::session::Spooled::new(input).await?;
@@ -396,10 +401,12 @@ impl Exec for KubeBackend {
                 _ => std::future::pending().await,
             }
         };
-        // A recorded command (through the helper, without stdin, which cannot be sent
-        // twice) whose stream drops is re-attached: the helper replays its output from
-        // the bytes already seen and ends with its true status. It never runs twice.
-        let reattach = launcher == Launcher::Helper && stdin.is_none();
+        // A recorded command (through the helper) whose stream drops is re-attached: the
+        // helper replays its output from the bytes already seen and ends with its true
+        // status. It never runs twice, and its stdin is never sent twice: it had its
+        // length, so a command that got only part of it is recorded as the helper's
+        // failure (125), never as its own result.
+        let reattach = launcher == Launcher::Helper;
         let counted = Counted::new(output.clone());
         tokio::pin!(pod_gone);
         let mut conn = Some(conn);

@@ -321,3 +321,40 @@ async fn a_dropped_exec_stream_is_reattached_and_the_command_runs_once() {
     assert_eq!((starts, attaches), (1, 2), "{execs:#?}");
     sim.shutdown().await;
 }
+
+/// A command with stdin is re-attached too: through the helper its stdin always has a
+/// length, so a command that got all of it goes on and is re-attached to, and its
+/// input is never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_stdin_is_reattached_and_its_input_sent_once() {
+    for protocols in [ExecProtocols::V5AndV4, ExecProtocols::V4Only] {
+        let config = SimConfig {
+            exec_protocols: protocols,
+            ..SimConfig::default()
+        };
+        let (sim, b) = sim_helper_backend(config).await;
+        let mut s = spec();
+        s.image = common::IMAGE.into();
+        running(&b, &s).await;
+        sim.drop_exec_streams(1);
+        let script = "cat > got; echo one; sleep 0.2; echo two; wc -c < got";
+        let out = Arc::new(CaptureOutput::new());
+        let code = b
+            .exec(
+                ExecRequest::new(&s.name, argv(&["sh", "-c", script]))
+                    .stdin(bytes_stream(vec![7u8; 1000])),
+                out.clone(),
+            )
+            .await
+            .expect("re-attached to its exit status");
+        assert_eq!(code, 0, "{protocols:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout())
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["one", "two", "1000"],
+            "{protocols:?}"
+        );
+        sim.shutdown().await;
+    }
+}
