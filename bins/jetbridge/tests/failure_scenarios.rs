@@ -830,6 +830,41 @@ mod with_the_step_helper {
         w.assert_nothing_left_after_a_reaper_pass().await;
     }
 
+    /// The exec stream of the step's command drops mid-command: the command is
+    /// re-attached, runs once, its whole output is read once, and the build succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_exec_stream_mid_step_is_reattached_and_the_build_succeeds() {
+        let _turn = TURN.lock().await;
+        let mut w = World::new("jb-drop-h", Duration::ZERO)
+            .await
+            .with_step_helper();
+        w.start_replica(&w.sim.url(), "3s").await;
+        // The build's first exec is the task's command: its stream drops after its
+        // first output.
+        w.sim.drop_exec_streams(1);
+        let pipeline = "jobs:\n- name: j\n  plan:\n  - task: t\n    config:\n      platform: linux\n      run: {path: sh, args: [-c, 'echo alpha-$((1+1)); sleep 0.5; echo omega-$((2+2))']}\n";
+        let id = w.submit(pipeline).await;
+        let b = w.terminal(id, Duration::from_secs(60)).await;
+        let logs = w.logs(id).await;
+        assert_eq!(b["state"], "succeeded", "{b}\n{logs}");
+        assert_eq!(logs.matches("alpha-2").count(), 1, "{logs}");
+        assert_eq!(logs.matches("omega-4").count(), 1, "{logs}");
+        let execs: Vec<String> = w
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/exec"))
+            .map(|r| r.query.clone())
+            .collect();
+        let starts = execs.iter().filter(|q| q.contains("alpha-")).count();
+        let attaches = execs
+            .iter()
+            .filter(|q| q.contains("command=attach"))
+            .count();
+        assert_eq!((starts, attaches), (1, 1), "{execs:#?}");
+        w.assert_nothing_left_after_a_reaper_pass().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kubelet_eviction_errors_the_build_and_leaves_nothing() {
         let _turn = TURN.lock().await;
