@@ -104,7 +104,9 @@ fn wrap(
     }
     let mut vars = vec![format!("{EXEC_ID_VAR}={exec_id}")];
     for (k, v) in &req.env {
+        // A leading `-` would read as an option to the helper; no shell takes it either.
         if k.is_empty()
+            || k.starts_with('-')
             || k.contains('=')
             || k.contains('\0')
             || v.contains('\0')
@@ -199,6 +201,55 @@ impl OutputSink for Counted {
             OutputStream::Stdout => self.stdout.fetch_add(n, Relaxed),
             OutputStream::Stderr => self.stderr.fetch_add(n, Relaxed),
         };
+        self.inner.write(stream, data);
+    }
+}
+
+/// What `jetbridge-helper attach` puts first on its stderr when it cannot give the
+/// command's result (no record, a recorder that died, output not kept, input cut
+/// short): then its exit status (125) is not the command's.
+const ATTACH_FAILED: &[u8] = b"jetbridge-helper: attach failed: ";
+
+/// One session's view of [`Counted`]: it passes everything on, and keeps the end of the
+/// session's stderr, where an attach that failed says so.
+struct Watched<'a> {
+    inner: &'a Counted,
+    stderr_tail: std::sync::Mutex<Vec<u8>>,
+}
+
+impl<'a> Watched<'a> {
+    const TAIL: usize = 1024;
+
+    fn new(inner: &'a Counted) -> Self {
+        Watched {
+            inner,
+            stderr_tail: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Why the helper could not give the command's result, when `status` is its 125
+    /// and it said so.
+    fn attach_failed(&self, status: &Status) -> Option<String> {
+        if !matches!(exit_code(status), Ok(125)) {
+            return None;
+        }
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let at = tail
+            .windows(ATTACH_FAILED.len())
+            .rposition(|w| w == ATTACH_FAILED)?;
+        let why = String::from_utf8_lossy(&tail[at + ATTACH_FAILED.len()..]);
+        Some(why.trim_end().to_owned())
+    }
+}
+
+impl OutputSink for Watched<'_> {
+    fn write(&self, stream: OutputStream, data: &[u8]) {
+        if stream == OutputStream::Stderr {
+            let mut tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+            tail.extend_from_slice(data);
+            let excess = tail.len().saturating_sub(Self::TAIL);
+            tail.drain(..excess);
+        }
         self.inner.write(stream, data);
     }
 }
@@ -404,63 +455,92 @@ impl Exec for KubeBackend {
         // A recorded command (through the helper) whose stream drops is re-attached: the
         // helper replays its output from the bytes already seen and ends with its true
         // status. It never runs twice, and its stdin is never sent twice: it had its
-        // length, so a command that got only part of it is recorded as the helper's
-        // failure (125), never as its own result.
+        // length, so a command that got only part of it is stopped, and the attach says
+        // it cannot give a result (`Lost`), never the command's.
         let reattach = launcher == Launcher::Helper;
         let counted = Counted::new(output.clone());
         tokio::pin!(pod_gone);
         let mut conn = Some(conn);
         let mut stdin = stdin;
         let mut end = end;
+        // Attempts since output last moved on: a long command behind a proxy that drops
+        // streams now and then is followed for as long as it makes progress.
         let mut attempts = 0;
-        let status = loop {
+        let mut seen_at_drop = (0, 0);
+        let status = 'session: loop {
             let Some(c) = conn.take() else { break None };
+            let watched = Watched::new(&counted);
             let status = tokio::select! {
-                r = crate::session::run(c, stdin.take(), end, &counted) => r?,
+                r = crate::session::run(c, stdin.take(), end, &watched) => r?,
                 why = &mut pod_gone => {
                     return Err(Error::lost(format!(
                         "pod {pod} stopped while its command ran ({why})"
                     )));
                 }
             };
-            if status.is_some() || !reattach || attempts >= REATTACH_ATTEMPTS {
+            if reattach
+                && let Some(s) = &status
+                && let Some(why) = watched.attach_failed(s)
+            {
+                return Err(Error::lost(format!(
+                    "the exec stream of pod {pod} dropped and its command's result could \
+                     not be recovered: {why}"
+                )));
+            }
+            if status.is_some() || !reattach {
                 break status;
             }
-            attempts += 1;
-            let (out, err) = counted.seen();
-            tracing::info!(
-                pod,
-                attempt = attempts,
-                stdout = out,
-                stderr = err,
-                "the exec stream dropped; re-attaching to the command"
-            );
+            let seen = counted.seen();
+            if seen != seen_at_drop {
+                attempts = 0;
+                seen_at_drop = seen;
+            }
             let argv = vec![
                 INSTALLED_HELPER.to_owned(),
                 "attach".to_owned(),
                 run_dir(&exec_id),
-                out.to_string(),
-                err.to_string(),
+                seen.0.to_string(),
+                seen.1.to_string(),
             ];
             let params = AttachParams::default()
                 .container(container)
                 .stdin(false)
                 .stdout(true)
                 .stderr(true);
-            let budget = crate::retry::Budget::new(&self.config.request_budget);
-            let again = budget
-                .run("exec", false, || {
-                    crate::session::connect(&self.client, self.namespace(), &pod, &argv, &params)
-                })
-                .await;
-            match again {
-                Ok(c) => {
-                    end = crate::session::StdinEnd::Bounded;
-                    conn = Some(c);
+            loop {
+                if attempts >= REATTACH_ATTEMPTS {
+                    break 'session None;
                 }
-                Err(e) => {
-                    tracing::debug!(pod, error = %e.into_error("re-attach"), "could not re-attach");
-                    break None;
+                attempts += 1;
+                tracing::info!(
+                    pod,
+                    attempt = attempts,
+                    stdout = seen.0,
+                    stderr = seen.1,
+                    "the exec stream dropped; re-attaching to the command"
+                );
+                // Attaching starts nothing, so any failure may be retried.
+                let budget = crate::retry::Budget::new(&self.config.request_budget);
+                let again = budget
+                    .run("exec", true, || {
+                        crate::session::connect(
+                            &self.client,
+                            self.namespace(),
+                            &pod,
+                            &argv,
+                            &params,
+                        )
+                    })
+                    .await;
+                match again {
+                    Ok(c) => {
+                        end = crate::session::StdinEnd::Bounded;
+                        conn = Some(c);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod, error = %e.into_error("re-attach"), "could not re-attach");
+                    }
                 }
             }
         };

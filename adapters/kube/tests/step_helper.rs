@@ -358,3 +358,31 @@ async fn a_command_with_stdin_is_reattached_and_its_input_sent_once() {
         sim.shutdown().await;
     }
 }
+
+/// When the helper cannot give the command's result after a drop (here the command
+/// kills its recorder, so no status is ever recorded), the exec is `Lost`, promptly,
+/// never the helper's 125 taken for the command's exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_cannot_be_recovered_is_lost_not_an_exit_status() {
+    let (sim, b) = sim_helper_backend(SimConfig::default()).await;
+    let mut s = spec();
+    s.image = common::IMAGE.into();
+    running(&b, &s).await;
+    sim.drop_exec_streams(1);
+    let err = b
+        .exec(
+            ExecRequest::new(
+                &s.name,
+                argv(&["sh", "-c", "echo a; kill -9 $PPID; sleep 0.2; echo b"]),
+            ),
+            Arc::new(CaptureOutput::new()),
+        )
+        .await
+        .expect_err("no result to give");
+    assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    assert!(
+        err.message().contains("the recorder ended without"),
+        "{err}"
+    );
+    sim.shutdown().await;
+}

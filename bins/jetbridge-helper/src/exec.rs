@@ -32,22 +32,27 @@ pub fn exec(spec: ExecSpec) -> ExitCode {
         ));
         return ExitCode::from(EXIT_USAGE);
     }
-    let path = match resolve(&spec) {
-        Ok(path) => path,
-        Err(code) => return code,
-    };
-    let mut cmd = Command::new(&path);
-    cmd.arg0(&spec.prog).args(&spec.args);
-    for (name, value) in &spec.env {
-        cmd.env(name, value);
-    }
+    let resolved = resolve(&spec).map(|path| {
+        let mut cmd = Command::new(&path);
+        cmd.arg0(&spec.prog).args(&spec.args);
+        for (name, value) in &spec.env {
+            cmd.env(name, value);
+        }
+        cmd
+    });
     if let Some(dir) = &spec.record {
+        // Even a command that cannot start is recorded, with the reason, so a re-attach
+        // finds its result.
         let stdin = spec.stdin_len.map(|n| {
             Box::new(move |mut to: ChildStdin| copy_exact(n, &mut to))
                 as Box<dyn FnOnce(ChildStdin) -> Copied + Send>
         });
-        return crate::record::run_recorded(cmd, &spec.prog, Path::new(dir), stdin);
+        return crate::record::run_recorded(resolved, &spec.prog, Path::new(dir), stdin);
     }
+    let mut cmd = match resolved {
+        Ok(cmd) => cmd,
+        Err(e) => return launch_failed(&spec.prog, &e),
+    };
     match spec.stdin_len {
         None => {
             // Only returns on failure; on success the command has our PID.
@@ -60,7 +65,7 @@ pub fn exec(spec: ExecSpec) -> ExitCode {
 
 /// Finds PROG: as given when it holds a `/`, else in the PATH of the command's
 /// environment (the assignments applied), like `execvp`.
-fn resolve(spec: &ExecSpec) -> Result<PathBuf, ExitCode> {
+fn resolve(spec: &ExecSpec) -> io::Result<PathBuf> {
     let prog = spec.prog.as_os_str();
     if prog.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(prog));
@@ -89,27 +94,11 @@ fn resolve(spec: &ExecSpec) -> Result<PathBuf, ExitCode> {
             denied = true;
         }
     }
-    Err(if denied {
-        denied_exit(prog)
+    Err(io::Error::from(if denied {
+        ErrorKind::PermissionDenied
     } else {
-        not_found_exit(prog)
-    })
-}
-
-fn not_found_exit(prog: &OsStr) -> ExitCode {
-    complain(format_args!(
-        "exec \"{}\": executable file not found in $PATH",
-        prog.to_string_lossy()
-    ));
-    ExitCode::from(EXIT_NOT_FOUND)
-}
-
-fn denied_exit(prog: &OsStr) -> ExitCode {
-    complain(format_args!(
-        "exec \"{}\": permission denied",
-        prog.to_string_lossy()
-    ));
-    ExitCode::from(EXIT_CANNOT_RUN)
+        ErrorKind::NotFound
+    }))
 }
 
 /// The exit for an `execve`/spawn failure.
@@ -119,19 +108,24 @@ fn launch_failed(prog: &OsStr, err: &io::Error) -> ExitCode {
 
 /// [`launch_failed`]'s code, after saying why.
 pub(crate) fn launch_failed_code(prog: &OsStr, err: &io::Error) -> u8 {
+    let (code, msg) = launch_failure(prog, err);
+    complain(format_args!("{msg}"));
+    code
+}
+
+/// The exit code and message for a failure to start PROG.
+pub(crate) fn launch_failure(prog: &OsStr, err: &io::Error) -> (u8, String) {
+    let prog = prog.to_string_lossy();
     match err.kind() {
-        ErrorKind::NotFound => {
-            let _ = not_found_exit(prog);
-            EXIT_NOT_FOUND
-        }
-        ErrorKind::PermissionDenied => {
-            let _ = denied_exit(prog);
-            EXIT_CANNOT_RUN
-        }
-        _ => {
-            complain(format_args!("exec \"{}\": {err}", prog.to_string_lossy()));
-            EXIT_CANNOT_RUN
-        }
+        ErrorKind::NotFound => (
+            EXIT_NOT_FOUND,
+            format!("exec \"{prog}\": executable file not found in $PATH"),
+        ),
+        ErrorKind::PermissionDenied => (
+            EXIT_CANNOT_RUN,
+            format!("exec \"{prog}\": permission denied"),
+        ),
+        _ => (EXIT_CANNOT_RUN, format!("exec \"{prog}\": {err}")),
     }
 }
 

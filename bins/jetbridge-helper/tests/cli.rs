@@ -553,7 +553,9 @@ fn record_keeps_the_output_and_status_and_attach_resumes_at_a_position() {
     let past = run(&["attach", &dir, "100", "0"]);
     assert_eq!(past.status.code(), Some(125));
     assert!(
-        stderr(&past).contains("only 10/4 were recorded"),
+        stderr(&past).contains(&format!(
+            "{ATTACH_FAILED}asked to resume at 100/0 bytes, but only 10/4 were recorded"
+        )),
         "{}",
         stderr(&past)
     );
@@ -618,7 +620,8 @@ fn a_closed_stream_does_not_stop_the_command_or_its_record() {
             "--",
             "/bin/sh",
             "-c",
-            "i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done; exit 9",
+            // Far more than a pipe holds, so the helper meets the closed stream.
+            "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done; exit 9",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -629,7 +632,7 @@ fn a_closed_stream_does_not_stop_the_command_or_its_record() {
     assert_eq!(wait_exit(&mut child).code(), Some(9));
     let o = run(&["attach", &dir, "0", "0"]);
     assert_eq!(o.status.code(), Some(9));
-    let want: String = (0..2000).map(|i| format!("line{i}\n")).collect();
+    let want: String = (0..20000).map(|i| format!("line{i}\n")).collect();
     assert!(stdout(&o) == want, "the record lost output");
 }
 
@@ -660,12 +663,147 @@ fn record_with_short_stdin_never_reports_the_commands_result() {
         "{}",
         stderr(&o)
     );
+    // A re-attach never passes it off as the command's result.
+    let a = run(&["attach", &dir, "0", "0"]);
+    assert_eq!(a.status.code(), Some(125));
+    assert!(
+        stderr(&a).contains(&format!("{ATTACH_FAILED}the command's stdin ended")),
+        "{}",
+        stderr(&a)
+    );
 }
+
+/// What every `attach` that cannot give the command's result starts its stderr with.
+const ATTACH_FAILED: &str = "jetbridge-helper: attach failed: ";
 
 #[test]
 fn attach_to_nothing_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&["attach", &record_dir(&tmp), "0", "0"]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).contains("no recorded command"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!("{ATTACH_FAILED}no recorded command")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A recorder killed while its command runs leaves no status: an attach says so as soon
+/// as it has read what there is, instead of following forever.
+#[test]
+fn attach_to_a_dead_recorder_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let id = unique("dead");
+    let marker = format!("JETBRIDGE_EXEC_ID={id}");
+    let mut recorder = helper()
+        .args([
+            "exec",
+            "--record",
+            &dir,
+            &marker,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo a; exec sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the first output is recorded", || {
+        std::fs::metadata(Path::new(&dir).join("output")).is_ok_and(|m| m.len() > 0)
+    });
+    recorder.kill().unwrap();
+    recorder.wait().unwrap();
+    let o = run(&["attach", &dir, "0", "0"]);
+    assert_eq!(stdout(&o), "a\n");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains(&format!("{ATTACH_FAILED}the recorder ended without")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(run(&["kill", &id]).status.code(), Some(0));
+}
+
+/// Past the record's limit the output still flows live, but a re-attach cannot give
+/// what was not kept: it says so instead of a result with a gap.
+#[test]
+fn a_record_past_its_limit_is_not_passed_off_as_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let o = helper()
+        .args([
+            "exec",
+            "--record",
+            &dir,
+            "--",
+            "/bin/sh",
+            "-c",
+            "head -c 70M /dev/zero",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout.len(), 70 << 20, "all of it flows live");
+    let a = helper()
+        .args(["attach", &dir, "0", "0"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(a.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&a.stderr).contains(&format!("{ATTACH_FAILED}only the first")),
+        "{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+}
+
+/// A script that signals its own process group (`kill 0`) does not take the recorder
+/// with it: the command's death is recorded.
+#[test]
+fn the_recorder_outlives_a_kill_of_the_process_group() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    // A process group of its own, as an exec'd command has: `kill 0` must not reach
+    // this test.
+    let o = helper()
+        .args([
+            "exec",
+            "--record",
+            &dir,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo a; kill 0; echo never",
+        ])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    let a = run(&["attach", &dir, "0", "0"]);
+    assert_eq!((a.status.code(), stdout(&a)), (Some(143), "a\n".to_owned()));
+}
+
+/// A command that cannot start is recorded with its reason, so a re-attach finds the
+/// same 127 and the same words.
+#[test]
+fn a_command_that_cannot_start_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = record_dir(&tmp);
+    let o = run(&["exec", "--record", &dir, "--", "no-such-program-here"]);
+    assert_eq!(o.status.code(), Some(127));
+    let a = run(&["attach", &dir, "0", "0"]);
+    assert_eq!(a.status.code(), Some(127));
+    assert_eq!(stderr(&a), stderr(&o));
+    assert!(
+        stderr(&a).contains("executable file not found"),
+        "{}",
+        stderr(&a)
+    );
 }

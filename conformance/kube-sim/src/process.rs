@@ -184,9 +184,12 @@ pub(crate) async fn await_exec(pid: i32, argv: &[String], cwd: &Path, limit: std
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match std::fs::read(format!("/proc/{pid}/cmdline")) {
-            // An empty command line: a zombie; an error: gone.
-            Ok(c) if c == want || c.is_empty() => return,
+            Ok(c) if c == want => return,
+            // Gone.
             Err(_) => return,
+            // Empty both for a zombie and, for a moment, for a process in the middle of
+            // an `execve`: only the state tells them apart (proc(5), field 3 of `stat`).
+            Ok(c) if c.is_empty() && is_zombie(pid) => return,
             Ok(_) => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -194,6 +197,21 @@ pub(crate) async fn await_exec(pid: i32, argv: &[String], cwd: &Path, limit: std
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+}
+
+/// Whether process `pid` is a zombie (or gone): state `Z` or `X` in `/proc/PID/stat`,
+/// after the command name, which is in parentheses and may hold anything.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after
+                .split_whitespace()
+                .next()
+                .map(|st| st == "Z" || st == "X")
+        })
+        .unwrap_or(true)
 }
 
 /// Whether container processes can have mount namespaces with bind mounts here (root,
