@@ -8,7 +8,7 @@ use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{NS, sim_backend, sim_config};
+use common::{NS, eventually, marked_processes, sim_backend, sim_config};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::{StepHandle, label};
 use jetbridge_core::ports::{
@@ -839,37 +839,6 @@ async fn taint_eviction_and_pod_gc_of_a_lost_node() {
     sim.delete_node();
     assert_eq!(pods_named(&sim, &s.name), 0, "pod GC removed it");
     sim.shutdown().await;
-}
-
-/// Wait until `cond` holds, checking every 10 ms, failing after 30 s.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < give_up, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Processes of this host whose environment holds `MARK=<mark>`: the simulator runs a
-/// container's processes here, so this is what is still running in the "container".
-fn marked_processes(mark: &str) -> usize {
-    let needle = format!("MARK={mark}");
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .filter(|e| {
-                    std::fs::read(e.path().join("environ"))
-                        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// Kubernetes lets an exec'd command run on when its client goes away, and so does the

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{NS, helper_config, sim_backend, sim_config, sim_helper_backend};
+use common::{
+    NS, eventually, helper_config, marked_processes, sim_backend, sim_config, sim_helper_backend,
+};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::{StepHandle, label};
 use jetbridge_core::ports::{
@@ -198,35 +200,6 @@ fn helper_pauses(root: &std::path::Path) -> Vec<u32> {
             })
         })
         .collect()
-}
-
-/// Processes of this host whose environment holds `MARK=<mark>`.
-fn marked_processes(mark: &str) -> usize {
-    let needle = format!("MARK={mark}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .count()
-}
-
-/// Wait until `cond` holds, checking every 10 ms, failing after 30 s.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < give_up, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An abandoned command is stopped by the helper's `kill` (no `sh`, `grep` or `kill` in

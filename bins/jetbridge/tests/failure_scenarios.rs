@@ -364,9 +364,12 @@ async fn assert_errored(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
-    let mut w = World::new("jb-drain", RECLAIM).await;
+    node_drain(World::new("jb-drain", RECLAIM).await, "node drain").await;
+}
+
+async fn node_drain(mut w: World, scenario: &str) {
     let (id, b) = w
-        .fault_mid_step("node drain", |sim, _, _| sim.drain_node())
+        .fault_mid_step(scenario, |sim, _, _| sim.drain_node())
         .await;
     assert_errored(
         &w,
@@ -390,11 +393,13 @@ async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_eviction_under_memory_pressure_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
-    let mut w = World::new("jb-pressure", Duration::ZERO).await;
+    let w = World::new("jb-pressure", Duration::ZERO).await;
+    kubelet_eviction(w, "kubelet eviction (memory pressure)").await;
+}
+
+async fn kubelet_eviction(mut w: World, scenario: &str) {
     let (id, b) = w
-        .fault_mid_step("kubelet eviction (memory pressure)", |sim, ns, pod| {
-            sim.evict(ns, pod)
-        })
+        .fault_mid_step(scenario, |sim, ns, pod| sim.evict(ns, pod))
         .await;
     const KUBELET: &str = "evicted: The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
     assert_errored(
@@ -414,9 +419,12 @@ async fn a_kubelet_eviction_under_memory_pressure_errors_the_build_and_leaves_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_kill_mid_step_errors_the_build_and_leaves_nothing() {
     let _turn = TURN.lock().await;
-    let mut w = World::new("jb-oom", Duration::ZERO).await;
+    oom_kill(World::new("jb-oom", Duration::ZERO).await, "OOM kill").await;
+}
+
+async fn oom_kill(mut w: World, scenario: &str) {
     let (id, b) = w
-        .fault_mid_step("OOM kill", |sim, ns, pod| sim.oom_kill(ns, pod))
+        .fault_mid_step(scenario, |sim, ns, pod| sim.oom_kill(ns, pod))
         .await;
     const OOM: &str = "OOM-killed (exit 137): container main terminated: OOMKilled (exit code 137)";
     assert_errored(
@@ -813,21 +821,8 @@ mod with_the_step_helper {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_drain_mid_step_errors_the_build_and_leaves_nothing() {
         let _turn = TURN.lock().await;
-        let mut w = World::new("jb-drain-h", RECLAIM).await.with_step_helper();
-        let (id, b) = w
-            .fault_mid_step("node drain, helper", |sim, _, _| sim.drain_node())
-            .await;
-        assert_errored(
-            &w,
-            id,
-            &b,
-            "evicted",
-            "task: t: evicted: Eviction API: evicting",
-            &["✗ task: t: evicted: Eviction API: evicting"],
-        )
-        .await;
-        w.sim.uncordon();
-        w.assert_nothing_left_after_a_reaper_pass().await;
+        let w = World::new("jb-drain-h", RECLAIM).await.with_step_helper();
+        node_drain(w, "node drain, helper").await;
     }
 
     /// The exec stream of the step's command drops mid-command: the command is
@@ -868,47 +863,18 @@ mod with_the_step_helper {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kubelet_eviction_errors_the_build_and_leaves_nothing() {
         let _turn = TURN.lock().await;
-        let mut w = World::new("jb-pressure-h", Duration::ZERO)
+        let w = World::new("jb-pressure-h", Duration::ZERO)
             .await
             .with_step_helper();
-        let (id, b) = w
-            .fault_mid_step("kubelet eviction, helper", |sim, ns, pod| {
-                sim.evict(ns, pod)
-            })
-            .await;
-        const KUBELET: &str = "evicted: The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi.";
-        assert_errored(
-            &w,
-            id,
-            &b,
-            "evicted",
-            &format!("task: t: {KUBELET}"),
-            &[&format!("✗ task: t: {KUBELET}")],
-        )
-        .await;
-        w.assert_nothing_left_after_a_reaper_pass().await;
+        kubelet_eviction(w, "kubelet eviction, helper").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_oom_kill_mid_step_errors_the_build_and_leaves_nothing() {
         let _turn = TURN.lock().await;
-        let mut w = World::new("jb-oom-h", Duration::ZERO)
+        let w = World::new("jb-oom-h", Duration::ZERO)
             .await
             .with_step_helper();
-        let (id, b) = w
-            .fault_mid_step("OOM kill, helper", |sim, ns, pod| sim.oom_kill(ns, pod))
-            .await;
-        const OOM: &str =
-            "OOM-killed (exit 137): container main terminated: OOMKilled (exit code 137)";
-        assert_errored(
-            &w,
-            id,
-            &b,
-            "oom-killed",
-            &format!("task: t: {OOM}"),
-            &[&format!("✗ task: t: {OOM}")],
-        )
-        .await;
-        w.assert_nothing_left_after_a_reaper_pass().await;
+        oom_kill(w, "OOM kill, helper").await;
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jetbridge_conformance::BackendSubject;
 use jetbridge_kube::{KubeBackend, KubeConfig, RequestBudget};
@@ -25,8 +26,8 @@ pub fn sim_config() -> KubeConfig {
         artifact_claim: Some("artifacts".into()),
         request_budget: RequestBudget {
             max_requests: 8,
-            initial_backoff: std::time::Duration::from_millis(20),
-            max_backoff: std::time::Duration::from_millis(200),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
         },
         ..KubeConfig::default()
     }
@@ -140,4 +141,35 @@ pub async fn make_helper_v4_backend() -> Option<BackendSubject> {
     };
     let (sim, backend) = sim_helper_backend(config).await;
     Some(BackendSubject::new(backend.clone(), backend, IMAGE).with_guard(sim))
+}
+
+/// Wait until `cond` holds, checking every 10 ms, failing after 30 s.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < give_up, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Processes of this host whose environment holds `MARK=<mark>`: the simulator runs a
+/// container's processes here, so this is what is still running in the "container".
+pub fn marked_processes(mark: &str) -> usize {
+    let needle = format!("MARK={mark}");
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .filter(|e| {
+                    std::fs::read(e.path().join("environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
