@@ -8,7 +8,7 @@ use jetbridge_core::ports::{DeleteOpts, WaitOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{NS, eventually, marked_processes, sim_backend, sim_config};
+use common::{NS, argv, eventually, marked_processes, running, sim_backend, sim_config};
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::{StepHandle, label};
 use jetbridge_core::ports::{
@@ -29,24 +29,8 @@ fn spec() -> PodSpec {
     s
 }
 
-fn argv(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
-}
-
 async fn start() -> (Simulator, Arc<KubeBackend>) {
     sim_backend(SimConfig::default(), sim_config()).await
-}
-
-async fn running(b: &KubeBackend, s: &PodSpec) {
-    b.create(s).await.expect("create");
-    let st = b
-        .wait(
-            &s.name,
-            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
-        )
-        .await
-        .expect("wait");
-    assert_eq!(st.state, PodState::Running, "{st:?}");
 }
 
 /// The object called `name` among `objects` (as the simulator lists them).

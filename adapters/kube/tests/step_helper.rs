@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    NS, eventually, helper_config, marked_processes, sim_backend, sim_config, sim_helper_backend,
+    NS, argv, eventually, helper_config, marked_processes, running, sim_backend, sim_config,
+    sim_helper_backend,
 };
 use jetbridge_core::ErrorKind;
 use jetbridge_core::names::{StepHandle, label};
 use jetbridge_core::ports::{
-    CaptureOutput, Exec, ExecRequest, PodSpec, PodState, Pods, WaitFor, WaitOpts, bytes_stream,
+    CaptureOutput, Exec, ExecRequest, PodSpec, Pods, WaitFor, WaitOpts, bytes_stream,
 };
 use jetbridge_kube::KubeBackend;
 use jetbridge_kube_sim::{ExecProtocols, SimConfig, SimControls, Simulator};
@@ -49,22 +50,6 @@ fn spec() -> PodSpec {
     s.labels
         .insert(label::HANDLE.into(), handle.as_str().into());
     s
-}
-
-fn argv(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
-}
-
-async fn running(b: &KubeBackend, s: &PodSpec) {
-    b.create(s).await.expect("create");
-    let st = b
-        .wait(
-            &s.name,
-            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
-        )
-        .await
-        .expect("wait");
-    assert_eq!(st.state, PodState::Running, "{st:?}");
 }
 
 async fn run(b: &KubeBackend, req: ExecRequest) -> (i32, Vec<u8>, Vec<u8>) {

@@ -53,13 +53,20 @@ pub(crate) fn command(argv: &[String], cwd: &Path, env: &[(String, String)]) -> 
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    Some(as_container_process(cmd))
+}
+
+/// What every container process starts with, wrapped in a mount namespace or not: a
+/// process group of its own (the unit the kubelet signals), no stdin, piped output,
+/// and killed with its handle unless the caller says otherwise.
+fn as_container_process(mut cmd: Command) -> Command {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    Some(cmd)
+    cmd
 }
 
 /// `unshare(1)`, which makes the private mount namespace of a container's process.
@@ -147,13 +154,8 @@ pub(crate) fn namespaced_command(
         .args(args)
         .current_dir(host_cwd)
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    Some(cmd)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    Some(as_container_process(cmd))
 }
 
 /// The program a command runs: a relative path with a slash is from `cwd`.

@@ -173,3 +173,22 @@ pub fn marked_processes(mark: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// `a` as an argv.
+pub fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Create the pod of `s` and wait (30 s at most) until it runs.
+pub async fn running(b: &KubeBackend, s: &jetbridge_core::ports::PodSpec) {
+    use jetbridge_core::ports::{PodState, Pods, WaitFor, WaitOpts};
+    b.create(s).await.expect("create");
+    let st = b
+        .wait(
+            &s.name,
+            &WaitOpts::new(WaitFor::Running, Duration::from_secs(30)),
+        )
+        .await
+        .expect("wait");
+    assert_eq!(st.state, PodState::Running, "{st:?}");
+}
