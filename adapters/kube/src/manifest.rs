@@ -551,17 +551,18 @@ pub fn pod_manifest(spec: &PodSpec, cfg: &KubeConfig) -> Result<Pod> {
             volumes.push(empty_dir(TOOLS_VOLUME));
             main_mounts.push(mount(TOOLS_VOLUME, TOOLS_DIR.to_owned(), None, true));
             // The static step-pod helper when its image is known (it is PID 1 and runs
-            // every command, so the step image needs no shell); else busybox's.
-            if cfg.step_helper_image.is_some() {
-                volumes.push(empty_dir(RUNS_VOLUME));
-                main_mounts.push(mount(RUNS_VOLUME, RUNS_DIR.to_owned(), None, false));
-            }
+            // every command, so the step image needs no shell, and records them in its
+            // own volume); else busybox's.
             let (image, install, pause) = match &cfg.step_helper_image {
-                Some(image) => (
-                    image.clone(),
-                    vec![STEP_HELPER_PATH.to_owned(), "install".into(), ".".into()],
-                    vec![INSTALLED_HELPER.to_owned(), "pause".into()],
-                ),
+                Some(image) => {
+                    volumes.push(empty_dir(RUNS_VOLUME));
+                    main_mounts.push(mount(RUNS_VOLUME, RUNS_DIR.to_owned(), None, false));
+                    (
+                        image.clone(),
+                        vec![STEP_HELPER_PATH.to_owned(), "install".into(), ".".into()],
+                        vec![INSTALLED_HELPER.to_owned(), "pause".into()],
+                    )
+                }
                 None => (
                     cfg.helper_image.clone(),
                     vec!["sh".into(), "-c".into(), PAUSE_INSTALL_SCRIPT.into()],

@@ -248,19 +248,9 @@ impl KubeBackend {
             .stdin(false)
             .stdout(false)
             .stderr(true);
-        // Any command does: the protocol is chosen at the upgrade, before the runtime
-        // starts it. The helper where there is one, since the image may lack `true`.
-        let argv = if container == crate::manifest::MAIN_CONTAINER
-            && self.launcher(jetbridge_core::ports::Container::Main)
-                == crate::exec::Launcher::Helper
-        {
-            vec![
-                crate::config::INSTALLED_HELPER.to_owned(),
-                "--version".to_owned(),
-            ]
-        } else {
-            vec!["true".to_owned()]
-        };
+        // Only asked before an exec through `env` (through the step-pod helper stdin is
+        // always bounded), so the image has `true` beside `env`.
+        let argv = ["true".to_owned()];
         match crate::session::connect(&self.client, &self.namespace, pod, &argv, &params).await {
             Ok(conn) => {
                 let p = if conn.supports_stream_close() {
